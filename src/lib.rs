@@ -1,0 +1,6 @@
+pub mod discretize;
+pub mod error;
+pub mod hippo;
+pub mod scalar;
+pub mod ssm;
+pub use error::{Error, Result};
