@@ -4,3 +4,4 @@ pub mod hippo;
 pub mod scalar;
 pub mod ssm;
 pub use error::{Error, Result};
+pub mod kernel;

@@ -16,8 +16,8 @@
 use crate::error::{check_dt, Error, Result};
 use crate::hippo::diag::{diag_lambda, DiagInit};
 use crate::hippo::{nplr, Measure};
-use crate::scalar::{cplx, Real};
-use ndarray::{Array1, Array2, Array3, Axis};
+use crate::scalar::Real;
+use ndarray::{Array1, Array2, Array3};
 use num_complex::{Complex, Complex64};
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
@@ -358,20 +358,6 @@ impl SsmInitConfig {
         Ok(params)
     }
 }
-
-/// Converts an f64 parameter array to another float type (helper for callers holding f64 params).
-pub fn cast_complex<T: Real>(a: &Array2<Complex64>) -> Array2<Complex<T>> {
-    a.mapv(cplx)
-}
-
-/// Sums over the kept half, doubled and real: 2·Re Σ_j x_j (the full conjugate-pair sum).
-pub fn pair_sum<T: Real>(x: impl IntoIterator<Item = Complex<T>>) -> T {
-    let two = T::of(2.0);
-    two * x.into_iter().fold(T::zero(), |acc, z| acc + z.re)
-}
-
-/// The index of the first channel axis in (R, H, N/2) arrays.
-pub const P_CHANNEL_AXIS: Axis = Axis(1);
 
 #[cfg(test)]
 mod tests {

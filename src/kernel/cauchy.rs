@@ -1,0 +1,146 @@
+//! Cauchy sums over conjugate pairs, the core of the S4 (DPLR) kernel.
+//!
+//! For poles w_j (the kept half) and weights v_j, at nodes z on the imaginary axis, the sum over the
+//! full state (each kept mode plus its conjugate) is
+//!
+//! S(z) = Σ_j v_j / (z − w_j) + v̄_j / (z − w̄_j).
+//!
+//! [`cauchy_naive`] evaluates it as written, materializing nothing but the output; the kernel uses
+//! [`CauchyTile`], which evaluates several weight vectors at once over a tile of nodes with the
+//! reciprocals shared between them, in a loop the compiler vectorizes. Nothing of size N × L is
+//! ever stored: memory is O(N + tile).
+
+use crate::scalar::Real;
+use num_complex::Complex;
+
+/// S(z_k) = Σ_j v_j/(z_k − w_j) + conj(v_j)/(z_k − conj(w_j)) for each node z_k, directly.
+///
+/// The reference for [`CauchyTile`].
+///
+/// # Panics
+/// If `v` and `w` have different lengths.
+///
+/// # Example
+/// ```
+/// use num_complex::Complex64 as C;
+/// use s4::kernel::cauchy_naive;
+/// let s = cauchy_naive(&[C::new(1.0, 0.0)], &[C::new(-1.0, 2.0)], &[C::new(0.0, 0.0)]);
+/// // 1/(1 - 2i) + 1/(1 + 2i) = 2/5
+/// assert!((s[0] - C::new(0.4, 0.0)).norm() < 1e-15);
+/// ```
+pub fn cauchy_naive<T: Real>(v: &[Complex<T>], w: &[Complex<T>], z: &[Complex<T>]) -> Vec<Complex<T>> {
+    assert_eq!(v.len(), w.len(), "cauchy_naive: v and w must have the same length");
+    z.iter()
+        .map(|&zk| {
+            v.iter()
+                .zip(w)
+                .map(|(&vj, &wj)| vj / (zk - wj) + vj.conj() / (zk - wj.conj()))
+                .fold(Complex::new(T::zero(), T::zero()), |a, b| a + b)
+        })
+        .collect()
+}
+
+/// Accumulators for S Cauchy sums over a tile of nodes z_k = i·y_k (structure of arrays).
+#[derive(Debug)]
+pub struct CauchyTile<T> {
+    /// Number of nodes in the current tile.
+    len: usize,
+    /// Real parts, `sums × capacity`.
+    re: Vec<T>,
+    /// Imaginary parts, `sums × capacity`.
+    im: Vec<T>,
+    /// Shared reciprocal combinations for one pole over the tile: p1+p2, p1−p2, q1+q2, q1−q2.
+    sp: Vec<T>,
+    dp: Vec<T>,
+    sq: Vec<T>,
+    dq: Vec<T>,
+    sums: usize,
+    capacity: usize,
+}
+
+impl<T: Real> CauchyTile<T> {
+    /// Scratch for `sums` weight vectors over tiles of up to `capacity` nodes.
+    pub fn new(sums: usize, capacity: usize) -> Self {
+        let z = || vec![T::zero(); sums * capacity];
+        let t = || vec![T::zero(); capacity];
+        CauchyTile { len: 0, re: z(), im: z(), sp: t(), dp: t(), sq: t(), dq: t(), sums, capacity }
+    }
+
+    /// Evaluates S_s(i·y_k) = Σ_j v_sj/(i y_k − w_j) + conj(v_sj)/(i y_k − conj w_j) for every sum
+    /// s (weights `v[s * m + j]`, m = `w.len()`) and every node of `y`.
+    ///
+    /// # Panics
+    /// If `y` is longer than the capacity or `v` is not `sums × w.len()`.
+    pub fn evaluate(&mut self, v: &[Complex<T>], w: &[Complex<T>], y: &[T]) {
+        let (m, t) = (w.len(), y.len());
+        assert!(t <= self.capacity, "CauchyTile: {t} nodes exceed the capacity {}", self.capacity);
+        assert_eq!(v.len(), self.sums * m, "CauchyTile: weights must be sums × poles");
+        self.len = t;
+        let cap = self.capacity;
+        for s in 0..self.sums {
+            self.re[s * cap..s * cap + t].fill(T::zero());
+            self.im[s * cap..s * cap + t].fill(T::zero());
+        }
+        for (j, wj) in w.iter().enumerate() {
+            let (wr, wi) = (wj.re, wj.im);
+            let wr2 = wr * wr;
+            // 1/(i y - w) = (-wr - i (y - wi)) / (wr² + (y - wi)²), and the same with wi -> -wi
+            let (sp, dp, sq, dq) = (&mut self.sp[..t], &mut self.dp[..t], &mut self.sq[..t], &mut self.dq[..t]);
+            for k in 0..t {
+                let a1 = y[k] - wi;
+                let a2 = y[k] + wi;
+                let inv1 = T::one() / (wr2 + a1 * a1);
+                let inv2 = T::one() / (wr2 + a2 * a2);
+                let p1 = -wr * inv1;
+                let p2 = -wr * inv2;
+                let q1 = -a1 * inv1;
+                let q2 = -a2 * inv2;
+                sp[k] = p1 + p2;
+                dp[k] = p1 - p2;
+                sq[k] = q1 + q2;
+                dq[k] = q1 - q2;
+            }
+            for s in 0..self.sums {
+                let vj = v[s * m + j];
+                let (a, b) = (vj.re, vj.im);
+                let re = &mut self.re[s * cap..s * cap + t];
+                let im = &mut self.im[s * cap..s * cap + t];
+                // v r1 + conj(v) r2 = (a(p1+p2) - b(q1-q2)) + i (a(q1+q2) + b(p1-p2))
+                for k in 0..t {
+                    re[k] = re[k] + a * sp[k] - b * dq[k];
+                    im[k] = im[k] + a * sq[k] + b * dp[k];
+                }
+            }
+        }
+    }
+
+    /// The value of sum `s` at node `k` of the last evaluated tile.
+    #[inline]
+    pub fn get(&self, s: usize, k: usize) -> Complex<T> {
+        debug_assert!(k < self.len);
+        Complex::new(self.re[s * self.capacity + k], self.im[s * self.capacity + k])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use num_complex::Complex64;
+
+    #[test]
+    fn tile_matches_naive() {
+        let w: Vec<Complex64> = (0..7).map(|j| Complex64::new(-0.1 - 0.05 * j as f64, -(j as f64) * 3.1)).collect();
+        let v: Vec<Complex64> = (0..14).map(|j| Complex64::new((j as f64).sin(), (j as f64 * 0.7).cos())).collect();
+        let y: Vec<f64> = (0..40).map(|k| -20.0 + k as f64 * 1.01).collect();
+        let z: Vec<Complex64> = y.iter().map(|&yk| Complex64::new(0.0, yk)).collect();
+        let mut tile = CauchyTile::new(2, 64);
+        tile.evaluate(&v, &w, &y);
+        for s in 0..2 {
+            let naive = cauchy_naive(&v[s * 7..s * 7 + 7], &w, &z);
+            for k in 0..y.len() {
+                let d = (tile.get(s, k) - naive[k]).norm();
+                assert!(d <= 1e-13 * (1.0 + naive[k].norm()), "s={s} k={k}: {d}");
+            }
+        }
+    }
+}
