@@ -5,3 +5,4 @@ pub mod scalar;
 pub mod ssm;
 pub use error::{Error, Result};
 pub mod kernel;
+pub mod conv;

@@ -1,0 +1,271 @@
+//! Long convolutions by FFT: how an SSM layer applies its kernel to a whole sequence.
+//!
+//! # Layout
+//! The crate uses **(B, H, L)** for sequences everywhere (batch, channel, time), the official S4
+//! module's default (`transposed=True`) and PyTorch's `Conv1d` layout: each channel's signal and
+//! kernel are contiguous, which is what the FFT wants. Kernels are (H, L_k).
+//!
+//! # Algorithm
+//! Causal: y = irfft(rfft(u, n) · rfft(k, n))[..L] + D ⊙ u with n ≥ L + L_k − 1, so the circular
+//! convolution of the zero-padded signals equals the linear one and nothing wraps around. n is the
+//! smallest 2^a·3^b·5^c ≥ that bound (fast sizes for RustFFT). Kernel spectra are computed once
+//! per call and shared by the batch; (batch, channel) pairs run in parallel.
+//!
+//! Bidirectional (the official `FFTConv` with `bidirectional=True`): one causal kernel k_fwd and one
+//! anticausal kernel k_bwd, combined as pad(k_fwd, right L) + pad(flip(k_bwd), left L):
+//! y[t] = Σ_{s≥0} k_fwd[s]·u[t−s] + Σ_{s≥0} k_bwd[s]·u[t+1+s] + D·u[t]. The backward kernel starts
+//! one step in the future (the official code's documented, deliberate off-by-one), so k_bwd[0]
+//! multiplies u[t+1].
+//!
+//! [`FftConv`] owns a [`RealFftPlanner`] (the RustFFT planner pattern): plans are built once per
+//! FFT size and reused by every later call.
+
+mod direct;
+
+pub use direct::{bidirectional_conv_direct, causal_conv_direct};
+
+use crate::error::{Error, Result};
+use crate::scalar::Real;
+use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, Zip};
+use num_complex::Complex;
+use rayon::prelude::*;
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+use std::sync::Arc;
+
+/// Sizes of a validated convolution.
+pub(crate) struct Layout {
+    pub batch: usize,
+    pub channels: usize,
+    pub len: usize,
+    pub klen: usize,
+}
+
+/// Checks u (B, H, L), kernels (H, L_k) with the same L_k, and D (H,).
+pub(crate) fn check_inputs<T: Real>(u: ArrayView3<T>, kernels: &[ArrayView2<T>], d: Option<ArrayView1<T>>) -> Result<Layout> {
+    let (batch, channels, len) = u.dim();
+    if batch == 0 || channels == 0 || len == 0 {
+        return Err(Error::shape("input u", "(B, H, L) with B, H, L >= 1", u.shape()));
+    }
+    let klen = kernels[0].ncols();
+    for (i, k) in kernels.iter().enumerate() {
+        let name = if kernels.len() == 1 { "kernel K".to_string() } else { ["forward kernel", "backward kernel"][i].to_string() };
+        if k.nrows() != channels || k.ncols() == 0 || k.ncols() != klen {
+            return Err(Error::shape(name, format!("(H, L_k) = ({channels}, {klen}) with L_k >= 1"), k.shape()));
+        }
+    }
+    if let Some(d) = d {
+        if d.len() != channels {
+            return Err(Error::shape("skip D", format!("(H,) = ({channels},)"), d.shape()));
+        }
+    }
+    if u.iter().any(|x| !x.is_finite()) {
+        return Err(Error::invalid("input u", "non-finite entries", "finite values"));
+    }
+    Ok(Layout { batch, channels, len, klen })
+}
+
+/// The smallest n ≥ `min` of the form 2^a·3^b·5^c with a ≥ 1 (even, fast for real FFTs).
+pub fn fast_len(min: usize) -> usize {
+    let mut best = usize::MAX;
+    let mut p2 = 2usize;
+    loop {
+        let mut p3 = p2;
+        loop {
+            let mut p5 = p3;
+            while p5 < min {
+                p5 *= 5;
+            }
+            best = best.min(p5);
+            if p3 >= min {
+                break;
+            }
+            p3 *= 3;
+        }
+        if p2 >= min {
+            break;
+        }
+        p2 *= 2;
+    }
+    best.max(2)
+}
+
+/// FFT convolution with cached plans. Reuse one value across calls.
+///
+/// # Example
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use s4::conv::{causal_conv_direct, FftConv};
+/// let u = Array3::from_shape_fn((2, 3, 100), |(b, h, t)| ((b + h * 7 + t * 3) % 11) as f64 - 5.0);
+/// let k = Array2::from_shape_fn((3, 100), |(h, t)| (-(t as f64) / (10.0 + h as f64)).exp());
+/// let mut conv = FftConv::new();
+/// let y = conv.causal(u.view(), k.view(), None)?;
+/// let reference = causal_conv_direct(u.view(), k.view(), None)?;
+/// assert!((&y - &reference).iter().all(|e| e.abs() < 1e-9));
+/// # Ok::<(), s4::Error>(())
+/// ```
+pub struct FftConv<T: Real> {
+    planner: RealFftPlanner<T>,
+}
+
+impl<T: Real> std::fmt::Debug for FftConv<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FftConv").finish_non_exhaustive()
+    }
+}
+
+impl<T: Real> Default for FftConv<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Real> FftConv<T> {
+    /// A convolution engine with an empty plan cache.
+    pub fn new() -> Self {
+        FftConv { planner: RealFftPlanner::new() }
+    }
+
+    /// The forward and inverse real-FFT plans of size `n` (cached: the same `Arc`s on every call).
+    pub fn plans(&mut self, n: usize) -> (Arc<dyn RealToComplex<T>>, Arc<dyn ComplexToReal<T>>) {
+        (self.planner.plan_fft_forward(n), self.planner.plan_fft_inverse(n))
+    }
+
+    /// Causal convolution of u (B, H, L) with one kernel per channel k (H, L_k), plus D ⊙ u.
+    ///
+    /// Taps of k beyond L never touch the output and are ignored.
+    ///
+    /// # Errors
+    /// Empty or mismatched shapes (k must have H rows, D length H), or non-finite input.
+    pub fn causal(&mut self, u: ArrayView3<T>, k: ArrayView2<T>, d: Option<ArrayView1<T>>) -> Result<Array3<T>> {
+        let lay = check_inputs(u, &[k], d)?;
+        let klen = lay.klen.min(lay.len);
+        let n = fast_len(lay.len + klen - 1);
+        let (fwd, inv) = self.plans(n);
+        // kernel placed at 0..klen
+        let spectra = kernel_spectra(&fwd, lay.channels, n, |h, buf| buf[..klen].copy_from_slice(&row(k, h)[..klen]));
+        Ok(apply(u, &spectra, d, &fwd, &inv))
+    }
+
+    /// Bidirectional convolution: causal k_fwd (H, L_k) and anticausal k_bwd (H, L_k), plus D ⊙ u;
+    /// y[t] = Σ_{s≥0} k_fwd[s]·u[t−s] + Σ_{s≥0} k_bwd[s]·u[t+1+s] + D·u[t] (see the module docs).
+    ///
+    /// # Errors
+    /// As [`causal`](Self::causal); both kernels must have the same shape.
+    pub fn bidirectional(
+        &mut self,
+        u: ArrayView3<T>,
+        k_fwd: ArrayView2<T>,
+        k_bwd: ArrayView2<T>,
+        d: Option<ArrayView1<T>>,
+    ) -> Result<Array3<T>> {
+        let lay = check_inputs(u, &[k_fwd, k_bwd], d)?;
+        let klen = lay.klen.min(lay.len);
+        // u[t+1+s] for s < klen reaches t + klen: n >= L + klen keeps every wrap in the zero padding
+        let n = fast_len(lay.len + klen);
+        let (fwd, inv) = self.plans(n);
+        let spectra = kernel_spectra(&fwd, lay.channels, n, |h, buf| {
+            buf[..klen].copy_from_slice(&row(k_fwd, h)[..klen]);
+            let kb = row(k_bwd, h);
+            // tap s of the backward kernel sits at lag -(s+1), i.e. index n-1-s
+            for s in 0..klen {
+                buf[n - 1 - s] = kb[s];
+            }
+        });
+        Ok(apply(u, &spectra, d, &fwd, &inv))
+    }
+}
+
+fn row<T: Real>(k: ArrayView2<T>, h: usize) -> Vec<T> {
+    k.row(h).to_vec()
+}
+
+/// rfft of each channel's padded kernel, (H, n/2+1), scaled by 1/n (the inverse FFT is unnormalized).
+fn kernel_spectra<T: Real>(
+    fwd: &Arc<dyn RealToComplex<T>>,
+    channels: usize,
+    n: usize,
+    fill: impl Fn(usize, &mut [T]) + Sync,
+) -> Array2<Complex<T>> {
+    let nb = n / 2 + 1;
+    let scale = T::of(1.0 / n as f64);
+    let mut spectra = Array2::from_elem((channels, nb), Complex::new(T::zero(), T::zero()));
+    spectra.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
+        || (fwd.make_input_vec(), fwd.make_scratch_vec()),
+        |(buf, scratch), (h, mut out)| {
+            buf.fill(T::zero());
+            fill(h, buf);
+            let out = out.as_slice_mut().expect("contiguous row");
+            fwd.process_with_scratch(buf, out, scratch).expect("buffers come from the plan");
+            out.iter_mut().for_each(|z| *z = *z * scale);
+        },
+    );
+    spectra
+}
+
+/// y[b, h] = irfft(rfft(u[b, h], n) · spectra[h])[..L] + D[h] u[b, h], in parallel over (b, h).
+fn apply<T: Real>(
+    u: ArrayView3<T>,
+    spectra: &Array2<Complex<T>>,
+    d: Option<ArrayView1<T>>,
+    fwd: &Arc<dyn RealToComplex<T>>,
+    inv: &Arc<dyn ComplexToReal<T>>,
+) -> Array3<T> {
+    let (batch, channels, len) = u.dim();
+    let mut y = Array3::<T>::zeros((batch, channels, len));
+    Zip::indexed(y.lanes_mut(Axis(2))).and(u.lanes(Axis(2))).par_for_each(|(_, h), mut out, inp| {
+        let mut buf = fwd.make_input_vec();
+        let mut spec = fwd.make_output_vec();
+        let mut scratch = vec![Complex::new(T::zero(), T::zero()); fwd.get_scratch_len().max(inv.get_scratch_len())];
+        for (dst, src) in buf.iter_mut().zip(inp.iter()) {
+            *dst = *src;
+        }
+        fwd.process_with_scratch(&mut buf, &mut spec, &mut scratch).expect("buffers come from the plan");
+        for (s, k) in spec.iter_mut().zip(spectra.row(h).iter()) {
+            *s = *s * *k;
+        }
+        // imaginary parts of DC and Nyquist are zero up to rounding; realfft wants them exactly zero
+        spec[0].im = T::zero();
+        if let Some(last) = spec.last_mut() {
+            last.im = T::zero();
+        }
+        inv.process_with_scratch(&mut spec, &mut buf, &mut scratch).expect("buffers come from the plan");
+        let dh = d.map_or(T::zero(), |d| d[h]);
+        for ((o, v), x) in out.iter_mut().zip(buf.iter()).zip(inp.iter()) {
+            *o = *v + dh * *x;
+        }
+    });
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_len_is_smooth_and_minimal() {
+        assert_eq!(fast_len(1), 2);
+        assert_eq!(fast_len(7), 8);
+        assert_eq!(fast_len(11), 12);
+        assert_eq!(fast_len(2047), 2048);
+        assert_eq!(fast_len(2049), 2160);
+        for m in 1..500 {
+            let n = fast_len(m);
+            assert!(n >= m && n % 2 == 0);
+            let mut r = n;
+            for p in [2, 3, 5] {
+                while r % p == 0 {
+                    r /= p;
+                }
+            }
+            assert_eq!(r, 1);
+        }
+    }
+
+    #[test]
+    fn plans_are_cached() {
+        let mut conv = FftConv::<f32>::new();
+        let (a, _) = conv.plans(96);
+        let (b, _) = conv.plans(96);
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+}
