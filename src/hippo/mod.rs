@@ -19,6 +19,7 @@
 //! signal's past from the HiPPO state (the online function approximation demo).
 
 pub mod diag;
+pub mod memory;
 
 pub mod nplr;
 
