@@ -6,3 +6,5 @@ pub mod ssm;
 pub use error::{Error, Result};
 pub mod kernel;
 pub mod conv;
+pub mod io;
+pub mod plot;

@@ -1,1 +1,343 @@
-fn main() {}
+//! The `s4` command line: HiPPO matrices, SSM kernels and the HiPPO memory demo, with numpy files
+//! in and out and JSON on stdout. Run `s4 --help` or `s4 COMMAND --help`.
+
+use clap::{Parser, Subcommand};
+use ndarray::{Array2, Ix1, Ix2, Ix3};
+use num_complex::Complex64;
+use s4::discretize::Discretization;
+use s4::hippo::memory::{evaluate, signal_of, sweep, MemoryConfig, MemoryOperator};
+use s4::hippo::{nplr, rank_correction, transition, Measure};
+use s4::io::{NpzIn, NpzOut};
+use s4::kernel::ssm_kernel;
+use s4::plot::{write_png, Panel, Series};
+use s4::ssm::{KernelKind, SsmInit, SsmInitConfig, SsmParams};
+use s4::{Error, Result};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(name = "s4", version, about = "Structured state-space sequence models (S4, S4D, HiPPO) in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// HiPPO matrices (A, B) and, with --dplr, their diagonal-plus-low-rank form.
+    ///
+    /// Writes A (N, N) and B (N,) float64; with --dplr also Lambda (N/2,), V (N, N/2), P_tilde (R, N/2)
+    /// and B_tilde (N/2,) complex128, so that A = 2 Re(V diag(Lambda) V*) - sum_r P_r P_r^T. Without
+    /// --out the arrays are printed as JSON (complex numbers as [re, im]).
+    Hippo {
+        /// Measure: legs, legt, lagt or fout.
+        #[arg(long)]
+        measure: String,
+        /// State size N.
+        #[arg(long)]
+        n: usize,
+        /// Also compute the DPLR form (N must be even).
+        #[arg(long)]
+        dplr: bool,
+        /// Output .npz file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// SSM convolution kernels, from a layer-style initialization or from a parameter file.
+    ///
+    /// Writes K (H, L) float64 and the parameters that produced it over the N/2 kept
+    /// conjugate-pair representatives: Lambda (H, N/2), P (R, H, N/2) (DPLR only), B (H, N/2),
+    /// C (H, N/2) complex128 (the continuous C, not C-tilde) and dt (H,) float64. The full state is the
+    /// kept half plus its conjugates, A = diag(Lambda) - P P* on it, and K_l = C Abar^l Bbar summed over
+    /// the full state. With --params FILE.npz the kernel is recomputed from a file of that layout
+    /// (DPLR if it holds P). Prints a JSON summary.
+    Kernel {
+        /// Kernel kind: dplr (S4) or diag (S4D). Ignored with --params.
+        #[arg(long, default_value = "dplr")]
+        kind: String,
+        /// Initialization: legs, legt, fout, lagt, diag-lin, diag-inv, diag-legs, diag-real.
+        #[arg(long, default_value = "legs")]
+        init: String,
+        /// Discretization: bilinear or zoh (default: bilinear for dplr, zoh for diag).
+        #[arg(long)]
+        disc: Option<String>,
+        /// State size N (even).
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Kernel length L.
+        #[arg(long)]
+        length: usize,
+        /// Number of channels H.
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+        /// Smallest step size of the log-uniform draw.
+        #[arg(long, default_value_t = 1e-3)]
+        dt_min: f64,
+        /// Largest step size of the log-uniform draw.
+        #[arg(long, default_value_t = 1e-1)]
+        dt_max: f64,
+        /// Random seed (dt and C).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Read the parameters from this .npz instead of drawing them.
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// Output .npz file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also plot the first channels' kernels to this PNG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Number of taps shown in the plot.
+        #[arg(long, default_value_t = 1000)]
+        plot_taps: usize,
+    },
+    /// The HiPPO memory demo: reconstruct the past of a band-limited random signal from the state.
+    ///
+    /// Prints JSON metrics (relative RMSE per operator, and a sweep over N) and optionally plots the
+    /// signal against each reconstruction.
+    Reconstruct {
+        /// Operator: legt, legs, legs-scaled, lagt, fout (default: all). `--measure legs` runs both
+        /// the time-invariant and the scaled LegS.
+        #[arg(long)]
+        measure: Option<String>,
+        /// State size N.
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Step size.
+        #[arg(long, default_value_t = 1e-3)]
+        dt: f64,
+        /// Signal duration (time units).
+        #[arg(long, default_value_t = 4.0)]
+        duration: f64,
+        /// Highest frequency of the signal (cycles per time unit).
+        #[arg(long, default_value_t = 1.5)]
+        cutoff: f64,
+        /// Signal seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// State sizes of the sweep (comma-separated).
+        #[arg(long, default_value = "16,32,64,128", value_delimiter = ',')]
+        sweep: Vec<usize>,
+        /// Write a PNG of signal vs reconstruction.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Hippo { measure, n, dplr, out } => cmd_hippo(&measure, n, dplr, out.as_deref()),
+        Command::Kernel { kind, init, disc, n, length, channels, dt_min, dt_max, seed, params, out, plot, plot_taps } => {
+            cmd_kernel(KernelArgs { kind, init, disc, n, length, channels, dt_min, dt_max, seed, params, out, plot, plot_taps })
+        }
+        Command::Reconstruct { measure, n, dt, duration, cutoff, seed, sweep, plot } => {
+            cmd_reconstruct(measure.as_deref(), MemoryConfig { n, dt, duration, cutoff, rms: 0.5, seed }, &sweep, plot.as_deref())
+        }
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn cjson(z: &Complex64) -> serde_json::Value {
+    json!([z.re, z.im])
+}
+
+fn cmd_hippo(measure: &str, n: usize, dplr: bool, out: Option<&Path>) -> Result<()> {
+    let m: Measure = measure.parse()?;
+    let (a, b) = transition(m, n)?;
+    let d = if dplr { Some(nplr(m, n)?) } else { None };
+    let rec_err = d.as_ref().map(|d| {
+        let r = d.reconstruct_a();
+        let diff = (&r - &a).iter().fold(0.0f64, |x, y| x.max(y.abs()));
+        diff / a.iter().fold(0.0f64, |x, y| x.max(y.abs()))
+    });
+    match out {
+        Some(path) => {
+            let mut npz = NpzOut::create(path)?;
+            npz.add("A", &a)?;
+            npz.add("B", &b)?;
+            if let Some(d) = &d {
+                npz.add("Lambda", &d.lambda)?;
+                npz.add("V", &d.v)?;
+                npz.add("P_tilde", &d.p)?;
+                npz.add("B_tilde", &d.b)?;
+            }
+            npz.finish()?;
+            let mut arrays = vec!["A", "B"];
+            if dplr {
+                arrays.extend(["Lambda", "V", "P_tilde", "B_tilde"]);
+            }
+            println!(
+                "{}",
+                json!({"measure": m.name(), "n": n, "rank": m.rank(), "out": path, "arrays": arrays,
+                       "dplr_reconstruction_rel_error": rec_err})
+            );
+        }
+        None => {
+            let rows = |x: &Array2<f64>| x.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>();
+            let mut v = json!({"measure": m.name(), "n": n, "rank": m.rank(), "A": rows(&a), "B": b.to_vec(),
+                               "P": rows(&rank_correction(m, n)?)});
+            if let Some(d) = &d {
+                v["Lambda"] = d.lambda.iter().map(cjson).collect();
+                v["B_tilde"] = d.b.iter().map(cjson).collect();
+                v["P_tilde"] = d.p.outer_iter().map(|r| r.iter().map(cjson).collect::<Vec<_>>()).collect();
+                v["V"] = d.v.outer_iter().map(|r| r.iter().map(cjson).collect::<Vec<_>>()).collect();
+                v["dplr_reconstruction_rel_error"] = json!(rec_err);
+            }
+            println!("{v}");
+        }
+    }
+    Ok(())
+}
+
+struct KernelArgs {
+    kind: String,
+    init: String,
+    disc: Option<String>,
+    n: usize,
+    length: usize,
+    channels: usize,
+    dt_min: f64,
+    dt_max: f64,
+    seed: u64,
+    params: Option<PathBuf>,
+    out: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    plot_taps: usize,
+}
+
+/// Reads kernel parameters in the layout `s4 kernel` writes.
+fn read_params(path: &Path) -> Result<SsmParams<f64>> {
+    let mut f = NpzIn::open(path)?;
+    let c2 = |f: &mut NpzIn, name: &str| -> Result<Array2<Complex64>> {
+        Ok(f.read::<Complex64>(name, 2, "complex128")?.into_dimensionality::<Ix2>().expect("checked 2-D"))
+    };
+    let lambda = c2(&mut f, "Lambda")?;
+    let b = c2(&mut f, "B")?;
+    let c = c2(&mut f, "C")?;
+    let dt = f.read::<f64>("dt", 1, "float64")?.into_dimensionality::<Ix1>().expect("checked 1-D");
+    let p = if f.has("P") {
+        Some(f.read::<Complex64>("P", 3, "complex128")?.into_dimensionality::<Ix3>().expect("checked 3-D"))
+    } else {
+        None
+    };
+    let params = SsmParams { lambda, p, b, c, dt };
+    params.validate().map_err(|e| Error::format(path, e.to_string()))?;
+    Ok(params)
+}
+
+fn cmd_kernel(a: KernelArgs) -> Result<()> {
+    let (params, source) = match &a.params {
+        Some(path) => (read_params(path)?, json!({"params": path})),
+        None => {
+            let cfg = SsmInitConfig {
+                kind: a.kind.parse::<KernelKind>()?,
+                init: a.init.parse::<SsmInit>()?,
+                d_state: a.n,
+                channels: a.channels,
+                dt_min: a.dt_min,
+                dt_max: a.dt_max,
+                seed: a.seed,
+            };
+            let p = cfg.draw()?;
+            (p, serde_json::to_value(&cfg).expect("config serializes"))
+        }
+    };
+    let disc = a.disc.as_deref().map(str::parse::<Discretization>).transpose()?;
+    let t0 = Instant::now();
+    let k = ssm_kernel::<f64>(&params, a.length, disc)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let disc = disc.unwrap_or_else(|| s4::kernel::default_discretization(params.kind()));
+    if let Some(path) = &a.out {
+        let mut npz = NpzOut::create(path)?;
+        npz.add("K", &k)?;
+        npz.add("Lambda", &params.lambda)?;
+        if let Some(p) = &params.p {
+            npz.add("P", p)?;
+        }
+        npz.add("B", &params.b)?;
+        npz.add("C", &params.c)?;
+        npz.add("dt", &params.dt)?;
+        npz.finish()?;
+    }
+    if let Some(path) = &a.plot {
+        let shown = k.nrows().min(4);
+        let taps = a.length.min(a.plot_taps.max(1));
+        let series = (0..shown)
+            .map(|h| Series {
+                label: format!("channel {h} (dt = {:.2e})", params.dt[h]),
+                points: k.row(h).iter().take(taps).enumerate().map(|(l, &v)| (l as f64, v)).collect(),
+            })
+            .collect();
+        let title = format!(
+            "{} kernel, N = {}, {} discretization (first {taps} of {} taps)",
+            params.kind(),
+            2 * params.half_state(),
+            disc,
+            a.length
+        );
+        write_png(path, &[Panel { title, x_label: "lag l".into(), y_label: "K_l".into(), series }], 1000, 450)?;
+    }
+    let max_abs = k.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    println!(
+        "{}",
+        json!({"kind": params.kind().to_string(), "disc": disc.to_string(), "channels": params.channels(),
+               "d_state": 2 * params.half_state(), "rank": params.rank(), "length": a.length,
+               "seconds": secs, "max_abs_K": max_abs, "out": a.out, "plot": a.plot, "source": source})
+    );
+    Ok(())
+}
+
+fn cmd_reconstruct(measure: Option<&str>, cfg: MemoryConfig, ns: &[usize], plot: Option<&Path>) -> Result<()> {
+    let ops: Vec<MemoryOperator> = match measure {
+        None => MemoryOperator::ALL.to_vec(),
+        Some("legs") => vec![MemoryOperator::LegS, MemoryOperator::LegSScaled],
+        Some(m) => vec![m.parse()?],
+    };
+    let results = ops.iter().map(|&op| evaluate(op, &cfg, false)).collect::<Result<Vec<_>>>()?;
+    let flipped = ops.iter().map(|&op| evaluate(op, &cfg, true)).collect::<Result<Vec<_>>>()?;
+    let table = sweep(&ops, ns, &cfg)?;
+    let mut sweep_json = serde_json::Map::new();
+    sweep_json.insert("n".into(), json!(ns));
+    for (i, op) in ops.iter().enumerate() {
+        sweep_json.insert(op.name().into(), json!(table.row(i).to_vec()));
+    }
+    let metrics: Vec<_> = results
+        .iter()
+        .zip(&flipped)
+        .map(|(r, f)| {
+            json!({"operator": r.operator.name(), "n": r.n, "ages": [r.ages.0, r.ages.1], "rmse": r.rmse,
+                   "relative_rmse": r.relative_rmse, "flipped_basis_relative_rmse": f.relative_rmse})
+        })
+        .collect();
+    if let Some(path) = plot {
+        let (times, signal) = signal_of(&cfg);
+        let mut panels = vec![Panel {
+            title: format!("band-limited signal (cutoff {} / time unit), dt = {}", cfg.cutoff, cfg.dt),
+            x_label: "time".into(),
+            y_label: "u(t)".into(),
+            series: vec![Series { label: "signal".into(), points: times.iter().copied().zip(signal.iter().copied()).collect() }],
+        }];
+        for r in &results {
+            let pts = |v: &[f64]| r.times.iter().copied().zip(v.iter().copied()).collect::<Vec<_>>();
+            panels.push(Panel {
+                title: format!("{} N = {}: relative RMSE {:.2e} over ages {}..{}", r.operator, r.n, r.relative_rmse, r.ages.0, r.ages.1),
+                x_label: "time".into(),
+                y_label: "u(t)".into(),
+                series: vec![
+                    Series { label: "signal".into(), points: pts(&r.truth) },
+                    Series { label: "reconstruction from the final state".into(), points: pts(&r.reconstruction) },
+                ],
+            });
+        }
+        write_png(path, &panels, 1000, 260)?;
+    }
+    println!("{}", json!({"config": cfg, "results": metrics, "sweep_relative_rmse": sweep_json, "plot": plot}));
+    Ok(())
+}
+

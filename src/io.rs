@@ -1,0 +1,138 @@
+//! Arrays in and out as numpy `.npz` files (so numpy users can check every number), written
+//! atomically: a temporary file in the same folder, then a rename, so a crash never leaves a
+//! half-written file under the requested name.
+
+use crate::error::{Error, Result};
+use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
+use ndarray_npy::{NpzReader, NpzWriter, ReadableElement, WritableElement};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// A temporary sibling of `path` (same folder, so the final rename is atomic), ending in `.ext`.
+pub fn atomic_path(path: &Path, ext: &str) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.{}.tmp.{ext}", std::process::id()))
+}
+
+/// Collects named arrays and writes them as one `.npz` file atomically.
+pub struct NpzOut {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: Option<NpzWriter<File>>,
+}
+
+impl std::fmt::Debug for NpzOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NpzOut").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl NpzOut {
+    /// Starts writing `path` (the data go to a temporary file until [`finish`](Self::finish)).
+    ///
+    /// # Errors
+    /// The temporary file cannot be created.
+    pub fn create(path: &Path) -> Result<Self> {
+        let tmp = atomic_path(path, "npz");
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(NpzOut { path: path.to_path_buf(), tmp, writer: Some(NpzWriter::new(file)) })
+    }
+
+    /// Adds the array `name` (stored as `name.npy` in the archive).
+    ///
+    /// # Errors
+    /// A write failure.
+    pub fn add<S, D, A>(&mut self, name: &str, array: &ArrayBase<S, D>) -> Result<()>
+    where
+        S: Data<Elem = A>,
+        D: Dimension,
+        A: WritableElement,
+    {
+        let w = self.writer.as_mut().expect("writer is present until finish");
+        w.add_array(name, array).map_err(|e| Error::format(&self.path, format!("writing array {name}: {e}")))
+    }
+
+    /// Closes the archive and renames it into place.
+    ///
+    /// # Errors
+    /// A write or rename failure (the temporary file is removed).
+    pub fn finish(mut self) -> Result<()> {
+        let w = self.writer.take().expect("finish is called once");
+        let done = w
+            .finish()
+            .map_err(|e| Error::format(&self.path, format!("closing the archive: {e}")))
+            .and_then(|f| f.sync_all().map_err(|e| Error::io(&self.tmp, e)))
+            .and_then(|_| std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e)));
+        if done.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        done
+    }
+}
+
+impl Drop for NpzOut {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Reads named arrays from an `.npz` file, with errors that name the file and the array.
+pub struct NpzIn {
+    path: PathBuf,
+    reader: NpzReader<File>,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for NpzIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NpzIn").field("path", &self.path).field("names", &self.names).finish()
+    }
+}
+
+impl NpzIn {
+    /// Opens `path`.
+    ///
+    /// # Errors
+    /// The file is missing, unreadable or not a zip archive of `.npy` files.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut reader = NpzReader::new(file).map_err(|e| Error::format(path, format!("not a valid .npz archive: {e}")))?;
+        let names = reader
+            .names()
+            .map_err(|e| Error::format(path, format!("cannot list the arrays: {e}")))?
+            .into_iter()
+            .map(|n| n.trim_end_matches(".npy").to_string())
+            .collect();
+        Ok(NpzIn { path: path.to_path_buf(), reader, names })
+    }
+
+    /// Whether the archive holds an array called `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    /// Reads array `name` with element type `A` and checks its number of dimensions.
+    ///
+    /// # Errors
+    /// Missing array, another dtype, another number of dimensions, or a corrupt entry.
+    pub fn read<A: ReadableElement>(&mut self, name: &str, ndim: usize, dtype: &str) -> Result<ArrayD<A>> {
+        if !self.has(name) {
+            return Err(Error::format(&self.path, format!("missing array '{name}' (found: {})", self.names.join(", "))));
+        }
+        let key = if self.reader.names().map(|n| n.iter().any(|x| x == name)).unwrap_or(false) {
+            name.to_string()
+        } else {
+            format!("{name}.npy")
+        };
+        let a: ArrayD<A> = self
+            .reader
+            .by_name::<ndarray::OwnedRepr<A>, IxDyn>(&key)
+            .map_err(|e| Error::format(&self.path, format!("array '{name}' is not a readable {dtype} array: {e}")))?;
+        if a.ndim() != ndim {
+            return Err(Error::shape(format!("array '{name}' in {}", self.path.display()), format!("{ndim} dimensions"), a.shape()));
+        }
+        Ok(a)
+    }
+}

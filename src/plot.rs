@@ -1,0 +1,102 @@
+//! PNG line plots (plotters with a bundled DejaVu font, so no system fonts are needed), written
+//! atomically.
+
+use crate::error::{Error, Result};
+use crate::io::atomic_path;
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+/// One line of a plot.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend label.
+    pub label: String,
+    /// Points (x, y).
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A figure made of stacked panels that share nothing but the image.
+#[derive(Clone, Debug)]
+pub struct Panel {
+    /// Panel title.
+    pub title: String,
+    /// X axis label.
+    pub x_label: String,
+    /// Y axis label.
+    pub y_label: String,
+    /// Lines.
+    pub series: Vec<Series>,
+}
+
+static FONT: Once = Once::new();
+
+fn register_font() {
+    FONT.call_once(|| {
+        // the bundled font is valid TrueType; a failure here would only lose text
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0, 0, 0),
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+];
+
+/// Draws `panels` stacked vertically into a PNG of width × (height per panel), atomically.
+///
+/// # Errors
+/// An empty figure, a series without finite points, or a failure to write the file.
+pub fn write_png(path: &Path, panels: &[Panel], width: u32, panel_height: u32) -> Result<()> {
+    if panels.is_empty() {
+        return Err(Error::invalid("plot", "no panels", "at least one panel"));
+    }
+    register_font();
+    let tmp = atomic_path(path, "png");
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(&tmp, (width, panel_height * panels.len() as u32)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let areas = root.split_evenly((panels.len(), 1));
+        for (panel, area) in panels.iter().zip(areas.iter()) {
+            let pts = panel.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+            let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+            for &(x, y) in pts {
+                x0 = x0.min(x);
+                x1 = x1.max(x);
+                y0 = y0.min(y);
+                y1 = y1.max(y);
+            }
+            if !(x0.is_finite() && y0.is_finite()) {
+                return Err(format!("panel '{}' has no finite points", panel.title).into());
+            }
+            let pad = ((y1 - y0) * 0.05).max(1e-12);
+            let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, ("sans-serif", 20))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(55)
+                .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
+            chart.configure_mesh().x_desc(panel.x_label.as_str()).y_desc(panel.y_label.as_str()).draw()?;
+            for (i, s) in panel.series.iter().enumerate() {
+                let color = COLORS[i % COLORS.len()];
+                chart
+                    .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))?
+                    .label(s.label.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            }
+            chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.85)).draw()?;
+        }
+        root.present()?;
+        Ok(())
+    };
+    if let Err(e) = draw() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::format(path, format!("could not draw the plot: {e}")));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
