@@ -76,7 +76,8 @@ impl FromStr for Discretization {
     type Err = Error;
     /// Parses `zoh`, `bilinear`, `forward-euler`, `backward-euler` or `gbt:ALPHA`.
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::invalid("discretization", s, "one of zoh, bilinear, forward-euler, backward-euler, gbt:ALPHA");
+        let bad =
+            || Error::invalid("discretization", s, "one of zoh, bilinear, forward-euler, backward-euler, gbt:ALPHA");
         match s {
             "zoh" => Ok(Discretization::Zoh),
             "bilinear" => Ok(Discretization::Bilinear),
@@ -276,19 +277,19 @@ mod tests {
             (Discretization::ForwardEuler, 1.0 + dt * l, dt * 3.0),
             (Discretization::BackwardEuler, 1.0 / (1.0 - dt * l), dt * 3.0 / (1.0 - dt * l)),
             (Discretization::Bilinear, (1.0 + dt * l / 2.0) / (1.0 - dt * l / 2.0), dt * 3.0 / (1.0 - dt * l / 2.0)),
-            (Discretization::Gbt(0.25), (1.0 + 0.75 * dt * l) / (1.0 - 0.25 * dt * l), dt * 3.0 / (1.0 - 0.25 * dt * l)),
+            (
+                Discretization::Gbt(0.25),
+                (1.0 + 0.75 * dt * l) / (1.0 - 0.25 * dt * l),
+                dt * 3.0 / (1.0 - 0.25 * dt * l),
+            ),
         ];
         for (m, ea, eb) in cases {
             let (ab, bb) = discretize_dense(a.view(), b.view(), dt, m).unwrap();
             assert!((ab[[0, 0]] - ea).abs() < 1e-15, "{m}");
             assert!((bb[0] - eb).abs() < 1e-15, "{m}");
-            let (da, db) = discretize_diag(
-                array![Complex64::new(l, 0.0)].view(),
-                array![Complex64::new(3.0, 0.0)].view(),
-                dt,
-                m,
-            )
-            .unwrap();
+            let (da, db) =
+                discretize_diag(array![Complex64::new(l, 0.0)].view(), array![Complex64::new(3.0, 0.0)].view(), dt, m)
+                    .unwrap();
             assert!((da[0].re - ea).abs() < 1e-15 && (db[0].re - eb).abs() < 1e-15, "{m} diag");
         }
     }
@@ -299,7 +300,8 @@ mod tests {
         let lam = Complex64::new(-0.7, 5.0);
         let a = array![[lam.re, -lam.im], [lam.im, lam.re]];
         let b = array![1.0, 0.0];
-        for m in [Discretization::Zoh, Discretization::Bilinear, Discretization::Gbt(0.8), Discretization::ForwardEuler] {
+        for m in [Discretization::Zoh, Discretization::Bilinear, Discretization::Gbt(0.8), Discretization::ForwardEuler]
+        {
             let (ab, bb) = discretize_dense(a.view(), b.view(), 0.05, m).unwrap();
             let (da, fb) = discretize_mode(lam, 0.05, m);
             assert!((ab[[0, 0]] - da.re).abs() < 1e-13 && (ab[[1, 0]] - da.im).abs() < 1e-13, "{m}");

@@ -98,7 +98,8 @@ impl NpzIn {
     /// The file is missing, unreadable or not a zip archive of `.npy` files.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut reader = NpzReader::new(file).map_err(|e| Error::format(path, format!("not a valid .npz archive: {e}")))?;
+        let mut reader =
+            NpzReader::new(file).map_err(|e| Error::format(path, format!("not a valid .npz archive: {e}")))?;
         let names = reader
             .names()
             .map_err(|e| Error::format(path, format!("cannot list the arrays: {e}")))?
@@ -119,7 +120,10 @@ impl NpzIn {
     /// Missing array, another dtype, another number of dimensions, or a corrupt entry.
     pub fn read<A: ReadableElement>(&mut self, name: &str, ndim: usize, dtype: &str) -> Result<ArrayD<A>> {
         if !self.has(name) {
-            return Err(Error::format(&self.path, format!("missing array '{name}' (found: {})", self.names.join(", "))));
+            return Err(Error::format(
+                &self.path,
+                format!("missing array '{name}' (found: {})", self.names.join(", ")),
+            ));
         }
         let key = if self.reader.names().map(|n| n.iter().any(|x| x == name)).unwrap_or(false) {
             name.to_string()
@@ -131,7 +135,11 @@ impl NpzIn {
             .by_name::<ndarray::OwnedRepr<A>, IxDyn>(&key)
             .map_err(|e| Error::format(&self.path, format!("array '{name}' is not a readable {dtype} array: {e}")))?;
         if a.ndim() != ndim {
-            return Err(Error::shape(format!("array '{name}' in {}", self.path.display()), format!("{ndim} dimensions"), a.shape()));
+            return Err(Error::shape(
+                format!("array '{name}' in {}", self.path.display()),
+                format!("{ndim} dimensions"),
+                a.shape(),
+            ));
         }
         Ok(a)
     }

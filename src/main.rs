@@ -30,6 +30,7 @@ enum Command {
     /// Writes A (N, N) and B (N,) float64; with --dplr also Lambda (N/2,), V (N, N/2), P_tilde (R, N/2)
     /// and B_tilde (N/2,) complex128, so that A = 2 Re(V diag(Lambda) V*) - sum_r P_r P_r^T. Without
     /// --out the arrays are printed as JSON (complex numbers as [re, im]).
+    #[command(allow_negative_numbers = true)]
     Hippo {
         /// Measure: legs, legt, lagt or fout.
         #[arg(long)]
@@ -52,6 +53,7 @@ enum Command {
     /// kept half plus its conjugates, A = diag(Lambda) - P P* on it, and K_l = C Abar^l Bbar summed over
     /// the full state. With --params FILE.npz the kernel is recomputed from a file of that layout
     /// (DPLR if it holds P). Prints a JSON summary.
+    #[command(allow_negative_numbers = true)]
     Kernel {
         /// Kernel kind: dplr (S4) or diag (S4D). Ignored with --params.
         #[arg(long, default_value = "dplr")]
@@ -97,6 +99,7 @@ enum Command {
     ///
     /// Prints JSON metrics (relative RMSE per operator, and a sweep over N) and optionally plots the
     /// signal against each reconstruction.
+    #[command(allow_negative_numbers = true)]
     Reconstruct {
         /// Operator: legt, legs, legs-scaled, lagt, fout (default: all). `--measure legs` runs both
         /// the time-invariant and the scaled LegS.
@@ -130,12 +133,41 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Hippo { measure, n, dplr, out } => cmd_hippo(&measure, n, dplr, out.as_deref()),
-        Command::Kernel { kind, init, disc, n, length, channels, dt_min, dt_max, seed, params, out, plot, plot_taps } => {
-            cmd_kernel(KernelArgs { kind, init, disc, n, length, channels, dt_min, dt_max, seed, params, out, plot, plot_taps })
-        }
-        Command::Reconstruct { measure, n, dt, duration, cutoff, seed, sweep, plot } => {
-            cmd_reconstruct(measure.as_deref(), MemoryConfig { n, dt, duration, cutoff, rms: 0.5, seed }, &sweep, plot.as_deref())
-        }
+        Command::Kernel {
+            kind,
+            init,
+            disc,
+            n,
+            length,
+            channels,
+            dt_min,
+            dt_max,
+            seed,
+            params,
+            out,
+            plot,
+            plot_taps,
+        } => cmd_kernel(KernelArgs {
+            kind,
+            init,
+            disc,
+            n,
+            length,
+            channels,
+            dt_min,
+            dt_max,
+            seed,
+            params,
+            out,
+            plot,
+            plot_taps,
+        }),
+        Command::Reconstruct { measure, n, dt, duration, cutoff, seed, sweep, plot } => cmd_reconstruct(
+            measure.as_deref(),
+            MemoryConfig { n, dt, duration, cutoff, rms: 0.5, seed },
+            &sweep,
+            plot.as_deref(),
+        ),
     };
     if let Err(e) = res {
         eprintln!("error: {e}");
@@ -321,12 +353,18 @@ fn cmd_reconstruct(measure: Option<&str>, cfg: MemoryConfig, ns: &[usize], plot:
             title: format!("band-limited signal (cutoff {} / time unit), dt = {}", cfg.cutoff, cfg.dt),
             x_label: "time".into(),
             y_label: "u(t)".into(),
-            series: vec![Series { label: "signal".into(), points: times.iter().copied().zip(signal.iter().copied()).collect() }],
+            series: vec![Series {
+                label: "signal".into(),
+                points: times.iter().copied().zip(signal.iter().copied()).collect(),
+            }],
         }];
         for r in &results {
             let pts = |v: &[f64]| r.times.iter().copied().zip(v.iter().copied()).collect::<Vec<_>>();
             panels.push(Panel {
-                title: format!("{} N = {}: relative RMSE {:.2e} over ages {}..{}", r.operator, r.n, r.relative_rmse, r.ages.0, r.ages.1),
+                title: format!(
+                    "{} N = {}: relative RMSE {:.2e} over ages {}..{}",
+                    r.operator, r.n, r.relative_rmse, r.ages.0, r.ages.1
+                ),
                 x_label: "time".into(),
                 y_label: "u(t)".into(),
                 series: vec![
@@ -340,4 +378,3 @@ fn cmd_reconstruct(measure: Option<&str>, cfg: MemoryConfig, ns: &[usize], plot:
     println!("{}", json!({"config": cfg, "results": metrics, "sweep_relative_rmse": sweep_json, "plot": plot}));
     Ok(())
 }
-

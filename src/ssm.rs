@@ -236,13 +236,17 @@ impl<T: Real> SsmParams<T> {
                 }
             }
         }
-        let b = Array1::from_shape_fn(n, |i| {
-            if i < m {
-                self.b[[h, i]].re.as_f64()
-            } else {
-                self.b[[h, i - m]].im.as_f64()
-            }
-        });
+        let b =
+            Array1::from_shape_fn(
+                n,
+                |i| {
+                    if i < m {
+                        self.b[[h, i]].re.as_f64()
+                    } else {
+                        self.b[[h, i - m]].im.as_f64()
+                    }
+                },
+            );
         let c = Array1::from_shape_fn(n, |i| {
             if i < m {
                 2.0 * self.c[[h, i]].re.as_f64()
@@ -393,15 +397,20 @@ mod tests {
         let rhs_na = nalgebra::DMatrix::from_fn(8, 8, |i, k| rhs[[i, k]]);
         let lu = lhs_na.lu();
         let abar = lu.solve(&rhs_na).unwrap();
-        let bf = nalgebra::DVector::from_fn(8, |i, _| {
-            if i < m {
-                params.b[[1, i]] * dt
-            } else {
-                params.b[[1, i - m]].conj() * dt
-            }
-        });
+        let bf =
+            nalgebra::DVector::from_fn(
+                8,
+                |i, _| {
+                    if i < m {
+                        params.b[[1, i]] * dt
+                    } else {
+                        params.b[[1, i - m]].conj() * dt
+                    }
+                },
+            );
         let bbar = lu.solve(&bf).unwrap();
-        let cf: Vec<Complex64> = (0..8).map(|i| if i < m { params.c[[1, i]] } else { params.c[[1, i - m]].conj() }).collect();
+        let cf: Vec<Complex64> =
+            (0..8).map(|i| if i < m { params.c[[1, i]] } else { params.c[[1, i - m]].conj() }).collect();
         // K_l for l = 0..5 both ways
         let mut x = bbar.clone();
         let mut xr = bb.clone();
@@ -417,7 +426,8 @@ mod tests {
 
     #[test]
     fn draw_is_seeded_and_dt_in_range() {
-        let cfg = SsmInitConfig { d_state: 16, channels: 32, seed: 7, dt_min: 1e-3, dt_max: 1e-1, ..Default::default() };
+        let cfg =
+            SsmInitConfig { d_state: 16, channels: 32, seed: 7, dt_min: 1e-3, dt_max: 1e-1, ..Default::default() };
         let a = cfg.draw().unwrap();
         let b = cfg.draw().unwrap();
         assert_eq!(a, b);

@@ -8,11 +8,15 @@ use ndarray::{Array1, Array2, Array3};
 use s4::conv::{bidirectional_conv_direct, causal_conv_direct, FftConv};
 
 fn signal(b: usize, h: usize, l: usize, seed: u64) -> Array3<f64> {
-    Array3::from_shape_fn((b, h, l), |(i, j, t)| (((i * 131 + j * 71 + t * 17) as u64 * 2654435761 + seed) % 1000) as f64 / 500.0 - 1.0)
+    Array3::from_shape_fn((b, h, l), |(i, j, t)| {
+        (((i * 131 + j * 71 + t * 17) as u64 * 2654435761 + seed) % 1000) as f64 / 500.0 - 1.0
+    })
 }
 
 fn kernel(h: usize, l: usize) -> Array2<f64> {
-    Array2::from_shape_fn((h, l), |(j, t)| (-(t as f64) / (3.0 + 5.0 * j as f64)).exp() * ((t as f64) * 0.3 + j as f64).cos())
+    Array2::from_shape_fn((h, l), |(j, t)| {
+        (-(t as f64) / (3.0 + 5.0 * j as f64)).exp() * ((t as f64) * 0.3 + j as f64).cos()
+    })
 }
 
 #[test]
@@ -97,13 +101,19 @@ fn bad_shapes_are_errors() {
     let u = Array3::<f32>::zeros((2, 3, 10));
     let e = conv.causal(u.view(), Array2::zeros((4, 10)).view(), None).unwrap_err().to_string();
     assert!(e.contains("kernel K") && e.contains("[4, 10]"), "{e}");
-    let e = conv.causal(u.view(), Array2::zeros((3, 10)).view(), Some(Array1::zeros(2).view())).unwrap_err().to_string();
+    let e =
+        conv.causal(u.view(), Array2::zeros((3, 10)).view(), Some(Array1::zeros(2).view())).unwrap_err().to_string();
     assert!(e.contains("skip D"), "{e}");
     assert!(conv.causal(Array3::<f32>::zeros((0, 3, 10)).view(), Array2::zeros((3, 10)).view(), None).is_err());
     assert!(conv.causal(u.view(), Array2::zeros((3, 0)).view(), None).is_err());
-    let e = conv.bidirectional(u.view(), Array2::zeros((3, 10)).view(), Array2::zeros((3, 9)).view(), None).unwrap_err();
+    let e =
+        conv.bidirectional(u.view(), Array2::zeros((3, 10)).view(), Array2::zeros((3, 9)).view(), None).unwrap_err();
     assert!(e.to_string().contains("backward kernel"), "{e}");
     let mut bad = u.clone();
     bad[[0, 0, 0]] = f32::NAN;
-    assert!(conv.causal(bad.view(), Array2::zeros((3, 10)).view(), None).unwrap_err().to_string().contains("non-finite"));
+    assert!(conv
+        .causal(bad.view(), Array2::zeros((3, 10)).view(), None)
+        .unwrap_err()
+        .to_string()
+        .contains("non-finite"));
 }

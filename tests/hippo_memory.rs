@@ -46,11 +46,14 @@ fn scaled_legs_first_coefficient_is_the_running_mean() {
 
 #[test]
 fn bad_configurations_are_errors() {
-    let e = evaluate(MemoryOperator::LegT, &MemoryConfig { n: 0, ..Default::default() }, false).unwrap_err().to_string();
+    let e =
+        evaluate(MemoryOperator::LegT, &MemoryConfig { n: 0, ..Default::default() }, false).unwrap_err().to_string();
     assert!(e.contains("N = 0"), "{e}");
-    let e = evaluate(MemoryOperator::FouT, &MemoryConfig { n: 7, ..Default::default() }, false).unwrap_err().to_string();
+    let e =
+        evaluate(MemoryOperator::FouT, &MemoryConfig { n: 7, ..Default::default() }, false).unwrap_err().to_string();
     assert!(e.contains("N = 7") && e.contains("even"), "{e}");
-    let e = evaluate(MemoryOperator::LegT, &MemoryConfig { dt: 0.0, ..Default::default() }, false).unwrap_err().to_string();
+    let e =
+        evaluate(MemoryOperator::LegT, &MemoryConfig { dt: 0.0, ..Default::default() }, false).unwrap_err().to_string();
     assert!(e.contains("dt = 0"), "{e}");
     assert!(evaluate(MemoryOperator::LegT, &MemoryConfig { cutoff: f64::NAN, ..Default::default() }, false).is_err());
     assert!(evaluate(MemoryOperator::LegT, &MemoryConfig { duration: 1e-4, ..Default::default() }, false).is_err());

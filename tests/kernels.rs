@@ -76,9 +76,10 @@ fn length_doubling_updates_c_tilde() {
 #[test]
 fn rank_two_and_general_rank_woodbury() {
     // LegT has rank 2
-    let mut legt = SsmInitConfig { init: SsmInit::Hippo(Measure::LegT), d_state: 16, channels: 2, seed: 1, ..Default::default() }
-        .draw()
-        .unwrap();
+    let mut legt =
+        SsmInitConfig { init: SsmInit::Hippo(Measure::LegT), d_state: 16, channels: 2, seed: 1, ..Default::default() }
+            .draw()
+            .unwrap();
     legt.dt.fill(1e-2);
     let reference = ssm_kernel_naive(&legt, 500, Discretization::Bilinear).unwrap();
     assert!(rel_err(&DplrKernel::<f64>::new(&legt, 500).unwrap().kernel(500).unwrap(), &reference) < 1e-9);
@@ -121,30 +122,22 @@ fn dplr_kernel_of_hippo_equals_powers_of_the_dense_hippo_matrix() {
 /// Impulse response of the diagonal recurrence x ← Ā x + B̄ u, y = 2 Re(C x), in f64.
 fn diag_impulse_response(params: &SsmParams<f64>, len: usize, method: Discretization) -> Array2<f64> {
     let (h, m) = params.lambda.dim();
-    Array2::from_shape_fn((h, len), |(_, _)| 0.0).tap(|k| {
-        for ch in 0..h {
-            let mut x: Vec<Complex64> = vec![Complex64::new(0.0, 0.0); m];
-            for l in 0..len {
-                let u = if l == 0 { 1.0 } else { 0.0 };
-                let mut y = 0.0;
-                for j in 0..m {
-                    let (ab, fb) = discretize_mode(params.lambda[[ch, j]], params.dt[ch], method);
-                    x[j] = ab * x[j] + fb * params.b[[ch, j]] * u;
-                    y += 2.0 * (params.c[[ch, j]] * x[j]).re;
-                }
-                k[[ch, l]] = y;
+    let mut k = Array2::zeros((h, len));
+    for ch in 0..h {
+        let modes: Vec<_> = (0..m).map(|j| discretize_mode(params.lambda[[ch, j]], params.dt[ch], method)).collect();
+        let mut x = vec![Complex64::new(0.0, 0.0); m];
+        for l in 0..len {
+            let u = if l == 0 { 1.0 } else { 0.0 };
+            let mut y = 0.0;
+            for (j, (xj, &(ab, fb))) in x.iter_mut().zip(&modes).enumerate() {
+                *xj = ab * *xj + fb * params.b[[ch, j]] * u;
+                y += 2.0 * (params.c[[ch, j]] * *xj).re;
             }
+            k[[ch, l]] = y;
         }
-    })
-}
-
-trait Tap: Sized {
-    fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
-        f(&mut self);
-        self
     }
+    k
 }
-impl<T> Tap for T {}
 
 #[test]
 fn s4d_kernel_matches_the_diagonal_recurrence() {
@@ -152,7 +145,14 @@ fn s4d_kernel_matches_the_diagonal_recurrence() {
     for init in ["diag-lin", "diag-inv", "diag-legs", "diag-real"] {
         for n in [4, 16, 64] {
             for dt in [1e-4, 1e-3, 1e-1] {
-                let cfg = SsmInitConfig { kind: KernelKind::Diag, init: init.parse().unwrap(), d_state: n, channels: 2, seed: 3, ..Default::default() };
+                let cfg = SsmInitConfig {
+                    kind: KernelKind::Diag,
+                    init: init.parse().unwrap(),
+                    d_state: n,
+                    channels: 2,
+                    seed: 3,
+                    ..Default::default()
+                };
                 let mut params = cfg.draw().unwrap();
                 params.dt.fill(dt);
                 for method in [Discretization::Zoh, Discretization::Bilinear] {
@@ -175,7 +175,14 @@ fn s4d_kernel_matches_the_diagonal_recurrence() {
 
 #[test]
 fn s4d_kernel_matches_dense_matrix_exponential_powers() {
-    let cfg = SsmInitConfig { kind: KernelKind::Diag, init: "diag-inv".parse().unwrap(), d_state: 16, channels: 3, seed: 2, ..Default::default() };
+    let cfg = SsmInitConfig {
+        kind: KernelKind::Diag,
+        init: "diag-inv".parse().unwrap(),
+        d_state: 16,
+        channels: 3,
+        seed: 2,
+        ..Default::default()
+    };
     let params = cfg.draw().unwrap();
     for method in [Discretization::Zoh, Discretization::Bilinear, Discretization::Gbt(0.3)] {
         let reference = ssm_kernel_naive(&params, 600, method).unwrap();
@@ -237,9 +244,15 @@ fn ssm_kernel_dispatches_and_rejects_zoh_for_dplr() {
     bad.b = Array2::zeros((2, 3));
     let e = ssm_kernel::<f32>(&bad, 10, None).unwrap_err().to_string();
     assert!(e.contains("wrong shape for B"), "{e}");
-    let diag = SsmInitConfig { kind: KernelKind::Diag, init: "diag-lin".parse().unwrap(), d_state: 8, channels: 2, ..Default::default() }
-        .draw()
-        .unwrap();
+    let diag = SsmInitConfig {
+        kind: KernelKind::Diag,
+        init: "diag-lin".parse().unwrap(),
+        d_state: 8,
+        channels: 2,
+        ..Default::default()
+    }
+    .draw()
+    .unwrap();
     assert!(DplrKernel::<f64>::new(&diag, 10).is_err());
     assert!(diag_kernel(&params, 10, Discretization::Zoh).is_err());
 }

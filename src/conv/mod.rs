@@ -41,14 +41,22 @@ pub(crate) struct Layout {
 }
 
 /// Checks u (B, H, L), kernels (H, L_k) with the same L_k, and D (H,).
-pub(crate) fn check_inputs<T: Real>(u: ArrayView3<T>, kernels: &[ArrayView2<T>], d: Option<ArrayView1<T>>) -> Result<Layout> {
+pub(crate) fn check_inputs<T: Real>(
+    u: ArrayView3<T>,
+    kernels: &[ArrayView2<T>],
+    d: Option<ArrayView1<T>>,
+) -> Result<Layout> {
     let (batch, channels, len) = u.dim();
     if batch == 0 || channels == 0 || len == 0 {
         return Err(Error::shape("input u", "(B, H, L) with B, H, L >= 1", u.shape()));
     }
     let klen = kernels[0].ncols();
     for (i, k) in kernels.iter().enumerate() {
-        let name = if kernels.len() == 1 { "kernel K".to_string() } else { ["forward kernel", "backward kernel"][i].to_string() };
+        let name = if kernels.len() == 1 {
+            "kernel K".to_string()
+        } else {
+            ["forward kernel", "backward kernel"][i].to_string()
+        };
         if k.nrows() != channels || k.ncols() == 0 || k.ncols() != klen {
             return Err(Error::shape(name, format!("(H, L_k) = ({channels}, {klen}) with L_k >= 1"), k.shape()));
         }

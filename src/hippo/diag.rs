@@ -89,9 +89,9 @@ pub fn diag_lambda(init: DiagInit, n: usize) -> Result<Array1<Complex64>> {
     let nf = n as f64;
     Ok(match init {
         DiagInit::Lin => Array1::from_shape_fn(n / 2, |i| Complex64::new(-0.5, -PI * i as f64)),
-        DiagInit::Inv => Array1::from_shape_fn(n / 2, |i| {
-            Complex64::new(-0.5, -(nf / PI) * (nf / (2.0 * i as f64 + 1.0) - 1.0))
-        }),
+        DiagInit::Inv => {
+            Array1::from_shape_fn(n / 2, |i| Complex64::new(-0.5, -(nf / PI) * (nf / (2.0 * i as f64 + 1.0) - 1.0)))
+        }
         DiagInit::Legs => nplr(Measure::LegS, n)?.lambda,
         DiagInit::Real => Array1::from_shape_fn(n / 2, |i| Complex64::new(-(i as f64 + 1.0), 0.0)),
     })

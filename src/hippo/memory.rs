@@ -45,8 +45,13 @@ pub enum MemoryOperator {
 
 impl MemoryOperator {
     /// All operators in a fixed order.
-    pub const ALL: [MemoryOperator; 5] =
-        [MemoryOperator::LegT, MemoryOperator::LegS, MemoryOperator::LegSScaled, MemoryOperator::LagT, MemoryOperator::FouT];
+    pub const ALL: [MemoryOperator; 5] = [
+        MemoryOperator::LegT,
+        MemoryOperator::LegS,
+        MemoryOperator::LegSScaled,
+        MemoryOperator::LagT,
+        MemoryOperator::FouT,
+    ];
 
     /// Name on the command line and in JSON (`legt`, `legs`, `legs-scaled`, `lagt`, `fout`).
     pub fn name(self) -> &'static str {
@@ -177,7 +182,11 @@ pub fn band_limited_signal(len: usize, dt: f64, cutoff: f64, rms: f64, seed: u64
     let two_pi = 2.0 * std::f64::consts::PI;
     let mut x = Array1::from_shape_fn(len, |i| {
         let t = i as f64 / len as f64;
-        coef.iter().enumerate().skip(1).map(|(k, c)| c.re * (two_pi * k as f64 * t).cos() - c.im * (two_pi * k as f64 * t).sin()).sum::<f64>()
+        coef.iter()
+            .enumerate()
+            .skip(1)
+            .map(|(k, c)| c.re * (two_pi * k as f64 * t).cos() - c.im * (two_pi * k as f64 * t).sin())
+            .sum::<f64>()
     });
     let cur = (x.iter().map(|v| v * v).sum::<f64>() / len as f64).sqrt();
     if cur > 0.0 {

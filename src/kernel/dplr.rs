@@ -82,7 +82,12 @@ pub fn c_tilde(params: &SsmParams<f64>, len: usize) -> Result<Array2<Complex64>>
 }
 
 /// Returns C' + sign · C' Ā^power, per channel, for C' = `c`.
-fn apply_power_correction(params: &SsmParams<f64>, c: Array2<Complex64>, power: usize, sign: f64) -> Result<Array2<Complex64>> {
+fn apply_power_correction(
+    params: &SsmParams<f64>,
+    c: Array2<Complex64>,
+    power: usize,
+    sign: f64,
+) -> Result<Array2<Complex64>> {
     let mut out = c;
     out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().try_for_each(|(h, mut row)| -> Result<()> {
         let r = c_to_row(row.view());
@@ -188,7 +193,8 @@ impl<T: Real> DplrKernel<T> {
         let has_nyquist = l % 2 == 0;
         let n_cauchy = if has_nyquist { nb - 1 } else { nb };
         // z_k = 2i tan(pi k / L), exact on the imaginary axis
-        let y: Vec<T> = (0..n_cauchy).map(|k| T::of(2.0 * (std::f64::consts::PI * k as f64 / l as f64).tan())).collect();
+        let y: Vec<T> =
+            (0..n_cauchy).map(|k| T::of(2.0 * (std::f64::consts::PI * k as f64 / l as f64).tan())).collect();
         let ifft = RealFftPlanner::<T>::new().plan_fft_inverse(l);
         let scale = T::of(1.0 / l as f64);
         let p = self.params.p.as_ref().expect("DPLR kernel has P");
@@ -297,7 +303,9 @@ fn woodbury<T: Real>(tile: &CauchyTile<T>, k: usize, rank: usize) -> Complex<T> 
 /// Solves M x = rhs in place (Gaussian elimination with partial pivoting), M row-major R × R.
 fn solve_small<T: Real>(mat: &mut [Complex<T>], rhs: &mut [Complex<T>], r: usize) {
     for col in 0..r {
-        let piv = (col..r).max_by(|&a, &b| mat[a * r + col].norm_sqr().total_cmp_real(&mat[b * r + col].norm_sqr())).expect("non-empty");
+        let piv = (col..r)
+            .max_by(|&a, &b| mat[a * r + col].norm_sqr().total_cmp_real(&mat[b * r + col].norm_sqr()))
+            .expect("non-empty");
         if piv != col {
             for c in 0..r {
                 mat.swap(col * r + c, piv * r + c);
@@ -341,7 +349,8 @@ mod tests {
 
     #[test]
     fn small_solver_matches_2x2_closed_form() {
-        let m = [Complex64::new(1.0, 2.0), Complex64::new(0.5, -1.0), Complex64::new(-3.0, 0.1), Complex64::new(2.0, 2.0)];
+        let m =
+            [Complex64::new(1.0, 2.0), Complex64::new(0.5, -1.0), Complex64::new(-3.0, 0.1), Complex64::new(2.0, 2.0)];
         let rhs = [Complex64::new(1.0, 0.0), Complex64::new(0.0, 1.0)];
         let mut a = m.to_vec();
         let mut x = rhs.to_vec();
@@ -351,7 +360,8 @@ mod tests {
             assert!((lhs - rhs[r]).norm() < 1e-14);
         }
         // a 3x3 that needs pivoting
-        let m3: Vec<Complex64> = [0.0, 1.0, 2.0, 1.0, 0.0, 3.0, 4.0, -3.0, 8.0].iter().map(|&x| Complex64::new(x, 0.0)).collect();
+        let m3: Vec<Complex64> =
+            [0.0, 1.0, 2.0, 1.0, 0.0, 3.0, 4.0, -3.0, 8.0].iter().map(|&x| Complex64::new(x, 0.0)).collect();
         let rhs3 = vec![Complex64::new(1.0, 0.0), Complex64::new(2.0, 0.0), Complex64::new(3.0, 1.0)];
         let mut a3 = m3.clone();
         let mut x3 = rhs3.clone();

@@ -22,7 +22,12 @@ use rayon::prelude::*;
 /// assert_eq!(k.to_vec(), vec![2.0, 1.0, 0.5, 0.25]);
 /// # Ok::<(), s4::Error>(())
 /// ```
-pub fn kernel_naive(a_bar: ArrayView2<f64>, b_bar: ArrayView1<f64>, c: ArrayView1<f64>, len: usize) -> Result<Array1<f64>> {
+pub fn kernel_naive(
+    a_bar: ArrayView2<f64>,
+    b_bar: ArrayView1<f64>,
+    c: ArrayView1<f64>,
+    len: usize,
+) -> Result<Array1<f64>> {
     check_len("kernel length L", len)?;
     let n = a_bar.nrows();
     if a_bar.ncols() != n {

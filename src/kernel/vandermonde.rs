@@ -52,7 +52,14 @@ pub fn diag_kernel<T: Real>(params: &SsmParams<T>, len: usize, method: Discretiz
     let (h, m) = params.lambda.dim();
     let mut out = Array2::<T>::zeros((h, len));
     out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
-        || (vec![T::zero(); m * BLOCK], vec![T::zero(); m * BLOCK], vec![Complex64::new(0.0, 0.0); m], vec![Complex64::new(0.0, 0.0); m]),
+        || {
+            (
+                vec![T::zero(); m * BLOCK],
+                vec![T::zero(); m * BLOCK],
+                vec![Complex64::new(0.0, 0.0); m],
+                vec![Complex64::new(0.0, 0.0); m],
+            )
+        },
         |(pr, pi, anchor, step), (ch, mut row)| {
             let dt = params.dt[ch].as_f64();
             for j in 0..m {

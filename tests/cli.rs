@@ -1,0 +1,205 @@
+//! The `s4` command line as a user runs it: outputs that numpy can read back, and bad input that
+//! ends with a non-zero exit and one clear line on stderr.
+
+use ndarray::{Array2, Ix1, Ix2};
+use num_complex::Complex64;
+use s4::io::{NpzIn, NpzOut};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn s4(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_s4")).args(args).output().expect("run s4")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("s4-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Asserts a failure with exactly one line on stderr that contains every `needle`.
+fn assert_clear_error(out: &Output, needles: &[&str]) {
+    assert!(!out.status.success(), "expected failure");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr, got: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr should mention {n:?}: {err}");
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [vec!["--help"], vec!["hippo", "--help"], vec!["kernel", "--help"], vec!["reconstruct", "--help"]] {
+        let out = s4(&cmd);
+        assert!(out.status.success(), "{cmd:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{cmd:?}");
+    }
+}
+
+#[test]
+fn hippo_writes_the_documented_arrays() {
+    let path = tmp("legs.npz");
+    let out = s4(&["hippo", "--measure", "legs", "--n", "8", "--dplr", "--out", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["dplr_reconstruction_rel_error"].as_f64().unwrap() < 1e-12);
+    let mut f = NpzIn::open(&path).unwrap();
+    let a = f.read::<f64>("A", 2, "float64").unwrap();
+    assert_eq!(a.shape(), &[8, 8]);
+    assert_eq!(f.read::<Complex64>("Lambda", 1, "complex128").unwrap().shape(), &[4]);
+    assert_eq!(f.read::<Complex64>("V", 2, "complex128").unwrap().shape(), &[8, 4]);
+    assert_eq!(f.read::<Complex64>("P_tilde", 2, "complex128").unwrap().shape(), &[1, 4]);
+    assert_eq!(f.read::<Complex64>("B_tilde", 1, "complex128").unwrap().shape(), &[4]);
+    // JSON mode
+    let out = s4(&["hippo", "--measure", "legt", "--n", "4"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rank"], 2);
+    assert_eq!(v["A"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn kernel_round_trips_through_params() {
+    let first = tmp("k1.npz");
+    let second = tmp("k2.npz");
+    let plot = tmp("k.png");
+    let out = s4(&[
+        "kernel",
+        "--kind",
+        "dplr",
+        "--init",
+        "legs",
+        "--n",
+        "16",
+        "--length",
+        "300",
+        "--channels",
+        "3",
+        "--seed",
+        "4",
+        "--out",
+        first.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::metadata(&plot).unwrap().len() > 1000);
+    let out =
+        s4(&["kernel", "--params", first.to_str().unwrap(), "--length", "300", "--out", second.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read_k = |p: &Path| {
+        NpzIn::open(p).unwrap().read::<f64>("K", 2, "float64").unwrap().into_dimensionality::<Ix2>().unwrap()
+    };
+    let (k1, k2) = (read_k(&first), read_k(&second));
+    assert_eq!(k1.dim(), (3, 300));
+    assert_eq!(k1, k2);
+    let mut f = NpzIn::open(&first).unwrap();
+    assert_eq!(f.read::<Complex64>("P", 3, "complex128").unwrap().shape(), &[1, 3, 8]);
+    assert_eq!(f.read::<f64>("dt", 1, "float64").unwrap().into_dimensionality::<Ix1>().unwrap().len(), 3);
+    // diagonal kind: no P
+    let diag = tmp("kd.npz");
+    let out = s4(&[
+        "kernel",
+        "--kind",
+        "diag",
+        "--init",
+        "diag-lin",
+        "--n",
+        "8",
+        "--length",
+        "50",
+        "--out",
+        diag.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(!NpzIn::open(&diag).unwrap().has("P"));
+}
+
+#[test]
+fn reconstruct_prints_metrics_and_plots() {
+    let plot = tmp("mem.png");
+    let out =
+        s4(&["reconstruct", "--measure", "legt", "--n", "32", "--sweep", "8,16", "--plot", plot.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["results"][0]["relative_rmse"].as_f64().unwrap() < 1e-2);
+    assert_eq!(v["sweep_relative_rmse"]["legt"].as_array().unwrap().len(), 2);
+    assert!(std::fs::metadata(&plot).unwrap().len() > 1000);
+}
+
+#[test]
+fn bad_input_gives_one_clear_line() {
+    assert_clear_error(&s4(&["hippo", "--measure", "legs", "--n", "0"]), &["N = 0"]);
+    assert_clear_error(&s4(&["hippo", "--measure", "fout", "--n", "5"]), &["N = 5", "even"]);
+    assert_clear_error(&s4(&["hippo", "--measure", "legx", "--n", "4"]), &["legx"]);
+    assert_clear_error(&s4(&["kernel", "--length", "0", "--n", "8"]), &["L = 0"]);
+    assert_clear_error(&s4(&["kernel", "--length", "10", "--n", "7"]), &["N = 7"]);
+    assert_clear_error(&s4(&["kernel", "--length", "10", "--n", "8", "--dt-min", "0"]), &["dt_min = 0"]);
+    assert_clear_error(&s4(&["kernel", "--length", "10", "--n", "8", "--dt-min", "nan"]), &["dt_min = NaN"]);
+    assert_clear_error(&s4(&["kernel", "--length", "10", "--n", "8", "--disc", "zoh"]), &["zoh", "bilinear"]);
+    assert_clear_error(&s4(&["kernel", "--length", "10", "--n", "8", "--init", "diag-xyz"]), &["diag-xyz"]);
+    assert_clear_error(&s4(&["reconstruct", "--dt", "-1"]), &["dt = -1"]);
+    let missing = tmp("does-not-exist.npz");
+    assert_clear_error(
+        &s4(&["kernel", "--params", missing.to_str().unwrap(), "--length", "10"]),
+        &["does-not-exist.npz"],
+    );
+}
+
+#[test]
+fn bad_params_files_are_rejected_by_name() {
+    let good = tmp("good.npz");
+    assert!(s4(&["kernel", "--n", "8", "--length", "10", "--channels", "2", "--out", good.to_str().unwrap()])
+        .status
+        .success());
+    let mut f = NpzIn::open(&good).unwrap();
+    let lambda = f.read::<Complex64>("Lambda", 2, "complex128").unwrap().into_dimensionality::<Ix2>().unwrap();
+    let b = f.read::<Complex64>("B", 2, "complex128").unwrap();
+    let c = f.read::<Complex64>("C", 2, "complex128").unwrap();
+    let dt = f.read::<f64>("dt", 1, "float64").unwrap();
+    // missing dt
+    let p = tmp("missing.npz");
+    let mut w = NpzOut::create(&p).unwrap();
+    w.add("Lambda", &lambda).unwrap();
+    w.add("B", &b).unwrap();
+    w.add("C", &c).unwrap();
+    w.finish().unwrap();
+    assert_clear_error(&s4(&["kernel", "--params", p.to_str().unwrap(), "--length", "10"]), &["missing array 'dt'"]);
+    // mis-shaped B
+    let p = tmp("misshaped.npz");
+    let mut w = NpzOut::create(&p).unwrap();
+    w.add("Lambda", &lambda).unwrap();
+    w.add("B", &Array2::<Complex64>::zeros((2, 3))).unwrap();
+    w.add("C", &c).unwrap();
+    w.add("dt", &dt).unwrap();
+    w.finish().unwrap();
+    assert_clear_error(
+        &s4(&["kernel", "--params", p.to_str().unwrap(), "--length", "10"]),
+        &["wrong shape for B", "[2, 3]"],
+    );
+    // wrong dtype for Lambda (float64 instead of complex128)
+    let p = tmp("dtype.npz");
+    let mut w = NpzOut::create(&p).unwrap();
+    w.add("Lambda", &lambda.mapv(|z| z.re)).unwrap();
+    w.add("B", &b).unwrap();
+    w.add("C", &c).unwrap();
+    w.add("dt", &dt).unwrap();
+    w.finish().unwrap();
+    assert_clear_error(&s4(&["kernel", "--params", p.to_str().unwrap(), "--length", "10"]), &["Lambda", "complex128"]);
+    // unstable Λ
+    let p = tmp("unstable.npz");
+    let mut w = NpzOut::create(&p).unwrap();
+    w.add("Lambda", &lambda.mapv(|z| Complex64::new(0.5, z.im))).unwrap();
+    w.add("B", &b).unwrap();
+    w.add("C", &c).unwrap();
+    w.add("dt", &dt).unwrap();
+    w.finish().unwrap();
+    assert_clear_error(
+        &s4(&["kernel", "--params", p.to_str().unwrap(), "--length", "10"]),
+        &["Lambda[0, 0]", "Re < 0"],
+    );
+    // a truncated file
+    let bytes = std::fs::read(&good).unwrap();
+    let p = tmp("truncated.npz");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clear_error(&s4(&["kernel", "--params", p.to_str().unwrap(), "--length", "10"]), &["truncated.npz"]);
+}
