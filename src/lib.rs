@@ -13,7 +13,7 @@
 //! ```
 //!
 //! 1. [`hippo`]: the continuous-time HiPPO matrices, the rank correction P, the DPLR form by a
-//!    Hermitian eigensolve in f64 ([`hippo::nplr`]), the S4D diagonal inits ([`hippo::diag`]), and
+//!    Hermitian eigensolve in f64 ([`hippo::nplr`](mod@hippo::nplr)), the S4D diagonal inits ([`hippo::diag`]), and
 //!    the memory demo that reads a signal's past back from the state ([`hippo::memory`]).
 //! 2. [`ssm`]: per-channel parameters in the conjugate-pair half representation, and the seeded
 //!    initialization a layer draws them from.

@@ -5,7 +5,8 @@ use crate::error::Result;
 use crate::scalar::Real;
 use ndarray::{Array3, ArrayView1, ArrayView2, ArrayView3};
 
-/// Causal convolution by direct sums: y[b, h, t] = Σ_{s=0}^{min(t, Lk−1)} k[h, s]·u[b, h, t−s] + D[h]·u[b, h, t].
+/// Causal convolution by direct sums:
+/// `y[b, h, t] = Σ_{s=0}^{min(t, Lk−1)} k[h, s]·u[b, h, t−s] + D[h]·u[b, h, t]`.
 ///
 /// # Errors
 /// As [`FftConv::causal`](super::FftConv::causal).
@@ -38,7 +39,7 @@ pub fn causal_conv_direct<T: Real>(u: ArrayView3<T>, k: ArrayView2<T>, d: Option
 }
 
 /// Bidirectional convolution by direct sums, with the official FFTConv's convention:
-/// y[t] = Σ_{s≥0} k_fwd[s]·u[t−s] + Σ_{s≥0} k_bwd[s]·u[t+1+s] + D·u[t].
+/// `y[t] = Σ_{s≥0} k_fwd[s]·u[t−s] + Σ_{s≥0} k_bwd[s]·u[t+1+s] + D·u[t]`.
 ///
 /// # Errors
 /// As [`FftConv::bidirectional`](super::FftConv::bidirectional).

@@ -13,9 +13,9 @@
 //!
 //! Bidirectional (the official `FFTConv` with `bidirectional=True`): one causal kernel k_fwd and one
 //! anticausal kernel k_bwd, combined as pad(k_fwd, right L) + pad(flip(k_bwd), left L):
-//! y[t] = Σ_{s≥0} k_fwd[s]·u[t−s] + Σ_{s≥0} k_bwd[s]·u[t+1+s] + D·u[t]. The backward kernel starts
-//! one step in the future (the official code's documented, deliberate off-by-one), so k_bwd[0]
-//! multiplies u[t+1].
+//! `y[t] = Σ_{s≥0} k_fwd[s]·u[t−s] + Σ_{s≥0} k_bwd[s]·u[t+1+s] + D·u[t]`. The backward kernel starts
+//! one step in the future (the official code's documented, deliberate off-by-one), so `k_bwd[0]`
+//! multiplies `u[t+1]`.
 //!
 //! [`FftConv`] owns a [`RealFftPlanner`] (the RustFFT planner pattern): plans are built once per
 //! FFT size and reused by every later call.
@@ -155,7 +155,7 @@ impl<T: Real> FftConv<T> {
     }
 
     /// Bidirectional convolution: causal k_fwd (H, L_k) and anticausal k_bwd (H, L_k), plus D ⊙ u;
-    /// y[t] = Σ_{s≥0} k_fwd[s]·u[t−s] + Σ_{s≥0} k_bwd[s]·u[t+1+s] + D·u[t] (see the module docs).
+    /// `y[t] = Σ_{s≥0} k_fwd[s]·u[t−s] + Σ_{s≥0} k_bwd[s]·u[t+1+s] + D·u[t]` (see the module docs).
     ///
     /// # Errors
     /// As [`causal`](Self::causal); both kernels must have the same shape.

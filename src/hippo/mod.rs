@@ -14,7 +14,7 @@
 //! | LagT | −½ on the diagonal, −1 below, 0 above | 1 | 1 |
 //! | FouT | rotation blocks ∓πk on (2k, 2k+1), minus B Bᵀ | B₀ = 1, B₂ₖ = √2 | 1 |
 //!
-//! Submodules: [`nplr`] writes A as normal plus low rank and diagonalizes the normal part (the DPLR
+//! Submodules: [`nplr`](mod@nplr) writes A as normal plus low rank and diagonalizes the normal part (the DPLR
 //! form S4 uses), [`diag`] gives the S4D diagonal initializations, and [`memory`] reconstructs a
 //! signal's past from the HiPPO state (the online function approximation demo).
 

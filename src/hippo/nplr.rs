@@ -1,6 +1,6 @@
 //! Normal plus low rank (NPLR) and diagonal plus low rank (DPLR) forms of a HiPPO matrix.
 //!
-//! With P from [`rank_correction`](super::rank_correction), A + P Pᵀ = c·I + S with S real
+//! With P from [`rank_correction`](super::rank_correction()), A + P Pᵀ = c·I + S with S real
 //! skew-symmetric. −i·S is Hermitian, so a Hermitian eigensolve gives a *unitary* V with
 //! −i·S = V diag(w) V*, hence
 //!
