@@ -95,6 +95,26 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         plot_taps: usize,
     },
+    /// Times the kernels and the FFT convolution and prints them side by side with the official
+    /// PyTorch S4 on this machine kind (CPU, 2 threads; the team's performance anchor).
+    ///
+    /// Prints JSON on stdout (medians in ms, ratios official/ours, peak RSS) and a table on stderr.
+    /// Criterion benchmarks with confidence intervals: `cargo bench`.
+    #[command(allow_negative_numbers = true)]
+    Bench {
+        /// Channels H (the anchor is H = 256).
+        #[arg(long, default_value_t = 256)]
+        channels: usize,
+        /// State size N (the anchor is N = 64).
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Kernel lengths (comma-separated).
+        #[arg(long, default_value = "1024,4096,16384", value_delimiter = ',')]
+        lengths: Vec<usize>,
+        /// Timed repetitions per measurement (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
+    },
     /// The HiPPO memory demo: reconstruct the past of a band-limited random signal from the state.
     ///
     /// Prints JSON metrics (relative RMSE per operator, and a sweep over N) and optionally plots the
@@ -162,6 +182,7 @@ fn main() {
             plot,
             plot_taps,
         }),
+        Command::Bench { channels, n, lengths, repeats } => cmd_bench(channels, n, &lengths, repeats),
         Command::Reconstruct { measure, n, dt, duration, cutoff, seed, sweep, plot } => cmd_reconstruct(
             measure.as_deref(),
             MemoryConfig { n, dt, duration, cutoff, rms: 0.5, seed },
@@ -376,5 +397,95 @@ fn cmd_reconstruct(measure: Option<&str>, cfg: MemoryConfig, ns: &[usize], plot:
         write_png(path, &panels, 1000, 260)?;
     }
     println!("{}", json!({"config": cfg, "results": metrics, "sweep_relative_rmse": sweep_json, "plot": plot}));
+    Ok(())
+}
+
+/// Official PyTorch S4 on this machine kind, H = 256, N = 64, 2 threads (perf-anchor, medians in ms):
+/// (L, DPLR kernel, DPLR first call incl. C̃ setup, S4D kernel).
+const OFFICIAL_MS: [(usize, f64, f64, f64); 3] =
+    [(1024, 216.0, 290.0, 281.0), (4096, 781.0, 979.0, 1022.0), (16384, 3536.0, 4101.0, 4508.0)];
+
+fn median_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let mut t = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        t.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn cmd_bench(channels: usize, n: usize, lengths: &[usize], repeats: usize) -> Result<()> {
+    use ndarray::Array3;
+    use s4::conv::FftConv;
+    use s4::kernel::{diag_kernel, DplrKernel};
+    let dplr = SsmInitConfig { d_state: n, channels, ..Default::default() }.draw()?;
+    let diag = SsmInitConfig {
+        kind: KernelKind::Diag,
+        init: "diag-legs".parse()?,
+        d_state: n,
+        channels,
+        ..Default::default()
+    }
+    .draw()?
+    .cast::<f32>();
+    let anchor = channels == 256 && n == 64;
+    let mut rows = Vec::new();
+    eprintln!(
+        "H = {channels}, N = {n}, {} threads, median of {repeats} (ms); ratio = official / ours",
+        rayon::current_num_threads()
+    );
+    eprintln!(
+        "{:>6} {:>22} {:>26} {:>22} {:>16}",
+        "L", "S4 kernel f32", "S4 setup C̃ + kernel", "S4D kernel f32", "FFT conv B=1"
+    );
+    for &l in lengths {
+        let k32 = DplrKernel::<f32>::new(&dplr, l)?;
+        let t_dplr = median_ms(repeats, || k32.kernel(l).map(|_| ()))?;
+        let t_setup = median_ms(repeats, || DplrKernel::<f32>::new(&dplr, l)?.kernel(l).map(|_| ()))?;
+        let t_diag = median_ms(repeats, || diag_kernel(&diag, l, Discretization::Zoh).map(|_| ()))?;
+        let kernel = k32.kernel(l)?;
+        let u = Array3::<f32>::from_shape_fn((1, channels, l), |(_, h, t)| ((h * 7 + t * 13) % 17) as f32 / 17.0 - 0.5);
+        let mut conv = FftConv::<f32>::new();
+        let t_conv = median_ms(repeats, || conv.causal(u.view(), kernel.view(), None).map(|_| ()))?;
+        let official = OFFICIAL_MS.iter().find(|o| anchor && o.0 == l);
+        let cell = |ours: f64, theirs: Option<f64>| match theirs {
+            Some(o) => format!("{ours:8.1} ({:5.1}x)", o / ours),
+            None => format!("{ours:8.1}"),
+        };
+        eprintln!(
+            "{l:>6} {:>22} {:>26} {:>22} {:>16}",
+            cell(t_dplr, official.map(|o| o.1)),
+            cell(t_setup, official.map(|o| o.2)),
+            cell(t_diag, official.map(|o| o.3)),
+            format!("{t_conv:8.1}")
+        );
+        rows.push(json!({
+            "length": l,
+            "dplr_kernel_f32_ms": t_dplr, "dplr_setup_and_kernel_f32_ms": t_setup,
+            "s4d_kernel_f32_ms": t_diag, "fft_conv_b1_f32_ms": t_conv,
+            "official_dplr_kernel_ms": official.map(|o| o.1), "official_dplr_first_call_ms": official.map(|o| o.2),
+            "official_s4d_kernel_ms": official.map(|o| o.3),
+            "ratio_dplr_kernel": official.map(|o| o.1 / t_dplr), "ratio_dplr_first_call": official.map(|o| o.2 / t_setup),
+            "ratio_s4d_kernel": official.map(|o| o.3 / t_diag),
+        }));
+    }
+    let rss = peak_rss_mib();
+    eprintln!("peak RSS of this process: {}", rss.map_or("n/a".to_string(), |r| format!("{r:.0} MiB")));
+    println!(
+        "{}",
+        json!({"channels": channels, "d_state": n, "repeats": repeats, "threads": rayon::current_num_threads(),
+               "results": rows, "peak_rss_mib": rss,
+               "official": "state-spaces/s4 e757cef models/s4/s4.py on this machine kind, torch 2.15 CPU, 2 threads, naive Cauchy/Vandermonde"})
+    );
     Ok(())
 }

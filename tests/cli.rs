@@ -29,7 +29,13 @@ fn assert_clear_error(out: &Output, needles: &[&str]) {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in [vec!["--help"], vec!["hippo", "--help"], vec!["kernel", "--help"], vec!["reconstruct", "--help"]] {
+    for cmd in [
+        vec!["--help"],
+        vec!["hippo", "--help"],
+        vec!["kernel", "--help"],
+        vec!["reconstruct", "--help"],
+        vec!["bench", "--help"],
+    ] {
         let out = s4(&cmd);
         assert!(out.status.success(), "{cmd:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{cmd:?}");

@@ -26,7 +26,7 @@ pub use direct::{bidirectional_conv_direct, causal_conv_direct};
 
 use crate::error::{Error, Result};
 use crate::scalar::Real;
-use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, Zip};
+use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis};
 use num_complex::Complex;
 use rayon::prelude::*;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
@@ -220,28 +220,33 @@ fn apply<T: Real>(
 ) -> Array3<T> {
     let (batch, channels, len) = u.dim();
     let mut y = Array3::<T>::zeros((batch, channels, len));
-    Zip::indexed(y.lanes_mut(Axis(2))).and(u.lanes(Axis(2))).par_for_each(|(_, h), mut out, inp| {
-        let mut buf = fwd.make_input_vec();
-        let mut spec = fwd.make_output_vec();
-        let mut scratch = vec![Complex::new(T::zero(), T::zero()); fwd.get_scratch_len().max(inv.get_scratch_len())];
-        for (dst, src) in buf.iter_mut().zip(inp.iter()) {
-            *dst = *src;
-        }
-        fwd.process_with_scratch(&mut buf, &mut spec, &mut scratch).expect("buffers come from the plan");
-        for (s, k) in spec.iter_mut().zip(spectra.row(h).iter()) {
-            *s = *s * *k;
-        }
-        // imaginary parts of DC and Nyquist are zero up to rounding; realfft wants them exactly zero
-        spec[0].im = T::zero();
-        if let Some(last) = spec.last_mut() {
-            last.im = T::zero();
-        }
-        inv.process_with_scratch(&mut spec, &mut buf, &mut scratch).expect("buffers come from the plan");
-        let dh = d.map_or(T::zero(), |d| d[h]);
-        for ((o, v), x) in out.iter_mut().zip(buf.iter()).zip(inp.iter()) {
-            *o = *v + dh * *x;
-        }
-    });
+    let scratch_len = fwd.get_scratch_len().max(inv.get_scratch_len());
+    // one task per (b, h) row of the flattened (B·H, L) views; buffers are reused per thread
+    let mut y2 = y.view_mut().into_shape_with_order((batch * channels, len)).expect("fresh array is contiguous");
+    let u_std = u.as_standard_layout();
+    let u2 = u_std.view().into_shape_with_order((batch * channels, len)).expect("standard layout");
+    y2.axis_iter_mut(Axis(0)).into_par_iter().zip(u2.axis_iter(Axis(0))).enumerate().for_each_init(
+        || (fwd.make_input_vec(), fwd.make_output_vec(), vec![Complex::new(T::zero(), T::zero()); scratch_len]),
+        |(buf, spec, scratch), (row, (mut out, inp))| {
+            let h = row % channels;
+            buf[..len].copy_from_slice(inp.as_slice().expect("standard layout rows are contiguous"));
+            buf[len..].fill(T::zero());
+            fwd.process_with_scratch(buf, spec, scratch).expect("buffers come from the plan");
+            for (s, k) in spec.iter_mut().zip(spectra.row(h).iter()) {
+                *s = *s * *k;
+            }
+            // imaginary parts of DC and Nyquist are zero up to rounding; realfft wants them exactly zero
+            spec[0].im = T::zero();
+            if let Some(last) = spec.last_mut() {
+                last.im = T::zero();
+            }
+            inv.process_with_scratch(spec, buf, scratch).expect("buffers come from the plan");
+            let dh = d.map_or(T::zero(), |d| d[h]);
+            for ((o, v), x) in out.iter_mut().zip(buf.iter()).zip(inp.iter()) {
+                *o = *v + dh * *x;
+            }
+        },
+    );
     y
 }
 
