@@ -74,6 +74,8 @@ pub mod error;
 pub mod hippo;
 pub mod io;
 pub mod kernel;
+pub mod layer;
+pub mod nn;
 pub mod plot;
 pub mod scalar;
 pub mod ssm;

@@ -12,6 +12,7 @@ pub trait Real:
     + num_traits::Float
     + num_traits::FloatConst
     + ndarray::ScalarOperand
+    + ndarray::LinalgScalar
     + std::iter::Sum
     + std::fmt::Display
     + Default

@@ -31,18 +31,24 @@ use realfft::RealFftPlanner;
 
 const TILE: usize = 256;
 
-/// c_r Ā_r^power for the dense real bilinear system of channel `h` (row vector times matrix power,
-/// by repeated squaring: O(N³ log power)).
-fn row_times_power(params: &SsmParams<f64>, h: usize, row: &Array1<f64>, power: usize) -> Result<Array1<f64>> {
+/// The dense real bilinear Ā_r of channel `h` (see [`SsmParams::dense_real`]).
+fn bilinear_dense(params: &SsmParams<f64>, h: usize) -> Result<DMatrix<f64>> {
     let (a, _, _) = params.dense_real(h);
     let n = a.nrows();
     let dt = params.dt[h];
     let am = DMatrix::from_fn(n, n, |i, k| a[[i, k]] * dt / 2.0);
     let eye = DMatrix::<f64>::identity(n, n);
-    let mut p = (&eye - &am)
+    (&eye - &am)
         .lu()
         .solve(&(&eye + &am))
-        .ok_or_else(|| Error::numerical("C̃ correction", format!("I - Δ/2·A is singular for channel {h}")))?;
+        .ok_or_else(|| Error::numerical("bilinear discretization", format!("I - Δ/2·A is singular for channel {h}")))
+}
+
+/// c_r Ā_r^power for the dense real bilinear system of channel `h` (row vector times matrix power,
+/// by repeated squaring: O(N³ log power)).
+fn row_times_power(params: &SsmParams<f64>, h: usize, row: &Array1<f64>, power: usize) -> Result<Array1<f64>> {
+    let mut p = bilinear_dense(params, h)?;
+    let n = p.nrows();
     let mut v = nalgebra::RowDVector::from_fn(n, |_, k| row[k]);
     let mut e = power;
     while e > 0 {
@@ -55,6 +61,50 @@ fn row_times_power(params: &SsmParams<f64>, h: usize, row: &Array1<f64>, power: 
         }
     }
     Ok(Array1::from_shape_fn(n, |k| v[k]))
+}
+
+/// Ā_r^power by repeated squaring.
+fn matrix_power(mut p: DMatrix<f64>, power: usize) -> DMatrix<f64> {
+    let mut acc = DMatrix::<f64>::identity(p.nrows(), p.ncols());
+    let mut e = power;
+    while e > 0 {
+        if e & 1 == 1 {
+            acc = &acc * &p;
+        }
+        e >>= 1;
+        if e > 0 {
+            p = &p * &p;
+        }
+    }
+    acc
+}
+
+/// Recovers the plain C = C̃ (I − Ā^L)⁻¹ from C̃ tied to length `l_kernel` (what step mode needs),
+/// for every channel, in f64.
+///
+/// # Errors
+/// Invalid parameters, `l_kernel == 0`, or I − Ā^L numerically singular (Re Λ ≈ 0 and small ΔL:
+/// the C̃ parameterization then cannot be inverted; the s4-math note §7.3).
+pub fn recover_c(params: &SsmParams<f64>, l_kernel: usize) -> Result<Array2<Complex64>> {
+    params.validate()?;
+    check_len("l_kernel", l_kernel)?;
+    let mut out = params.c.clone();
+    out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().try_for_each(|(h, mut row)| -> Result<()> {
+        let pw = matrix_power(bilinear_dense(params, h)?, l_kernel);
+        let n = pw.nrows();
+        let m = DMatrix::<f64>::identity(n, n) - pw;
+        let ct = c_to_row(row.view());
+        let rhs = nalgebra::DVector::from_fn(n, |i, _| ct[i]);
+        let sol = m.transpose().lu().solve(&rhs).ok_or_else(|| {
+            Error::numerical("C recovery", format!("I - Ā^L is singular for channel {h} (L = {l_kernel})"))
+        })?;
+        if sol.iter().any(|x| !x.is_finite()) {
+            return Err(Error::numerical("C recovery", format!("non-finite C for channel {h}")));
+        }
+        row.assign(&row_to_c(&Array1::from_shape_fn(n, |i| sol[i])));
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Real row (2 Re C, −2 Im C) of a half-state output vector, and back.
