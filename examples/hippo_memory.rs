@@ -3,51 +3,32 @@
 //!
 //! Runs LegT (sliding window), LegS as a time-invariant system (what S4 uses) and the original
 //! time-varying scaled LegS over a band-limited random signal, prints the relative RMSE of the
-//! reconstruction per operator and N as JSON, and writes `hippo_memory.png`.
+//! reconstruction per operator and N as JSON, and writes `hippo_memory.png` (N = 64).
 //!
 //! `cargo run --release --example hippo_memory [-- OUT.png]`
 
-use s4::hippo::memory::{evaluate, signal_of, MemoryConfig, MemoryOperator};
-use s4::plot::{write_png, Panel, Series};
+use s4::hippo::memory::{evaluate, MemoryConfig, MemoryOperator};
+use s4::plot::{memory_panels, write_png};
 
 fn main() -> s4::Result<()> {
     let out = std::env::args().nth(1).unwrap_or_else(|| "hippo_memory.png".to_string());
     let cfg = MemoryConfig { n: 64, dt: 1e-3, duration: 4.0, cutoff: 1.5, rms: 0.5, seed: 0 };
     let ops = [MemoryOperator::LegT, MemoryOperator::LegS, MemoryOperator::LegSScaled];
 
-    // relative RMSE per operator and state size
     let mut rows = Vec::new();
+    let mut shown = Vec::new();
     for op in ops {
         for n in [8, 16, 32, 64, 128] {
             let r = evaluate(op, &MemoryConfig { n, ..cfg.clone() }, false)?;
             rows.push(serde_json::json!({"operator": op.name(), "n": n, "ages": [r.ages.0, r.ages.1],
                                          "relative_rmse": r.relative_rmse}));
+            if n == cfg.n {
+                shown.push(r);
+            }
         }
     }
     println!("{}", serde_json::json!({"signal": cfg, "results": rows}));
-
-    // one panel with the whole signal, one per operator with its reconstruction at N = 64
-    let (t, u) = signal_of(&cfg);
-    let mut panels = vec![Panel {
-        title: "band-limited random signal".into(),
-        x_label: "time".into(),
-        y_label: "u".into(),
-        series: vec![Series { label: "signal".into(), points: t.iter().copied().zip(u.iter().copied()).collect() }],
-    }];
-    for op in ops {
-        let r = evaluate(op, &cfg, false)?;
-        let pts = |v: &[f64]| r.times.iter().copied().zip(v.iter().copied()).collect();
-        panels.push(Panel {
-            title: format!("{op}, N = 64: relative RMSE {:.1e}", r.relative_rmse),
-            x_label: "time".into(),
-            y_label: "u".into(),
-            series: vec![
-                Series { label: "signal".into(), points: pts(&r.truth) },
-                Series { label: "read back from the state".into(), points: pts(&r.reconstruction) },
-            ],
-        });
-    }
-    write_png(std::path::Path::new(&out), &panels, 1000, 260)?;
+    write_png(std::path::Path::new(&out), &memory_panels(&cfg, &shown), 1000, 260)?;
     eprintln!("wrote {out}");
     Ok(())
 }

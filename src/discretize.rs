@@ -102,7 +102,8 @@ fn from_na(m: &DMatrix<f64>) -> Array2<f64> {
 /// Discretizes a dense system (A (N, N), B (N,)) with step `dt`.
 ///
 /// # Errors
-/// Non-square A, B of the wrong length, `dt` not finite and positive, α outside [0, 1], a singular
+/// Non-square A, B of the wrong length, non-finite entries, `dt` not finite and positive, α outside
+/// [0, 1], a singular
 /// I − αΔA, or non-finite results.
 ///
 /// # Example
@@ -130,6 +131,9 @@ pub fn discretize_dense(
         return Err(Error::shape("B", format!("(N,) = ({n},)"), b.shape()));
     }
     check_dt("dt", dt)?;
+    if a.iter().chain(b.iter()).any(|x| !x.is_finite()) {
+        return Err(Error::invalid("A, B", "non-finite entries", "finite values"));
+    }
     let method = method.validate()?;
     let (ab, bb) = match method.alpha() {
         Some(alpha) => {
@@ -225,6 +229,9 @@ pub fn discretize_diag(
         return Err(Error::shape("B", format!("(M,) = ({},) like Λ", lambda.len()), b.shape()));
     }
     check_dt("dt", dt)?;
+    if lambda.iter().chain(b.iter()).any(|z| !(z.re.is_finite() && z.im.is_finite())) {
+        return Err(Error::invalid("Λ, B", "non-finite entries", "finite values"));
+    }
     let method = method.validate()?;
     let mut ab = Array1::zeros(lambda.len());
     let mut bb = Array1::zeros(lambda.len());

@@ -115,6 +115,15 @@ pub(crate) fn check_dt(name: &str, dt: f64) -> Result<()> {
     }
 }
 
+/// Checks that a state size N is even and at least 2 (N/2 conjugate pairs are kept).
+pub(crate) fn check_even_state(n: usize) -> Result<()> {
+    if n >= 2 && n % 2 == 0 {
+        Ok(())
+    } else {
+        Err(Error::invalid("d_state N", n, "an even integer >= 2 (N/2 conjugate pairs are kept)"))
+    }
+}
+
 /// Checks that a length is at least 1.
 pub(crate) fn check_len(name: &str, len: usize) -> Result<()> {
     if len >= 1 {

@@ -104,7 +104,7 @@ impl NpzIn {
             .names()
             .map_err(|e| Error::format(path, format!("cannot list the arrays: {e}")))?
             .into_iter()
-            .map(|n| n.trim_end_matches(".npy").to_string())
+            .map(|n| n.trim_end_matches(".npy").to_string()) // ndarray-npy lists names without .npy; be safe
             .collect();
         Ok(NpzIn { path: path.to_path_buf(), reader, names })
     }
@@ -125,14 +125,9 @@ impl NpzIn {
                 format!("missing array '{name}' (found: {})", self.names.join(", ")),
             ));
         }
-        let key = if self.reader.names().map(|n| n.iter().any(|x| x == name)).unwrap_or(false) {
-            name.to_string()
-        } else {
-            format!("{name}.npy")
-        };
         let a: ArrayD<A> = self
             .reader
-            .by_name::<ndarray::OwnedRepr<A>, IxDyn>(&key)
+            .by_name::<ndarray::OwnedRepr<A>, IxDyn>(name)
             .map_err(|e| Error::format(&self.path, format!("array '{name}' is not a readable {dtype} array: {e}")))?;
         if a.ndim() != ndim {
             return Err(Error::shape(

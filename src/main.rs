@@ -5,11 +5,11 @@ use clap::{Parser, Subcommand};
 use ndarray::{Array2, Ix1, Ix2, Ix3};
 use num_complex::Complex64;
 use s4::discretize::Discretization;
-use s4::hippo::memory::{evaluate, signal_of, sweep, MemoryConfig, MemoryOperator};
+use s4::hippo::memory::{evaluate, sweep, MemoryConfig, MemoryOperator};
 use s4::hippo::{nplr, rank_correction, transition, Measure};
 use s4::io::{NpzIn, NpzOut};
 use s4::kernel::ssm_kernel;
-use s4::plot::{write_png, Panel, Series};
+use s4::plot::{memory_panels, write_png, Panel, Series};
 use s4::ssm::{KernelKind, SsmInit, SsmInitConfig, SsmParams};
 use s4::{Error, Result};
 use serde_json::json;
@@ -61,7 +61,8 @@ enum Command {
         /// Initialization: legs, legt, fout, lagt, diag-lin, diag-inv, diag-legs, diag-real.
         #[arg(long, default_value = "legs")]
         init: String,
-        /// Discretization: bilinear or zoh (default: bilinear for dplr, zoh for diag).
+        /// Discretization: zoh, bilinear, forward-euler, backward-euler or gbt:ALPHA (default: bilinear
+        /// for dplr, the only one its kernel supports; zoh for diag).
         #[arg(long)]
         disc: Option<String>,
         /// State size N (even).
@@ -83,7 +84,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Read the parameters from this .npz instead of drawing them.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["kind", "init", "n", "channels", "dt_min", "dt_max", "seed"])]
         params: Option<PathBuf>,
         /// Output .npz file.
         #[arg(long)]
@@ -150,7 +151,23 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // one line: clap's first line, plus where to look
+            let text = e.to_string();
+            let msg: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let msg = msg.join(" ");
+            eprintln!("error: {} (see --help)", msg.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    };
     let res = match cli.command {
         Command::Hippo { measure, n, dplr, out } => cmd_hippo(&measure, n, dplr, out.as_deref()),
         Command::Kernel {
@@ -369,32 +386,7 @@ fn cmd_reconstruct(measure: Option<&str>, cfg: MemoryConfig, ns: &[usize], plot:
         })
         .collect();
     if let Some(path) = plot {
-        let (times, signal) = signal_of(&cfg);
-        let mut panels = vec![Panel {
-            title: format!("band-limited signal (cutoff {} / time unit), dt = {}", cfg.cutoff, cfg.dt),
-            x_label: "time".into(),
-            y_label: "u(t)".into(),
-            series: vec![Series {
-                label: "signal".into(),
-                points: times.iter().copied().zip(signal.iter().copied()).collect(),
-            }],
-        }];
-        for r in &results {
-            let pts = |v: &[f64]| r.times.iter().copied().zip(v.iter().copied()).collect::<Vec<_>>();
-            panels.push(Panel {
-                title: format!(
-                    "{} N = {}: relative RMSE {:.2e} over ages {}..{}",
-                    r.operator, r.n, r.relative_rmse, r.ages.0, r.ages.1
-                ),
-                x_label: "time".into(),
-                y_label: "u(t)".into(),
-                series: vec![
-                    Series { label: "signal".into(), points: pts(&r.truth) },
-                    Series { label: "reconstruction from the final state".into(), points: pts(&r.reconstruction) },
-                ],
-            });
-        }
-        write_png(path, &panels, 1000, 260)?;
+        write_png(path, &memory_panels(&cfg, &results), 1000, 260)?;
     }
     println!("{}", json!({"config": cfg, "results": metrics, "sweep_relative_rmse": sweep_json, "plot": plot}));
     Ok(())

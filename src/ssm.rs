@@ -13,7 +13,7 @@
 //! # Shapes
 //! `lambda` (H, N/2), `p` (R, H, N/2) (DPLR only), `b` (H, N/2), `c` (H, N/2), `dt` (H,).
 
-use crate::error::{check_dt, Error, Result};
+use crate::error::{check_dt, check_even_state, Error, Result};
 use crate::hippo::diag::{diag_lambda, DiagInit};
 use crate::hippo::{nplr, Measure};
 use crate::scalar::Real;
@@ -211,7 +211,8 @@ impl<T: Real> SsmParams<T> {
     /// by the naive reference kernel and by the C̃ correction.
     ///
     /// # Panics
-    /// If `h >= self.channels()`.
+    /// If `h >= self.channels()` or the arrays are inconsistent (call [`validate`](Self::validate)
+    /// first; every constructor in the crate does).
     pub fn dense_real(&self, h: usize) -> (Array2<f64>, Array1<f64>, Array1<f64>) {
         let m = self.half_state();
         let n = 2 * m;
@@ -326,9 +327,7 @@ impl SsmInitConfig {
         if self.dt_min > self.dt_max {
             return Err(Error::invalid("dt_min", self.dt_min, format!("<= dt_max = {}", self.dt_max)));
         }
-        if n == 0 || n % 2 == 1 {
-            return Err(Error::invalid("d_state N", n, "an even integer >= 2 (N/2 conjugate pairs)"));
-        }
+        check_even_state(n)?;
         let (lambda, p, b) = match self.init {
             SsmInit::Hippo(measure) => {
                 let d = nplr(measure, n)?;

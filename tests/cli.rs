@@ -144,6 +144,15 @@ fn bad_input_gives_one_clear_line() {
     assert_clear_error(&s4(&["kernel", "--length", "10", "--n", "8", "--disc", "zoh"]), &["zoh", "bilinear"]);
     assert_clear_error(&s4(&["kernel", "--length", "10", "--n", "8", "--init", "diag-xyz"]), &["diag-xyz"]);
     assert_clear_error(&s4(&["reconstruct", "--dt", "-1"]), &["dt = -1"]);
+    assert_clear_error(&s4(&["reconstruct", "--dt", "1e-300"]), &["at most"]);
+    assert_clear_error(
+        &s4(&["kernel", "--kind", "diag", "--init", "diag-inv", "--disc", "forward-euler", "--length", "4096"]),
+        &["unstable"],
+    );
+    // argument errors from the parser are one line too
+    assert_clear_error(&s4(&["hippo", "--measure", "legs", "--n", "abc"]), &["--n"]);
+    assert_clear_error(&s4(&["kernel", "--n", "8"]), &["--length"]);
+    assert_clear_error(&s4(&["kernel", "--params", "x.npz", "--n", "8", "--length", "4"]), &["--params", "--n"]);
     let missing = tmp("does-not-exist.npz");
     assert_clear_error(
         &s4(&["kernel", "--params", missing.to_str().unwrap(), "--length", "10"]),

@@ -69,6 +69,12 @@ pub(crate) fn check_inputs<T: Real>(
     if u.iter().any(|x| !x.is_finite()) {
         return Err(Error::invalid("input u", "non-finite entries", "finite values"));
     }
+    if kernels.iter().any(|k| k.iter().any(|x| !x.is_finite())) {
+        return Err(Error::invalid("kernel", "non-finite entries", "finite values"));
+    }
+    if d.is_some_and(|d| d.iter().any(|x| !x.is_finite())) {
+        return Err(Error::invalid("skip D", "non-finite entries", "finite values"));
+    }
     Ok(Layout { batch, channels, len, klen })
 }
 

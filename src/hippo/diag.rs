@@ -14,7 +14,7 @@
 //! B is 1 for every diagonal init (the official `B_init='constant'`).
 
 use super::{nplr, Measure};
-use crate::error::{Error, Result};
+use crate::error::{check_even_state, Error, Result};
 use ndarray::Array1;
 use num_complex::Complex64;
 use std::f64::consts::PI;
@@ -33,7 +33,9 @@ pub enum DiagInit {
     /// S4D-LegS: the diagonal part Λ of the DPLR form of HiPPO-LegS.
     #[serde(rename = "diag-legs")]
     Legs,
-    /// S4D-Real: Λ_n = −(n+1), the eigenvalues of LegS.
+    /// S4D-Real: Λ_n = −(n+1), n < N/2 (the smallest eigenvalues of LegS). The modes are real, and
+    /// the 2·Re convention over conjugate pairs counts each of them twice (an effective factor 2 on
+    /// C), as the official code does with its default `is_real = False`.
     #[serde(rename = "diag-real")]
     Real,
 }
@@ -83,9 +85,7 @@ impl FromStr for DiagInit {
 /// # Ok::<(), s4::Error>(())
 /// ```
 pub fn diag_lambda(init: DiagInit, n: usize) -> Result<Array1<Complex64>> {
-    if n == 0 || n % 2 == 1 {
-        return Err(Error::invalid("d_state N", n, "an even integer >= 2 (N/2 conjugate pairs)"));
-    }
+    check_even_state(n)?;
     let nf = n as f64;
     Ok(match init {
         DiagInit::Lin => Array1::from_shape_fn(n / 2, |i| Complex64::new(-0.5, -PI * i as f64)),

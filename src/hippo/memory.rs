@@ -117,6 +117,9 @@ impl TryFrom<String> for MemoryOperator {
     }
 }
 
+/// Largest number of samples the demo accepts.
+pub const MAX_SAMPLES: usize = 10_000_000;
+
 /// Settings of the memory demo.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MemoryConfig {
@@ -155,6 +158,14 @@ impl MemoryConfig {
             if !(v.is_finite() && v > 0.0) {
                 return Err(Error::invalid(name, v, "a finite number > 0"));
             }
+        }
+        let steps = self.duration / self.dt;
+        if steps > MAX_SAMPLES as f64 {
+            return Err(Error::invalid(
+                "duration / dt",
+                format!("{steps:.3e}"),
+                format!("at most {MAX_SAMPLES} steps (lower the duration or raise dt)"),
+            ));
         }
         if self.samples() < 2 {
             return Err(Error::invalid("duration", self.duration, format!("at least 2 steps of dt = {}", self.dt)));
@@ -264,8 +275,12 @@ fn laguerre(n: usize, x: f64) -> Vec<f64> {
 
 /// The reconstruction f(t − s) at each age s in `ages`, from the final state `c` of [`run`] at
 /// time t = `duration`. With `flipped`, evaluates the sign-flipped basis (a negative control).
+/// An empty state reconstructs zero.
 pub fn reconstruct(op: MemoryOperator, c: &Array1<f64>, ages: &[f64], duration: f64, flipped: bool) -> Vec<f64> {
     let n = c.len();
+    if n == 0 {
+        return vec![0.0; ages.len()];
+    }
     let sq = |k: usize| (2.0 * k as f64 + 1.0).sqrt();
     let flip = if flipped { -1.0 } else { 1.0 };
     ages.iter()

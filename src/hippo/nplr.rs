@@ -19,7 +19,7 @@
 //! orthonormal basis of its eigenspace, so that the kept column and its conjugate stay orthogonal.
 
 use super::{rank_correction, transition, Measure};
-use crate::error::{Error, Result};
+use crate::error::{check_even_state, Error, Result};
 use nalgebra::DMatrix;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use num_complex::Complex64;
@@ -59,9 +59,7 @@ pub struct Nplr {
 /// # Ok::<(), s4::Error>(())
 /// ```
 pub fn nplr(measure: Measure, n: usize) -> Result<Nplr> {
-    if n % 2 == 1 || n == 0 {
-        return Err(Error::invalid("d_state N", n, "an even integer >= 2 (the DPLR form keeps N/2 conjugate pairs)"));
-    }
+    check_even_state(n)?;
     let (a, b) = transition(measure, n)?;
     let p = rank_correction(measure, n)?;
     nplr_from(a.view(), b.view(), p.view())
@@ -78,14 +76,15 @@ pub fn nplr_from(a: ArrayView2<f64>, b: ArrayView1<f64>, p: ArrayView2<f64>) -> 
     if a.ncols() != n || n == 0 {
         return Err(Error::shape("A", "a non-empty square matrix (N, N)", a.shape()));
     }
-    if n % 2 == 1 {
-        return Err(Error::invalid("d_state N", n, "an even integer (the DPLR form keeps N/2 conjugate pairs)"));
-    }
+    check_even_state(n)?;
     if b.len() != n {
         return Err(Error::shape("B", format!("(N,) = ({n},)"), b.shape()));
     }
     if p.ncols() != n || p.nrows() == 0 {
         return Err(Error::shape("P", format!("(R, N) = (R, {n}) with R >= 1"), p.shape()));
+    }
+    if a.iter().chain(b.iter()).chain(p.iter()).any(|x| !x.is_finite()) {
+        return Err(Error::invalid("A, B, P", "non-finite entries", "finite values"));
     }
     let ap = &a + &p.t().dot(&p);
     let c = ap.diag().mean().expect("n > 0");
@@ -97,7 +96,7 @@ pub fn nplr_from(a: ArrayView2<f64>, b: ArrayView1<f64>, p: ArrayView2<f64>) -> 
             normal_err = normal_err.max((ap[[i, k]] + ap[[k, i]]).abs());
         }
     }
-    if normal_err > 1e-8 * scale {
+    if !(normal_err <= 1e-8 * scale) {
         return Err(Error::numerical(
             "NPLR",
             format!("A + P Pᵀ is not a scalar plus a skew-symmetric matrix (deviation {normal_err:.3e})"),

@@ -20,6 +20,7 @@
 //! and never stores an N × L matrix; memory is O(H·L + threads·(N + L)). Channels run in parallel.
 
 use super::cauchy::CauchyTile;
+use super::check_finite;
 use crate::error::{check_len, Error, Result};
 use crate::scalar::Real;
 use crate::ssm::{KernelKind, SsmParams};
@@ -27,7 +28,8 @@ use nalgebra::DMatrix;
 use ndarray::{Array1, Array2, Axis};
 use num_complex::{Complex, Complex64};
 use rayon::prelude::*;
-use realfft::RealFftPlanner;
+use realfft::{ComplexToReal, RealFftPlanner};
+use std::sync::Arc;
 
 const TILE: usize = 256;
 
@@ -124,7 +126,7 @@ fn row_to_c(row: &Array1<f64>) -> Array1<Complex64> {
 /// O(H·N³·log L), a one-time cost when a layer is set up for a length.
 ///
 /// # Errors
-/// Invalid parameters, no P (diagonal kind), `len == 0`.
+/// Invalid parameters or `len == 0`.
 pub fn c_tilde(params: &SsmParams<f64>, len: usize) -> Result<Array2<Complex64>> {
     params.validate()?;
     check_len("kernel length L", len)?;
@@ -148,11 +150,31 @@ fn apply_power_correction(
     Ok(out)
 }
 
-/// An S4 kernel ready to evaluate: (Λ, P, B, Δ) and the output vector C̃ tied to `l_kernel`.
-#[derive(Clone, Debug)]
-pub struct DplrKernel<T> {
+/// An S4 kernel ready to evaluate: (Λ, P, B, Δ) and the output vector C̃ tied to `l_kernel`, with
+/// the inverse-FFT plan and the frequency nodes of that length planned once.
+#[derive(Clone)]
+pub struct DplrKernel<T: Real> {
     params: SsmParams<T>,
     l_kernel: usize,
+    /// Imaginary parts y_k = 2 tan(πk/L) of the nodes z_k, k < L/2 (the Nyquist bin is exact).
+    nodes: Vec<T>,
+    ifft: Arc<dyn ComplexToReal<T>>,
+}
+
+impl<T: Real> std::fmt::Debug for DplrKernel<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DplrKernel")
+            .field("params", &self.params)
+            .field("l_kernel", &self.l_kernel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Nodes and inverse real FFT plan for length `l`.
+fn plan<T: Real>(l: usize) -> (Vec<T>, Arc<dyn ComplexToReal<T>>) {
+    let n_cauchy = if l % 2 == 0 { l / 2 } else { l / 2 + 1 };
+    let nodes = (0..n_cauchy).map(|k| T::of(2.0 * (std::f64::consts::PI * k as f64 / l as f64).tan())).collect();
+    (nodes, RealFftPlanner::<T>::new().plan_fft_inverse(l))
 }
 
 impl<T: Real> DplrKernel<T> {
@@ -181,7 +203,8 @@ impl<T: Real> DplrKernel<T> {
         let ct = c_tilde(params, l_kernel)?;
         let mut p = params.clone();
         p.c = ct;
-        Ok(DplrKernel { params: p.cast(), l_kernel })
+        let (nodes, ifft) = plan(l_kernel);
+        Ok(DplrKernel { params: p.cast(), l_kernel, nodes, ifft })
     }
 
     /// Wraps parameters whose `c` already holds C̃ for length `l_kernel` (a trained or imported
@@ -195,7 +218,8 @@ impl<T: Real> DplrKernel<T> {
         if params.kind() != KernelKind::Dplr {
             return Err(Error::invalid("P", "absent", "a low-rank factor P (R, H, N/2) for the DPLR kernel"));
         }
-        Ok(DplrKernel { params, l_kernel })
+        let (nodes, ifft) = plan(l_kernel);
+        Ok(DplrKernel { params, l_kernel, nodes, ifft })
     }
 
     /// The length C̃ is tied to.
@@ -217,6 +241,7 @@ impl<T: Real> DplrKernel<T> {
         let ct = apply_power_correction(&p64, p64.c.clone(), self.l_kernel, 1.0)?;
         self.params.c = ct.mapv(crate::scalar::cplx);
         self.l_kernel *= 2;
+        (self.nodes, self.ifft) = plan(self.l_kernel);
         Ok(())
     }
 
@@ -241,11 +266,9 @@ impl<T: Real> DplrKernel<T> {
         let sums = (1 + rank) * (1 + rank);
         let nb = l / 2 + 1;
         let has_nyquist = l % 2 == 0;
-        let n_cauchy = if has_nyquist { nb - 1 } else { nb };
         // z_k = 2i tan(pi k / L), exact on the imaginary axis
-        let y: Vec<T> =
-            (0..n_cauchy).map(|k| T::of(2.0 * (std::f64::consts::PI * k as f64 / l as f64).tan())).collect();
-        let ifft = RealFftPlanner::<T>::new().plan_fft_inverse(l);
+        let (y, ifft) = (&self.nodes, &self.ifft);
+        let n_cauchy = y.len();
         let scale = T::of(1.0 / l as f64);
         let p = self.params.p.as_ref().expect("DPLR kernel has P");
         let mut out = Array2::<T>::zeros((h, len));
@@ -302,6 +325,7 @@ impl<T: Real> DplrKernel<T> {
                 }
             },
         );
+        check_finite(&out, "S4 kernel")?;
         Ok(out)
     }
 }

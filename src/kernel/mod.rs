@@ -3,7 +3,7 @@
 //!
 //! | kernel | method | cost per channel |
 //! |---|---|---|
-//! | [`DplrKernel`] (S4) | C̃, roots of unity, Cauchy sums, Woodbury, inverse real FFT | O((N·R² + log L)·L) |
+//! | [`DplrKernel`] (S4) | C̃, roots of unity, Cauchy sums, Woodbury, inverse real FFT | O((N·(1+R)² + R³ + log L)·L) |
 //! | [`diag_kernel`] (S4D) | Vandermonde product, ZOH or bilinear | O(N·L) |
 //! | [`kernel_naive`], [`ssm_kernel_naive`] | matrix powers, dense f64 (the reference) | O(N²·L) |
 //!
@@ -25,6 +25,18 @@ use crate::error::{Error, Result};
 use crate::scalar::Real;
 use crate::ssm::{KernelKind, SsmParams};
 use ndarray::Array2;
+
+/// Fails with a clear error if a computed kernel overflowed (e.g. an unstable forward-Euler
+/// discretization, |Ā| > 1).
+pub(crate) fn check_finite<T: Real>(k: &Array2<T>, what: &str) -> Result<()> {
+    match k.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        None => Ok(()),
+        Some(((h, l), _)) => Err(Error::numerical(
+            what,
+            format!("non-finite value at channel {h}, lag {l}: the discrete system is unstable (|Ā| > 1?)"),
+        )),
+    }
+}
 
 /// The default discretization of a kernel kind: bilinear for DPLR, ZOH for diagonal (as in the
 /// official code).

@@ -16,6 +16,7 @@
 //! and the inner loop is a vectorizable multiply–add over the 64 taps. Modes that have decayed below
 //! 1e-15 of the largest one are dropped, which keeps the arithmetic out of the (slow) subnormal range.
 
+use super::check_finite;
 use crate::discretize::{discretize_mode, Discretization};
 use crate::error::{check_len, Error, Result};
 use crate::scalar::Real;
@@ -84,14 +85,15 @@ pub fn diag_kernel<T: Real>(params: &SsmParams<T>, len: usize, method: Discretiz
                 }
                 step[j] = pw; // Ā_j^BLOCK
             }
-            // a mode whose anchor has decayed below CUTOFF · max |C B̄| only decays further (|Ā| < 1)
+            // a decaying mode (|Ā| < 1) whose anchor fell below CUTOFF · max |C B̄| only decays further
             let floor = CUTOFF * anchor.iter().fold(0.0f64, |mx, z| mx.max(z.norm()));
+            let decays: Vec<bool> = step.iter().map(|s| s.norm() < 1.0).collect();
             let row = row.as_slice_mut().expect("rows of a standard-layout array are contiguous");
             for out_blk in row.chunks_mut(BLOCK) {
                 let bs = out_blk.len();
                 let mut active = 0;
                 for j in 0..m {
-                    if anchor[j].norm() < floor || anchor[j].norm() == 0.0 {
+                    if anchor[j].norm() == 0.0 || (decays[j] && anchor[j].norm() < floor) {
                         continue;
                     }
                     active += 1;
@@ -110,5 +112,6 @@ pub fn diag_kernel<T: Real>(params: &SsmParams<T>, len: usize, method: Discretiz
             row.iter_mut().for_each(|x| *x = *x * two);
         },
     );
+    check_finite(&out, "S4D kernel")?;
     Ok(out)
 }

@@ -31,7 +31,7 @@ pub use recurrent::{Recurrent, State};
 
 use crate::conv::FftConv;
 use crate::discretize::Discretization;
-use crate::error::{check_dt, Error, Result};
+use crate::error::{check_dt, check_even_state, Error, Result};
 use crate::kernel::{default_discretization, diag_kernel, DplrKernel};
 use crate::nn::{gelu, glu_features, linear_features};
 use crate::scalar::Real;
@@ -229,9 +229,7 @@ impl S4LayerConfig {
         if self.d_model == 0 {
             return Err(Error::invalid("d_model H", 0, "an integer >= 1"));
         }
-        if self.d_state == 0 || self.d_state % 2 == 1 {
-            return Err(Error::invalid("d_state N", self.d_state, "an even integer >= 2 (N/2 conjugate pairs)"));
-        }
+        check_even_state(self.d_state)?;
         let n_ssm = self.n_ssm();
         if n_ssm == 0 || self.d_model % n_ssm != 0 {
             return Err(Error::invalid("n_ssm", n_ssm, format!("a divisor of d_model H = {}", self.d_model)));
