@@ -117,7 +117,7 @@ pub(crate) fn check_dt(name: &str, dt: f64) -> Result<()> {
 
 /// Checks that a state size N is even and at least 2 (N/2 conjugate pairs are kept).
 pub(crate) fn check_even_state(n: usize) -> Result<()> {
-    if n >= 2 && n % 2 == 0 {
+    if n >= 2 && n.is_multiple_of(2) {
         Ok(())
     } else {
         Err(Error::invalid("d_state N", n, "an even integer >= 2 (N/2 conjugate pairs are kept)"))

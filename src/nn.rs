@@ -22,7 +22,7 @@ pub fn sigmoid<T: Real>(x: T) -> T {
     }
 }
 
-/// y[b, o, t] = Σ_i W[o, i]·x[b, i, t] + bias[o]: a linear map over the feature axis of a (B, F, L)
+/// `y[b, o, t] = Σ_i W[o, i]·x[b, i, t] + bias[o]`: a linear map over the feature axis of a (B, F, L)
 /// sequence (PyTorch's `nn.Linear` applied to the transposed layout, or a kernel-size-1 `Conv1d`).
 ///
 /// # Panics

@@ -269,10 +269,10 @@ mod tests {
         assert_eq!(fast_len(2049), 2160);
         for m in 1..500 {
             let n = fast_len(m);
-            assert!(n >= m && n % 2 == 0);
+            assert!(n >= m && n.is_multiple_of(2));
             let mut r = n;
             for p in [2, 3, 5] {
-                while r % p == 0 {
+                while r.is_multiple_of(p) {
                     r /= p;
                 }
             }

@@ -96,7 +96,7 @@ pub fn nplr_from(a: ArrayView2<f64>, b: ArrayView1<f64>, p: ArrayView2<f64>) -> 
             normal_err = normal_err.max((ap[[i, k]] + ap[[k, i]]).abs());
         }
     }
-    if !(normal_err <= 1e-8 * scale) {
+    if normal_err > 1e-8 * scale {
         return Err(Error::numerical(
             "NPLR",
             format!("A + P Pᵀ is not a scalar plus a skew-symmetric matrix (deviation {normal_err:.3e})"),

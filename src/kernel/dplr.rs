@@ -172,7 +172,7 @@ impl<T: Real> std::fmt::Debug for DplrKernel<T> {
 
 /// Nodes and inverse real FFT plan for length `l`.
 fn plan<T: Real>(l: usize) -> (Vec<T>, Arc<dyn ComplexToReal<T>>) {
-    let n_cauchy = if l % 2 == 0 { l / 2 } else { l / 2 + 1 };
+    let n_cauchy = if l.is_multiple_of(2) { l / 2 } else { l / 2 + 1 };
     let nodes = (0..n_cauchy).map(|k| T::of(2.0 * (std::f64::consts::PI * k as f64 / l as f64).tan())).collect();
     (nodes, RealFftPlanner::<T>::new().plan_fft_inverse(l))
 }
@@ -265,7 +265,7 @@ impl<T: Real> DplrKernel<T> {
         let rank = self.params.rank();
         let sums = (1 + rank) * (1 + rank);
         let nb = l / 2 + 1;
-        let has_nyquist = l % 2 == 0;
+        let has_nyquist = l.is_multiple_of(2);
         // z_k = 2i tan(pi k / L), exact on the imaginary axis
         let (y, ifft) = (&self.nodes, &self.ifft);
         let n_cauchy = y.len();

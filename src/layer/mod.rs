@@ -8,7 +8,7 @@
 //!
 //! One set of weights runs in two modes that agree: [`S4Layer::forward`] convolves whole sequences
 //! with the kernel (training, long inputs), and [`Recurrent::step`](recurrent::Recurrent::step)
-//! advances an explicit [`State`](recurrent::State) one input at a time (streaming, generation).
+//! advances an explicit [`State`] one input at a time (streaming, generation).
 //! The parameterization follows the official `SSMKernel` registration (s4-math note §1.7):
 //!
 //! | parameter | shape | meaning |
@@ -231,7 +231,7 @@ impl S4LayerConfig {
         }
         check_even_state(self.d_state)?;
         let n_ssm = self.n_ssm();
-        if n_ssm == 0 || self.d_model % n_ssm != 0 {
+        if n_ssm == 0 || !self.d_model.is_multiple_of(n_ssm) {
             return Err(Error::invalid("n_ssm", n_ssm, format!("a divisor of d_model H = {}", self.d_model)));
         }
         if self.channels == 0 {
@@ -366,7 +366,7 @@ pub struct S4Layer<T> {
 /// Options of a convolutional-mode forward pass.
 #[derive(Clone, Debug, Default)]
 pub struct ForwardOptions<T> {
-    /// Per-sequence lengths (suffix padding): inputs at t ≥ lengths[b] are ignored and outputs
+    /// Per-sequence lengths (suffix padding): inputs at t ≥ `lengths[b]` are ignored and outputs
     /// there are zero.
     pub lengths: Option<Vec<usize>>,
     /// Recurrent state at the start of the chunk (causal layers only).

@@ -12,7 +12,7 @@
 //!   s' = (I + Δ/2·M)⁻¹ · 2·Re(P* D v),  x' = D ⊙ (v − Δ/2 · P s').
 //!
 //!   The output needs the plain C, recovered from the trained C̃ as C = C̃ (I − Ā^L)⁻¹
-//!   ([`recover_c`](crate::kernel::recover_c)).
+//!   ([`recover_c`]).
 //!
 //! Outputs: y_c = 2·Re(C_c x) + D_c u per head, then GELU, the output linear and GLU, exactly as in
 //! convolutional mode. The state is the kept half of each conjugate pair, shape (B, H, N/2),
