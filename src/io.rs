@@ -139,3 +139,58 @@ impl NpzIn {
         Ok(a)
     }
 }
+
+/// A `.npy` array as read from disk: floating point or integer.
+#[derive(Clone, Debug)]
+pub enum NpyArray {
+    /// float32.
+    F32(ArrayD<f32>),
+    /// float64.
+    F64(ArrayD<f64>),
+    /// int64 or int32 (token ids), widened to i64.
+    Int(ArrayD<i64>),
+}
+
+/// Reads a `.npy` file of float32, float64, int64 or int32.
+///
+/// # Errors
+/// A missing file, or another dtype / a corrupt file.
+pub fn read_npy_any(path: &Path) -> Result<NpyArray> {
+    let open = || File::open(path).map_err(|e| Error::io(path, e));
+    use ndarray_npy::ReadNpyExt;
+    if let Ok(a) = ArrayD::<f32>::read_npy(open()?) {
+        return Ok(NpyArray::F32(a));
+    }
+    if let Ok(a) = ArrayD::<f64>::read_npy(open()?) {
+        return Ok(NpyArray::F64(a));
+    }
+    if let Ok(a) = ArrayD::<i64>::read_npy(open()?) {
+        return Ok(NpyArray::Int(a));
+    }
+    match ArrayD::<i32>::read_npy(open()?) {
+        Ok(a) => Ok(NpyArray::Int(a.mapv(i64::from))),
+        Err(e) => Err(Error::format(path, format!("not a float32/float64/int64/int32 .npy array: {e}"))),
+    }
+}
+
+/// Writes a `.npy` file atomically (temporary file, then rename).
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_npy_atomic<A: WritableElement, D: Dimension>(path: &Path, a: &ndarray::Array<A, D>) -> Result<()> {
+    use ndarray_npy::WriteNpyExt;
+    let tmp = atomic_path(path, "npy");
+    let done = File::create(&tmp)
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|f| {
+            let mut w = std::io::BufWriter::new(f);
+            a.write_npy(&mut w).map_err(|e| Error::format(path, format!("cannot write: {e}")))?;
+            let f = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+            f.sync_all().map_err(|e| Error::io(&tmp, e))
+        })
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}

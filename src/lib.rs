@@ -75,6 +75,7 @@ pub mod hippo;
 pub mod io;
 pub mod kernel;
 pub mod layer;
+pub mod model;
 pub mod nn;
 pub mod plot;
 pub mod scalar;

@@ -1,0 +1,151 @@
+//! Normalization over the feature axis of (B, H, L) sequences: LayerNorm, and BatchNorm with
+//! running statistics (evaluation mode).
+
+use crate::error::{Error, Result};
+use crate::scalar::Real;
+use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3};
+
+/// Which normalization a residual block uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    /// LayerNorm over the H features of each position.
+    Layer,
+    /// BatchNorm per feature with running statistics (the LRA configurations).
+    Batch,
+}
+
+/// A normalization layer's weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Norm<T> {
+    /// Kind.
+    pub kind: NormKind,
+    /// Scale γ (H,).
+    pub weight: Array1<T>,
+    /// Shift β (H,).
+    pub bias: Array1<T>,
+    /// BatchNorm running mean (H,) (zeros for LayerNorm, unused).
+    pub running_mean: Array1<T>,
+    /// BatchNorm running variance (H,) (ones for LayerNorm, unused).
+    pub running_var: Array1<T>,
+}
+
+/// ε of PyTorch's LayerNorm and BatchNorm.
+pub const EPS: f64 = 1e-5;
+
+impl<T: Real> Norm<T> {
+    /// γ = 1, β = 0, running mean 0 and variance 1.
+    pub fn new(kind: NormKind, h: usize) -> Self {
+        Norm {
+            kind,
+            weight: Array1::ones(h),
+            bias: Array1::zeros(h),
+            running_mean: Array1::zeros(h),
+            running_var: Array1::ones(h),
+        }
+    }
+
+    /// Number of features.
+    pub fn features(&self) -> usize {
+        self.weight.len()
+    }
+
+    /// Checks that all vectors have length `h` and are finite.
+    pub fn validate(&self, name: &str, h: usize) -> Result<()> {
+        for (what, v) in [
+            ("weight", &self.weight),
+            ("bias", &self.bias),
+            ("running_mean", &self.running_mean),
+            ("running_var", &self.running_var),
+        ] {
+            if v.len() != h {
+                return Err(Error::shape(format!("{name}.{what}"), format!("({h},)"), v.shape()));
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(Error::invalid(format!("{name}.{what}"), "non-finite values", "finite values"));
+            }
+        }
+        if self.running_var.iter().any(|&v| v < T::zero()) {
+            return Err(Error::invalid(format!("{name}.running_var"), "negative entries", "variances >= 0"));
+        }
+        Ok(())
+    }
+
+    /// Normalizes one feature vector x (H,) in place.
+    #[inline]
+    fn apply_vector(&self, x: &mut [T]) {
+        let h = x.len();
+        let eps = T::of(EPS);
+        match self.kind {
+            NormKind::Layer => {
+                let n = T::of(h as f64);
+                let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
+                let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
+                let inv = T::one() / (var + eps).sqrt();
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v = (*v - mean) * inv * self.weight[i] + self.bias[i];
+                }
+            }
+            NormKind::Batch => {
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v = (*v - self.running_mean[i]) / (self.running_var[i] + eps).sqrt() * self.weight[i]
+                        + self.bias[i];
+                }
+            }
+        }
+    }
+
+    /// Normalizes a (B, H, L) sequence over its feature axis (evaluation mode for BatchNorm).
+    pub fn forward(&self, x: ArrayView3<T>) -> Array3<T> {
+        let (b, h, l) = x.dim();
+        let mut out = x.to_owned();
+        let mut col = vec![T::zero(); h];
+        for i in 0..b {
+            for t in 0..l {
+                for j in 0..h {
+                    col[j] = x[[i, j, t]];
+                }
+                self.apply_vector(&mut col);
+                for j in 0..h {
+                    out[[i, j, t]] = col[j];
+                }
+            }
+        }
+        out
+    }
+
+    /// Normalizes one step's features (B, H).
+    pub fn forward_step(&self, x: ArrayView2<T>) -> Array2<T> {
+        let mut out = x.to_owned();
+        for mut row in out.outer_iter_mut() {
+            self.apply_vector(row.as_slice_mut().expect("rows of a fresh array are contiguous"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_norm_zero_mean_unit_variance() {
+        let n = Norm::<f64>::new(NormKind::Layer, 4);
+        let x = Array3::from_shape_vec((1, 4, 1), vec![1.0, 2.0, 3.0, 6.0]).unwrap();
+        let y = n.forward(x.view());
+        let mean: f64 = y.iter().sum::<f64>() / 4.0;
+        let var: f64 = y.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / 4.0;
+        assert!(mean.abs() < 1e-15 && (var - 1.0 / (1.0 + EPS / 3.5)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn batch_norm_uses_running_statistics() {
+        let mut n = Norm::<f64>::new(NormKind::Batch, 2);
+        n.running_mean = ndarray::array![1.0, -1.0];
+        n.running_var = ndarray::array![4.0, 1.0];
+        n.weight = ndarray::array![2.0, 1.0];
+        let y = n.forward_step(ndarray::array![[3.0, 0.0]].view());
+        assert!((y[[0, 0]] - 2.0 * 2.0 / (4.0 + EPS).sqrt()).abs() < 1e-12);
+        assert!((y[[0, 1]] - 1.0 / (1.0 + EPS).sqrt()).abs() < 1e-12);
+    }
+}
