@@ -239,7 +239,7 @@ pub enum Encoder<T> {
         /// (H,).
         b: Array1<T>,
     },
-    /// token ↦ table[token]: table (vocab, H).
+    /// token ↦ `table[token]`: table (vocab, H).
     Embedding {
         /// (vocab, H).
         table: Array2<T>,
