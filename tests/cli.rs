@@ -35,6 +35,9 @@ fn every_command_has_help() {
         vec!["kernel", "--help"],
         vec!["reconstruct", "--help"],
         vec!["bench", "--help"],
+        vec!["info", "--help"],
+        vec!["run", "--help"],
+        vec!["import-official", "--help"],
     ] {
         let out = s4(&cmd);
         assert!(out.status.success(), "{cmd:?}");
@@ -217,4 +220,62 @@ fn bad_params_files_are_rejected_by_name() {
     let p = tmp("truncated.npz");
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     assert_clear_error(&s4(&["kernel", "--params", p.to_str().unwrap(), "--length", "10"]), &["truncated.npz"]);
+}
+
+#[test]
+fn import_official_then_run_reproduces_the_official_outputs() {
+    use ndarray::Array3;
+    use ndarray_npy::read_npy;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official-s4");
+    for case in ["s4block-dplr-legs", "s4block-diag-inv", "s4block-dplr-bidirectional", "s4d-minimal"] {
+        let dir = fixtures.join(case);
+        let out_dir = tmp(&format!("imported-{case}"));
+        let st = s4(&[
+            "import-official",
+            dir.join("model.safetensors").to_str().unwrap(),
+            "--config",
+            dir.join("config.json").to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert!(st.status.success(), "{case}: {}", String::from_utf8_lossy(&st.stderr));
+        let info = s4(&["info", out_dir.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(v["format"], "s4-layer");
+        let expected: Array3<f32> = read_npy(dir.join("output.npy")).unwrap();
+        let scale = expected.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let modes: &[&str] =
+            if case.contains("bidirectional") || case.contains("s4d") { &["conv"] } else { &["conv", "step"] };
+        for mode in modes {
+            for layout in ["bhl", "blh"] {
+                let input = if layout == "bhl" {
+                    dir.join("input.npy")
+                } else {
+                    let x: Array3<f32> = read_npy(dir.join("input.npy")).unwrap();
+                    let p = tmp(&format!("{case}-input-blh.npy"));
+                    ndarray_npy::write_npy(&p, &x.permuted_axes([0, 2, 1]).as_standard_layout().into_owned()).unwrap();
+                    p
+                };
+                let y_path = tmp(&format!("{case}-{mode}-{layout}.npy"));
+                let r = s4(&[
+                    "run",
+                    out_dir.to_str().unwrap(),
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--out",
+                    y_path.to_str().unwrap(),
+                    "--mode",
+                    mode,
+                    "--layout",
+                    layout,
+                ]);
+                assert!(r.status.success(), "{case} {mode}: {}", String::from_utf8_lossy(&r.stderr));
+                let y: Array3<f32> = read_npy(&y_path).unwrap();
+                let y = if layout == "blh" { y.permuted_axes([0, 2, 1]).to_owned() } else { y };
+                let err = (&y - &expected).iter().fold(0.0f32, |m, x| m.max(x.abs())) / scale;
+                assert!(err < 1e-4, "{case} {mode} {layout}: {err:e}");
+            }
+        }
+    }
+    assert_clear_error(&s4(&["info", tmp("nowhere").to_str().unwrap()]), &["config.json"]);
 }
