@@ -7,8 +7,8 @@ use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis};
 /// Exact GELU: x·Φ(x) = ½x(1 + erf(x/√2)) (PyTorch's default `nn.GELU()`).
 #[inline]
 pub fn gelu<T: Real>(x: T) -> T {
-    let v = x.as_f64();
-    T::of(0.5 * v * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2)))
+    let half = T::of(0.5);
+    half * x * (T::one() + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf())
 }
 
 /// The logistic sigmoid 1/(1 + e^{−x}), without overflow for large |x|.

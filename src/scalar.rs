@@ -24,6 +24,8 @@ pub trait Real:
     fn of(x: f64) -> Self;
     /// Converts to `f64` (exact).
     fn as_f64(self) -> f64;
+    /// The error function, in this precision (libm's `erff` / `erf`).
+    fn erf(self) -> Self;
 }
 
 impl Real for f32 {
@@ -33,6 +35,9 @@ impl Real for f32 {
     fn as_f64(self) -> f64 {
         self as f64
     }
+    fn erf(self) -> Self {
+        libm::erff(self)
+    }
 }
 
 impl Real for f64 {
@@ -41,6 +46,9 @@ impl Real for f64 {
     }
     fn as_f64(self) -> f64 {
         self
+    }
+    fn erf(self) -> Self {
+        libm::erf(self)
     }
 }
 

@@ -40,6 +40,7 @@ use ndarray::{s, Array1, Array2, Array3, ArrayView3, Axis};
 use num_complex::{Complex, Complex64};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Uniform};
+use rayon::prelude::*;
 use std::str::FromStr;
 
 /// How the stored `inv_dt` becomes the step size Δ.
@@ -592,9 +593,13 @@ impl<T: Real> S4Layer<T> {
                 state = Some(rec.final_state(opts.initial_state.as_ref(), u.view(), opts.lengths.as_deref())?);
             }
         }
-        y.mapv_inplace(gelu);
-        let z = linear_features(y.view(), self.weights.w.view(), self.weights.bias.view());
-        let mut out = glu_features(z.view());
+        let mut out = Array3::<T>::zeros((batch, h, len));
+        // activation, output linear and GLU, one sequence per task
+        out.axis_iter_mut(Axis(0)).into_par_iter().zip(y.axis_iter_mut(Axis(0))).for_each(|(mut ob, mut yb)| {
+            yb.mapv_inplace(gelu);
+            let z = linear_features(yb.insert_axis(Axis(0)).view(), self.weights.w.view(), self.weights.bias.view());
+            ob.assign(&glu_features(z.view()).index_axis(Axis(0), 0));
+        });
         if let Some(lengths) = &opts.lengths {
             for (b, &n) in lengths.iter().enumerate() {
                 out.slice_mut(s![b, .., n..]).fill(T::zero());

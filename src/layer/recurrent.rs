@@ -29,6 +29,11 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 use num_complex::{Complex, Complex64};
 use rayon::prelude::*;
 
+/// Ranks up to this use a stack scratch buffer in the step.
+const MAX_FAST_RANK: usize = 4;
+/// Steps with at least this many (sequence, channel) rows run in parallel.
+const PARALLEL_MIN_ROWS: usize = 512;
+
 /// The recurrent state of one layer: (B, H, N/2) complex, the kept half of each conjugate pair.
 ///
 /// A plain value: `clone()` is a snapshot, assignment is a restore.
@@ -50,30 +55,32 @@ impl<T: Real> State<T> {
     }
 }
 
-/// Per-channel discrete dynamics (built once per layer, so the size difference of the variants
-/// does not matter).
+/// Per-channel discrete dynamics, flat and channel-major so each channel's data is contiguous
+/// (built once per layer, so the size difference of the variants does not matter).
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
 enum Dynamics<T> {
     Diag {
-        /// Ā (H, N/2).
-        a_bar: Array2<Complex<T>>,
-        /// B̄ (H, N/2).
-        b_bar: Array2<Complex<T>>,
+        /// Ā, [i·M + j].
+        a_bar: Vec<Complex<T>>,
+        /// B̄, [i·M + j].
+        b_bar: Vec<Complex<T>>,
     },
     Dplr {
-        /// 1 + Δ/2·Λ (H, N/2).
-        e: Array2<Complex<T>>,
-        /// (1 − Δ/2·Λ)⁻¹ (H, N/2).
-        dinv: Array2<Complex<T>>,
-        /// Δ·B (H, N/2).
-        bd: Array2<Complex<T>>,
-        /// Δ/2·P (R, H, N/2).
-        p_half_dt: Array3<Complex<T>>,
-        /// P (R, H, N/2).
-        p: Array3<Complex<T>>,
-        /// (I + Δ/2·M)⁻¹ (H, R, R).
-        s_inv: Array3<T>,
+        /// 1 + Δ/2·Λ, [i·M + j].
+        e: Vec<Complex<T>>,
+        /// (1 − Δ/2·Λ)⁻¹, [i·M + j].
+        dinv: Vec<Complex<T>>,
+        /// Δ·B, [i·M + j].
+        bd: Vec<Complex<T>>,
+        /// P, [(i·R + k)·M + j].
+        p: Vec<Complex<T>>,
+        /// Δ/2·P, [(i·R + k)·M + j].
+        p_half_dt: Vec<Complex<T>>,
+        /// (I + Δ/2·M)⁻¹, [i·R² + a·R + b].
+        s_inv: Vec<T>,
+        /// Rank R.
+        rank: usize,
     },
 }
 
@@ -81,14 +88,34 @@ enum Dynamics<T> {
 #[derive(Clone, Debug)]
 pub struct Recurrent<T> {
     dynamics: Dynamics<T>,
-    /// Plain output vectors C (heads, H, N/2).
-    c: Array3<Complex<T>>,
+    /// Plain output vectors C, [(c·H + i)·M + j].
+    c: Vec<Complex<T>>,
+    /// D (channels, H).
     d: Array2<T>,
+    /// Output linear (2H, channels·H), row-major.
     w: Array2<T>,
     bias: ndarray::Array1<T>,
     h: usize,
     m: usize,
     channels: usize,
+}
+
+/// Σ a_i b_i with eight independent partial sums (so the compiler vectorizes it).
+#[inline]
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] = acc[k] + x[k] * y[k];
+        }
+    }
+    let mut s = acc.iter().fold(T::zero(), |p, &q| p + q);
+    for (x, y) in ra.iter().zip(rb) {
+        s = s + *x * *y;
+    }
+    s
 }
 
 fn cv<T: Real>(z: Complex64) -> Complex<T> {
@@ -112,17 +139,17 @@ impl<T: Real> Recurrent<T> {
             (KernelKind::Dplr, l) if l > 0 => recover_c(&params, l)?,
             _ => params.c.clone(),
         };
-        let c = c_plain.mapv(cv::<T>).into_shape_with_order((ch, h, m)).expect("heads·H rows");
+        let c: Vec<Complex<T>> = c_plain.iter().map(|&z| cv(z)).collect();
         // the state dynamics depend on the channel only: use the rows of head 0
         let dynamics = match cfg.kernel {
             KernelKind::Diag => {
-                let mut a_bar = Array2::from_elem((h, m), Complex::new(T::zero(), T::zero()));
-                let mut b_bar = a_bar.clone();
+                let mut a_bar = Vec::with_capacity(h * m);
+                let mut b_bar = Vec::with_capacity(h * m);
                 for i in 0..h {
                     for j in 0..m {
                         let (a, f) = discretize_mode(params.lambda[[i, j]], params.dt[i], disc);
-                        a_bar[[i, j]] = cv(a);
-                        b_bar[[i, j]] = cv(f * params.b[[i, j]]);
+                        a_bar.push(cv(a));
+                        b_bar.push(cv(f * params.b[[i, j]]));
                     }
                 }
                 Dynamics::Diag { a_bar, b_bar }
@@ -130,21 +157,26 @@ impl<T: Real> Recurrent<T> {
             KernelKind::Dplr => {
                 let p = params.p.as_ref().expect("DPLR has P");
                 let r = p.shape()[0];
-                let mut e = Array2::from_elem((h, m), Complex64::new(0.0, 0.0));
-                let mut dinv = e.clone();
-                let mut bd = e.clone();
-                let mut s_inv = Array3::<f64>::zeros((h, r, r));
+                let (mut e, mut dinv, mut bd) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut pv, mut phd, mut s_inv) = (Vec::new(), Vec::new(), Vec::new());
                 for i in 0..h {
                     let half = params.dt[i] / 2.0;
+                    let di: Vec<Complex64> = (0..m).map(|j| 1.0 / (1.0 - params.lambda[[i, j]] * half)).collect();
                     for j in 0..m {
-                        e[[i, j]] = 1.0 + params.lambda[[i, j]] * half;
-                        dinv[[i, j]] = 1.0 / (1.0 - params.lambda[[i, j]] * half);
-                        bd[[i, j]] = params.b[[i, j]] * params.dt[i];
+                        e.push(cv(1.0 + params.lambda[[i, j]] * half));
+                        dinv.push(cv(di[j]));
+                        bd.push(cv(params.b[[i, j]] * params.dt[i]));
+                    }
+                    for k in 0..r {
+                        for j in 0..m {
+                            pv.push(cv(p[[k, i, j]]));
+                            phd.push(cv(p[[k, i, j]] * half));
+                        }
                     }
                     let mut mat = nalgebra::DMatrix::<f64>::identity(r, r);
                     for a in 0..r {
                         for b in 0..r {
-                            let s: Complex64 = (0..m).map(|j| p[[a, i, j]].conj() * dinv[[i, j]] * p[[b, i, j]]).sum();
+                            let s: Complex64 = (0..m).map(|j| p[[a, i, j]].conj() * di[j] * p[[b, i, j]]).sum();
                             mat[(a, b)] += half * 2.0 * s.re;
                         }
                     }
@@ -153,24 +185,24 @@ impl<T: Real> Recurrent<T> {
                     })?;
                     for a in 0..r {
                         for b in 0..r {
-                            s_inv[[i, a, b]] = inv[(a, b)];
+                            s_inv.push(T::of(inv[(a, b)]));
                         }
                     }
                 }
-                let p_h = p.slice(ndarray::s![.., ..h, ..]).to_owned();
-                let p_half_dt = Array3::from_shape_fn(p_h.dim(), |(k, i, j)| p_h[[k, i, j]] * (params.dt[i] / 2.0));
-                Dynamics::Dplr {
-                    e: e.mapv(cv),
-                    dinv: dinv.mapv(cv),
-                    bd: bd.mapv(cv),
-                    p_half_dt: p_half_dt.mapv(cv),
-                    p: p_h.mapv(cv),
-                    s_inv: s_inv.mapv(T::of),
-                }
+                Dynamics::Dplr { e, dinv, bd, p: pv, p_half_dt: phd, s_inv, rank: r }
             }
         };
         let w = layer.weights();
-        Ok(Recurrent { dynamics, c, d: w.d.clone(), w: w.w.clone(), bias: w.bias.clone(), h, m, channels: ch })
+        Ok(Recurrent {
+            dynamics,
+            c,
+            d: w.d.clone(),
+            w: w.w.as_standard_layout().into_owned(),
+            bias: w.bias.clone(),
+            h,
+            m,
+            channels: ch,
+        })
     }
 
     /// A zero state for `batch` sequences.
@@ -181,50 +213,81 @@ impl<T: Real> Recurrent<T> {
     /// Advances one channel's half state by one input.
     #[inline]
     fn advance(&self, i: usize, x: &mut [Complex<T>], u: T, scratch: &mut [T]) {
+        let m = self.m;
+        let ch = i * m..(i + 1) * m;
         match &self.dynamics {
             Dynamics::Diag { a_bar, b_bar } => {
-                for j in 0..self.m {
-                    x[j] = a_bar[[i, j]] * x[j] + b_bar[[i, j]] * u;
+                for ((xj, &a), &b) in x.iter_mut().zip(&a_bar[ch.clone()]).zip(&b_bar[ch]) {
+                    *xj = a * *xj + b * u;
                 }
             }
-            Dynamics::Dplr { e, dinv, bd, p_half_dt, p, s_inv } => {
-                let r = p.shape()[0];
+            Dynamics::Dplr { e, dinv, bd, p, p_half_dt, s_inv, rank } => {
+                let r = *rank;
                 let two = T::of(2.0);
+                let (e, dinv, bd) = (&e[ch.clone()], &dinv[ch.clone()], &bd[ch]);
+                let pr = |k: usize| &p[(i * r + k) * m..(i * r + k + 1) * m];
+                let ph = |k: usize| &p_half_dt[(i * r + k) * m..(i * r + k + 1) * m];
                 let (s, rest) = scratch.split_at_mut(r);
                 let (t, s2) = rest.split_at_mut(r);
+                // s = 2 Re(P* x)
                 for k in 0..r {
-                    s[k] = two * (0..self.m).fold(T::zero(), |acc, j| acc + (p[[k, i, j]].conj() * x[j]).re);
+                    s[k] = two
+                        * pr(k)
+                            .iter()
+                            .zip(x.iter())
+                            .fold(T::zero(), |acc, (pj, xj)| acc + pj.re * xj.re + pj.im * xj.im);
                 }
-                // v = e x - Δ/2 P s + Δ B u (stored in x)
-                for j in 0..self.m {
-                    let mut v = e[[i, j]] * x[j] + bd[[i, j]] * u;
-                    for k in 0..r {
-                        v = v - p_half_dt[[k, i, j]] * s[k];
+                // v = e x - Δ/2 P s + Δ B u (in x)
+                for ((xj, &ej), &bj) in x.iter_mut().zip(e).zip(bd) {
+                    *xj = ej * *xj + bj * u;
+                }
+                for k in 0..r {
+                    let sk = s[k];
+                    for (xj, &pj) in x.iter_mut().zip(ph(k)) {
+                        *xj = *xj - pj * sk;
                     }
-                    x[j] = v;
                 }
+                // t = 2 Re(P* D v), s' = (I + Δ/2 M)^{-1} t
                 for k in 0..r {
                     t[k] = two
-                        * (0..self.m).fold(T::zero(), |acc, j| acc + (p[[k, i, j]].conj() * dinv[[i, j]] * x[j]).re);
+                        * pr(k).iter().zip(dinv).zip(x.iter()).fold(T::zero(), |acc, ((pj, dj), xj)| {
+                            let z = *dj * *xj;
+                            acc + pj.re * z.re + pj.im * z.im
+                        });
                 }
+                let si = &s_inv[i * r * r..(i + 1) * r * r];
                 for a in 0..r {
-                    s2[a] = (0..r).fold(T::zero(), |acc, b| acc + s_inv[[i, a, b]] * t[b]);
+                    s2[a] = (0..r).fold(T::zero(), |acc, b| acc + si[a * r + b] * t[b]);
                 }
-                for j in 0..self.m {
-                    let mut v = x[j];
-                    for k in 0..r {
-                        v = v - p_half_dt[[k, i, j]] * s2[k];
+                // x' = D (v - Δ/2 P s')
+                for k in 0..r {
+                    let sk = s2[k];
+                    for (xj, &pj) in x.iter_mut().zip(ph(k)) {
+                        *xj = *xj - pj * sk;
                     }
-                    x[j] = dinv[[i, j]] * v;
+                }
+                for (xj, &dj) in x.iter_mut().zip(dinv) {
+                    *xj = dj * *xj;
                 }
             }
         }
     }
 
+    /// 2·Re(C_c x) for head `c` of channel `i`.
+    #[inline]
+    fn read_out(&self, c: usize, i: usize, x: &[Complex<T>]) -> T {
+        let off = (c * self.h + i) * self.m;
+        T::of(2.0)
+            * self.c[off..off + self.m]
+                .iter()
+                .zip(x)
+                .fold(T::zero(), |acc, (cj, xj)| acc + cj.re * xj.re - cj.im * xj.im)
+    }
+
     fn scratch_len(&self) -> usize {
         match &self.dynamics {
             Dynamics::Diag { .. } => 0,
-            Dynamics::Dplr { p, .. } => 3 * p.shape()[0],
+            Dynamics::Dplr { rank, .. } => 3 * rank,
         }
     }
 
@@ -252,23 +315,42 @@ impl<T: Real> Recurrent<T> {
         if let Some(((b, i), _)) = u_t.indexed_iter().find(|(_, x)| !x.is_finite()) {
             return Err(Error::invalid(format!("u_t[{b}, {i}]"), "non-finite", "finite values"));
         }
-        let mut scratch = vec![T::zero(); self.scratch_len()];
-        let two = T::of(2.0);
-        let mut y = Array2::<T>::zeros((batch, self.channels * h));
-        for b in 0..batch {
-            for i in 0..h {
-                let mut xs = state.x.slice_mut(ndarray::s![b, i, ..]);
-                let x = xs.as_slice_mut().expect("state rows are contiguous");
-                let u = u_t[[b, i]];
-                self.advance(i, x, u, &mut scratch);
-                for c in 0..self.channels {
-                    let yc = two * (0..self.m).fold(T::zero(), |acc, j| acc + (self.c[[c, i, j]] * x[j]).re);
-                    y[[b, c * h + i]] = gelu(yc + self.d[[c, i]] * u);
-                }
+        let (m, ch) = (self.m, self.channels);
+        // SSM part: one task per (sequence, channel); pre[b·H + i][c] = GELU(2 Re(C_c x) + D_c u)
+        let mut pre = vec![T::zero(); batch * h * ch];
+        let xs = state.x.as_slice_mut().expect("the state is a standard-layout array");
+        let work = |(bi, (x, out)): (usize, (&mut [Complex<T>], &mut [T]))| {
+            let (b, i) = (bi / h, bi % h);
+            let u = u_t[[b, i]];
+            let mut scratch = [T::zero(); 3 * MAX_FAST_RANK];
+            let mut big;
+            let sc: &mut [T] = if self.scratch_len() <= scratch.len() {
+                &mut scratch[..]
+            } else {
+                big = vec![T::zero(); self.scratch_len()];
+                &mut big[..]
+            };
+            self.advance(i, x, u, sc);
+            for (c, o) in out.iter_mut().enumerate() {
+                *o = gelu(self.read_out(c, i, x) + self.d[[c, i]] * u);
             }
+        };
+        if batch * h >= PARALLEL_MIN_ROWS {
+            xs.par_chunks_mut(m).zip(pre.par_chunks_mut(ch)).enumerate().with_min_len(64).for_each(work);
+        } else {
+            xs.chunks_mut(m).zip(pre.chunks_mut(ch)).enumerate().for_each(work);
         }
-        // output linear over features, then GLU
-        let z = y.dot(&self.w.t()) + &self.bias;
+        // features in head-major order (c·H + i), then the output linear and GLU
+        let y = Array2::from_shape_fn((batch, ch * h), |(b, f)| pre[(b * h + f % h) * ch + f / h]);
+        let z = if batch <= 4 {
+            // a few matrix-vector products: dot products over the contiguous rows of W
+            Array2::from_shape_fn((batch, 2 * h), |(b, o)| {
+                self.bias[o]
+                    + dot(self.w.row(o).as_slice().expect("row-major W"), y.row(b).as_slice().expect("row-major y"))
+            })
+        } else {
+            y.dot(&self.w.t()) + &self.bias
+        };
         Ok(Array2::from_shape_fn((batch, h), |(b, i)| z[[b, i]] * sigmoid(z[[b, h + i]])))
     }
 
@@ -277,7 +359,6 @@ impl<T: Real> Recurrent<T> {
     pub(crate) fn add_state_response(&self, s0: &State<T>, y: &mut Array3<T>, lengths: Option<&[usize]>) -> Result<()> {
         let (batch, _, len) = y.dim();
         self.check_state(s0, batch)?;
-        let two = T::of(2.0);
         let h = self.h;
         let responses: Vec<(usize, usize, Vec<T>)> = (0..batch * h)
             .into_par_iter()
@@ -290,8 +371,7 @@ impl<T: Real> Recurrent<T> {
                 for t in 0..n {
                     self.advance(i, &mut x, T::zero(), &mut scratch);
                     for c in 0..self.channels {
-                        out[c * n + t] =
-                            two * (0..self.m).fold(T::zero(), |acc, j| acc + (self.c[[c, i, j]] * x[j]).re);
+                        out[c * n + t] = self.read_out(c, i, &x);
                     }
                 }
                 (b, i, out)
