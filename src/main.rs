@@ -149,6 +149,10 @@ enum Command {
         /// Run in float64 instead of float32.
         #[arg(long)]
         f64: bool,
+        /// Mixed precision: round the weights (not the SSM dynamics) to bf16 or f16; the state and
+        /// all accumulations stay f32.
+        #[arg(long)]
+        weights: Option<String>,
     },
     /// Import an official PyTorch S4Block / S4D state dict (safetensors, e.g. from
     /// tools/convert_official.py) with the constructor's keyword arguments into a layer folder.
@@ -247,8 +251,8 @@ fn main() {
         }),
         Command::Bench { channels, n, lengths, repeats } => cmd_bench(channels, n, &lengths, repeats),
         Command::Info { dir } => cmd_info(&dir),
-        Command::Run { dir, input, out, layout, mode, lengths, f64 } => {
-            let args = RunArgs { dir, input, out, layout, mode, lengths };
+        Command::Run { dir, input, out, layout, mode, lengths, f64, weights } => {
+            let args = RunArgs { dir, input, out, layout, mode, lengths, weights };
             if f64 {
                 cmd_run::<f64>(&args)
             } else {
@@ -598,6 +602,7 @@ struct RunArgs {
     layout: String,
     mode: String,
     lengths: Option<Vec<usize>>,
+    weights: Option<String>,
 }
 
 /// (B, L, F) <-> (B, F, L).
@@ -621,7 +626,12 @@ fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> R
         "step" => true,
         other => return Err(Error::invalid("mode", other, "conv or step")),
     };
-    let saved = load_any::<T>(&a.dir)?;
+    let half = a.weights.as_deref().map(str::parse::<s4::scalar::HalfPrecision>).transpose()?;
+    let saved = match (load_any::<T>(&a.dir)?, half) {
+        (s, None) => s,
+        (Saved::Layer(l), Some(p)) => Saved::Layer(l.with_half_weights(p)),
+        (Saved::Model(m), Some(p)) => Saved::Model(m.with_half_weights(p)),
+    };
     let raw = read_npy_any(&a.input)?;
     let floats = |raw: NpyArray| -> Result<Array3<T>> {
         let arr = match raw {

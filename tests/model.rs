@@ -231,3 +231,35 @@ fn corrupted_files_and_configs_are_clear_errors() {
     std::fs::write(&cfg_path, "{ not json").unwrap();
     assert!(load::<f32>(&dir).unwrap_err().to_string().contains("invalid JSON"));
 }
+
+#[test]
+fn half_precision_weights_error_and_storage() {
+    use s4::model::checkpoint::{load, save, save_as};
+    use s4::scalar::HalfPrecision;
+    let cfg = seq_config(KernelKind::Dplr, true, NormKind::Layer);
+    let model = cfg.build().unwrap();
+    let x = features(2, 512).mapv(|v| v as f32);
+    let y32 = model.forward(Input::Features(x.view()), None).unwrap().mapv(|v| v as f64);
+    let dir = std::env::temp_dir().join(format!("s4-half-{}", std::process::id()));
+    save(&model, &dir.join("f32")).unwrap();
+    let full = std::fs::metadata(dir.join("f32/model.safetensors")).unwrap().len();
+    for (p, bound) in [(HalfPrecision::Bf16, 5e-2), (HalfPrecision::F16, 5e-3)] {
+        let half = model.with_half_weights(p);
+        let y = half.forward(Input::Features(x.view()), None).unwrap().mapv(|v| v as f64);
+        let e = rel_err(&y, &y32);
+        println!("{p:?} weights, f32 state and accumulation: relative output error {e:.2e}");
+        assert!(e < bound && e > 0.0, "{p:?}: {e:e}");
+        // conv and step still agree: the dynamics are untouched
+        let step = run_steps(&half, &x.slice(s![..1, .., ..256]).to_owned()).mapv(|v| v as f64);
+        let conv = half.forward(Input::Features(x.slice(s![..1, .., ..256])), None).unwrap().mapv(|v| v as f64);
+        assert!(rel_err(&step, &conv) < 1e-4);
+        // stored in 16 bits, loaded back exactly
+        let d = dir.join(format!("{p:?}"));
+        save_as(&model, &d, Some(p)).unwrap();
+        let size = std::fs::metadata(d.join("model.safetensors")).unwrap().len();
+        assert!(size < full, "{size} vs {full}"); // the SSM dynamics stay f32
+        let back = load::<f32>(&d).unwrap();
+        let yb = back.forward(Input::Features(x.view()), None).unwrap().mapv(|v| v as f64);
+        assert_eq!(yb, y, "{p:?}: loading the 16-bit file gives the rounded model");
+    }
+}

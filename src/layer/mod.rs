@@ -608,6 +608,20 @@ impl<T: Real> S4Layer<T> {
         Ok(ForwardOutput { y: out, state })
     }
 
+    /// The layer with its projection weights (C or C̃, D, the output linear) rounded to a 16-bit
+    /// format, for mixed-precision inference. Λ, P, B and Δ, which set the recurrent dynamics Ā
+    /// and B̄, stay f32: decay rates near 1 (the long-memory modes) do not survive 16 bits
+    /// (0.999 rounds to 1.0 in bf16). The state and all accumulations stay f32 / complex64.
+    pub fn with_half_weights(&self, p: crate::scalar::HalfPrecision) -> S4Layer<T> {
+        let r = |x: &T| T::of(p.round(x.as_f64() as f32) as f64);
+        let mut w = self.weights.clone();
+        w.c = w.c.map(|z| Complex::new(r(&z.re), r(&z.im)));
+        w.d = w.d.map(r);
+        w.w = w.w.map(r);
+        w.bias = w.bias.map(r);
+        S4Layer { config: self.config.clone(), weights: w }
+    }
+
     /// The recurrent form of this layer (discretized once; see [`Recurrent`]).
     ///
     /// # Errors

@@ -12,7 +12,7 @@ use super::{Block, Encoder, Norm, NormKind, S4Model, S4ModelConfig};
 use crate::error::{Error, Result};
 use crate::io::atomic_path;
 use crate::layer::{S4Layer, Weights};
-use crate::scalar::Real;
+use crate::scalar::{HalfPrecision, Real};
 use crate::ssm::KernelKind;
 use ndarray::{Array1, Array2, Array3, ArrayD, IxDyn};
 use num_complex::Complex;
@@ -33,6 +33,36 @@ fn dtype_of<T: Real>() -> (Dtype, &'static str) {
     } else {
         (Dtype::F64, "f64")
     }
+}
+
+/// The SSM dynamics tensors, always stored in full precision.
+fn is_dynamics(name: &str) -> bool {
+    ["kernel.inv_dt", "kernel.A_real", "kernel.A_imag", "kernel.B", "kernel.P", "kernel.l_kernel"]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
+/// Re-encodes every non-dynamics floating tensor in a 16-bit format.
+fn to_half(entries: BTreeMap<String, Entry>, p: HalfPrecision) -> BTreeMap<String, Entry> {
+    entries
+        .into_iter()
+        .map(|(name, e)| {
+            if is_dynamics(&name) || !(e.dtype == Dtype::F32 || e.dtype == Dtype::F64) {
+                return (name, e);
+            }
+            let values: Vec<f32> = if e.dtype == Dtype::F32 {
+                e.bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4"))).collect()
+            } else {
+                e.bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8")) as f32).collect()
+            };
+            let bytes = values.iter().flat_map(|&v| p.to_le_bytes(v)).collect();
+            let dtype = match p {
+                HalfPrecision::Bf16 => Dtype::BF16,
+                HalfPrecision::F16 => Dtype::F16,
+            };
+            (name, Entry { dtype, shape: e.shape, bytes })
+        })
+        .collect()
 }
 
 /// A tensor to write: shape and little-endian bytes.
@@ -155,9 +185,20 @@ fn write_folder(dir: &Path, entries: BTreeMap<String, Entry>, config: serde_json
 /// # Errors
 /// The folder or a file cannot be written.
 pub fn save<T: Real>(model: &S4Model<T>, dir: &Path) -> Result<()> {
+    save_as(model, dir, None)
+}
+
+/// As [`save`], optionally storing every weight except the SSM dynamics (Λ, P, B, Δ) in a 16-bit
+/// format (about half the file size; the values are those of
+/// [`S4Model::with_half_weights`], which loading reproduces exactly).
+///
+/// # Errors
+/// The folder or a file cannot be written.
+pub fn save_as<T: Real>(model: &S4Model<T>, dir: &Path, weights: Option<HalfPrecision>) -> Result<()> {
     let (_, dtype) = dtype_of::<T>();
-    let cfg = serde_json::json!({"format": "s4-model", "version": 1, "dtype": dtype, "model": model.config()});
-    write_folder(dir, model_entries(model), cfg)
+    let cfg = serde_json::json!({"format": "s4-model", "version": 1, "dtype": dtype, "weights": weights, "model": model.config()});
+    let entries = model_entries(model);
+    write_folder(dir, if let Some(p) = weights { to_half(entries, p) } else { entries }, cfg)
 }
 
 /// Saves a single layer into `dir`: `config.json` (`"format": "s4-layer"`) and `model.safetensors`
@@ -273,8 +314,14 @@ impl<'a> Reader<'a> {
             Dtype::F64 => {
                 t.data().chunks_exact(8).map(|b| T::of(f64::from_le_bytes(b.try_into().expect("8")))).collect()
             }
+            Dtype::BF16 => {
+                t.data().chunks_exact(2).map(|b| T::of(half::bf16::from_le_bytes([b[0], b[1]]).to_f64())).collect()
+            }
+            Dtype::F16 => {
+                t.data().chunks_exact(2).map(|b| T::of(half::f16::from_le_bytes([b[0], b[1]]).to_f64())).collect()
+            }
             d => {
-                self.problems.push(format!("{name} has dtype {d:?}, expected F32 or F64"));
+                self.problems.push(format!("{name} has dtype {d:?}, expected F32, F64, BF16 or F16"));
                 return zeros();
             }
         };

@@ -514,6 +514,33 @@ impl<T: Real> S4Model<T> {
         Ok(self.forward_with_state(input, lengths, None, false)?.0)
     }
 
+    /// The model with every weight except the SSM dynamics (Λ, P, B, Δ) rounded to a 16-bit
+    /// format (see [`S4Layer::with_half_weights`]): encoder, C, D, output linears, norms, decoder.
+    pub fn with_half_weights(&self, p: crate::scalar::HalfPrecision) -> S4Model<T> {
+        let r = |x: &T| T::of(p.round(x.as_f64() as f32) as f64);
+        let encoder = match &self.encoder {
+            Encoder::Linear { w, b } => Encoder::Linear { w: w.map(r), b: b.map(r) },
+            Encoder::Embedding { table } => Encoder::Embedding { table: table.map(r) },
+        };
+        let rn = |n: &Norm<T>| Norm {
+            kind: n.kind,
+            weight: n.weight.map(r),
+            bias: n.bias.map(r),
+            running_mean: n.running_mean.map(r),
+            running_var: n.running_var.map(r),
+        };
+        let blocks =
+            self.blocks.iter().map(|b| Block { layer: b.layer.with_half_weights(p), norm: rn(&b.norm) }).collect();
+        S4Model {
+            config: self.config.clone(),
+            encoder,
+            blocks,
+            final_norm: self.final_norm.as_ref().map(rn),
+            decoder_w: self.decoder_w.map(r),
+            decoder_b: self.decoder_b.map(r),
+        }
+    }
+
     /// The model set up for recurrent mode (each layer discretized once).
     ///
     /// # Errors
