@@ -54,48 +54,7 @@ enum Command {
     /// the full state. With --params FILE.npz the kernel is recomputed from a file of that layout
     /// (DPLR if it holds P). Prints a JSON summary.
     #[command(allow_negative_numbers = true)]
-    Kernel {
-        /// Kernel kind: dplr (S4) or diag (S4D). Ignored with --params.
-        #[arg(long, default_value = "dplr")]
-        kind: String,
-        /// Initialization: legs, legt, fout, lagt, diag-lin, diag-inv, diag-legs, diag-real.
-        #[arg(long, default_value = "legs")]
-        init: String,
-        /// Discretization: zoh, bilinear, forward-euler, backward-euler or gbt:ALPHA (default: bilinear
-        /// for dplr, the only one its kernel supports; zoh for diag).
-        #[arg(long)]
-        disc: Option<String>,
-        /// State size N (even).
-        #[arg(long, default_value_t = 64)]
-        n: usize,
-        /// Kernel length L.
-        #[arg(long)]
-        length: usize,
-        /// Number of channels H.
-        #[arg(long, default_value_t = 1)]
-        channels: usize,
-        /// Smallest step size of the log-uniform draw.
-        #[arg(long, default_value_t = 1e-3)]
-        dt_min: f64,
-        /// Largest step size of the log-uniform draw.
-        #[arg(long, default_value_t = 1e-1)]
-        dt_max: f64,
-        /// Random seed (dt and C).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Read the parameters from this .npz instead of drawing them.
-        #[arg(long, conflicts_with_all = ["kind", "init", "n", "channels", "dt_min", "dt_max", "seed"])]
-        params: Option<PathBuf>,
-        /// Output .npz file.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Also plot the first channels' kernels to this PNG.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        /// Number of taps shown in the plot.
-        #[arg(long, default_value_t = 1000)]
-        plot_taps: usize,
-    },
+    Kernel(KernelArgs),
     /// Times the kernels and the FFT convolution and prints them side by side with the official
     /// PyTorch S4 on this machine kind (CPU, 2 threads; the team's performance anchor).
     ///
@@ -220,35 +179,7 @@ fn main() {
     };
     let res = match cli.command {
         Command::Hippo { measure, n, dplr, out } => cmd_hippo(&measure, n, dplr, out.as_deref()),
-        Command::Kernel {
-            kind,
-            init,
-            disc,
-            n,
-            length,
-            channels,
-            dt_min,
-            dt_max,
-            seed,
-            params,
-            out,
-            plot,
-            plot_taps,
-        } => cmd_kernel(KernelArgs {
-            kind,
-            init,
-            disc,
-            n,
-            length,
-            channels,
-            dt_min,
-            dt_max,
-            seed,
-            params,
-            out,
-            plot,
-            plot_taps,
-        }),
+        Command::Kernel(args) => cmd_kernel(args),
         Command::Bench { channels, n, lengths, repeats } => cmd_bench(channels, n, &lengths, repeats),
         Command::Info { dir } => cmd_info(&dir),
         Command::Run { dir, input, out, layout, mode, lengths, f64, weights } => {
@@ -325,19 +256,47 @@ fn cmd_hippo(measure: &str, n: usize, dplr: bool, out: Option<&Path>) -> Result<
     Ok(())
 }
 
+#[derive(clap::Args, Debug)]
 struct KernelArgs {
+    /// Kernel kind: dplr (S4) or diag (S4D).
+    #[arg(long, default_value = "dplr")]
     kind: String,
+    /// Initialization: legs, legt, fout, lagt, diag-lin, diag-inv, diag-legs, diag-real.
+    #[arg(long, default_value = "legs")]
     init: String,
+    /// Discretization: zoh, bilinear, forward-euler, backward-euler or gbt:ALPHA (default: bilinear
+    /// for dplr, the only one its kernel supports; zoh for diag).
+    #[arg(long)]
     disc: Option<String>,
+    /// State size N (even).
+    #[arg(long, default_value_t = 64)]
     n: usize,
+    /// Kernel length L.
+    #[arg(long)]
     length: usize,
+    /// Number of channels H.
+    #[arg(long, default_value_t = 1)]
     channels: usize,
+    /// Smallest step size of the log-uniform draw.
+    #[arg(long, default_value_t = 1e-3)]
     dt_min: f64,
+    /// Largest step size of the log-uniform draw.
+    #[arg(long, default_value_t = 1e-1)]
     dt_max: f64,
+    /// Random seed (dt and C).
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Read the parameters from this .npz instead of drawing them.
+    #[arg(long, conflicts_with_all = ["kind", "init", "n", "channels", "dt_min", "dt_max", "seed"])]
     params: Option<PathBuf>,
+    /// Output .npz file.
+    #[arg(long)]
     out: Option<PathBuf>,
+    /// Also plot the first channels' kernels to this PNG.
+    #[arg(long)]
     plot: Option<PathBuf>,
+    /// Number of taps shown in the plot.
+    #[arg(long, default_value_t = 1000)]
     plot_taps: usize,
 }
 

@@ -11,7 +11,7 @@
 //! * S4D: Δ = exp(log_dt), Λ = −exp(log_A_real) **+** i·A_imag (the opposite imaginary sign), B = 1,
 //!   ZOH, `output_linear.0` is a kernel-size-1 Conv1d (2H, H, 1).
 
-use super::{DtTransform, RealTransform, S4Layer, S4LayerConfig, Weights};
+use super::{RealTransform, S4Layer, S4LayerConfig, Weights};
 use crate::discretize::Discretization;
 use crate::error::{Error, Result};
 use crate::hippo::Measure;
@@ -113,14 +113,8 @@ impl OfficialConfig {
                 disc: Some(Discretization::Zoh),
                 dt_min,
                 dt_max,
-                dt_transform: DtTransform::Exp,
-                real_transform: RealTransform::Exp,
-                n_ssm: None,
-                channels: 1,
-                bidirectional: false,
-                l_max: None,
                 dropout,
-                seed: 0,
+                ..S4LayerConfig::default()
             });
         }
         let mode = self.get_str("mode", self.get_str("kernel", "dplr")?)?;
