@@ -23,6 +23,13 @@
 //!    inverse real FFT, streaming, parallel over channels), the S4D Vandermonde kernel, and the naive
 //!    matrix-power reference.
 //! 5. [`conv`]: causal and bidirectional FFT convolution with cached plans, and O(L²) references.
+//! 6. [`layer`]: the S4 layer (the official `S4Block`) in convolutional mode (lengths, state in and
+//!    out) and recurrent mode (an explicit [`layer::State`], O(N) steps), and the import of official
+//!    PyTorch state dicts ([`layer::official`]).
+//! 7. [`model`]: deep S4 models (encoder, residual blocks with LayerNorm/BatchNorm, pooling, head),
+//!    LRA and language-model presets, the streaming LM API, and save/load with bf16/f16 weights
+//!    ([`model::checkpoint`]).
+//! 8. [`nn`] (GELU, GLU, feature-axis linear), [`io`] (.npz/.npy), [`plot`] (PNG).
 //!
 //! ## Shape glossary
 //!
@@ -40,7 +47,8 @@
 //! ## Precision
 //!
 //! HiPPO and DPLR construction, C̃ and the discretization of dense systems always run in f64.
-//! Kernels and convolutions are generic over [`scalar::Real`] (f32 or f64); layers run in f32.
+//! Kernels, convolutions, layers and models are generic over [`scalar::Real`] (f32 or f64); layers
+//! and models run in f32 by default, and the tests check f64 against the official f64 outputs.
 //! Measured against f64 matrix powers (tests/kernels.rs): the f32 DPLR kernel is within 2e-6
 //! relative for N ≤ 64, L ≤ 4096, Δ ∈ [1e-4, 1e-1]; the error grows with N, L and small Δ
 //! (the research note measured 4e-5 at N = 256, L = 16384, Δ = 1e-4). C̃ = C(I − Ā^L) matters
