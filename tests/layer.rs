@@ -224,3 +224,19 @@ fn official_import_reports_bad_files_by_name() {
     .to_string();
     assert!(e.contains("missing tensor 'D'"), "{e}");
 }
+
+#[test]
+fn dropout_is_active_only_in_training_mode() {
+    let cfg = S4LayerConfig { d_model: 16, d_state: 8, dropout: 0.5, seed: 2, ..Default::default() };
+    let layer = cfg.build_as::<f64>().unwrap();
+    let x = input(4, 16, 64);
+    let eval = layer.forward(x.view(), &ForwardOptions::default()).unwrap().y;
+    let no_drop = S4LayerConfig { dropout: 0.0, ..cfg.clone() }.build_as::<f64>().unwrap();
+    assert_eq!(eval, no_drop.forward(x.view(), &ForwardOptions::default()).unwrap().y, "eval mode has no dropout");
+    let train =
+        |seed| layer.forward(x.view(), &ForwardOptions { dropout_seed: Some(seed), ..Default::default() }).unwrap().y;
+    let (a, b) = (train(1), train(1));
+    assert_eq!(a, b, "seeded");
+    assert_ne!(a, train(2));
+    assert!(rel_err(&a, &eval) > 1e-3, "training mode changes the output");
+}

@@ -263,3 +263,21 @@ fn half_precision_weights_error_and_storage() {
         assert_eq!(yb, y, "{p:?}: loading the 16-bit file gives the rounded model");
     }
 }
+
+#[test]
+fn model_dropout_only_in_training_mode() {
+    let mut cfg = seq_config(KernelKind::Diag, true, NormKind::Layer);
+    cfg.dropout = 0.3;
+    cfg.layer.dropout = 0.2;
+    let model = cfg.build_as::<f64>().unwrap();
+    let x = features(2, 50);
+    let eval = model.forward(Input::Features(x.view()), None).unwrap();
+    let t1 = model.forward_train(Input::Features(x.view()), None, 9).unwrap();
+    assert_eq!(t1, model.forward_train(Input::Features(x.view()), None, 9).unwrap());
+    assert!(rel_err(&t1, &eval) > 1e-3);
+    let plain =
+        S4ModelConfig { dropout: 0.0, layer: S4LayerConfig { dropout: 0.0, ..cfg.layer.clone() }, ..cfg.clone() }
+            .build_as::<f64>()
+            .unwrap();
+    assert_eq!(eval, plain.forward(Input::Features(x.view()), None).unwrap());
+}

@@ -177,7 +177,7 @@ pub struct S4LayerConfig {
     pub bidirectional: bool,
     /// Maximum kernel length (`None`: as long as the input).
     pub l_max: Option<usize>,
-    /// Dropout after the activation (applied only when training, which the training module adds).
+    /// Dropout after the activation (active when [`ForwardOptions::dropout_seed`] is set).
     pub dropout: f64,
     /// Seed of the initialization.
     pub seed: u64,
@@ -374,6 +374,10 @@ pub struct ForwardOptions<T> {
     pub initial_state: Option<State<T>>,
     /// Also return the state after the last (unpadded) input of each sequence (causal layers only).
     pub return_state: bool,
+    /// Training mode with this dropout seed: the layer's dropout (after the activation) zeroes
+    /// each feature with probability p and scales the rest by 1/(1 − p). `None` is evaluation
+    /// mode (no dropout), the mode of the recurrent step.
+    pub dropout_seed: Option<u64>,
 }
 
 /// Output of [`S4Layer::forward`].
@@ -595,11 +599,19 @@ impl<T: Real> S4Layer<T> {
         }
         let mut out = Array3::<T>::zeros((batch, h, len));
         // activation, output linear and GLU, one sequence per task
-        out.axis_iter_mut(Axis(0)).into_par_iter().zip(y.axis_iter_mut(Axis(0))).for_each(|(mut ob, mut yb)| {
-            yb.mapv_inplace(gelu);
-            let z = linear_features(yb.insert_axis(Axis(0)).view(), self.weights.w.view(), self.weights.bias.view());
-            ob.assign(&glu_features(z.view()).index_axis(Axis(0), 0));
-        });
+        let drop = opts.dropout_seed.filter(|_| self.config.dropout > 0.0);
+        let p = self.config.dropout;
+        out.axis_iter_mut(Axis(0)).into_par_iter().zip(y.axis_iter_mut(Axis(0))).enumerate().for_each(
+            |(b, (mut ob, mut yb))| {
+                yb.mapv_inplace(gelu);
+                if let Some(seed) = drop {
+                    dropout_in_place(yb.view_mut(), p, seed, b);
+                }
+                let z =
+                    linear_features(yb.insert_axis(Axis(0)).view(), self.weights.w.view(), self.weights.bias.view());
+                ob.assign(&glu_features(z.view()).index_axis(Axis(0), 0));
+            },
+        );
         if let Some(lengths) = &opts.lengths {
             for (b, &n) in lengths.iter().enumerate() {
                 out.slice_mut(s![b, .., n..]).fill(T::zero());
@@ -629,6 +641,15 @@ impl<T: Real> S4Layer<T> {
     pub fn recurrent(&self) -> Result<Recurrent<T>> {
         Recurrent::new(self)
     }
+}
+
+/// Inverted dropout on one sequence's (F, L) features: each entry is zeroed with probability p and
+/// the others scaled by 1/(1 − p), from a stream seeded by (seed, sequence index).
+pub(crate) fn dropout_in_place<T: Real>(mut x: ndarray::ArrayViewMut2<T>, p: f64, seed: u64, index: usize) {
+    use rand::RngExt;
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let scale = T::of(1.0 / (1.0 - p));
+    x.iter_mut().for_each(|v| *v = if rng.random::<f64>() < p { T::zero() } else { *v * scale });
 }
 
 fn w_all_finite<T: Real>(w: &Weights<T>) -> bool {

@@ -51,7 +51,8 @@ pub struct S4ModelConfig {
     pub prenorm: bool,
     /// LayerNorm or BatchNorm.
     pub norm: NormKind,
-    /// Residual dropout (applied only when training, which the training module adds).
+    /// Residual dropout (on each layer's output before the residual sum; active in
+    /// [`S4Model::forward_train`] only).
     pub dropout: f64,
     /// Decoder pooling.
     pub pooling: Pooling,
@@ -441,6 +442,26 @@ impl<T: Real> S4Model<T> {
         initial: Option<&ModelState<T>>,
         return_state: bool,
     ) -> Result<(Array3<T>, Option<ModelState<T>>)> {
+        self.forward_impl(input, lengths, initial, return_state, None)
+    }
+
+    /// Training-mode forward: as [`forward`](Self::forward), with the layers' dropout and the
+    /// residual dropout active, drawn from `seed` (BatchNorm still uses its running statistics).
+    ///
+    /// # Errors
+    /// As [`forward_with_state`](Self::forward_with_state).
+    pub fn forward_train(&self, input: Input<T>, lengths: Option<&[usize]>, seed: u64) -> Result<Array3<T>> {
+        Ok(self.forward_impl(input, lengths, None, false, Some(seed))?.0)
+    }
+
+    fn forward_impl(
+        &self,
+        input: Input<T>,
+        lengths: Option<&[usize]>,
+        initial: Option<&ModelState<T>>,
+        return_state: bool,
+        dropout_seed: Option<u64>,
+    ) -> Result<(Array3<T>, Option<ModelState<T>>)> {
         let mut x = self.encode(input)?;
         let (batch, _, len) = x.dim();
         if let Some(init) = initial {
@@ -454,19 +475,29 @@ impl<T: Real> S4Model<T> {
         }
         let mut states = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
+            let layer_seed = dropout_seed.map(|s| s.wrapping_add(2 * i as u64 + 1));
             let opts = ForwardOptions {
                 lengths: lengths.map(<[usize]>::to_vec),
                 initial_state: initial.map(|s| s.layers[i].clone()),
                 return_state,
+                dropout_seed: layer_seed,
+            };
+            let residual_dropout = |mut y: Array3<T>| {
+                if let (Some(seed), true) = (dropout_seed, self.config.dropout > 0.0) {
+                    for (b, yb) in y.outer_iter_mut().enumerate() {
+                        crate::layer::dropout_in_place(yb, self.config.dropout, seed.wrapping_add(2 * i as u64 + 2), b);
+                    }
+                }
+                y
             };
             if self.config.prenorm {
                 let z = blk.norm.forward(x.view());
                 let out = blk.layer.forward(z.view(), &opts)?;
-                x = x + &out.y;
+                x = x + &residual_dropout(out.y);
                 states.extend(out.state);
             } else {
                 let out = blk.layer.forward(x.view(), &opts)?;
-                x = blk.norm.forward((x + &out.y).view());
+                x = blk.norm.forward((x + &residual_dropout(out.y)).view());
                 states.extend(out.state);
             }
         }
