@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 /// A temporary sibling of `path` (same folder, so the final rename is atomic), ending in `.ext`.
 pub fn atomic_path(path: &Path, ext: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.{}.tmp.{ext}", std::process::id()))
+    path.with_file_name(format!(".{name}.{}-{k}.tmp.{ext}", std::process::id()))
 }
 
 /// Collects named arrays and writes them as one `.npz` file atomically.

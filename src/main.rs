@@ -588,8 +588,8 @@ fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> R
     let half = a.weights.as_deref().map(str::parse::<s4::scalar::HalfPrecision>).transpose()?;
     let saved = match (load_any::<T>(&a.dir)?, half) {
         (s, None) => s,
-        (Saved::Layer(l), Some(p)) => Saved::Layer(l.with_half_weights(p)),
-        (Saved::Model(m), Some(p)) => Saved::Model(m.with_half_weights(p)),
+        (Saved::Layer(l), Some(p)) => Saved::Layer(l.with_half_weights(p)?),
+        (Saved::Model(m), Some(p)) => Saved::Model(m.with_half_weights(p)?),
     };
     let raw = read_npy_any(&a.input)?;
     let floats = |raw: NpyArray| -> Result<Array3<T>> {
@@ -612,7 +612,7 @@ fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> R
                 let rec = layer.recurrent()?;
                 let (b, h, l) = x.dim();
                 if let Some(ls) = lengths {
-                    if ls.len() != b || ls.iter().any(|&n| n > l) {
+                    if ls.len() != b || ls.iter().any(|&n| n == 0 || n > l) {
                         return Err(Error::invalid("lengths", format!("{ls:?}"), format!("{b} lengths <= L = {l}")));
                     }
                 }
@@ -658,6 +658,14 @@ fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> R
                     Input::Tokens(t) => t.dim(),
                     Input::Features(f) => (f.shape()[0], f.shape()[2]),
                 };
+                if b == 0 || l == 0 {
+                    return Err(Error::invalid("input", format!("B = {b}, L = {l}"), "B, L >= 1"));
+                }
+                if let Some(ls) = lengths {
+                    if ls.len() != b || ls.iter().any(|&n| n == 0 || n > l) {
+                        return Err(Error::invalid("lengths", format!("{ls:?}"), format!("{b} lengths in 1..={l}")));
+                    }
+                }
                 let mut st = rec.zero_state(b);
                 let mut y = Array3::<T>::zeros((b, model.config().d_output, l));
                 for t in 0..l {
@@ -670,6 +678,11 @@ fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> R
                         Input::Features(f) => rec.step(&mut st, StepInput::Features(f.slice(s![.., .., t])))?,
                     };
                     y.slice_mut(s![.., .., t]).assign(&yt);
+                }
+                if let Some(ls) = lengths {
+                    for (i, &n) in ls.iter().enumerate() {
+                        y.slice_mut(s![i, .., n..]).fill(T::zero());
+                    }
                 }
                 y
             } else {

@@ -195,6 +195,19 @@ fn bad_configs_and_inputs_are_errors() {
     let mut st = rec.zero_state(2);
     let e = rec.step(&mut st, Array2::<f32>::zeros((1, 4)).view()).unwrap_err().to_string();
     assert!(e.contains("state"), "{e}");
+    let opts = ForwardOptions { lengths: Some(vec![0]), ..Default::default() };
+    let e = layer.forward(Array3::<f32>::zeros((1, 4, 10)).view(), &opts).unwrap_err().to_string();
+    assert!(e.contains("lengths[0] = 0"), "{e}");
+    let mut st = rec.zero_state(1);
+    st.x[[0, 1, 2]].re = f32::NAN;
+    let e = rec.step(&mut st, Array2::<f32>::zeros((1, 4)).view()).unwrap_err().to_string();
+    assert!(e.contains("state[0, 1, 2]"), "{e}");
+    let capped = S4LayerConfig { l_max: Some(5), ..base.clone() }.build().unwrap();
+    let opts = ForwardOptions { return_state: true, ..Default::default() };
+    let e = capped.forward(Array3::<f32>::zeros((1, 4, 10)).view(), &opts).unwrap_err().to_string();
+    assert!(e.contains("l_max"), "{e}");
+    let e = S4LayerConfig { d_model: 1 << 40, ..base }.build().unwrap_err().to_string();
+    assert!(e.contains("d_model"), "{e}");
 }
 
 #[test]
@@ -223,6 +236,14 @@ fn official_import_reports_bad_files_by_name() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("missing tensor 'D'"), "{e}");
+    // an official option the importer does not implement is named, not ignored
+    let cfg_text =
+        std::fs::read_to_string(&cfg).unwrap().replace("\"dropout\": 0.0", "\"dropout\": 0.0, \"dt_fast\": true");
+    let odd = dir.join("config_dt_fast.json");
+    std::fs::write(&odd, cfg_text).unwrap();
+    let e =
+        import_official_files::<f32>(&fixture("s4block-dplr-legs", "model.safetensors"), &odd).unwrap_err().to_string();
+    assert!(e.contains("dt_fast"), "{e}");
 }
 
 #[test]

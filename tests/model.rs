@@ -147,6 +147,28 @@ fn model_errors_name_the_problem() {
     assert!(e.contains("tokens"), "{e}");
     let e = S4ModelConfig { n_layers: 0, ..Default::default() }.build().unwrap_err().to_string();
     assert!(e.contains("n_layers = 0"), "{e}");
+    // a block whose layer configuration differs from the model's is rejected
+    let cfg = seq_config(KernelKind::Dplr, true, NormKind::Layer);
+    let m = cfg.build_as::<f64>().unwrap();
+    let other = S4LayerConfig { dt_transform: s4::layer::DtTransform::Softplus, ..cfg.layer.clone() }
+        .build_as::<f64>()
+        .unwrap();
+    let mut blocks = m.blocks().to_vec();
+    blocks[1].layer = other;
+    let (w, b) = m.decoder();
+    let e = s4::model::S4Model::from_parts(
+        cfg.clone(),
+        m.encoder().clone(),
+        blocks,
+        m.final_norm().cloned(),
+        w.clone(),
+        b.clone(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("layers.1"), "{e}");
+    let e = S4ModelConfig { vocab_size: Some(1 << 40), ..S4ModelConfig::default() }.build().unwrap_err().to_string();
+    assert!(e.contains("vocab_size"), "{e}");
     let classifier = S4ModelConfig::default().build().unwrap();
     assert!(classifier.prefill(Array2::zeros((1, 2)).view()).is_err());
     let bidir = S4ModelConfig::lra_pathfinder();
@@ -244,7 +266,7 @@ fn half_precision_weights_error_and_storage() {
     save(&model, &dir.join("f32")).unwrap();
     let full = std::fs::metadata(dir.join("f32/model.safetensors")).unwrap().len();
     for (p, bound) in [(HalfPrecision::Bf16, 5e-2), (HalfPrecision::F16, 5e-3)] {
-        let half = model.with_half_weights(p);
+        let half = model.with_half_weights(p).unwrap();
         let y = half.forward(Input::Features(x.view()), None).unwrap().mapv(|v| v as f64);
         let e = rel_err(&y, &y32);
         println!("{p:?} weights, f32 state and accumulation: relative output error {e:.2e}");

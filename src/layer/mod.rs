@@ -122,6 +122,10 @@ impl DtTransform {
     }
 }
 
+/// Largest width, state size or head count a configuration may ask for (a guard against
+/// corrupted configs allocating absurd amounts of memory).
+pub const MAX_SIZE: usize = 1 << 16;
+
 /// Smallest |Re Λ| the transforms allow at init (the official clamp).
 const MIN_DECAY: f64 = 1e-4;
 
@@ -227,8 +231,15 @@ impl S4LayerConfig {
     /// H = 0, N zero or odd, n_ssm not dividing H, channels = 0, dt bounds not finite and positive
     /// or dt_min > dt_max, a non-bilinear discretization for DPLR, l_max = 0, dropout outside [0, 1).
     pub fn validate(&self) -> Result<()> {
-        if self.d_model == 0 {
-            return Err(Error::invalid("d_model H", 0, "an integer >= 1"));
+        if self.d_model == 0 || self.d_model > MAX_SIZE {
+            return Err(Error::invalid("d_model H", self.d_model, format!("an integer in 1..={MAX_SIZE}")));
+        }
+        if self.d_state > MAX_SIZE || self.channels > MAX_SIZE {
+            return Err(Error::invalid(
+                "d_state N / channels",
+                format!("{} / {}", self.d_state, self.channels),
+                format!("at most {MAX_SIZE}"),
+            ));
         }
         check_even_state(self.d_state)?;
         let n_ssm = self.n_ssm();
@@ -539,8 +550,8 @@ impl<T: Real> S4Layer<T> {
             if len.len() != b {
                 return Err(Error::shape("lengths", format!("(B,) = ({b},)"), &[len.len()]));
             }
-            if let Some((i, &n)) = len.iter().enumerate().find(|(_, &n)| n > l) {
-                return Err(Error::invalid(format!("lengths[{i}]"), n, format!("<= the sequence length L = {l}")));
+            if let Some((i, &n)) = len.iter().enumerate().find(|(_, &n)| n > l || n == 0) {
+                return Err(Error::invalid(format!("lengths[{i}]"), n, format!("in 1..=L = {l}")));
             }
         }
         Ok(())
@@ -574,6 +585,13 @@ impl<T: Real> S4Layer<T> {
             }
         }
         let lk = self.config.l_max.map_or(len, |m| m.min(len));
+        if lk < len && (opts.initial_state.is_some() || opts.return_state) {
+            return Err(Error::invalid(
+                "l_max",
+                lk,
+                format!(">= L = {len} when the state is passed in or out (a truncated kernel is not a recurrence)"),
+            ));
+        }
         let k = self.kernel(lk)?;
         let ch = self.config.channels;
         let mut conv = FftConv::<T>::new();
@@ -624,14 +642,20 @@ impl<T: Real> S4Layer<T> {
     /// format, for mixed-precision inference. Λ, P, B and Δ, which set the recurrent dynamics Ā
     /// and B̄, stay f32: decay rates near 1 (the long-memory modes) do not survive 16 bits
     /// (0.999 rounds to 1.0 in bf16). The state and all accumulations stay f32 / complex64.
-    pub fn with_half_weights(&self, p: crate::scalar::HalfPrecision) -> S4Layer<T> {
+    ///
+    /// # Errors
+    /// A weight that overflows the format (|x| > 65504 in f16).
+    pub fn with_half_weights(&self, p: crate::scalar::HalfPrecision) -> Result<S4Layer<T>> {
         let r = |x: &T| T::of(p.round(x.as_f64() as f32) as f64);
         let mut w = self.weights.clone();
         w.c = w.c.map(|z| Complex::new(r(&z.re), r(&z.im)));
         w.d = w.d.map(r);
         w.w = w.w.map(r);
         w.bias = w.bias.map(r);
-        S4Layer { config: self.config.clone(), weights: w }
+        if !w_all_finite(&w) || w.d.iter().any(|x| !x.is_finite()) {
+            return Err(Error::invalid("weights", format!("{p:?}"), "values within the 16-bit format's range"));
+        }
+        Ok(S4Layer { config: self.config.clone(), weights: w })
     }
 
     /// The recurrent form of this layer (discretized once; see [`Recurrent`]).

@@ -117,6 +117,39 @@ impl OfficialConfig {
                 ..S4LayerConfig::default()
             });
         }
+        const SUPPORTED: [&str; 24] = [
+            "d_model",
+            "d_state",
+            "mode",
+            "kernel",
+            "init",
+            "disc",
+            "dt_min",
+            "dt_max",
+            "dt_transform",
+            "bidirectional",
+            "channels",
+            "n_ssm",
+            "rank",
+            "l_max",
+            "activation",
+            "final_act",
+            "transposed",
+            "dropout",
+            "tie_dropout",
+            "real_transform",
+            "imag_transform",
+            "gate",
+            "bottleneck",
+            "lr",
+        ];
+        if let Some(k) = self.kwargs.keys().find(|k| !SUPPORTED.contains(&k.as_str())) {
+            return Err(Error::invalid(
+                format!("official option '{k}'"),
+                &self.kwargs[k],
+                "one of the options this importer implements (dt_fast, is_real, gates and the like are not)",
+            ));
+        }
         let mode = self.get_str("mode", self.get_str("kernel", "dplr")?)?;
         let kernel = match mode {
             "dplr" | "nplr" | "s4" => KernelKind::Dplr,

@@ -299,6 +299,12 @@ impl<T: Real> Recurrent<T> {
                 state.x.shape(),
             ));
         }
+        if !state.x.is_standard_layout() {
+            return Err(Error::invalid("state", "a non-contiguous array", "a standard-layout (B, H, N/2) array"));
+        }
+        if let Some(((b, i, j), _)) = state.x.indexed_iter().find(|(_, z)| !(z.re.is_finite() && z.im.is_finite())) {
+            return Err(Error::invalid(format!("state[{b}, {i}, {j}]"), "non-finite", "finite values"));
+        }
         Ok(())
     }
 

@@ -167,15 +167,21 @@ impl S4ModelConfig {
     /// Zero sizes, a vocabulary of 0, an invalid layer configuration, or dropout outside [0, 1).
     pub fn validate(&self) -> Result<()> {
         self.layer.validate()?;
-        if self.n_layers == 0 {
-            return Err(Error::invalid("n_layers", 0, "an integer >= 1"));
+        const MAX_LAYERS: usize = 4096;
+        const MAX_IO: usize = 1 << 24;
+        if self.n_layers == 0 || self.n_layers > MAX_LAYERS {
+            return Err(Error::invalid("n_layers", self.n_layers, format!("an integer in 1..={MAX_LAYERS}")));
         }
-        if self.d_output == 0 {
-            return Err(Error::invalid("d_output", 0, "an integer >= 1"));
+        if self.d_output == 0 || self.d_output > MAX_IO {
+            return Err(Error::invalid("d_output", self.d_output, format!("an integer in 1..={MAX_IO}")));
         }
         match self.vocab_size {
-            Some(0) => return Err(Error::invalid("vocab_size", 0, "an integer >= 1")),
-            None if self.d_input == 0 => return Err(Error::invalid("d_input", 0, "an integer >= 1")),
+            Some(v) if v == 0 || v > MAX_IO => {
+                return Err(Error::invalid("vocab_size", v, format!("an integer in 1..={MAX_IO}")))
+            }
+            None if self.d_input == 0 || self.d_input > MAX_IO => {
+                return Err(Error::invalid("d_input", self.d_input, format!("an integer in 1..={MAX_IO}")))
+            }
             _ => {}
         }
         if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
@@ -329,11 +335,11 @@ impl<T: Real> S4Model<T> {
         }
         for (i, blk) in blocks.iter().enumerate() {
             let lc = blk.layer.config();
-            if lc.d_model != h || lc.bidirectional != config.layer.bidirectional {
+            if (S4LayerConfig { seed: config.layer.seed, ..lc.clone() }) != config.layer {
                 return Err(Error::invalid(
                     format!("layers.{i}"),
-                    "a layer of another width or direction",
-                    format!("H = {h}"),
+                    "a layer whose configuration differs from the model's",
+                    "every block built from S4ModelConfig::layer (seeds aside)",
                 ));
             }
             blk.norm.validate(&format!("layers.{i}.norm"), h)?;
@@ -547,7 +553,10 @@ impl<T: Real> S4Model<T> {
 
     /// The model with every weight except the SSM dynamics (Λ, P, B, Δ) rounded to a 16-bit
     /// format (see [`S4Layer::with_half_weights`]): encoder, C, D, output linears, norms, decoder.
-    pub fn with_half_weights(&self, p: crate::scalar::HalfPrecision) -> S4Model<T> {
+    ///
+    /// # Errors
+    /// A weight that overflows the format (|x| > 65504 in f16).
+    pub fn with_half_weights(&self, p: crate::scalar::HalfPrecision) -> Result<S4Model<T>> {
         let r = |x: &T| T::of(p.round(x.as_f64() as f32) as f64);
         let encoder = match &self.encoder {
             Encoder::Linear { w, b } => Encoder::Linear { w: w.map(r), b: b.map(r) },
@@ -560,16 +569,19 @@ impl<T: Real> S4Model<T> {
             running_mean: n.running_mean.map(r),
             running_var: n.running_var.map(r),
         };
-        let blocks =
-            self.blocks.iter().map(|b| Block { layer: b.layer.with_half_weights(p), norm: rn(&b.norm) }).collect();
-        S4Model {
-            config: self.config.clone(),
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| Ok(Block { layer: b.layer.with_half_weights(p)?, norm: rn(&b.norm) }))
+            .collect::<Result<Vec<_>>>()?;
+        S4Model::from_parts(
+            self.config.clone(),
             encoder,
             blocks,
-            final_norm: self.final_norm.as_ref().map(rn),
-            decoder_w: self.decoder_w.map(r),
-            decoder_b: self.decoder_b.map(r),
-        }
+            self.final_norm.as_ref().map(rn),
+            self.decoder_w.map(r),
+            self.decoder_b.map(r),
+        )
     }
 
     /// The model set up for recurrent mode (each layer discretized once).
