@@ -11,6 +11,7 @@ pub trait Real:
     rustfft::FftNum
     + num_traits::Float
     + num_traits::FloatConst
+    + num_traits::NumAssign
     + ndarray::ScalarOperand
     + ndarray::LinalgScalar
     + std::iter::Sum

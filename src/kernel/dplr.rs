@@ -375,7 +375,7 @@ fn woodbury<T: Real>(tile: &CauchyTile<T>, k: usize, rank: usize) -> Complex<T> 
 }
 
 /// Solves M x = rhs in place (Gaussian elimination with partial pivoting), M row-major R × R.
-fn solve_small<T: Real>(mat: &mut [Complex<T>], rhs: &mut [Complex<T>], r: usize) {
+pub(crate) fn solve_small<T: Real>(mat: &mut [Complex<T>], rhs: &mut [Complex<T>], r: usize) {
     for col in 0..r {
         let piv = (col..r)
             .max_by(|&a, &b| mat[a * r + col].norm_sqr().total_cmp_real(&mat[b * r + col].norm_sqr()))

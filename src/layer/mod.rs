@@ -120,6 +120,14 @@ impl DtTransform {
             DtTransform::Softplus => inv_softplus(dt),
         }
     }
+
+    /// dΔ/d(inv_dt): exp(inv_dt) or σ(inv_dt).
+    pub fn derivative(self, inv_dt: f64) -> f64 {
+        match self {
+            DtTransform::Exp => inv_dt.exp(),
+            DtTransform::Softplus => 1.0 / (1.0 + (-inv_dt).exp()),
+        }
+    }
 }
 
 /// Largest width, state size or head count a configuration may ask for (a guard against
@@ -146,6 +154,21 @@ impl RealTransform {
             RealTransform::Exp => decay.ln(),
             RealTransform::Softplus => inv_softplus(decay),
             RealTransform::Clip => -decay,
+        }
+    }
+
+    /// d(Re Λ)/d(a_real): −exp(a), −σ(a), or 1 below the clip (0 above it).
+    pub fn derivative(self, a: f64) -> f64 {
+        match self {
+            RealTransform::Exp => -a.exp(),
+            RealTransform::Softplus => -1.0 / (1.0 + (-a).exp()),
+            RealTransform::Clip => {
+                if a < -MIN_DECAY {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
         }
     }
 }
@@ -372,7 +395,7 @@ pub struct Weights<T> {
 #[derive(Clone, Debug)]
 pub struct S4Layer<T> {
     config: S4LayerConfig,
-    weights: Weights<T>,
+    pub(crate) weights: Weights<T>,
 }
 
 /// Options of a convolutional-mode forward pass.

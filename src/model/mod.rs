@@ -284,11 +284,11 @@ pub enum StepInput<'a, T> {
 #[derive(Clone, Debug)]
 pub struct S4Model<T> {
     config: S4ModelConfig,
-    encoder: Encoder<T>,
-    blocks: Vec<Block<T>>,
-    final_norm: Option<Norm<T>>,
-    decoder_w: Array2<T>,
-    decoder_b: Array1<T>,
+    pub(crate) encoder: Encoder<T>,
+    pub(crate) blocks: Vec<Block<T>>,
+    pub(crate) final_norm: Option<Norm<T>>,
+    pub(crate) decoder_w: Array2<T>,
+    pub(crate) decoder_b: Array1<T>,
 }
 
 /// The recurrent state of a whole model: one [`State`] per layer. Clone to snapshot.
@@ -391,7 +391,7 @@ impl<T: Real> S4Model<T> {
     }
 
     /// Encodes the input into (B, H, L).
-    fn encode(&self, input: Input<T>) -> Result<Array3<T>> {
+    pub(crate) fn encode(&self, input: Input<T>) -> Result<Array3<T>> {
         let h = self.config.d_model();
         match (&self.encoder, input) {
             (Encoder::Linear { w, b }, Input::Features(x)) => {
@@ -529,6 +529,19 @@ impl<T: Real> S4Model<T> {
         }
         let state = return_state.then_some(ModelState { layers: states });
         Ok((y, state))
+    }
+
+    /// Ties every DPLR layer's C to kernel length `len` (C̃ = C(I − Ā^L), or doubling an existing
+    /// C̃ until it covers `len`), as the official first forward does. Training needs this once, for
+    /// the longest training sequence, so that C̃ is the trained parameter. No-op for S4D layers.
+    ///
+    /// # Errors
+    /// `len == 0`.
+    pub fn set_kernel_length(&mut self, len: usize) -> Result<()> {
+        for blk in &mut self.blocks {
+            blk.layer.set_kernel_length(len)?;
+        }
+        Ok(())
     }
 
     /// Convolutional mode (see [`forward_with_state`](Self::forward_with_state)).

@@ -1,0 +1,121 @@
+//! Backward of the FFT convolution (causal and bidirectional), with respect to the input and the
+//! kernel.
+//!
+//! Both forward modes are a circular convolution of length n ≥ L + L_k of the zero-padded input
+//! with a combined kernel buffer κ (k_fwd at lags 0..L_k, and for bidirectional layers k_bwd[s] at
+//! index n − 1 − s), keeping the first L outputs: y_t = Σ_m κ_{(t−m) mod n} u_m. Its adjoints are
+//! circular correlations, computed with the same FFT size:
+//!
+//! - g_u_m = Σ_t g_t κ_{(t−m) mod n} = irfft(G · conj(K̂))_m,
+//! - g_κ_s = Σ_{b,t} g_t u_{(t−s) mod n} = irfft(Σ_b G_b · conj(Û_b))_s,
+//!
+//! with G, Û, K̂ the spectra of the zero-padded g_y, u and κ. Channels run in parallel; the sum
+//! over the batch runs in sequence order inside each channel.
+
+use crate::conv::fast_len;
+use crate::scalar::Real;
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
+use num_complex::Complex;
+use rayon::prelude::*;
+use realfft::RealFftPlanner;
+
+/// Gradients of a convolution with respect to its input (B, H, L) and its kernels (H, L_k) each.
+#[derive(Clone, Debug)]
+pub struct ConvGrads<T> {
+    /// (B, H, L).
+    pub input: Array3<T>,
+    /// (H, L_k), the causal kernel.
+    pub k_fwd: Array2<T>,
+    /// (H, L_k), the anticausal kernel (bidirectional only).
+    pub k_bwd: Option<Array2<T>>,
+}
+
+/// Backward of `FftConv::causal` (without D) when `k_bwd` is `None`, of
+/// `FftConv::bidirectional` otherwise. u (B, H, L), kernels (H, L_k), gy (B, H, L).
+pub fn conv_backward<T: Real>(
+    u: ArrayView3<T>,
+    k_fwd: ArrayView2<T>,
+    k_bwd: Option<ArrayView2<T>>,
+    gy: ArrayView3<T>,
+) -> ConvGrads<T> {
+    let (batch, h, len) = u.dim();
+    let klen = k_fwd.ncols().min(len);
+    let n = if k_bwd.is_some() { fast_len(len + klen) } else { fast_len(len + klen - 1) };
+    let mut planner = RealFftPlanner::<T>::new();
+    let (fwd, inv) = (planner.plan_fft_forward(n), planner.plan_fft_inverse(n));
+    let nb = n / 2 + 1;
+    let scale = T::of(1.0 / n as f64);
+    let zero = Complex::new(T::zero(), T::zero());
+    let per_channel: Vec<(Array2<T>, Vec<T>)> = (0..h)
+        .into_par_iter()
+        .map(|c| {
+            let mut buf = fwd.make_input_vec();
+            let mut scratch = fwd.make_scratch_vec();
+            let mut iscratch = inv.make_scratch_vec();
+            let mut kspec = fwd.make_output_vec();
+            let mut gspec = fwd.make_output_vec();
+            let mut uspec = fwd.make_output_vec();
+            let mut acc = vec![zero; nb];
+            let mut out = inv.make_output_vec();
+            buf.fill(T::zero());
+            for s in 0..klen {
+                buf[s] = k_fwd[[c, s]];
+            }
+            if let Some(kb) = k_bwd {
+                for s in 0..klen {
+                    buf[n - 1 - s] = kb[[c, s]];
+                }
+            }
+            fwd.process_with_scratch(&mut buf, &mut kspec, &mut scratch).expect("plan buffers");
+            let mut gu = Array2::<T>::zeros((batch, len));
+            for b in 0..batch {
+                buf.fill(T::zero());
+                for t in 0..len {
+                    buf[t] = gy[[b, c, t]];
+                }
+                fwd.process_with_scratch(&mut buf, &mut gspec, &mut scratch).expect("plan buffers");
+                buf.fill(T::zero());
+                for t in 0..len {
+                    buf[t] = u[[b, c, t]];
+                }
+                fwd.process_with_scratch(&mut buf, &mut uspec, &mut scratch).expect("plan buffers");
+                for f in 0..nb {
+                    acc[f] = acc[f] + gspec[f] * uspec[f].conj();
+                    uspec[f] = gspec[f] * kspec[f].conj();
+                }
+                // the inverse real FFT ignores the imaginary parts of the DC and Nyquist bins, which
+                // are exactly zero for the spectra of real signals
+                uspec[0].im = T::zero();
+                if n.is_multiple_of(2) {
+                    uspec[nb - 1].im = T::zero();
+                }
+                inv.process_with_scratch(&mut uspec, &mut out, &mut iscratch).expect("plan buffers");
+                for t in 0..len {
+                    gu[[b, t]] = out[t] * scale;
+                }
+            }
+            acc[0].im = T::zero();
+            if n.is_multiple_of(2) {
+                acc[nb - 1].im = T::zero();
+            }
+            inv.process_with_scratch(&mut acc, &mut out, &mut iscratch).expect("plan buffers");
+            (gu, out.iter().map(|&v| v * scale).collect())
+        })
+        .collect();
+    let mut input = Array3::<T>::zeros((batch, h, len));
+    let klen_full = k_fwd.ncols();
+    let mut gk_fwd = Array2::<T>::zeros((h, klen_full));
+    let mut gk_bwd = k_bwd.map(|_| Array2::<T>::zeros((h, klen_full)));
+    for (c, (gu, gk)) in per_channel.into_iter().enumerate() {
+        input.index_axis_mut(Axis(1), c).assign(&gu);
+        for s in 0..klen {
+            gk_fwd[[c, s]] = gk[s];
+        }
+        if let Some(g) = gk_bwd.as_mut() {
+            for s in 0..klen {
+                g[[c, s]] = gk[n - 1 - s];
+            }
+        }
+    }
+    ConvGrads { input, k_fwd: gk_fwd, k_bwd: gk_bwd }
+}

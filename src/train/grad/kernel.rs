@@ -1,0 +1,292 @@
+//! Backward of the SSM kernels: the gradient of a loss with respect to (Λ, P, B, C or C̃, Δ) given
+//! its gradient with respect to the kernel K (rows, L).
+//!
+//! Conventions: for a real loss ℓ and a complex parameter z, the gradient is g_z = ∂ℓ/∂Re z +
+//! i ∂ℓ/∂Im z (what PyTorch reports for a complex tensor viewed as real pairs). For w = f(z)
+//! holomorphic, g_z = conj(f'(z))·g_w; for w = conj(z), g_z = conj(g_w).
+//!
+//! **DPLR** (see [`kernel::dplr`](crate::kernel::DplrKernel)): K = irfft(X)/L with X_k = (1 + z_k/2)·W_k,
+//! W = S₀₀ − S₀ᵣ M⁻¹ Sᵣ₀, M = I + Sᵣₛ, and Cauchy sums S_ab(z) = Σ_j v_j/(z − w_j) + v̄_j/(z − w̄_j),
+//! v = left_a ⊙ right_b (left ∈ {C̃, P̄_r}, right ∈ {ΔB, ΔP_r}), w = ΔΛ. Backward, step by step:
+//! 1. g_X = rfft(g_K)·(2/L) (bins 0 and L/2: 1/L, real parts only), the adjoint of the inverse real FFT;
+//! 2. g_W = conj(1 + z/2)·g_X; ∂W/∂S₀₀ = 1, ∂W/∂S₀ᵣ = −x_r, ∂W/∂Sᵣ₀ = −y_r, ∂W/∂Mᵣₛ = y_r x_s with
+//!    x = M⁻¹Sᵣ₀ and y = M⁻ᵀS₀ᵣ;
+//! 3. g_v_j += g_S·conj(r1_j) + conj(g_S)·r2_j and g_w_j += g_S·conj(v_j r1_j²) + conj(g_S)·v̄_j r2_j²,
+//!    with r1 = 1/(z − w_j), r2 = 1/(z − w̄_j);
+//! 4. the products v = left·right, w = ΔΛ and the Nyquist bin X = Δ·Re Σ C̃_j B_j by the chain rule.
+//!
+//! **S4D**: K_l = 2 Re Σ_j a_j Ā_j^l with a = C·B̄ = C·B·φ. With G₀ = Σ_l g_l conj(Ā)^l and
+//! G₁ = Σ_l l g_l conj(Ā)^{l−1} (Horner), g_a = 2G₀ and g_Ā = 2 conj(a) G₁; then through
+//! Ā = e^{Δλ}, φ = (e^{Δλ} − 1)/λ (ZOH) or Ā = (1 + (1−α)Δλ)/(1 − αΔλ), φ = Δ/(1 − αΔλ) (GBT).
+//!
+//! Both run per channel in parallel, in f64.
+
+use crate::discretize::Discretization;
+use crate::error::{Error, Result};
+use crate::scalar::{cplx, Real};
+use crate::ssm::SsmParams;
+use ndarray::{Array1, Array2, Array3, ArrayView2};
+use num_complex::Complex64;
+use rayon::prelude::*;
+use realfft::RealFftPlanner;
+
+/// Gradients with respect to the fields of [`SsmParams`] (same shapes; `c` is C̃ for DPLR).
+#[derive(Clone, Debug)]
+pub struct SsmGrads<T> {
+    /// (rows, N/2).
+    pub lambda: Array2<num_complex::Complex<T>>,
+    /// (R, rows, N/2).
+    pub p: Option<Array3<num_complex::Complex<T>>>,
+    /// (rows, N/2).
+    pub b: Array2<num_complex::Complex<T>>,
+    /// (rows, N/2).
+    pub c: Array2<num_complex::Complex<T>>,
+    /// (rows,).
+    pub dt: Array1<T>,
+}
+
+/// One channel's gradients in f64.
+struct RowGrads {
+    lambda: Vec<Complex64>,
+    p: Vec<Vec<Complex64>>,
+    b: Vec<Complex64>,
+    c: Vec<Complex64>,
+    dt: f64,
+}
+
+fn assemble<T: Real>(rows: Vec<RowGrads>, rank: usize, m: usize, has_p: bool) -> SsmGrads<T> {
+    let h = rows.len();
+    let lambda = Array2::from_shape_fn((h, m), |(r, j)| cplx(rows[r].lambda[j]));
+    let b = Array2::from_shape_fn((h, m), |(r, j)| cplx(rows[r].b[j]));
+    let c = Array2::from_shape_fn((h, m), |(r, j)| cplx(rows[r].c[j]));
+    let dt = Array1::from_shape_fn(h, |r| T::of(rows[r].dt));
+    let p = has_p.then(|| Array3::from_shape_fn((rank, h, m), |(k, r, j)| cplx(rows[r].p[k][j])));
+    SsmGrads { lambda, p, b, c, dt }
+}
+
+fn c64<T: Real>(z: num_complex::Complex<T>) -> Complex64 {
+    Complex64::new(z.re.as_f64(), z.im.as_f64())
+}
+
+/// Solves the R × R complex system M x = rhs (row-major), or its transpose.
+fn solve(m: &[Complex64], rhs: &[Complex64], r: usize, transpose: bool) -> Vec<Complex64> {
+    let mut a: Vec<Complex64> =
+        (0..r * r).map(|i| if transpose { m[(i % r) * r + i / r] } else { m[i] }).collect();
+    let mut x = rhs.to_vec();
+    crate::kernel::solve_small(&mut a, &mut x, r);
+    x
+}
+
+/// Gradient of the DPLR kernel K (rows, len) = `DplrKernel::from_c_tilde(params, l_kernel).kernel(len)`
+/// with respect to Λ, P, B, C̃ and Δ, given g_K (rows, len), `len ≤ l_kernel`.
+///
+/// # Errors
+/// A parameter set without P, or g_K of the wrong shape.
+pub fn dplr_kernel_backward<T: Real>(
+    params: &SsmParams<T>,
+    l_kernel: usize,
+    gk: ArrayView2<T>,
+) -> Result<SsmGrads<T>> {
+    let p = params.p.as_ref().ok_or_else(|| Error::invalid("P", "absent", "a DPLR parameter set"))?;
+    let (rows, m) = params.lambda.dim();
+    let rank = p.shape()[0];
+    let len = gk.ncols();
+    if gk.nrows() != rows || len > l_kernel || len == 0 {
+        return Err(Error::shape("kernel gradient", format!("({rows}, 1..={l_kernel})"), gk.shape()));
+    }
+    let l = l_kernel;
+    let nb = l / 2 + 1;
+    let has_nyquist = l.is_multiple_of(2);
+    let n_cauchy = if has_nyquist { l / 2 } else { l / 2 + 1 };
+    let y: Vec<f64> = (0..n_cauchy).map(|k| 2.0 * (std::f64::consts::PI * k as f64 / l as f64).tan()).collect();
+    let fft = RealFftPlanner::<f64>::new().plan_fft_forward(l);
+    let r1n = 1 + rank;
+    let sums = r1n * r1n;
+    let out: Vec<RowGrads> = (0..rows)
+        .into_par_iter()
+        .map(|ch| {
+            // 1. adjoint of K = irfft(X)/L
+            let mut buf = vec![0.0; l];
+            for t in 0..len {
+                buf[t] = gk[[ch, t]].as_f64();
+            }
+            let mut gx = fft.make_output_vec();
+            fft.process(&mut buf, &mut gx).expect("plan buffers");
+            for (k, g) in gx.iter_mut().enumerate() {
+                let edge = k == 0 || (has_nyquist && k == nb - 1);
+                *g = if edge { Complex64::new(g.re / l as f64, 0.0) } else { *g * (2.0 / l as f64) };
+            }
+            let dt = params.dt[ch].as_f64();
+            let lam: Vec<Complex64> = (0..m).map(|j| c64(params.lambda[[ch, j]])).collect();
+            let bv: Vec<Complex64> = (0..m).map(|j| c64(params.b[[ch, j]])).collect();
+            let ct: Vec<Complex64> = (0..m).map(|j| c64(params.c[[ch, j]])).collect();
+            let pv: Vec<Vec<Complex64>> = (0..rank).map(|r| (0..m).map(|j| c64(p[[r, ch, j]])).collect()).collect();
+            let left = |a: usize, j: usize| if a == 0 { ct[j] } else { pv[a - 1][j].conj() };
+            let right = |b: usize, j: usize| if b == 0 { bv[j] * dt } else { pv[b - 1][j] * dt };
+            let v: Vec<Complex64> =
+                (0..sums).flat_map(|s| (0..m).map(move |j| (s, j))).map(|(s, j)| left(s / r1n, j) * right(s % r1n, j)).collect();
+            let w: Vec<Complex64> = lam.iter().map(|&x| x * dt).collect();
+            let mut gv = vec![Complex64::new(0.0, 0.0); sums * m];
+            let mut gw = vec![Complex64::new(0.0, 0.0); m];
+            let mut r1 = vec![Complex64::new(0.0, 0.0); m];
+            let mut r2 = vec![Complex64::new(0.0, 0.0); m];
+            let mut s = vec![Complex64::new(0.0, 0.0); sums];
+            let mut gs = vec![Complex64::new(0.0, 0.0); sums];
+            let mut g_dt = 0.0;
+            let mut g_ct = vec![Complex64::new(0.0, 0.0); m];
+            let mut g_b = vec![Complex64::new(0.0, 0.0); m];
+            for k in 0..n_cauchy {
+                let z = Complex64::new(0.0, y[k]);
+                for j in 0..m {
+                    r1[j] = 1.0 / (z - w[j]);
+                    r2[j] = 1.0 / (z - w[j].conj());
+                }
+                for (si, sv) in s.iter_mut().enumerate() {
+                    *sv = (0..m).map(|j| v[si * m + j] * r1[j] + v[si * m + j].conj() * r2[j]).sum();
+                }
+                // 2. through X = (1 + z/2) W and the Woodbury identity
+                let g_w = Complex64::new(1.0, y[k] / 2.0).conj() * gx[k];
+                gs[0] = g_w;
+                let mmat: Vec<Complex64> = (0..rank * rank)
+                    .map(|i| {
+                        let (r, q) = (i / rank, i % rank);
+                        s[(1 + r) * r1n + 1 + q] + if r == q { 1.0 } else { 0.0 }
+                    })
+                    .collect();
+                let s0r: Vec<Complex64> = (0..rank).map(|r| s[1 + r]).collect();
+                let sr0: Vec<Complex64> = (0..rank).map(|r| s[(1 + r) * r1n]).collect();
+                let x = solve(&mmat, &sr0, rank, false);
+                let yv = solve(&mmat, &s0r, rank, true);
+                for r in 0..rank {
+                    gs[1 + r] = (-x[r]).conj() * g_w;
+                    gs[(1 + r) * r1n] = (-yv[r]).conj() * g_w;
+                    for q in 0..rank {
+                        gs[(1 + r) * r1n + 1 + q] = (yv[r] * x[q]).conj() * g_w;
+                    }
+                }
+                // 3. through the Cauchy sums
+                for (si, &g) in gs.iter().enumerate() {
+                    let gc = g.conj();
+                    for j in 0..m {
+                        let vj = v[si * m + j];
+                        gv[si * m + j] += g * r1[j].conj() + gc * r2[j];
+                        gw[j] += g * (vj * r1[j] * r1[j]).conj() + gc * vj.conj() * r2[j] * r2[j];
+                    }
+                }
+            }
+            if has_nyquist {
+                // X = Δ Re Σ C̃_j B_j
+                let g = gx[nb - 1].re;
+                let sum: Complex64 = (0..m).map(|j| ct[j] * bv[j]).sum();
+                g_dt += g * sum.re;
+                for j in 0..m {
+                    g_ct[j] += g * dt * bv[j].conj();
+                    g_b[j] += g * dt * ct[j].conj();
+                }
+            }
+            // 4. v = left_a · right_b, w = Δλ
+            let mut g_p = vec![vec![Complex64::new(0.0, 0.0); m]; rank];
+            for si in 0..sums {
+                let (a, bi) = (si / r1n, si % r1n);
+                for j in 0..m {
+                    let g = gv[si * m + j];
+                    let g_left = g * right(bi, j).conj();
+                    let g_right = g * left(a, j).conj();
+                    if a == 0 {
+                        g_ct[j] += g_left;
+                    } else {
+                        g_p[a - 1][j] += g_left.conj();
+                    }
+                    if bi == 0 {
+                        g_b[j] += g_right * dt;
+                        g_dt += (g_right.conj() * bv[j]).re;
+                    } else {
+                        g_p[bi - 1][j] += g_right * dt;
+                        g_dt += (g_right.conj() * pv[bi - 1][j]).re;
+                    }
+                }
+            }
+            let g_lam: Vec<Complex64> = gw.iter().map(|&g| g * dt).collect();
+            g_dt += (0..m).map(|j| (gw[j].conj() * lam[j]).re).sum::<f64>();
+            RowGrads { lambda: g_lam, p: g_p, b: g_b, c: g_ct, dt: g_dt }
+        })
+        .collect();
+    Ok(assemble(out, rank, m, true))
+}
+
+/// Ā, φ = B̄/B and their derivatives (∂Ā/∂λ, ∂Ā/∂Δ, ∂φ/∂λ, ∂φ/∂Δ) for one mode.
+fn mode_derivatives(lam: Complex64, dt: f64, method: Discretization) -> [Complex64; 6] {
+    match method.alpha() {
+        None => {
+            let e = (lam * dt).exp();
+            let z = lam * dt;
+            // φ = (e^{Δλ} − 1)/λ = Δ·expm1(z)/z, with the series near z = 0
+            let (phi, dphi_dlam) = if z.norm() < 1e-4 {
+                (dt * (1.0 + z / 2.0 + z * z / 6.0), dt * dt * (0.5 + z / 3.0 + z * z / 8.0))
+            } else {
+                ((e - 1.0) / lam, (dt * e * lam - (e - 1.0)) / (lam * lam))
+            };
+            [e, phi, dt * e, lam * e, dphi_dlam, e]
+        }
+        Some(alpha) => {
+            let den = 1.0 - lam * (alpha * dt);
+            let den2 = den * den;
+            let e = (1.0 + lam * ((1.0 - alpha) * dt)) / den;
+            [e, dt / den, dt / den2, lam / den2, alpha * dt * dt / den2, 1.0 / den2]
+        }
+    }
+}
+
+/// Gradient of the S4D kernel `diag_kernel(params, len, method)` with respect to Λ, B, C and Δ,
+/// given g_K (rows, len).
+///
+/// # Errors
+/// g_K of the wrong shape or an invalid GBT α.
+pub fn diag_kernel_backward<T: Real>(
+    params: &SsmParams<T>,
+    gk: ArrayView2<T>,
+    method: Discretization,
+) -> Result<SsmGrads<T>> {
+    let method = method.validate()?;
+    let (rows, m) = params.lambda.dim();
+    if gk.nrows() != rows || gk.ncols() == 0 {
+        return Err(Error::shape("kernel gradient", format!("({rows}, L >= 1)"), gk.shape()));
+    }
+    let len = gk.ncols();
+    let out: Vec<RowGrads> = (0..rows)
+        .into_par_iter()
+        .map(|ch| {
+            let dt = params.dt[ch].as_f64();
+            let g: Vec<f64> = (0..len).map(|t| gk[[ch, t]].as_f64()).collect();
+            let mut row = RowGrads {
+                lambda: vec![Complex64::new(0.0, 0.0); m],
+                p: Vec::new(),
+                b: vec![Complex64::new(0.0, 0.0); m],
+                c: vec![Complex64::new(0.0, 0.0); m],
+                dt: 0.0,
+            };
+            for j in 0..m {
+                let lam = c64(params.lambda[[ch, j]]);
+                let (bj, cj) = (c64(params.b[[ch, j]]), c64(params.c[[ch, j]]));
+                let [e, phi, de_dl, de_dt, dphi_dl, dphi_dt] = mode_derivatives(lam, dt, method);
+                // Horner: G0 = Σ g_l q^l, G1 = Σ l g_l q^{l−1}, q = conj(Ā)
+                let q = e.conj();
+                let (mut g0, mut g1) = (Complex64::new(0.0, 0.0), Complex64::new(0.0, 0.0));
+                for &gl in g.iter().rev() {
+                    g1 = g1 * q + g0;
+                    g0 = g0 * q + gl;
+                }
+                let a = cj * bj * phi;
+                let g_a = 2.0 * g0;
+                let g_e = 2.0 * a.conj() * g1;
+                let cb = cj * bj;
+                row.lambda[j] = de_dl.conj() * g_e + (cb * dphi_dl).conj() * g_a;
+                row.dt += (g_e.conj() * de_dt).re + (g_a.conj() * cb * dphi_dt).re;
+                row.c[j] = (bj * phi).conj() * g_a;
+                row.b[j] = (cj * phi).conj() * g_a;
+            }
+            row
+        })
+        .collect();
+    Ok(assemble(out, 0, m, false))
+}
