@@ -77,6 +77,7 @@
 //! value and what was expected (e.g. `invalid dt = -1: expected a finite step size > 0`).
 
 pub mod conv;
+pub mod data;
 pub mod discretize;
 pub mod error;
 pub mod hippo;
@@ -88,5 +89,6 @@ pub mod nn;
 pub mod plot;
 pub mod scalar;
 pub mod ssm;
+pub mod train;
 
 pub use error::{Error, Result};

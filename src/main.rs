@@ -125,6 +125,73 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Trains an S4 model on a long-range task and writes metrics, curves and checkpoints to --out.
+    ///
+    /// Tasks: listops (generated as LRA does, or the LRA TSVs with --data DIR), pathfinder (the
+    /// 32x32 Pathfinder-style generator, or the LRA release with --data), adding (L = 1000),
+    /// acsf1 (UCR ACSF1 from the sktime wheel in --data, default data/), digits (scikit-learn's
+    /// digits from the wheel in --data), text and retrieval (LRA files in --data). Presets:
+    /// cpu-listops, cpu-pathfinder, cpu-adding, cpu-acsf1, cpu-digits, tiny, and the official
+    /// lra-listops, lra-text, lra-retrieval, lra-image, lra-pathfinder, lra-pathx. Prints the
+    /// final metrics as JSON.
+    Train {
+        /// Task name.
+        #[arg(long)]
+        task: String,
+        /// Preset (default: the task's CPU preset).
+        #[arg(long)]
+        preset: Option<String>,
+        /// Folder with real data files (see the task list).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Epochs (default: the preset's).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Batch size (default: the preset's).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Global learning rate (default: the preset's).
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Sizes of the generated train/val/test splits.
+        #[arg(long, value_delimiter = ',', default_value = "10000,1000,1000")]
+        sizes: Vec<usize>,
+        /// Worker threads (default: all cores; results do not depend on it).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Seed of the data, the initialization and dropout.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Continue from OUT/checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Stop after this many epochs (resume later with --resume).
+        #[arg(long)]
+        stop_after: Option<usize>,
+        /// A JSON file with a full TrainConfig (overrides the preset).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluates a training run's checkpoint on its task's test split; prints JSON.
+    Eval {
+        /// The --out folder of `s4 train`.
+        dir: PathBuf,
+        /// Folder with real data files, if the run used one.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Sizes of the generated splits (as given to train).
+        #[arg(long, value_delimiter = ',', default_value = "10000,1000,1000")]
+        sizes: Vec<usize>,
+        /// Seed of the data (as given to train).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// The HiPPO memory demo: reconstruct the past of a band-limited random signal from the state.
     ///
     /// Prints JSON metrics (relative RMSE per operator, and a sweep over N) and optionally plots the
@@ -191,6 +258,38 @@ fn main() {
             }
         }
         Command::ImportOfficial { model, config, out } => cmd_import(&model, &config, &out),
+        Command::Train {
+            task,
+            preset,
+            data,
+            epochs,
+            batch_size,
+            lr,
+            sizes,
+            threads,
+            seed,
+            resume,
+            stop_after,
+            config,
+            quiet,
+            out,
+        } => cmd_train(TrainArgs {
+            task,
+            preset,
+            data,
+            epochs,
+            batch_size,
+            lr,
+            sizes,
+            threads,
+            seed,
+            resume,
+            stop_after,
+            config,
+            quiet,
+            out,
+        }),
+        Command::Eval { dir, data, sizes, seed } => cmd_eval(&dir, data.as_deref(), &sizes, seed),
         Command::Reconstruct { measure, n, dt, duration, cutoff, seed, sweep, plot } => cmd_reconstruct(
             measure.as_deref(),
             MemoryConfig { n, dt, duration, cutoff, rms: 0.5, seed },
@@ -694,5 +793,98 @@ fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> R
     let y = if blh { swap_last(y) } else { y };
     write_npy_atomic(&a.out, &y)?;
     println!("{}", json!({"out": a.out, "shape": y.shape(), "mode": a.mode, "layout": a.layout, "seconds": secs}));
+    Ok(())
+}
+
+struct TrainArgs {
+    task: String,
+    preset: Option<String>,
+    data: Option<PathBuf>,
+    epochs: Option<usize>,
+    batch_size: Option<usize>,
+    lr: Option<f64>,
+    sizes: Vec<usize>,
+    threads: Option<usize>,
+    seed: u64,
+    resume: bool,
+    stop_after: Option<usize>,
+    config: Option<PathBuf>,
+    quiet: bool,
+    out: PathBuf,
+}
+
+fn split_sizes(sizes: &[usize]) -> Result<s4::data::SplitSizes> {
+    match sizes {
+        [a, b, c] if *a > 0 && *b > 0 && *c > 0 => Ok(s4::data::SplitSizes::new(*a, *b, *c)),
+        _ => Err(Error::invalid("--sizes", format!("{sizes:?}"), "three positive counts TRAIN,VAL,TEST")),
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    use s4::train::{default_preset, load_task, preset, train, RunOptions, TrainConfig};
+    let t0 = Instant::now();
+    let task = load_task(&a.task, a.data.as_deref(), &split_sizes(&a.sizes)?, a.seed)?;
+    let preset_name = a.preset.clone().unwrap_or_else(|| default_preset(&a.task).to_string());
+    let mut cfg = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            serde_json::from_str::<TrainConfig>(&text).map_err(|e| Error::format(path, e.to_string()))?
+        }
+        None => preset(&preset_name)?,
+    };
+    cfg.seed = a.seed;
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(b) = a.batch_size {
+        cfg.batch_size = b;
+    }
+    if let Some(lr) = a.lr {
+        cfg.optim.lr = lr;
+    }
+    let opts = RunOptions { threads: a.threads, progress: !a.quiet, resume: a.resume, stop_after: a.stop_after };
+    if !a.quiet {
+        eprintln!(
+            "task {}: {} train / {} val / {} test sequences, max length {}; preset {preset_name}",
+            task.name,
+            task.train.len(),
+            task.val.len(),
+            task.test.len(),
+            task.train.max_len()
+        );
+    }
+    let report = train(&task, &cfg, &a.out, &opts)?;
+    let last = report.metrics.last();
+    println!(
+        "{}",
+        json!({"task": task.name, "preset": preset_name, "out": a.out, "epochs": report.metrics.len(),
+               "final": last, "best_val_acc": report.metrics.iter().filter_map(|m| m.val_acc).fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v)))),
+               "majority_rate": task.majority_rate(), "mean_baseline_mse": task.mean_baseline_mse(),
+               "wall_seconds": t0.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+fn cmd_eval(dir: &Path, data: Option<&Path>, sizes: &[usize], seed: u64) -> Result<()> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let run: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+    let task_name = run["task"]
+        .as_str()
+        .ok_or_else(|| Error::format(&cfg_path, "no \"task\" (not the --out folder of s4 train?)"))?;
+    let base = task_name.split('/').next().unwrap_or(task_name).to_lowercase();
+    let base = if base == "ucr" { "acsf1".to_string() } else { base };
+    let task = s4::train::load_task(&base, data, &split_sizes(sizes)?, seed)?;
+    let ckpt = s4::train::trainer::checkpoint_dir(dir)
+        .ok_or_else(|| Error::invalid("run folder", dir.display(), "a folder with a checkpoint/ (from s4 train)"))?;
+    let model: s4::model::S4Model<f32> = s4::model::checkpoint::load(&ckpt)?;
+    let t0 = Instant::now();
+    let (loss, acc) = s4::train::evaluate(&model, &task.test, 64)?;
+    println!(
+        "{}",
+        json!({"task": task.name, "checkpoint": ckpt, "test_loss": loss, "test_acc": acc, "test_sequences": task.test.len(),
+               "majority_rate": task.majority_rate(), "mean_baseline_mse": task.mean_baseline_mse(),
+               "seconds": t0.elapsed().as_secs_f64()})
+    );
     Ok(())
 }

@@ -147,7 +147,7 @@ fn model_entries<T: Real>(model: &S4Model<T>) -> BTreeMap<String, Entry> {
     out
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
     let tmp = atomic_path(path, ext);
     let done = std::fs::File::create(&tmp)

@@ -1,4 +1,27 @@
-//! Training in Rust: backward passes ([`grad`]), the optimizer ([`optim`]) and the trainer loop
-//! ([`trainer`]).
+//! Training in Rust: backward passes ([`grad`]), AdamW with the official parameter groups
+//! ([`optim`]), the training loop ([`trainer`]) and the tasks and presets of `s4 train`
+//! ([`tasks`]).
+//!
+//! # Example
+//! ```
+//! use s4::data::{adding, SplitSizes};
+//! use s4::train::{preset, train, RunOptions};
+//! let task = adding::generate(&adding::Config { len: 64 }, &SplitSizes::new(64, 16, 16), 0)?;
+//! let mut cfg = preset("tiny")?;
+//! cfg.epochs = 1;
+//! let out = std::env::temp_dir().join(format!("s4-doc-train-{}", std::process::id()));
+//! let report = train(&task, &cfg, &out, &RunOptions::default())?;
+//! assert_eq!(report.metrics.len(), 1);
+//! assert!(report.metrics[0].test_loss.is_finite());
+//! # std::fs::remove_dir_all(&out).ok();
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 pub mod grad;
+pub mod optim;
+pub mod tasks;
+pub mod trainer;
+
+pub use optim::{AdamW, OptimConfig, Schedule};
+pub use tasks::{default_preset, load_task, preset, PRESETS, TASKS};
+pub use trainer::{evaluate, train, EpochMetrics, RunOptions, TrainConfig, TrainReport};

@@ -76,50 +76,72 @@ pub enum ParamGroup {
     NoDecay,
 }
 
-/// Calls `f(name, group, values)` on every trainable tensor of `model`, in a fixed order, with
-/// complex tensors viewed as interleaved (re, im) pairs. Names are the checkpoint names.
-pub fn for_each_tensor<T: Real>(model: &mut S4Model<T>, f: &mut dyn FnMut(&str, ParamGroup, &mut [T])) {
-    fn real<T>(a: &mut ndarray::ArrayBase<ndarray::OwnedRepr<T>, impl ndarray::Dimension>) -> &mut [T] {
-        a.as_slice_mut().expect("owned weights are contiguous")
-    }
-    fn cplx<T: Real>(
-        a: &mut ndarray::ArrayBase<ndarray::OwnedRepr<Complex<T>>, impl ndarray::Dimension>,
-    ) -> &mut [T] {
-        let s = a.as_slice_mut().expect("owned weights are contiguous");
-        // SAFETY: Complex<T> is #[repr(C)] { re: T, im: T }, so a slice of n complex numbers is a
-        // slice of 2n reals with the same alignment, borrowed for the same lifetime.
-        unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<T>(), 2 * s.len()) }
-    }
+/// A trainable tensor of a model: its checkpoint name, optimizer group, and values (complex
+/// tensors viewed as interleaved (re, im) pairs, as PyTorch's `view_as_real`).
+#[derive(Debug)]
+pub struct TensorMut<'a, T> {
+    /// The checkpoint name (official S4Block names), e.g. `layers.0.layer.kernel.B`.
+    pub name: String,
+    /// Optimizer group.
+    pub group: ParamGroup,
+    /// The values, flat.
+    pub values: &'a mut [T],
+}
+
+fn real<T>(a: &mut ndarray::ArrayBase<ndarray::OwnedRepr<T>, impl ndarray::Dimension>) -> &mut [T] {
+    a.as_slice_mut().expect("owned weights are contiguous")
+}
+
+fn cplx<T: Real>(a: &mut ndarray::ArrayBase<ndarray::OwnedRepr<Complex<T>>, impl ndarray::Dimension>) -> &mut [T] {
+    let s = a.as_slice_mut().expect("owned weights are contiguous");
+    // SAFETY: Complex<T> is #[repr(C)] { re: T, im: T }, so a slice of n complex numbers is a
+    // slice of 2n reals with the same alignment, borrowed for the same lifetime.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<T>(), 2 * s.len()) }
+}
+
+/// Every trainable tensor of `model`, in a fixed order (the same for any two models of one
+/// configuration, so a model, its gradient and the optimizer moments line up entry by entry).
+pub fn tensors_mut<T: Real>(model: &mut S4Model<T>) -> Vec<TensorMut<'_, T>> {
+    let mut out = Vec::new();
+    let mut push = |name: String, group: ParamGroup, values| out.push(TensorMut { name, group, values });
     match &mut model.encoder {
         Encoder::Linear { w, b } => {
-            f("encoder.weight", ParamGroup::Decay, real(w));
-            f("encoder.bias", ParamGroup::NoDecay, real(b));
+            push("encoder.weight".into(), ParamGroup::Decay, real(w));
+            push("encoder.bias".into(), ParamGroup::NoDecay, real(b));
         }
-        Encoder::Embedding { table } => f("encoder.weight", ParamGroup::Decay, real(table)),
+        Encoder::Embedding { table } => push("encoder.weight".into(), ParamGroup::Decay, real(table)),
     }
     for (i, blk) in model.blocks.iter_mut().enumerate() {
         let w = &mut blk.layer.weights;
         let p = format!("layers.{i}.");
-        f(&format!("{p}layer.D"), ParamGroup::Decay, real(&mut w.d));
-        f(&format!("{p}layer.kernel.inv_dt"), ParamGroup::Dt, real(&mut w.inv_dt));
-        f(&format!("{p}layer.kernel.A_real"), ParamGroup::A, real(&mut w.a_real));
-        f(&format!("{p}layer.kernel.A_imag"), ParamGroup::A, real(&mut w.a_imag));
-        f(&format!("{p}layer.kernel.B"), ParamGroup::B, cplx(&mut w.b));
-        f(&format!("{p}layer.kernel.C"), ParamGroup::Decay, cplx(&mut w.c));
+        push(format!("{p}layer.D"), ParamGroup::Decay, real(&mut w.d));
+        push(format!("{p}layer.kernel.inv_dt"), ParamGroup::Dt, real(&mut w.inv_dt));
+        push(format!("{p}layer.kernel.A_real"), ParamGroup::A, real(&mut w.a_real));
+        push(format!("{p}layer.kernel.A_imag"), ParamGroup::A, real(&mut w.a_imag));
+        push(format!("{p}layer.kernel.B"), ParamGroup::B, cplx(&mut w.b));
+        push(format!("{p}layer.kernel.C"), ParamGroup::Decay, cplx(&mut w.c));
         if let Some(pp) = w.p.as_mut() {
-            f(&format!("{p}layer.kernel.P"), ParamGroup::A, cplx(pp));
+            push(format!("{p}layer.kernel.P"), ParamGroup::A, cplx(pp));
         }
-        f(&format!("{p}output_linear.0.weight"), ParamGroup::Decay, real(&mut w.w));
-        f(&format!("{p}output_linear.0.bias"), ParamGroup::NoDecay, real(&mut w.bias));
-        f(&format!("{p}norm.weight"), ParamGroup::NoDecay, real(&mut blk.norm.weight));
-        f(&format!("{p}norm.bias"), ParamGroup::NoDecay, real(&mut blk.norm.bias));
+        push(format!("{p}output_linear.0.weight"), ParamGroup::Decay, real(&mut w.w));
+        push(format!("{p}output_linear.0.bias"), ParamGroup::NoDecay, real(&mut w.bias));
+        push(format!("{p}norm.weight"), ParamGroup::NoDecay, real(&mut blk.norm.weight));
+        push(format!("{p}norm.bias"), ParamGroup::NoDecay, real(&mut blk.norm.bias));
     }
     if let Some(n) = model.final_norm.as_mut() {
-        f("norm.weight", ParamGroup::NoDecay, real(&mut n.weight));
-        f("norm.bias", ParamGroup::NoDecay, real(&mut n.bias));
+        push("norm.weight".into(), ParamGroup::NoDecay, real(&mut n.weight));
+        push("norm.bias".into(), ParamGroup::NoDecay, real(&mut n.bias));
     }
-    f("decoder.weight", ParamGroup::Decay, real(&mut model.decoder_w));
-    f("decoder.bias", ParamGroup::NoDecay, real(&mut model.decoder_b));
+    push("decoder.weight".into(), ParamGroup::Decay, real(&mut model.decoder_w));
+    push("decoder.bias".into(), ParamGroup::NoDecay, real(&mut model.decoder_b));
+    out
+}
+
+/// Calls `f(name, group, values)` on every trainable tensor of `model` (see [`tensors_mut`]).
+pub fn for_each_tensor<T: Real>(model: &mut S4Model<T>, f: &mut dyn FnMut(&str, ParamGroup, &mut [T])) {
+    for t in tensors_mut(model) {
+        f(&t.name, t.group, t.values);
+    }
 }
 
 /// Everything a layer's backward needs.

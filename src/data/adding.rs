@@ -1,0 +1,71 @@
+//! The adding problem (Hochreiter & Schmidhuber 1997; in the form of Arjovsky, Shah & Bengio 2016,
+//! "Unitary evolution recurrent neural networks").
+//!
+//! Each sequence has length L and two channels: channel 0 holds values drawn uniformly from
+//! [0, 1), channel 1 is a marker that is 1 at exactly two positions, one drawn uniformly from the
+//! first half `0..L/2` and one from the second half `L/2..L`, and 0 elsewhere. The target is the
+//! sum of the two marked values (regression, `d_output = 1`). Predicting the mean, 1, has MSE
+//! Var(U₁ + U₂) = 1/6 ≈ 0.167, the baseline a model must beat.
+//!
+//! Stored as [`Inputs::Features`] with `d_input = 2`: values `[0, L)` then markers `[L, 2L)`.
+
+use rand::{RngExt, SeedableRng};
+use rand_pcg::Pcg64;
+use serde::{Deserialize, Serialize};
+
+use super::{Inputs, Split, SplitSizes, Targets, TaskData};
+use crate::error::{Error, Result};
+
+/// Generator settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Sequence length L (at least 2).
+    pub len: usize,
+}
+
+impl Default for Config {
+    /// L = 1000.
+    fn default() -> Self {
+        Config { len: 1000 }
+    }
+}
+
+/// Generates the adding problem. Deterministic in `seed`; errors if `len < 2`.
+pub fn generate(cfg: &Config, sizes: &SplitSizes, seed: u64) -> Result<TaskData> {
+    let l = cfg.len;
+    if l < 2 {
+        return Err(Error::invalid("adding len", l, "at least 2 (one marker in each half)"));
+    }
+    let mut rng = Pcg64::seed_from_u64(seed);
+    let half = l / 2;
+    let mut split = |n: usize| {
+        let mut data = Vec::with_capacity(n);
+        let mut targets = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut x = vec![0f32; 2 * l];
+            for v in &mut x[..l] {
+                *v = rng.random::<f32>();
+            }
+            let a = rng.random_range(0..half);
+            let b = rng.random_range(half..l);
+            x[l + a] = 1.0;
+            x[l + b] = 1.0;
+            targets.push(x[a] + x[b]);
+            data.push(x);
+        }
+        Split { inputs: Inputs::Features { d_input: 2, len: l, data }, targets: Targets::Values(targets) }
+    };
+    let train = split(sizes.train);
+    let val = split(sizes.val);
+    let test = split(sizes.test);
+    Ok(TaskData {
+        name: "adding".into(),
+        train,
+        val,
+        test,
+        vocab_size: None,
+        d_input: 2,
+        d_output: 1,
+        regression: true,
+    })
+}

@@ -1,0 +1,213 @@
+//! AdamW with the official S4 parameter groups, a cosine schedule with linear warmup, and
+//! gradient-norm clipping.
+//!
+//! Groups (s4-math note §1.7, the official `register` hook and `optimizer_param_grouping`):
+//! Δ, A (Re/Im Λ, P) and B each have their own learning rate (`None` = the global one) and no
+//! weight decay; biases and norm parameters have the global learning rate and no weight decay;
+//! everything else (C, D, linears, embedding) the global learning rate and weight decay.
+//!
+//! AdamW (Loshchilov & Hutter; PyTorch's `torch.optim.AdamW`), per entry, at step t ≥ 1 with
+//! learning rate η and decay λ:
+//! θ ← θ(1 − ηλ); m ← β₁m + (1 − β₁)g; v ← β₂v + (1 − β₂)g²;
+//! θ ← θ − η·(m/(1 − β₁ᵗ)) / (√(v/(1 − β₂ᵗ)) + ε).
+
+use super::grad::{tensors_mut, zeros_like, ParamGroup};
+use crate::error::{Error, Result};
+use crate::model::S4Model;
+use crate::scalar::Real;
+
+/// Learning-rate schedule over the whole run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Linear warmup, then η·½(1 + cos(π·progress)) down to 0 (the official `cosine_warmup`,
+    /// Hugging Face's `get_cosine_schedule_with_warmup`).
+    Cosine,
+    /// Linear warmup, then constant.
+    Constant,
+}
+
+/// Optimizer settings (plain struct; `Default` is the official S4 defaults for a generic task).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct OptimConfig {
+    /// Global learning rate.
+    pub lr: f64,
+    /// Global weight decay (decoupled).
+    pub weight_decay: f64,
+    /// Learning rate of Δ (`None`: the global one).
+    pub lr_dt: Option<f64>,
+    /// Learning rate of A = (Re Λ, Im Λ, P) (`None`: the global one).
+    pub lr_a: Option<f64>,
+    /// Learning rate of B (`None`: the global one).
+    pub lr_b: Option<f64>,
+    /// Adam β₁.
+    pub beta1: f64,
+    /// Adam β₂.
+    pub beta2: f64,
+    /// Adam ε.
+    pub eps: f64,
+    /// Fraction of all steps spent in linear warmup.
+    pub warmup_fraction: f64,
+    /// Schedule after warmup.
+    pub schedule: Schedule,
+    /// Clip the global gradient norm to this value (`None`: no clipping).
+    pub grad_clip: Option<f64>,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 0.01,
+            weight_decay: 0.05,
+            lr_dt: Some(0.001),
+            lr_a: Some(0.001),
+            lr_b: Some(0.001),
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_fraction: 0.1,
+            schedule: Schedule::Cosine,
+            grad_clip: None,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Checks every value (positive rates, β in [0, 1), fractions in [0, 1]).
+    ///
+    /// # Errors
+    /// The first invalid field, by name.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::invalid(name, v, "a finite value > 0"))
+            }
+        };
+        pos("lr", self.lr)?;
+        for (n, v) in [("lr_dt", self.lr_dt), ("lr_a", self.lr_a), ("lr_b", self.lr_b)] {
+            if let Some(v) = v {
+                pos(n, v)?;
+            }
+        }
+        pos("eps", self.eps)?;
+        if let Some(c) = self.grad_clip {
+            pos("grad_clip", c)?;
+        }
+        for (n, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::invalid(n, v, "a value in [0, 1)"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::invalid("weight_decay", self.weight_decay, "a finite value >= 0"));
+        }
+        if !(0.0..=1.0).contains(&self.warmup_fraction) {
+            return Err(Error::invalid("warmup_fraction", self.warmup_fraction, "a value in [0, 1]"));
+        }
+        Ok(())
+    }
+
+    /// (learning rate, weight decay) of a group before the schedule.
+    pub fn group_settings(&self, group: ParamGroup) -> (f64, f64) {
+        match group {
+            ParamGroup::Dt => (self.lr_dt.unwrap_or(self.lr), 0.0),
+            ParamGroup::A => (self.lr_a.unwrap_or(self.lr), 0.0),
+            ParamGroup::B => (self.lr_b.unwrap_or(self.lr), 0.0),
+            ParamGroup::Decay => (self.lr, self.weight_decay),
+            ParamGroup::NoDecay => (self.lr, 0.0),
+        }
+    }
+
+    /// The schedule's multiplier at 0-based `step` of `total` steps: (step+1)/warmup during
+    /// warmup, then ½(1 + cos(π·(step − warmup)/(total − warmup))) (cosine) or 1 (constant).
+    pub fn lr_factor(&self, step: u64, total: u64) -> f64 {
+        let warmup = (self.warmup_fraction * total as f64).round() as u64;
+        if step < warmup {
+            return (step + 1) as f64 / warmup as f64;
+        }
+        match self.schedule {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine => {
+                let span = total.saturating_sub(warmup).max(1);
+                let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+                0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
+}
+
+/// AdamW state: the step count and the first and second moments (models of the same shape).
+#[derive(Clone, Debug)]
+pub struct AdamW<T> {
+    /// Settings.
+    pub config: OptimConfig,
+    /// Steps taken.
+    pub step: u64,
+    /// First moments.
+    pub m: S4Model<T>,
+    /// Second moments.
+    pub v: S4Model<T>,
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepInfo {
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The schedule's multiplier used.
+    pub lr_factor: f64,
+}
+
+impl<T: Real> AdamW<T> {
+    /// Fresh state (zero moments) for `model`.
+    ///
+    /// # Errors
+    /// An invalid configuration.
+    pub fn new(model: &S4Model<T>, config: OptimConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(AdamW { config, step: 0, m: zeros_like(model), v: zeros_like(model) })
+    }
+
+    /// One AdamW step on `model` with gradients `grads` (clipped in place if `grad_clip` is set),
+    /// at schedule position `self.step` of `total_steps`.
+    pub fn step(&mut self, model: &mut S4Model<T>, grads: &mut S4Model<T>, total_steps: u64) -> StepInfo {
+        let c = &self.config;
+        let mut sq = 0.0;
+        for g in tensors_mut(grads) {
+            sq += g.values.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>();
+        }
+        let grad_norm = sq.sqrt();
+        let clip = match c.grad_clip {
+            Some(mx) if grad_norm > mx => mx / (grad_norm + 1e-6),
+            _ => 1.0,
+        };
+        let factor = c.lr_factor(self.step, total_steps);
+        self.step += 1;
+        let t = self.step as i32;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        let (b1, b2, eps) = (T::of(c.beta1), T::of(c.beta2), c.eps);
+        let params = tensors_mut(model);
+        let gs = tensors_mut(grads);
+        let ms = tensors_mut(&mut self.m);
+        let vs = tensors_mut(&mut self.v);
+        for (((p, g), m), v) in params.into_iter().zip(gs).zip(ms).zip(vs) {
+            let (lr, wd) = c.group_settings(p.group);
+            let lr = lr * factor;
+            let decay = T::of(1.0 - lr * wd);
+            let clip = T::of(clip);
+            for i in 0..p.values.len() {
+                let gi = g.values[i] * clip;
+                g.values[i] = gi;
+                m.values[i] = b1 * m.values[i] + (T::one() - b1) * gi;
+                v.values[i] = b2 * v.values[i] + (T::one() - b2) * gi * gi;
+                let mhat = m.values[i].as_f64() / bc1;
+                let vhat = v.values[i].as_f64() / bc2;
+                p.values[i] = p.values[i] * decay - T::of(lr * mhat / (vhat.sqrt() + eps));
+            }
+        }
+        StepInfo { grad_norm, lr_factor: factor }
+    }
+}

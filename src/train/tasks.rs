@@ -1,0 +1,254 @@
+//! The tasks `s4 train` knows, how their data is obtained, and their presets (model, optimizer,
+//! epochs, batch size): the official LRA configurations and small CPU presets that finish in
+//! minutes.
+
+use super::optim::OptimConfig;
+use super::trainer::TrainConfig;
+use crate::data::{self, SplitSizes, TaskData};
+use crate::error::{Error, Result};
+use crate::layer::{DtTransform, S4LayerConfig};
+use crate::model::{NormKind, Pooling, S4ModelConfig};
+use std::path::Path;
+
+/// Task names accepted by [`load_task`].
+pub const TASKS: &[&str] = &["listops", "pathfinder", "adding", "acsf1", "digits", "text", "retrieval"];
+
+/// Loads or generates a task.
+///
+/// - `listops`: generated as the LRA generator does it (CPU lengths 100..1000 unless `lra_lengths`);
+///   with `data`, the LRA release TSVs (`basic_{train,val,test}.tsv`) in that folder.
+/// - `pathfinder`: the Pathfinder-style generator (32 × 32, L = 1024); with `data`, the LRA
+///   release folder (`pathfinder32/...`).
+/// - `adding`: the adding problem at L = 1000.
+/// - `acsf1`: UCR ACSF1 (L = 1460, 10 classes) from the sktime wheel under `data` (default `data/`).
+/// - `digits`: scikit-learn's digits as a sequential image (L = 64) from the wheel under `data`.
+/// - `text`: a `label<TAB>text` TSV folder (`train.tsv`, `test.tsv`, optional `val.tsv`), byte-level.
+/// - `retrieval`: the LRA AAN pair files in `data`.
+///
+/// # Errors
+/// An unknown task, missing data files (the message gives the command that fetches them), or
+/// invalid files.
+pub fn load_task(name: &str, data_dir: Option<&Path>, sizes: &SplitSizes, seed: u64) -> Result<TaskData> {
+    let default_data = Path::new("data");
+    let task = match (name, data_dir) {
+        ("listops", None) => data::listops::generate(&data::listops::Config::cpu(), sizes, seed)?,
+        ("listops", Some(d)) => data::listops::load_tsv(d)?,
+        ("pathfinder", None) => data::pathfinder::generate(&data::pathfinder::Config::default(), sizes, seed)?,
+        ("pathfinder", Some(d)) => data::pathfinder::load_lra_dir(d, 32)?,
+        ("adding", _) => data::adding::generate(&data::adding::Config::default(), sizes, seed)?,
+        ("acsf1", d) => {
+            let root = d.unwrap_or(default_data);
+            let dir = data::ucr::find_sktime_data(root).ok_or_else(|| {
+                Error::invalid(
+                    "data folder",
+                    root.display(),
+                    "the unpacked sktime wheel: python3 -m pip download --no-deps sktime==1.2.0 -d data/ && \
+                     (cd data && unzip -q sktime-1.2.0-py3-none-any.whl 'sktime/datasets/data/*' -d sktime-1.2.0)",
+                )
+            })?;
+            data::ucr::load_ucr(&dir, "ACSF1", 0.1, seed)?
+        }
+        ("digits", d) => {
+            let root = d.unwrap_or(default_data);
+            let path = find_file(root, "scikit_learn-", ".whl").ok_or_else(|| {
+                Error::invalid(
+                    "data folder",
+                    root.display(),
+                    "the scikit-learn wheel: python3 -m pip download --no-deps scikit-learn==1.9.1 -d data/",
+                )
+            })?;
+            data::digits::load_digits(&path, seed)?
+        }
+        ("text", Some(d)) => {
+            let max = Some(4096);
+            let train = data::lra::load_text_tsv(&d.join("train.tsv"), max)?;
+            let test = data::lra::load_text_tsv(&d.join("test.tsv"), max)?;
+            let val = if d.join("val.tsv").exists() {
+                data::lra::load_text_tsv(&d.join("val.tsv"), max)?
+            } else {
+                test.clone()
+            };
+            TaskData {
+                name: "text".into(),
+                train,
+                val,
+                test,
+                vocab_size: Some(257),
+                d_input: 1,
+                d_output: 2,
+                regression: false,
+            }
+        }
+        ("retrieval", Some(d)) => data::lra::load_aan(d, 4000)?,
+        ("text" | "retrieval", None) => {
+            return Err(Error::invalid(format!("task {name}"), "no --data", "a folder with the LRA release files"))
+        }
+        _ => return Err(Error::invalid("task", name, format!("one of {}", TASKS.join(", ")))),
+    };
+    task.validate()?;
+    Ok(task)
+}
+
+fn find_file(dir: &Path, prefix: &str, suffix: &str) -> Option<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Preset names accepted by [`preset`].
+pub const PRESETS: &[&str] = &[
+    "cpu-listops",
+    "cpu-pathfinder",
+    "cpu-adding",
+    "cpu-acsf1",
+    "cpu-digits",
+    "tiny",
+    "lra-listops",
+    "lra-text",
+    "lra-retrieval",
+    "lra-image",
+    "lra-pathfinder",
+    "lra-pathx",
+];
+
+/// The default preset of a task (a CPU preset).
+pub fn default_preset(task: &str) -> &'static str {
+    match task {
+        "listops" => "cpu-listops",
+        "pathfinder" => "cpu-pathfinder",
+        "adding" => "cpu-adding",
+        "acsf1" => "cpu-acsf1",
+        "digits" => "cpu-digits",
+        "text" => "lra-text",
+        "retrieval" => "lra-retrieval",
+        _ => "tiny",
+    }
+}
+
+fn lra_optim(lr: f64, lr_dt: Option<f64>) -> OptimConfig {
+    OptimConfig { lr, weight_decay: 0.05, lr_dt, lr_a: Some(1e-3), lr_b: Some(1e-3), ..Default::default() }
+}
+
+/// A small causal/bidirectional S4 stack for CPU presets.
+fn cpu_model(n_layers: usize, h: usize, n: usize, bidirectional: bool, norm: NormKind, prenorm: bool) -> S4ModelConfig {
+    S4ModelConfig {
+        n_layers,
+        layer: S4LayerConfig {
+            d_model: h,
+            d_state: n,
+            bidirectional,
+            dt_transform: DtTransform::Softplus,
+            ..Default::default()
+        },
+        prenorm,
+        norm,
+        pooling: Pooling::Mean,
+        ..Default::default()
+    }
+}
+
+/// A named training preset. The task's input kind and sizes (vocabulary, d_input, classes) are
+/// filled in by [`TrainConfig::for_task`].
+///
+/// - `lra-*`: the official LRA configurations (s4-math note §1.10): layers, width, state size,
+///   norm, dropout, n_ssm, Δ range, learning rates (SSM groups at 1e-3, no decay), weight decay
+///   0.05, batch size, epochs, cosine schedule with 10% warmup.
+/// - `cpu-*`: small models that train in minutes on 2 cores (see the README for measured results).
+/// - `tiny`: 2 layers, H = 16, N = 16, for smoke tests.
+///
+/// # Errors
+/// An unknown name.
+pub fn preset(name: &str) -> Result<TrainConfig> {
+    let base = TrainConfig::default();
+    let cfg = match name {
+        "lra-listops" => TrainConfig {
+            model: S4ModelConfig::lra_listops(),
+            optim: lra_optim(0.01, None),
+            epochs: 40,
+            batch_size: 32,
+            ..base
+        },
+        "lra-text" => {
+            TrainConfig { model: S4ModelConfig::lra_text(), optim: lra_optim(0.01, None), epochs: 32, batch_size: 16, ..base }
+        }
+        "lra-retrieval" => TrainConfig {
+            model: S4ModelConfig::lra_retrieval(),
+            optim: lra_optim(0.01, None),
+            epochs: 20,
+            batch_size: 64,
+            ..base
+        },
+        "lra-image" => TrainConfig {
+            model: S4ModelConfig::lra_image(),
+            optim: lra_optim(0.01, Some(1e-3)),
+            epochs: 200,
+            batch_size: 50,
+            ..base
+        },
+        "lra-pathfinder" => TrainConfig {
+            model: S4ModelConfig::lra_pathfinder(),
+            optim: lra_optim(0.004, Some(1e-3)),
+            epochs: 200,
+            batch_size: 64,
+            ..base
+        },
+        "lra-pathx" => TrainConfig {
+            model: S4ModelConfig::lra_pathx(),
+            optim: lra_optim(0.001, Some(1e-3)),
+            epochs: 50,
+            batch_size: 16,
+            ..base
+        },
+        "cpu-listops" => TrainConfig {
+            model: cpu_model(4, 64, 4, true, NormKind::Batch, false),
+            optim: OptimConfig { lr: 0.004, weight_decay: 0.05, lr_dt: None, ..Default::default() },
+            epochs: 8,
+            batch_size: 32,
+            ..base
+        },
+        "cpu-pathfinder" => TrainConfig {
+            model: cpu_model(4, 64, 64, true, NormKind::Batch, true),
+            optim: OptimConfig { lr: 0.004, weight_decay: 0.05, ..Default::default() },
+            epochs: 10,
+            batch_size: 32,
+            ..base
+        },
+        "cpu-adding" => TrainConfig {
+            // causal S4 read out at the last position, the classic setup of the adding problem
+            model: S4ModelConfig { pooling: Pooling::Last, ..cpu_model(2, 32, 32, false, NormKind::Layer, true) },
+            optim: OptimConfig { lr: 0.005, weight_decay: 0.0, grad_clip: Some(1.0), ..Default::default() },
+            epochs: 8,
+            batch_size: 32,
+            ..base
+        },
+        "cpu-acsf1" => TrainConfig {
+            model: cpu_model(4, 64, 64, true, NormKind::Layer, true),
+            optim: OptimConfig { lr: 0.004, ..Default::default() },
+            epochs: 60,
+            batch_size: 16,
+            ..base
+        },
+        "cpu-digits" => TrainConfig {
+            model: cpu_model(2, 32, 32, true, NormKind::Layer, true),
+            optim: OptimConfig { lr: 0.01, ..Default::default() },
+            epochs: 20,
+            batch_size: 32,
+            ..base
+        },
+        "tiny" => TrainConfig {
+            model: cpu_model(2, 16, 16, true, NormKind::Layer, true),
+            optim: OptimConfig { lr: 0.01, ..Default::default() },
+            epochs: 2,
+            batch_size: 16,
+            ..base
+        },
+        _ => return Err(Error::invalid("preset", name, format!("one of {}", PRESETS.join(", ")))),
+    };
+    Ok(cfg)
+}

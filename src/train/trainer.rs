@@ -1,0 +1,509 @@
+//! The training loop: minibatches, data parallelism, evaluation, metrics, curves, checkpoints,
+//! exact resume and a stop on non-finite values.
+//!
+//! # Output folder
+//! ```text
+//! OUT/config.json        the TrainConfig and the task name
+//! OUT/metrics.jsonl      one JSON object per epoch (EpochMetrics)
+//! OUT/curves.png         learning curves
+//! OUT/checkpoint/        the last completed epoch: config.json + model.safetensors (a model folder
+//!                        that `s4 run` / `s4 eval` load), optimizer.safetensors, state.json
+//! ```
+//!
+//! # Determinism
+//! Epoch e visits the training set in an order drawn from (seed, e); the dropout stream of step s
+//! is drawn from (seed, s). Every parallel reduction (weight gradients over the batch) sums
+//! per-sequence parts in sequence order, so the result does not depend on the number of threads.
+//! A checkpoint holds the weights, the BatchNorm statistics, both AdamW moments and the step, so
+//! a run resumed from epoch e continues exactly as the uninterrupted run did.
+
+use super::grad::{
+    evaluate_loss, first_non_finite, forward_backward, tensors_mut, LossStats, Target, TrainOptions,
+};
+use super::optim::{AdamW, OptimConfig};
+use crate::data::{batch_features, batch_tokens, Split, Targets, TaskData};
+use crate::error::{Error, Result};
+use crate::model::checkpoint::{self, write_atomic};
+use crate::model::{Input, S4Model, S4ModelConfig};
+use crate::plot::{write_png, Panel, Series};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything that defines a training run (plain struct, serde, `Default`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// The model (input and output sizes are set from the task by [`for_task`](Self::for_task)).
+    pub model: S4ModelConfig,
+    /// The optimizer.
+    pub optim: OptimConfig,
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Seed of the initialization, the data order and dropout.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { model: S4ModelConfig::default(), optim: OptimConfig::default(), epochs: 10, batch_size: 32, seed: 0 }
+    }
+}
+
+impl TrainConfig {
+    /// The configuration with the model's encoder, output size and pooling set from the task.
+    pub fn for_task(mut self, task: &TaskData) -> Self {
+        self.model.vocab_size = task.vocab_size;
+        self.model.d_input = task.d_input;
+        self.model.d_output = task.d_output;
+        self.model.seed = self.seed;
+        self
+    }
+
+    /// Checks the sizes and the optimizer.
+    ///
+    /// # Errors
+    /// The first invalid value, by name.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.optim.validate()?;
+        if self.epochs == 0 {
+            return Err(Error::invalid("epochs", 0, "at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", 0, "at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// How to run (not part of the result: any thread count gives the same numbers).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Worker threads (`None`: all cores).
+    pub threads: Option<usize>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Continue from `OUT/checkpoint` if it exists.
+    pub resume: bool,
+    /// Stop after this many epochs in this invocation (the schedule still spans `epochs`); for
+    /// interrupting and resuming.
+    pub stop_after: Option<usize>,
+}
+
+/// Metrics of one epoch (a line of `metrics.jsonl`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Optimizer steps so far.
+    pub step: u64,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f64,
+    /// Training accuracy (classification), during the epoch.
+    pub train_acc: Option<f64>,
+    /// Validation loss (evaluation mode).
+    pub val_loss: f64,
+    /// Validation accuracy.
+    pub val_acc: Option<f64>,
+    /// Test loss.
+    pub test_loss: f64,
+    /// Test accuracy.
+    pub test_acc: Option<f64>,
+    /// Learning-rate multiplier at the end of the epoch.
+    pub lr_factor: f64,
+    /// Mean global gradient norm (before clipping).
+    pub grad_norm: f64,
+    /// Wall time of the epoch's training steps, in seconds.
+    pub train_seconds: f64,
+    /// Training throughput.
+    pub sequences_per_second: f64,
+}
+
+/// Saved with each checkpoint.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct State {
+    epochs_done: usize,
+    step: u64,
+    kernel_len: usize,
+}
+
+const CHECKPOINT: &str = "checkpoint";
+const METRICS: &str = "metrics.jsonl";
+
+/// The batch's model input, lengths and targets.
+struct Batch {
+    tokens: Option<ndarray::Array2<u32>>,
+    features: Option<ndarray::Array3<f32>>,
+    lengths: Option<Vec<usize>>,
+    classes: Vec<u32>,
+    values: Vec<f32>,
+}
+
+impl Batch {
+    fn new(split: &Split, idx: &[usize]) -> Result<Batch> {
+        let (tokens, features, lengths) = match &split.inputs {
+            crate::data::Inputs::Tokens(_) => {
+                let (t, l) = batch_tokens(split, idx, None)?;
+                let full = l.iter().all(|&n| n == t.ncols());
+                (Some(t), None, (!full).then_some(l))
+            }
+            crate::data::Inputs::Features { .. } => (None, Some(batch_features(split, idx)?), None),
+        };
+        let (classes, values) = match &split.targets {
+            Targets::Classes(c) => (idx.iter().map(|&i| c[i]).collect(), Vec::new()),
+            Targets::Values(v) => (Vec::new(), idx.iter().map(|&i| v[i]).collect()),
+        };
+        Ok(Batch { tokens, features, lengths, classes, values })
+    }
+
+    fn input(&self) -> Input<'_, f32> {
+        match (&self.tokens, &self.features) {
+            (Some(t), _) => Input::Tokens(t.view()),
+            (_, Some(f)) => Input::Features(f.view()),
+            _ => unreachable!("a batch has tokens or features"),
+        }
+    }
+
+    fn target(&self) -> Target<'_> {
+        if self.values.is_empty() {
+            Target::Classes(&self.classes)
+        } else {
+            Target::Values(&self.values)
+        }
+    }
+}
+
+/// Evaluation-mode loss and accuracy of `model` over a whole split, in batches of `batch_size`.
+///
+/// # Errors
+/// Invalid inputs (see [`S4Model::forward`]).
+pub fn evaluate(model: &S4Model<f32>, split: &Split, batch_size: usize) -> Result<(f64, Option<f64>)> {
+    let mut total = LossStats::default();
+    let mut loss_sum = 0.0;
+    let idx: Vec<usize> = (0..split.len()).collect();
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let b = Batch::new(split, chunk)?;
+        let s = evaluate_loss(model, b.input(), b.lengths.as_deref(), b.target())?;
+        loss_sum += s.loss * s.count as f64;
+        total.correct += s.correct;
+        total.count += s.count;
+    }
+    let n = total.count.max(1) as f64;
+    let acc = matches!(split.targets, Targets::Classes(_)).then(|| total.correct as f64 / n);
+    Ok((loss_sum / n, acc))
+}
+
+/// Writes the AdamW moments and the step into `path` (safetensors, atomically).
+fn save_optimizer(opt: &mut AdamW<f32>, path: &Path) -> Result<()> {
+    let mut bufs: Vec<(String, Vec<u8>, usize)> = Vec::new();
+    for (prefix, model) in [("m.", &mut opt.m), ("v.", &mut opt.v)] {
+        for t in tensors_mut(model) {
+            let bytes: Vec<u8> = t.values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            bufs.push((format!("{prefix}{}", t.name), bytes, t.values.len()));
+        }
+    }
+    let views: Vec<(String, TensorView)> = bufs
+        .iter()
+        .map(|(n, b, len)| (n.clone(), TensorView::new(Dtype::F32, vec![*len], b).expect("length matches")))
+        .collect();
+    let meta = std::collections::HashMap::from([("step".to_string(), opt.step.to_string())]);
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::format(path, format!("cannot serialize the optimizer state: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads the moments saved by [`save_optimizer`] into `opt` (every tensor must be present with
+/// the right length; nothing is changed on error).
+fn load_optimizer(opt: &mut AdamW<f32>, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
+    let step: u64 = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("step"))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::format(path, "missing the optimizer step in the metadata"))?;
+    let mut staged = opt.clone();
+    for (prefix, model) in [("m.", &mut staged.m), ("v.", &mut staged.v)] {
+        for t in tensors_mut(model) {
+            let name = format!("{prefix}{}", t.name);
+            let view = st.tensor(&name).map_err(|_| Error::format(path, format!("missing tensor {name}")))?;
+            if view.dtype() != Dtype::F32 || view.data().len() != 4 * t.values.len() {
+                return Err(Error::format(
+                    path,
+                    format!("tensor {name}: {:?} with {} bytes, expected F32 x {}", view.dtype(), view.data().len(), t.values.len()),
+                ));
+            }
+            for (v, b) in t.values.iter_mut().zip(view.data().chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+    }
+    staged.step = step;
+    *opt = staged;
+    Ok(())
+}
+
+/// Writes the checkpoint folder for a completed epoch: into `checkpoint.tmp`, then swapped in by
+/// renames, so `OUT/checkpoint` is always a complete checkpoint (the previous one survives any
+/// interruption).
+fn save_checkpoint(out: &Path, model: &S4Model<f32>, opt: &mut AdamW<f32>, state: &State) -> Result<()> {
+    let tmp = out.join("checkpoint.tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    checkpoint::save(model, &tmp)?;
+    save_optimizer(opt, &tmp.join("optimizer.safetensors"))?;
+    write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state).expect("serializes").as_bytes())?;
+    let dst = out.join(CHECKPOINT);
+    let old = out.join("checkpoint.old");
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    if dst.exists() {
+        std::fs::rename(&dst, &old).map_err(|e| Error::io(&dst, e))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&tmp, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The checkpoint folder to resume from (`checkpoint`, or `checkpoint.old` if a swap was cut
+/// short).
+pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
+    [CHECKPOINT, "checkpoint.old"].iter().map(|n| out.join(n)).find(|p| p.join("state.json").exists())
+}
+
+fn read_metrics(out: &Path) -> Result<Vec<EpochMetrics>> {
+    let path = out.join(METRICS);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::format(&path, format!("line {}: {e}", i + 1))))
+        .collect()
+}
+
+fn write_metrics(out: &Path, metrics: &[EpochMetrics]) -> Result<()> {
+    let mut text = String::new();
+    for m in metrics {
+        text.push_str(&serde_json::to_string(m).expect("serializes"));
+        text.push('\n');
+    }
+    write_atomic(&out.join(METRICS), text.as_bytes())
+}
+
+/// The learning-curve figure: losses, then accuracies (classification).
+pub fn plot_curves(path: &Path, metrics: &[EpochMetrics], title: &str) -> Result<()> {
+    let pts = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        metrics.iter().filter_map(|m| f(m).map(|v| (m.epoch as f64, v))).collect()
+    };
+    let mut panels = vec![Panel {
+        title: format!("{title}: loss"),
+        x_label: "epoch".into(),
+        y_label: "loss".into(),
+        series: vec![
+            Series { label: "train".into(), points: pts(&|m| Some(m.train_loss)) },
+            Series { label: "validation".into(), points: pts(&|m| Some(m.val_loss)) },
+            Series { label: "test".into(), points: pts(&|m| Some(m.test_loss)) },
+        ],
+    }];
+    if metrics.iter().any(|m| m.val_acc.is_some()) {
+        panels.push(Panel {
+            title: format!("{title}: accuracy"),
+            x_label: "epoch".into(),
+            y_label: "accuracy".into(),
+            series: vec![
+                Series { label: "train".into(), points: pts(&|m| m.train_acc) },
+                Series { label: "validation".into(), points: pts(&|m| m.val_acc) },
+                Series { label: "test".into(), points: pts(&|m| m.test_acc) },
+            ],
+        });
+    }
+    write_png(path, &panels, 900, 320)
+}
+
+/// The result of [`train`].
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// Metrics of every epoch so far (including those before a resume).
+    pub metrics: Vec<EpochMetrics>,
+    /// The trained model.
+    pub model: S4Model<f32>,
+}
+
+/// Trains a model on `task` as `cfg` says, writing into `out` (see the module docs).
+///
+/// # Errors
+/// An invalid configuration, data that does not fit it, I/O errors, a checkpoint whose model
+/// configuration differs from `cfg` when resuming, or a non-finite loss, gradient or weight
+/// (the message names the step and the first bad tensor; the last checkpoint is kept).
+pub fn train(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<TrainReport> {
+    let cfg = cfg.clone().for_task(task);
+    cfg.validate()?;
+    task.validate()?;
+    if task.train.is_empty() {
+        return Err(Error::invalid(format!("{} train split", task.name), "empty", "at least one sequence"));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.unwrap_or(0))
+        .build()
+        .map_err(|e| Error::invalid("threads", format!("{:?}", opts.threads), format!("a buildable pool ({e})")))?;
+    pool.install(|| train_in_pool(task, &cfg, out, opts))
+}
+
+fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<TrainReport> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let kernel_len = [&task.train, &task.val, &task.test].iter().map(|s| s.max_len()).max().unwrap_or(1).max(1);
+    let (mut model, mut opt, mut state, mut metrics) = match checkpoint_dir(out).filter(|_| opts.resume) {
+        Some(dir) => {
+            let model: S4Model<f32> = checkpoint::load(&dir)?;
+            if model.config() != &cfg.model {
+                return Err(Error::invalid(
+                    "resume",
+                    format!("a checkpoint in {} with a different model configuration", dir.display()),
+                    "the same model configuration (use a new --out to start over)",
+                ));
+            }
+            let mut opt = AdamW::new(&model, cfg.optim.clone())?;
+            load_optimizer(&mut opt, &dir.join("optimizer.safetensors"))?;
+            let sp = dir.join("state.json");
+            let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+            let state: State = serde_json::from_str(&text).map_err(|e| Error::format(&sp, e.to_string()))?;
+            let mut metrics = read_metrics(out)?;
+            metrics.truncate(state.epochs_done);
+            (model, opt, state, metrics)
+        }
+        None => {
+            let mut model = cfg.model.build()?;
+            model.set_kernel_length(kernel_len)?;
+            let opt = AdamW::new(&model, cfg.optim.clone())?;
+            (model, opt, State { epochs_done: 0, step: 0, kernel_len }, Vec::new())
+        }
+    };
+    let run_json = serde_json::json!({"task": task.name, "train": cfg});
+    write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&run_json).expect("serializes").as_bytes())?;
+    let n = task.train.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size) as u64;
+    let total_steps = steps_per_epoch * cfg.epochs as u64;
+    let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| (state.epochs_done + s).min(cfg.epochs));
+    let eval_batch = (2 * cfg.batch_size).max(16);
+    while state.epochs_done < last_epoch {
+        let epoch = state.epochs_done + 1;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rand_pcg::Pcg64::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let bar = progress_bar(opts.progress, steps_per_epoch, &format!("epoch {epoch}/{}", cfg.epochs));
+        let t0 = Instant::now();
+        let (mut loss_sum, mut correct, mut count, mut gn_sum) = (0.0, 0usize, 0usize, 0.0);
+        let mut lr_factor = 0.0;
+        for chunk in order.chunks(cfg.batch_size) {
+            let batch = Batch::new(&task.train, chunk)?;
+            let topts = TrainOptions {
+                dropout_seed: Some(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(state.step)),
+                update_running_stats: true,
+            };
+            let (stats, mut grads) =
+                forward_backward(&mut model, batch.input(), batch.lengths.as_deref(), batch.target(), topts)?;
+            if !stats.loss.is_finite() {
+                let culprit = first_non_finite(&mut grads)
+                    .map(|g| format!("first non-finite gradient {g}"))
+                    .or_else(|| first_non_finite(&mut model).map(|p| format!("first non-finite weight {p}")))
+                    .unwrap_or_else(|| "weights and gradients finite".into());
+                return Err(non_finite(out, state.step + 1, &format!("loss {} ({culprit})", stats.loss)));
+            }
+            if let Some(g) = first_non_finite(&mut grads) {
+                return Err(non_finite(out, state.step + 1, &format!("non-finite gradient {g}")));
+            }
+            let info = opt.step(&mut model, &mut grads, total_steps);
+            if let Some(p) = first_non_finite(&mut model) {
+                return Err(non_finite(out, state.step + 1, &format!("non-finite weight {p} after the update")));
+            }
+            state.step += 1;
+            lr_factor = info.lr_factor;
+            loss_sum += stats.loss * stats.count as f64;
+            correct += stats.correct;
+            count += stats.count;
+            gn_sum += info.grad_norm;
+            let secs = t0.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4}{} {:.0} seq/s",
+                loss_sum / count as f64,
+                if task.regression { String::new() } else { format!(" acc {:.3}", correct as f64 / count as f64) },
+                count as f64 / secs
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let (val_loss, val_acc) = evaluate(&model, &task.val, eval_batch)?;
+        let (test_loss, test_acc) = evaluate(&model, &task.test, eval_batch)?;
+        let steps = steps_per_epoch as f64;
+        let m = EpochMetrics {
+            epoch,
+            step: state.step,
+            train_loss: loss_sum / count.max(1) as f64,
+            train_acc: (!task.regression).then(|| correct as f64 / count.max(1) as f64),
+            val_loss,
+            val_acc,
+            test_loss,
+            test_acc,
+            lr_factor,
+            grad_norm: gn_sum / steps,
+            train_seconds,
+            sequences_per_second: count as f64 / train_seconds.max(1e-9),
+        };
+        if opts.progress {
+            let acc = |a: Option<f64>| a.map_or(String::new(), |a| format!(" acc {a:.4}"));
+            eprintln!(
+                "epoch {epoch}: train loss {:.4}{} | val loss {:.4}{} | test loss {:.4}{} | {:.1} s",
+                m.train_loss,
+                acc(m.train_acc),
+                m.val_loss,
+                acc(m.val_acc),
+                m.test_loss,
+                acc(m.test_acc),
+                train_seconds
+            );
+        }
+        metrics.push(m);
+        state.epochs_done = epoch;
+        save_checkpoint(out, &model, &mut opt, &state)?;
+        write_metrics(out, &metrics)?;
+        plot_curves(&out.join("curves.png"), &metrics, &task.name)?;
+    }
+    Ok(TrainReport { metrics, model })
+}
+
+fn non_finite(out: &Path, step: u64, what: &str) -> Error {
+    let kept = checkpoint_dir(out)
+        .map_or("no checkpoint yet".to_string(), |d| format!("the last good checkpoint is kept in {}", d.display()));
+    Error::numerical("training", format!("stopped at step {step}: {what}; {kept}"))
+}
+
+fn progress_bar(show: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
+}
