@@ -417,7 +417,16 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
                 update_running_stats: true,
             };
             let (stats, mut grads) =
-                forward_backward(&mut model, batch.input(), batch.lengths.as_deref(), batch.target(), topts)?;
+                forward_backward(&mut model, batch.input(), batch.lengths.as_deref(), batch.target(), topts).map_err(
+                    |e| match e {
+                        // finite weights, non-finite activations: overflow inside the network
+                        Error::InvalidArgument { .. } if e.to_string().contains("non-finite") => {
+                            let (name, v) = largest_weight(&mut model);
+                            non_finite(out, state.step + 1, &format!("{e} (largest weight {name} = {v:e})"))
+                        }
+                        e => e,
+                    },
+                )?;
             if !stats.loss.is_finite() {
                 let culprit = first_non_finite(&mut grads)
                     .map(|g| format!("first non-finite gradient {g}"))
@@ -486,6 +495,19 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
         plot_curves(&out.join("curves.png"), &metrics, &task.name)?;
     }
     Ok(TrainReport { metrics, model })
+}
+
+/// The trainable entry of largest magnitude, as ("name[index]", value).
+fn largest_weight(model: &mut S4Model<f32>) -> (String, f32) {
+    let mut best = (String::new(), 0.0f32);
+    for t in tensors_mut(model) {
+        for (i, v) in t.values.iter().enumerate() {
+            if v.abs() > best.1.abs() {
+                best = (format!("{}[{i}]", t.name), *v);
+            }
+        }
+    }
+    best
 }
 
 fn non_finite(out: &Path, step: u64, what: &str) -> Error {
