@@ -61,7 +61,9 @@ fn linear_gradients() {
     let b = Array1::from_vec(vec![0.1, -0.2, 0.3, 0.0, 0.5, 1.0]);
     let r = randn3((3, 6, 5), 3);
     let (gx, gw, gb) = ops::linear_backward(x.view(), w.view(), r.view());
-    let f = |x: &Array3<f64>, w: &Array2<f64>, b: &Array1<f64>| dot3(&ops::linear_forward(x.view(), w.view(), b.view()), &r);
+    let f = |x: &Array3<f64>, w: &Array2<f64>, b: &Array1<f64>| {
+        dot3(&ops::linear_forward(x.view(), w.view(), b.view()), &r)
+    };
     check("linear x", gx.as_slice().unwrap(), x.len(), |i, d| {
         let mut xp = x.clone();
         xp.as_slice_mut().unwrap()[i] += d;
@@ -202,7 +204,7 @@ fn fft_convolution_gradients() {
 /// Perturbs entry i (real/imag interleaved for complex fields) of one field of SsmParams.
 fn perturb(p: &SsmParams<f64>, field: &str, i: usize, d: f64) -> SsmParams<f64> {
     let mut q = p.clone();
-    let bump = |z: &mut Complex64| if i % 2 == 0 { z.re += d } else { z.im += d };
+    let bump = |z: &mut Complex64| if i.is_multiple_of(2) { z.re += d } else { z.im += d };
     match field {
         "lambda" => bump(&mut q.lambda.as_slice_mut().unwrap()[i / 2]),
         "b" => bump(&mut q.b.as_slice_mut().unwrap()[i / 2]),
@@ -244,9 +246,10 @@ fn check_ssm_grads(
 fn dplr_kernel_gradients() {
     for (init, n, l_kernel, len) in [("legs", 8, 64, 64), ("legs", 8, 33, 20), ("legt", 6, 40, 40), ("fout", 8, 31, 31)]
     {
-        let mut params = SsmInitConfig { d_state: n, channels: 2, init: init.parse().unwrap(), seed: 3, ..Default::default() }
-            .draw()
-            .unwrap();
+        let mut params =
+            SsmInitConfig { d_state: n, channels: 2, init: init.parse().unwrap(), seed: 3, ..Default::default() }
+                .draw()
+                .unwrap();
         params.dt.mapv_inplace(|d| d * 20.0); // larger Δ: the kernel changes visibly over L
         let k0 = DplrKernel::<f64>::new(&params, l_kernel).unwrap();
         let p_tilde = k0.params().clone();
@@ -259,7 +262,9 @@ fn dplr_kernel_gradients() {
 
 #[test]
 fn diag_kernel_gradients() {
-    for (init, method) in [("diag-lin", Discretization::Zoh), ("diag-inv", Discretization::Bilinear), ("diag-legs", Discretization::Zoh)] {
+    for (init, method) in
+        [("diag-lin", Discretization::Zoh), ("diag-inv", Discretization::Bilinear), ("diag-legs", Discretization::Zoh)]
+    {
         let mut params = SsmInitConfig {
             kind: KernelKind::Diag,
             d_state: 8,
@@ -280,7 +285,14 @@ fn diag_kernel_gradients() {
 }
 
 /// Whole-model check: every trainable tensor (up to 40 entries each) against central differences.
-fn check_model(tag: &str, cfg: S4ModelConfig, input: Input<f64>, lengths: Option<&[usize]>, target: Target, len: usize) {
+fn check_model(
+    tag: &str,
+    cfg: S4ModelConfig,
+    input: Input<f64>,
+    lengths: Option<&[usize]>,
+    target: Target,
+    len: usize,
+) {
     let mut model = cfg.build_as::<f64>().unwrap();
     model.set_kernel_length(len).unwrap();
     // move every weight off its init (norm scales 1, biases 0) so no gradient is trivially exact
@@ -338,7 +350,13 @@ fn whole_model_dplr_bidirectional_batchnorm_embedding() {
 
 #[test]
 fn whole_model_s4d_layernorm_regression_and_lm() {
-    let layer = S4LayerConfig { d_model: 4, d_state: 6, kernel: KernelKind::Diag, init: "diag-lin".parse().unwrap(), ..Default::default() };
+    let layer = S4LayerConfig {
+        d_model: 4,
+        d_state: 6,
+        kernel: KernelKind::Diag,
+        init: "diag-lin".parse().unwrap(),
+        ..Default::default()
+    };
     let cfg = S4ModelConfig {
         d_input: 2,
         d_output: 1,

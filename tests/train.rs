@@ -43,7 +43,8 @@ fn a_tiny_model_overfits_a_fixed_batch() {
     let mut rng = rand_pcg::Pcg64::seed_from_u64(5);
     let tokens = Array2::from_shape_fn((8, 40), |_| rng.random_range(0..6u32));
     let labels: Vec<u32> = (0..8).map(|b| (b % 4) as u32).collect();
-    let optim = OptimConfig { lr: 0.01, lr_dt: None, warmup_fraction: 0.0, schedule: Schedule::Constant, ..Default::default() };
+    let optim =
+        OptimConfig { lr: 0.01, lr_dt: None, warmup_fraction: 0.0, schedule: Schedule::Constant, ..Default::default() };
     let mut opt = AdamW::new(&model, optim).unwrap();
     let opts = TrainOptions { dropout_seed: None, update_running_stats: true };
     let mut first = None;
@@ -62,7 +63,11 @@ fn a_tiny_model_overfits_a_fixed_batch() {
 
 #[test]
 fn adamw_first_step_matches_its_formula_per_group() {
-    let cfg = S4ModelConfig { n_layers: 1, layer: S4LayerConfig { d_model: 4, d_state: 4, ..Default::default() }, ..Default::default() };
+    let cfg = S4ModelConfig {
+        n_layers: 1,
+        layer: S4LayerConfig { d_model: 4, d_state: 4, ..Default::default() },
+        ..Default::default()
+    };
     let mut model = cfg.build().unwrap();
     model.set_kernel_length(10).unwrap();
     let x = ndarray::Array3::from_shape_fn((2, 1, 10), |(b, _, t)| (b as f32 + 1.0) * (t as f32 * 0.7).sin());

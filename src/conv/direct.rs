@@ -29,7 +29,7 @@ pub fn causal_conv_direct<T: Real>(u: ArrayView3<T>, k: ArrayView2<T>, d: Option
             for t in 0..len {
                 let mut acc = d.map_or(T::zero(), |d| d[h] * u[[b, h, t]]);
                 for s in 0..=t.min(klen - 1) {
-                    acc = acc + k[[h, s]] * u[[b, h, t - s]];
+                    acc += k[[h, s]] * u[[b, h, t - s]];
                 }
                 y[[b, h, t]] = acc;
             }
@@ -57,10 +57,10 @@ pub fn bidirectional_conv_direct<T: Real>(
                 let mut acc = T::zero();
                 for s in 0..klen {
                     if t + 1 + s < len {
-                        acc = acc + k_bwd[[h, s]] * u[[b, h, t + 1 + s]];
+                        acc += k_bwd[[h, s]] * u[[b, h, t + 1 + s]];
                     }
                 }
-                y[[b, h, t]] = y[[b, h, t]] + acc;
+                y[[b, h, t]] += acc;
             }
         }
     }

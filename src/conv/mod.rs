@@ -210,7 +210,7 @@ fn kernel_spectra<T: Real>(
             fill(h, buf);
             let out = out.as_slice_mut().expect("contiguous row");
             fwd.process_with_scratch(buf, out, scratch).expect("buffers come from the plan");
-            out.iter_mut().for_each(|z| *z = *z * scale);
+            out.iter_mut().for_each(|z| *z *= scale);
         },
     );
     spectra
@@ -239,7 +239,7 @@ fn apply<T: Real>(
             buf[len..].fill(T::zero());
             fwd.process_with_scratch(buf, spec, scratch).expect("buffers come from the plan");
             for (s, k) in spec.iter_mut().zip(spectra.row(h).iter()) {
-                *s = *s * *k;
+                *s *= *k;
             }
             // imaginary parts of DC and Nyquist are zero up to rounding; realfft wants them exactly zero
             spec[0].im = T::zero();

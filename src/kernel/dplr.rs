@@ -358,7 +358,7 @@ fn woodbury<T: Real>(tile: &CauchyTile<T>, k: usize, rank: usize) -> Complex<T> 
                 for rp in 0..rank {
                     let mut e = tile.get((1 + r) * r1 + 1 + rp, k);
                     if r == rp {
-                        e = e + T::one();
+                        e += T::one();
                     }
                     mat.push(e);
                 }
@@ -367,7 +367,7 @@ fn woodbury<T: Real>(tile: &CauchyTile<T>, k: usize, rank: usize) -> Complex<T> 
             solve_small(&mut mat, &mut x, rank);
             let mut acc = k00;
             for (rp, xr) in x.iter().enumerate() {
-                acc = acc - tile.get(1 + rp, k) * xr;
+                acc -= tile.get(1 + rp, k) * xr;
             }
             acc
         }
@@ -391,16 +391,16 @@ pub(crate) fn solve_small<T: Real>(mat: &mut [Complex<T>], rhs: &mut [Complex<T>
             let f = mat[row * r + col] / d;
             for c in col..r {
                 let v = mat[col * r + c];
-                mat[row * r + c] = mat[row * r + c] - f * v;
+                mat[row * r + c] -= f * v;
             }
             let v = rhs[col];
-            rhs[row] = rhs[row] - f * v;
+            rhs[row] -= f * v;
         }
     }
     for row in (0..r).rev() {
         let mut acc = rhs[row];
         for c in row + 1..r {
-            acc = acc - mat[row * r + c] * rhs[c];
+            acc -= mat[row * r + c] * rhs[c];
         }
         rhs[row] = acc / mat[row * r + row];
     }

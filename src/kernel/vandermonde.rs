@@ -110,7 +110,7 @@ pub fn diag_kernel<T: Real>(params: &SsmParams<T>, len: usize, method: Discretiz
                 }
             }
             let two = T::of(2.0);
-            row.iter_mut().for_each(|x| *x = *x * two);
+            row.iter_mut().for_each(|x| *x *= two);
         },
     );
     check_finite(&out, "S4D kernel")?;

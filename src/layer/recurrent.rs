@@ -108,12 +108,12 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for k in 0..8 {
-            acc[k] = acc[k] + x[k] * y[k];
+            acc[k] += x[k] * y[k];
         }
     }
     let mut s = acc.iter().fold(T::zero(), |p, &q| p + q);
     for (x, y) in ra.iter().zip(rb) {
-        s = s + *x * *y;
+        s += *x * *y;
     }
     s
 }
@@ -244,7 +244,7 @@ impl<T: Real> Recurrent<T> {
                 for k in 0..r {
                     let sk = s[k];
                     for (xj, &pj) in x.iter_mut().zip(ph(k)) {
-                        *xj = *xj - pj * sk;
+                        *xj -= pj * sk;
                     }
                 }
                 // t = 2 Re(P* D v), s' = (I + Δ/2 M)^{-1} t
@@ -263,7 +263,7 @@ impl<T: Real> Recurrent<T> {
                 for k in 0..r {
                     let sk = s2[k];
                     for (xj, &pj) in x.iter_mut().zip(ph(k)) {
-                        *xj = *xj - pj * sk;
+                        *xj -= pj * sk;
                     }
                 }
                 for (xj, &dj) in x.iter_mut().zip(dinv) {
@@ -387,7 +387,7 @@ impl<T: Real> Recurrent<T> {
             let n = out.len() / self.channels;
             for c in 0..self.channels {
                 for t in 0..n {
-                    y[[b, c * h + i, t]] = y[[b, c * h + i, t]] + out[c * n + t];
+                    y[[b, c * h + i, t]] += out[c * n + t];
                 }
             }
         }

@@ -499,7 +499,7 @@ impl<T: Real> S4Model<T> {
             if self.config.prenorm {
                 let z = blk.norm.forward(x.view());
                 let out = blk.layer.forward(z.view(), &opts)?;
-                x = x + &residual_dropout(out.y);
+                x += &residual_dropout(out.y);
                 states.extend(out.state);
             } else {
                 let out = blk.layer.forward(x.view(), &opts)?;
@@ -678,7 +678,7 @@ impl<T: Real> RecurrentModel<'_, T> {
             if m.config.prenorm {
                 let z = blk.norm.forward_step(x.view());
                 let y = rec.step(st, z.view())?;
-                x = x + &y;
+                x += &y;
             } else {
                 let y = rec.step(st, x.view())?;
                 x = blk.norm.forward_step((x + &y).view());

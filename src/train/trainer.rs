@@ -11,15 +11,14 @@
 //! ```
 //!
 //! # Determinism
-//! Epoch e visits the training set in an order drawn from (seed, e); the dropout stream of step s
+//! Epoch e visits the training set in an order drawn from (seed, e) (token sequences are bucketed by
+//! length within pools of 50 batches, to cut padding); the dropout stream of step s
 //! is drawn from (seed, s). Every parallel reduction (weight gradients over the batch) sums
 //! per-sequence parts in sequence order, so the result does not depend on the number of threads.
 //! A checkpoint holds the weights, the BatchNorm statistics, both AdamW moments and the step, so
 //! a run resumed from epoch e continues exactly as the uninterrupted run did.
 
-use super::grad::{
-    evaluate_loss, first_non_finite, forward_backward, tensors_mut, LossStats, Target, TrainOptions,
-};
+use super::grad::{evaluate_loss, first_non_finite, forward_backward, tensors_mut, LossStats, Target, TrainOptions};
 use super::optim::{AdamW, OptimConfig};
 use crate::data::{batch_features, batch_tokens, Split, Targets, TaskData};
 use crate::error::{Error, Result};
@@ -51,7 +50,13 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { model: S4ModelConfig::default(), optim: OptimConfig::default(), epochs: 10, batch_size: 32, seed: 0 }
+        TrainConfig {
+            model: S4ModelConfig::default(),
+            optim: OptimConfig::default(),
+            epochs: 10,
+            batch_size: 32,
+            seed: 0,
+        }
     }
 }
 
@@ -240,7 +245,12 @@ fn load_optimizer(opt: &mut AdamW<f32>, path: &Path) -> Result<()> {
             if view.dtype() != Dtype::F32 || view.data().len() != 4 * t.values.len() {
                 return Err(Error::format(
                     path,
-                    format!("tensor {name}: {:?} with {} bytes, expected F32 x {}", view.dtype(), view.data().len(), t.values.len()),
+                    format!(
+                        "tensor {name}: {:?} with {} bytes, expected F32 x {}",
+                        view.dtype(),
+                        view.data().len(),
+                        t.values.len()
+                    ),
                 ));
             }
             for (v, b) in t.values.iter_mut().zip(view.data().chunks_exact(4)) {
@@ -404,13 +414,12 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
     let eval_batch = (2 * cfg.batch_size).max(16);
     while state.epochs_done < last_epoch {
         let epoch = state.epochs_done + 1;
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut rand_pcg::Pcg64::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let batches = epoch_batches(&task.train, cfg.batch_size, cfg.seed, epoch);
         let bar = progress_bar(opts.progress, steps_per_epoch, &format!("epoch {epoch}/{}", cfg.epochs));
         let t0 = Instant::now();
         let (mut loss_sum, mut correct, mut count, mut gn_sum) = (0.0, 0usize, 0usize, 0.0);
         let mut lr_factor = 0.0;
-        for chunk in order.chunks(cfg.batch_size) {
+        for chunk in &batches {
             let batch = Batch::new(&task.train, chunk)?;
             let topts = TrainOptions {
                 dropout_seed: Some(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(state.step)),
@@ -508,6 +517,26 @@ fn largest_weight(model: &mut S4Model<f32>) -> (String, f32) {
         }
     }
     best
+}
+
+/// The batches of one epoch: a permutation drawn from (seed, epoch); for variable-length token
+/// sequences, each pool of 50 batches is sorted by length before it is cut into batches (less
+/// padding), and the batch order is shuffled again.
+fn epoch_batches(split: &Split, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut order: Vec<usize> = (0..split.len()).collect();
+    order.shuffle(&mut rng);
+    let crate::data::Inputs::Tokens(seqs) = &split.inputs else {
+        return order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+    };
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for pool in order.chunks(batch_size * 50) {
+        let mut pool = pool.to_vec();
+        pool.sort_by_key(|&i| seqs[i].len());
+        batches.extend(pool.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(&mut rng);
+    batches
 }
 
 fn non_finite(out: &Path, step: u64, what: &str) -> Error {

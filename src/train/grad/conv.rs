@@ -80,7 +80,7 @@ pub fn conv_backward<T: Real>(
                 }
                 fwd.process_with_scratch(&mut buf, &mut uspec, &mut scratch).expect("plan buffers");
                 for f in 0..nb {
-                    acc[f] = acc[f] + gspec[f] * uspec[f].conj();
+                    acc[f] += gspec[f] * uspec[f].conj();
                     uspec[f] = gspec[f] * kspec[f].conj();
                 }
                 // the inverse real FFT ignores the imaginary parts of the DC and Nyquist bins, which

@@ -70,8 +70,7 @@ fn c64<T: Real>(z: num_complex::Complex<T>) -> Complex64 {
 
 /// Solves the R × R complex system M x = rhs (row-major), or its transpose.
 fn solve(m: &[Complex64], rhs: &[Complex64], r: usize, transpose: bool) -> Vec<Complex64> {
-    let mut a: Vec<Complex64> =
-        (0..r * r).map(|i| if transpose { m[(i % r) * r + i / r] } else { m[i] }).collect();
+    let mut a: Vec<Complex64> = (0..r * r).map(|i| if transpose { m[(i % r) * r + i / r] } else { m[i] }).collect();
     let mut x = rhs.to_vec();
     crate::kernel::solve_small(&mut a, &mut x, r);
     x
@@ -82,11 +81,7 @@ fn solve(m: &[Complex64], rhs: &[Complex64], r: usize, transpose: bool) -> Vec<C
 ///
 /// # Errors
 /// A parameter set without P, or g_K of the wrong shape.
-pub fn dplr_kernel_backward<T: Real>(
-    params: &SsmParams<T>,
-    l_kernel: usize,
-    gk: ArrayView2<T>,
-) -> Result<SsmGrads<T>> {
+pub fn dplr_kernel_backward<T: Real>(params: &SsmParams<T>, l_kernel: usize, gk: ArrayView2<T>) -> Result<SsmGrads<T>> {
     let p = params.p.as_ref().ok_or_else(|| Error::invalid("P", "absent", "a DPLR parameter set"))?;
     let (rows, m) = params.lambda.dim();
     let rank = p.shape()[0];
@@ -123,8 +118,10 @@ pub fn dplr_kernel_backward<T: Real>(
             let pv: Vec<Vec<Complex64>> = (0..rank).map(|r| (0..m).map(|j| c64(p[[r, ch, j]])).collect()).collect();
             let left = |a: usize, j: usize| if a == 0 { ct[j] } else { pv[a - 1][j].conj() };
             let right = |b: usize, j: usize| if b == 0 { bv[j] * dt } else { pv[b - 1][j] * dt };
-            let v: Vec<Complex64> =
-                (0..sums).flat_map(|s| (0..m).map(move |j| (s, j))).map(|(s, j)| left(s / r1n, j) * right(s % r1n, j)).collect();
+            let v: Vec<Complex64> = (0..sums)
+                .flat_map(|s| (0..m).map(move |j| (s, j)))
+                .map(|(s, j)| left(s / r1n, j) * right(s % r1n, j))
+                .collect();
             let w: Vec<Complex64> = lam.iter().map(|&x| x * dt).collect();
             let mut gv = vec![Complex64::new(0.0, 0.0); sums * m];
             let mut gw = vec![Complex64::new(0.0, 0.0); m];

@@ -9,8 +9,8 @@
 use super::conv::conv_backward;
 use super::kernel::{diag_kernel_backward, dplr_kernel_backward, SsmGrads};
 use super::ops::{
-    batch_norm_backward, batch_norm_forward, cross_entropy, dropout_mask, embedding_backward, gelu_grad,
-    glu_backward, layer_norm_backward, layer_norm_forward, linear_backward, linear_forward, mse, NormCache,
+    batch_norm_backward, batch_norm_forward, cross_entropy, dropout_mask, embedding_backward, gelu_grad, glu_backward,
+    layer_norm_backward, layer_norm_forward, linear_backward, linear_forward, mse, NormCache,
 };
 use crate::conv::FftConv;
 use crate::error::{Error, Result};
@@ -220,17 +220,17 @@ fn ssm_to_weights<T: Real>(layer: &S4Layer<T>, sg: &SsmGrads<T>, g: &mut Weights
         let (head, hh) = (r / h, r % h);
         let k = hh % n_ssm;
         let dt_d = cfg.dt_transform.derivative(w.inv_dt[hh].as_f64());
-        g.inv_dt[hh] = g.inv_dt[hh] + T::of(sg.dt[r].as_f64() * dt_d);
+        g.inv_dt[hh] += T::of(sg.dt[r].as_f64() * dt_d);
         for j in 0..m {
             let gl = sg.lambda[[r, j]];
             let re_d = cfg.real_transform.derivative(w.a_real[[k, j]].as_f64());
-            g.a_real[[k, j]] = g.a_real[[k, j]] + T::of(gl.re.as_f64() * re_d);
-            g.a_imag[[k, j]] = g.a_imag[[k, j]] - gl.im;
-            g.b[[k, j]] = g.b[[k, j]] + sg.b[[r, j]];
-            g.c[[head, hh, j]] = g.c[[head, hh, j]] + sg.c[[r, j]];
+            g.a_real[[k, j]] += T::of(gl.re.as_f64() * re_d);
+            g.a_imag[[k, j]] -= gl.im;
+            g.b[[k, j]] += sg.b[[r, j]];
+            g.c[[head, hh, j]] += sg.c[[r, j]];
             if let (Some(gp), Some(sp)) = (g.p.as_mut(), sg.p.as_ref()) {
                 for q in 0..sp.shape()[0] {
-                    gp[[q, k, j]] = gp[[q, k, j]] + sp[[q, r, j]];
+                    gp[[q, k, j]] += sp[[q, r, j]];
                 }
             }
         }
@@ -257,7 +257,7 @@ fn layer_backward<T: Real>(
         ga *= m;
     }
     // through GELU
-    Zip::from(&mut ga).and(&tape.y).par_for_each(|g, &y| *g = *g * gelu_grad(y));
+    Zip::from(&mut ga).and(&tape.y).par_for_each(|g, &y| *g *= gelu_grad(y));
     let ch = cfg.channels;
     let lk = tape.kernel.shape()[2];
     let heads = cfg.c_heads();
@@ -276,8 +276,8 @@ fn layer_backward<T: Real>(
         for hh in 0..h {
             let (gyh, uh) = (gy.index_axis(Axis(1), hh), tape.u.index_axis(Axis(1), hh));
             let d = w.d[[c, hh]];
-            g.d[[c, hh]] = g.d[[c, hh]] + Zip::from(&gyh).and(&uh).fold(T::zero(), |a, &x, &y| a + x * y);
-            Zip::from(gu.index_axis_mut(Axis(1), hh)).and(&gyh).for_each(|gv, &x| *gv = *gv + d * x);
+            g.d[[c, hh]] += Zip::from(&gyh).and(&uh).fold(T::zero(), |a, &x, &y| a + x * y);
+            Zip::from(gu.index_axis_mut(Axis(1), hh)).and(&gyh).for_each(|gv, &x| *gv += d * x);
         }
     }
     let params = layer.ssm_params()?;
@@ -307,12 +307,7 @@ fn norm_forward<T: Real>(norm: &mut Norm<T>, x: ArrayView3<T>, update_running: b
     }
 }
 
-fn norm_backward<T: Real>(
-    norm: &Norm<T>,
-    cache: &NormCache<T>,
-    gy: ArrayView3<T>,
-    g: &mut Norm<T>,
-) -> Array3<T> {
+fn norm_backward<T: Real>(norm: &Norm<T>, cache: &NormCache<T>, gy: ArrayView3<T>, g: &mut Norm<T>) -> Array3<T> {
     let (gx, gw, gb) = match norm.kind {
         NormKind::Layer => layer_norm_backward(cache, norm.weight.view(), gy),
         NormKind::Batch => batch_norm_backward(cache, norm.weight.view(), gy),
@@ -571,4 +566,3 @@ pub fn squared_norm<T: Real>(model: &mut S4Model<T>) -> f64 {
     for_each_tensor(model, &mut |_, _, x| s += x.iter().map(|v| v.as_f64() * v.as_f64()).sum::<f64>());
     s
 }
-

@@ -125,7 +125,7 @@ pub fn layer_norm_forward<T: Real>(
             for j in 0..h {
                 for t in 0..l {
                     let d = xb[[j, t]] - mean[t];
-                    var[t] = var[t] + d * d;
+                    var[t] += d * d;
                 }
             }
             for t in 0..l {
@@ -165,10 +165,10 @@ pub fn layer_norm_backward<T: Real>(
             for j in 0..h {
                 for t in 0..l {
                     let g = gyb[[j, t]] * w[j];
-                    m1[t] = m1[t] + g;
-                    m2[t] = m2[t] + g * xh[[j, t]];
-                    gw[j] = gw[j] + gyb[[j, t]] * xh[[j, t]];
-                    gb[j] = gb[j] + gyb[[j, t]];
+                    m1[t] += g;
+                    m2[t] += g * xh[[j, t]];
+                    gw[j] += gyb[[j, t]] * xh[[j, t]];
+                    gb[j] += gyb[[j, t]];
                 }
             }
             for j in 0..h {
@@ -272,7 +272,7 @@ pub fn embedding_backward<T: Real>(tokens: ArrayView2<u32>, gx: ArrayView3<T>, v
         for t in 0..l {
             let k = tokens[[i, t]] as usize;
             for j in 0..h {
-                g[[k, j]] = g[[k, j]] + gx[[i, j, t]];
+                g[[k, j]] += gx[[i, j, t]];
             }
         }
     }
