@@ -1,8 +1,9 @@
 //! # s4: structured state-space sequence models in Rust
 //!
 //! HiPPO operators, their diagonal-plus-low-rank (DPLR) form, discretizations, the S4 and S4D
-//! convolution kernels and FFT convolution, checked against slow, obvious references and against
-//! the official PyTorch implementation (state-spaces/s4).
+//! convolution kernels and FFT convolution, S4 layers and deep models, and their training, checked
+//! against slow, obvious references, finite differences, and the official PyTorch implementation
+//! (state-spaces/s4).
 //!
 //! ## The pipeline
 //!
@@ -29,7 +30,12 @@
 //! 7. [`model`]: deep S4 models (encoder, residual blocks with LayerNorm/BatchNorm, pooling, head),
 //!    LRA and language-model presets, the streaming LM API, and save/load with bf16/f16 weights
 //!    ([`model::checkpoint`]).
-//! 8. [`nn`] (GELU, GLU, feature-axis linear), [`io`] (.npz/.npy), [`plot`] (PNG).
+//! 8. [`train`]: backward passes for every piece above ([`train::grad`], gradient-checked in f64),
+//!    AdamW with the official parameter groups and a cosine schedule ([`train::optim`]), the
+//!    training loop with checkpoints and exact resume ([`train::trainer`]), tasks and presets.
+//! 9. [`data`]: long-range tasks generated offline (ListOps by the LRA rules, Pathfinder-style
+//!    images, the adding problem) and loaders for real files (LRA release, UCR `.ts`, digits).
+//! 10. [`nn`] (GELU, GLU, feature-axis linear), [`io`] (.npz/.npy), [`plot`] (PNG).
 //!
 //! ## Shape glossary
 //!

@@ -38,6 +38,8 @@ fn every_command_has_help() {
         vec!["info", "--help"],
         vec!["run", "--help"],
         vec!["import-official", "--help"],
+        vec!["train", "--help"],
+        vec!["eval", "--help"],
     ] {
         let out = s4(&cmd);
         assert!(out.status.success(), "{cmd:?}");
@@ -278,4 +280,46 @@ fn import_official_then_run_reproduces_the_official_outputs() {
         }
     }
     assert_clear_error(&s4(&["info", tmp("nowhere").to_str().unwrap()]), &["config.json"]);
+}
+
+#[test]
+fn train_then_eval_a_tiny_run() {
+    let out = tmp("train-run");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_str().unwrap();
+    let args =
+        ["train", "--task", "adding", "--preset", "tiny", "--sizes", "24,8,8", "--epochs", "1", "--quiet", "--out", o];
+    let res = s4(&args);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert_eq!(v["epochs"], 1);
+    assert!(v["final"]["test_loss"].as_f64().unwrap().is_finite());
+    assert!(v["mean_baseline_mse"].as_f64().unwrap() > 0.05);
+    for f in [
+        "metrics.jsonl",
+        "curves.png",
+        "config.json",
+        "checkpoint/model.safetensors",
+        "checkpoint/optimizer.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let ev = s4(&["eval", o, "--sizes", "24,8,8"]);
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    // the same test split, the same model, the same batches: the same loss
+    assert_eq!(e["test_loss"].as_f64().unwrap(), v["final"]["test_loss"].as_f64().unwrap());
+    // the checkpoint is a model folder that `s4 info` reads
+    assert!(s4(&["info", out.join("checkpoint").to_str().unwrap()]).status.success());
+}
+
+#[test]
+fn train_rejects_bad_input_with_one_line() {
+    let o = tmp("train-bad");
+    let o = o.to_str().unwrap();
+    assert_clear_error(&s4(&["train", "--task", "nope", "--out", o]), &["task", "nope", "listops"]);
+    assert_clear_error(&s4(&["train", "--task", "adding", "--sizes", "1,2", "--out", o]), &["--sizes"]);
+    assert_clear_error(&s4(&["train", "--task", "adding", "--preset", "huge", "--out", o]), &["preset", "huge"]);
+    assert_clear_error(&s4(&["train", "--task", "acsf1", "--data", "/nonexistent", "--out", o]), &["sktime"]);
+    assert_clear_error(&s4(&["eval", "/nonexistent-run"]), &["nonexistent-run"]);
 }

@@ -2,7 +2,7 @@
 //! kernel.
 //!
 //! Both forward modes are a circular convolution of length n ≥ L + L_k of the zero-padded input
-//! with a combined kernel buffer κ (k_fwd at lags 0..L_k, and for bidirectional layers k_bwd[s] at
+//! with a combined kernel buffer κ (k_fwd at lags 0..L_k, and for bidirectional layers `k_bwd[s]` at
 //! index n − 1 − s), keeping the first L outputs: y_t = Σ_m κ_{(t−m) mod n} u_m. Its adjoints are
 //! circular correlations, computed with the same FFT size:
 //!

@@ -547,7 +547,7 @@ pub fn evaluate_loss<T: Real>(
     }
 }
 
-/// The first non-finite entry among a model's trainable tensors, as "name[index]".
+/// The first non-finite entry among a model's trainable tensors, as `"name[index]"`.
 pub fn first_non_finite<T: Real>(model: &mut S4Model<T>) -> Option<String> {
     let mut found = None;
     for_each_tensor(model, &mut |name, _, x| {

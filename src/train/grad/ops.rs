@@ -22,7 +22,7 @@ fn ordered_sum<T: Real>(parts: Vec<Array2<T>>) -> Array2<T> {
     acc
 }
 
-/// y[b] = W x[b] + bias over the feature axis: x (B, F, L), W (O, F), bias (O,) → (B, O, L),
+/// `y[b] = W x[b] + bias` over the feature axis: x (B, F, L), W (O, F), bias (O,) → (B, O, L),
 /// one matrix product per sequence, sequences in parallel.
 pub fn linear_forward<T: Real>(x: ArrayView3<T>, w: ArrayView2<T>, bias: ArrayView1<T>) -> Array3<T> {
     let (b, _, l) = x.dim();
@@ -74,7 +74,7 @@ pub fn gelu_grad<T: Real>(x: T) -> T {
     cdf + x * pdf
 }
 
-/// Backward of GLU over the feature axis: z (B, 2F, L) → o = a·σ(g) with a = z[:F], g = z[F:];
+/// Backward of GLU over the feature axis: z (B, 2F, L) → o = a·σ(g) with `a = z[:F]`, `g = z[F:]`;
 /// ga = go·σ(g), gg = go·a·σ(g)(1 − σ(g)).
 pub fn glu_backward<T: Real>(z: ArrayView3<T>, go: ArrayView3<T>) -> Array3<T> {
     let (b, f2, l) = z.dim();
@@ -264,7 +264,7 @@ pub fn dropout_mask<T: Real>(shape: (usize, usize, usize), p: f64, seed: u64) ->
     m
 }
 
-/// Backward of the token embedding: g_table[token] += gx[b, :, t] (in position order).
+/// Backward of the token embedding: `g_table[token] += gx[b, :, t]` (in position order).
 pub fn embedding_backward<T: Real>(tokens: ArrayView2<u32>, gx: ArrayView3<T>, vocab: usize) -> Array2<T> {
     let (b, h, l) = gx.dim();
     let mut g = Array2::<T>::zeros((vocab, h));
