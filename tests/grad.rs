@@ -179,7 +179,7 @@ fn fft_convolution_gradients() {
                 c.causal(u.view(), kf.view(), None).unwrap()
             }
         };
-        let g = grad::conv_backward(u.view(), kf.view(), bidir.then_some(kb.view()), r.view());
+        let g = grad::conv_backward(u.view(), kf.view(), bidir.then_some(kb.view()), r.view()).unwrap();
         let tag = format!("conv L={len} Lk={klen} bidirectional={bidir}");
         check(&format!("{tag} input"), g.input.as_slice().unwrap(), u.len(), |i, d| {
             let mut up = u.clone();

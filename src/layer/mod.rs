@@ -157,13 +157,14 @@ impl RealTransform {
         }
     }
 
-    /// d(Re Λ)/d(a_real): −exp(a), −σ(a), or 1 below the clip (0 above it).
+    /// d(Re Λ)/d(a_real): −exp(a), −σ(a), or 1 up to the clip (0 above it; at the clip itself 1,
+    /// as `torch.clamp` passes the gradient there, so modes initialized at −1e-4 can move).
     pub fn derivative(self, a: f64) -> f64 {
         match self {
             RealTransform::Exp => -a.exp(),
             RealTransform::Softplus => -1.0 / (1.0 + (-a).exp()),
             RealTransform::Clip => {
-                if a < -MIN_DECAY {
+                if a <= -MIN_DECAY {
                     1.0
                 } else {
                     0.0

@@ -121,12 +121,13 @@ impl OptimConfig {
         }
     }
 
-    /// The schedule's multiplier at 0-based `step` of `total` steps: (step+1)/warmup during
-    /// warmup, then ½(1 + cos(π·(step − warmup)/(total − warmup))) (cosine) or 1 (constant).
+    /// The schedule's multiplier at 0-based `step` of `total` steps: step/warmup during warmup
+    /// (so the very first step has lr 0, as in Hugging Face's schedule the official code uses),
+    /// then ½(1 + cos(π·(step − warmup)/(total − warmup))) (cosine) or 1 (constant).
     pub fn lr_factor(&self, step: u64, total: u64) -> f64 {
         let warmup = (self.warmup_fraction * total as f64).round() as u64;
         if step < warmup {
-            return (step + 1) as f64 / warmup as f64;
+            return step as f64 / warmup as f64;
         }
         match self.schedule {
             Schedule::Constant => 1.0,

@@ -218,7 +218,7 @@ pub fn preset(name: &str) -> Result<TrainConfig> {
                 m
             },
             optim: lra_optim(0.01, None),
-            epochs: 6,
+            epochs: 12,
             batch_size: 32,
             ..base
         },

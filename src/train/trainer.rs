@@ -135,7 +135,10 @@ pub struct EpochMetrics {
 struct State {
     epochs_done: usize,
     step: u64,
-    kernel_len: usize,
+    /// What the schedule and the data order depend on (a resume must not change them).
+    epochs: usize,
+    batch_size: usize,
+    train_sequences: usize,
 }
 
 const CHECKPOINT: &str = "checkpoint";
@@ -276,10 +279,12 @@ fn save_checkpoint(out: &Path, model: &S4Model<f32>, opt: &mut AdamW<f32>, state
     write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state).expect("serializes").as_bytes())?;
     let dst = out.join(CHECKPOINT);
     let old = out.join("checkpoint.old");
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
+    // keep one complete checkpoint on disk at every moment: checkpoint (or, mid-swap, .old and the
+    // complete .tmp) until the new one is in place
     if dst.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
         std::fs::rename(&dst, &old).map_err(|e| Error::io(&dst, e))?;
     }
     std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&tmp, e))?;
@@ -289,10 +294,10 @@ fn save_checkpoint(out: &Path, model: &S4Model<f32>, opt: &mut AdamW<f32>, state
     Ok(())
 }
 
-/// The checkpoint folder to resume from (`checkpoint`, or `checkpoint.old` if a swap was cut
-/// short).
+/// The checkpoint folder to resume from: `checkpoint`, or, if a swap was cut short, the complete
+/// `checkpoint.tmp` (its `state.json` is written last) or else `checkpoint.old`.
 pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
-    [CHECKPOINT, "checkpoint.old"].iter().map(|n| out.join(n)).find(|p| p.join("state.json").exists())
+    [CHECKPOINT, "checkpoint.tmp", "checkpoint.old"].iter().map(|n| out.join(n)).find(|p| p.join("state.json").exists())
 }
 
 fn read_metrics(out: &Path) -> Result<Vec<EpochMetrics>> {
@@ -379,7 +384,22 @@ pub fn train(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) 
 fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<TrainReport> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let kernel_len = [&task.train, &task.val, &task.test].iter().map(|s| s.max_len()).max().unwrap_or(1).max(1);
-    let (mut model, mut opt, mut state, mut metrics) = match checkpoint_dir(out).filter(|_| opts.resume) {
+    let previous = checkpoint_dir(out);
+    if !opts.resume && (previous.is_some() || out.join(METRICS).exists()) {
+        return Err(Error::invalid(
+            "--out",
+            out.display(),
+            "a folder without a previous run (continue it with --resume, or choose another folder)",
+        ));
+    }
+    let expected = |epochs_done, step| State {
+        epochs_done,
+        step,
+        epochs: cfg.epochs,
+        batch_size: cfg.batch_size,
+        train_sequences: task.train.len(),
+    };
+    let (mut model, mut opt, mut state, mut metrics) = match previous.filter(|_| opts.resume) {
         Some(dir) => {
             let model: S4Model<f32> = checkpoint::load(&dir)?;
             if model.config() != &cfg.model {
@@ -394,7 +414,28 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
             let sp = dir.join("state.json");
             let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
             let state: State = serde_json::from_str(&text).map_err(|e| Error::format(&sp, e.to_string()))?;
+            if state != expected(state.epochs_done, state.step) {
+                return Err(Error::invalid(
+                    "resume",
+                    format!(
+                        "{} epochs, batch {}, {} training sequences",
+                        state.epochs, state.batch_size, state.train_sequences
+                    ),
+                    format!(
+                        "the checkpoint's run (now {} epochs, batch {}, {} sequences; the schedule and data order depend on them)",
+                        cfg.epochs,
+                        cfg.batch_size,
+                        task.train.len()
+                    ),
+                ));
+            }
             let mut metrics = read_metrics(out)?;
+            if metrics.len() < state.epochs_done {
+                return Err(Error::format(
+                    out.join(METRICS),
+                    format!("{} epochs of metrics, the checkpoint has {}", metrics.len(), state.epochs_done),
+                ));
+            }
             metrics.truncate(state.epochs_done);
             (model, opt, state, metrics)
         }
@@ -402,7 +443,7 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
             let mut model = cfg.model.build()?;
             model.set_kernel_length(kernel_len)?;
             let opt = AdamW::new(&model, cfg.optim.clone())?;
-            (model, opt, State { epochs_done: 0, step: 0, kernel_len }, Vec::new())
+            (model, opt, expected(0, 0), Vec::new())
         }
     };
     let run_json = serde_json::json!({"task": task.name, "train": cfg});
@@ -422,7 +463,7 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
         for chunk in &batches {
             let batch = Batch::new(&task.train, chunk)?;
             let topts = TrainOptions {
-                dropout_seed: Some(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(state.step)),
+                dropout_seed: Some(splitmix64(cfg.seed ^ splitmix64(state.step))),
                 update_running_stats: true,
             };
             let (stats, mut grads) =
@@ -499,8 +540,9 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
         }
         metrics.push(m);
         state.epochs_done = epoch;
-        save_checkpoint(out, &model, &mut opt, &state)?;
+        // metrics first: a crash between the two leaves an extra line that resume truncates
         write_metrics(out, &metrics)?;
+        save_checkpoint(out, &model, &mut opt, &state)?;
         plot_curves(&out.join("curves.png"), &metrics, &task.name)?;
     }
     Ok(TrainReport { metrics, model })
@@ -537,6 +579,15 @@ fn epoch_batches(split: &Split, batch_size: usize, seed: u64, epoch: usize) -> V
     }
     batches.shuffle(&mut rng);
     batches
+}
+
+/// SplitMix64's finalizer: decorrelates the dropout seeds of consecutive steps (layer i of step
+/// s + 1 must not reuse the stream of another layer of step s).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn non_finite(out: &Path, step: u64, what: &str) -> Error {

@@ -13,6 +13,7 @@
 //! over the batch runs in sequence order inside each channel.
 
 use crate::conv::fast_len;
+use crate::error::{Error, Result};
 use crate::scalar::Real;
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 use num_complex::Complex;
@@ -32,12 +33,20 @@ pub struct ConvGrads<T> {
 
 /// Backward of `FftConv::causal` (without D) when `k_bwd` is `None`, of
 /// `FftConv::bidirectional` otherwise. u (B, H, L), kernels (H, L_k), gy (B, H, L).
+///
+/// # Errors
+/// Empty or mismatched shapes, or non-finite values.
 pub fn conv_backward<T: Real>(
     u: ArrayView3<T>,
     k_fwd: ArrayView2<T>,
     k_bwd: Option<ArrayView2<T>>,
     gy: ArrayView3<T>,
-) -> ConvGrads<T> {
+) -> Result<ConvGrads<T>> {
+    let kernels: Vec<ArrayView2<T>> = std::iter::once(k_fwd).chain(k_bwd).collect();
+    crate::conv::check_inputs(u, &kernels, None)?;
+    if gy.dim() != u.dim() {
+        return Err(Error::shape("output gradient", format!("{:?} (the input's shape)", u.shape()), gy.shape()));
+    }
     let (batch, h, len) = u.dim();
     let klen = k_fwd.ncols().min(len);
     let n = if k_bwd.is_some() { fast_len(len + klen) } else { fast_len(len + klen - 1) };
@@ -117,5 +126,5 @@ pub fn conv_backward<T: Real>(
             }
         }
     }
-    ConvGrads { input, k_fwd: gk_fwd, k_bwd: gk_bwd }
+    Ok(ConvGrads { input, k_fwd: gk_fwd, k_bwd: gk_bwd })
 }

@@ -82,6 +82,7 @@ fn solve(m: &[Complex64], rhs: &[Complex64], r: usize, transpose: bool) -> Vec<C
 /// # Errors
 /// A parameter set without P, or g_K of the wrong shape.
 pub fn dplr_kernel_backward<T: Real>(params: &SsmParams<T>, l_kernel: usize, gk: ArrayView2<T>) -> Result<SsmGrads<T>> {
+    params.validate()?;
     let p = params.p.as_ref().ok_or_else(|| Error::invalid("P", "absent", "a DPLR parameter set"))?;
     let (rows, m) = params.lambda.dim();
     let rank = p.shape()[0];
@@ -244,6 +245,7 @@ pub fn diag_kernel_backward<T: Real>(
     gk: ArrayView2<T>,
     method: Discretization,
 ) -> Result<SsmGrads<T>> {
+    params.validate()?;
     let method = method.validate()?;
     let (rows, m) = params.lambda.dim();
     if gk.nrows() != rows || gk.ncols() == 0 {

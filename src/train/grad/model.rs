@@ -70,9 +70,9 @@ pub enum ParamGroup {
     A,
     /// `B`: SSM learning rate for B, no weight decay.
     B,
-    /// Other weights (C, D, linears, embedding): global learning rate and weight decay.
+    /// Other weights (C, D, linear layers): global learning rate and weight decay.
     Decay,
-    /// Biases and norm parameters: global learning rate, no weight decay.
+    /// Biases, norm parameters and embeddings: global learning rate, no weight decay.
     NoDecay,
 }
 
@@ -109,7 +109,8 @@ pub fn tensors_mut<T: Real>(model: &mut S4Model<T>) -> Vec<TensorMut<'_, T>> {
             push("encoder.weight".into(), ParamGroup::Decay, real(w));
             push("encoder.bias".into(), ParamGroup::NoDecay, real(b));
         }
-        Encoder::Embedding { table } => push("encoder.weight".into(), ParamGroup::Decay, real(table)),
+        // the official optimizer hooks blacklist nn.Embedding from weight decay
+        Encoder::Embedding { table } => push("encoder.weight".into(), ParamGroup::NoDecay, real(table)),
     }
     for (i, blk) in model.blocks.iter_mut().enumerate() {
         let w = &mut blk.layer.weights;
@@ -266,7 +267,7 @@ fn layer_backward<T: Real>(
     for c in 0..ch {
         let gy = ga.slice(s![.., c * h..(c + 1) * h, ..]);
         let kb = cfg.bidirectional.then(|| tape.kernel.index_axis(Axis(0), ch + c));
-        let cg = conv_backward(tape.u.view(), tape.kernel.index_axis(Axis(0), c), kb, gy);
+        let cg = conv_backward(tape.u.view(), tape.kernel.index_axis(Axis(0), c), kb, gy)?;
         gu += &cg.input;
         gk.slice_mut(s![c * h..(c + 1) * h, ..]).assign(&cg.k_fwd);
         if let Some(gkb) = cg.k_bwd {
@@ -351,12 +352,10 @@ pub fn forward_backward<T: Real>(
     let mut grads = zeros_like(model);
     let mut x = model.encode(input)?;
     let (batch, h, len) = x.dim();
-    if let Some(l) = lengths {
-        if l.len() != batch || l.iter().any(|&n| n == 0 || n > len) {
-            return Err(Error::invalid("lengths", format!("{l:?}"), format!("{batch} lengths in 1..={len}")));
-        }
-    }
     let cfg = model.config().clone();
+    // every check before the forward pass, which updates BatchNorm's running statistics
+    check_lengths(lengths, batch, len)?;
+    check_target(&target, cfg.pooling, cfg.d_output, batch, len)?;
     let mut tapes = Vec::with_capacity(model.blocks.len());
     for (i, blk) in model.blocks.iter_mut().enumerate() {
         let layer_seed = opts.dropout_seed.map(|s| s.wrapping_add(2 * i as u64 + 1));
@@ -403,24 +402,14 @@ pub fn forward_backward<T: Real>(
             let logits = pooled.dot(&model.decoder_w.t()) + &model.decoder_b;
             let (stats, glogits) = match target {
                 Target::Classes(y) => {
-                    check_targets(y.len(), batch)?;
-                    if let Some((i, &c)) = y.iter().enumerate().find(|(_, &c)| c as usize >= cfg.d_output) {
-                        return Err(Error::invalid(format!("label {i}"), c, format!("< d_output = {}", cfg.d_output)));
-                    }
                     let (loss, g, correct) = cross_entropy(logits.view(), y);
                     (LossStats { loss, correct, count: batch }, g)
                 }
                 Target::Values(y) => {
-                    check_targets(y.len(), batch)?;
-                    if cfg.d_output != 1 {
-                        return Err(Error::invalid("d_output", cfg.d_output, "1 for a regression target"));
-                    }
                     let (loss, g) = mse(logits.column(0), y);
                     (LossStats { loss, correct: 0, count: batch }, g.insert_axis(Axis(1)))
                 }
-                Target::Tokens(_) => {
-                    return Err(Error::invalid("target", "per-position tokens", "one target per sequence (pooled)"))
-                }
+                Target::Tokens(_) => unreachable!("check_target: pooled models take one target per sequence"),
             };
             grads.decoder_w = glogits.t().dot(&pooled);
             grads.decoder_b = glogits.sum_axis(Axis(0));
@@ -439,20 +428,14 @@ pub fn forward_backward<T: Real>(
         }
         Pooling::None => {
             let Target::Tokens(y) = target else {
-                return Err(Error::invalid("target", "one per sequence", "per-position tokens (B, L) (no pooling)"));
+                unreachable!("check_target: unpooled models take per-position tokens")
             };
-            if y.dim() != (batch, len) {
-                return Err(Error::shape("target tokens", format!("({batch}, {len})"), y.shape()));
-            }
             let logits = linear_forward(x.view(), model.decoder_w.view(), model.decoder_b.view());
             let v = cfg.d_output;
             // rows = valid positions
             let pos: Vec<(usize, usize)> = (0..batch).flat_map(|b| (0..valid(b)).map(move |t| (b, t))).collect();
             let flat = Array2::from_shape_fn((pos.len(), v), |(r, k)| logits[[pos[r].0, k, pos[r].1]]);
             let labels: Vec<u32> = pos.iter().map(|&(b, t)| y[[b, t]]).collect();
-            if let Some((i, &c)) = labels.iter().enumerate().find(|(_, &c)| c as usize >= v) {
-                return Err(Error::invalid(format!("target token {i}"), c, format!("< d_output = {v}")));
-            }
             let (loss, g, correct) = cross_entropy(flat.view(), &labels);
             let mut glog = Array3::<T>::zeros((batch, v, len));
             for (r, &(b, t)) in pos.iter().enumerate() {
@@ -503,6 +486,54 @@ pub fn forward_backward<T: Real>(
     Ok((stats, grads))
 }
 
+fn check_lengths(lengths: Option<&[usize]>, batch: usize, len: usize) -> Result<()> {
+    if let Some(l) = lengths {
+        if l.len() != batch {
+            return Err(Error::shape("lengths", format!("({batch},)"), &[l.len()]));
+        }
+        if let Some((i, &n)) = l.iter().enumerate().find(|(_, &n)| n == 0 || n > len) {
+            return Err(Error::invalid(format!("lengths[{i}]"), n, format!("in 1..=L = {len}")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a target fits the model's pooling and output size.
+fn check_target(target: &Target, pooling: Pooling, d_output: usize, batch: usize, len: usize) -> Result<()> {
+    match (target, pooling) {
+        (Target::Classes(y), Pooling::Mean | Pooling::Last) => {
+            check_targets(y.len(), batch)?;
+            if let Some((i, &c)) = y.iter().enumerate().find(|(_, &c)| c as usize >= d_output) {
+                return Err(Error::invalid(format!("label {i}"), c, format!("< d_output = {d_output}")));
+            }
+        }
+        (Target::Values(y), Pooling::Mean | Pooling::Last) => {
+            check_targets(y.len(), batch)?;
+            if d_output != 1 {
+                return Err(Error::invalid("d_output", d_output, "1 for a regression target"));
+            }
+            if let Some((i, v)) = y.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::invalid(format!("target {i}"), v, "a finite value"));
+            }
+        }
+        (Target::Tokens(y), Pooling::None) => {
+            if y.dim() != (batch, len) {
+                return Err(Error::shape("target tokens", format!("({batch}, {len})"), y.shape()));
+            }
+            if let Some(((b, t), &c)) = y.indexed_iter().find(|(_, &c)| c as usize >= d_output) {
+                return Err(Error::invalid(format!("target token [{b}, {t}]"), c, format!("< d_output = {d_output}")));
+            }
+        }
+        (Target::Tokens(_), _) => {
+            return Err(Error::invalid("target", "per-position tokens", "one target per sequence (pooled model)"))
+        }
+        (_, Pooling::None) => {
+            return Err(Error::invalid("target", "one per sequence", "per-position tokens (B, L) (unpooled model)"))
+        }
+    }
+    Ok(())
+}
+
 fn check_targets(n: usize, batch: usize) -> Result<()> {
     if n != batch {
         return Err(Error::shape("targets", format!("({batch},)"), &[n]));
@@ -523,15 +554,14 @@ pub fn evaluate_loss<T: Real>(
 ) -> Result<LossStats> {
     let out = model.forward(input, lengths)?;
     let (batch, _, len) = out.dim();
+    check_target(&target, model.config().pooling, model.config().d_output, batch, len)?;
     match target {
         Target::Classes(y) => {
-            check_targets(y.len(), batch)?;
             let logits = out.index_axis(Axis(2), 0).to_owned();
             let (loss, _, correct) = cross_entropy::<T>(logits.view(), y);
             Ok(LossStats { loss, correct, count: batch })
         }
         Target::Values(y) => {
-            check_targets(y.len(), batch)?;
             let (loss, _) = mse::<T>(out.slice(s![.., 0, 0]), y);
             Ok(LossStats { loss, correct: 0, count: batch })
         }
