@@ -13,7 +13,8 @@ fn main() -> Result<(), s4::Error> {
     let cfg = preset(name)?;
     println!("{}: {} train / {} test sequences, preset {name}", task.name, task.train.len(), task.test.len());
     let out = std::path::Path::new("runs").join("example-adding");
-    let report = train(&task, &cfg, &out, &RunOptions { progress: true, ..Default::default() })?;
+    // resume: a second run continues (or just reports) the first one instead of refusing its folder
+    let report = train(&task, &cfg, &out, &RunOptions { progress: true, resume: true, ..Default::default() })?;
     let last = report.metrics.last().expect("at least one epoch");
     match (last.test_acc, task.majority_rate(), task.mean_baseline_mse()) {
         (Some(acc), Some(majority), _) => println!("test accuracy {acc:.4} (majority class {majority:.4})"),

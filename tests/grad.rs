@@ -409,3 +409,37 @@ fn training_forward_matches_the_model_forward() {
     let (loss, _, _) = ops::cross_entropy(logits.index_axis(ndarray::Axis(2), 0), &labels);
     assert!((stats.loss - loss).abs() < 1e-12, "{} vs {loss}", stats.loss);
 }
+
+#[test]
+fn batchnorm_running_statistics_reproduce_the_training_forward() {
+    // after many training-mode passes over one batch (no updates), the running statistics are that
+    // batch's statistics, so evaluation mode must give the training-mode loss on it
+    for prenorm in [true, false] {
+        let cfg = S4ModelConfig {
+            d_input: 1,
+            d_output: 2,
+            n_layers: 3,
+            layer: S4LayerConfig { d_model: 8, d_state: 8, bidirectional: true, ..Default::default() },
+            prenorm,
+            norm: NormKind::Batch,
+            ..Default::default()
+        };
+        let mut model = cfg.build_as::<f64>().unwrap();
+        model.set_kernel_length(64).unwrap();
+        let x = randn3((4, 1, 64), 21).mapv(|v| v * 3.0 + 1.0);
+        let y = [0u32, 1, 1, 0];
+        let opts = TrainOptions { dropout_seed: None, update_running_stats: true };
+        let mut train_loss = 0.0;
+        for _ in 0..400 {
+            train_loss = grad::forward_backward(&mut model, Input::Features(x.view()), None, Target::Classes(&y), opts)
+                .unwrap()
+                .0
+                .loss;
+        }
+        let eval = grad::evaluate_loss(&model, Input::Features(x.view()), None, Target::Classes(&y)).unwrap().loss;
+        assert!(
+            (eval - train_loss).abs() < 1e-3 * train_loss.abs().max(1.0),
+            "prenorm {prenorm}: {train_loss} vs {eval}"
+        );
+    }
+}

@@ -223,11 +223,13 @@ pub fn preset(name: &str) -> Result<TrainConfig> {
             ..base
         },
         "cpu-pathfinder" => TrainConfig {
-            // the official Pathfinder setup (prenorm BatchNorm, N = 64, n_ssm = H, lr 0.004, SSM
-            // lr 1e-3) at 4 layers of width 64, with the S4D-LegS kernel (as good as S4 on
-            // Pathfinder in the S4D paper, and its backward pass is O(N·L) per channel)
+            // the official Pathfinder setup (prenorm, N = 64, n_ssm = H, lr 0.004, SSM lr 1e-3) at
+            // 4 layers of width 64, with two CPU-scale changes: the S4D-LegS kernel (as good as S4
+            // on Pathfinder in the S4D paper; its backward pass is O(N·L) per channel) and
+            // LayerNorm: with BatchNorm, a 5000-image run reached 86% with batch statistics but
+            // 55% with the running statistics of evaluation mode
             model: {
-                let mut m = cpu_model(4, 64, 64, true, NormKind::Batch, true);
+                let mut m = cpu_model(4, 64, 64, true, NormKind::Layer, true);
                 m.layer.kernel = crate::ssm::KernelKind::Diag;
                 m.layer.init = crate::ssm::SsmInit::Diag(crate::hippo::diag::DiagInit::Legs);
                 m
