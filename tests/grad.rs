@@ -47,6 +47,7 @@ fn check(name: &str, analytic: &[f64], n: usize, mut loss_at: impl FnMut(usize, 
     let rel = num / den.max(1e-300);
     assert!(den > 0.0, "{name}: gradient is identically zero at the checked entries");
     assert!(rel <= TOL, "{name}: relative error {rel:.3e} (max |fd| {den:.3e})");
+    eprintln!("{name}: {rel:.1e}"); // `cargo test --test grad -- --nocapture` lists them
     rel
 }
 
