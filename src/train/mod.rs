@@ -23,5 +23,5 @@ pub mod tasks;
 pub mod trainer;
 
 pub use optim::{AdamW, OptimConfig, Schedule};
-pub use tasks::{default_preset, load_task, preset, PRESETS, TASKS};
+pub use tasks::{default_preset, load_task, preset, summary, train_default, PRESETS, TASKS};
 pub use trainer::{evaluate, train, EpochMetrics, RunOptions, TrainConfig, TrainReport};

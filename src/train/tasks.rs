@@ -274,3 +274,30 @@ pub fn preset(name: &str) -> Result<TrainConfig> {
     };
     Ok(cfg)
 }
+
+/// Loads or generates `task` (default sizes, seed 0), trains its default CPU preset into `out`
+/// with a progress bar (continuing a previous run there), and returns the data and the report:
+/// what each task example runs.
+///
+/// # Errors
+/// As [`load_task`] and [`train`](super::train).
+pub fn train_default(task: &str, out: &Path) -> Result<(TaskData, super::TrainReport)> {
+    let data = load_task(task, None, &SplitSizes::default(), 0)?;
+    let name = default_preset(task);
+    println!("{}: {} train / {} test sequences, preset {name}", data.name, data.train.len(), data.test.len());
+    let opts = super::RunOptions { progress: true, resume: true, ..Default::default() };
+    let report = super::train(&data, &preset(name)?, out, &opts)?;
+    Ok((data, report))
+}
+
+/// The final test metric beside its baseline, in one line.
+pub fn summary(task: &TaskData, report: &super::TrainReport) -> String {
+    let Some(last) = report.metrics.last() else {
+        return "no epoch trained".into();
+    };
+    match (last.test_acc, task.majority_rate(), task.mean_baseline_mse()) {
+        (Some(acc), Some(majority), _) => format!("test accuracy {acc:.4} (majority class {majority:.4})"),
+        (_, _, Some(mean)) => format!("test MSE {:.5} (predicting the mean: {mean:.4})", last.test_loss),
+        _ => format!("test loss {:.4}", last.test_loss),
+    }
+}
