@@ -94,7 +94,9 @@ pub mod model;
 pub mod nn;
 pub mod plot;
 pub mod scalar;
+pub mod speculative;
 pub mod ssm;
 pub mod train;
+pub mod transformer;
 
 pub use error::{Error, Result};

@@ -1,6 +1,9 @@
 //! The `s4` command line: HiPPO matrices, SSM kernels and the HiPPO memory demo, with numpy files
 //! in and out and JSON on stdout. Run `s4 --help` or `s4 COMMAND --help`.
 
+#[path = "cli/lm.rs"]
+mod lm;
+
 use clap::{Parser, Subcommand};
 use ndarray::{Array2, Ix1, Ix2, Ix3};
 use num_complex::Complex64;
@@ -25,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    #[command(flatten)]
+    Lm(lm::LmCommand),
     /// HiPPO matrices (A, B) and, with --dplr, their diagonal-plus-low-rank form.
     ///
     /// Writes A (N, N) and B (N,) float64; with --dplr also Lambda (N/2,), V (N, N/2), P_tilde (R, N/2)
@@ -245,6 +250,7 @@ fn main() {
         }
     };
     let res = match cli.command {
+        Command::Lm(c) => lm::run(c),
         Command::Hippo { measure, n, dplr, out } => cmd_hippo(&measure, n, dplr, out.as_deref()),
         Command::Kernel(args) => cmd_kernel(args),
         Command::Bench { channels, n, lengths, repeats } => cmd_bench(channels, n, &lengths, repeats),

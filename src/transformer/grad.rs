@@ -1,0 +1,698 @@
+//! Backward passes of the GPT-2 model, as forward/backward pairs of plain functions (the llm.c
+//! style: each backward takes what its forward saw and the gradient of its output, and returns the
+//! gradients of its inputs and weights), and [`forward_backward`] for the whole model.
+//!
+//! Activations are (N, C) row-major with N = B·T rows, sequence-major (row `b·T + t`). Weights
+//! are in the Hugging Face layout ([`Linear`](super::Linear): W is [in, out]). No dropout (GPT-2's
+//! `attn_pdrop`, `resid_pdrop` and `embd_pdrop` are not implemented: the training here runs
+//! without it).
+//!
+//! [`forward_backward`] runs the sequences of a batch in parallel (rayon) and sums their gradients
+//! in sequence order, so the result does not depend on the number of threads. The plain functions
+//! panic if their arguments' shapes disagree (they are building blocks; [`forward_backward`]
+//! checks its inputs and returns errors).
+
+use super::kernels::{self, attend_row, axpy, col_sums, dot, PAR_WORK};
+use super::{maybe_par_map, Activation, Gpt, IGNORE};
+use crate::error::{Error, Result};
+use crate::scalar::Real;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, Axis};
+use rayon::prelude::*;
+
+/// Token plus position embedding (HF `GPT2Model.forward`: `inputs_embeds + position_embeds`):
+/// row `b·T + t` = wte[ids[b, t]] + wpe[pos0 + t]. wte (V, C), wpe (P, C), ids (B, T) → (B·T, C).
+///
+/// # Panics
+/// An id ≥ V or pos0 + T > P.
+pub fn embedding_forward<T: Real>(
+    wte: ArrayView2<T>,
+    wpe: ArrayView2<T>,
+    ids: ArrayView2<u32>,
+    pos0: usize,
+) -> Array2<T> {
+    let (b, t) = ids.dim();
+    let mut x = Array2::<T>::zeros((b * t, wte.ncols()));
+    for ((i, j), &id) in ids.indexed_iter() {
+        let mut row = x.row_mut(i * t + j);
+        row.assign(&wte.row(id as usize));
+        row += &wpe.row(pos0 + j);
+    }
+    x
+}
+
+/// Backward of [`embedding_forward`]: g_wte[ids[b, t]] += dx[b·T + t], g_wpe[pos0 + t] += dx[b·T + t]
+/// (in row order). Returns (g_wte (V, C), g_wpe (P, C)).
+pub fn embedding_backward<T: Real>(
+    ids: ArrayView2<u32>,
+    dx: ArrayView2<T>,
+    vocab: usize,
+    n_positions: usize,
+    pos0: usize,
+) -> (Array2<T>, Array2<T>) {
+    let (_, t) = ids.dim();
+    let c = dx.ncols();
+    let mut gwte = Array2::<T>::zeros((vocab, c));
+    let mut gwpe = Array2::<T>::zeros((n_positions, c));
+    for ((i, j), &id) in ids.indexed_iter() {
+        let g = dx.row(i * t + j);
+        let mut r = gwte.row_mut(id as usize);
+        r += &g;
+        let mut r = gwpe.row_mut(pos0 + j);
+        r += &g;
+    }
+    (gwte, gwpe)
+}
+
+/// What LayerNorm's backward needs: x̂ = (x − μ)·rstd (N, C) and rstd = 1/√(σ² + ε) per row (N,).
+#[derive(Clone, Debug)]
+pub struct LayerNormCache<T> {
+    /// The normalized input.
+    pub xhat: Array2<T>,
+    /// 1/√(σ² + ε) per row.
+    pub rstd: Array1<T>,
+}
+
+/// LayerNorm over the C features of each row (`torch.nn.LayerNorm`): y = x̂·w + b,
+/// x̂ = (x − μ)/√(σ² + ε) with the biased variance. x (N, C) → (y (N, C), cache).
+pub fn layer_norm_forward<T: Real>(
+    x: ArrayView2<T>,
+    w: ArrayView1<T>,
+    b: ArrayView1<T>,
+    eps: f64,
+) -> (Array2<T>, LayerNormCache<T>) {
+    let x = x.as_standard_layout();
+    let (n, c) = x.dim();
+    let (w, b) = (w.to_vec(), b.to_vec());
+    let mut y = Array2::<T>::zeros((n, c));
+    let mut xhat = Array2::<T>::zeros((n, c));
+    let mut rstd = Array1::<T>::zeros(n);
+    let c1 = c.max(1);
+    let rows = x.as_slice().expect("standard layout").chunks_exact(c1);
+    let yrows = y.as_slice_mut().expect("standard layout").chunks_exact_mut(c1);
+    let hrows = xhat.as_slice_mut().expect("standard layout").chunks_exact_mut(c1);
+    for (((xr, yr), hr), r) in rows.zip(yrows).zip(hrows).zip(rstd.iter_mut()) {
+        *r = kernels::layer_norm_row(xr, &w, &b, T::of(eps), yr, Some(hr));
+    }
+    (y, LayerNormCache { xhat, rstd })
+}
+
+/// Backward of [`layer_norm_forward`]: with ĝ = dy·w per row,
+/// dx = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))·rstd; dw = Σ_rows dy·x̂, db = Σ_rows dy.
+/// Returns (dx (N, C), dw (C,), db (C,)).
+pub fn layer_norm_backward<T: Real>(
+    cache: &LayerNormCache<T>,
+    w: ArrayView1<T>,
+    dy: ArrayView2<T>,
+) -> (Array2<T>, Array1<T>, Array1<T>) {
+    let (n, c) = dy.dim();
+    let cn = T::of(c as f64);
+    let mut dx = Array2::<T>::zeros((n, c));
+    let mut dw = Array1::<T>::zeros(c);
+    let mut db = Array1::<T>::zeros(c);
+    let mut g = vec![T::zero(); c];
+    for r in 0..n {
+        let (xh, gy, rs) = (cache.xhat.row(r), dy.row(r), cache.rstd[r]);
+        let (mut m1, mut m2) = (T::zero(), T::zero());
+        for j in 0..c {
+            g[j] = gy[j] * w[j];
+            m1 += g[j];
+            m2 += g[j] * xh[j];
+            dw[j] += gy[j] * xh[j];
+            db[j] += gy[j];
+        }
+        let (m1, m2) = (m1 / cn, m2 / cn);
+        let mut dxr = dx.row_mut(r);
+        for j in 0..c {
+            dxr[j] = (g[j] - m1 - xh[j] * m2) * rs;
+        }
+    }
+    (dx, dw, db)
+}
+
+/// A `Conv1D` layer (HF `pytorch_utils.Conv1D`): y = x·W + b. x (N, in), W (in, out), b (out,) →
+/// (N, out).
+pub fn linear_forward<T: Real>(x: ArrayView2<T>, w: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
+    kernels::linear(x, w, b)
+}
+
+/// Backward of [`linear_forward`]: dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ_rows dy. Returns (dx, dW, db).
+pub fn linear_backward<T: Real>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
+    dy: ArrayView2<T>,
+) -> (Array2<T>, Array2<T>, Array1<T>) {
+    let mut dx = Array2::<T>::zeros((dy.nrows(), w.nrows()));
+    general_mat_mul(T::one(), &dy, &w.t(), T::zero(), &mut dx);
+    let mut dw = Array2::<T>::zeros(w.dim());
+    general_mat_mul(T::one(), &x.t(), &dy, T::zero(), &mut dw);
+    (dx, dw, col_sums(dy))
+}
+
+/// The MLP activation elementwise ([`Activation`]): `gelu_new` =
+/// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (HF `NewGELUActivation`), or exact `gelu` = x·Φ(x).
+pub fn activation_forward<T: Real>(x: ArrayView2<T>, act: Activation) -> Array2<T> {
+    x.mapv(|v| kernels::activation(v, act))
+}
+
+/// Backward of [`activation_forward`]: dx = dy·act′(x).
+pub fn activation_backward<T: Real>(x: ArrayView2<T>, dy: ArrayView2<T>, act: Activation) -> Array2<T> {
+    let mut dx = dy.to_owned();
+    dx.zip_mut_with(&x, |g, &v| *g *= kernels::activation_grad(v, act));
+    dx
+}
+
+/// What attention's backward needs: the softmax weights P (B, n_head, T, T) (zero above the
+/// diagonal).
+#[derive(Clone, Debug)]
+pub struct AttentionCache<T> {
+    /// P[b, h, i, j] = softmax_j(q_i·k_j/√d) over j ≤ i.
+    pub probs: Array4<T>,
+}
+
+/// The (b, head) pairs of a batch.
+fn head_tasks(batch: usize, n_head: usize) -> Vec<(usize, usize)> {
+    (0..batch).flat_map(|b| (0..n_head).map(move |h| (b, h))).collect()
+}
+
+/// Causal multi-head self-attention (HF `GPT2Attention`, eager): qkv (B·T, 3C) = q | k | v, each
+/// split into `n_head` heads of d = C/n_head contiguous columns; per sequence and head,
+/// out_i = Σ_{j ≤ i} softmax_j(q_i·k_j/√d)·v_j. Returns (out (B·T, C), heads concatenated, cache).
+pub fn attention_forward<T: Real>(
+    qkv: ArrayView2<T>,
+    batch: usize,
+    n_head: usize,
+) -> (Array2<T>, AttentionCache<T>) {
+    let qkv = qkv.as_standard_layout();
+    let (n, c3) = qkv.dim();
+    let (t, c) = (n / batch, c3 / 3);
+    let d = c / n_head;
+    let scale = T::one() / T::of(d as f64).sqrt();
+    let flat = qkv.as_slice().expect("standard layout");
+    let tasks = head_tasks(batch, n_head);
+    let work = tasks.len() * t * t * d;
+    let parts = maybe_par_map(&tasks, tasks.len() > 1 && work >= PAR_WORK, |&(b, h)| {
+        let seq = &flat[b * t * c3..(b + 1) * t * c3];
+        let mut out = Array2::<T>::zeros((t, d));
+        let mut p = Array2::<T>::zeros((t, t));
+        for i in 0..t {
+            let q = &seq[i * c3 + h * d..i * c3 + (h + 1) * d];
+            let pr = p.row_mut(i).into_slice().expect("contiguous row");
+            let o = out.row_mut(i).into_slice().expect("contiguous row");
+            attend_row(q, &seq[c + h * d..], &seq[2 * c + h * d..], c3, i + 1, scale, pr, o);
+        }
+        (out, p)
+    });
+    let mut out = Array2::<T>::zeros((n, c));
+    let mut probs = Array4::<T>::zeros((batch, n_head, t, t));
+    for (&(b, h), (o, p)) in tasks.iter().zip(parts) {
+        out.slice_mut(s![b * t..(b + 1) * t, h * d..(h + 1) * d]).assign(&o);
+        probs.slice_mut(s![b, h, .., ..]).assign(&p);
+    }
+    (out, AttentionCache { probs })
+}
+
+/// Backward of [`attention_forward`]: with dP_ij = dout_i·v_j and dS_ij = P_ij(dP_ij − Σ_k P_ik dP_ik)/√d
+/// (softmax backward), dq_i = Σ_j dS_ij k_j, dk_j = Σ_i dS_ij q_i, dv_j = Σ_i P_ij dout_i.
+/// Returns dqkv (B·T, 3C).
+pub fn attention_backward<T: Real>(
+    qkv: ArrayView2<T>,
+    cache: &AttentionCache<T>,
+    dout: ArrayView2<T>,
+    batch: usize,
+    n_head: usize,
+) -> Array2<T> {
+    let qkv = qkv.as_standard_layout();
+    let dout = dout.as_standard_layout();
+    let (n, c3) = qkv.dim();
+    let (t, c) = (n / batch, c3 / 3);
+    let d = c / n_head;
+    let scale = T::one() / T::of(d as f64).sqrt();
+    let tasks = head_tasks(batch, n_head);
+    let work = tasks.len() * t * t * d;
+    let parts = maybe_par_map(&tasks, tasks.len() > 1 && work >= PAR_WORK, |&(b, h)| {
+        let row = |i: usize, off: usize| qkv.slice(s![b * t + i, off + h * d..off + (h + 1) * d]).to_vec();
+        let qs: Vec<Vec<T>> = (0..t).map(|i| row(i, 0)).collect();
+        let ks: Vec<Vec<T>> = (0..t).map(|i| row(i, c)).collect();
+        let vs: Vec<Vec<T>> = (0..t).map(|i| row(i, 2 * c)).collect();
+        let p = cache.probs.slice(s![b, h, .., ..]);
+        let mut dq = vec![vec![T::zero(); d]; t];
+        let mut dk = vec![vec![T::zero(); d]; t];
+        let mut dv = vec![vec![T::zero(); d]; t];
+        let mut dp = vec![T::zero(); t];
+        for i in 0..t {
+            let go = dout.slice(s![b * t + i, h * d..(h + 1) * d]).to_vec();
+            let mut sum = T::zero();
+            for j in 0..=i {
+                dp[j] = dot(&go, &vs[j]);
+                sum += p[[i, j]] * dp[j];
+            }
+            for j in 0..=i {
+                let pij = p[[i, j]];
+                let ds = pij * (dp[j] - sum) * scale;
+                axpy(&mut dq[i], ds, &ks[j]);
+                axpy(&mut dk[j], ds, &qs[i]);
+                axpy(&mut dv[j], pij, &go);
+            }
+        }
+        (dq, dk, dv)
+    });
+    let mut dqkv = Array2::<T>::zeros((n, c3));
+    for (&(b, h), (dq, dk, dv)) in tasks.iter().zip(parts) {
+        for i in 0..t {
+            let mut r = dqkv.row_mut(b * t + i);
+            for (off, g) in [(0, &dq[i]), (c, &dk[i]), (2 * c, &dv[i])] {
+                r.slice_mut(s![off + h * d..off + (h + 1) * d]).assign(&ArrayView1::from(g.as_slice()));
+            }
+        }
+    }
+    dqkv
+}
+
+/// The tied LM head (HF `GPT2LMHeadModel.lm_head`, weight = `wte`, no bias): logits = x·wteᵀ.
+/// x (N, C), wte (V, C) → (N, V).
+pub fn lm_head_forward<T: Real>(x: ArrayView2<T>, wte: ArrayView2<T>) -> Array2<T> {
+    kernels::lm_head(x, wte)
+}
+
+/// Backward of [`lm_head_forward`]: dx = dlogits·wte, dwte = dlogitsᵀ·x. Returns (dx, dwte).
+pub fn lm_head_backward<T: Real>(
+    x: ArrayView2<T>,
+    wte: ArrayView2<T>,
+    dlogits: ArrayView2<T>,
+) -> (Array2<T>, Array2<T>) {
+    let mut dx = Array2::<T>::zeros(x.dim());
+    general_mat_mul(T::one(), &dlogits, &wte, T::zero(), &mut dx);
+    let mut dw = Array2::<T>::zeros(wte.dim());
+    general_mat_mul(T::one(), &dlogits.t(), &x, T::zero(), &mut dw);
+    (dx, dw)
+}
+
+/// log Σ_k exp(l_k) of one row, in f64, and the row's softmax written into `q`.
+fn log_softmax_row<T: Real>(row: ArrayView1<T>, q: &mut [f64]) -> f64 {
+    let mx = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.as_f64()));
+    let mut z = 0.0;
+    for (qk, &v) in q.iter_mut().zip(row) {
+        *qk = (v.as_f64() - mx).exp();
+        z += *qk;
+    }
+    for qk in q.iter_mut() {
+        *qk /= z;
+    }
+    mx + z.ln()
+}
+
+/// Row-wise softmax of logits (N, V) (computed in f64, with the maximum subtracted).
+pub fn softmax<T: Real>(logits: ArrayView2<T>) -> Array2<T> {
+    let mut out = Array2::<T>::zeros(logits.dim());
+    let mut q = vec![0.0; logits.ncols()];
+    for (row, mut o) in logits.outer_iter().zip(out.outer_iter_mut()) {
+        log_softmax_row(row, &mut q);
+        o.iter_mut().zip(&q).for_each(|(o, &v)| *o = T::of(v));
+    }
+    out
+}
+
+/// Σ over rows with a target of −log softmax(l)_y, and its gradient (softmax − onehot)·`weight`
+/// (zero rows for [`IGNORE`]d targets).
+fn ce_rows<T: Real>(logits: ArrayView2<T>, targets: ArrayView1<u32>, weight: f64) -> (f64, Array2<T>) {
+    let mut g = Array2::<T>::zeros(logits.dim());
+    let mut q = vec![0.0; logits.ncols()];
+    let mut loss = 0.0;
+    for ((row, mut gr), &y) in logits.outer_iter().zip(g.outer_iter_mut()).zip(targets) {
+        if y == IGNORE {
+            continue;
+        }
+        let lse = log_softmax_row(row, &mut q);
+        loss += lse - row[y as usize].as_f64();
+        q[y as usize] -= 1.0;
+        gr.iter_mut().zip(&q).for_each(|(g, &v)| *g = T::of(v * weight));
+    }
+    (loss, g)
+}
+
+/// Σ over rows with a teacher (probability mass s = Σ_k p_k > 0) of KL(p ‖ softmax(l)) =
+/// Σ_k p_k(ln p_k − ln q_k), and its gradient (s·q − p)·`weight` (q − p for a normalized teacher).
+fn kl_rows<T: Real>(logits: ArrayView2<T>, probs: ArrayView2<T>, weight: f64) -> (f64, Array2<T>) {
+    let mut g = Array2::<T>::zeros(logits.dim());
+    let mut q = vec![0.0; logits.ncols()];
+    let mut loss = 0.0;
+    for ((row, pr), mut gr) in logits.outer_iter().zip(probs.outer_iter()).zip(g.outer_iter_mut()) {
+        let mass: f64 = pr.iter().map(|v| v.as_f64()).sum();
+        if mass == 0.0 {
+            continue;
+        }
+        let lse = log_softmax_row(row, &mut q);
+        for k in 0..q.len() {
+            let p = pr[k].as_f64();
+            if p > 0.0 {
+                loss += p * (p.ln() - (row[k].as_f64() - lse));
+            }
+            gr[k] = T::of((mass * q[k] - p) * weight);
+        }
+    }
+    (loss, g)
+}
+
+/// Checks targets against the vocabulary (ids < V or [`IGNORE`]); returns how many are not ignored.
+fn check_targets(targets: ArrayView2<u32>, vocab: usize) -> Result<usize> {
+    let mut count = 0;
+    for ((i, j), &y) in targets.indexed_iter() {
+        if y == IGNORE {
+            continue;
+        }
+        if y as usize >= vocab {
+            return Err(Error::invalid(
+                format!("target id at (sequence {i}, position {j})"),
+                y,
+                format!("an id < vocab_size = {vocab}, or u32::MAX to ignore the position"),
+            ));
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Checks teacher probabilities: finite, ≥ 0, each row summing to 1 (within 1e-3) or to 0 (no
+/// teacher at that position); returns the number of rows with a teacher.
+fn check_probs<T: Real>(probs: ArrayView2<T>) -> Result<usize> {
+    let mut count = 0;
+    for (r, row) in probs.outer_iter().enumerate() {
+        if let Some(k) = row.iter().position(|v| !(v.is_finite() && *v >= T::zero())) {
+            return Err(Error::invalid(
+                format!("teacher probability at (row {r}, token {k})"),
+                row[k],
+                "a finite value >= 0",
+            ));
+        }
+        let mass: f64 = row.iter().map(|v| v.as_f64()).sum();
+        if mass == 0.0 {
+            continue;
+        }
+        if (mass - 1.0).abs() > 1e-3 {
+            return Err(Error::invalid(
+                format!("teacher probabilities of row {r} (sum)"),
+                mass,
+                "1 (a distribution), or 0 to skip the position",
+            ));
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Softmax cross-entropy, mean over the rows whose target is not [`IGNORE`] (PyTorch's
+/// `F.cross_entropy(..., ignore_index)`): logits (N, V), targets (N,). Returns the loss and its
+/// gradient (softmax − onehot)/count (zero rows where ignored).
+///
+/// # Errors
+/// Mismatched lengths, a target ≥ V, or every target ignored.
+pub fn cross_entropy<T: Real>(logits: ArrayView2<T>, targets: ArrayView1<u32>) -> Result<(f64, Array2<T>)> {
+    if targets.len() != logits.nrows() {
+        return Err(Error::shape("targets", format!("(N,) = ({},) (one per logits row)", logits.nrows()), targets.shape()));
+    }
+    let count = check_targets(targets.insert_axis(Axis(0)), logits.ncols())?;
+    if count == 0 {
+        return Err(Error::invalid("targets", "all ignored", "at least one target that is not u32::MAX"));
+    }
+    let (loss, g) = ce_rows(logits, targets, 1.0 / count as f64);
+    Ok((loss / count as f64, g))
+}
+
+/// The soft-target (distillation) loss KL(teacher ‖ student) = Σ_k p_k(ln p_k − ln softmax(l)_k),
+/// mean over the rows that have a teacher (rows of `teacher_probs` summing to 0 are skipped):
+/// logits (N, V), teacher_probs (N, V). The gradient is (softmax(l) − p)/count (Hinton et al.
+/// 2015, at temperature 1). Equals the soft cross-entropy −Σ p ln q minus the teacher's entropy.
+///
+/// # Errors
+/// Mismatched shapes, a negative or non-finite probability, a row summing to neither 1 (±1e-3)
+/// nor 0, or no row with a teacher.
+pub fn soft_cross_entropy<T: Real>(logits: ArrayView2<T>, teacher_probs: ArrayView2<T>) -> Result<(f64, Array2<T>)> {
+    if teacher_probs.dim() != logits.dim() {
+        return Err(Error::shape(
+            "teacher probabilities",
+            format!("{:?} (the logits' shape)", logits.shape()),
+            teacher_probs.shape(),
+        ));
+    }
+    let count = check_probs(teacher_probs)?;
+    if count == 0 {
+        return Err(Error::invalid("teacher probabilities", "all rows 0", "at least one row that sums to 1"));
+    }
+    let (loss, g) = kl_rows(logits, teacher_probs, 1.0 / count as f64);
+    Ok((loss / count as f64, g))
+}
+
+/// What the language-model loss compares the logits (B, T, V) with.
+#[derive(Clone, Copy, Debug)]
+pub enum LmTarget<'a, T> {
+    /// Next-token ids (B, T) ([`IGNORE`] = no target): the mean [`cross_entropy`].
+    Tokens(ArrayView2<'a, u32>),
+    /// Distillation: `soft_weight`·(mean [`soft_cross_entropy`] against `probs` (B, T, V)) +
+    /// `hard_weight`·(mean [`cross_entropy`] against `tokens` (B, T), if given).
+    Soft {
+        /// Teacher distributions (rows summing to 1, or to 0 to skip a position).
+        probs: ArrayView3<'a, T>,
+        /// Optional next-token ids for the hard term.
+        tokens: Option<ArrayView2<'a, u32>>,
+        /// Weight of the cross-entropy term (ignored without `tokens`).
+        hard_weight: f64,
+        /// Weight of the KL term.
+        soft_weight: f64,
+    },
+}
+
+/// A checked target: per-row loss scales of the hard and soft terms (weight / count).
+struct Scales {
+    hard: f64,
+    soft: f64,
+}
+
+fn check_lm_target<T: Real>(target: &LmTarget<T>, b: usize, t: usize, v: usize) -> Result<Scales> {
+    let check_tokens = |tok: &ArrayView2<u32>| -> Result<usize> {
+        if tok.dim() != (b, t) {
+            return Err(Error::shape("targets", format!("(B, T) = ({b}, {t}) (the ids' shape)"), tok.shape()));
+        }
+        check_targets(tok.view(), v)
+    };
+    let none_left = || Error::invalid("targets", "all ignored", "at least one target that is not u32::MAX");
+    match target {
+        LmTarget::Tokens(tok) => match check_tokens(tok)? {
+            0 => Err(none_left()),
+            n => Ok(Scales { hard: 1.0 / n as f64, soft: 0.0 }),
+        },
+        LmTarget::Soft { probs, tokens, hard_weight, soft_weight } => {
+            for (name, w) in [("hard_weight", *hard_weight), ("soft_weight", *soft_weight)] {
+                if !(w.is_finite() && w >= 0.0) {
+                    return Err(Error::invalid(name, w, "a finite weight >= 0"));
+                }
+            }
+            if probs.dim() != (b, t, v) {
+                return Err(Error::shape(
+                    "teacher probabilities",
+                    format!("(B, T, V) = ({b}, {t}, {v})"),
+                    probs.shape(),
+                ));
+            }
+            let n_soft = check_probs(super::flatten_rows(probs.view()).view())?;
+            if n_soft == 0 && *soft_weight > 0.0 {
+                return Err(Error::invalid("teacher probabilities", "all rows 0", "at least one row that sums to 1"));
+            }
+            let hard = match tokens {
+                Some(tok) => match check_tokens(tok)? {
+                    0 if *hard_weight > 0.0 => return Err(none_left()),
+                    0 => 0.0,
+                    n => hard_weight / n as f64,
+                },
+                None => 0.0,
+            };
+            let soft = if n_soft > 0 { soft_weight / n_soft as f64 } else { 0.0 };
+            Ok(Scales { hard, soft })
+        }
+    }
+}
+
+/// The loss terms of sequence `b` over its logits (T, V): (Σ loss, dlogits).
+fn seq_loss<T: Real>(logits: ArrayView2<T>, target: &LmTarget<T>, sc: &Scales, b: usize) -> (f64, Array2<T>) {
+    match target {
+        LmTarget::Tokens(tok) => {
+            let (l, g) = ce_rows(logits, tok.row(b), sc.hard);
+            (l * sc.hard, g)
+        }
+        LmTarget::Soft { probs, tokens, .. } => {
+            let (mut loss, mut g) = (0.0, Array2::<T>::zeros(logits.dim()));
+            if sc.soft > 0.0 {
+                let (l, gs) = kl_rows(logits, probs.index_axis(Axis(0), b), sc.soft);
+                loss += l * sc.soft;
+                g += &gs;
+            }
+            if let (Some(tok), true) = (tokens, sc.hard > 0.0) {
+                let (l, gh) = ce_rows(logits, tok.row(b), sc.hard);
+                loss += l * sc.hard;
+                g += &gh;
+            }
+            (loss, g)
+        }
+    }
+}
+
+/// The activations one block's backward needs.
+struct BlockActs<T> {
+    ln1: Array2<T>,
+    ln1_cache: LayerNormCache<T>,
+    qkv: Array2<T>,
+    att: Array2<T>,
+    att_cache: AttentionCache<T>,
+    ln2: Array2<T>,
+    ln2_cache: LayerNormCache<T>,
+    fc: Array2<T>,
+    act: Array2<T>,
+}
+
+/// Forward of the training path over `ids` (B, T) from position 0, keeping every activation;
+/// returns (logits (B·T, V), block activations, the final LayerNorm's input and output and cache).
+fn forward_train<T: Real>(
+    model: &Gpt<T>,
+    ids: ArrayView2<u32>,
+) -> (Array2<T>, Vec<BlockActs<T>>, Array2<T>, LayerNormCache<T>) {
+    let cfg = model.config();
+    let (bsz, eps, heads) = (ids.nrows(), cfg.layer_norm_epsilon, cfg.n_head);
+    let mut x = embedding_forward(model.wte().view(), model.wpe().view(), ids, 0);
+    let mut acts = Vec::with_capacity(cfg.n_layer);
+    for blk in model.blocks() {
+        let (ln1, ln1_cache) = layer_norm_forward(x.view(), blk.ln_1.weight.view(), blk.ln_1.bias.view(), eps);
+        let qkv = linear_forward(ln1.view(), blk.c_attn.weight.view(), blk.c_attn.bias.view());
+        let (att, att_cache) = attention_forward(qkv.view(), bsz, heads);
+        x += &linear_forward(att.view(), blk.attn_proj.weight.view(), blk.attn_proj.bias.view());
+        let (ln2, ln2_cache) = layer_norm_forward(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), eps);
+        let fc = linear_forward(ln2.view(), blk.c_fc.weight.view(), blk.c_fc.bias.view());
+        let act = activation_forward(fc.view(), model.activation());
+        x += &linear_forward(act.view(), blk.mlp_proj.weight.view(), blk.mlp_proj.bias.view());
+        acts.push(BlockActs { ln1, ln1_cache, qkv, att, att_cache, ln2, ln2_cache, fc, act });
+    }
+    let lnf = model.ln_f();
+    let (hf, hf_cache) = layer_norm_forward(x.view(), lnf.weight.view(), lnf.bias.view(), eps);
+    let logits = lm_head_forward(hf.view(), model.wte().view());
+    (logits, acts, hf, hf_cache)
+}
+
+/// Backward of [`forward_train`] given dlogits (B·T, V): the gradient of every parameter.
+fn backward_train<T: Real>(
+    model: &Gpt<T>,
+    ids: ArrayView2<u32>,
+    acts: &[BlockActs<T>],
+    hf: &Array2<T>,
+    hf_cache: &LayerNormCache<T>,
+    dlogits: ArrayView2<T>,
+) -> Gpt<T> {
+    let cfg = model.config();
+    let (bsz, heads) = (ids.nrows(), cfg.n_head);
+    let mut g = model.zeros_like();
+    let (dhf, dwte_head) = lm_head_backward(hf.view(), model.wte().view(), dlogits);
+    let (mut dx, dw, db) = layer_norm_backward(hf_cache, model.ln_f().weight.view(), dhf.view());
+    g.ln_f.weight = dw;
+    g.ln_f.bias = db;
+    for ((blk, a), gb) in model.blocks().iter().zip(acts).zip(g.blocks.iter_mut()).rev() {
+        let (dact, dw, db) = linear_backward(a.act.view(), blk.mlp_proj.weight.view(), dx.view());
+        (gb.mlp_proj.weight, gb.mlp_proj.bias) = (dw, db);
+        let dfc = activation_backward(a.fc.view(), dact.view(), model.activation());
+        let (dln2, dw, db) = linear_backward(a.ln2.view(), blk.c_fc.weight.view(), dfc.view());
+        (gb.c_fc.weight, gb.c_fc.bias) = (dw, db);
+        let (dxm, dw, db) = layer_norm_backward(&a.ln2_cache, blk.ln_2.weight.view(), dln2.view());
+        (gb.ln_2.weight, gb.ln_2.bias) = (dw, db);
+        dx += &dxm;
+        let (datt, dw, db) = linear_backward(a.att.view(), blk.attn_proj.weight.view(), dx.view());
+        (gb.attn_proj.weight, gb.attn_proj.bias) = (dw, db);
+        let dqkv = attention_backward(a.qkv.view(), &a.att_cache, datt.view(), bsz, heads);
+        let (dln1, dw, db) = linear_backward(a.ln1.view(), blk.c_attn.weight.view(), dqkv.view());
+        (gb.c_attn.weight, gb.c_attn.bias) = (dw, db);
+        let (dxi, dw, db) = layer_norm_backward(&a.ln1_cache, blk.ln_1.weight.view(), dln1.view());
+        (gb.ln_1.weight, gb.ln_1.bias) = (dw, db);
+        dx += &dxi;
+    }
+    let (dwte, dwpe) = embedding_backward(ids, dx.view(), cfg.vocab_size, cfg.n_positions, 0);
+    g.wte = dwte_head + &dwte;
+    g.wpe = dwpe;
+    g
+}
+
+/// Checks ids for a full pass from position 0: as [`Gpt::forward_cached`], T ≤ n_positions.
+fn check_full_pass<T: Real>(model: &Gpt<T>, ids: ArrayView2<u32>) -> Result<()> {
+    model.check_ids(ids)?;
+    let np = model.config().n_positions;
+    if ids.ncols() > np {
+        return Err(Error::invalid("sequence length T", ids.ncols(), format!("<= n_positions = {np}")));
+    }
+    Ok(())
+}
+
+/// The language-model loss and the gradient of every parameter, for next-token targets
+/// (B, T) ([`IGNORE`] = no target): the mean cross-entropy over the non-ignored positions, as
+/// HF `GPT2LMHeadModel` with labels (shifted by the caller here: `targets[b, t]` is the token
+/// after `ids[b, t]`). Same as [`forward_backward_with`] with [`LmTarget::Tokens`].
+///
+/// # Errors
+/// As [`forward_backward_with`].
+pub fn forward_backward<T: Real>(
+    model: &Gpt<T>,
+    ids: ArrayView2<u32>,
+    targets: ArrayView2<u32>,
+) -> Result<(f64, Gpt<T>)> {
+    forward_backward_with(model, ids, LmTarget::Tokens(targets))
+}
+
+/// The loss of `target` ([`LmTarget`]) over the logits of `ids` (B, T) (positions from 0, no
+/// dropout) and the gradient of every parameter (a [`Gpt`] of the same shape; `wte` collects both
+/// the embedding and the tied head). The sequences run in parallel (rayon), each with its own
+/// forward and backward, and their gradients are summed in sequence order: the result does not
+/// depend on the number of threads.
+///
+/// # Errors
+/// Empty ids, T > n_positions, an id or target ≥ V, a target of another shape, invalid teacher
+/// probabilities or weights, or nothing to learn from (every target ignored).
+pub fn forward_backward_with<T: Real>(
+    model: &Gpt<T>,
+    ids: ArrayView2<u32>,
+    target: LmTarget<T>,
+) -> Result<(f64, Gpt<T>)> {
+    check_full_pass(model, ids)?;
+    let (b, t) = ids.dim();
+    let sc = check_lm_target(&target, b, t, model.config().vocab_size)?;
+    let wave = rayon::current_num_threads().max(1);
+    let mut loss = 0.0;
+    let mut grads: Option<Gpt<T>> = None;
+    let seqs: Vec<usize> = (0..b).collect();
+    for chunk in seqs.chunks(wave) {
+        let parts: Vec<(f64, Gpt<T>)> = chunk
+            .par_iter()
+            .map(|&i| {
+                let one = ids.slice(s![i..i + 1, ..]);
+                let (logits, acts, hf, hf_cache) = forward_train(model, one);
+                let (l, dlogits) = seq_loss(logits.view(), &target, &sc, i);
+                (l, backward_train(model, one, &acts, &hf, &hf_cache, dlogits.view()))
+            })
+            .collect();
+        for (l, g) in parts {
+            loss += l;
+            match &mut grads {
+                Some(acc) => acc.add_assign(&g),
+                None => grads = Some(g),
+            }
+        }
+    }
+    Ok((loss, grads.expect("at least one sequence")))
+}
+
+/// The loss of `target` over the logits of `ids` (B, T) from the inference forward
+/// ([`Gpt::forward`]), without gradients (evaluation). The same value as [`forward_backward_with`]
+/// up to float rounding.
+///
+/// # Errors
+/// As [`forward_backward_with`].
+pub fn lm_loss<T: Real>(model: &Gpt<T>, ids: ArrayView2<u32>, target: LmTarget<T>) -> Result<f64> {
+    check_full_pass(model, ids)?;
+    let (b, t) = ids.dim();
+    let sc = check_lm_target(&target, b, t, model.config().vocab_size)?;
+    let logits: Array3<T> = model.forward(ids)?;
+    Ok((0..b).map(|i| seq_loss(logits.index_axis(Axis(0), i), &target, &sc, i).0).sum())
+}

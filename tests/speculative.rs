@@ -1,0 +1,401 @@
+//! Speculative decoding is lossless: chi-square tests of the acceptance rule and of whole
+//! generated sequences, greedy identity, self-drafting, rollback exactness, bad input.
+
+use ndarray::Array2;
+use rand::{RngExt, SeedableRng};
+use rand_pcg::Pcg64;
+use s4::model::S4ModelConfig;
+use s4::speculative::{
+    generate, sampling::sample, speculate, speculate_batch, verify, Acceptance, Drafter, GammaPolicy, Sampling,
+    SpecConfig, Verifier,
+};
+use s4::transformer::{Gpt, GptConfig};
+use s4::speculative::{GptSession, S4Session};
+
+/// A first-order Markov model over V tokens: logits after token t are `table[t]`.
+#[derive(Clone, Debug)]
+struct Markov {
+    table: Array2<f32>,
+    history: Vec<u32>,
+    max_len: Option<usize>,
+}
+
+impl Markov {
+    fn random(v: usize, seed: u64, sharpness: f32) -> Self {
+        let mut rng = Pcg64::seed_from_u64(seed);
+        let table = Array2::from_shape_fn((v, v), |_| sharpness * (rng.random::<f32>() * 4.0 - 2.0));
+        Markov { table, history: vec![], max_len: None }
+    }
+    fn row(&self, t: u32) -> Vec<f32> {
+        self.table.row(t as usize).to_vec()
+    }
+    fn check(&self, tokens: &[u32]) -> s4::Result<()> {
+        if tokens.is_empty() {
+            return Err(s4::Error::invalid("tokens", "empty", "at least one"));
+        }
+        match tokens.iter().find(|&&t| t as usize >= self.table.nrows()) {
+            Some(&t) => Err(s4::Error::invalid("token", t, "in vocabulary")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drafter for Markov {
+    fn vocab_size(&self) -> usize {
+        self.table.nrows()
+    }
+    fn len(&self) -> usize {
+        self.history.len()
+    }
+    fn extend(&mut self, tokens: &[u32]) -> s4::Result<Vec<f32>> {
+        self.check(tokens)?;
+        self.history.extend_from_slice(tokens);
+        Ok(self.row(*tokens.last().unwrap()))
+    }
+    fn rollback(&mut self, len: usize) -> s4::Result<()> {
+        assert!(len <= self.history.len(), "rollback beyond length");
+        self.history.truncate(len);
+        Ok(())
+    }
+}
+
+impl Verifier for Markov {
+    fn vocab_size(&self) -> usize {
+        self.table.nrows()
+    }
+    fn max_len(&self) -> Option<usize> {
+        self.max_len
+    }
+    fn len(&self) -> usize {
+        self.history.len()
+    }
+    fn score(&mut self, tokens: &[u32]) -> s4::Result<Array2<f32>> {
+        self.check(tokens)?;
+        self.history.extend_from_slice(tokens);
+        let v = self.table.nrows();
+        Ok(Array2::from_shape_fn((tokens.len(), v), |(i, j)| self.table[[tokens[i] as usize, j]]))
+    }
+    fn rollback(&mut self, len: usize) -> s4::Result<()> {
+        assert!(len <= self.history.len(), "rollback beyond length");
+        self.history.truncate(len);
+        Ok(())
+    }
+}
+
+/// Upper 1e-4 quantile of chi-square with `df` degrees of freedom (Wilson–Hilferty).
+fn chi2_critical(df: usize) -> f64 {
+    let d = df as f64;
+    let z = 3.719; // standard normal 1 - 1e-4
+    d * (1.0 - 2.0 / (9.0 * d) + z * (2.0 / (9.0 * d)).sqrt()).powi(3)
+}
+
+/// Pearson's statistic over the cells with expected probability > 0 (observed counts in cells
+/// with probability 0 make it infinite) and its degrees of freedom.
+fn chi2(counts: &[u64], probs: &[f64]) -> (f64, usize) {
+    let n: u64 = counts.iter().sum();
+    let mut stat = 0.0;
+    let mut cells = 0;
+    for (&o, &p) in counts.iter().zip(probs) {
+        if p > 0.0 {
+            let e = n as f64 * p;
+            stat += (o as f64 - e).powi(2) / e;
+            cells += 1;
+        } else if o > 0 {
+            return (f64::INFINITY, cells.max(2) - 1);
+        }
+    }
+    (stat, cells - 1)
+}
+
+fn random_logits(v: usize, rng: &mut Pcg64) -> Vec<f32> {
+    (0..v).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect()
+}
+
+/// One speculative step (γ = 1) emits its first token from p, for random p and q, with several
+/// warpings, including an arg-max draft treated as a point mass.
+#[test]
+fn one_step_follows_the_verifier_chi_square() {
+    let n = 200_000;
+    let mut rng = Pcg64::seed_from_u64(7);
+    let warps = [
+        (Sampling::default(), false),
+        (Sampling { temperature: 0.6, ..Default::default() }, false),
+        (Sampling { temperature: 1.3, top_k: Some(4), top_p: None }, false),
+        (Sampling { temperature: 1.0, top_k: None, top_p: Some(0.8) }, false),
+        (Sampling::default(), true),
+    ];
+    for (case, &(warp, argmax_draft)) in warps.iter().enumerate() {
+        for v in [2usize, 5, 8] {
+            let p_logits = random_logits(v, &mut rng);
+            let q_logits = random_logits(v, &mut rng);
+            let bonus = random_logits(v, &mut rng);
+            let p = warp.probs(&p_logits).unwrap();
+            let q_warp = if argmax_draft { Sampling::greedy() } else { warp };
+            let q = q_warp.probs(&q_logits).unwrap();
+            let p_bonus = warp.probs(&bonus).unwrap();
+            let mut counts = vec![0u64; v];
+            let mut accepted = 0u64;
+            for _ in 0..n {
+                let x = sample(&q, &mut rng);
+                let o = verify::rejection_sampling(&[p.clone(), p_bonus.clone()], std::slice::from_ref(&q), &[x], &mut rng)
+                    .unwrap();
+                let first = if o.accepted == 1 { x } else { o.next };
+                accepted += o.accepted as u64;
+                counts[first as usize] += 1;
+            }
+            let (stat, df) = chi2(&counts, &p);
+            let beta: f64 = p.iter().zip(&q).map(|(a, b)| a.min(*b)).sum();
+            let alpha = accepted as f64 / n as f64;
+            println!("case {case} V={v}: chi2 {stat:.1} (df {df}, critical {:.1}), alpha {alpha:.4} vs 1-TV {beta:.4}", chi2_critical(df.max(1)));
+            if df > 0 {
+                assert!(stat < chi2_critical(df), "case {case} V={v}: chi2 {stat} >= {}", chi2_critical(df));
+            }
+            assert!((alpha - beta).abs() < 5.0 * (beta * (1.0 - beta) / n as f64).sqrt() + 1e-9);
+        }
+    }
+}
+
+/// The same test has the power to see a 1% bias: the classic bug (arg-max draft, but the ratio
+/// uses the softmax q; Hugging Face #32867) fails it.
+#[test]
+fn chi_square_detects_the_softmax_q_bug() {
+    let n = 200_000;
+    let mut rng = Pcg64::seed_from_u64(11);
+    let v = 5;
+    let p = Sampling::default().probs(&random_logits(v, &mut rng)).unwrap();
+    let q_logits = random_logits(v, &mut rng);
+    let q_soft = Sampling::default().probs(&q_logits).unwrap();
+    let x = s4::speculative::sampling::argmax(&q_logits) as u32;
+    let mut counts = vec![0u64; v];
+    for _ in 0..n {
+        let o = verify::rejection_sampling(&[p.clone(), p.clone()], std::slice::from_ref(&q_soft), &[x], &mut rng).unwrap();
+        counts[if o.accepted == 1 { x } else { o.next } as usize] += 1;
+    }
+    let (stat, df) = chi2(&counts, &p);
+    println!("buggy sampler: chi2 {stat:.0} (critical {:.1})", chi2_critical(df));
+    assert!(stat > 10.0 * chi2_critical(df));
+}
+
+/// Exact joint distribution of the next `len` tokens of a warped Markov chain after `last`.
+fn markov_joint(m: &Markov, warp: &Sampling, last: u32, len: usize) -> Vec<f64> {
+    let v = m.table.nrows();
+    let rows: Vec<Vec<f64>> = (0..v).map(|t| warp.probs(&m.row(t as u32)).unwrap()).collect();
+    let mut joint = vec![1.0; 1];
+    let mut lasts = vec![last];
+    for _ in 0..len {
+        let mut next = Vec::with_capacity(joint.len() * v);
+        let mut next_last = Vec::with_capacity(joint.len() * v);
+        for (pj, &l) in joint.iter().zip(&lasts) {
+            for t in 0..v {
+                next.push(pj * rows[l as usize][t]);
+                next_last.push(t as u32);
+            }
+        }
+        joint = next;
+        lasts = next_last;
+    }
+    joint
+}
+
+/// Whole generations through the loop (draft rollback, bonus token, verifier rollback): the
+/// joint frequencies of 3 generated tokens match the verifier's exact joint, for γ = 1, 2, 4 and
+/// adaptive γ, at temperature 1 and with top-k.
+#[test]
+fn joint_sequences_follow_the_verifier_chi_square() {
+    let v = 4;
+    let len = 3;
+    let verifier0 = Markov::random(v, 1, 1.0);
+    let drafter0 = Markov::random(v, 2, 1.0);
+    let runs = 40_000;
+    let cases = [
+        (GammaPolicy::Fixed(1), Sampling::default()),
+        (GammaPolicy::Fixed(2), Sampling::default()),
+        (GammaPolicy::Fixed(4), Sampling::default()),
+        (GammaPolicy::Heuristic { initial: 1, min: 1, max: 4 }, Sampling { temperature: 0.8, top_k: Some(3), top_p: None }),
+    ];
+    for (gamma, warp) in cases {
+        let cfg = SpecConfig { gamma, sampling: warp, max_new: len, ..Default::default() };
+        let expected = markov_joint(&verifier0, &warp, 3, len);
+        let mut counts = vec![0u64; v.pow(len as u32)];
+        let (mut ver, mut dr) = (verifier0.clone(), drafter0.clone());
+        let mut accepted = 0;
+        for seed in 0..runs {
+            let g = speculate(&mut dr, &mut ver, &[0, 3], &SpecConfig { seed, ..cfg.clone() }).unwrap();
+            assert_eq!(g.tokens.len(), len);
+            accepted += g.stats.accepted;
+            let idx = g.tokens.iter().fold(0usize, |acc, &t| acc * v + t as usize);
+            counts[idx] += 1;
+        }
+        let (stat, df) = chi2(&counts, &expected);
+        println!("{gamma:?}, {warp:?}: chi2 {stat:.1} (df {df}, critical {:.1}); accepted {accepted}", chi2_critical(df));
+        assert!(stat < chi2_critical(df), "{gamma:?}: chi2 {stat}");
+    }
+}
+
+#[test]
+fn greedy_is_the_verifiers_own_greedy_decoding_markov() {
+    for seed in 0..50u64 {
+        let mut ver = Markov::random(7, 100 + seed, 2.0);
+        let mut dr = Markov::random(7, 200 + seed, 2.0);
+        // a drafter that is often right: mix the verifier's table in
+        dr.table = &dr.table * 0.3 + &ver.table;
+        let prompt: Vec<u32> = (0..1 + seed as usize % 4).map(|i| ((seed as usize + i) % 7) as u32).collect();
+        for gamma in [GammaPolicy::Fixed(1), GammaPolicy::Fixed(3), GammaPolicy::Auto { max: 6 }] {
+            let cfg = SpecConfig { gamma, sampling: Sampling::greedy(), max_new: 30, seed, ..Default::default() };
+            let spec = speculate(&mut dr, &mut ver, &prompt, &cfg).unwrap();
+            let base = generate(&mut ver, &prompt, &cfg).unwrap();
+            assert_eq!(spec.tokens, base.tokens, "seed {seed} {gamma:?}");
+        }
+    }
+}
+
+#[test]
+fn self_drafting_accepts_everything_markov() {
+    let ver0 = Markov::random(6, 5, 1.0);
+    for warp in [Sampling::greedy(), Sampling::default(), Sampling { temperature: 0.7, top_k: Some(3), top_p: Some(0.9) }] {
+        let (mut ver, mut dr) = (ver0.clone(), ver0.clone());
+        let cfg = SpecConfig { gamma: GammaPolicy::Fixed(4), sampling: warp, max_new: 200, ..Default::default() };
+        let g = speculate(&mut dr, &mut ver, &[1, 2], &cfg).unwrap();
+        assert_eq!(g.stats.accepted, g.stats.drafted, "{warp:?}");
+        assert_eq!(g.stats.tau, 5.0);
+    }
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let mut ver = Markov { max_len: Some(10), ..Markov::random(5, 1, 1.0) };
+    let mut dr = Markov::random(5, 2, 1.0);
+    let cfg = SpecConfig { max_new: 4, ..Default::default() };
+    let msg = |r: s4::Result<s4::speculative::Generation>| r.unwrap_err().to_string();
+    assert!(msg(speculate(&mut dr, &mut ver, &[], &cfg)).contains("prompt"));
+    assert!(msg(speculate(&mut dr, &mut ver, &[1, 9], &cfg)).contains("prompt[1]"));
+    assert!(msg(speculate(&mut dr, &mut ver, &[1; 11], &cfg)).contains("context"));
+    assert!(msg(speculate(&mut dr, &mut ver, &[1; 8], &cfg)).contains("max_new"));
+    let g0 = SpecConfig { gamma: GammaPolicy::Fixed(0), ..cfg.clone() };
+    assert!(msg(speculate(&mut dr, &mut ver, &[1], &g0)).contains("gamma"));
+    let mut other = Markov::random(6, 3, 1.0);
+    assert!(msg(speculate(&mut other, &mut ver, &[1], &cfg)).contains("vocabulary"));
+    let t = SpecConfig { sampling: Sampling { temperature: f64::NAN, ..Default::default() }, ..cfg.clone() };
+    assert!(msg(speculate(&mut dr, &mut ver, &[1], &t)).contains("temperature"));
+    let typ = SpecConfig { acceptance: Acceptance::Typical { epsilon: 0.0, delta: 0.3 }, ..cfg };
+    assert!(msg(speculate(&mut dr, &mut ver, &[1], &typ)).contains("typical"));
+}
+
+fn tiny_gpt(vocab: usize, seed: u64) -> Gpt<f32> {
+    let cfg = GptConfig { vocab_size: vocab, n_positions: 96, n_embd: 32, n_layer: 2, n_head: 4, ..Default::default() };
+    Gpt::new(cfg, seed).unwrap()
+}
+
+fn tiny_s4_lm(vocab: usize, seed: u64) -> s4::model::S4Model<f32> {
+    let mut cfg = S4ModelConfig::causal_lm(vocab);
+    cfg.n_layers = 2;
+    cfg.layer.d_model = 32;
+    cfg.layer.d_state = 16;
+    cfg.seed = seed;
+    cfg.build().unwrap()
+}
+
+/// Greedy identity with the real model pair: an S4 drafter and a transformer verifier (random
+/// weights; the verifier's logits are sharpened by its large init so that greedy paths vary).
+#[test]
+fn greedy_identity_s4_draft_transformer_verifier() {
+    let v = 24;
+    let gpt = tiny_gpt(v, 3);
+    let lm = tiny_s4_lm(v, 4);
+    for seed in 0..20u64 {
+        let mut rng = Pcg64::seed_from_u64(seed);
+        let prompt: Vec<u32> = (0..1 + rng.random_range(0..12)).map(|_| rng.random_range(0..v as u32)).collect();
+        for gamma in [GammaPolicy::Fixed(1), GammaPolicy::Fixed(4), GammaPolicy::Auto { max: 8 }] {
+            let cfg = SpecConfig { gamma, sampling: Sampling::greedy(), max_new: 40, seed, ..Default::default() };
+            let mut ver = GptSession::new(&gpt);
+            let mut dr = S4Session::new(&lm, 16).unwrap();
+            let spec = speculate(&mut dr, &mut ver, &prompt, &cfg).unwrap();
+            let base = generate(&mut GptSession::new(&gpt), &prompt, &cfg).unwrap();
+            assert_eq!(spec.tokens, base.tokens, "seed {seed} {gamma:?}");
+        }
+    }
+}
+
+#[test]
+fn self_drafting_transformer_and_s4() {
+    let v = 16;
+    let gpt = tiny_gpt(v, 8);
+    let lm = tiny_s4_lm(v, 9);
+    for warp in [Sampling::greedy(), Sampling::default()] {
+        let cfg = SpecConfig { gamma: GammaPolicy::Fixed(3), sampling: warp, max_new: 40, ..Default::default() };
+        let g = speculate(&mut GptSession::new(&gpt), &mut GptSession::new(&gpt), &[1, 2, 3], &cfg).unwrap();
+        assert_eq!(g.stats.accepted, g.stats.drafted, "transformer {warp:?}: {:?}", g.stats);
+        let g = speculate(&mut S4Session::new(&lm, 8).unwrap(), &mut S4Session::new(&lm, 8).unwrap(), &[1, 2, 3], &cfg)
+            .unwrap();
+        assert_eq!(g.stats.accepted, g.stats.drafted, "s4 {warp:?}: {:?}", g.stats);
+    }
+}
+
+/// After a rejection, the S4 drafter's state equals a fresh run over the kept prefix (bit for
+/// bit), and the transformer's cache gives the logits of a fresh prefill.
+#[test]
+fn rollback_equals_a_fresh_run() {
+    let v = 20;
+    let lm = tiny_s4_lm(v, 12);
+    let gpt = tiny_gpt(v, 13);
+    let prompt = [3u32, 1, 4, 1, 5];
+    let drafted = [9u32, 2, 6, 5, 3];
+    for keep in 0..drafted.len() {
+        let mut s = S4Session::new(&lm, 8).unwrap();
+        Drafter::extend(&mut s, &prompt).unwrap();
+        Drafter::extend(&mut s, &drafted[..1]).unwrap();
+        Drafter::extend(&mut s, &drafted[1..]).unwrap();
+        Drafter::rollback(&mut s, prompt.len() + keep).unwrap();
+        let mut fresh = S4Session::new(&lm, 8).unwrap();
+        Drafter::extend(&mut fresh, &prompt).unwrap();
+        for &t in &drafted[..keep] {
+            Drafter::extend(&mut fresh, &[t]).unwrap();
+        }
+        assert_eq!(s.state(), fresh.state(), "keep {keep}");
+        assert_eq!(Drafter::extend(&mut s, &[7]).unwrap(), Drafter::extend(&mut fresh, &[7]).unwrap());
+
+        let mut g = GptSession::new(&gpt);
+        g.score(&prompt).unwrap();
+        g.score(&drafted).unwrap();
+        Verifier::rollback(&mut g, prompt.len() + keep).unwrap();
+        assert_eq!(Verifier::len(&g), prompt.len() + keep);
+        let next = g.score(&[7]).unwrap();
+        let mut all: Vec<u32> = prompt.to_vec();
+        all.extend_from_slice(&drafted[..keep]);
+        all.push(7);
+        let mut f = GptSession::new(&gpt);
+        let fresh_logits = f.score(&all).unwrap();
+        let diff = next
+            .row(0)
+            .iter()
+            .zip(fresh_logits.row(all.len() - 1))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "keep {keep}: {diff}");
+    }
+    // rolling back further than the window is an error, not a wrong state
+    let mut s = S4Session::new(&lm, 2).unwrap();
+    Drafter::extend(&mut s, &prompt).unwrap();
+    Drafter::extend(&mut s, &drafted).unwrap();
+    assert!(Drafter::rollback(&mut s, prompt.len()).is_err());
+}
+
+#[test]
+fn batch_equals_one_by_one() {
+    let v = 16;
+    let gpt = tiny_gpt(v, 21);
+    let lm = tiny_s4_lm(v, 22);
+    let prompts: Vec<Vec<u32>> = (0..5).map(|i| vec![i as u32 + 1, 3, i as u32 + 2]).collect();
+    let cfg = SpecConfig { gamma: GammaPolicy::Fixed(3), max_new: 20, seed: 5, ..Default::default() };
+    let batch = speculate_batch(|| Ok((S4Session::new(&lm, 8)?, GptSession::new(&gpt))), &prompts, &cfg).unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let one = speculate(
+            &mut S4Session::new(&lm, 8).unwrap(),
+            &mut GptSession::new(&gpt),
+            p,
+            &SpecConfig { seed: 5 + i as u64, ..cfg.clone() },
+        )
+        .unwrap();
+        assert_eq!(batch[i].tokens, one.tokens);
+    }
+}
