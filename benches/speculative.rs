@@ -9,7 +9,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use s4::model::S4ModelConfig;
-use s4::speculative::{generate, speculate, Drafter, GammaPolicy, GptSession, S4Session, Sampling, SpecConfig, Verifier};
+use s4::speculative::{
+    generate, speculate, Drafter, GammaPolicy, GptSession, S4Session, Sampling, SpecConfig, Verifier,
+};
 use s4::transformer::{Gpt, GptConfig};
 use std::hint::black_box;
 
@@ -55,13 +57,18 @@ fn pieces(c: &mut Criterion) {
 fn end_to_end(c: &mut Criterion) {
     let (gpt, lm) = models();
     let prompt: Vec<u32> = (0..32).map(|i| (i * 5 % 256) as u32).collect();
-    let cfg = SpecConfig { sampling: Sampling::greedy(), max_new: 64, gamma: GammaPolicy::Fixed(4), ..Default::default() };
+    let cfg =
+        SpecConfig { sampling: Sampling::greedy(), max_new: 64, gamma: GammaPolicy::Fixed(4), ..Default::default() };
     let mut g = c.benchmark_group("generate_64_tokens");
     g.sample_size(10);
-    g.bench_function("verifier_alone", |b| b.iter(|| black_box(generate(&mut GptSession::new(&gpt), &prompt, &cfg).unwrap())));
+    g.bench_function("verifier_alone", |b| {
+        b.iter(|| black_box(generate(&mut GptSession::new(&gpt), &prompt, &cfg).unwrap()))
+    });
     g.bench_function("speculative_gamma4_random_draft", |b| {
         b.iter(|| {
-            black_box(speculate(&mut S4Session::new(&lm, 16).unwrap(), &mut GptSession::new(&gpt), &prompt, &cfg).unwrap())
+            black_box(
+                speculate(&mut S4Session::new(&lm, 16).unwrap(), &mut GptSession::new(&gpt), &prompt, &cfg).unwrap(),
+            )
         })
     });
     g.finish();

@@ -34,8 +34,15 @@
 //!    AdamW with the official parameter groups and a cosine schedule ([`train::optim`]), the
 //!    training loop with checkpoints and exact resume ([`train::trainer`]), tasks and presets.
 //! 9. [`data`]: long-range tasks generated offline (ListOps by the LRA rules, Pathfinder-style
-//!    images, the adding problem) and loaders for real files (LRA release, UCR `.ts`, digits).
-//! 10. [`nn`] (GELU, GLU, feature-axis linear), [`io`] (.npz/.npy), [`plot`] (PNG).
+//!    images, the adding problem) and loaders for real files (LRA release, UCR `.ts`, digits,
+//!    the Shakespeare corpus).
+//! 10. [`transformer`]: a decoder-only transformer in the GPT-2 layout (Hugging Face checkpoints
+//!     by name, a truncatable KV cache, one pass over several new positions, backward passes and
+//!     a training loop): the verifier of speculative decoding and a baseline.
+//! 11. [`speculative`]: speculative decoding with an S4 draft stepping in recurrent mode and a
+//!     transformer verifier (greedy, rejection sampling, typical acceptance, adaptive γ), and the
+//!     distillation of the draft from the verifier.
+//! 12. [`nn`] (GELU, GLU, feature-axis linear), [`io`] (.npz/.npy), [`plot`] (PNG).
 //!
 //! ## Shape glossary
 //!

@@ -9,8 +9,8 @@ use s4::speculative::{
     generate, sampling::sample, speculate, speculate_batch, verify, Acceptance, Drafter, GammaPolicy, Sampling,
     SpecConfig, Verifier,
 };
-use s4::transformer::{Gpt, GptConfig};
 use s4::speculative::{GptSession, S4Session};
+use s4::transformer::{Gpt, GptConfig};
 
 /// A first-order Markov model over V tokens: logits after token t are `table[t]`.
 #[derive(Clone, Debug)]
@@ -137,8 +137,9 @@ fn one_step_follows_the_verifier_chi_square() {
             let mut accepted = 0u64;
             for _ in 0..n {
                 let x = sample(&q, &mut rng);
-                let o = verify::rejection_sampling(&[p.clone(), p_bonus.clone()], std::slice::from_ref(&q), &[x], &mut rng)
-                    .unwrap();
+                let o =
+                    verify::rejection_sampling(&[p.clone(), p_bonus.clone()], std::slice::from_ref(&q), &[x], &mut rng)
+                        .unwrap();
                 let first = if o.accepted == 1 { x } else { o.next };
                 accepted += o.accepted as u64;
                 counts[first as usize] += 1;
@@ -146,7 +147,10 @@ fn one_step_follows_the_verifier_chi_square() {
             let (stat, df) = chi2(&counts, &p);
             let beta: f64 = p.iter().zip(&q).map(|(a, b)| a.min(*b)).sum();
             let alpha = accepted as f64 / n as f64;
-            println!("case {case} V={v}: chi2 {stat:.1} (df {df}, critical {:.1}), alpha {alpha:.4} vs 1-TV {beta:.4}", chi2_critical(df.max(1)));
+            println!(
+                "case {case} V={v}: chi2 {stat:.1} (df {df}, critical {:.1}), alpha {alpha:.4} vs 1-TV {beta:.4}",
+                chi2_critical(df.max(1))
+            );
             if df > 0 {
                 assert!(stat < chi2_critical(df), "case {case} V={v}: chi2 {stat} >= {}", chi2_critical(df));
             }
@@ -168,7 +172,8 @@ fn chi_square_detects_the_softmax_q_bug() {
     let x = s4::speculative::sampling::argmax(&q_logits) as u32;
     let mut counts = vec![0u64; v];
     for _ in 0..n {
-        let o = verify::rejection_sampling(&[p.clone(), p.clone()], std::slice::from_ref(&q_soft), &[x], &mut rng).unwrap();
+        let o =
+            verify::rejection_sampling(&[p.clone(), p.clone()], std::slice::from_ref(&q_soft), &[x], &mut rng).unwrap();
         counts[if o.accepted == 1 { x } else { o.next } as usize] += 1;
     }
     let (stat, df) = chi2(&counts, &p);
@@ -211,7 +216,10 @@ fn joint_sequences_follow_the_verifier_chi_square() {
         (GammaPolicy::Fixed(1), Sampling::default()),
         (GammaPolicy::Fixed(2), Sampling::default()),
         (GammaPolicy::Fixed(4), Sampling::default()),
-        (GammaPolicy::Heuristic { initial: 1, min: 1, max: 4 }, Sampling { temperature: 0.8, top_k: Some(3), top_p: None }),
+        (
+            GammaPolicy::Heuristic { initial: 1, min: 1, max: 4 },
+            Sampling { temperature: 0.8, top_k: Some(3), top_p: None },
+        ),
     ];
     for (gamma, warp) in cases {
         let cfg = SpecConfig { gamma, sampling: warp, max_new: len, ..Default::default() };
@@ -227,7 +235,10 @@ fn joint_sequences_follow_the_verifier_chi_square() {
             counts[idx] += 1;
         }
         let (stat, df) = chi2(&counts, &expected);
-        println!("{gamma:?}, {warp:?}: chi2 {stat:.1} (df {df}, critical {:.1}); accepted {accepted}", chi2_critical(df));
+        println!(
+            "{gamma:?}, {warp:?}: chi2 {stat:.1} (df {df}, critical {:.1}); accepted {accepted}",
+            chi2_critical(df)
+        );
         assert!(stat < chi2_critical(df), "{gamma:?}: chi2 {stat}");
     }
 }
@@ -252,7 +263,9 @@ fn greedy_is_the_verifiers_own_greedy_decoding_markov() {
 #[test]
 fn self_drafting_accepts_everything_markov() {
     let ver0 = Markov::random(6, 5, 1.0);
-    for warp in [Sampling::greedy(), Sampling::default(), Sampling { temperature: 0.7, top_k: Some(3), top_p: Some(0.9) }] {
+    for warp in
+        [Sampling::greedy(), Sampling::default(), Sampling { temperature: 0.7, top_k: Some(3), top_p: Some(0.9) }]
+    {
         let (mut ver, mut dr) = (ver0.clone(), ver0.clone());
         let cfg = SpecConfig { gamma: GammaPolicy::Fixed(4), sampling: warp, max_new: 200, ..Default::default() };
         let g = speculate(&mut dr, &mut ver, &[1, 2], &cfg).unwrap();
@@ -365,12 +378,8 @@ fn rollback_equals_a_fresh_run() {
         all.push(7);
         let mut f = GptSession::new(&gpt);
         let fresh_logits = f.score(&all).unwrap();
-        let diff = next
-            .row(0)
-            .iter()
-            .zip(fresh_logits.row(all.len() - 1))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let diff =
+            next.row(0).iter().zip(fresh_logits.row(all.len() - 1)).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(diff < 1e-5, "keep {keep}: {diff}");
     }
     // rolling back further than the window is an error, not a wrong state

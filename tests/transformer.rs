@@ -158,8 +158,10 @@ fn loads_hub_layouts_and_reports_every_bad_tensor() {
     let wte = tensors.iter().find(|t| t.0 == "transformer.wte.weight").unwrap().clone();
 
     // GPT2Model names (no prefix), mask buffers, lm_head.weight = wte
-    let mut hub: Vec<_> =
-        tensors.iter().map(|(n, d, s, b)| (n.trim_start_matches("transformer.").to_string(), *d, s.clone(), b.clone())).collect();
+    let mut hub: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.trim_start_matches("transformer.").to_string(), *d, s.clone(), b.clone()))
+        .collect();
     let mask: Vec<f32> = (0..128 * 128).map(|k| if k % 128 <= k / 128 { 1.0 } else { 0.0 }).collect();
     hub.push(("h.0.attn.bias".into(), Dtype::F32, vec![1, 1, 128, 128], f32_bytes(&mask)));
     hub.push(("h.1.attn.bias".into(), Dtype::F32, vec![1, 1, 128, 128], f32_bytes(&mask)));
@@ -197,7 +199,13 @@ fn loads_hub_layouts_and_reports_every_bad_tensor() {
     write_folder(&root.join("bad"), &bad);
     let e = Gpt::<f32>::load(&root.join("bad")).unwrap_err().to_string();
     println!("bad tensors: {e}");
-    for needle in ["missing h.1.ln_2.bias", "transformer.h.0.mlp.c_fc.bias has shape [255]", "unexpected transformer.h.7.ln_1.weight", "lm_head.weight differs", "model.safetensors"] {
+    for needle in [
+        "missing h.1.ln_2.bias",
+        "transformer.h.0.mlp.c_fc.bias has shape [255]",
+        "unexpected transformer.h.7.ln_1.weight",
+        "lm_head.weight differs",
+        "model.safetensors",
+    ] {
         assert!(e.contains(needle), "{needle:?} not in {e}");
     }
 
@@ -217,7 +225,11 @@ fn loads_hub_layouts_and_reports_every_bad_tensor() {
     std::fs::write(cfg_dir.join("config.json"), text.replace("\"n_head\": 4", "\"n_head\": 5")).unwrap();
     let e = Gpt::<f32>::load(&cfg_dir).unwrap_err().to_string();
     assert!(e.contains("config.json") && e.contains("n_head = 5"), "{e}");
-    std::fs::write(cfg_dir.join("config.json"), text.replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false")).unwrap();
+    std::fs::write(
+        cfg_dir.join("config.json"),
+        text.replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false"),
+    )
+    .unwrap();
     let e = Gpt::<f32>::load(&cfg_dir).unwrap_err().to_string();
     assert!(e.contains("tie_word_embeddings"), "{e}");
     assert!(Gpt::<f32>::load(&root.join("nowhere")).unwrap_err().to_string().contains("config.json"));
@@ -233,14 +245,16 @@ fn save_then_load_is_bit_exact() {
     assert_eq!(back, model);
     // the same names as the Hugging Face file, nothing else in the folder
     let bytes = std::fs::read(root.join("a/model.safetensors")).unwrap();
-    let mut names: Vec<String> = SafeTensors::deserialize(&bytes).unwrap().names().iter().map(|s| s.to_string()).collect();
+    let mut names: Vec<String> =
+        SafeTensors::deserialize(&bytes).unwrap().names().iter().map(|s| s.to_string()).collect();
     names.sort();
     let expected: Vec<String> = fixture_tensors().into_iter().map(|t| t.0).collect();
     assert_eq!(names, expected);
     let mut files: Vec<_> = std::fs::read_dir(root.join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
     files.sort();
     assert_eq!(files, ["config.json", "model.safetensors"]);
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("a/config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("a/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["model_type"], "gpt2");
     // f64 models round-trip too
     let m64 = Gpt::<f64>::new(GptConfig { n_embd: 16, n_head: 2, n_layer: 1, ..GptConfig::default() }, 5).unwrap();
@@ -286,7 +300,9 @@ fn bad_inputs_are_errors_with_useful_messages() {
     let e = model.forward_cached(&mut model.new_cache(3), fixture_ids().view()).unwrap_err().to_string();
     println!("{e}");
     assert!(e.contains("batch = 3"), "{e}");
-    let other = Gpt::<f32>::new(GptConfig { vocab_size: 100, n_embd: 32, n_head: 4, n_layer: 2, ..Default::default() }, 0).unwrap();
+    let other =
+        Gpt::<f32>::new(GptConfig { vocab_size: 100, n_embd: 32, n_head: 4, n_layer: 2, ..Default::default() }, 0)
+            .unwrap();
     assert!(model.forward_cached(&mut other.new_cache(2), fixture_ids().view()).is_err());
 
     // training inputs
@@ -296,7 +312,8 @@ fn bad_inputs_are_errors_with_useful_messages() {
     tgt[[0, 3]] = 11;
     let e = grad::forward_backward(&small, ids.view(), tgt.view()).unwrap_err().to_string();
     assert!(e.contains("target id at (sequence 0, position 3)"), "{e}");
-    let e = grad::forward_backward(&small, ids.view(), Array2::from_elem((2, 5), IGNORE).view()).unwrap_err().to_string();
+    let e =
+        grad::forward_backward(&small, ids.view(), Array2::from_elem((2, 5), IGNORE).view()).unwrap_err().to_string();
     assert!(e.contains("all ignored"), "{e}");
     let e = grad::forward_backward(&small, ids.view(), Array2::zeros((2, 4)).view()).unwrap_err().to_string();
     assert!(e.contains("targets"), "{e}");
@@ -312,6 +329,7 @@ fn bad_inputs_are_errors_with_useful_messages() {
     assert!(bad(|c| c.activation_function = "relu".into()).contains("activation_function"));
     assert!(bad(|c| c.layer_norm_epsilon = 0.0).contains("layer_norm_epsilon"));
     assert!(bad(|c| c.n_layer = 0).contains("n_layer"));
+    assert!(bad(|c| c.n_embd = usize::MAX / 6 * 6).contains("model size"));
 }
 
 #[test]
@@ -408,9 +426,12 @@ fn op_gradients() {
             dot2(&grad::linear_forward(x.view(), w.view(), b.view()), &r)
         };
         let tag = format!("linear ({rows} rows)");
-        worst = worst.max(check(&format!("{tag} x"), gx.as_slice().unwrap(), x.len(), |i, d| f(&bump(&x, i, d), &w, &b)));
-        worst = worst.max(check(&format!("{tag} W"), gw.as_slice().unwrap(), w.len(), |i, d| f(&x, &bump(&w, i, d), &b)));
-        worst = worst.max(check(&format!("{tag} b"), gb.as_slice().unwrap(), b.len(), |i, d| f(&x, &w, &bump(&b, i, d))));
+        worst =
+            worst.max(check(&format!("{tag} x"), gx.as_slice().unwrap(), x.len(), |i, d| f(&bump(&x, i, d), &w, &b)));
+        worst =
+            worst.max(check(&format!("{tag} W"), gw.as_slice().unwrap(), w.len(), |i, d| f(&x, &bump(&w, i, d), &b)));
+        worst =
+            worst.max(check(&format!("{tag} b"), gb.as_slice().unwrap(), b.len(), |i, d| f(&x, &w, &bump(&b, i, d))));
     }
 
     // activations
@@ -445,7 +466,9 @@ fn op_gradients() {
     let (wte, wpe) = (randn2((11, 8), 13), randn2((7, 8), 14));
     let r = randn2((10, 8), 15);
     let (gwte, gwpe) = grad::embedding_backward(ids.view(), r.view(), 11, 7, 1);
-    let f = |wte: &Array2<f64>, wpe: &Array2<f64>| dot2(&grad::embedding_forward(wte.view(), wpe.view(), ids.view(), 1), &r);
+    let f = |wte: &Array2<f64>, wpe: &Array2<f64>| {
+        dot2(&grad::embedding_forward(wte.view(), wpe.view(), ids.view(), 1), &r)
+    };
     worst = worst.max(check("embedding wte", gwte.as_slice().unwrap(), wte.len(), |i, d| f(&bump(&wte, i, d), &wpe)));
     worst = worst.max(check("embedding wpe", gwpe.as_slice().unwrap(), wpe.len(), |i, d| f(&wte, &bump(&wpe, i, d))));
 
@@ -455,8 +478,12 @@ fn op_gradients() {
         let r = randn2((rows, 11), 17);
         let (gx, gw) = grad::lm_head_backward(x.view(), wte.view(), r.view());
         let f = |x: &Array2<f64>, w: &Array2<f64>| dot2(&grad::lm_head_forward(x.view(), w.view()), &r);
-        worst = worst.max(check(&format!("lm head ({rows} rows) x"), gx.as_slice().unwrap(), x.len(), |i, d| f(&bump(&x, i, d), &wte)));
-        worst = worst.max(check(&format!("lm head ({rows} rows) wte"), gw.as_slice().unwrap(), wte.len(), |i, d| f(&x, &bump(&wte, i, d))));
+        worst = worst.max(check(&format!("lm head ({rows} rows) x"), gx.as_slice().unwrap(), x.len(), |i, d| {
+            f(&bump(&x, i, d), &wte)
+        }));
+        worst = worst.max(check(&format!("lm head ({rows} rows) wte"), gw.as_slice().unwrap(), wte.len(), |i, d| {
+            f(&x, &bump(&wte, i, d))
+        }));
     }
 
     // losses
@@ -480,6 +507,29 @@ fn op_gradients() {
     let (kl_self, _) = grad::soft_cross_entropy(logits.view(), grad::softmax(logits.view()).view()).unwrap();
     assert!(kl_self.abs() < 1e-12, "KL(p ‖ p) = {kl_self}");
     println!("ops: worst relative error {worst:.2e}");
+}
+
+#[test]
+fn matrix_kernels_match_naive_products() {
+    // every row count of the streaming kernels and of gemm, with odd tails (k % 4, o % 16, o > 256)
+    let mut worst = 0.0f64;
+    for (k, o) in [(7, 37), (64, 300), (5, 3)] {
+        let w = randn2((k, o), 40);
+        let b = randn1(o, 41);
+        for m in 1..=12 {
+            let x = randn2((m, k), 42 + m as u64);
+            let y = grad::linear_forward(x.view(), w.view(), b.view());
+            let naive =
+                Array2::from_shape_fn((m, o), |(r, j)| b[j] + (0..k).map(|i| x[[r, i]] * w[[i, j]]).sum::<f64>());
+            worst = worst.max(y.iter().zip(&naive).fold(0.0, |a, (p, q)| a.max((p - q).abs())));
+            let wte = randn2((o, k), 43);
+            let logits = grad::lm_head_forward(x.view(), wte.view());
+            let naive = Array2::from_shape_fn((m, o), |(r, v)| (0..k).map(|i| x[[r, i]] * wte[[v, i]]).sum::<f64>());
+            worst = worst.max(logits.iter().zip(&naive).fold(0.0, |a, (p, q)| a.max((p - q).abs())));
+        }
+    }
+    println!("linear and LM head vs naive products: max abs diff {worst:.1e}");
+    assert!(worst < 1e-12, "{worst:e}");
 }
 
 /// A tiny model (V = 11, C = 8, 2 layers, 2 heads, 7 positions) with every weight moved off its
@@ -617,7 +667,9 @@ fn training_rejects_bad_settings() {
     let mut model = Gpt::<f32>::new(cfg, 0).unwrap();
     let data = tokens(100, 11, 1);
     let tc = LmTrainConfig { steps: 2, batch_size: 2, context: 8, eval_batches: 1, ..LmTrainConfig::default() };
-    let err = |tc: &LmTrainConfig, train: &[u32]| train_lm(&mut model.clone(), train, &data, tc, false, |_, _, _| {}).unwrap_err().to_string();
+    let err = |tc: &LmTrainConfig, train: &[u32]| {
+        train_lm(&mut model.clone(), train, &data, tc, false, |_, _, _| {}).unwrap_err().to_string()
+    };
     assert!(err(&LmTrainConfig { context: 17, ..tc.clone() }, &data).contains("n_positions = 16"));
     assert!(err(&tc, &data[..8]).contains("train_tokens length"));
     let mut bad = data.clone();
@@ -630,64 +682,4 @@ fn training_rejects_bad_settings() {
     let e = train_lm(&mut model, &data, &data, &wild, false, |_, _, _| {}).unwrap_err().to_string();
     println!("{e}");
     assert!(e.contains("stopped at step"), "{e}");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Timing (not a test of correctness: `cargo test --release --test transformer -- --ignored --nocapture`)
-
-/// Median wall-clock time of decoding 1 token and of scoring 5 and 16 tokens in one pass with a
-/// 200-position cache, for nanoGPT's `shakespeare_char` size (C = 384, 6 layers, 6 heads, V = 256,
-/// context 256), batch 1, f32. The passes are interleaved so that a busy machine slows all alike.
-#[test]
-#[ignore = "timing; run explicitly"]
-fn decode_timing() {
-    let model = Gpt::<f32>::new(GptConfig::default(), 0).unwrap();
-    let prompt = Array2::from_shape_fn((1, 200), |(_, j)| (j * 7 % 256) as u32);
-    let mut cache = model.new_cache(1);
-    model.forward_cached(&mut cache, prompt.view()).unwrap();
-    let sizes = [1usize, 5, 16];
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
-    for rep in 0..60 {
-        for (k, &t) in sizes.iter().enumerate() {
-            let ids = Array2::from_shape_fn((1, t), |(_, j)| ((j * 13 + rep) % 256) as u32);
-            let t0 = std::time::Instant::now();
-            std::hint::black_box(model.forward_cached(&mut cache, ids.view()).unwrap());
-            times[k].push(t0.elapsed().as_secs_f64() * 1e3);
-            cache.truncate(200).unwrap();
-        }
-    }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let m: Vec<f64> = times.iter_mut().map(med).collect();
-    for (t, ms) in sizes.iter().zip(&m) {
-        println!("cache 200, {t:2} token(s) in one pass: median {ms:.2} ms ({:.2}x one token)", ms / m[0]);
-    }
-}
-
-#[test]
-#[ignore = "timing; run explicitly"]
-fn linear_timing() {
-    use ndarray::linalg::general_mat_mul;
-    let (k, o) = (384, 1536);
-    let w = Array2::from_shape_fn((k, o), |(i, j)| ((i * 7 + j * 3) % 17) as f32 / 17.0 - 0.5);
-    let b = ndarray::Array1::<f32>::zeros(o);
-    for m in [1usize, 2, 5, 8, 12, 16] {
-        let x = Array2::from_shape_fn((m, k), |(i, j)| ((i + j) % 5) as f32 / 5.0);
-        let (mut ta, mut tb) = (Vec::new(), Vec::new());
-        for _ in 0..300 {
-            let t0 = std::time::Instant::now();
-            std::hint::black_box(grad::linear_forward(x.view(), w.view(), b.view()));
-            ta.push(t0.elapsed().as_secs_f64() * 1e6);
-            let t0 = std::time::Instant::now();
-            let mut y = Array2::<f32>::zeros((m, o));
-            general_mat_mul(1.0, &x, &w, 0.0, &mut y);
-            std::hint::black_box(y);
-            tb.push(t0.elapsed().as_secs_f64() * 1e6);
-        }
-        ta.sort_by(|a, b| a.total_cmp(b));
-        tb.sort_by(|a, b| a.total_cmp(b));
-        println!("m = {m:2}: linear {:7.1} µs, gemm {:7.1} µs (medians)", ta[150], tb[150]);
-    }
 }

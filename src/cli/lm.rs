@@ -202,6 +202,13 @@ pub struct DistillArgs {
     /// Draft state size N.
     #[arg(long, default_value_t = 64)]
     d_state: usize,
+    /// Draft kernel: diag (S4D-Lin: the cheapest recurrent step) or dplr (S4, HiPPO-LegS).
+    #[arg(long, default_value = "diag")]
+    kernel: String,
+    /// Temperatures of the verifier when generating the distillation text, cycled over the
+    /// sequences (0 = its greedy output).
+    #[arg(long, value_delimiter = ',')]
+    generate_temperatures: Option<Vec<f64>>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -473,7 +480,7 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
     }
     let gcfg = GptConfig {
         vocab_size: shakespeare::VOCAB,
-        n_positions: a.context.max(256),
+        n_positions: a.context,
         n_embd: a.n_embd,
         n_layer: a.n_layer,
         n_head: a.n_head,
@@ -533,6 +540,9 @@ fn cmd_distill(a: &DistillArgs) -> Result<()> {
     if let Some(w) = a.soft_weight {
         cfg.soft_weight = w;
     }
+    if let Some(t) = &a.generate_temperatures {
+        cfg.generate_temperatures.clone_from(t);
+    }
     if a.out.join("config.json").exists() {
         return Err(Error::invalid(
             "--out",
@@ -544,6 +554,10 @@ fn cmd_distill(a: &DistillArgs) -> Result<()> {
     mc.n_layers = a.n_layers;
     mc.layer.d_model = a.d_model;
     mc.layer.d_state = a.d_state;
+    mc.layer.kernel = a.kernel.parse()?;
+    if mc.layer.kernel == s4::ssm::KernelKind::Diag {
+        mc.layer.init = "diag-lin".parse()?;
+    }
     mc.seed = a.seed;
     let mut student = mc.build()?;
     let report = distill(&mut student, &teacher, &corpus.train, &corpus.val, &cfg, !a.quiet)?;

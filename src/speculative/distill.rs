@@ -42,8 +42,9 @@ pub struct DistillConfig {
     pub generated: usize,
     /// Length of the corpus prompt of each generated sequence.
     pub prompt_len: usize,
-    /// Temperature of the verifier when generating.
-    pub generate_temperature: f64,
+    /// Temperatures of the verifier when generating, cycled over the sequences (0 = its greedy
+    /// output, the text greedy speculative decoding will be asked to predict).
+    pub generate_temperatures: Vec<f64>,
     /// Fraction of each batch drawn from the real corpus (the rest from generated text).
     pub corpus_fraction: f64,
     /// β, the weight of KL(verifier ‖ draft).
@@ -64,7 +65,7 @@ impl Default for DistillConfig {
             window: 128,
             generated: 256,
             prompt_len: 16,
-            generate_temperature: 1.0,
+            generate_temperatures: vec![1.0, 0.0],
             corpus_fraction: 0.5,
             soft_weight: 1.0,
             eval_windows: 64,
@@ -94,6 +95,9 @@ impl DistillConfig {
                 self.corpus_fraction,
                 "in [0, 1], and 1 when no text is generated",
             ));
+        }
+        if self.generated > 0 && self.generate_temperatures.is_empty() {
+            return Err(Error::invalid("generate_temperatures", "empty", "at least one temperature (0 = greedy)"));
         }
         if !(self.soft_weight.is_finite() && self.soft_weight >= 0.0) {
             return Err(Error::invalid("soft_weight", self.soft_weight, "a finite value >= 0"));
@@ -219,7 +223,11 @@ pub fn distill(
     }
     for (name, text) in [("corpus", corpus), ("validation text", val)] {
         if text.len() < need {
-            return Err(Error::invalid(name, format!("{} tokens", text.len()), format!("at least window + 1 = {need}")));
+            return Err(Error::invalid(
+                name,
+                format!("{} tokens", text.len()),
+                format!("at least window + 1 = {need}"),
+            ));
         }
     }
     let mut rng = Pcg64::seed_from_u64(cfg.seed);
@@ -235,7 +243,10 @@ pub fn distill(
         .map(|i| {
             let prompt = prompts.row(i).to_vec();
             let gen_cfg = SpecConfig {
-                sampling: Sampling { temperature: cfg.generate_temperature, ..Default::default() },
+                sampling: Sampling {
+                    temperature: cfg.generate_temperatures[i % cfg.generate_temperatures.len()],
+                    ..Default::default()
+                },
                 max_new: need - cfg.prompt_len,
                 seed: cfg.seed.wrapping_add(1 + i as u64),
                 ..Default::default()
@@ -258,18 +269,27 @@ pub fn distill(
     for step in 0..cfg.steps {
         let mut w = windows_from(&[corpus], n_corpus, need, &mut rng, |_| 0);
         if cfg.batch_size > n_corpus {
-            let g = windows_from(&gen_refs, cfg.batch_size - n_corpus, need, &mut rng, |r| r.random_range(0..gen_refs.len()));
-            w = ndarray::concatenate(Axis(0), &[w.view(), g.view()]).map_err(|e| Error::numerical("batch", e.to_string()))?;
+            let g = windows_from(&gen_refs, cfg.batch_size - n_corpus, need, &mut rng, |r| {
+                r.random_range(0..gen_refs.len())
+            });
+            w = ndarray::concatenate(Axis(0), &[w.view(), g.view()])
+                .map_err(|e| Error::numerical("batch", e.to_string()))?;
         }
         let x = w.slice(s![.., ..cfg.window]);
         let y = w.slice(s![.., 1..]);
         let p = softmax3(&teacher.forward(x)?);
         let target = Target::Distill { tokens: y, teacher: p.view(), soft_weight: cfg.soft_weight };
-        let opts = TrainOptions { dropout_seed: Some(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9)), update_running_stats: true };
+        let opts = TrainOptions {
+            dropout_seed: Some(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9)),
+            update_running_stats: true,
+        };
         let (stats, mut grads) = forward_backward(student, Input::Tokens(x), None, target, opts)?;
         if !stats.loss.is_finite() {
             let culprit = first_non_finite(&mut grads).unwrap_or_else(|| "no gradient".into());
-            return Err(Error::numerical("distillation", format!("loss {} at step {} ({culprit})", stats.loss, step + 1)));
+            return Err(Error::numerical(
+                "distillation",
+                format!("loss {} at step {} ({culprit})", stats.loss, step + 1),
+            ));
         }
         opt.step(student, &mut grads, cfg.steps as u64);
         losses.push(stats.loss);

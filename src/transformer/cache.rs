@@ -1,22 +1,24 @@
 //! The key/value cache of incremental decoding.
 
-use super::kernels::{attend_row, PAR_WORK};
+use super::kernels::{attend_cached, PAR_WORK};
 use super::maybe_par_map;
 use crate::error::{Error, Result};
 use crate::scalar::Real;
 use ndarray::{s, Array2, Array4, ArrayView2, ArrayView4};
 
-/// Keys and values of the positions seen so far, for every layer: K and V of layer ℓ are
-/// (B, n_head, capacity, head_dim) arrays of which the first [`len`](KvCache::len) positions are
-/// valid (HF's `past_key_values`, per layer `(B, n_head, L, head_dim)`). All sequences of the batch
-/// have the same length. Storage grows on demand (doubling, capped at `n_positions`), so a
-/// single-token step never reallocates except when the capacity is reached.
+/// Keys and values of the positions seen so far, for every layer (HF's `past_key_values`, per
+/// layer `(B, n_head, L, head_dim)`); the first [`len`](KvCache::len) positions are valid, and all
+/// sequences of the batch have the same length. Values are stored (B, n_head, capacity, head_dim)
+/// and keys transposed, (B, n_head, head_dim, capacity), so that both attention products stream
+/// contiguous rows; [`keys`](KvCache::keys) shows them in the HF layout. Storage grows on demand
+/// (doubling, capped at `n_positions`), so a decoding step only reallocates when the capacity is
+/// reached.
 ///
 /// Made by [`Gpt::new_cache`](super::Gpt::new_cache) and filled by
 /// [`Gpt::forward_cached`](super::Gpt::forward_cached).
 #[derive(Clone, Debug)]
 pub struct KvCache<T> {
-    /// (K, V) per layer, (B, H, capacity, D).
+    /// (Kᵀ (B, H, D, capacity), V (B, H, capacity, D)) per layer.
     layers: Vec<(Array4<T>, Array4<T>)>,
     len: usize,
     batch: usize,
@@ -43,7 +45,7 @@ impl<T> KvCache<T> {
 
     /// Number of positions the storage holds without growing.
     pub fn capacity(&self) -> usize {
-        self.layers.first().map_or(0, |(k, _)| k.dim().2)
+        self.layers.first().map_or(0, |(_, v)| v.dim().2)
     }
 
     /// Keeps the first `len` positions of every sequence and forgets the rest (e.g. rejected draft
@@ -88,8 +90,9 @@ impl<T> KvCache<T> {
 
 impl<T: Real> KvCache<T> {
     pub(crate) fn new(n_layer: usize, batch: usize, n_head: usize, head_dim: usize, max_len: usize) -> Self {
-        let empty = || Array4::zeros((batch, n_head, 0, head_dim));
-        KvCache { layers: (0..n_layer).map(|_| (empty(), empty())).collect(), len: 0, batch, n_head, head_dim, max_len }
+        let layers = (0..n_layer)
+            .map(|_| (Array4::zeros((batch, n_head, head_dim, 0)), Array4::zeros((batch, n_head, 0, head_dim))));
+        KvCache { layers: layers.collect(), len: 0, batch, n_head, head_dim, max_len }
     }
 
     /// The cached keys of `layer`: (B, n_head, len, head_dim).
@@ -97,7 +100,7 @@ impl<T: Real> KvCache<T> {
     /// # Errors
     /// `layer` ≥ the number of layers.
     pub fn keys(&self, layer: usize) -> Result<ArrayView4<'_, T>> {
-        Ok(self.layer(layer)?.0.slice(s![.., .., ..self.len, ..]))
+        Ok(self.layer(layer)?.0.slice(s![.., .., .., ..self.len]).permuted_axes([0, 1, 3, 2]))
     }
 
     /// The cached values of `layer`: (B, n_head, len, head_dim).
@@ -122,12 +125,13 @@ impl<T: Real> KvCache<T> {
         }
         let new_cap = total.max(2 * cap).max(16).min(self.max_len.max(total));
         let (b, h, d, len) = (self.batch, self.n_head, self.head_dim, self.len);
-        for (k, v) in &mut self.layers {
-            for a in [k, v] {
-                let mut grown = Array4::zeros((b, h, new_cap, d));
-                grown.slice_mut(s![.., .., ..len, ..]).assign(&a.slice(s![.., .., ..len, ..]));
-                *a = grown;
-            }
+        for (kt, v) in &mut self.layers {
+            let mut grown = Array4::zeros((b, h, d, new_cap));
+            grown.slice_mut(s![.., .., .., ..len]).assign(&kt.slice(s![.., .., .., ..len]));
+            *kt = grown;
+            let mut grown = Array4::zeros((b, h, new_cap, d));
+            grown.slice_mut(s![.., .., ..len, ..]).assign(&v.slice(s![.., .., ..len, ..]));
+            *v = grown;
         }
     }
 
@@ -136,11 +140,12 @@ impl<T: Real> KvCache<T> {
     pub(crate) fn write(&mut self, layer: usize, qkv: ArrayView2<T>, t: usize, past: usize) {
         let (h, d) = (self.n_head, self.head_dim);
         let c = h * d;
-        let (k, v) = &mut self.layers[layer];
+        let (kt, v) = &mut self.layers[layer];
         for b in 0..self.batch {
             let rows = qkv.slice(s![b * t..(b + 1) * t, ..]);
             for hh in 0..h {
-                k.slice_mut(s![b, hh, past..past + t, ..]).assign(&rows.slice(s![.., c + hh * d..c + (hh + 1) * d]));
+                kt.slice_mut(s![b, hh, .., past..past + t])
+                    .assign(&rows.slice(s![.., c + hh * d..c + (hh + 1) * d]).t());
                 v.slice_mut(s![b, hh, past..past + t, ..])
                     .assign(&rows.slice(s![.., 2 * c + hh * d..2 * c + (hh + 1) * d]));
             }
@@ -152,22 +157,27 @@ impl<T: Real> KvCache<T> {
     /// Heads and sequences run in parallel when the work is large enough.
     pub(crate) fn attend(&self, layer: usize, qkv: ArrayView2<T>, t: usize, past: usize) -> Array2<T> {
         let (h, d) = (self.n_head, self.head_dim);
-        let (k, v) = &self.layers[layer];
+        let (kt, v) = &self.layers[layer];
+        let cap = self.capacity();
         let scale = T::one() / T::of(d as f64).sqrt();
         let tasks: Vec<(usize, usize)> = (0..self.batch).flat_map(|b| (0..h).map(move |hh| (b, hh))).collect();
         let work = tasks.len() * t * (past + t) * d;
         let heads = maybe_par_map(&tasks, tasks.len() > 1 && work >= PAR_WORK, |&(b, hh)| {
-            let ks = k.slice(s![b, hh, .., ..]);
+            let kts = kt.slice(s![b, hh, .., ..]);
             let vs = v.slice(s![b, hh, .., ..]);
-            let (ks, vs) = (ks.as_slice().expect("contiguous head"), vs.as_slice().expect("contiguous head"));
-            let mut p = vec![T::zero(); past + t];
+            let q = qkv.slice(s![b * t..(b + 1) * t, hh * d..(hh + 1) * d]).to_owned();
+            let mut scores = vec![T::zero(); t * (past + t)];
             let mut out = Array2::<T>::zeros((t, d));
-            for (i, mut o) in out.outer_iter_mut().enumerate() {
-                let qrow = qkv.row(b * t + i);
-                let q = qrow.slice(s![hh * d..(hh + 1) * d]).to_vec();
-                let o = o.as_slice_mut().expect("contiguous row");
-                attend_row(&q, ks, vs, d, past + i + 1, scale, &mut p, o);
-            }
+            attend_cached(
+                q.as_slice().expect("owned"),
+                kts.as_slice().expect("contiguous head"),
+                vs.as_slice().expect("contiguous head"),
+                cap,
+                past,
+                scale,
+                &mut scores,
+                out.as_slice_mut().expect("owned"),
+            );
             out
         });
         let mut att = Array2::<T>::zeros((self.batch * t, h * d));

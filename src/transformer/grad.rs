@@ -178,11 +178,7 @@ fn head_tasks(batch: usize, n_head: usize) -> Vec<(usize, usize)> {
 /// Causal multi-head self-attention (HF `GPT2Attention`, eager): qkv (B·T, 3C) = q | k | v, each
 /// split into `n_head` heads of d = C/n_head contiguous columns; per sequence and head,
 /// out_i = Σ_{j ≤ i} softmax_j(q_i·k_j/√d)·v_j. Returns (out (B·T, C), heads concatenated, cache).
-pub fn attention_forward<T: Real>(
-    qkv: ArrayView2<T>,
-    batch: usize,
-    n_head: usize,
-) -> (Array2<T>, AttentionCache<T>) {
+pub fn attention_forward<T: Real>(qkv: ArrayView2<T>, batch: usize, n_head: usize) -> (Array2<T>, AttentionCache<T>) {
     let qkv = qkv.as_standard_layout();
     let (n, c3) = qkv.dim();
     let (t, c) = (n / batch, c3 / 3);
@@ -409,7 +405,11 @@ fn check_probs<T: Real>(probs: ArrayView2<T>) -> Result<usize> {
 /// Mismatched lengths, a target ≥ V, or every target ignored.
 pub fn cross_entropy<T: Real>(logits: ArrayView2<T>, targets: ArrayView1<u32>) -> Result<(f64, Array2<T>)> {
     if targets.len() != logits.nrows() {
-        return Err(Error::shape("targets", format!("(N,) = ({},) (one per logits row)", logits.nrows()), targets.shape()));
+        return Err(Error::shape(
+            "targets",
+            format!("(N,) = ({},) (one per logits row)", logits.nrows()),
+            targets.shape(),
+        ));
     }
     let count = check_targets(targets.insert_axis(Axis(0)), logits.ncols())?;
     if count == 0 {
@@ -649,7 +649,8 @@ pub fn forward_backward<T: Real>(
 ///
 /// # Errors
 /// Empty ids, T > n_positions, an id or target ≥ V, a target of another shape, invalid teacher
-/// probabilities or weights, or nothing to learn from (every target ignored).
+/// probabilities or weights, nothing to learn from (every target ignored), or a non-finite loss or
+/// gradient (naming the first non-finite gradient entry).
 pub fn forward_backward_with<T: Real>(
     model: &Gpt<T>,
     ids: ArrayView2<u32>,
@@ -680,7 +681,17 @@ pub fn forward_backward_with<T: Real>(
             }
         }
     }
-    Ok((loss, grads.expect("at least one sequence")))
+    let grads = grads.expect("at least one sequence");
+    if !loss.is_finite() {
+        return Err(Error::numerical(
+            "GPT forward/backward",
+            format!("the loss is {loss} (non-finite weights or an overflow)"),
+        ));
+    }
+    if let Some(g) = grads.first_non_finite() {
+        return Err(Error::numerical("GPT forward/backward", format!("non-finite gradient {g}")));
+    }
+    Ok((loss, grads))
 }
 
 /// The loss of `target` over the logits of `ids` (B, T) from the inference forward

@@ -3,9 +3,12 @@
 //! LM head, and the causal attention of one query against a run of keys and values.
 //!
 //! Linear layers with a few rows (single-token decoding, scoring a handful of draft tokens) stream
-//! the weight matrix once, row by row (y_n += x_n,i · W_i,: for every row i of W), which is the
-//! memory-bound optimum; with more rows they use matrixmultiply's gemm (ndarray's
-//! `general_mat_mul`), in blocks of rows run in parallel.
+//! the weight matrix once in order ([`small_matmul_body`]), which is what a memory-bound pass
+//! needs; with more rows they use matrixmultiply's gemm (ndarray's `general_mat_mul`), in blocks of
+//! rows run in parallel. The hot loops are compiled three times, for AVX-512, for AVX2 + FMA and
+//! for the baseline target, and the widest the CPU supports is picked at run time
+//! ([`simd_dispatch`]): the crate is built for generic x86-64 (SSE2), where they would run at a
+//! quarter of the width and without fused multiply–adds.
 
 use super::Activation;
 use crate::scalar::Real;
@@ -13,17 +16,59 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-/// Up to this many rows, linear layers and the LM head stream the weights row by row instead of
-/// calling gemm.
+/// Up to this many rows, linear layers and the LM head stream the weights instead of calling gemm
+/// (whose packing of the weights costs as much as 8–12 rows of products).
 pub(crate) const SMALL_ROWS: usize = 8;
 /// Row block of the parallel gemm (a fixed size, so results never depend on the thread count).
 const GEMM_ROWS: usize = 64;
 /// Below about this many multiply–adds a task is not worth sending to another thread.
 pub(crate) const PAR_WORK: usize = 1 << 17;
 
+/// Defines `pub(crate) fn $name<T: Real>(args)` that calls `$body::<T, true>(args)` compiled with
+/// AVX-512F or with AVX2 + FMA when the CPU has them (checked at run time, cached by std), and
+/// `$body::<T, false>(args)` (no fused multiply–add) otherwise. `$body` must be
+/// `#[inline(always)]` so that it is compiled with the caller's target features.
+macro_rules! simd_dispatch {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $body:ident) => {
+        $(#[$meta])*
+        pub(crate) fn $name<T: Real>($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512<T: Real>($($arg: $ty),*) -> $ret {
+                    $body::<T, true>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2_fma<T: Real>($($arg: $ty),*) -> $ret {
+                    $body::<T, true>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F (checked just above).
+                    return unsafe { avx512::<T>($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { avx2_fma::<T>($($arg),*) };
+                }
+            }
+            $body::<T, false>($($arg),*)
+        }
+    };
+}
+
+/// a·b + c, fused when `FMA` (only instantiated where the instruction exists).
+#[inline(always)]
+fn madd<T: Real, const FMA: bool>(a: T, b: T, c: T) -> T {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// Σ a_i b_i over the common length, with 8 independent partial sums (vectorizable).
-#[inline]
-pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+#[inline(always)]
+fn dot_body<T: Real, const FMA: bool>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [T::zero(); 8];
@@ -31,69 +76,155 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for k in 0..8 {
-            acc[k] += x[k] * y[k];
+            acc[k] = madd::<T, FMA>(x[k], y[k], acc[k]);
         }
     }
     let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     for (x, y) in ra.iter().zip(rb) {
-        s += *x * *y;
+        s = madd::<T, FMA>(*x, *y, s);
     }
     s
 }
 
 /// y += a·x elementwise.
+#[inline(always)]
+fn axpy_body<T: Real, const FMA: bool>(y: &mut [T], a: T, x: &[T]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi = madd::<T, FMA>(a, xi, *yi);
+    }
+}
+
+/// Σ a_i b_i over the common length (baseline target; the hot loops use [`dot_body`] inside their
+/// dispatched kernels).
+#[inline]
+pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    dot_body::<T, false>(a, b)
+}
+
+/// y += a·x elementwise (baseline target).
 #[inline]
 pub(crate) fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
+    axpy_body::<T, false>(y, a, x);
 }
 
-/// `out += x·w` for a few rows: x (m, k), w (k, o), out (m, o), all row-major slices. Four rows of
-/// `w` at a time are combined into each output row (y_r += x_r,i·w_i + … + x_r,i+3·w_i+3), so the
-/// weights stream through once in order and each output entry is loaded and stored k/4 times
-/// (a plain axpy per weight row is bound by those loads and stores). With `FMA`, each product is
-/// a fused multiply–add (only compiled into [`small_matmul_fma`], where the instruction exists).
+/// Output columns per block of [`small_matmul_body`]: with 4 weight rows and up to
+/// [`SMALL_ROWS`] output rows, a block's working set (≤ 12 KiB in f32) stays in L1.
+const COL_BLOCK: usize = 256;
+
+/// `out += x·w`: x (m, k) and out (m, o) row-major, w (k, o) with rows `ws` apart (w_i at
+/// `w[i·ws ..][.. o]`). By blocks of [`COL_BLOCK`] output columns, four rows of `w` at a time are
+/// combined into each output row (y_r += x_r,i·w_i + … + x_r,i+3·w_i+3): every weight is read
+/// from memory once, in order, and the output block is loaded and stored k/4 times from L1 (a
+/// plain axpy per weight row would be bound by those loads and stores).
 #[inline(always)]
-fn small_matmul_body<T: Real, const FMA: bool>(x: &[T], k: usize, w: &[T], o: usize, out: &mut [T]) {
-    let madd = |a: T, b: T, c: T| if FMA { a.mul_add(b, c) } else { a * b + c };
-    let mut i = 0;
-    while i + 4 <= k {
-        let (w0, w1, w2, w3) = (&w[i * o..][..o], &w[(i + 1) * o..][..o], &w[(i + 2) * o..][..o], &w[(i + 3) * o..][..o]);
-        for (xr, y) in x.chunks_exact(k).zip(out.chunks_exact_mut(o)) {
-            let (a0, a1, a2, a3) = (xr[i], xr[i + 1], xr[i + 2], xr[i + 3]);
-            for ((((yj, &b0), &b1), &b2), &b3) in y.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
-                *yj = madd(a3, b3, madd(a2, b2, madd(a1, b1, madd(a0, b0, *yj))));
+fn small_matmul_body<T: Real, const FMA: bool>(x: &[T], k: usize, w: &[T], ws: usize, o: usize, out: &mut [T]) {
+    let madd = madd::<T, FMA>;
+    let m = out.len() / o.max(1);
+    for j0 in (0..o).step_by(COL_BLOCK) {
+        let cb = COL_BLOCK.min(o - j0);
+        let mut i = 0;
+        while i + 4 <= k {
+            let seg = |r: usize| &w[r * ws + j0..][..cb];
+            let (w0, w1, w2, w3) = (seg(i), seg(i + 1), seg(i + 2), seg(i + 3));
+            for r in 0..m {
+                let xr = &x[r * k..][..k];
+                let (a0, a1, a2, a3) = (xr[i], xr[i + 1], xr[i + 2], xr[i + 3]);
+                let y = &mut out[r * o + j0..][..cb];
+                for ((((yj, &b0), &b1), &b2), &b3) in y.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+                    *yj = madd(a3, b3, madd(a2, b2, madd(a1, b1, madd(a0, b0, *yj))));
+                }
             }
+            i += 4;
         }
-        i += 4;
-    }
-    for i in i..k {
-        let wi = &w[i * o..][..o];
-        for (xr, y) in x.chunks_exact(k).zip(out.chunks_exact_mut(o)) {
-            for (yj, &b) in y.iter_mut().zip(wi) {
-                *yj = madd(xr[i], b, *yj);
+        for i in i..k {
+            let wi = &w[i * ws + j0..][..cb];
+            for r in 0..m {
+                axpy_body::<T, FMA>(&mut out[r * o + j0..][..cb], x[r * k + i], wi);
             }
         }
     }
 }
 
-/// [`small_matmul_body`] compiled for AVX2 and FMA (8 f32 lanes, fused multiply–adds).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn small_matmul_fma<T: Real>(x: &[T], k: usize, w: &[T], o: usize, out: &mut [T]) {
-    small_matmul_body::<T, true>(x, k, w, o, out);
+/// As [`small_matmul_body`] for exactly `M` rows, with the four weight vectors of each 16-column
+/// chunk loaded once and applied to all `M` output rows.
+#[inline(always)]
+fn rows_matmul_body<T: Real, const FMA: bool, const M: usize>(
+    x: &[T],
+    k: usize,
+    w: &[T],
+    ws: usize,
+    o: usize,
+    out: &mut [T],
+) {
+    const L: usize = 16;
+    let madd = madd::<T, FMA>;
+    for j0 in (0..o).step_by(COL_BLOCK) {
+        let cb = COL_BLOCK.min(o - j0);
+        let full = cb / L * L;
+        let mut i = 0;
+        while i + 4 <= k {
+            let a: [[T; 4]; M] =
+                std::array::from_fn(|r| [x[r * k + i], x[r * k + i + 1], x[r * k + i + 2], x[r * k + i + 3]]);
+            let seg = |q: usize| &w[q * ws + j0..][..cb];
+            let w4 = [seg(i), seg(i + 1), seg(i + 2), seg(i + 3)];
+            let mut jj = 0;
+            while jj < full {
+                let b: [[T; L]; 4] = std::array::from_fn(|q| w4[q][jj..jj + L].try_into().expect("L"));
+                for (r, ar) in a.iter().enumerate() {
+                    let y: &mut [T; L] = (&mut out[r * o + j0 + jj..][..L]).try_into().expect("L");
+                    for l in 0..L {
+                        y[l] = madd(
+                            ar[3],
+                            b[3][l],
+                            madd(ar[2], b[2][l], madd(ar[1], b[1][l], madd(ar[0], b[0][l], y[l]))),
+                        );
+                    }
+                }
+                jj += L;
+            }
+            for (r, ar) in a.iter().enumerate() {
+                for j in full..cb {
+                    let y = &mut out[r * o + j0 + j];
+                    *y = madd(ar[3], w4[3][j], madd(ar[2], w4[2][j], madd(ar[1], w4[1][j], madd(ar[0], w4[0][j], *y))));
+                }
+            }
+            i += 4;
+        }
+        for i in i..k {
+            let wi = &w[i * ws + j0..][..cb];
+            for r in 0..M {
+                axpy_body::<T, FMA>(&mut out[r * o + j0..][..cb], x[r * k + i], wi);
+            }
+        }
+    }
 }
 
-/// [`small_matmul_body`] with the widest vectors and FMA if the CPU has them (checked at run time).
-fn small_matmul<T: Real>(x: &[T], k: usize, w: &[T], o: usize, out: &mut [T]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { small_matmul_fma(x, k, w, o, out) };
-        return;
+/// [`rows_matmul_body`] for 2 ≤ m ≤ 8 rows, [`small_matmul_body`] otherwise (for one row, the
+/// latter is faster).
+#[inline(always)]
+fn small_matmul_dispatch_body<T: Real, const FMA: bool>(
+    x: &[T],
+    k: usize,
+    w: &[T],
+    ws: usize,
+    o: usize,
+    out: &mut [T],
+) {
+    match out.len() / o.max(1) {
+        2 => rows_matmul_body::<T, FMA, 2>(x, k, w, ws, o, out),
+        3 => rows_matmul_body::<T, FMA, 3>(x, k, w, ws, o, out),
+        4 => rows_matmul_body::<T, FMA, 4>(x, k, w, ws, o, out),
+        5 => rows_matmul_body::<T, FMA, 5>(x, k, w, ws, o, out),
+        6 => rows_matmul_body::<T, FMA, 6>(x, k, w, ws, o, out),
+        7 => rows_matmul_body::<T, FMA, 7>(x, k, w, ws, o, out),
+        8 => rows_matmul_body::<T, FMA, 8>(x, k, w, ws, o, out),
+        _ => small_matmul_body::<T, FMA>(x, k, w, ws, o, out),
     }
-    small_matmul_body::<T, false>(x, k, w, o, out);
+}
+
+simd_dispatch! {
+    /// [`small_matmul_body`] with the widest vectors the CPU has.
+    fn small_matmul(x: &[T], k: usize, w: &[T], ws: usize, o: usize, out: &mut [T]) -> () = small_matmul_dispatch_body
 }
 
 /// `out = x·w (+ out)`: for at most [`SMALL_ROWS`] rows by [`small_matmul`] (w in standard
@@ -109,6 +240,7 @@ fn matmul_acc<T: Real>(x: ArrayView2<T>, w: ArrayView2<T>, mut out: ArrayViewMut
             k,
             w.as_slice().expect("standard layout"),
             o,
+            o,
             out.as_slice_mut().expect("standard layout"),
         );
     } else if n >= 2 * GEMM_ROWS && n * k * w.ncols() >= PAR_WORK {
@@ -123,26 +255,37 @@ fn matmul_acc<T: Real>(x: ArrayView2<T>, w: ArrayView2<T>, mut out: ArrayViewMut
 
 /// y = x·W + b: x (N, in), W (in, out) (`Conv1D` layout), b (out,) → (N, out).
 pub(crate) fn linear<T: Real>(x: ArrayView2<T>, w: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
-    let mut y = Array2::from_shape_fn((x.nrows(), w.ncols()), |(_, j)| b[j]);
+    let mut y = Array2::<T>::zeros((x.nrows(), w.ncols()));
+    y.assign(&b.broadcast((x.nrows(), w.ncols())).expect("bias of the output width"));
     matmul_acc(x, w, y.view_mut());
     y
 }
 
-/// logits = x·wteᵀ: x (N, C), wte (V, C) → (N, V); a few rows by one dot product per (row, token).
+/// out[r, v] = x_r·wte_v for a few rows: x (m, c), wte (V, c), out (m, V) row-major; `wte` is
+/// streamed once (token outer, rows inner).
+#[inline(always)]
+fn small_head_body<T: Real, const FMA: bool>(x: &[T], c: usize, wte: &[T], out: &mut [T]) {
+    let v = wte.len() / c;
+    for (k, wk) in wte.chunks_exact(c).enumerate() {
+        for (r, xr) in x.chunks_exact(c).enumerate() {
+            out[r * v + k] = dot_body::<T, FMA>(xr, wk);
+        }
+    }
+}
+
+simd_dispatch! {
+    /// [`small_head_body`] with the widest vectors the CPU has.
+    fn small_head(x: &[T], c: usize, wte: &[T], out: &mut [T]) -> () = small_head_body
+}
+
+/// logits = x·wteᵀ: x (N, C), wte (V, C) → (N, V); a few rows by dot products, more by gemm.
 pub(crate) fn lm_head<T: Real>(x: ArrayView2<T>, wte: ArrayView2<T>) -> Array2<T> {
     let (n, c) = x.dim();
-    let v = wte.nrows();
-    let mut y = Array2::<T>::zeros((n, v));
-    if n <= SMALL_ROWS && wte.is_standard_layout() {
+    let mut y = Array2::<T>::zeros((n, wte.nrows()));
+    if n <= SMALL_ROWS && c > 0 && wte.is_standard_layout() {
         let xs = x.as_standard_layout();
         let ws = wte.as_slice().expect("standard layout");
-        for (r, mut yr) in y.outer_iter_mut().enumerate() {
-            let xr = xs.row(r);
-            let xr = xr.as_slice().expect("standard layout");
-            for (k, wk) in ws.chunks_exact(c.max(1)).enumerate() {
-                yr[k] = dot(xr, wk);
-            }
-        }
+        small_head(xs.as_slice().expect("standard layout"), c, ws, y.as_slice_mut().expect("standard layout"));
     } else {
         matmul_acc(x, wte.t(), y.view_mut());
     }
@@ -152,14 +295,7 @@ pub(crate) fn lm_head<T: Real>(x: ArrayView2<T>, wte: ArrayView2<T>) -> Array2<T
 /// LayerNorm of one row: writes x̂ = (x − μ)·rstd into `xhat` (if given) and y = x̂·w + b into `y`;
 /// returns rstd = 1/√(σ² + ε) (biased variance, `torch.nn.LayerNorm`).
 #[inline]
-pub(crate) fn layer_norm_row<T: Real>(
-    x: &[T],
-    w: &[T],
-    b: &[T],
-    eps: T,
-    y: &mut [T],
-    mut xhat: Option<&mut [T]>,
-) -> T {
+pub(crate) fn layer_norm_row<T: Real>(x: &[T], w: &[T], b: &[T], eps: T, y: &mut [T], mut xhat: Option<&mut [T]>) -> T {
     let n = T::of(x.len() as f64);
     let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
     let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
@@ -191,28 +327,36 @@ pub(crate) fn layer_norm<T: Real>(x: ArrayView2<T>, w: ArrayView1<T>, b: ArrayVi
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_C: f64 = 0.044_715;
 
-/// The activation at x.
+/// σ(2u) for the tanh form: ½(1 + tanh u) = 1/(1 + e^(−2u)) with u = √(2/π)(x + 0.044715x³)
+/// (one `exp` instead of `tanh`, and no cancellation in 1 + tanh u for u ≪ 0).
+#[inline]
+fn gelu_tanh_gate<T: Real>(x: T) -> T {
+    let u = T::of(SQRT_2_OVER_PI) * (x + T::of(GELU_C) * x * x * x);
+    T::one() / (T::one() + (-(u + u)).exp())
+}
+
+/// The activation at x: `gelu_new` 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), computed as
+/// x·σ(2u) (the same function), or exact `gelu` 0.5·x·(1 + erf(x/√2)).
 #[inline]
 pub(crate) fn activation<T: Real>(x: T, act: Activation) -> T {
-    let half = T::of(0.5);
     match act {
-        Activation::GeluTanh => half * x * (T::one() + (T::of(SQRT_2_OVER_PI) * (x + T::of(GELU_C) * x * x * x)).tanh()),
-        Activation::GeluErf => half * x * (T::one() + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf()),
+        Activation::GeluTanh => x * gelu_tanh_gate(x),
+        Activation::GeluErf => T::of(0.5) * x * (T::one() + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf()),
     }
 }
 
-/// d/dx of [`activation`]: for the tanh form, with u = √(2/π)(x + 0.044715x³),
-/// ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²); for the exact form Φ(x) + x·φ(x).
+/// d/dx of [`activation`]: for the tanh form, with s = σ(2u), s + 2x·s(1 − s)·√(2/π)(1 + 3·0.044715x²)
+/// (= ½(1 + tanh u) + ½x(1 − tanh²u)·u′); for the exact form Φ(x) + x·φ(x).
 #[inline]
 pub(crate) fn activation_grad<T: Real>(x: T, act: Activation) -> T {
-    let half = T::of(0.5);
     match act {
         Activation::GeluTanh => {
-            let th = (T::of(SQRT_2_OVER_PI) * (x + T::of(GELU_C) * x * x * x)).tanh();
+            let s = gelu_tanh_gate(x);
             let du = T::of(SQRT_2_OVER_PI) * (T::one() + T::of(3.0 * GELU_C) * x * x);
-            half * (T::one() + th) + half * x * (T::one() - th * th) * du
+            s + T::of(2.0) * x * s * (T::one() - s) * du
         }
         Activation::GeluErf => {
+            let half = T::of(0.5);
             let cdf = half * (T::one() + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf());
             let pdf = T::of(1.0 / (2.0 * std::f64::consts::PI).sqrt()) * (-(x * x) * half).exp();
             cdf + x * pdf
@@ -228,8 +372,9 @@ pub(crate) fn activate_in_place<T: Real>(mut x: ArrayViewMut2<T>, act: Activatio
 /// Causal attention of one query against key/value rows `0 .. n`: keys and values are row `j` at
 /// `keys[j·stride ..][.. d]` (d = q.len()). Writes the softmax weights into `p[.. n]` and
 /// `out = Σ_j p_j v_j` (overwritten).
-#[inline]
-pub(crate) fn attend_row<T: Real>(
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_row_body<T: Real, const FMA: bool>(
     q: &[T],
     keys: &[T],
     values: &[T],
@@ -242,7 +387,7 @@ pub(crate) fn attend_row<T: Real>(
     let d = q.len();
     let mut mx = T::neg_infinity();
     for j in 0..n {
-        let s = dot(q, &keys[j * stride..j * stride + d]) * scale;
+        let s = dot_body::<T, FMA>(q, &keys[j * stride..][..d]) * scale;
         p[j] = s;
         mx = mx.max(s);
     }
@@ -255,8 +400,59 @@ pub(crate) fn attend_row<T: Real>(
     out.fill(T::zero());
     for j in 0..n {
         p[j] *= inv;
-        axpy(out, p[j], &values[j * stride..j * stride + d]);
+        axpy_body::<T, FMA>(out, p[j], &values[j * stride..][..d]);
     }
+}
+
+simd_dispatch! {
+    /// [`attend_row_body`] with the widest vectors the CPU has.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_row(q: &[T], keys: &[T], values: &[T], stride: usize, n: usize, scale: T, p: &mut [T], out: &mut [T]) -> () = attend_row_body
+}
+
+/// Causal attention of t new queries of one (sequence, head) against a KV cache:
+/// q (t, d) row-major; keys stored transposed, `kt` (d, cap) (key j is column j); values `v`
+/// (cap, d); positions `0 .. past + t` valid, query i sees `0 ..= past + i`. Scores S = q·Kᵀ and
+/// the output P·V are both [`small_matmul_body`] products (the masked scores are computed and then
+/// zeroed). `s` is scratch of at least t·(past + t); writes `out` (t, d).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_cached_body<T: Real, const FMA: bool>(
+    q: &[T],
+    kt: &[T],
+    v: &[T],
+    cap: usize,
+    past: usize,
+    scale: T,
+    s: &mut [T],
+    out: &mut [T],
+) {
+    let d = v.len() / cap.max(1);
+    let t = q.len() / d.max(1);
+    let n = past + t;
+    let s = &mut s[..t * n];
+    s.fill(T::zero());
+    small_matmul_body::<T, FMA>(q, d, kt, cap, n, s);
+    for (i, row) in s.chunks_exact_mut(n).enumerate() {
+        let seen = past + i + 1;
+        let mx = row[..seen].iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+        let mut z = T::zero();
+        for x in &mut row[..seen] {
+            *x = ((*x - mx) * scale).exp();
+            z += *x;
+        }
+        let inv = T::one() / z;
+        row[..seen].iter_mut().for_each(|x| *x *= inv);
+        row[seen..].fill(T::zero());
+    }
+    out.fill(T::zero());
+    small_matmul_body::<T, FMA>(s, n, v, d, d, out);
+}
+
+simd_dispatch! {
+    /// [`attend_cached_body`] with the widest vectors the CPU has.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_cached(q: &[T], kt: &[T], v: &[T], cap: usize, past: usize, scale: T, s: &mut [T], out: &mut [T]) -> () = attend_cached_body
 }
 
 /// Column sums of dy (N, O) → (O,), in row order.

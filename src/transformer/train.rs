@@ -78,9 +78,12 @@ impl LmTrainConfig {
     /// # Errors
     /// The first invalid field, by name.
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in
-            [("steps", self.steps), ("batch_size", self.batch_size), ("context", self.context), ("eval_batches", self.eval_batches)]
-        {
+        for (name, v) in [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size),
+            ("context", self.context),
+            ("eval_batches", self.eval_batches),
+        ] {
             if v == 0 {
                 return Err(Error::invalid(name, v, "an integer >= 1"));
             }
@@ -172,7 +175,8 @@ impl<T: Real> LmAdamW<T> {
         let inv_bc2 = T::of(1.0 / bc2);
         let ms = self.m.tensors_mut();
         let vs = self.v.tensors_mut();
-        for ((((_, mut p), (_, g)), (_, mut m)), (_, mut v)) in model.tensors_mut().into_iter().zip(grads.tensors()).zip(ms).zip(vs)
+        for ((((_, mut p), (_, g)), (_, mut m)), (_, mut v)) in
+            model.tensors_mut().into_iter().zip(grads.tensors()).zip(ms).zip(vs)
         {
             let decay = T::of(if p.ndim() == 2 { 1.0 - lr * self.weight_decay } else { 1.0 });
             ndarray::Zip::from(&mut p).and(&g).and(&mut m).and(&mut v).for_each(|p, &g, m, v| {
@@ -252,11 +256,6 @@ fn check_tokens(name: &str, tokens: &[u32], vocab: usize, need: usize) -> Result
     Ok(())
 }
 
-/// The first non-finite entry of a model, as "name[index]".
-fn first_non_finite<T: Real>(m: &Gpt<T>) -> Option<String> {
-    m.tensors().iter().find_map(|(name, t)| t.iter().position(|v| !v.is_finite()).map(|i| format!("{name}[{i}]")))
-}
-
 /// Trains `model` on random windows of `train_tokens` for `cfg.steps` AdamW steps (learning rate
 /// [`LmTrainConfig::lr_at`], clipping [`clip_grad_norm`], decay as [`LmAdamW`]): each step draws
 /// `batch_size` windows of `context + 1` tokens from a Pcg64 seeded with `seed` and takes the mean
@@ -308,18 +307,14 @@ pub fn train_lm(
         let t0 = Instant::now();
         let (ids, tgt) = windows(train_tokens, cfg.context, cfg.batch_size, &mut rng);
         let m: &Gpt<f32> = model;
-        let (loss, mut grads) = in_pool(&pool, || forward_backward(m, ids.view(), tgt.view()))?;
         let failed =
             |what: String| Error::numerical("language-model training", format!("stopped at step {}: {what}", step + 1));
-        if !loss.is_finite() {
-            return Err(failed(format!("loss is {loss}")));
-        }
-        if let Some(g) = first_non_finite(&grads) {
-            return Err(failed(format!("non-finite gradient {g}")));
-        }
+        // the inputs were checked above: an error here is a non-finite loss or gradient
+        let (loss, mut grads) =
+            in_pool(&pool, || forward_backward(m, ids.view(), tgt.view())).map_err(|e| failed(e.to_string()))?;
         clip_grad_norm(&mut grads, cfg.grad_clip);
         opt.update(model, &grads, cfg.lr_at(step));
-        if let Some(p) = first_non_finite(model) {
+        if let Some(p) = model.first_non_finite() {
             return Err(failed(format!("non-finite weight {p} after the update")));
         }
         train_seconds += t0.elapsed().as_secs_f64();

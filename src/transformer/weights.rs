@@ -39,8 +39,8 @@ pub(super) fn save<T: Real>(model: &Gpt<T>, dir: &Path) -> Result<()> {
         })
         .collect();
     let weights = dir.join(WEIGHTS_FILE);
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| Error::format(&weights, format!("cannot serialize: {e}")))?;
+    let bytes =
+        safetensors::serialize(views, None).map_err(|e| Error::format(&weights, format!("cannot serialize: {e}")))?;
     write_atomic(&weights, &bytes)?;
     let mut cfg = serde_json::to_value(model.config()).expect("the config serializes");
     if let Some(obj) = cfg.as_object_mut() {
@@ -83,9 +83,7 @@ fn values(t: &TensorView) -> std::result::Result<Vec<f64>, String> {
     let d = t.data();
     Ok(match t.dtype() {
         Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect(),
-        Dtype::F64 => {
-            d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
-        }
+        Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
         Dtype::F16 => d.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
         Dtype::BF16 => d.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
         other => return Err(format!("dtype {other:?}, expected F32, F64, F16 or BF16")),

@@ -9,8 +9,8 @@
 use super::conv::conv_backward;
 use super::kernel::{diag_kernel_backward, dplr_kernel_backward, SsmGrads};
 use super::ops::{
-    batch_norm_backward, batch_norm_forward, cross_entropy, dropout_mask, kl_divergence, embedding_backward, gelu_grad, glu_backward,
-    layer_norm_backward, layer_norm_forward, linear_backward, linear_forward, mse, NormCache,
+    batch_norm_backward, batch_norm_forward, cross_entropy, dropout_mask, embedding_backward, gelu_grad, glu_backward,
+    kl_divergence, layer_norm_backward, layer_norm_forward, linear_backward, linear_forward, mse, NormCache,
 };
 use crate::conv::FftConv;
 use crate::error::{Error, Result};
@@ -549,7 +549,11 @@ fn check_target(target: &Target, pooling: Pooling, d_output: usize, batch: usize
         (Target::Distill { tokens, teacher, soft_weight }, Pooling::None) => {
             check_target(&Target::Tokens(*tokens), pooling, d_output, batch, len)?;
             if teacher.dim() != (batch, len, d_output) {
-                return Err(Error::shape("teacher probabilities", format!("({batch}, {len}, {d_output})"), teacher.shape()));
+                return Err(Error::shape(
+                    "teacher probabilities",
+                    format!("({batch}, {len}, {d_output})"),
+                    teacher.shape(),
+                ));
             }
             if let Some((i, _)) = teacher.indexed_iter().find(|(_, p)| !(p.is_finite() && **p >= 0.0)) {
                 return Err(Error::invalid(format!("teacher probability {i:?}"), teacher[i], "a finite value >= 0"));
