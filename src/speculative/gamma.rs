@@ -2,7 +2,7 @@
 //! acceptance rate and cost ratio with the formula of Leviathan et al. (2023).
 //!
 //! Under the i.i.d. acceptance model (each drafted token accepted with probability α), one round
-//! emits E[L] = (1 − α^{γ+1}) / (1 − α) tokens (Leviathan eq. 1) and costs γ draft steps plus one
+//! emits E\[L\] = (1 − α^{γ+1}) / (1 − α) tokens (Leviathan eq. 1) and costs γ draft steps plus one
 //! verifier pass; with c = (time of a draft step) / (time of a verifier pass) the expected
 //! wall-time speedup over verifier-only decoding is
 //! S(α, γ, c) = (1 − α^{γ+1}) / ((1 − α)(γc + 1)) (Leviathan Theorem 3.8).
@@ -45,7 +45,7 @@ pub fn expected_tokens(alpha: f64, gamma: usize) -> f64 {
     (1.0 - alpha.powi(gamma as i32 + 1)) / (1.0 - alpha)
 }
 
-/// Predicted wall-time speedup S(α, γ, c) = E[L] / (γc + 1).
+/// Predicted wall-time speedup S(α, γ, c) = E\[L\] / (γc + 1).
 pub fn predicted_speedup(alpha: f64, gamma: usize, cost_ratio: f64) -> f64 {
     expected_tokens(alpha, gamma) / (gamma as f64 * cost_ratio + 1.0)
 }
