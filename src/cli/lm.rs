@@ -453,13 +453,7 @@ fn spec_json(g: &Generation, base: Option<&Generation>, cfg: &SpecConfig, text: 
 fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
     let t0 = Instant::now();
     let corpus = shakespeare::load(&a.data)?;
-    let mut cfg = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-            serde_json::from_str::<LmTrainConfig>(&text).map_err(|e| Error::format(p, e.to_string()))?
-        }
-        None => LmTrainConfig::default(),
-    };
+    let mut cfg: LmTrainConfig = config_or_default(a.config.as_deref())?;
     cfg.context = a.context;
     cfg.seed = a.seed;
     if let Some(s) = a.steps {
@@ -509,6 +503,13 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
     Ok(())
 }
 
+/// Settings from a JSON file (missing fields take their defaults), or the defaults.
+fn config_or_default<C: Default + serde::de::DeserializeOwned>(path: Option<&Path>) -> Result<C> {
+    let Some(p) = path else { return Ok(C::default()) };
+    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(p, e.to_string()))
+}
+
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let tmp = s4::io::atomic_path(path, "json");
     std::fs::write(&tmp, serde_json::to_string_pretty(v).expect("serializes"))
@@ -520,13 +521,7 @@ fn cmd_distill(a: &DistillArgs) -> Result<()> {
     let t0 = Instant::now();
     let teacher = Gpt::<f32>::load(&a.verifier)?;
     let corpus = shakespeare::load(&a.data)?;
-    let mut cfg = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-            serde_json::from_str::<DistillConfig>(&text).map_err(|e| Error::format(p, e.to_string()))?
-        }
-        None => DistillConfig::default(),
-    };
+    let mut cfg: DistillConfig = config_or_default(a.config.as_deref())?;
     cfg.seed = a.seed;
     if let Some(s) = a.steps {
         cfg.steps = s;

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::model::{Input, Pooling, S4Model};
 use crate::train::grad::{first_non_finite, forward_backward, Target, TrainOptions};
 use crate::train::optim::{AdamW, OptimConfig};
+use crate::train::trainer::progress_bar;
 use crate::transformer::Gpt;
 
 /// Settings of a distillation run (plain struct; `Default` suits a character-level pair).
@@ -310,18 +311,4 @@ pub fn distill(
         eval_acceptance_greedy,
         initial,
     })
-}
-
-fn progress_bar(show: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(len);
-    b.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    b.set_prefix(prefix.to_string());
-    b
 }

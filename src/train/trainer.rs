@@ -596,7 +596,8 @@ fn non_finite(out: &Path, step: u64, what: &str) -> Error {
     Error::numerical("training", format!("stopped at step {step}: {what}; {kept}"))
 }
 
-fn progress_bar(show: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
+/// A progress bar (hidden when `show` is false) shared by the training loops.
+pub(crate) fn progress_bar(show: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
