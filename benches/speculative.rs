@@ -42,7 +42,7 @@ fn pieces(c: &mut Criterion) {
     });
     let mut v = GptSession::new(&gpt);
     v.score(&prompt).unwrap();
-    for k in [1usize, 2, 3, 5, 9] {
+    for k in [1usize, 2, 3, 5, 9, 17, 33] {
         let toks: Vec<u32> = (0..k as u32).collect();
         g.bench_function(BenchmarkId::new("verifier_score_at_192", k), |b| {
             b.iter(|| {

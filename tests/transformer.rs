@@ -683,3 +683,37 @@ fn training_rejects_bad_settings() {
     println!("{e}");
     assert!(e.contains("stopped at step"), "{e}");
 }
+
+/// Scoring k positions at once (the panel-packed decoding path up to 32 rows, gemm above) gives
+/// the rows of a full pass, for every k from 1 to 40 and odd widths (a partial last panel); and
+/// changing the weights through `tensors_mut` is seen by the next cached pass (the packed copy
+/// is rebuilt, never stale).
+#[test]
+fn scoring_k_positions_matches_the_full_pass_and_follows_weight_changes() {
+    let cfg = GptConfig { vocab_size: 61, n_positions: 96, n_embd: 40, n_layer: 2, n_head: 4, ..Default::default() };
+    let mut model = Gpt::<f32>::new(cfg, 3).unwrap();
+    let ids = Array2::from_shape_fn((1, 90), |(_, j)| ((j * 17 + 5) % 61) as u32);
+    let mut worst = 0.0f32;
+    for k in 1..=40usize {
+        let full = model.forward(ids.slice(s![.., ..20 + k])).unwrap();
+        let mut cache = model.new_cache(1);
+        model.forward_cached(&mut cache, ids.slice(s![.., ..20])).unwrap();
+        let part = model.forward_cached(&mut cache, ids.slice(s![.., 20..20 + k])).unwrap();
+        worst = worst.max(max_abs_diff(&part, &full.slice(s![.., 20.., ..]).to_owned()));
+    }
+    println!("k = 1..40 positions after a 20-token prefix vs full pass: max abs diff {worst:.2e}");
+    assert!(worst < 1e-5, "{worst:e}");
+    let mut cache = model.new_cache(1);
+    let before = model.forward_cached(&mut cache, ids.slice(s![.., ..4])).unwrap();
+    for (name, mut t) in model.tensors_mut() {
+        if name.ends_with("mlp.c_fc.weight") {
+            t.mapv_inplace(|v| 2.0 * v);
+        }
+    }
+    let mut cache = model.new_cache(1);
+    let after = model.forward_cached(&mut cache, ids.slice(s![.., ..4])).unwrap();
+    let reference = model.clone().forward(ids.slice(s![.., ..40])).unwrap();
+    assert!(max_abs_diff(&before, &after) > 1e-3, "the weight change must show");
+    let d = max_abs_diff(&after, &reference.slice(s![.., ..4, ..]).to_owned());
+    assert!(d < 1e-5, "stale packed weights: {d:e}");
+}

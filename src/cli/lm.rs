@@ -12,8 +12,8 @@ use s4::model::{checkpoint, Input, S4Model, S4ModelConfig};
 use s4::plot::{write_png, Panel, Series};
 use s4::speculative::distill::{distill, DistillConfig};
 use s4::speculative::{
-    generate, predicted_speedup, speculate, Acceptance, Drafter, GammaPolicy, Generation, GptSession, S4Session,
-    Sampling, SpecConfig, Verifier,
+    generate, predicted_speedup, speculate, Acceptance, Drafter, GammaPolicy, Generation, GptSession, PassCost,
+    S4Session, Sampling, SpecConfig, Verifier,
 };
 use s4::transformer::train::{train_lm, LmTrainConfig};
 use s4::transformer::{Gpt, GptConfig};
@@ -109,8 +109,9 @@ pub struct SpeculateArgs {
     prompt: PromptArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Draft length: a number, or `auto` (chosen from the measured acceptance and cost ratio),
-    /// or `heuristic` (grow on full acceptance, shrink on rejection).
+    /// Draft length: a number, or `auto` (γ ≤ 16 maximizing the predicted speedup from the measured
+    /// acceptance, verifier pass time a + b·positions and draft step time), or `heuristic` (grow
+    /// on full acceptance, shrink on rejection).
     #[arg(long, default_value = "auto")]
     gamma: String,
     /// Draft by arg-max (q is the point mass at the drafted token).
@@ -376,7 +377,7 @@ fn cmd_generate(model: &Path, prompt: &PromptArgs, s: &SamplingArgs, as_json: bo
 
 fn parse_gamma(s: &str) -> Result<GammaPolicy> {
     match s {
-        "auto" => Ok(GammaPolicy::Auto { max: 12 }),
+        "auto" => Ok(GammaPolicy::Auto { max: 16 }),
         "heuristic" => Ok(GammaPolicy::Heuristic { initial: 4, min: 1, max: 12 }),
         _ => match s.parse::<usize>() {
             Ok(g) if g > 0 => Ok(GammaPolicy::Fixed(g)),
@@ -447,6 +448,7 @@ fn spec_json(g: &Generation, base: Option<&Generation>, cfg: &SpecConfig, text: 
         })),
         "speedup": base.map(|b| s.tokens_per_second / b.stats.tokens_per_second),
         "predicted_speedup": predicted_speedup(s.alpha, gamma_for_formula, s.cost_ratio),
+        "predicted_speedup_cost_model": s.cost.speedup(s.alpha, gamma_for_formula),
     })
 }
 
@@ -601,12 +603,13 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
             base_tokens.push(g.tokens);
         }
         let base_tps = base_count as f64 / base_time;
-        let (mut measured, mut predicted) = (Vec::new(), Vec::new());
+        let (mut measured, mut predicted, mut predicted_cost) = (Vec::new(), Vec::new(), Vec::new());
         for (gi, &gamma) in gammas.iter().enumerate() {
             let cfg = SpecConfig { gamma, ..base_cfg.clone() };
             let (mut time, mut count, mut same) = (0.0, 0, true);
             let (mut drafted, mut accepted, mut calls, mut dsteps) = (0, 0, 0, 0);
             let (mut dsec, mut vsec, mut gsum) = (0.0, 0.0, 0.0);
+            let mut cost = PassCost::default();
             for (i, p) in prompts.iter().enumerate() {
                 let g = speculate(
                     dr.drafter()?.as_mut(),
@@ -624,14 +627,20 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
                 dsec += g.stats.draft_seconds;
                 vsec += g.stats.verify_seconds;
                 gsum += g.stats.mean_gamma;
+                let (w, c) = (1.0 / prompts.len() as f64, g.stats.cost);
+                cost.fixed += w * c.fixed;
+                cost.per_position += w * c.per_position;
+                cost.draft_step += w * c.draft_step;
             }
             let alpha = accepted as f64 / drafted.max(1) as f64;
             let c = (dsec / dsteps.max(1) as f64) / (vsec / calls.max(1) as f64);
             let mean_gamma = gsum / prompts.len() as f64;
             let speedup = (count as f64 / time) / base_tps;
             let pred = predicted_speedup(alpha, mean_gamma.round().max(1.0) as usize, c);
+            let pred_cost = cost.speedup(alpha, mean_gamma.round().max(1.0) as usize);
             eprintln!(
-                "T={t} gamma={:<9} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x{}",
+                "T={t} gamma={:<9} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x  \
+                 cost model {pred_cost:.2}x{}",
                 a.gammas[gi],
                 count as f64 / calls as f64,
                 if t == 0.0 { if same { "  identical output" } else { "  OUTPUT DIFFERS" } } else { "" }
@@ -640,10 +649,14 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
             let at = measured.partition_point(|&(m, _): &(f64, f64)| m < x);
             measured.insert(at, (x, speedup));
             predicted.insert(at, (x, pred));
+            predicted_cost.insert(at, (x, pred_cost));
             rows.push(json!({"temperature": t, "gamma": a.gammas[gi], "mean_gamma": mean_gamma, "alpha": alpha,
                              "tau": count as f64 / calls as f64, "cost_ratio": c,
                              "tokens_per_second": count as f64 / time, "verifier_only_tokens_per_second": base_tps,
                              "speedup": speedup, "predicted_speedup": pred,
+                             "predicted_speedup_cost_model": pred_cost,
+                             "verifier_pass_seconds": {"fixed": cost.fixed, "per_position": cost.per_position},
+                             "draft_step_seconds": cost.draft_step,
                              "identical_to_verifier_greedy": (t == 0.0).then_some(same)}));
         }
         panels.push(Panel {
@@ -653,6 +666,7 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
             series: vec![
                 Series { label: "measured".into(), points: measured },
                 Series { label: "Leviathan et al. formula".into(), points: predicted },
+                Series { label: "cost model a + b k".into(), points: predicted_cost },
             ],
         });
     }

@@ -6,6 +6,15 @@
 //! verifier pass; with c = (time of a draft step) / (time of a verifier pass) the expected
 //! wall-time speedup over verifier-only decoding is
 //! S(α, γ, c) = (1 − α^{γ+1}) / ((1 − α)(γc + 1)) (Leviathan Theorem 3.8).
+//!
+//! That formula takes a verifier pass over γ + 1 positions to cost as much as a pass over one,
+//! true when the pass is bound by reading the weights (a large model on a GPU), not on a CPU,
+//! where every extra position adds its multiply–adds. [`PassCost`] measures the verifier's
+//! pass time as an affine function of the positions scored, t(k) = a + b·k, and the draft's time
+//! per step d; a round then costs a + b·(γ + 1) + γ·d against a + b per token for the verifier
+//! alone, so
+//! S(α, γ) = E\[L\]·(a + b) / (a + b·(γ + 1) + γ·d) ([`PassCost::speedup`]), which is
+//! Leviathan's S with c = d/a when b = 0. [`GammaPolicy::Auto`] maximizes it.
 
 /// How γ is chosen each round.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -23,8 +32,9 @@ pub enum GammaPolicy {
         /// Largest γ.
         max: usize,
     },
-    /// The heuristic for the first rounds, then γ = argmax over 1..=max of S(α̂, γ, ĉ) with α̂
-    /// and ĉ measured so far in this generation.
+    /// The heuristic for the first rounds, then γ = argmax over 1..=max of the cost model's
+    /// speedup [`PassCost::speedup`] with α̂ and the costs (a, b, d) measured so far in this
+    /// generation.
     Auto {
         /// Largest γ considered.
         max: usize,
@@ -33,7 +43,7 @@ pub enum GammaPolicy {
 
 impl Default for GammaPolicy {
     fn default() -> Self {
-        GammaPolicy::Auto { max: 12 }
+        GammaPolicy::Auto { max: 16 }
     }
 }
 
@@ -60,6 +70,95 @@ pub fn best_gamma(alpha: f64, cost_ratio: f64, max: usize) -> usize {
         }
     }
     best.0
+}
+
+/// Measured costs of a speculative round: the verifier's pass time t(k) = a + b·k over k
+/// scored positions, fitted by least squares over the passes seen so far, and the draft's time
+/// per step d (seconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PassCost {
+    /// a: the part of a verifier pass that does not grow with the positions (reading the weights).
+    pub fixed: f64,
+    /// b: the verifier's extra time per scored position.
+    pub per_position: f64,
+    /// d: the time of one draft step.
+    pub draft_step: f64,
+}
+
+impl PassCost {
+    /// Seconds of one round with γ drafted tokens: a + b·(γ + 1) + γ·d.
+    pub fn round_seconds(&self, gamma: usize) -> f64 {
+        let g = gamma as f64;
+        self.fixed + self.per_position * (g + 1.0) + g * self.draft_step
+    }
+
+    /// Predicted speedup over verifier-only decoding (a + b per token) with per-token acceptance
+    /// α: E\[L\](α, γ)·(a + b) / (a + b·(γ + 1) + γ·d). With b = 0 it is
+    /// [`predicted_speedup`]`(α, γ, d/a)`.
+    pub fn speedup(&self, alpha: f64, gamma: usize) -> f64 {
+        expected_tokens(alpha, gamma) * (self.fixed + self.per_position) / self.round_seconds(gamma).max(1e-300)
+    }
+
+    /// The γ in 1..=max with the largest [`speedup`](Self::speedup) (the smallest on ties).
+    pub fn best_gamma(&self, alpha: f64, max: usize) -> usize {
+        let mut best = (1, self.speedup(alpha, 1));
+        for g in 2..=max.max(1) {
+            let s = self.speedup(alpha, g);
+            if s > best.1 * (1.0 + 1e-12) {
+                best = (g, s);
+            }
+        }
+        best.0
+    }
+}
+
+/// Online least-squares fit of the verifier's pass time against the positions it scored, and the
+/// mean draft-step time: the inputs of [`PassCost`].
+#[derive(Clone, Debug, Default)]
+pub struct CostFit {
+    n: f64,
+    sk: f64,
+    skk: f64,
+    st: f64,
+    skt: f64,
+    draft_seconds: f64,
+    draft_steps: usize,
+}
+
+impl CostFit {
+    /// Records a verifier pass over `positions` new positions that took `seconds`.
+    pub fn add_pass(&mut self, positions: usize, seconds: f64) {
+        let k = positions as f64;
+        self.n += 1.0;
+        self.sk += k;
+        self.skk += k * k;
+        self.st += seconds;
+        self.skt += k * seconds;
+    }
+
+    /// Records `steps` draft steps that took `seconds` in all.
+    pub fn add_draft(&mut self, steps: usize, seconds: f64) {
+        self.draft_steps += steps;
+        self.draft_seconds += seconds;
+    }
+
+    /// The fitted costs, once there is a pass and a draft step: b is the least-squares slope,
+    /// clamped to [0, mean time / mean positions] (0 while every pass scored the same number of
+    /// positions, which is Leviathan's model), and a the intercept at that slope.
+    pub fn cost(&self) -> Option<PassCost> {
+        if self.n < 1.0 || self.draft_steps == 0 {
+            return None;
+        }
+        let (mk, mt) = (self.sk / self.n, self.st / self.n);
+        let var = self.skk / self.n - mk * mk;
+        let slope = if var > 1e-9 { (self.skt / self.n - mk * mt) / var } else { 0.0 };
+        let b = slope.clamp(0.0, mt / mk.max(1.0));
+        Some(PassCost {
+            fixed: (mt - b * mk).max(0.0),
+            per_position: b,
+            draft_step: self.draft_seconds / self.draft_steps as f64,
+        })
+    }
 }
 
 /// Rounds spent on the heuristic before [`GammaPolicy::Auto`] trusts its estimates.
@@ -99,9 +198,9 @@ impl GammaController {
         (self.trials > 0).then(|| self.accepted as f64 / self.trials as f64)
     }
 
-    /// Records a round that drafted `gamma` tokens and kept `accepted`, with the measured cost
-    /// ratio c so far, and picks the next γ.
-    pub fn update(&mut self, gamma: usize, accepted: usize, cost_ratio: Option<f64>) {
+    /// Records a round that drafted `gamma` tokens and kept `accepted`, with the costs measured so
+    /// far, and picks the next γ.
+    pub fn update(&mut self, gamma: usize, accepted: usize, cost: Option<PassCost>) {
         if gamma == 0 {
             return;
         }
@@ -118,8 +217,8 @@ impl GammaController {
         self.current = match self.policy {
             GammaPolicy::Fixed(g) => g,
             GammaPolicy::Heuristic { min, max, .. } => heuristic(self.current, min.max(1), max.max(1)),
-            GammaPolicy::Auto { max } => match (self.alpha(), cost_ratio) {
-                (Some(a), Some(c)) if self.rounds >= AUTO_WARMUP_ROUNDS => best_gamma(a.min(0.999), c, max),
+            GammaPolicy::Auto { max } => match (self.alpha(), cost) {
+                (Some(a), Some(c)) if self.rounds >= AUTO_WARMUP_ROUNDS => c.best_gamma(a.min(0.999), max),
                 _ => heuristic(self.current, 1, max.max(1)),
             },
         };
@@ -153,9 +252,43 @@ mod tests {
         assert_eq!(h.gamma(), 5);
         assert!((h.alpha().unwrap() - 10.0 / 11.0).abs() < 1e-12);
         let mut a = GammaController::new(GammaPolicy::Auto { max: 10 });
+        let cost = PassCost { fixed: 1.0, per_position: 0.0, draft_step: 0.1 };
         for _ in 0..6 {
-            a.update(a.gamma(), 0, Some(0.1));
+            a.update(a.gamma(), 0, Some(cost));
         }
         assert_eq!(a.gamma(), 1);
+    }
+
+    #[test]
+    fn affine_cost_model() {
+        // b = 0 is Leviathan's formula with c = d/a
+        let lev = PassCost { fixed: 2.0, per_position: 0.0, draft_step: 0.1 };
+        for g in 1..10 {
+            assert!((lev.speedup(0.9, g) - predicted_speedup(0.9, g, 0.05)).abs() < 1e-12);
+        }
+        assert_eq!(lev.best_gamma(0.9, 30), best_gamma(0.9, 0.05, 30));
+        // a cost per position shortens the best draft
+        let cpu = PassCost { fixed: 2.0, per_position: 0.5, draft_step: 0.1 };
+        assert!(cpu.best_gamma(0.9, 30) < lev.best_gamma(0.9, 30));
+        // by hand: α = 0.5, γ = 1: E[L] = 1.5, speedup = 1.5·2.5 / (2 + 1 + 0.1)
+        assert!((cpu.speedup(0.5, 1) - 1.5 * 2.5 / 3.1).abs() < 1e-12);
+        // the fit recovers t(k) = 2 + 0.5 k exactly, and d
+        let mut fit = CostFit::default();
+        assert!(fit.cost().is_none());
+        for k in [1usize, 3, 5, 2, 9] {
+            fit.add_pass(k, 2.0 + 0.5 * k as f64);
+        }
+        fit.add_draft(4, 0.4);
+        let c = fit.cost().unwrap();
+        assert!((c.fixed - 2.0).abs() < 1e-12 && (c.per_position - 0.5).abs() < 1e-12, "{c:?}");
+        assert!((c.draft_step - 0.1).abs() < 1e-15);
+        // one pass size only: no slope (Leviathan's model)
+        let mut flat = CostFit::default();
+        flat.add_pass(5, 3.0);
+        flat.add_pass(5, 3.2);
+        flat.add_draft(1, 0.1);
+        let c = flat.cost().unwrap();
+        assert_eq!(c.per_position, 0.0);
+        assert!((c.fixed - 3.1).abs() < 1e-12);
     }
 }

@@ -74,7 +74,7 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64;
 use rayon::prelude::*;
 
-pub use gamma::{best_gamma, expected_tokens, predicted_speedup, GammaController, GammaPolicy};
+pub use gamma::{best_gamma, expected_tokens, predicted_speedup, CostFit, GammaController, GammaPolicy, PassCost};
 pub use models::{GptSession, S4Session};
 pub use sampling::Sampling;
 
@@ -255,6 +255,9 @@ pub struct SpecStats {
     pub tokens_per_second: f64,
     /// Measured c = (seconds per draft step) / (seconds per verifier pass after the prompt).
     pub cost_ratio: f64,
+    /// The fitted costs: verifier pass time a + b·k over k positions, draft step time d
+    /// ([`PassCost`], from the passes after the prompt's).
+    pub cost: PassCost,
     /// Mean γ over rounds.
     pub mean_gamma: f64,
     /// How many rounds kept exactly n drafted tokens, n = 0, 1, ….
@@ -390,6 +393,7 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let mut pending_d: Vec<u32> = prompt.to_vec();
     let mut first_pass = true;
     let (mut round_verify_seconds, mut gamma_sum) = (0.0, 0usize);
+    let mut fit = CostFit::default();
 
     'rounds: while out.len() < config.max_new {
         let remaining = config.max_new - out.len();
@@ -399,6 +403,7 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         let draft = if gamma > 0 {
             let d = drafter.propose(&pending_d, gamma, &config.sampling, config.argmax_draft || greedy, &mut rng)?;
             stats.draft_steps += pending_d.len() + gamma - 1;
+            fit.add_draft(pending_d.len() + gamma - 1, t.elapsed().as_secs_f64());
             pending_d.clear();
             d
         } else {
@@ -436,6 +441,7 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             first_pass = false;
         } else {
             round_verify_seconds += verify_seconds;
+            fit.add_pass(input.len(), verify_seconds);
         }
         if gamma > 0 {
             stats.rounds += 1;
@@ -447,8 +453,7 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             }
             stats.accepted_histogram[n] += 1;
         }
-        let cost_ratio = cost_ratio(&stats, round_verify_seconds);
-        control.update(gamma, n, cost_ratio);
+        control.update(gamma, n, fit.cost());
         // roll back and commit
         let kept = base + pending_v.len() + n;
         verifier.rollback(kept)?;
@@ -474,6 +479,7 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     stats.tau = out.len() as f64 / stats.verifier_calls.max(1) as f64;
     stats.tokens_per_second = out.len() as f64 / stats.total_seconds.max(1e-12);
     stats.cost_ratio = cost_ratio(&stats, round_verify_seconds).unwrap_or(0.0);
+    stats.cost = fit.cost().unwrap_or_default();
     stats.mean_gamma = if stats.rounds > 0 { gamma_sum as f64 / stats.rounds as f64 } else { 0.0 };
     Ok(Generation { tokens: out, stats })
 }

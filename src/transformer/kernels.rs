@@ -463,3 +463,225 @@ pub(crate) fn col_sums<T: Real>(dy: ArrayView2<T>) -> Array1<T> {
     }
     s
 }
+
+/// Columns per panel of a [`PackedMatrix`] (one AVX-512 register of f32).
+pub(crate) const PANEL: usize = 16;
+
+/// A weight matrix W (k, o) stored for decoding: panels of [`PANEL`] consecutive columns, each
+/// panel k rows of `PANEL` contiguous values (`data[p·k·PANEL + i·PANEL + c] = W[i, p·PANEL + c]`,
+/// zero past column o). A product with a few rows then reads the weights in one sequential
+/// stream, where the row-major layout would read `PANEL` columns at a stride of o values.
+#[derive(Clone, Debug)]
+pub(crate) struct PackedMatrix<T> {
+    k: usize,
+    o: usize,
+    data: Vec<T>,
+}
+
+impl<T: Real> PackedMatrix<T> {
+    /// Packs `w` (k, o).
+    pub(crate) fn new(w: ArrayView2<T>) -> Self {
+        let (k, o) = w.dim();
+        let panels = o.div_ceil(PANEL);
+        let mut data = vec![T::zero(); panels * k * PANEL];
+        for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
+            for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                for (c, v) in row.iter_mut().enumerate().take(o.saturating_sub(p * PANEL)) {
+                    *v = w[[i, p * PANEL + c]];
+                }
+            }
+        }
+        PackedMatrix { k, o, data }
+    }
+}
+
+/// `out[r0 + r, j0 .. j0 + n] += x_{r0+r} · W[:, j0 .. j0 + n]` for the `R` rows of a register tile
+/// (n = the panel's valid columns, j0 = panel·[`PANEL`]): the R × [`PANEL`] accumulators stay in
+/// registers for the whole sum over the k rows of the panel, and each panel row (one vector load)
+/// is applied to all R rows by fused multiply–adds with a broadcast of x_{r,i}.
+#[inline(always)]
+fn packed_tile_body<T: Real, const FMA: bool, const R: usize>(
+    x: &[T],
+    panel: &[T],
+    k: usize,
+    o: usize,
+    out: &mut [T],
+    r0: usize,
+    j0: usize,
+) {
+    let madd = madd::<T, FMA>;
+    let n = PANEL.min(o - j0);
+    let mut acc = [[T::zero(); PANEL]; R];
+    for (r, a) in acc.iter_mut().enumerate() {
+        a[..n].copy_from_slice(&out[(r0 + r) * o + j0..][..n]);
+    }
+    let xs: [&[T]; R] = std::array::from_fn(|r| &x[(r0 + r) * k..][..k]);
+    for (i, wi) in panel.chunks_exact(PANEL).enumerate() {
+        let wi: &[T; PANEL] = wi.try_into().expect("PANEL columns");
+        for (a, xr) in acc.iter_mut().zip(&xs) {
+            let xi = xr[i];
+            for l in 0..PANEL {
+                a[l] = madd(xi, wi[l], a[l]);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        out[(r0 + r) * o + j0..][..n].copy_from_slice(&a[..n]);
+    }
+}
+
+/// `out += x·W` for m rows (x (m, k), out (m, o) row-major) with W packed: panel by panel, rows
+/// in register tiles of at most `MR` ([`packed_tile_body`]); a panel (k·[`PANEL`] values) read for
+/// the first tile is still in cache for the next.
+#[inline(always)]
+fn packed_matmul_body<T: Real, const FMA: bool, const MR: usize>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
+    let (k, o) = (w.k, w.o);
+    let m = out.len() / o.max(1);
+    for (p, panel) in w.data.chunks_exact(k * PANEL).enumerate() {
+        let mut r0 = 0;
+        while r0 < m {
+            let r = MR.min(m - r0);
+            macro_rules! tiles {
+                ($($n:literal)*) => {
+                    match r {
+                        $($n => packed_tile_body::<T, FMA, $n>(x, panel, k, o, out, r0, p * PANEL),)*
+                        _ => unreachable!("register tiles have 1 to 16 rows"),
+                    }
+                };
+            }
+            tiles!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+            r0 += r;
+        }
+    }
+}
+
+/// [`packed_tile_body`] for f32 with AVX-512 intrinsics: one 16-lane register per accumulator
+/// row, each panel row loaded once and combined with every row by `vfmadd231ps` with an embedded
+/// broadcast of x_{r,i}. (Written out because the compiler's vectorization of the generic body
+/// varies with R.)
+///
+/// # Safety
+/// The CPU must support AVX-512F; `x` holds rows `r0 .. r0 + R` of length k, `panel` k·16 values,
+/// `out` rows `r0 .. r0 + R` of length o ≥ j0 + 1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn packed_tile_avx512<const R: usize>(
+    x: &[f32],
+    panel: &[f32],
+    k: usize,
+    o: usize,
+    out: &mut [f32],
+    r0: usize,
+    j0: usize,
+) {
+    use std::arch::x86_64::*;
+    let n = PANEL.min(o - j0);
+    let mask: __mmask16 = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
+    let xs = x.as_ptr().add(r0 * k);
+    let outp = out.as_mut_ptr().add(r0 * o + j0);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (r, a) in acc.iter_mut().enumerate() {
+        *a = _mm512_maskz_loadu_ps(mask, outp.add(r * o));
+    }
+    let w = panel.as_ptr();
+    for i in 0..k {
+        let wi = _mm512_loadu_ps(w.add(i * PANEL));
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(*xs.add(r * k + i)), wi, *a);
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(outp.add(r * o), mask, *a);
+    }
+}
+
+/// `out += x·W` in f32 with W packed, AVX-512: as [`packed_matmul_body`] with
+/// [`packed_tile_avx512`] tiles of up to 16 rows (16 of the 32 vector registers hold
+/// accumulators).
+///
+/// # Safety
+/// The CPU must support AVX-512F; x (m, k) and out (m, o) row-major.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn packed_matmul_avx512(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]) {
+    let (k, o) = (w.k, w.o);
+    let m = out.len() / o.max(1);
+    assert!(x.len() >= m * k && out.len() == m * o && w.data.len() == o.div_ceil(PANEL) * k * PANEL);
+    for (p, panel) in w.data.chunks_exact(k * PANEL).enumerate() {
+        let mut r0 = 0;
+        while r0 < m {
+            let r = 16.min(m - r0);
+            macro_rules! tiles {
+                ($($n:literal)*) => {
+                    match r {
+                        $($n => packed_tile_avx512::<$n>(x, panel, k, o, out, r0, p * PANEL),)*
+                        _ => unreachable!("register tiles have 1 to 16 rows"),
+                    }
+                };
+            }
+            tiles!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+            r0 += r;
+        }
+    }
+}
+
+/// `out += x·W` with W packed, with the widest vectors the CPU has and register tiles sized to its
+/// register file: f32 with AVX-512 by [`packed_matmul_avx512`] (up to 16 rows per tile); otherwise
+/// the generic [`packed_matmul_body`] with tiles of up to 6 rows with AVX2 + FMA (12 of 16
+/// registers hold accumulators in f32), 3 on the baseline target.
+fn packed_matmul<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            if let (Some(x), Some(w), Some(out)) =
+                (as_f32(x), (w as &dyn std::any::Any).downcast_ref::<PackedMatrix<f32>>(), as_f32_mut(out))
+            {
+                // SAFETY: the CPU supports AVX-512F (checked above); the shapes are asserted inside.
+                return unsafe { packed_matmul_avx512(x, w, out) };
+            }
+            #[target_feature(enable = "avx512f")]
+            fn avx512<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
+                packed_matmul_body::<T, true, 8>(x, w, out)
+            }
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { avx512::<T>(x, w, out) };
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2_fma<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
+            packed_matmul_body::<T, true, 6>(x, w, out)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { avx2_fma::<T>(x, w, out) };
+        }
+    }
+    packed_matmul_body::<T, false, 3>(x, w, out)
+}
+
+/// `x` as `&[f32]` when T is f32.
+fn as_f32<T: Real>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: T and f32 are the same type (checked by TypeId), so the layout is identical.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
+}
+
+/// `x` as `&mut [f32]` when T is f32.
+fn as_f32_mut<T: Real>(x: &mut [T]) -> Option<&mut [f32]> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T and f32 are the same type (checked by TypeId), so the layout is identical.
+        Some(unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
+    } else {
+        None
+    }
+}
+
+/// y = x·W + b with W packed: x (m, k), b (o,) → (m, o); for the few rows of a decoding step
+/// (any m works; beyond a few dozen rows gemm is faster).
+pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: ArrayView1<T>) -> Array2<T> {
+    let m = x.nrows();
+    let mut y = Array2::<T>::zeros((m, w.o));
+    y.assign(&b.broadcast((m, w.o)).expect("bias of the output width"));
+    let xs = x.as_standard_layout();
+    packed_matmul(xs.as_slice().expect("standard layout"), w, y.as_slice_mut().expect("standard layout"));
+    y
+}

@@ -283,6 +283,45 @@ pub struct Gpt<T = f32> {
     wpe: Array2<T>,
     blocks: Vec<Block<T>>,
     ln_f: LayerNorm<T>,
+    decode: DecodeWeights<T>,
+}
+
+/// Up to this many new positions per pass, [`Gpt::forward_cached`] runs the linear layers on a
+/// panel-packed copy of their weights ([`DecodeWeights`]); more rows go to gemm.
+const DECODE_ROWS: usize = 32;
+
+/// The four linear layers of every block (`c_attn`, `attn.c_proj`, `c_fc`, `mlp.c_proj`) packed in
+/// column panels for the passes of a few rows that decoding and speculative verification make:
+/// the product of a few rows with a row-major weight reads it at a stride, or packs it on every
+/// call (gemm); a panel-packed copy is read once, sequentially, and register tiles of up to 16
+/// rows make scoring γ + 1 draft positions cost little more than one position (see
+/// `benches/speculative.rs`). Built on the first such pass (a copy of the weights: the model's
+/// memory doubles) and dropped by every method that can change the weights
+/// ([`Gpt::tensors_mut`]); not compared, cloned (a clone rebuilds it) or printed.
+struct DecodeWeights<T>(std::sync::OnceLock<Vec<[kernels::PackedMatrix<T>; 4]>>);
+
+impl<T> Default for DecodeWeights<T> {
+    fn default() -> Self {
+        DecodeWeights(std::sync::OnceLock::new())
+    }
+}
+
+impl<T> Clone for DecodeWeights<T> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl<T> PartialEq for DecodeWeights<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> std::fmt::Debug for DecodeWeights<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DecodeWeights {{ built: {} }}", self.0.get().is_some())
+    }
 }
 
 fn layer_norm_params<T: Real>(c: usize) -> LayerNorm<T> {
@@ -313,6 +352,7 @@ impl<T: Real> Gpt<T> {
             ln_f: layer_norm_params(c),
             activation,
             config,
+            decode: DecodeWeights::default(),
         })
     }
 
@@ -427,7 +467,8 @@ impl<T: Real> Gpt<T> {
 
     /// As [`Gpt::tensors`], mutable (the values can change, the shapes cannot).
     pub fn tensors_mut(&mut self) -> Vec<(String, ArrayViewMutD<'_, T>)> {
-        let Gpt { wte, wpe, blocks, ln_f, .. } = self;
+        let Gpt { wte, wpe, blocks, ln_f, decode, .. } = self;
+        decode.0.take();
         let mut out = vec![("wte.weight".to_string(), wte.view_mut().into_dyn())];
         out.push(("wpe.weight".to_string(), wpe.view_mut().into_dyn()));
         for (i, b) in blocks.iter_mut().enumerate() {
@@ -545,17 +586,22 @@ impl<T: Real> Gpt<T> {
         }
         cache.reserve(past + t);
         let eps = cfg.layer_norm_epsilon;
+        let packed = (b * t <= DECODE_ROWS).then(|| self.decode_weights());
+        let linear = |x: &Array2<T>, layer: &Linear<T>, l: usize, which: usize| match packed {
+            Some(p) => kernels::packed_linear(x.view(), &p[l][which], layer.bias.view()),
+            None => kernels::linear(x.view(), layer.weight.view(), layer.bias.view()),
+        };
         let mut x = grad::embedding_forward(self.wte.view(), self.wpe.view(), ids, past);
         for (l, blk) in self.blocks.iter().enumerate() {
             let h = kernels::layer_norm(x.view(), blk.ln_1.weight.view(), blk.ln_1.bias.view(), eps);
-            let qkv = kernels::linear(h.view(), blk.c_attn.weight.view(), blk.c_attn.bias.view());
+            let qkv = linear(&h, &blk.c_attn, l, 0);
             cache.write(l, qkv.view(), t, past);
             let att = cache.attend(l, qkv.view(), t, past);
-            x += &kernels::linear(att.view(), blk.attn_proj.weight.view(), blk.attn_proj.bias.view());
+            x += &linear(&att, &blk.attn_proj, l, 1);
             let h = kernels::layer_norm(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), eps);
-            let mut f = kernels::linear(h.view(), blk.c_fc.weight.view(), blk.c_fc.bias.view());
+            let mut f = linear(&h, &blk.c_fc, l, 2);
             kernels::activate_in_place(f.view_mut(), self.activation);
-            x += &kernels::linear(f.view(), blk.mlp_proj.weight.view(), blk.mlp_proj.bias.view());
+            x += &linear(&f, &blk.mlp_proj, l, 3);
         }
         let h = kernels::layer_norm(x.view(), self.ln_f.weight.view(), self.ln_f.bias.view(), eps);
         let logits = kernels::lm_head(h.view(), self.wte.view());
@@ -572,6 +618,18 @@ impl<T: Real> Gpt<T> {
         cache.set_len(past + t);
         let v = cfg.vocab_size;
         Ok(logits.into_shape_with_order((b, t, v)).expect("B·T rows of V logits"))
+    }
+
+    /// The packed decoding weights ([`DecodeWeights`]), built on first use.
+    fn decode_weights(&self) -> &[[kernels::PackedMatrix<T>; 4]] {
+        self.decode.0.get_or_init(|| {
+            self.blocks
+                .iter()
+                .map(|b| {
+                    [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj].map(|l| kernels::PackedMatrix::new(l.weight.view()))
+                })
+                .collect()
+        })
     }
 
     /// The first non-finite entry, as `"name[flat index]"`.
