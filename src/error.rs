@@ -2,6 +2,40 @@
 //!
 //! Every public function that takes user-controlled input returns [`Result`]. The message of each
 //! variant names the offending value and what was expected, so that a CLI can print it as one line.
+//!
+//! | variant | `Display` |
+//! |---|---|
+//! | [`Error::InvalidArgument`] | `invalid {name} = {value}: expected {expected}` |
+//! | [`Error::Shape`] | `wrong shape for {what}: expected {expected}, got {got:?}` |
+//! | [`Error::Numerical`] | `numerical failure in {op}: {detail}` |
+//! | [`Error::Io`] | `{path}: {source}` (and [`source`](std::error::Error::source) is the I/O error) |
+//! | [`Error::Format`] | `{path}: {detail}` |
+//!
+//! # Example
+//!
+//! ```
+//! use s4::error::Error;
+//! use s4::ssm::SsmInitConfig;
+//!
+//! // an odd state size is rejected, and the message names the value and the rule
+//! let err = SsmInitConfig { d_state: 7, ..Default::default() }.draw().unwrap_err();
+//! assert_eq!(err.to_string(), "invalid d_state N = 7: expected an even integer >= 2 (N/2 conjugate pairs are kept)");
+//! match &err {
+//!     Error::InvalidArgument { name, value, .. } => assert_eq!((name.as_str(), value.as_str()), ("d_state N", "7")),
+//!     other => panic!("unexpected error {other:?}"),
+//! }
+//!
+//! // a missing file is an I/O error naming the path, with the OS error as its source
+//! let missing = std::env::temp_dir().join("s4-doc-error-no-such-file.npz");
+//! let err = s4::io::NpzIn::open(&missing).unwrap_err();
+//! assert!(matches!(err, Error::Io { .. }));
+//! assert!(err.to_string().starts_with(&missing.display().to_string()));
+//! assert!(std::error::Error::source(&err).is_some());
+//!
+//! // the shorthands build the same messages for callers' own checks
+//! let e = Error::shape("kernel K", "(H, L) = (4, 16)", &[4, 15]);
+//! assert_eq!(e.to_string(), "wrong shape for kernel K: expected (H, L) = (4, 16), got [4, 15]");
+//! ```
 
 use std::fmt;
 use std::path::PathBuf;

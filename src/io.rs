@@ -1,6 +1,43 @@
 //! Arrays in and out as numpy `.npz` files (so numpy users can check every number), written
 //! atomically: a temporary file in the same folder, then a rename, so a crash never leaves a
 //! half-written file under the requested name.
+//!
+//! # Example
+//!
+//! ```
+//! use ndarray::{array, Array2, Ix2};
+//! use s4::io::{read_npy_any, write_npy_atomic, NpyArray, NpzIn, NpzOut};
+//!
+//! let dir = std::env::temp_dir().join(format!("s4-doc-io-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("arrays.npz");
+//!
+//! // write two arrays into one archive (visible under `path` only after `finish`)
+//! let k = array![[1.0f32, 0.5, 0.25], [2.0, 1.0, 0.5]];
+//! let mut out = NpzOut::create(&path)?;
+//! out.add("kernel", &k)?;
+//! out.add("lengths", &array![3i64, 2])?;
+//! out.finish()?;
+//!
+//! // read them back: the dtype and the number of dimensions are checked
+//! let mut npz = NpzIn::open(&path)?;
+//! assert!(npz.has("kernel") && !npz.has("state"));
+//! let back: Array2<f32> = npz.read::<f32>("kernel", 2, "float32")?.into_dimensionality::<Ix2>().unwrap();
+//! assert_eq!(back, k);
+//! let err = npz.read::<f32>("state", 3, "float32").unwrap_err();
+//! assert!(err.to_string().contains("missing array 'state'"));
+//! assert!(npz.read::<f32>("kernel", 3, "float32").is_err()); // 2 dimensions, not 3
+//!
+//! // a single .npy of any supported dtype
+//! let npy = dir.join("ids.npy");
+//! write_npy_atomic(&npy, &array![[7i32, 8, 9]])?;
+//! match read_npy_any(&npy)? {
+//!     NpyArray::Int(a) => assert_eq!(a.into_raw_vec_and_offset().0, vec![7i64, 8, 9]),
+//!     other => panic!("expected integers, got {other:?}"),
+//! }
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use crate::error::{Error, Result};
 use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
@@ -8,7 +45,8 @@ use ndarray_npy::{NpzReader, NpzWriter, ReadableElement, WritableElement};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// A temporary sibling of `path` (same folder, so the final rename is atomic), ending in `.ext`.
+/// A temporary sibling of `path` (same folder, so the final rename is atomic), ending in `.ext`:
+/// `.{file name}.{process id}-{counter}.tmp.{ext}`, unique within the process.
 pub fn atomic_path(path: &Path, ext: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -116,7 +154,8 @@ impl NpzIn {
         self.names.iter().any(|n| n == name)
     }
 
-    /// Reads array `name` with element type `A` and checks its number of dimensions.
+    /// Reads array `name` with element type `A` and checks that it has `ndim` dimensions;
+    /// `dtype` only names the expected type in error messages (e.g. `"float32"`).
     ///
     /// # Errors
     /// Missing array, another dtype, another number of dimensions, or a corrupt entry.

@@ -1,5 +1,30 @@
 //! The small neural-network pieces around the SSM, as plain functions over arrays (the llm.c
 //! style): GELU, GLU, and the feature-axis linear map of (B, F, L) sequences.
+//!
+//! # Example
+//!
+//! The tail of an S4 layer, GELU → Linear(F → 2F) → GLU, on a (B, F, L) = (1, 2, 3) sequence:
+//!
+//! ```
+//! use ndarray::{array, Array3};
+//! use s4::nn::{gelu, glu_features, linear_features, sigmoid};
+//!
+//! assert_eq!(gelu(0.0f64), 0.0);
+//! assert!((gelu(1.0f64) - 0.8413447460685429).abs() < 1e-15); // Φ(1)
+//! assert!((sigmoid(0.0f32) - 0.5).abs() < 1e-7 && sigmoid(-1000.0f64) == 0.0);
+//!
+//! let x = Array3::from_shape_vec((1, 2, 3), vec![1.0, 2.0, 3.0, -1.0, 0.0, 1.0])?.mapv(gelu::<f64>);
+//! let w = array![[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]; // (2F, F) = (4, 2)
+//! let b = array![0.0, 0.0, 0.0, 100.0];
+//! let z = linear_features(x.view(), w.view(), b.view()); // (1, 4, 3)
+//! assert_eq!(z.dim(), (1, 4, 3));
+//! let y = glu_features(z.view()); // first half × sigmoid(second half): (1, 2, 3)
+//! assert_eq!(y.dim(), (1, 2, 3));
+//! // gate 0 → ×½; gate 100 → ×1
+//! assert!((y[[0, 0, 2]] - 0.5 * gelu(3.0)).abs() < 1e-12);
+//! assert!((y[[0, 1, 0]] - gelu(-1.0)).abs() < 1e-12);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use crate::scalar::Real;
 use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis};
@@ -42,7 +67,8 @@ pub fn linear_features<T: Real>(x: ArrayView3<T>, w: ArrayView2<T>, bias: ArrayV
     y
 }
 
-/// GLU over the feature axis of (B, 2F, L): the first half times the sigmoid of the second half.
+/// GLU over the feature axis of (B, 2F, L) → (B, F, L): `y[b, j, t] = z[b, j, t]·σ(z[b, F + j, t])`,
+/// the first half times the sigmoid of the second half (PyTorch's `nn.GLU(dim=-2)`).
 ///
 /// # Panics
 /// If the feature axis is odd.

@@ -1,5 +1,29 @@
 //! PNG line plots (plotters with a bundled DejaVu font, so no system fonts are needed), written
 //! atomically.
+//!
+//! # Example
+//!
+//! ```
+//! use s4::plot::{write_png, Panel, Series};
+//!
+//! let path = std::env::temp_dir().join(format!("s4-doc-plot-{}.png", std::process::id()));
+//! let sine = Series {
+//!     label: "sin t".into(),
+//!     points: (0..50).map(|i| i as f64 * 0.1).map(|t| (t, t.sin())).collect(),
+//! };
+//! let panel = Panel { title: "one panel".into(), x_label: "t".into(), y_label: "u(t)".into(), series: vec![sine] };
+//! write_png(&path, &[panel.clone(), panel], 320, 160)?; // two stacked panels: 320 × 320 pixels
+//! let bytes = std::fs::read(&path).unwrap();
+//! assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+//! assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 320); // IHDR width
+//! assert_eq!(u32::from_be_bytes(bytes[20..24].try_into().unwrap()), 320); // IHDR height
+//! # std::fs::remove_file(&path).unwrap();
+//!
+//! // nothing to draw is an error, and no file is written
+//! assert!(write_png(&path, &[], 320, 160).is_err());
+//! assert!(!path.exists());
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use crate::error::{Error, Result};
 use crate::io::atomic_path;
@@ -16,7 +40,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// A figure made of stacked panels that share nothing but the image.
+/// One panel of a figure (its own axes, scaled to its finite points); a figure is a stack of
+/// panels that share nothing but the image.
 #[derive(Clone, Debug)]
 pub struct Panel {
     /// Panel title.
@@ -81,7 +106,8 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(255, 127, 14),
 ];
 
-/// Draws `panels` stacked vertically into a PNG of width × (height per panel), atomically.
+/// Draws `panels` stacked vertically into a PNG of `width` × (`panel_height` · panels) pixels,
+/// atomically. Non-finite points are skipped when scaling the axes.
 ///
 /// # Errors
 /// An empty figure, a series without finite points, or a failure to write the file.

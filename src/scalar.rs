@@ -2,7 +2,35 @@
 //!
 //! HiPPO and DPLR construction always run in `f64` (they are numerically sensitive, as in the official
 //! code); kernels and convolutions are generic over [`Real`], which is implemented for `f32` (the
-//! default for layers) and `f64` (for references and gradient checks).
+//! default for layers) and `f64` (for references and gradient checks). [`HalfPrecision`] is a
+//! storage format for weights only (bf16 or f16); no computation runs in 16 bits.
+//!
+//! # Example
+//!
+//! ```
+//! use num_complex::Complex;
+//! use s4::scalar::{cplx, HalfPrecision, Real};
+//!
+//! // code generic over the precision: constants go through `Real::of`
+//! fn rms<T: Real>(x: &[T]) -> T {
+//!     (x.iter().map(|&v| v * v).sum::<T>() / T::of(x.len() as f64)).sqrt()
+//! }
+//! assert_eq!(rms(&[3.0f64, -3.0]), 3.0);
+//! assert_eq!(rms(&[3.0f32, -3.0]).as_f64(), 3.0);
+//! assert!((0.5f64.erf() - 0.5204998778130465).abs() < 1e-15);
+//! assert_eq!(cplx::<f32>(Complex::new(0.5, -2.0)), Complex::new(0.5f32, -2.0));
+//!
+//! // 16-bit weights: bf16 keeps 8 significant bits, f16 11
+//! let bf16: HalfPrecision = "bf16".parse()?;
+//! assert_eq!(bf16.round(0.1), 0.10009765625); // 205/128 · 2⁻⁴
+//! assert_eq!(bf16.round(1.0 + 2f32.powi(-9)), 1.0); // below half an ulp (2⁻⁸)
+//! assert_eq!(HalfPrecision::F16.round(1.0 + 2f32.powi(-9)), 1.0 + 2f32.powi(-9));
+//! assert_eq!(bf16.to_le_bytes(1.0), [0x80, 0x3F]); // 0x3F80
+//! assert_eq!(HalfPrecision::F16.to_le_bytes(1.0), [0x00, 0x3C]); // 0x3C00
+//! assert_eq!("f8".parse::<HalfPrecision>().unwrap_err().to_string(),
+//!            "invalid weight precision = f8: expected bf16 or f16");
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use num_complex::Complex;
 
@@ -70,7 +98,8 @@ pub enum HalfPrecision {
 }
 
 impl HalfPrecision {
-    /// Rounds x to the nearest value of this format (ties to even), back as f32.
+    /// Rounds x to the nearest value of this format (ties to even), back as f32. Values too large
+    /// for the format become ±∞ (in f16, |x| ≥ 65520; the largest finite value is 65504).
     pub fn round(self, x: f32) -> f32 {
         match self {
             HalfPrecision::Bf16 => half::bf16::from_f32(x).to_f32(),
@@ -88,6 +117,7 @@ impl HalfPrecision {
 }
 
 impl std::str::FromStr for HalfPrecision {
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for anything but `bf16` or `f16`.
     type Err = crate::Error;
     fn from_str(s: &str) -> crate::Result<Self> {
         match s {

@@ -610,6 +610,7 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
             let (mut drafted, mut accepted, mut calls, mut dsteps) = (0, 0, 0, 0);
             let (mut dsec, mut vsec, mut gsum) = (0.0, 0.0, 0.0);
             let mut cost = PassCost::default();
+            let mut histogram: Vec<usize> = Vec::new();
             for (i, p) in prompts.iter().enumerate() {
                 let g = speculate(
                     dr.drafter()?.as_mut(),
@@ -627,6 +628,9 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
                 dsec += g.stats.draft_seconds;
                 vsec += g.stats.verify_seconds;
                 gsum += g.stats.mean_gamma;
+                let h = &g.stats.accepted_histogram;
+                histogram.resize(histogram.len().max(h.len()), 0);
+                histogram.iter_mut().zip(h).for_each(|(a, b)| *a += b);
                 let (w, c) = (1.0 / prompts.len() as f64, g.stats.cost);
                 cost.fixed += w * c.fixed;
                 cost.per_position += w * c.per_position;
@@ -657,6 +661,7 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
                              "predicted_speedup_cost_model": pred_cost,
                              "verifier_pass_seconds": {"fixed": cost.fixed, "per_position": cost.per_position},
                              "draft_step_seconds": cost.draft_step,
+                             "accepted_histogram": histogram,
                              "identical_to_verifier_greedy": (t == 0.0).then_some(same)}));
         }
         panels.push(Panel {

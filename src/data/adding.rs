@@ -8,6 +8,30 @@
 //! Var(U₁ + U₂) = 1/6 ≈ 0.167, the baseline a model must beat.
 //!
 //! Stored as [`Inputs::Features`] with `d_input = 2`: values `[0, L)` then markers `[L, 2L)`.
+//!
+//! # Example
+//!
+//! ```
+//! use s4::data::adding::{generate, Config};
+//! use s4::data::{Inputs, SplitSizes};
+//!
+//! let cfg = Config { len: 20 };
+//! let task = generate(&cfg, &SplitSizes::new(50, 5, 5), 7)?;
+//! assert!(task.regression && task.d_input == 2 && task.d_output == 1);
+//! let Inputs::Features { d_input: 2, len: 20, data } = &task.train.inputs else { unreachable!() };
+//! let targets = task.train.targets.values().unwrap();
+//! for (x, &y) in data.iter().zip(targets) {
+//!     let (values, markers) = x.split_at(20);
+//!     let marked: Vec<usize> = (0..20).filter(|&t| markers[t] == 1.0).collect();
+//!     assert_eq!(marked.len(), 2);
+//!     assert!(marked[0] < 10 && marked[1] >= 10); // one marker in each half
+//!     assert_eq!(y, values[marked[0]] + values[marked[1]]);
+//! }
+//! // deterministic in the seed
+//! assert_eq!(generate(&cfg, &SplitSizes::new(50, 5, 5), 7)?.train, task.train);
+//! assert!(generate(&Config { len: 1 }, &SplitSizes::new(1, 1, 1), 0).is_err());
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
@@ -30,7 +54,12 @@ impl Default for Config {
     }
 }
 
-/// Generates the adding problem. Deterministic in `seed`; errors if `len < 2`.
+/// Generates the adding problem (see the module docs): `sizes` sequences per split, each of
+/// (d_input, L) = (2, `cfg.len`) values with the sum of the two marked values as target.
+/// Deterministic in `seed`.
+///
+/// # Errors
+/// `cfg.len < 2`.
 pub fn generate(cfg: &Config, sizes: &SplitSizes, seed: u64) -> Result<TaskData> {
     let l = cfg.len;
     if l < 2 {

@@ -12,6 +12,44 @@
 //!
 //! [`load_digits`] reads either that `.csv.gz` or the `.whl` itself (a zip archive, opened in
 //! memory), so the unzip step is optional.
+//!
+//! # Example
+//!
+//! A small file in the same format (image k has every pixel equal to k and label k mod 10):
+//!
+//! ```
+//! use std::io::Write;
+//! use s4::data::digits::{load_digits, PIXELS};
+//! use s4::data::Inputs;
+//!
+//! let dir = std::env::temp_dir().join(format!("s4-doc-digits-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let csv: String = (0..17).map(|k| format!("{}{}\n", format!("{k},").repeat(PIXELS), k % 10)).collect();
+//! let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+//! gz.write_all(csv.as_bytes()).unwrap();
+//! let path = dir.join("digits.csv.gz");
+//! std::fs::write(&path, gz.finish().unwrap()).unwrap();
+//!
+//! let task = load_digits(&path, 0)?;
+//! assert_eq!((task.train.len(), task.val.len(), task.test.len()), (11, 2, 4)); // ⌊0.7 n⌋, ⌊0.15 n⌋, rest
+//! for split in [&task.train, &task.val, &task.test] {
+//!     let Inputs::Features { d_input: 1, len: 64, data } = &split.inputs else { unreachable!() };
+//!     for (x, &label) in data.iter().zip(split.targets.classes().unwrap()) {
+//!         let k = (x[0] * 16.0) as u32; // pixel / 16
+//!         assert!(x.iter().all(|&v| v == k as f32 / 16.0));
+//!         assert_eq!(label, k % 10);
+//!     }
+//! }
+//!
+//! // a pixel outside 0..=16 is an error naming the line
+//! let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+//! gz.write_all(format!("{}3\n", "17,".repeat(PIXELS)).as_bytes()).unwrap();
+//! std::fs::write(&path, gz.finish().unwrap()).unwrap();
+//! let err = load_digits(&path, 0).unwrap_err().to_string();
+//! assert!(err.contains("line 1: pixel \"17\" is not an integer 0..=16"), "{err}");
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use std::io::{Cursor, Read};
 use std::path::Path;
@@ -28,9 +66,12 @@ pub const PIXELS: usize = 64;
 
 /// Loads the digits from `digits.csv.gz` or from a scikit-learn wheel, and splits them by a seeded
 /// permutation into ⌊0.7 n⌋ train, ⌊0.15 n⌋ val and the rest test (1257 / 269 / 271 for n = 1797).
+/// Each image is a sequence of (d_input, L) = (1, 64) values `pixel / 16`; 10 classes.
 ///
-/// Errors name the file and line of a row without 65 fields, a pixel outside 0..=16 or a label
-/// outside 0..=9.
+/// # Errors
+/// An unreadable file, a wheel without [`WHEEL_MEMBER`], data that is not gzip-compressed text,
+/// no rows, or (naming the file and line) a row without 65 fields, a pixel outside 0..=16 or a
+/// label outside 0..=9.
 pub fn load_digits(path: &Path, seed: u64) -> Result<TaskData> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let gz = if raw.starts_with(b"PK\x03\x04") {

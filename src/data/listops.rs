@@ -52,6 +52,33 @@
 //! | 4 | `[SM` | | |
 //!
 //! so [`VOCAB_SIZE`] = 16 and a sequence's length is exactly the generator's length.
+//!
+//! # Example
+//!
+//! ```
+//! use s4::data::listops::{generate, to_string, tokenize, Config, Op, Tree};
+//! use s4::data::{Inputs, SplitSizes};
+//!
+//! // the LRA text of [MAX 2 9 ], its tokens and its value
+//! let source = "( ( ( [MAX 2 ) 9 ) ] )";
+//! let tokens = tokenize(source)?;
+//! assert_eq!(tokens, vec![2, 8, 15, 5]); // [MAX, 2, 9, ]
+//! let tree = Tree::parse(&tokens)?;
+//! assert_eq!(tree.evaluate()?, 9);
+//! assert_eq!(to_string(&tree), source);
+//! assert_eq!(Op::Med.apply(&[2, 9]), Some(5)); // int(np.median), not the lower median
+//! assert!(tokenize("[MAX 2 10 ]").is_err()); // "10" is not a token
+//!
+//! // a small generated task: every label is the value of its expression
+//! let cfg = Config { max_depth: 4, max_args: 4, min_length: 5, max_length: 30 };
+//! let task = generate(&cfg, &SplitSizes::new(20, 2, 2), 0)?;
+//! let Inputs::Tokens(seqs) = &task.train.inputs else { unreachable!() };
+//! for (seq, &label) in seqs.iter().zip(task.train.targets.classes().unwrap()) {
+//!     assert!(seq.len() > 5 && seq.len() < 30); // both bounds strict
+//!     assert_eq!(Tree::parse(seq)?.evaluate()? as u32, label);
+//! }
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -153,8 +180,11 @@ pub enum Tree {
 }
 
 impl Tree {
-    /// The value of the expression, 0..=9. Errors on a digit above 9 or an operator without
-    /// arguments (neither is produced by the generator or the parser).
+    /// The value of the expression, 0..=9.
+    ///
+    /// # Errors
+    /// A digit above 9 or an operator without arguments (neither is produced by the generator or
+    /// the parser).
     pub fn evaluate(&self) -> Result<u8> {
         match self {
             Tree::Value(v) if *v <= 9 => Ok(*v),
@@ -199,8 +229,11 @@ impl Tree {
         }
     }
 
-    /// Parses token ids (without padding) back into a tree. Errors name the position of the first
-    /// token that does not fit the grammar.
+    /// Parses token ids (without padding) back into a tree: `expr = digit | op expr+ ]`.
+    ///
+    /// # Errors
+    /// The position of the first token that does not fit the grammar, a missing `]`, or nesting
+    /// deeper than 1000.
     pub fn parse(tokens: &[u32]) -> Result<Tree> {
         let mut pos = 0;
         let tree = parse_at(tokens, &mut pos, 0)?;
@@ -253,7 +286,10 @@ pub fn vocab() -> Vec<&'static str> {
 }
 
 /// Tokenizes a whitespace-separated ListOps string (the LRA `Source` format): `(` and `)` are
-/// dropped, every other token maps to its id. Errors on an unknown token, naming it.
+/// dropped, every other token maps to its id (see the table in the module docs).
+///
+/// # Errors
+/// An unknown token, naming it.
 pub fn tokenize(s: &str) -> Result<Vec<u32>> {
     let table = vocab();
     let mut out = Vec::new();
@@ -315,6 +351,9 @@ impl Config {
 
     /// Checks the ranges: 1 ≤ max_depth ≤ 100, 2 ≤ max_args ≤ 1000, min_length + 1 < max_length
     /// ≤ 10⁶, and that a tree longer than `min_length` is possible at all.
+    ///
+    /// # Errors
+    /// The first field out of range, named.
     pub fn validate(&self) -> Result<()> {
         if !(1..=100).contains(&self.max_depth) {
             return Err(Error::invalid("ListOps max_depth", self.max_depth, "1..=100"));
@@ -376,10 +415,12 @@ fn sample_tokens<R: Rng>(cfg: &Config, depth: usize, rng: &mut R, out: &mut Vec<
     op.apply(&vals)
 }
 
-/// Generates a ListOps task (see the module docs for the rules). Deterministic in `seed`.
+/// Generates a ListOps task (see the module docs for the rules): token sequences with
+/// `min_length < len < max_length` and their values as classes 0..=9. Deterministic in `seed`.
 ///
-/// Errors on an invalid [`Config`], or if fewer than one tree in 10⁴ falls in the length window
-/// (the loop would effectively not end).
+/// # Errors
+/// An invalid [`Config`], or fewer than one tree in 10⁴ falls in the length window (the loop
+/// would effectively not end).
 pub fn generate(cfg: &Config, sizes: &SplitSizes, seed: u64) -> Result<TaskData> {
     cfg.validate()?;
     let total = sizes.total();
@@ -440,7 +481,9 @@ fn task(train: Split, val: Split, test: Split) -> TaskData {
 /// `basic_test.tsv` in `dir`, each with the header `Source\tTarget` and rows of an expression (as
 /// printed by [`to_string`]) and its value 0..=9. Sources are tokenized by [`tokenize`].
 ///
-/// Errors name the file and line of an unknown token, a bad label or a malformed row.
+/// # Errors
+/// A missing or unreadable file; the file and line of a missing header, an unknown token, a bad
+/// label or a malformed row.
 pub fn load_tsv(dir: &Path) -> Result<TaskData> {
     let load = |split: &str| -> Result<Split> {
         let path = dir.join(format!("basic_{split}.tsv"));

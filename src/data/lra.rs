@@ -23,6 +23,37 @@
 //! them in a two-tower model; since this crate's models read one sequence, the pair is encoded as
 //! one: the bytes of text1 (truncated to `max_len`), [`SEP_ID`], the bytes of text2 (truncated to
 //! `max_len`), at most `2 max_len + 1` tokens (LRA: `max_len` = 4000).
+//!
+//! # Example
+//!
+//! ```
+//! use s4::data::lra::{load_aan, load_text_tsv, SEP_ID};
+//! use s4::data::Inputs;
+//!
+//! let dir = std::env::temp_dir().join(format!("s4-doc-lra-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let tsv = dir.join("imdb.tsv");
+//! std::fs::write(&tsv, "label\ttext\n1\tGood!\n0\tbad\n").unwrap();
+//! let split = load_text_tsv(&tsv, Some(3))?; // truncated to 3 bytes
+//! let Inputs::Tokens(seqs) = &split.inputs else { unreachable!() };
+//! assert_eq!(seqs[0], vec![b'G' as u32 + 1, b'o' as u32 + 1, b'o' as u32 + 1]); // byte + 1
+//! assert_eq!(split.targets.classes(), Some(&[1, 0][..]));
+//!
+//! // errors name the file and the line
+//! std::fs::write(&tsv, "1\tfine\nx\toops\n").unwrap();
+//! let err = load_text_tsv(&tsv, None).unwrap_err().to_string();
+//! assert!(err.contains("imdb.tsv") && err.contains("line 2"), "{err}");
+//!
+//! // retrieval pairs become one sequence: text1, SEP, text2
+//! for split in ["train", "eval", "test"] {
+//!     std::fs::write(dir.join(format!("new_aan_pairs.{split}.tsv")), "1.0\tid1\tid2\tab\tcd\n").unwrap();
+//! }
+//! let aan = load_aan(&dir, 4000)?;
+//! let Inputs::Tokens(pairs) = &aan.val.inputs else { unreachable!() };
+//! assert_eq!(pairs[0], vec![98, 99, SEP_ID, 100, 101]);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use std::path::Path;
 
@@ -51,8 +82,11 @@ fn byte_lines(raw: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
 }
 
 /// Loads a byte-level text classification TSV (`label<TAB>text` per line; see the module docs).
-/// Returns token sequences and class targets; errors name the file and line of a row without a
-/// tab, a label that is not a non-negative integer, or an empty text.
+/// Returns token sequences (byte + 1, at most `max_len` each) and class targets.
+///
+/// # Errors
+/// `max_len = Some(0)`, an unreadable file, or (naming the file and line) a row without a tab, a
+/// label that is not a non-negative integer, or an empty text.
 pub fn load_text_tsv(path: &Path, max_len: Option<usize>) -> Result<Split> {
     if max_len == Some(0) {
         return Err(Error::invalid("max_len", 0, "at least 1 (or None for no truncation)"));
@@ -120,7 +154,12 @@ fn load_aan_file(path: &Path, max_len: usize) -> Result<Split> {
 }
 
 /// Loads the LRA retrieval task from `dir/new_aan_pairs.{train,eval,test}.tsv` (see the module
-/// docs), each document truncated to `max_len` bytes; `eval` is the val split. 2 classes.
+/// docs), each document truncated to `max_len` bytes; `eval` is the val split. 2 classes,
+/// vocabulary [`AAN_VOCAB_SIZE`].
+///
+/// # Errors
+/// `max_len = 0`, a missing or unreadable file, or (naming the file and line) a row without 5
+/// fields or with a label other than 0 or 1.
 pub fn load_aan(dir: &Path, max_len: usize) -> Result<TaskData> {
     if max_len == 0 {
         return Err(Error::invalid("max_len", 0, "at least 1"));

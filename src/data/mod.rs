@@ -20,6 +20,43 @@
 //! Token ids are `u32` with 0 reserved for padding in every task; sequences are stored without
 //! padding, and [`batch_tokens`] pads a batch. Feature sequences are stored (d_input, len)
 //! row-major, the layout [`batch_features`] stacks into the crate's (B, H, L) convention.
+//!
+//! # Example
+//!
+//! ```
+//! use ndarray::array;
+//! use s4::data::{adding, batch_features, batch_tokens, Inputs, Split, SplitSizes, Targets, TaskData};
+//!
+//! // token sequences of different lengths are padded with 0 into (B, L)
+//! let split = Split { inputs: Inputs::Tokens(vec![vec![3, 1, 4], vec![1, 5]]), targets: Targets::Classes(vec![0, 1]) };
+//! let (ids, lengths) = batch_tokens(&split, &[1, 0], None)?;
+//! assert_eq!(ids, array![[1, 5, 0], [3, 1, 4]]);
+//! assert_eq!(lengths, vec![2, 3]);
+//! assert!(batch_tokens(&split, &[0], Some(2)).is_err()); // a sequence longer than pad_to
+//! assert!(batch_tokens(&split, &[2], None).is_err()); // index out of range
+//!
+//! // a task checks itself: here a token id 5 is not below the vocabulary size 5
+//! let task = TaskData {
+//!     name: "toy".into(),
+//!     train: split.clone(),
+//!     val: split.clone(),
+//!     test: split,
+//!     vocab_size: Some(5),
+//!     d_input: 1,
+//!     d_output: 2,
+//!     regression: false,
+//! };
+//! assert_eq!(task.validate().unwrap_err().to_string(),
+//!            "invalid toy train sequence 1 token id = 5: expected an id < vocab_size 5");
+//! assert_eq!(task.majority_rate(), Some(0.5));
+//!
+//! // feature sequences stack into (B, d_input, L)
+//! let adding = adding::generate(&adding::Config { len: 10 }, &SplitSizes::new(4, 1, 1), 0)?;
+//! adding.validate()?;
+//! let x = batch_features(&adding.train, &[0, 1, 2])?;
+//! assert_eq!(x.dim(), (3, 2, 10));
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 pub mod adding;
 pub mod digits;
@@ -249,6 +286,9 @@ impl TaskData {
     /// id < V), feature inputs have `d_input` features and `d_input * len` finite values per
     /// sequence, one target per sequence, class targets < `d_output` (classification) or finite
     /// values with `d_output = 1` (regression).
+    ///
+    /// # Errors
+    /// The first violation, naming the task, the split, the sequence and the bad value.
     pub fn validate(&self) -> Result<()> {
         if self.d_output == 0 {
             return Err(Error::invalid(format!("{} d_output", self.name), 0, "at least 1"));
@@ -339,11 +379,11 @@ impl TaskData {
     }
 }
 
-/// Stacks the token sequences at `idx` into a (B, L) array padded with 0, where L is the longest
-/// of them or `pad_to`; also returns each sequence's length.
+/// Stacks the token sequences at `idx` into a (B, L) array padded with 0, where B = `idx.len()`
+/// and L is the longest of them or `pad_to`; also returns each sequence's length (B,).
 ///
-/// Errors if the split holds features, an index is out of range, or a sequence is longer than
-/// `pad_to`.
+/// # Errors
+/// The split holds features, an index is out of range, or a sequence is longer than `pad_to`.
 pub fn batch_tokens(split: &Split, idx: &[usize], pad_to: Option<usize>) -> Result<(Array2<u32>, Vec<usize>)> {
     let Inputs::Tokens(seqs) = &split.inputs else {
         return Err(Error::invalid("split inputs", "features", "token sequences for batch_tokens"));
@@ -367,9 +407,10 @@ pub fn batch_tokens(split: &Split, idx: &[usize], pad_to: Option<usize>) -> Resu
     Ok((out, lengths))
 }
 
-/// Stacks the feature sequences at `idx` into a (B, d_input, L) array.
+/// Stacks the feature sequences at `idx` into a (B, d_input, L) array, B = `idx.len()`.
 ///
-/// Errors if the split holds tokens, an index is out of range, or a stored sequence does not have
+/// # Errors
+/// The split holds tokens, an index is out of range, or a stored sequence does not have
 /// `d_input * len` values.
 pub fn batch_features(split: &Split, idx: &[usize]) -> Result<Array3<f32>> {
     let Inputs::Features { d_input, len, data } = &split.inputs else {

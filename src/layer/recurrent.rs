@@ -17,6 +17,42 @@
 //! Outputs: y_c = 2·Re(C_c x) + D_c u per head, then GELU, the output linear and GLU, exactly as in
 //! convolutional mode. The state is the kept half of each conjugate pair, shape (B, H, N/2),
 //! shared by the heads.
+//!
+//! # Example
+//!
+//! Stepping through a sequence gives the convolutional output, for both kernels:
+//!
+//! ```
+//! use ndarray::{s, Array2, Array3};
+//! use s4::layer::S4LayerConfig;
+//! use s4::ssm::KernelKind;
+//!
+//! for kernel in [KernelKind::Dplr, KernelKind::Diag] {
+//!     let mut layer = S4LayerConfig { d_model: 3, d_state: 8, kernel, ..Default::default() }.build_as::<f64>()?;
+//!     layer.set_kernel_length(64)?; // C̃ = C(I − Ā^64), as after the official first forward
+//!     let u = Array3::from_shape_fn((2, 3, 64), |(b, h, t)| ((b + 2 * h + 3 * t) as f64 * 0.37).sin());
+//!     let conv = layer.forward(u.view(), &Default::default())?.y; // (B, H, L)
+//!
+//!     let rec = layer.recurrent()?;
+//!     let mut state = rec.zero_state(2); // (B, H, N/2) = (2, 3, 4)
+//!     assert_eq!(state.x.dim(), (2, 3, 4));
+//!     let mut snapshot = None;
+//!     for t in 0..64 {
+//!         if t == 40 {
+//!             snapshot = Some(state.clone()); // a state is a plain value
+//!         }
+//!         let y_t: Array2<f64> = rec.step(&mut state, u.slice(s![.., .., t]))?; // (B, H)
+//!         assert!((&y_t - &conv.slice(s![.., .., t])).iter().all(|e| e.abs() < 1e-9));
+//!     }
+//!     // restoring the snapshot replays the same outputs
+//!     let mut again = snapshot.unwrap();
+//!     let y40 = rec.step(&mut again, u.slice(s![.., .., 40]))?;
+//!     assert!((&y40 - &conv.slice(s![.., .., 40])).iter().all(|e| e.abs() < 1e-9));
+//!     // inputs of the wrong width are refused
+//!     assert!(rec.step(&mut again, Array2::zeros((2, 4)).view()).is_err());
+//! }
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use super::S4Layer;
 use crate::discretize::discretize_mode;
@@ -44,7 +80,7 @@ pub struct State<T> {
 }
 
 impl<T: Real> State<T> {
-    /// The zero state for `batch` sequences.
+    /// The zero state for `batch` sequences: (B, H, N/2) = (`batch`, `d_model`, `half_state`).
     pub fn zeros(batch: usize, d_model: usize, half_state: usize) -> Self {
         State { x: Array3::from_elem((batch, d_model, half_state), Complex::new(T::zero(), T::zero())) }
     }
@@ -205,7 +241,7 @@ impl<T: Real> Recurrent<T> {
         })
     }
 
-    /// A zero state for `batch` sequences.
+    /// A zero state for `batch` sequences, (B, H, N/2).
     pub fn zero_state(&self, batch: usize) -> State<T> {
         State::zeros(batch, self.h, self.m)
     }
@@ -308,7 +344,8 @@ impl<T: Real> Recurrent<T> {
         Ok(())
     }
 
-    /// One step: advances `state` by the inputs u_t (B, H) and returns the layer output (B, H).
+    /// One step: advances `state` (B, H, N/2) by the inputs u_t (B, H) and returns the layer
+    /// output y_t (B, H), equal to column t of the convolutional output (see the module docs).
     ///
     /// # Errors
     /// Wrong shapes of `u_t` or `state`, or non-finite input.

@@ -7,6 +7,44 @@
 //! (`layers.{i}.layer.kernel.C` (C'', H, N/2, 2), `layers.{i}.layer.kernel.inv_dt` (H, 1), …,
 //! `layers.{i}.output_linear.0.weight`), plus `layers.{i}.norm.*`, `norm.*` (prenorm),
 //! `encoder.*` and `decoder.*`. Complex tensors have a trailing dimension of 2 (real, imag).
+//!
+//! # Example
+//!
+//! ```
+//! use ndarray::Array3;
+//! use s4::layer::S4LayerConfig;
+//! use s4::model::checkpoint::{load, read_config, save, save_as, WEIGHTS_FILE};
+//! use s4::model::{Input, S4ModelConfig};
+//! use s4::scalar::HalfPrecision;
+//!
+//! let dir = std::env::temp_dir().join(format!("s4-doc-checkpoint-{}", std::process::id()));
+//! let cfg = S4ModelConfig {
+//!     d_input: 2,
+//!     d_output: 3,
+//!     n_layers: 2,
+//!     layer: S4LayerConfig { d_model: 4, d_state: 8, ..Default::default() },
+//!     ..Default::default()
+//! };
+//! let model = cfg.build()?;
+//! save(&model, &dir)?;
+//! assert_eq!(read_config(&dir)?, (cfg, "f32".to_string()));
+//!
+//! // the loaded model computes exactly the same outputs
+//! let x = Array3::from_shape_fn((2, 2, 16), |(b, f, t)| (b + f + t) as f32 / 10.0);
+//! let loaded = load::<f32>(&dir)?;
+//! assert_eq!(loaded.forward(Input::Features(x.view()), None)?, model.forward(Input::Features(x.view()), None)?);
+//!
+//! // 16-bit weights load as the model with_half_weights gives
+//! save_as(&model, &dir, Some(HalfPrecision::Bf16))?;
+//! let half = model.with_half_weights(HalfPrecision::Bf16)?;
+//! assert_eq!(load::<f32>(&dir)?.forward(Input::Features(x.view()), None)?, half.forward(Input::Features(x.view()), None)?);
+//!
+//! // a damaged file is an error, never a partial model
+//! std::fs::write(dir.join(WEIGHTS_FILE), b"not safetensors").unwrap();
+//! assert!(load::<f32>(&dir).unwrap_err().to_string().contains("not a valid safetensors file"));
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use super::{Block, Encoder, Norm, NormKind, S4Model, S4ModelConfig};
 use crate::error::{Error, Result};

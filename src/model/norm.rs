@@ -1,5 +1,39 @@
 //! Normalization over the feature axis of (B, H, L) sequences: LayerNorm, and BatchNorm with
 //! running statistics (evaluation mode).
+//!
+//! With ε = [`EPS`], for each position's feature vector x (H,):
+//! - LayerNorm: y = (x − mean(x)) / √(var(x) + ε) · γ + β (biased variance over the H features);
+//! - BatchNorm: y_h = (x_h − running_mean_h) / √(running_var_h + ε) · γ_h + β_h.
+//!
+//! # Example
+//!
+//! ```
+//! use ndarray::{array, Array3};
+//! use s4::model::norm::{Norm, NormKind, EPS};
+//!
+//! // LayerNorm: every position of a (B, H, L) = (1, 4, 2) sequence gets mean 0, variance ≈ 1
+//! let ln = Norm::<f64>::new(NormKind::Layer, 4);
+//! let x = Array3::from_shape_vec((1, 4, 2), vec![1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 6.0, 60.0]).unwrap();
+//! let y = ln.forward(x.view());
+//! for t in 0..2 {
+//!     let col = y.slice(ndarray::s![0, .., t]);
+//!     assert!(col.sum().abs() < 1e-12);
+//!     assert!((col.mapv(|v| v * v).mean().unwrap() - 1.0).abs() < 1e-5);
+//! }
+//!
+//! // BatchNorm in evaluation mode: the running statistics, per feature
+//! let mut bn = Norm::<f64>::new(NormKind::Batch, 2);
+//! bn.running_mean = array![1.0, -1.0];
+//! bn.running_var = array![4.0, 1.0];
+//! bn.weight = array![2.0, 1.0];
+//! let y = bn.forward_step(array![[3.0, 0.0]].view()); // one step, (B, H)
+//! assert!((y[[0, 0]] - (3.0 - 1.0) / (4.0 + EPS).sqrt() * 2.0).abs() < 1e-12);
+//! assert!((y[[0, 1]] - 1.0 / (1.0 + EPS).sqrt()).abs() < 1e-12);
+//!
+//! bn.running_var[1] = -1.0;
+//! assert!(bn.validate("norm", 2).is_err()); // a negative variance
+//! assert!(ln.validate("norm", 3).is_err()); // 4 features, not 3
+//! ```
 
 use crate::error::{Error, Result};
 use crate::scalar::Real;
@@ -50,7 +84,11 @@ impl<T: Real> Norm<T> {
         self.weight.len()
     }
 
-    /// Checks that all vectors have length `h` and are finite.
+    /// Checks that all vectors have length `h` and are finite, and that the running variances
+    /// are ≥ 0.
+    ///
+    /// # Errors
+    /// The first bad vector, named `{name}.{weight|bias|running_mean|running_var}`.
     pub fn validate(&self, name: &str, h: usize) -> Result<()> {
         for (what, v) in [
             ("weight", &self.weight),
@@ -95,7 +133,8 @@ impl<T: Real> Norm<T> {
         }
     }
 
-    /// Normalizes a (B, H, L) sequence over its feature axis (evaluation mode for BatchNorm).
+    /// Normalizes a (B, H, L) sequence over its feature axis (evaluation mode for BatchNorm; see
+    /// the module docs for the formulas). H must be [`features`](Self::features).
     pub fn forward(&self, x: ArrayView3<T>) -> Array3<T> {
         let (b, h, l) = x.dim();
         let mut out = x.to_owned();
@@ -114,7 +153,7 @@ impl<T: Real> Norm<T> {
         out
     }
 
-    /// Normalizes one step's features (B, H).
+    /// Normalizes one step's features (B, H), as [`forward`](Self::forward) does each position.
     pub fn forward_step(&self, x: ArrayView2<T>) -> Array2<T> {
         let mut out = x.to_owned();
         for mut row in out.outer_iter_mut() {

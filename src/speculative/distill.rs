@@ -12,6 +12,49 @@
 //!
 //! Training uses the crate's S4 machinery: [`forward_backward`] with [`Target::Distill`], AdamW
 //! with the official parameter groups and a cosine schedule ([`AdamW`]).
+//!
+//! # Example
+//!
+//! A few steps on a tiny pair (a real run uses thousands, see [`DistillConfig::default`]):
+//!
+//! ```
+//! use s4::model::S4ModelConfig;
+//! use s4::speculative::distill::{distill, DistillConfig};
+//! use s4::train::optim::OptimConfig;
+//! use s4::transformer::{Gpt, GptConfig};
+//!
+//! let teacher = Gpt::<f32>::new(GptConfig { vocab_size: 12, n_positions: 32, n_embd: 16, n_layer: 1, n_head: 2, ..Default::default() }, 0)?;
+//! let mut cfg = S4ModelConfig::causal_lm(12);
+//! cfg.n_layers = 1;
+//! cfg.layer.d_model = 8;
+//! cfg.layer.d_state = 4;
+//! let mut student = cfg.build()?;
+//! let text: Vec<u32> = (0..300u32).map(|i| (i * i + 3 * i) % 12).collect();
+//! let settings = DistillConfig {
+//!     steps: 40,
+//!     batch_size: 4,
+//!     window: 12,
+//!     generated: 4,
+//!     prompt_len: 4,
+//!     eval_windows: 8,
+//!     optim: OptimConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() },
+//!     ..Default::default()
+//! };
+//! let report = distill(&mut student, &teacher, &text[..200], &text[200..], &settings, false)?;
+//! let [kl0, accept0, greedy0] = report.initial;
+//! assert_eq!(report.steps, 40);
+//! assert!(report.final_loss.is_finite());
+//! // Σ min(p, q) and the arg-max agreement are rates; KL(p ‖ q) ≥ 0 dropped with training
+//! for rate in [accept0, greedy0, report.eval_acceptance_sampling, report.eval_acceptance_greedy] {
+//!     assert!((0.0..=1.0).contains(&rate));
+//! }
+//! assert!(report.eval_kl >= 0.0 && report.eval_kl < kl0, "{} vs {kl0}", report.eval_kl);
+//!
+//! // the draft must share the verifier's vocabulary
+//! let mut other = S4ModelConfig { d_output: 13, vocab_size: Some(13), ..cfg }.build()?;
+//! assert!(distill(&mut other, &teacher, &text[..200], &text[200..], &settings, false).is_err());
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use std::time::Instant;
 
@@ -140,11 +183,13 @@ fn softmax3(logits: &Array3<f32>) -> Array3<f32> {
     p
 }
 
-/// KL(p ‖ q), Σ min(p, q) and arg-max agreement of the draft against the verifier on `windows`
-/// (B, L + 1) (the first L tokens are read).
+/// `[KL(p ‖ q), Σ min(p, q), arg-max agreement]` of the draft q against the verifier p, each
+/// averaged over all B·L positions of `windows` (B, L + 1) (the first L tokens are read): the KL
+/// in nats, the expected acceptance rate at temperature 1 (= 1 − TV(p, q)), and the greedy
+/// acceptance rate.
 ///
 /// # Errors
-/// Model failures.
+/// Model failures (e.g. L beyond the verifier's context, unknown tokens).
 pub fn acceptance_estimates(student: &S4Model<f32>, teacher: &Gpt<f32>, windows: &Array2<u32>) -> Result<[f64; 3]> {
     let l = windows.ncols() - 1;
     let x = windows.slice(s![.., ..l]);
@@ -191,7 +236,10 @@ fn windows_from(
 }
 
 /// Distills `student` (an S4 causal language model) from `teacher` on `corpus` tokens, and
-/// measures the acceptance estimates on `val` windows before and after.
+/// measures the [`acceptance_estimates`] on `cfg.eval_windows` random `val` windows before and
+/// after. Each step minimizes the mean over the batch's positions of
+/// CE(next token) + β·KL(p_teacher ‖ q_student) (β = `cfg.soft_weight`); `progress` shows
+/// progress bars on the terminal.
 ///
 /// # Errors
 /// Bad settings, a student that is not an unpooled token model with the teacher's vocabulary, a

@@ -1,6 +1,49 @@
 //! [`Drafter`] and [`Verifier`] for the crate's models: an S4 language model stepping in
 //! recurrent mode ([`S4Session`]) and the GPT-2-layout transformer with its KV cache
 //! ([`GptSession`]).
+//!
+//! Both roll back cheaply: the S4 session picks a stored state snapshot, the transformer
+//! session truncates its KV cache; after a rollback the models continue exactly as if the
+//! dropped tokens had never been consumed.
+//!
+//! # Example
+//!
+//! ```
+//! use ndarray::Array2;
+//! use s4::model::S4ModelConfig;
+//! use s4::speculative::{Drafter, GptSession, S4Session, Verifier};
+//! use s4::transformer::{Gpt, GptConfig};
+//!
+//! let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+//!
+//! // the verifier: one pass scores several positions; rolling back truncates the cache
+//! let gpt = Gpt::<f32>::new(GptConfig { vocab_size: 16, n_positions: 32, n_embd: 16, n_layer: 1, n_head: 2, ..Default::default() }, 0)?;
+//! let mut v = GptSession::new(&gpt);
+//! let all: Array2<f32> = v.score(&[1, 2, 3, 4])?; // (4, V): row i follows tokens[..=i]
+//! assert_eq!(all.dim(), (4, 16));
+//! Verifier::rollback(&mut v, 2)?;
+//! let tail = v.score(&[3, 4])?;
+//! assert!(close(tail.as_slice().unwrap(), all.slice(ndarray::s![2.., ..]).to_slice().unwrap()));
+//!
+//! // the draft: a prompt is consumed by one FFT convolution, later tokens by recurrent steps
+//! let mut cfg = S4ModelConfig::causal_lm(16);
+//! cfg.n_layers = 1;
+//! cfg.layer.d_model = 8;
+//! cfg.layer.d_state = 4;
+//! let s4 = cfg.build()?;
+//! let mut prefill = S4Session::new(&s4, 4)?; // can roll back up to 4 tokens
+//! let mut steps = S4Session::new(&s4, 4)?;
+//! let q = prefill.extend(&[1, 2, 3, 4])?; // next-token logits, length V
+//! let mut q_steps = vec![];
+//! for t in [1, 2, 3, 4] {
+//!     q_steps = steps.extend(&[t])?;
+//! }
+//! assert!(close(&q, &q_steps)); // convolution = recurrence
+//! Drafter::rollback(&mut steps, 2)?; // a stored snapshot
+//! assert!(close(&steps.extend(&[3, 4])?, &q));
+//! assert!(Drafter::rollback(&mut steps, 5).is_err()); // only 4 tokens were consumed
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use std::collections::VecDeque;
 
@@ -16,7 +59,8 @@ use crate::transformer::{Gpt, KvCache};
 /// The prompt is consumed in convolutional mode ([`S4Model::prefill`], FFT over the whole prompt)
 /// and every later token by one recurrent step. After each step the state is kept as a snapshot
 /// (the last `window` of them), so rolling back to any of the last `window` lengths is a pick, not
-/// a replay. A state is layers × H × N/2 complex numbers (e.g. 4 × 256 × 32 × 8 bytes = 256 KB).
+/// a replay (a prefill keeps only the state after the whole prompt, so the session cannot roll
+/// back into the prompt, except to 0). A state is layers × H × N/2 complex numbers (e.g. 4 × 256 × 32 × 8 bytes = 256 KB).
 #[derive(Debug)]
 pub struct S4Session<'a> {
     model: &'a S4Model<f32>,

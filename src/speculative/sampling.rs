@@ -5,6 +5,35 @@
 //! PR #28166 fixed exactly this omission). The order is Hugging Face's: temperature, then top-k,
 //! then top-p, then renormalization. Temperature 0 is greedy decoding: the distribution is the
 //! point mass at the arg-max (the lowest index among ties).
+//!
+//! # Example
+//!
+//! ```
+//! use rand::SeedableRng;
+//! use s4::speculative::sampling::{argmax, sample, Sampling};
+//!
+//! let logits = [1.0f32, 3.0, 2.0, 3.0, -1.0];
+//! // greedy: the point mass at the first arg-max
+//! assert_eq!(Sampling::greedy().probs(&logits)?, vec![0.0, 1.0, 0.0, 0.0, 0.0]);
+//! assert_eq!(argmax(&logits), 1);
+//! // temperature 1: the softmax
+//! let p = Sampling::default().probs(&logits)?;
+//! let z: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
+//! assert!((p[2] - 2f64.exp() / z).abs() < 1e-12);
+//! // top-k keeps ties at the k-th logit; temperature 0.5 squares the ratios
+//! let k = Sampling { temperature: 0.5, top_k: Some(3), top_p: None }.probs(&logits)?;
+//! assert_eq!(k[0], 0.0);
+//! assert!((k[1] / k[2] - 2f64.exp()).abs() < 1e-9); // e^{(3 − 2)/0.5}
+//! // top-p keeps the smallest set of likeliest tokens reaching the mass: here the two 3.0 logits
+//! let n = Sampling { top_p: Some(0.5), ..Default::default() }.probs(&logits)?;
+//! assert_eq!(n.iter().filter(|&&x| x > 0.0).count(), 2);
+//!
+//! // drawing never returns a zero-probability token
+//! let mut rng = rand_pcg::Pcg64::seed_from_u64(0);
+//! assert!((0..100).all(|_| [1, 3].contains(&sample(&n, &mut rng))));
+//! assert!(Sampling { top_p: Some(1.5), ..Default::default() }.validate().is_err());
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use rand::RngExt;
 
@@ -44,7 +73,7 @@ impl Sampling {
     /// Checks the values.
     ///
     /// # Errors
-    /// A negative or non-finite temperature, `top_k = 0`, `top_p` outside (0, 1].
+    /// A negative or non-finite temperature, `top_k = 0`, `top_p` outside (0, 1] (each named).
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return Err(Error::invalid("temperature", self.temperature, "a finite number >= 0 (0 = greedy)"));
@@ -60,7 +89,10 @@ impl Sampling {
         Ok(())
     }
 
-    /// The warped distribution of one row of logits, as probabilities in f64 that sum to 1.
+    /// The warped distribution of one row of logits (length V), as V probabilities in f64 that
+    /// sum to 1: p ∝ exp(logit/τ) over the top-k, then cut to the top-p nucleus and
+    /// renormalized (the point mass at [`argmax`] when τ = 0). The values are not validated here
+    /// (see [`validate`](Self::validate)).
     ///
     /// # Errors
     /// Empty or non-finite logits (named by index).

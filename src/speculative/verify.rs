@@ -7,6 +7,40 @@
 //! | [`greedy`] | yes: the output is the verifier's own greedy decoding |
 //! | [`rejection_sampling`] | yes: Leviathan et al. 2023 (Algorithm 1), Chen et al. 2023 (Theorem 1) |
 //! | [`typical`] | **no (lossy)**: Medusa's typical acceptance (Cai et al. 2024) |
+//!
+//! # Example
+//!
+//! ```
+//! use rand::{RngExt, SeedableRng};
+//! use s4::speculative::verify::{greedy, rejection_sampling, typical, Outcome};
+//!
+//! // greedy: the verifier's arg-maxes are 1, 0, 2; the draft [1, 2] matches the first only
+//! let rows: [&[f32]; 3] = [&[0.0, 2.0, 1.0], &[3.0, 0.0, 1.0], &[0.0, 0.0, 5.0]];
+//! assert_eq!(greedy(&rows, &[1, 2])?, Outcome { accepted: 1, next: 0 }); // keep 1, correct to 0
+//! assert_eq!(greedy(&rows, &[1, 0])?, Outcome { accepted: 2, next: 2 }); // all kept + bonus
+//! assert!(greedy(&rows, &[1]).is_err()); // γ + 1 rows are needed
+//!
+//! // rejection sampling: the emitted token at a position is distributed as p, whatever q
+//! let mut rng = rand_pcg::Pcg64::seed_from_u64(0);
+//! let p = vec![vec![0.6, 0.3, 0.1], vec![1.0 / 3.0; 3]]; // p₁, p₂ (γ = 1)
+//! let q = vec![vec![0.1, 0.2, 0.7]]; // the draft's q₁
+//! let (trials, mut counts) = (20_000, [0usize; 3]);
+//! for _ in 0..trials {
+//!     let u: f64 = rng.random(); // draw x₁ ~ q₁ by its CDF
+//!     let x = if u < 0.1 { 0 } else if u < 0.3 { 1 } else { 2 };
+//!     let o = rejection_sampling(&p, &q, &[x], &mut rng)?;
+//!     counts[if o.accepted == 1 { x as usize } else { o.next as usize }] += 1; // first emitted token
+//! }
+//! for (c, want) in counts.iter().zip([0.6, 0.3, 0.1]) {
+//!     assert!((*c as f64 / trials as f64 - want).abs() < 0.02);
+//! }
+//!
+//! // typical acceptance (lossy) refuses a token the verifier finds unlikely
+//! let p = vec![vec![0.98, 0.01, 0.01]; 2];
+//! assert_eq!(typical(&p, &[1], 0.09, 0.3, &mut rng)?.accepted, 0);
+//! assert_eq!(typical(&p, &[0], 0.09, 0.3, &mut rng)?.accepted, 1);
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use rand::RngExt;
 
