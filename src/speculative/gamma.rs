@@ -15,6 +15,26 @@
 //! alone, so
 //! S(α, γ) = E\[L\]·(a + b) / (a + b·(γ + 1) + γ·d) ([`PassCost::speedup`]), which is
 //! Leviathan's S with c = d/a when b = 0. [`GammaPolicy::Auto`] maximizes it.
+//!
+//! ```
+//! use s4::speculative::{best_gamma, expected_tokens, predicted_speedup, CostFit};
+//! // Leviathan et al. §3: α = 0.8, γ = 5 emits 3.69 tokens per round on average
+//! assert!((expected_tokens(0.8, 5) - 3.6893).abs() < 1e-4);
+//! // with a free verifier pass and a draft step at 5% of it, long drafts pay
+//! assert!(best_gamma(0.9, 0.05, 16) >= 6);
+//! // a CPU verifier: 2 ms + 0.4 ms per scored position, draft step 0.1 ms, measured online
+//! let mut fit = CostFit::default();
+//! for k in [1usize, 3, 5, 9] {
+//!     fit.add_pass(k, 2e-3 + 4e-4 * k as f64);
+//! }
+//! fit.add_draft(10, 1e-3);
+//! let cost = fit.cost().unwrap();
+//! assert!((cost.per_position - 4e-4).abs() < 1e-12 && (cost.fixed - 2e-3).abs() < 1e-12);
+//! // the positions' cost makes shorter drafts best, and the speedup smaller than Leviathan's
+//! let g = cost.best_gamma(0.9, 16);
+//! assert!(g < best_gamma(0.9, 0.05, 16));
+//! assert!(cost.speedup(0.9, g) < predicted_speedup(0.9, g, 0.05));
+//! ```
 
 /// How γ is chosen each round.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
