@@ -464,6 +464,9 @@ pub(crate) fn col_sums<T: Real>(dy: ArrayView2<T>) -> Array1<T> {
     s
 }
 
+/// How many panel rows (64-byte lines in f32) ahead [`packed_tile_avx512`] prefetches.
+const PREFETCH_ROWS: usize = 32;
+
 /// Columns per panel of a [`PackedMatrix`] (one AVX-512 register of f32).
 pub(crate) const PANEL: usize = 16;
 
@@ -585,6 +588,8 @@ unsafe fn packed_tile_avx512<const R: usize>(
     }
     let w = panel.as_ptr();
     for i in 0..k {
+        // the panel is one sequential stream: ask for it well ahead of its use
+        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((i + PREFETCH_ROWS) * PANEL).cast::<i8>());
         let wi = _mm512_loadu_ps(w.add(i * PANEL));
         for (r, a) in acc.iter_mut().enumerate() {
             *a = _mm512_fmadd_ps(_mm512_set1_ps(*xs.add(r * k + i)), wi, *a);
@@ -607,10 +612,12 @@ unsafe fn packed_matmul_avx512(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]
     let (k, o) = (w.k, w.o);
     let m = out.len() / o.max(1);
     assert!(x.len() >= m * k && out.len() == m * o && w.data.len() == o.div_ceil(PANEL) * k * PANEL);
+    // as few tiles as 16-row tiles allow, of even sizes (17 rows: 9 + 8, not 16 + 1)
+    let per_tile = m.div_ceil(m.div_ceil(16).max(1)).max(1);
     for (p, panel) in w.data.chunks_exact(k * PANEL).enumerate() {
         let mut r0 = 0;
         while r0 < m {
-            let r = 16.min(m - r0);
+            let r = per_tile.min(m - r0);
             macro_rules! tiles {
                 ($($n:literal)*) => {
                     match r {
