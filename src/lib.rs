@@ -38,7 +38,9 @@
 //!    the Shakespeare corpus).
 //! 10. [`transformer`]: a decoder-only transformer in the GPT-2 layout (Hugging Face checkpoints
 //!     by name, a truncatable KV cache, one pass over several new positions, backward passes and
-//!     a training loop): the verifier of speculative decoding and a baseline.
+//!     a training loop): the verifier of speculative decoding and a baseline; and the transformer
+//!     encoder classifier of the Long Range Arena ([`transformer::classifier`]), which
+//!     `s4 train --arch transformer` trains on the same tasks as S4.
 //! 11. [`speculative`]: speculative decoding with an S4 draft stepping in recurrent mode and a
 //!     transformer verifier (greedy, rejection sampling, typical acceptance, adaptive γ), and the
 //!     distillation of the draft from the verifier.

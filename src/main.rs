@@ -130,20 +130,26 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Trains an S4 model on a long-range task and writes metrics, curves and checkpoints to --out.
+    /// Trains an S4 model (or, with --arch transformer, the Transformer baseline of the Long Range
+    /// Arena) on a long-range task and writes metrics, curves and checkpoints to --out.
     ///
     /// Tasks: listops (generated as LRA does, or the LRA TSVs with --data DIR), pathfinder (the
     /// 32x32 Pathfinder-style generator, or the LRA release with --data), adding (L = 1000),
     /// acsf1 (UCR ACSF1 from the sktime wheel in --data, default data/), digits (scikit-learn's
     /// digits from the wheel in --data), text and retrieval (LRA files in --data). Presets:
     /// cpu-listops, cpu-pathfinder, cpu-adding, cpu-acsf1, cpu-digits, tiny, and the official
-    /// lra-listops, lra-text, lra-retrieval, lra-image, lra-pathfinder, lra-pathx. Prints the
-    /// final metrics as JSON.
+    /// lra-listops, lra-text, lra-retrieval, lra-image, lra-pathfinder, lra-pathx, and the
+    /// transformer baselines cpu-transformer-TASK. Prints the final metrics as JSON.
     Train {
         /// Task name.
         #[arg(long)]
         task: String,
-        /// Preset (default: the task's CPU preset).
+        /// Architecture: s4, or transformer (a bidirectional transformer encoder classifier: token
+        /// embedding or linear encoder, learned positions, pre-LayerNorm blocks, mean pooling;
+        /// trained by the same loop, same metrics and checkpoints). Default: the preset's (s4).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Preset (default: the task's CPU preset for the architecture).
         #[arg(long)]
         preset: Option<String>,
         /// Folder with real data files (see the task list).
@@ -183,7 +189,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Evaluates a training run's checkpoint on its task's test split; prints JSON.
+    /// Evaluates a training run's checkpoint (S4 or transformer) on its task's test split; prints
+    /// JSON.
     Eval {
         /// The --out folder of `s4 train`.
         dir: PathBuf,
@@ -266,6 +273,7 @@ fn main() {
         Command::ImportOfficial { model, config, out } => cmd_import(&model, &config, &out),
         Command::Train {
             task,
+            arch,
             preset,
             data,
             epochs,
@@ -281,6 +289,7 @@ fn main() {
             out,
         } => cmd_train(TrainArgs {
             task,
+            arch,
             preset,
             data,
             epochs,
@@ -633,6 +642,14 @@ fn layer_param_count<T>(w: &s4::layer::Weights<T>) -> usize {
 
 fn cmd_info(dir: &Path) -> Result<()> {
     use s4::model::checkpoint::{load_any, Saved};
+    use s4::transformer::{classifier::FORMAT, TransformerClassifier};
+    let cpath = dir.join(s4::model::checkpoint::CONFIG_FILE);
+    let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
+    if serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v["format"] == FORMAT) {
+        let model = TransformerClassifier::<f32>::load(dir)?;
+        println!("{}", json!({"format": FORMAT, "config": model.config(), "parameters": model.num_params()}));
+        return Ok(());
+    }
     match load_any::<f32>(dir)? {
         Saved::Layer(layer) => println!(
             "{}",
@@ -804,6 +821,7 @@ fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> R
 
 struct TrainArgs {
     task: String,
+    arch: Option<String>,
     preset: Option<String>,
     data: Option<PathBuf>,
     epochs: Option<usize>,
@@ -827,16 +845,34 @@ fn split_sizes(sizes: &[usize]) -> Result<s4::data::SplitSizes> {
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
-    use s4::train::{default_preset, load_task, preset, train, RunOptions, TrainConfig};
+    use s4::train::{default_preset_for, load_task, preset, train, Arch, RunOptions, TrainConfig};
     let t0 = Instant::now();
+    let arch = a.arch.as_deref().map(str::parse::<Arch>).transpose()?;
     let task = load_task(&a.task, a.data.as_deref(), &split_sizes(&a.sizes)?, a.seed)?;
-    let preset_name = a.preset.clone().unwrap_or_else(|| default_preset(&a.task).to_string());
+    let preset_name =
+        a.preset.clone().unwrap_or_else(|| default_preset_for(&a.task, arch.unwrap_or_default()).to_string());
     let mut cfg = match &a.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            serde_json::from_str::<TrainConfig>(&text).map_err(|e| Error::format(path, e.to_string()))?
+            let mut cfg = serde_json::from_str::<TrainConfig>(&text).map_err(|e| Error::format(path, e.to_string()))?;
+            cfg.arch = arch.unwrap_or(cfg.arch);
+            cfg
         }
-        None => preset(&preset_name)?,
+        None => {
+            let cfg = preset(&preset_name)?;
+            if let Some(arch) = arch.filter(|&arch| arch != cfg.arch) {
+                return Err(Error::invalid(
+                    "--preset",
+                    &preset_name,
+                    format!(
+                        "a preset for --arch {arch} (preset {preset_name} trains {}; omit --preset for {})",
+                        cfg.arch,
+                        default_preset_for(&a.task, arch)
+                    ),
+                ));
+            }
+            cfg
+        }
     };
     cfg.seed = a.seed;
     if let Some(e) = a.epochs {
@@ -851,19 +887,20 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let opts = RunOptions { threads: a.threads, progress: !a.quiet, resume: a.resume, stop_after: a.stop_after };
     if !a.quiet {
         eprintln!(
-            "task {}: {} train / {} val / {} test sequences, max length {}; preset {preset_name}",
+            "task {}: {} train / {} val / {} test sequences, max length {}; arch {}, preset {preset_name}",
             task.name,
             task.train.len(),
             task.val.len(),
             task.test.len(),
-            task.train.max_len()
+            task.train.max_len(),
+            cfg.arch
         );
     }
     let report = train(&task, &cfg, &a.out, &opts)?;
     let last = report.metrics.last();
     println!(
         "{}",
-        json!({"task": task.name, "preset": preset_name, "out": a.out, "epochs": report.metrics.len(),
+        json!({"task": task.name, "arch": cfg.arch, "preset": preset_name, "out": a.out, "epochs": report.metrics.len(),
                "final": last, "best_val_acc": report.metrics.iter().filter_map(|m| m.val_acc).fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v)))),
                "majority_rate": task.majority_rate(), "mean_baseline_mse": task.mean_baseline_mse(),
                "wall_seconds": t0.elapsed().as_secs_f64()})
@@ -883,12 +920,13 @@ fn cmd_eval(dir: &Path, data: Option<&Path>, sizes: &[usize], seed: u64) -> Resu
     let task = s4::train::load_task(&base, data, &split_sizes(sizes)?, seed)?;
     let ckpt = s4::train::trainer::checkpoint_dir(dir)
         .ok_or_else(|| Error::invalid("run folder", dir.display(), "a folder with a checkpoint/ (from s4 train)"))?;
-    let model: s4::model::S4Model<f32> = s4::model::checkpoint::load(&ckpt)?;
+    let model = s4::train::TrainedModel::load(&ckpt)?;
     let t0 = Instant::now();
-    let (loss, acc) = s4::train::evaluate(&model, &task.test, 64)?;
+    let (loss, acc) = model.evaluate(&task.test, 64)?;
     println!(
         "{}",
-        json!({"task": task.name, "checkpoint": ckpt, "test_loss": loss, "test_acc": acc, "test_sequences": task.test.len(),
+        json!({"task": task.name, "arch": model.arch(), "checkpoint": ckpt, "test_loss": loss, "test_acc": acc,
+               "test_sequences": task.test.len(),
                "majority_rate": task.majority_rate(), "mean_baseline_mse": task.mean_baseline_mse(),
                "seconds": t0.elapsed().as_secs_f64()})
     );

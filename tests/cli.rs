@@ -314,6 +314,49 @@ fn train_then_eval_a_tiny_run() {
 }
 
 #[test]
+fn train_then_eval_a_transformer_run() {
+    let out = tmp("train-transformer");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_str().unwrap();
+    let args = [
+        "train",
+        "--task",
+        "adding",
+        "--arch",
+        "transformer",
+        "--sizes",
+        "24,8,8",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        o,
+    ];
+    let res = s4(&args);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert_eq!((v["arch"].as_str(), v["preset"].as_str()), (Some("transformer"), Some("cpu-transformer-adding")));
+    assert!(v["final"]["test_loss"].as_f64().unwrap().is_finite());
+    let ev = s4(&["eval", o, "--sizes", "24,8,8"]);
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(e["arch"], "transformer");
+    assert_eq!(e["test_loss"].as_f64().unwrap(), v["final"]["test_loss"].as_f64().unwrap());
+    let info = s4(&["info", out.join("checkpoint").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("transformer-classifier"));
+    let bad = tmp("train-transformer-bad");
+    let b = bad.to_str().unwrap();
+    assert_clear_error(
+        &s4(&["train", "--task", "adding", "--arch", "rnn", "--out", b]),
+        &["arch", "rnn", "s4 or transformer"],
+    );
+    assert_clear_error(
+        &s4(&["train", "--task", "adding", "--arch", "transformer", "--preset", "tiny", "--out", b]),
+        &["--preset", "tiny", "cpu-transformer-adding"],
+    );
+}
+
+#[test]
 fn train_rejects_bad_input_with_one_line() {
     let o = tmp("train-bad");
     let o = o.to_str().unwrap();

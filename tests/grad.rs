@@ -2,7 +2,6 @@
 
 use ndarray::{Array1, Array2, Array3};
 use num_complex::Complex64;
-use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use s4::conv::FftConv;
 use s4::discretize::Discretization;
@@ -12,43 +11,12 @@ use s4::model::{Input, NormKind, Pooling, S4ModelConfig};
 use s4::ssm::{KernelKind, SsmInitConfig, SsmParams};
 use s4::train::grad::{self, ops, Target, TrainOptions};
 
-const H: f64 = 1e-5;
-const TOL: f64 = 1e-6;
-
-fn rng(seed: u64) -> rand_pcg::Pcg64 {
-    rand_pcg::Pcg64::seed_from_u64(seed)
-}
+mod common;
+use common::{check, randn2, rng};
 
 fn randn3(shape: (usize, usize, usize), seed: u64) -> Array3<f64> {
     let mut r = rng(seed);
     Array3::from_shape_fn(shape, |_| StandardNormal.sample(&mut r))
-}
-
-fn randn2(shape: (usize, usize), seed: u64) -> Array2<f64> {
-    let mut r = rng(seed);
-    Array2::from_shape_fn(shape, |_| StandardNormal.sample(&mut r))
-}
-
-/// Compares analytic gradients with (Richardson-extrapolated) central differences of `loss` over the entries `idx` of a
-/// flat parameter vector `x` (perturbed in place by `set`). Returns the relative error
-/// max|a − fd| / max|fd|.
-fn check(name: &str, analytic: &[f64], n: usize, mut loss_at: impl FnMut(usize, f64) -> f64) -> f64 {
-    let idx: Vec<usize> = if n <= 40 { (0..n).collect() } else { (0..40).map(|i| i * n / 40).collect() };
-    let mut num = 0.0f64;
-    let mut den = 0.0f64;
-    for &i in &idx {
-        // central differences with one Richardson step: O(h⁴) truncation error
-        let d1 = (loss_at(i, H) - loss_at(i, -H)) / (2.0 * H);
-        let d2 = (loss_at(i, H / 2.0) - loss_at(i, -H / 2.0)) / H;
-        let fd = (4.0 * d2 - d1) / 3.0;
-        num = num.max((fd - analytic[i]).abs());
-        den = den.max(fd.abs());
-    }
-    let rel = num / den.max(1e-300);
-    assert!(den > 0.0, "{name}: gradient is identically zero at the checked entries");
-    assert!(rel <= TOL, "{name}: relative error {rel:.3e} (max |fd| {den:.3e})");
-    eprintln!("{name}: {rel:.1e}"); // `cargo test --test grad -- --nocapture` lists them
-    rel
 }
 
 fn dot3(a: &Array3<f64>, b: &Array3<f64>) -> f64 {

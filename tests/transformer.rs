@@ -5,7 +5,6 @@
 
 use ndarray::{s, Array2, Array3, Axis};
 use ndarray_npy::read_npy;
-use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use s4::transformer::grad::{self, LmTarget};
 use s4::transformer::train::{train_lm, LmTrainConfig};
@@ -13,6 +12,9 @@ use s4::transformer::{Activation, Gpt, GptConfig, IGNORE};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
+
+mod common;
+use common::{bump, check, check_tensors, dot2, randn1, randn2, rng};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-tiny")
@@ -353,53 +355,6 @@ fn config_reads_hugging_face_json() {
 // ---------------------------------------------------------------------------------------------
 // Gradient checks (f64, central differences with one Richardson step, relative error ≤ 1e-6)
 
-const H: f64 = 1e-5;
-const TOL: f64 = 1e-6;
-
-fn rng(seed: u64) -> rand_pcg::Pcg64 {
-    rand_pcg::Pcg64::seed_from_u64(seed)
-}
-
-fn randn2(shape: (usize, usize), seed: u64) -> Array2<f64> {
-    let mut r = rng(seed);
-    Array2::from_shape_fn(shape, |_| StandardNormal.sample(&mut r))
-}
-
-fn randn1(n: usize, seed: u64) -> ndarray::Array1<f64> {
-    randn2((1, n), seed).index_axis_move(Axis(0), 0)
-}
-
-/// Compares analytic gradients with Richardson-extrapolated central differences of `loss_at(i, h)`
-/// (the loss with entry i moved by h), at up to 40 entries; returns max|a − fd| / max|fd|.
-fn check(name: &str, analytic: &[f64], n: usize, mut loss_at: impl FnMut(usize, f64) -> f64) -> f64 {
-    let idx: Vec<usize> = if n <= 40 { (0..n).collect() } else { (0..40).map(|i| i * n / 40).collect() };
-    let mut num = 0.0f64;
-    let mut den = 0.0f64;
-    for &i in &idx {
-        let d1 = (loss_at(i, H) - loss_at(i, -H)) / (2.0 * H);
-        let d2 = (loss_at(i, H / 2.0) - loss_at(i, -H / 2.0)) / H;
-        let fd = (4.0 * d2 - d1) / 3.0;
-        num = num.max((fd - analytic[i]).abs());
-        den = den.max(fd.abs());
-    }
-    let rel = num / den.max(1e-300);
-    assert!(den > 0.0, "{name}: gradient is identically zero at the checked entries");
-    assert!(rel <= TOL, "{name}: relative error {rel:.3e} (max |fd| {den:.3e})");
-    eprintln!("{name}: {rel:.1e}");
-    rel
-}
-
-fn dot2(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `x` with flat entry i moved by d.
-fn bump<D: ndarray::Dimension>(x: &ndarray::Array<f64, D>, i: usize, d: f64) -> ndarray::Array<f64, D> {
-    let mut y = x.clone();
-    y.as_slice_mut().unwrap()[i] += d;
-    y
-}
-
 #[test]
 fn op_gradients() {
     let mut worst = 0.0f64;
@@ -561,16 +516,11 @@ fn check_model(tag: &str, model: &Gpt<f64>, ids: &Array2<u32>, target: LmTarget<
     let (loss, g) = grad::forward_backward_with(model, ids.view(), target).unwrap();
     let eval = grad::lm_loss(model, ids.view(), target).unwrap();
     assert!((loss - eval).abs() < 1e-12, "{tag}: training-path loss {loss} vs inference-path loss {eval}");
-    let mut worst = 0.0f64;
-    for (k, (name, an)) in g.tensors().into_iter().enumerate() {
-        let an = an.as_slice().unwrap().to_vec();
-        let rel = check(&format!("{tag} {name}"), &an, an.len(), |i, d| {
-            let mut m = model.clone();
-            m.tensors_mut()[k].1.as_slice_mut().unwrap()[i] += d;
-            grad::forward_backward_with(&m, ids.view(), target).unwrap().0
-        });
-        worst = worst.max(rel);
-    }
+    let worst = check_tensors(tag, g.tensors(), |k, i, d| {
+        let mut m = model.clone();
+        m.tensors_mut()[k].1.as_slice_mut().unwrap()[i] += d;
+        grad::forward_backward_with(&m, ids.view(), target).unwrap().0
+    });
     println!("{tag}: {} tensors, worst relative error {worst:.2e}", g.tensors().len());
     worst
 }

@@ -216,6 +216,39 @@ fn write_folder(dir: &Path, entries: BTreeMap<String, Entry>, config: serde_json
     write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&config).expect("config serializes").as_bytes())
 }
 
+/// Writes named tensors (stored in `T`'s precision, F32 or F64) and `config` into the folder `dir`
+/// (created if needed): `model.safetensors`, then `config.json`, each atomically, as [`save`].
+///
+/// # Errors
+/// The folder or a file cannot be written.
+pub(crate) fn save_named<T: Real>(
+    dir: &Path,
+    tensors: Vec<(String, ndarray::ArrayViewD<'_, T>)>,
+    config: serde_json::Value,
+) -> Result<()> {
+    let entries = tensors.into_iter().map(|(name, t)| (name, real_entry(t.shape(), t.iter()))).collect();
+    write_folder(dir, entries, config)
+}
+
+/// Reads `model.safetensors` of `dir` into `targets` (name, destination) by name, converting F32,
+/// F64, BF16 or F16 to `T`. Every missing, mis-shaped, mis-typed and unexpected tensor is reported
+/// in one [`Error::Format`] (the destinations may then be partly written: discard them).
+///
+/// # Errors
+/// An unreadable or invalid file, or the problems above.
+pub(crate) fn load_named<T: Real>(dir: &Path, targets: Vec<(String, ndarray::ArrayViewMutD<'_, T>)>) -> Result<()> {
+    let path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e}")))?;
+    let mut r = Reader { st, path: &path, problems: Vec::new(), used: Vec::new() };
+    for (name, mut t) in targets {
+        let shape = t.shape().to_vec();
+        t.assign(&r.real::<T>(&name, &shape));
+    }
+    r.finish()
+}
+
 /// Saves `model` into the folder `dir` (created if needed): `config.json` and `model.safetensors`,
 /// each written atomically. The weights are written first, so an interrupted save never leaves a
 /// new config next to old weights.
@@ -261,7 +294,8 @@ pub enum Saved<T> {
     Model(S4Model<T>),
 }
 
-fn read_json(dir: &Path) -> Result<serde_json::Value> {
+/// The parsed `config.json` of a folder.
+pub(crate) fn read_json(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))

@@ -253,6 +253,54 @@ pub enum Encoder<T> {
     },
 }
 
+impl<T: Real> Encoder<T> {
+    /// Checks a batch against the encoder and returns its (B, L): tokens (B, L) for an embedding,
+    /// each id < vocab_size; features (B, d_input, L) for a linear encoder, all finite; B, L ≥ 1.
+    ///
+    /// # Errors
+    /// Input of the other kind, an empty batch or sequence, a feature count other than d_input, a
+    /// token id ≥ vocab_size or a non-finite feature (named by its index).
+    pub fn check_input(&self, input: Input<T>) -> Result<(usize, usize)> {
+        match (self, input) {
+            (Encoder::Linear { w, .. }, Input::Features(x)) => {
+                let (bs, f, l) = x.dim();
+                if f != w.ncols() || bs == 0 || l == 0 {
+                    return Err(Error::shape(
+                        "input",
+                        format!("(B, d_input, L) with d_input = {} and B, L >= 1", w.ncols()),
+                        x.shape(),
+                    ));
+                }
+                if let Some(((i, j, t), _)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+                    return Err(Error::invalid(format!("input[{i}, {j}, {t}]"), "non-finite", "finite values"));
+                }
+                Ok((bs, l))
+            }
+            (Encoder::Embedding { table }, Input::Tokens(tok)) => {
+                let (bs, l) = tok.dim();
+                if bs == 0 || l == 0 {
+                    return Err(Error::shape("tokens", "(B, L) with B, L >= 1", tok.shape()));
+                }
+                let v = table.nrows();
+                if let Some(((i, t), &bad)) = tok.indexed_iter().find(|(_, &k)| k as usize >= v) {
+                    return Err(Error::invalid(
+                        format!("tokens[{i}, {t}]"),
+                        bad,
+                        format!("a token id < vocab_size = {v}"),
+                    ));
+                }
+                Ok((bs, l))
+            }
+            (Encoder::Linear { .. }, Input::Tokens(_)) => {
+                Err(Error::invalid("input", "tokens", "features (the encoder is linear)"))
+            }
+            (Encoder::Embedding { .. }, Input::Features(_)) => {
+                Err(Error::invalid("input", "features", "tokens (the encoder is an embedding)"))
+            }
+        }
+    }
+}
+
 /// One residual block: an S4 layer and its normalization.
 #[derive(Clone, Debug)]
 pub struct Block<T> {
@@ -392,44 +440,16 @@ impl<T: Real> S4Model<T> {
 
     /// Encodes the input into (B, H, L).
     pub(crate) fn encode(&self, input: Input<T>) -> Result<Array3<T>> {
+        self.encoder.check_input(input)?;
         let h = self.config.d_model();
-        match (&self.encoder, input) {
-            (Encoder::Linear { w, b }, Input::Features(x)) => {
-                let (bs, f, l) = x.dim();
-                if f != w.ncols() || bs == 0 || l == 0 {
-                    return Err(Error::shape(
-                        "input",
-                        format!("(B, d_input, L) with d_input = {}", w.ncols()),
-                        x.shape(),
-                    ));
-                }
-                if let Some(((i, j, t), _)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
-                    return Err(Error::invalid(format!("input[{i}, {j}, {t}]"), "non-finite", "finite values"));
-                }
-                Ok(crate::nn::linear_features(x, w.view(), b.view()))
-            }
+        Ok(match (&self.encoder, input) {
+            (Encoder::Linear { w, b }, Input::Features(x)) => crate::nn::linear_features(x, w.view(), b.view()),
             (Encoder::Embedding { table }, Input::Tokens(tok)) => {
                 let (bs, l) = tok.dim();
-                if bs == 0 || l == 0 {
-                    return Err(Error::shape("tokens", "(B, L) with B, L >= 1", tok.shape()));
-                }
-                let v = table.nrows();
-                if let Some(((i, t), &bad)) = tok.indexed_iter().find(|(_, &k)| k as usize >= v) {
-                    return Err(Error::invalid(
-                        format!("tokens[{i}, {t}]"),
-                        bad,
-                        format!("a token id < vocab_size = {v}"),
-                    ));
-                }
-                Ok(Array3::from_shape_fn((bs, h, l), |(i, j, t)| table[[tok[[i, t]] as usize, j]]))
+                Array3::from_shape_fn((bs, h, l), |(i, j, t)| table[[tok[[i, t]] as usize, j]])
             }
-            (Encoder::Linear { .. }, Input::Tokens(_)) => {
-                Err(Error::invalid("input", "tokens", "features (the encoder is linear)"))
-            }
-            (Encoder::Embedding { .. }, Input::Features(_)) => {
-                Err(Error::invalid("input", "features", "tokens (the encoder is an embedding)"))
-            }
-        }
+            _ => unreachable!("check_input matched the input to the encoder"),
+        })
     }
 
     /// Convolutional mode over whole sequences.

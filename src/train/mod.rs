@@ -1,6 +1,6 @@
 //! Training in Rust: backward passes ([`grad`]), AdamW with the official parameter groups
-//! ([`optim`]), the training loop ([`trainer`]) and the tasks and presets of `s4 train`
-//! ([`tasks`]).
+//! ([`optim`]), the training loop ([`trainer`], for S4 and for the transformer baseline) and the
+//! tasks and presets of `s4 train` ([`tasks`]).
 //!
 //! # Example
 //! ```
@@ -23,5 +23,7 @@ pub mod tasks;
 pub mod trainer;
 
 pub use optim::{AdamW, OptimConfig, Schedule};
-pub use tasks::{default_preset, load_task, preset, summary, train_default, PRESETS, TASKS};
-pub use trainer::{evaluate, train, EpochMetrics, RunOptions, TrainConfig, TrainReport};
+pub use tasks::{default_preset, default_preset_for, load_task, preset, summary, train_default, PRESETS, TASKS};
+pub use trainer::{
+    evaluate, train, Arch, EpochMetrics, RunOptions, TrainConfig, TrainModel, TrainReport, TrainedModel,
+};

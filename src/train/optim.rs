@@ -11,9 +11,8 @@
 //! θ ← θ(1 − ηλ); m ← β₁m + (1 − β₁)g; v ← β₂v + (1 − β₂)g²;
 //! θ ← θ − η·(m/(1 − β₁ᵗ)) / (√(v/(1 − β₂ᵗ)) + ε).
 
-use super::grad::{tensors_mut, zeros_like, ParamGroup};
+use super::grad::{ParamGroup, Parameters};
 use crate::error::{Error, Result};
-use crate::model::S4Model;
 use crate::scalar::Real;
 
 /// Learning-rate schedule over the whole run.
@@ -140,17 +139,19 @@ impl OptimConfig {
     }
 }
 
-/// AdamW state: the step count and the first and second moments (models of the same shape).
+/// AdamW state: the step count and the first and second moments, stored as models of the same
+/// shape as the trained one (`M` = [`S4Model`](crate::model::S4Model) or
+/// [`TransformerClassifier`](crate::transformer::TransformerClassifier): any [`Parameters`]).
 #[derive(Clone, Debug)]
-pub struct AdamW<T> {
+pub struct AdamW<M> {
     /// Settings.
     pub config: OptimConfig,
     /// Steps taken.
     pub step: u64,
     /// First moments.
-    pub m: S4Model<T>,
+    pub m: M,
     /// Second moments.
-    pub v: S4Model<T>,
+    pub v: M,
 }
 
 /// What one optimizer step did.
@@ -162,25 +163,21 @@ pub struct StepInfo {
     pub lr_factor: f64,
 }
 
-impl<T: Real> AdamW<T> {
+impl<M: Parameters> AdamW<M> {
     /// Fresh state (zero moments) for `model`.
     ///
     /// # Errors
     /// An invalid configuration.
-    pub fn new(model: &S4Model<T>, config: OptimConfig) -> Result<Self> {
+    pub fn new(model: &M, config: OptimConfig) -> Result<Self> {
         config.validate()?;
-        Ok(AdamW { config, step: 0, m: zeros_like(model), v: zeros_like(model) })
+        Ok(AdamW { config, step: 0, m: model.zeros_like(), v: model.zeros_like() })
     }
 
     /// One AdamW step on `model` with gradients `grads` (clipped in place if `grad_clip` is set),
     /// at schedule position `self.step` of `total_steps`.
-    pub fn step(&mut self, model: &mut S4Model<T>, grads: &mut S4Model<T>, total_steps: u64) -> StepInfo {
+    pub fn step(&mut self, model: &mut M, grads: &mut M, total_steps: u64) -> StepInfo {
         let c = &self.config;
-        let mut sq = 0.0;
-        for g in tensors_mut(grads) {
-            sq += g.values.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>();
-        }
-        let grad_norm = sq.sqrt();
+        let grad_norm = super::grad::squared_norm(grads).sqrt();
         let clip = match c.grad_clip {
             Some(mx) if grad_norm > mx => mx / (grad_norm + 1e-6),
             _ => 1.0,
@@ -189,24 +186,26 @@ impl<T: Real> AdamW<T> {
         self.step += 1;
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-        let (b1, b2, eps) = (T::of(c.beta1), T::of(c.beta2), c.eps);
-        let params = tensors_mut(model);
-        let gs = tensors_mut(grads);
-        let ms = tensors_mut(&mut self.m);
-        let vs = tensors_mut(&mut self.v);
+        let of = <M::Scalar as Real>::of;
+        let one = <M::Scalar as num_traits::One>::one();
+        let (b1, b2, eps) = (of(c.beta1), of(c.beta2), c.eps);
+        let params = model.parameters_mut();
+        let gs = grads.parameters_mut();
+        let ms = self.m.parameters_mut();
+        let vs = self.v.parameters_mut();
         for (((p, g), m), v) in params.into_iter().zip(gs).zip(ms).zip(vs) {
             let (lr, wd) = c.group_settings(p.group);
             let lr = lr * factor;
-            let decay = T::of(1.0 - lr * wd);
-            let clip = T::of(clip);
+            let decay = of(1.0 - lr * wd);
+            let clip = of(clip);
             for i in 0..p.values.len() {
                 let gi = g.values[i] * clip;
                 g.values[i] = gi;
-                m.values[i] = b1 * m.values[i] + (T::one() - b1) * gi;
-                v.values[i] = b2 * v.values[i] + (T::one() - b2) * gi * gi;
+                m.values[i] = b1 * m.values[i] + (one - b1) * gi;
+                v.values[i] = b2 * v.values[i] + (one - b2) * gi * gi;
                 let mhat = m.values[i].as_f64() / bc1;
                 let vhat = v.values[i].as_f64() / bc2;
-                p.values[i] = p.values[i] * decay - T::of(lr * mhat / (vhat.sqrt() + eps));
+                p.values[i] = p.values[i] * decay - of(lr * mhat / (vhat.sqrt() + eps));
             }
         }
         StepInfo { grad_norm, lr_factor: factor }

@@ -1,13 +1,15 @@
 //! The tasks `s4 train` knows, how their data is obtained, and their presets (model, optimizer,
-//! epochs, batch size): the official LRA configurations and small CPU presets that finish in
-//! minutes.
+//! epochs, batch size): the official LRA configurations, small CPU presets that finish in
+//! minutes, and a CPU transformer baseline per task (`cpu-transformer-*`, picked by
+//! `--arch transformer`).
 
 use super::optim::OptimConfig;
-use super::trainer::TrainConfig;
+use super::trainer::{Arch, TrainConfig};
 use crate::data::{self, SplitSizes, TaskData};
 use crate::error::{Error, Result};
 use crate::layer::{DtTransform, S4LayerConfig};
 use crate::model::{NormKind, Pooling, S4ModelConfig};
+use crate::transformer::TransformerClassifierConfig;
 use std::path::Path;
 
 /// Task names accepted by [`load_task`].
@@ -115,9 +117,32 @@ pub const PRESETS: &[&str] = &[
     "lra-image",
     "lra-pathfinder",
     "lra-pathx",
+    "cpu-transformer-listops",
+    "cpu-transformer-pathfinder",
+    "cpu-transformer-adding",
+    "cpu-transformer-acsf1",
+    "cpu-transformer-digits",
+    "cpu-transformer-text",
+    "cpu-transformer-retrieval",
 ];
 
-/// The default preset of a task (a CPU preset).
+/// The default preset of a task for an architecture: [`default_preset`] for S4, the task's
+/// `cpu-transformer-*` preset for the transformer baseline (`cpu-transformer-listops` for an
+/// unknown task).
+pub fn default_preset_for(task: &str, arch: Arch) -> &'static str {
+    match (arch, task) {
+        (Arch::S4, _) => default_preset(task),
+        (Arch::Transformer, "pathfinder") => "cpu-transformer-pathfinder",
+        (Arch::Transformer, "adding") => "cpu-transformer-adding",
+        (Arch::Transformer, "acsf1") => "cpu-transformer-acsf1",
+        (Arch::Transformer, "digits") => "cpu-transformer-digits",
+        (Arch::Transformer, "text") => "cpu-transformer-text",
+        (Arch::Transformer, "retrieval") => "cpu-transformer-retrieval",
+        (Arch::Transformer, _) => "cpu-transformer-listops",
+    }
+}
+
+/// The default S4 preset of a task (a CPU preset, or the LRA preset for text and retrieval).
 pub fn default_preset(task: &str) -> &'static str {
     match task {
         "listops" => "cpu-listops",
@@ -153,14 +178,49 @@ fn cpu_model(n_layers: usize, h: usize, n: usize, bidirectional: bool, norm: Nor
     }
 }
 
-/// A named training preset. The task's input kind and sizes (vocabulary, d_input, classes) are
-/// filled in by [`TrainConfig::for_task`].
+/// A transformer baseline preset: the LRA encoder layout (pre-LayerNorm blocks, bidirectional
+/// attention, MLP width 2·C, mean pooling) at `n_layers` × C = `d_model` with 4 heads, AdamW at
+/// `lr` (weight decay 0.01 on the 2-D weights, 10% warmup, cosine, gradient clipping at 1; no SSM
+/// groups), trained for `epochs` in batches of `batch_size`.
+fn cpu_transformer(n_layers: usize, d_model: usize, lr: f64, epochs: usize, batch_size: usize) -> TrainConfig {
+    TrainConfig {
+        arch: Arch::Transformer,
+        transformer: TransformerClassifierConfig {
+            n_layers,
+            d_model,
+            n_heads: 4,
+            d_mlp: 2 * d_model,
+            pooling: Pooling::Mean,
+            ..Default::default()
+        },
+        optim: OptimConfig {
+            lr,
+            weight_decay: 0.01,
+            lr_dt: None,
+            lr_a: None,
+            lr_b: None,
+            grad_clip: Some(1.0),
+            ..Default::default()
+        },
+        epochs,
+        batch_size,
+        ..TrainConfig::default()
+    }
+}
+
+/// A named training preset. The task's input kind and sizes (vocabulary, d_input, classes; the
+/// transformer's positions) are filled in by [`TrainConfig::for_task`].
 ///
 /// - `lra-*`: the official LRA configurations (s4-math note §1.10): layers, width, state size,
 ///   norm, dropout, n_ssm, Δ range, learning rates (SSM groups at 1e-3, no decay), weight decay
 ///   0.05, batch size, epochs, cosine schedule with 10% warmup.
 /// - `cpu-*`: small models that train in minutes on 2 cores (see the README for measured results).
 /// - `tiny`: 2 layers, H = 16, N = 16, for smoke tests.
+/// - `cpu-transformer-*`: the transformer baseline ([`Arch::Transformer`]) of each task, LRA's
+///   encoder layout at a CPU size: 2 layers, C = 64, 4 heads, MLP 128, mean pooling, AdamW lr 1e-3
+///   (2e-3 for the short digits and adding runs), the epochs and batch sizes of the S4 CPU preset
+///   (`text`, `retrieval`: 10 epochs of 16; attention keeps 2·4·L² weights per sequence in
+///   flight, about 0.5 GB per thread at L = 4096).
 ///
 /// # Errors
 /// An unknown name.
@@ -270,6 +330,12 @@ pub fn preset(name: &str) -> Result<TrainConfig> {
             batch_size: 16,
             ..base
         },
+        "cpu-transformer-listops" => cpu_transformer(2, 64, 1e-3, 12, 32),
+        "cpu-transformer-pathfinder" => cpu_transformer(2, 64, 1e-3, 6, 32),
+        "cpu-transformer-adding" => cpu_transformer(2, 64, 2e-3, 8, 32),
+        "cpu-transformer-acsf1" => cpu_transformer(2, 64, 1e-3, 60, 16),
+        "cpu-transformer-digits" => cpu_transformer(2, 64, 2e-3, 20, 32),
+        "cpu-transformer-text" | "cpu-transformer-retrieval" => cpu_transformer(2, 64, 1e-3, 10, 16),
         _ => return Err(Error::invalid("preset", name, format!("one of {}", PRESETS.join(", ")))),
     };
     Ok(cfg)

@@ -1,30 +1,39 @@
 //! The training loop: minibatches, data parallelism, evaluation, metrics, curves, checkpoints,
-//! exact resume and a stop on non-finite values.
+//! exact resume and a stop on non-finite values, for both architectures ([`Arch`]): the S4 model
+//! ([`S4Model`], `TrainConfig::model`) and the transformer encoder classifier, the LRA baseline
+//! ([`TransformerClassifier`], `TrainConfig::transformer`). One loop trains either, through the
+//! small [`TrainModel`] trait (a batch's forward/backward and evaluation loss, checkpoint save and
+//! load) and [`Parameters`] (tensors by name and optimizer group, for AdamW, the optimizer state and
+//! the non-finite checks).
 //!
 //! # Output folder
 //! ```text
 //! OUT/config.json        the TrainConfig and the task name
 //! OUT/metrics.jsonl      one JSON object per epoch (EpochMetrics)
 //! OUT/curves.png         learning curves
-//! OUT/checkpoint/        the last completed epoch: config.json + model.safetensors (a model folder
-//!                        that `s4 run` / `s4 eval` load), optimizer.safetensors, state.json
+//! OUT/checkpoint/        the last completed epoch: config.json + model.safetensors (a model folder:
+//!                        "format" s4-model, which `s4 run` also loads, or transformer-classifier;
+//!                        `s4 eval` loads both), optimizer.safetensors, state.json
 //! ```
 //!
 //! # Determinism
 //! Epoch e visits the training set in an order drawn from (seed, e) (token sequences are bucketed by
-//! length within pools of 50 batches, to cut padding); the dropout stream of step s
-//! is drawn from (seed, s). Every parallel reduction (weight gradients over the batch) sums
-//! per-sequence parts in sequence order, so the result does not depend on the number of threads.
-//! A checkpoint holds the weights, the BatchNorm statistics, both AdamW moments and the step, so
-//! a run resumed from epoch e continues exactly as the uninterrupted run did.
+//! length within pools of 50 batches, to cut padding); the dropout stream of step s is drawn from
+//! (seed, s) (S4; the transformer baseline trains without dropout). Every parallel reduction
+//! (weight gradients over the batch) sums per-sequence parts in sequence order, so the result does
+//! not depend on the number of threads.
+//! A checkpoint holds the weights, the BatchNorm statistics (S4), both AdamW moments and the step,
+//! so a run resumed from epoch e continues exactly as the uninterrupted run did.
 
-use super::grad::{evaluate_loss, first_non_finite, forward_backward, tensors_mut, LossStats, Target, TrainOptions};
+use super::grad::{evaluate_loss, first_non_finite, forward_backward, LossStats, Parameters, Target, TrainOptions};
 use super::optim::{AdamW, OptimConfig};
 use crate::data::{batch_features, batch_tokens, Split, Targets, TaskData};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{self, write_atomic};
 use crate::model::{Input, S4Model, S4ModelConfig};
 use crate::plot::{write_png, Panel, Series};
+use crate::transformer::classifier::FORMAT as TRANSFORMER_FORMAT;
+use crate::transformer::{TransformerClassifier, TransformerClassifierConfig};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use safetensors::tensor::TensorView;
@@ -32,12 +41,62 @@ use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Everything that defines a training run (plain struct, serde, `Default`).
+/// The architecture a run trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// The S4 model of [`TrainConfig::model`] (`"s4"`).
+    #[default]
+    S4,
+    /// The transformer encoder classifier of [`TrainConfig::transformer`], the LRA baseline
+    /// (`"transformer"`).
+    Transformer,
+}
+
+impl Arch {
+    /// The name on the command line and in JSON: `s4` or `transformer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::S4 => "s4",
+            Arch::Transformer => "transformer",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = Error;
+
+    /// Parses `s4` or `transformer`.
+    ///
+    /// # Errors
+    /// Any other name (the message names it and the accepted ones).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "s4" => Ok(Arch::S4),
+            "transformer" => Ok(Arch::Transformer),
+            _ => Err(Error::invalid("arch", s, "s4 or transformer")),
+        }
+    }
+}
+
+/// Everything that defines a training run (plain struct, serde, `Default`; missing keys take the
+/// default values, so a config.json written before `arch` existed loads as an S4 run).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct TrainConfig {
-    /// The model (input and output sizes are set from the task by [`for_task`](Self::for_task)).
+    /// Which model to train: [`Arch::S4`] (`model`) or [`Arch::Transformer`] (`transformer`).
+    pub arch: Arch,
+    /// The S4 model (input and output sizes are set from the task by [`for_task`](Self::for_task)).
     pub model: S4ModelConfig,
+    /// The transformer baseline (input and output sizes and the number of positions are set from
+    /// the task by [`for_task`](Self::for_task)).
+    pub transformer: TransformerClassifierConfig,
     /// The optimizer.
     pub optim: OptimConfig,
     /// Passes over the training split.
@@ -51,7 +110,9 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
+            arch: Arch::S4,
             model: S4ModelConfig::default(),
+            transformer: TransformerClassifierConfig::default(),
             optim: OptimConfig::default(),
             epochs: 10,
             batch_size: 32,
@@ -61,21 +122,32 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The configuration with the model's encoder, output size and pooling set from the task.
+    /// The configuration with both models' encoders (vocabulary or d_input), output sizes and seeds
+    /// set from the task, and the transformer's `max_len` set to the task's longest sequence (over
+    /// all splits), as the S4 model ties its kernel length to it.
     pub fn for_task(mut self, task: &TaskData) -> Self {
         self.model.vocab_size = task.vocab_size;
         self.model.d_input = task.d_input;
         self.model.d_output = task.d_output;
         self.model.seed = self.seed;
+        let t = &mut self.transformer;
+        t.vocab_size = task.vocab_size;
+        t.d_input = task.d_input;
+        t.d_output = task.d_output;
+        t.seed = self.seed;
+        t.max_len = longest(task);
         self
     }
 
-    /// Checks the sizes and the optimizer.
+    /// Checks the configuration of the chosen architecture, the optimizer and the sizes.
     ///
     /// # Errors
     /// The first invalid value, by name.
     pub fn validate(&self) -> Result<()> {
-        self.model.validate()?;
+        match self.arch {
+            Arch::S4 => self.model.validate()?,
+            Arch::Transformer => self.transformer.validate()?,
+        }
         self.optim.validate()?;
         if self.epochs == 0 {
             return Err(Error::invalid("epochs", 0, "at least 1"));
@@ -84,6 +156,180 @@ impl TrainConfig {
             return Err(Error::invalid("batch_size", 0, "at least 1"));
         }
         Ok(())
+    }
+}
+
+/// The longest sequence of a task over all splits (at least 1).
+fn longest(task: &TaskData) -> usize {
+    [&task.train, &task.val, &task.test].iter().map(|s| s.max_len()).max().unwrap_or(1).max(1)
+}
+
+/// What the training loop needs of a model, beyond its [`Parameters`]: implemented by
+/// [`S4Model<f32>`] and [`TransformerClassifier<f32>`], so that one loop ([`train`]) trains either.
+pub trait TrainModel: Parameters<Scalar = f32> + std::fmt::Debug + Send + Sync {
+    /// The `"format"` of the model folder in a checkpoint.
+    const FORMAT: &'static str;
+
+    /// A fresh model for `cfg` (as [`TrainConfig::for_task`] returns it) on a task whose longest
+    /// sequence has `max_len` positions.
+    ///
+    /// # Errors
+    /// An invalid configuration.
+    fn build(cfg: &TrainConfig, max_len: usize) -> Result<Self>;
+
+    /// Whether the model has `cfg`'s configuration of its architecture (checked on resume).
+    fn matches(&self, cfg: &TrainConfig) -> bool;
+
+    /// Training-mode forward, loss and backward of one batch: the loss statistics and the
+    /// gradients (a model of the same shape).
+    ///
+    /// # Errors
+    /// Inputs, lengths or targets that do not fit the model.
+    fn train_batch(
+        &mut self,
+        input: Input<f32>,
+        lengths: Option<&[usize]>,
+        target: Target,
+        opts: TrainOptions,
+    ) -> Result<(LossStats, Self)>;
+
+    /// Evaluation-mode loss statistics of one batch.
+    ///
+    /// # Errors
+    /// As [`train_batch`](Self::train_batch).
+    fn eval_batch(&self, input: Input<f32>, lengths: Option<&[usize]>, target: Target) -> Result<LossStats>;
+
+    /// Writes the model folder (`config.json` + `model.safetensors`) into `dir`.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn save_model(&self, dir: &Path) -> Result<()>;
+
+    /// Reads what [`save_model`](Self::save_model) wrote.
+    ///
+    /// # Errors
+    /// Missing or invalid files.
+    fn load_model(dir: &Path) -> Result<Self>;
+}
+
+impl TrainModel for S4Model<f32> {
+    const FORMAT: &'static str = "s4-model";
+
+    /// [`S4ModelConfig::build`], with every DPLR layer's C̃ tied to `max_len`.
+    fn build(cfg: &TrainConfig, max_len: usize) -> Result<Self> {
+        let mut model = cfg.model.build()?;
+        model.set_kernel_length(max_len)?;
+        Ok(model)
+    }
+
+    fn matches(&self, cfg: &TrainConfig) -> bool {
+        self.config() == &cfg.model
+    }
+
+    fn train_batch(
+        &mut self,
+        input: Input<f32>,
+        lengths: Option<&[usize]>,
+        target: Target,
+        opts: TrainOptions,
+    ) -> Result<(LossStats, Self)> {
+        forward_backward(self, input, lengths, target, opts)
+    }
+
+    fn eval_batch(&self, input: Input<f32>, lengths: Option<&[usize]>, target: Target) -> Result<LossStats> {
+        evaluate_loss(self, input, lengths, target)
+    }
+
+    fn save_model(&self, dir: &Path) -> Result<()> {
+        checkpoint::save(self, dir)
+    }
+
+    fn load_model(dir: &Path) -> Result<Self> {
+        checkpoint::load(dir)
+    }
+}
+
+impl TrainModel for TransformerClassifier<f32> {
+    const FORMAT: &'static str = TRANSFORMER_FORMAT;
+
+    /// [`TransformerClassifier::new`] of `cfg.transformer` (whose `max_len` [`TrainConfig::for_task`]
+    /// set).
+    fn build(cfg: &TrainConfig, _max_len: usize) -> Result<Self> {
+        TransformerClassifier::new(cfg.transformer.clone())
+    }
+
+    fn matches(&self, cfg: &TrainConfig) -> bool {
+        self.config() == &cfg.transformer
+    }
+
+    /// [`TransformerClassifier::forward_backward`] (no dropout: `opts` is not used).
+    fn train_batch(
+        &mut self,
+        input: Input<f32>,
+        lengths: Option<&[usize]>,
+        target: Target,
+        _opts: TrainOptions,
+    ) -> Result<(LossStats, Self)> {
+        self.forward_backward(input, lengths, target)
+    }
+
+    fn eval_batch(&self, input: Input<f32>, lengths: Option<&[usize]>, target: Target) -> Result<LossStats> {
+        self.evaluate_loss(input, lengths, target)
+    }
+
+    fn save_model(&self, dir: &Path) -> Result<()> {
+        self.save(dir)
+    }
+
+    fn load_model(dir: &Path) -> Result<Self> {
+        TransformerClassifier::load(dir)
+    }
+}
+
+/// A trained model of either architecture.
+#[derive(Clone, Debug)]
+pub enum TrainedModel {
+    /// [`Arch::S4`].
+    S4(S4Model<f32>),
+    /// [`Arch::Transformer`].
+    Transformer(TransformerClassifier<f32>),
+}
+
+impl TrainedModel {
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        match self {
+            TrainedModel::S4(_) => Arch::S4,
+            TrainedModel::Transformer(_) => Arch::Transformer,
+        }
+    }
+
+    /// Loads a model folder of either architecture (a checkpoint folder of [`train`]), by the
+    /// `"format"` of its `config.json`.
+    ///
+    /// # Errors
+    /// Missing or invalid files, or an unknown format.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let format = checkpoint::read_json(dir)?.get("format").and_then(|f| f.as_str()).map(str::to_string);
+        match format.as_deref() {
+            Some(<S4Model<f32> as TrainModel>::FORMAT) => Ok(TrainedModel::S4(checkpoint::load(dir)?)),
+            Some(TRANSFORMER_FORMAT) => Ok(TrainedModel::Transformer(TransformerClassifier::load(dir)?)),
+            other => Err(Error::format(
+                dir.join(checkpoint::CONFIG_FILE),
+                format!("unknown format {other:?}: expected s4-model or {TRANSFORMER_FORMAT}"),
+            )),
+        }
+    }
+
+    /// [`evaluate`] with the model.
+    ///
+    /// # Errors
+    /// As [`evaluate`].
+    pub fn evaluate(&self, split: &Split, batch_size: usize) -> Result<(f64, Option<f64>)> {
+        match self {
+            TrainedModel::S4(m) => evaluate(m, split, batch_size),
+            TrainedModel::Transformer(m) => evaluate(m, split, batch_size),
+        }
     }
 }
 
@@ -187,17 +433,18 @@ impl Batch {
     }
 }
 
-/// Evaluation-mode loss and accuracy of `model` over a whole split, in batches of `batch_size`.
+/// Evaluation-mode loss and accuracy of `model` (either architecture) over a whole split, in
+/// batches of `batch_size`: (mean loss, accuracy for classification).
 ///
 /// # Errors
-/// Invalid inputs (see [`S4Model::forward`]).
-pub fn evaluate(model: &S4Model<f32>, split: &Split, batch_size: usize) -> Result<(f64, Option<f64>)> {
+/// Invalid inputs (see [`S4Model::forward`], [`TransformerClassifier::forward`]).
+pub fn evaluate<M: TrainModel>(model: &M, split: &Split, batch_size: usize) -> Result<(f64, Option<f64>)> {
     let mut total = LossStats::default();
     let mut loss_sum = 0.0;
     let idx: Vec<usize> = (0..split.len()).collect();
     for chunk in idx.chunks(batch_size.max(1)) {
         let b = Batch::new(split, chunk)?;
-        let s = evaluate_loss(model, b.input(), b.lengths.as_deref(), b.target())?;
+        let s = model.eval_batch(b.input(), b.lengths.as_deref(), b.target())?;
         loss_sum += s.loss * s.count as f64;
         total.correct += s.correct;
         total.count += s.count;
@@ -208,10 +455,10 @@ pub fn evaluate(model: &S4Model<f32>, split: &Split, batch_size: usize) -> Resul
 }
 
 /// Writes the AdamW moments and the step into `path` (safetensors, atomically).
-fn save_optimizer(opt: &mut AdamW<f32>, path: &Path) -> Result<()> {
+fn save_optimizer<M: Parameters<Scalar = f32>>(opt: &mut AdamW<M>, path: &Path) -> Result<()> {
     let mut bufs: Vec<(String, Vec<u8>, usize)> = Vec::new();
     for (prefix, model) in [("m.", &mut opt.m), ("v.", &mut opt.v)] {
-        for t in tensors_mut(model) {
+        for t in model.parameters_mut() {
             let bytes: Vec<u8> = t.values.iter().flat_map(|x| x.to_le_bytes()).collect();
             bufs.push((format!("{prefix}{}", t.name), bytes, t.values.len()));
         }
@@ -228,7 +475,7 @@ fn save_optimizer(opt: &mut AdamW<f32>, path: &Path) -> Result<()> {
 
 /// Reads the moments saved by [`save_optimizer`] into `opt` (every tensor must be present with
 /// the right length; nothing is changed on error).
-fn load_optimizer(opt: &mut AdamW<f32>, path: &Path) -> Result<()> {
+fn load_optimizer<M: Parameters<Scalar = f32>>(opt: &mut AdamW<M>, path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
@@ -242,7 +489,7 @@ fn load_optimizer(opt: &mut AdamW<f32>, path: &Path) -> Result<()> {
         .ok_or_else(|| Error::format(path, "missing the optimizer step in the metadata"))?;
     let mut staged = opt.clone();
     for (prefix, model) in [("m.", &mut staged.m), ("v.", &mut staged.v)] {
-        for t in tensors_mut(model) {
+        for t in model.parameters_mut() {
             let name = format!("{prefix}{}", t.name);
             let view = st.tensor(&name).map_err(|_| Error::format(path, format!("missing tensor {name}")))?;
             if view.dtype() != Dtype::F32 || view.data().len() != 4 * t.values.len() {
@@ -269,12 +516,12 @@ fn load_optimizer(opt: &mut AdamW<f32>, path: &Path) -> Result<()> {
 /// Writes the checkpoint folder for a completed epoch: into `checkpoint.tmp`, then swapped in by
 /// renames, so `OUT/checkpoint` is always a complete checkpoint (the previous one survives any
 /// interruption).
-fn save_checkpoint(out: &Path, model: &S4Model<f32>, opt: &mut AdamW<f32>, state: &State) -> Result<()> {
+fn save_checkpoint<M: TrainModel>(out: &Path, model: &M, opt: &mut AdamW<M>, state: &State) -> Result<()> {
     let tmp = out.join("checkpoint.tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    checkpoint::save(model, &tmp)?;
+    model.save_model(&tmp)?;
     save_optimizer(opt, &tmp.join("optimizer.safetensors"))?;
     write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state).expect("serializes").as_bytes())?;
     let dst = out.join(CHECKPOINT);
@@ -357,15 +604,17 @@ pub fn plot_curves(path: &Path, metrics: &[EpochMetrics], title: &str) -> Result
 pub struct TrainReport {
     /// Metrics of every epoch so far (including those before a resume).
     pub metrics: Vec<EpochMetrics>,
-    /// The trained model.
-    pub model: S4Model<f32>,
+    /// The trained model (of the configuration's architecture).
+    pub model: TrainedModel,
 }
 
-/// Trains a model on `task` as `cfg` says, writing into `out` (see the module docs).
+/// Trains the model of `cfg.arch` (S4 or the transformer baseline) on `task` as `cfg` says, writing
+/// into `out` (see the module docs).
 ///
 /// # Errors
-/// An invalid configuration, data that does not fit it, I/O errors, a checkpoint whose model
-/// configuration differs from `cfg` when resuming, or a non-finite loss, gradient or weight
+/// An invalid configuration, data that does not fit it, I/O errors, a checkpoint of another
+/// architecture or whose model configuration differs from `cfg` when resuming, or a non-finite
+/// loss, gradient or weight
 /// (the message names the step and the first bad tensor; the last checkpoint is kept).
 pub fn train(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<TrainReport> {
     let cfg = cfg.clone().for_task(task);
@@ -383,7 +632,6 @@ pub fn train(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) 
 
 fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<TrainReport> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let kernel_len = [&task.train, &task.val, &task.test].iter().map(|s| s.max_len()).max().unwrap_or(1).max(1);
     let previous = checkpoint_dir(out);
     if !opts.resume && (previous.is_some() || out.join(METRICS).exists()) {
         return Err(Error::invalid(
@@ -392,6 +640,27 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
             "a folder without a previous run (continue it with --resume, or choose another folder)",
         ));
     }
+    let previous = previous.filter(|_| opts.resume);
+    Ok(match cfg.arch {
+        Arch::S4 => {
+            let (metrics, m) = run::<S4Model<f32>>(task, cfg, out, opts, previous)?;
+            TrainReport { metrics, model: TrainedModel::S4(m) }
+        }
+        Arch::Transformer => {
+            let (metrics, m) = run::<TransformerClassifier<f32>>(task, cfg, out, opts, previous)?;
+            TrainReport { metrics, model: TrainedModel::Transformer(m) }
+        }
+    })
+}
+
+/// The training loop of one architecture, from scratch or from the checkpoint in `previous`.
+fn run<M: TrainModel>(
+    task: &TaskData,
+    cfg: &TrainConfig,
+    out: &Path,
+    opts: &RunOptions,
+    previous: Option<PathBuf>,
+) -> Result<(Vec<EpochMetrics>, M)> {
     let expected = |epochs_done, step| State {
         epochs_done,
         step,
@@ -399,10 +668,18 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
         batch_size: cfg.batch_size,
         train_sequences: task.train.len(),
     };
-    let (mut model, mut opt, mut state, mut metrics) = match previous.filter(|_| opts.resume) {
+    let (mut model, mut opt, mut state, mut metrics) = match previous {
         Some(dir) => {
-            let model: S4Model<f32> = checkpoint::load(&dir)?;
-            if model.config() != &cfg.model {
+            let format = checkpoint::read_json(&dir)?.get("format").and_then(|f| f.as_str()).map(str::to_string);
+            if format.as_deref() != Some(M::FORMAT) {
+                return Err(Error::invalid(
+                    "resume",
+                    format!("a checkpoint in {} of format {}", dir.display(), format.unwrap_or_default()),
+                    format!("a {} checkpoint for --arch {} (use a new --out to start over)", M::FORMAT, cfg.arch),
+                ));
+            }
+            let model = M::load_model(&dir)?;
+            if !model.matches(cfg) {
                 return Err(Error::invalid(
                     "resume",
                     format!("a checkpoint in {} with a different model configuration", dir.display()),
@@ -440,8 +717,7 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
             (model, opt, state, metrics)
         }
         None => {
-            let mut model = cfg.model.build()?;
-            model.set_kernel_length(kernel_len)?;
+            let model = M::build(cfg, longest(task))?;
             let opt = AdamW::new(&model, cfg.optim.clone())?;
             (model, opt, expected(0, 0), Vec::new())
         }
@@ -466,17 +742,16 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
                 dropout_seed: Some(splitmix64(cfg.seed ^ splitmix64(state.step))),
                 update_running_stats: true,
             };
-            let (stats, mut grads) =
-                forward_backward(&mut model, batch.input(), batch.lengths.as_deref(), batch.target(), topts).map_err(
-                    |e| match e {
-                        // finite weights, non-finite activations: overflow inside the network
-                        Error::InvalidArgument { .. } if e.to_string().contains("non-finite") => {
-                            let (name, v) = largest_weight(&mut model);
-                            non_finite(out, state.step + 1, &format!("{e} (largest weight {name} = {v:e})"))
-                        }
-                        e => e,
-                    },
-                )?;
+            let (stats, mut grads) = model
+                .train_batch(batch.input(), batch.lengths.as_deref(), batch.target(), topts)
+                .map_err(|e| match e {
+                    // finite weights, non-finite activations: overflow inside the network
+                    Error::InvalidArgument { .. } if e.to_string().contains("non-finite") => {
+                        let (name, v) = largest_weight(&mut model);
+                        non_finite(out, state.step + 1, &format!("{e} (largest weight {name} = {v:e})"))
+                    }
+                    e => e,
+                })?;
             if !stats.loss.is_finite() {
                 let culprit = first_non_finite(&mut grads)
                     .map(|g| format!("first non-finite gradient {g}"))
@@ -545,13 +820,13 @@ fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptio
         save_checkpoint(out, &model, &mut opt, &state)?;
         plot_curves(&out.join("curves.png"), &metrics, &task.name)?;
     }
-    Ok(TrainReport { metrics, model })
+    Ok((metrics, model))
 }
 
 /// The trainable entry of largest magnitude, as ("name[index]", value).
-fn largest_weight(model: &mut S4Model<f32>) -> (String, f32) {
+fn largest_weight<M: Parameters<Scalar = f32>>(model: &mut M) -> (String, f32) {
     let mut best = (String::new(), 0.0f32);
-    for t in tensors_mut(model) {
+    for t in model.parameters_mut() {
         for (i, v) in t.values.iter().enumerate() {
             if v.abs() > best.1.abs() {
                 best = (format!("{}[{i}]", t.name), *v);

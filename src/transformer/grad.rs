@@ -13,7 +13,7 @@
 //! checks its inputs and returns errors).
 
 use super::kernels::{self, attend_row, axpy, col_sums, dot, PAR_WORK};
-use super::{maybe_par_map, Activation, Gpt, IGNORE};
+use super::{maybe_par_map, Activation, Block, Gpt, IGNORE};
 use crate::error::{Error, Result};
 use crate::scalar::Real;
 use ndarray::linalg::general_mat_mul;
@@ -162,12 +162,91 @@ pub fn activation_backward<T: Real>(x: ArrayView2<T>, dy: ArrayView2<T>, act: Ac
     dx
 }
 
-/// What attention's backward needs: the softmax weights P (B, n_head, T, T) (zero above the
-/// diagonal).
+/// What attention's backward needs: the softmax weights P (B, n_head, T, T) (zero where a key is
+/// masked).
 #[derive(Clone, Debug)]
 pub struct AttentionCache<T> {
-    /// P[b, h, i, j] = softmax_j(q_i·k_j/√d) over j ≤ i.
+    /// P[b, h, i, j] = softmax_j(q_i·k_j/√d) over the keys j that query i sees ([`AttentionMask`]).
     pub probs: Array4<T>,
+}
+
+/// Which keys each query of sequence b sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionMask<'a> {
+    /// Causal (GPT-2): query i sees keys j ≤ i.
+    Causal,
+    /// Bidirectional with a key-padding mask (the LRA encoder): query i of sequence b sees every key
+    /// j < n_b, with n_b = `lengths[b]` (every position when `None`); a query at a padded position
+    /// i ≥ n_b sees no key and outputs 0 (padded positions never reach a valid output).
+    Padding(Option<&'a [usize]>),
+}
+
+impl AttentionMask<'_> {
+    /// The valid length n_b of sequence b of T positions (padding masks; T for causal masks).
+    #[inline]
+    fn valid(&self, b: usize, t: usize) -> usize {
+        match self {
+            AttentionMask::Padding(Some(l)) => l[b],
+            _ => t,
+        }
+    }
+
+    /// Panics unless the lengths fit the batch (one per sequence, each ≤ T).
+    fn check(&self, batch: usize, t: usize) {
+        if let AttentionMask::Padding(Some(l)) = self {
+            assert_eq!(l.len(), batch, "one length per sequence");
+            assert!(l.iter().all(|&n| n <= t), "lengths <= T = {t}");
+        }
+    }
+}
+
+/// Bidirectional attention of one (sequence, head) over its n valid positions, in matrix form:
+/// q, k, v (n, d) → (out (n, d), P (n, n)) with S = scale·q·kᵀ (gemm), P = softmax over each row
+/// (maximum subtracted), out = P·v (gemm).
+fn attend_all<T: Real>(q: ArrayView2<T>, k: ArrayView2<T>, v: ArrayView2<T>, scale: T) -> (Array2<T>, Array2<T>) {
+    let (n, d) = q.dim();
+    let mut p = Array2::<T>::zeros((n, n));
+    general_mat_mul(scale, &q, &k.t(), T::zero(), &mut p);
+    for mut row in p.rows_mut() {
+        let mx = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+        let mut z = T::zero();
+        row.mapv_inplace(|x| {
+            let e = (x - mx).exp();
+            z += e;
+            e
+        });
+        let inv = T::one() / z;
+        row.mapv_inplace(|x| x * inv);
+    }
+    let mut out = Array2::<T>::zeros((n, d));
+    general_mat_mul(T::one(), &p, &v, T::zero(), &mut out);
+    (out, p)
+}
+
+/// Backward of [`attend_all`] from dout (n, d): dV = Pᵀ·dout, dP = dout·vᵀ,
+/// dS_ij = P_ij(dP_ij − Σ_k P_ik dP_ik)·scale, dq = dS·k, dk = dSᵀ·q (all gemm). Returns (dq, dk, dv).
+fn attend_all_backward<T: Real>(
+    q: ArrayView2<T>,
+    k: ArrayView2<T>,
+    v: ArrayView2<T>,
+    p: ArrayView2<T>,
+    dout: ArrayView2<T>,
+    scale: T,
+) -> (Array2<T>, Array2<T>, Array2<T>) {
+    let (n, d) = q.dim();
+    let mut dv = Array2::<T>::zeros((n, d));
+    general_mat_mul(T::one(), &p.t(), &dout, T::zero(), &mut dv);
+    let mut ds = Array2::<T>::zeros((n, n));
+    general_mat_mul(T::one(), &dout, &v.t(), T::zero(), &mut ds);
+    for (mut dsr, pr) in ds.rows_mut().into_iter().zip(p.rows()) {
+        let sum = dsr.iter().zip(pr.iter()).fold(T::zero(), |a, (&x, &y)| a + x * y);
+        dsr.zip_mut_with(&pr, |x, &y| *x = y * (*x - sum) * scale);
+    }
+    let mut dq = Array2::<T>::zeros((n, d));
+    general_mat_mul(T::one(), &ds, &k, T::zero(), &mut dq);
+    let mut dk = Array2::<T>::zeros((n, d));
+    general_mat_mul(T::one(), &ds.t(), &q, T::zero(), &mut dk);
+    (dq, dk, dv)
 }
 
 /// The (b, head) pairs of a batch.
@@ -178,19 +257,47 @@ fn head_tasks(batch: usize, n_head: usize) -> Vec<(usize, usize)> {
 /// Causal multi-head self-attention (HF `GPT2Attention`, eager): qkv (B·T, 3C) = q | k | v, each
 /// split into `n_head` heads of d = C/n_head contiguous columns; per sequence and head,
 /// out_i = Σ_{j ≤ i} softmax_j(q_i·k_j/√d)·v_j. Returns (out (B·T, C), heads concatenated, cache).
+/// [`attention_forward_masked`] with [`AttentionMask::Causal`].
 pub fn attention_forward<T: Real>(qkv: ArrayView2<T>, batch: usize, n_head: usize) -> (Array2<T>, AttentionCache<T>) {
+    attention_forward_masked(qkv, batch, n_head, AttentionMask::Causal)
+}
+
+/// Multi-head self-attention under `mask`: as [`attention_forward`], with out_i = Σ_j P_ij·v_j,
+/// P_ij = softmax_j(q_i·k_j/√d) over the keys j query i sees ([`AttentionMask`]; out_i = 0 and
+/// P_i = 0 for a query that sees none). The causal mask runs one query at a time (the decoding
+/// kernel); the padding mask in matrix form per (sequence, head) over its n_b valid positions
+/// (S = q·kᵀ/√d, then P·v, two gemms), so padded keys and queries cost nothing.
+/// Returns (out (B·T, C), cache).
+///
+/// # Panics
+/// Shapes that disagree (B·T rows, 3C columns, C a multiple of `n_head`), or padding lengths that
+/// are not one per sequence, each ≤ T.
+pub fn attention_forward_masked<T: Real>(
+    qkv: ArrayView2<T>,
+    batch: usize,
+    n_head: usize,
+    mask: AttentionMask,
+) -> (Array2<T>, AttentionCache<T>) {
     let qkv = qkv.as_standard_layout();
     let (n, c3) = qkv.dim();
     let (t, c) = (n / batch, c3 / 3);
+    mask.check(batch, t);
     let d = c / n_head;
     let scale = T::one() / T::of(d as f64).sqrt();
     let flat = qkv.as_slice().expect("standard layout");
     let tasks = head_tasks(batch, n_head);
     let work = tasks.len() * t * t * d;
     let parts = maybe_par_map(&tasks, tasks.len() > 1 && work >= PAR_WORK, |&(b, h)| {
-        let seq = &flat[b * t * c3..(b + 1) * t * c3];
         let mut out = Array2::<T>::zeros((t, d));
+        if let AttentionMask::Padding(_) = mask {
+            let n = mask.valid(b, t);
+            let cols = |off: usize| qkv.slice(s![b * t..b * t + n, off + h * d..off + (h + 1) * d]);
+            let (o, p) = attend_all(cols(0), cols(c), cols(2 * c), scale);
+            out.slice_mut(s![..n, ..]).assign(&o);
+            return (out, p); // P of the valid block (n, n)
+        }
         let mut p = Array2::<T>::zeros((t, t));
+        let seq = &flat[b * t * c3..(b + 1) * t * c3];
         for i in 0..t {
             let q = &seq[i * c3 + h * d..i * c3 + (h + 1) * d];
             let pr = p.row_mut(i).into_slice().expect("contiguous row");
@@ -203,14 +310,15 @@ pub fn attention_forward<T: Real>(qkv: ArrayView2<T>, batch: usize, n_head: usiz
     let mut probs = Array4::<T>::zeros((batch, n_head, t, t));
     for (&(b, h), (o, p)) in tasks.iter().zip(parts) {
         out.slice_mut(s![b * t..(b + 1) * t, h * d..(h + 1) * d]).assign(&o);
-        probs.slice_mut(s![b, h, .., ..]).assign(&p);
+        let k = p.nrows();
+        probs.slice_mut(s![b, h, ..k, ..k]).assign(&p);
     }
     (out, AttentionCache { probs })
 }
 
 /// Backward of [`attention_forward`]: with dP_ij = dout_i·v_j and dS_ij = P_ij(dP_ij − Σ_k P_ik dP_ik)/√d
 /// (softmax backward), dq_i = Σ_j dS_ij k_j, dk_j = Σ_i dS_ij q_i, dv_j = Σ_i P_ij dout_i.
-/// Returns dqkv (B·T, 3C).
+/// Returns dqkv (B·T, 3C). [`attention_backward_masked`] with [`AttentionMask::Causal`].
 pub fn attention_backward<T: Real>(
     qkv: ArrayView2<T>,
     cache: &AttentionCache<T>,
@@ -218,15 +326,45 @@ pub fn attention_backward<T: Real>(
     batch: usize,
     n_head: usize,
 ) -> Array2<T> {
+    attention_backward_masked(qkv, cache, dout, batch, n_head, AttentionMask::Causal)
+}
+
+/// Backward of [`attention_forward_masked`] under the same `mask`: the formulas of
+/// [`attention_backward`] with the sums over the keys each query sees (masked keys and padded
+/// queries get zero gradients). Returns dqkv (B·T, 3C).
+///
+/// # Panics
+/// As [`attention_forward_masked`].
+pub fn attention_backward_masked<T: Real>(
+    qkv: ArrayView2<T>,
+    cache: &AttentionCache<T>,
+    dout: ArrayView2<T>,
+    batch: usize,
+    n_head: usize,
+    mask: AttentionMask,
+) -> Array2<T> {
     let qkv = qkv.as_standard_layout();
     let dout = dout.as_standard_layout();
     let (n, c3) = qkv.dim();
     let (t, c) = (n / batch, c3 / 3);
+    mask.check(batch, t);
     let d = c / n_head;
     let scale = T::one() / T::of(d as f64).sqrt();
     let tasks = head_tasks(batch, n_head);
     let work = tasks.len() * t * t * d;
     let parts = maybe_par_map(&tasks, tasks.len() > 1 && work >= PAR_WORK, |&(b, h)| {
+        let mut grads = [(); 3].map(|_| Array2::<T>::zeros((t, d)));
+        if let AttentionMask::Padding(_) = mask {
+            let n = mask.valid(b, t);
+            let cols = |off: usize| qkv.slice(s![b * t..b * t + n, off + h * d..off + (h + 1) * d]);
+            let go = dout.slice(s![b * t..b * t + n, h * d..(h + 1) * d]);
+            let p = cache.probs.slice(s![b, h, ..n, ..n]);
+            let (dq, dk, dv) = attend_all_backward(cols(0), cols(c), cols(2 * c), p, go, scale);
+            for (g, part) in grads.iter_mut().zip([dq, dk, dv]) {
+                g.slice_mut(s![..n, ..]).assign(&part);
+            }
+            return grads;
+        }
         let row = |i: usize, off: usize| qkv.slice(s![b * t + i, off + h * d..off + (h + 1) * d]).to_vec();
         let qs: Vec<Vec<T>> = (0..t).map(|i| row(i, 0)).collect();
         let ks: Vec<Vec<T>> = (0..t).map(|i| row(i, c)).collect();
@@ -251,15 +389,17 @@ pub fn attention_backward<T: Real>(
                 axpy(&mut dv[j], pij, &go);
             }
         }
-        (dq, dk, dv)
+        for (g, rows) in grads.iter_mut().zip([dq, dk, dv]) {
+            for (mut gr, r) in g.rows_mut().into_iter().zip(rows) {
+                gr.assign(&ArrayView1::from(r.as_slice()));
+            }
+        }
+        grads
     });
     let mut dqkv = Array2::<T>::zeros((n, c3));
-    for (&(b, h), (dq, dk, dv)) in tasks.iter().zip(parts) {
-        for i in 0..t {
-            let mut r = dqkv.row_mut(b * t + i);
-            for (off, g) in [(0, &dq[i]), (c, &dk[i]), (2 * c, &dv[i])] {
-                r.slice_mut(s![off + h * d..off + (h + 1) * d]).assign(&ArrayView1::from(g.as_slice()));
-            }
+    for (&(b, h), grads) in tasks.iter().zip(parts) {
+        for (off, g) in [0, c, 2 * c].into_iter().zip(grads) {
+            dqkv.slice_mut(s![b * t..(b + 1) * t, off + h * d..off + (h + 1) * d]).assign(&g);
         }
     }
     dqkv
@@ -537,7 +677,8 @@ fn seq_loss<T: Real>(logits: ArrayView2<T>, target: &LmTarget<T>, sc: &Scales, b
 }
 
 /// The activations one block's backward needs.
-struct BlockActs<T> {
+#[derive(Debug)]
+pub(crate) struct BlockActs<T> {
     ln1: Array2<T>,
     ln1_cache: LayerNormCache<T>,
     qkv: Array2<T>,
@@ -549,6 +690,58 @@ struct BlockActs<T> {
     act: Array2<T>,
 }
 
+/// How the blocks of a model run: batch size, heads, LayerNorm ε, activation and attention mask.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockSpec<'a> {
+    pub(crate) batch: usize,
+    pub(crate) heads: usize,
+    pub(crate) eps: f64,
+    pub(crate) act: Activation,
+    pub(crate) mask: AttentionMask<'a>,
+}
+
+/// One pre-LayerNorm block in training mode over x (B·T, C), in place:
+/// x ← x + attn_proj(attn(c_attn(ln_1(x)))), then x ← x + mlp_proj(act(c_fc(ln_2(x)))).
+/// Returns what [`block_backward`] needs.
+pub(crate) fn block_forward<T: Real>(blk: &Block<T>, x: &mut Array2<T>, sp: BlockSpec) -> BlockActs<T> {
+    let (ln1, ln1_cache) = layer_norm_forward(x.view(), blk.ln_1.weight.view(), blk.ln_1.bias.view(), sp.eps);
+    let qkv = linear_forward(ln1.view(), blk.c_attn.weight.view(), blk.c_attn.bias.view());
+    let (att, att_cache) = attention_forward_masked(qkv.view(), sp.batch, sp.heads, sp.mask);
+    *x += &linear_forward(att.view(), blk.attn_proj.weight.view(), blk.attn_proj.bias.view());
+    let (ln2, ln2_cache) = layer_norm_forward(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), sp.eps);
+    let fc = linear_forward(ln2.view(), blk.c_fc.weight.view(), blk.c_fc.bias.view());
+    let act = activation_forward(fc.view(), sp.act);
+    *x += &linear_forward(act.view(), blk.mlp_proj.weight.view(), blk.mlp_proj.bias.view());
+    BlockActs { ln1, ln1_cache, qkv, att, att_cache, ln2, ln2_cache, fc, act }
+}
+
+/// Backward of [`block_forward`]: dx (the gradient of the block's output) becomes the gradient of
+/// its input, and the block's weight gradients are written into `gb`.
+pub(crate) fn block_backward<T: Real>(
+    blk: &Block<T>,
+    a: &BlockActs<T>,
+    dx: &mut Array2<T>,
+    gb: &mut Block<T>,
+    sp: BlockSpec,
+) {
+    let (dact, dw, db) = linear_backward(a.act.view(), blk.mlp_proj.weight.view(), dx.view());
+    (gb.mlp_proj.weight, gb.mlp_proj.bias) = (dw, db);
+    let dfc = activation_backward(a.fc.view(), dact.view(), sp.act);
+    let (dln2, dw, db) = linear_backward(a.ln2.view(), blk.c_fc.weight.view(), dfc.view());
+    (gb.c_fc.weight, gb.c_fc.bias) = (dw, db);
+    let (dxm, dw, db) = layer_norm_backward(&a.ln2_cache, blk.ln_2.weight.view(), dln2.view());
+    (gb.ln_2.weight, gb.ln_2.bias) = (dw, db);
+    *dx += &dxm;
+    let (datt, dw, db) = linear_backward(a.att.view(), blk.attn_proj.weight.view(), dx.view());
+    (gb.attn_proj.weight, gb.attn_proj.bias) = (dw, db);
+    let dqkv = attention_backward_masked(a.qkv.view(), &a.att_cache, datt.view(), sp.batch, sp.heads, sp.mask);
+    let (dln1, dw, db) = linear_backward(a.ln1.view(), blk.c_attn.weight.view(), dqkv.view());
+    (gb.c_attn.weight, gb.c_attn.bias) = (dw, db);
+    let (dxi, dw, db) = layer_norm_backward(&a.ln1_cache, blk.ln_1.weight.view(), dln1.view());
+    (gb.ln_1.weight, gb.ln_1.bias) = (dw, db);
+    *dx += &dxi;
+}
+
 /// Forward of the training path over `ids` (B, T) from position 0, keeping every activation;
 /// returns (logits (B·T, V), block activations, the final LayerNorm's input and output and cache).
 fn forward_train<T: Real>(
@@ -556,24 +749,25 @@ fn forward_train<T: Real>(
     ids: ArrayView2<u32>,
 ) -> (Array2<T>, Vec<BlockActs<T>>, Array2<T>, LayerNormCache<T>) {
     let cfg = model.config();
-    let (bsz, eps, heads) = (ids.nrows(), cfg.layer_norm_epsilon, cfg.n_head);
+    let sp = gpt_spec(model, ids.nrows());
     let mut x = embedding_forward(model.wte().view(), model.wpe().view(), ids, 0);
-    let mut acts = Vec::with_capacity(cfg.n_layer);
-    for blk in model.blocks() {
-        let (ln1, ln1_cache) = layer_norm_forward(x.view(), blk.ln_1.weight.view(), blk.ln_1.bias.view(), eps);
-        let qkv = linear_forward(ln1.view(), blk.c_attn.weight.view(), blk.c_attn.bias.view());
-        let (att, att_cache) = attention_forward(qkv.view(), bsz, heads);
-        x += &linear_forward(att.view(), blk.attn_proj.weight.view(), blk.attn_proj.bias.view());
-        let (ln2, ln2_cache) = layer_norm_forward(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), eps);
-        let fc = linear_forward(ln2.view(), blk.c_fc.weight.view(), blk.c_fc.bias.view());
-        let act = activation_forward(fc.view(), model.activation());
-        x += &linear_forward(act.view(), blk.mlp_proj.weight.view(), blk.mlp_proj.bias.view());
-        acts.push(BlockActs { ln1, ln1_cache, qkv, att, att_cache, ln2, ln2_cache, fc, act });
-    }
+    let acts: Vec<BlockActs<T>> = model.blocks().iter().map(|blk| block_forward(blk, &mut x, sp)).collect();
     let lnf = model.ln_f();
-    let (hf, hf_cache) = layer_norm_forward(x.view(), lnf.weight.view(), lnf.bias.view(), eps);
+    let (hf, hf_cache) = layer_norm_forward(x.view(), lnf.weight.view(), lnf.bias.view(), cfg.layer_norm_epsilon);
     let logits = lm_head_forward(hf.view(), model.wte().view());
     (logits, acts, hf, hf_cache)
+}
+
+/// The causal block settings of a GPT over `batch` sequences.
+fn gpt_spec<T: Real>(model: &Gpt<T>, batch: usize) -> BlockSpec<'static> {
+    let cfg = model.config();
+    BlockSpec {
+        batch,
+        heads: cfg.n_head,
+        eps: cfg.layer_norm_epsilon,
+        act: model.activation(),
+        mask: AttentionMask::Causal,
+    }
 }
 
 /// Backward of [`forward_train`] given dlogits (B·T, V): the gradient of every parameter.
@@ -586,34 +780,36 @@ fn backward_train<T: Real>(
     dlogits: ArrayView2<T>,
 ) -> Gpt<T> {
     let cfg = model.config();
-    let (bsz, heads) = (ids.nrows(), cfg.n_head);
+    let sp = gpt_spec(model, ids.nrows());
     let mut g = model.zeros_like();
     let (dhf, dwte_head) = lm_head_backward(hf.view(), model.wte().view(), dlogits);
     let (mut dx, dw, db) = layer_norm_backward(hf_cache, model.ln_f().weight.view(), dhf.view());
     g.ln_f.weight = dw;
     g.ln_f.bias = db;
     for ((blk, a), gb) in model.blocks().iter().zip(acts).zip(g.blocks.iter_mut()).rev() {
-        let (dact, dw, db) = linear_backward(a.act.view(), blk.mlp_proj.weight.view(), dx.view());
-        (gb.mlp_proj.weight, gb.mlp_proj.bias) = (dw, db);
-        let dfc = activation_backward(a.fc.view(), dact.view(), model.activation());
-        let (dln2, dw, db) = linear_backward(a.ln2.view(), blk.c_fc.weight.view(), dfc.view());
-        (gb.c_fc.weight, gb.c_fc.bias) = (dw, db);
-        let (dxm, dw, db) = layer_norm_backward(&a.ln2_cache, blk.ln_2.weight.view(), dln2.view());
-        (gb.ln_2.weight, gb.ln_2.bias) = (dw, db);
-        dx += &dxm;
-        let (datt, dw, db) = linear_backward(a.att.view(), blk.attn_proj.weight.view(), dx.view());
-        (gb.attn_proj.weight, gb.attn_proj.bias) = (dw, db);
-        let dqkv = attention_backward(a.qkv.view(), &a.att_cache, datt.view(), bsz, heads);
-        let (dln1, dw, db) = linear_backward(a.ln1.view(), blk.c_attn.weight.view(), dqkv.view());
-        (gb.c_attn.weight, gb.c_attn.bias) = (dw, db);
-        let (dxi, dw, db) = layer_norm_backward(&a.ln1_cache, blk.ln_1.weight.view(), dln1.view());
-        (gb.ln_1.weight, gb.ln_1.bias) = (dw, db);
-        dx += &dxi;
+        block_backward(blk, a, &mut dx, gb, sp);
     }
     let (dwte, dwpe) = embedding_backward(ids, dx.view(), cfg.vocab_size, cfg.n_positions, 0);
     g.wte = dwte_head + &dwte;
     g.wpe = dwpe;
     g
+}
+
+/// Runs `f` on items `0 .. n` in parallel (rayon), in waves of `wave` items (so at most that many
+/// results are alive at once), and passes the results to `fold` in item order: a sum folded this
+/// way does not depend on the number of threads.
+pub(crate) fn map_fold_in_order<R: Send>(
+    n: usize,
+    wave: usize,
+    f: impl Fn(usize) -> R + Sync + Send,
+    mut fold: impl FnMut(R),
+) {
+    let wave = wave.max(1);
+    let items: Vec<usize> = (0..n).collect();
+    for chunk in items.chunks(wave) {
+        let parts: Vec<R> = chunk.par_iter().map(|&i| f(i)).collect();
+        parts.into_iter().for_each(&mut fold);
+    }
 }
 
 /// Checks ids for a full pass from position 0: as [`Gpt::forward_cached`], T ≤ n_positions.
@@ -659,28 +855,22 @@ pub fn forward_backward_with<T: Real>(
     check_full_pass(model, ids)?;
     let (b, t) = ids.dim();
     let sc = check_lm_target(&target, b, t, model.config().vocab_size)?;
-    let wave = rayon::current_num_threads().max(1);
     let mut loss = 0.0;
     let mut grads: Option<Gpt<T>> = None;
-    let seqs: Vec<usize> = (0..b).collect();
-    for chunk in seqs.chunks(wave) {
-        let parts: Vec<(f64, Gpt<T>)> = chunk
-            .par_iter()
-            .map(|&i| {
-                let one = ids.slice(s![i..i + 1, ..]);
-                let (logits, acts, hf, hf_cache) = forward_train(model, one);
-                let (l, dlogits) = seq_loss(logits.view(), &target, &sc, i);
-                (l, backward_train(model, one, &acts, &hf, &hf_cache, dlogits.view()))
-            })
-            .collect();
-        for (l, g) in parts {
-            loss += l;
-            match &mut grads {
-                Some(acc) => acc.add_assign(&g),
-                None => grads = Some(g),
-            }
+    let one_sequence = |i: usize| {
+        let one = ids.slice(s![i..i + 1, ..]);
+        let (logits, acts, hf, hf_cache) = forward_train(model, one);
+        let (l, dlogits) = seq_loss(logits.view(), &target, &sc, i);
+        (l, backward_train(model, one, &acts, &hf, &hf_cache, dlogits.view()))
+    };
+    // waves of one sequence per thread: a GPT gradient is a whole model's size
+    map_fold_in_order(b, rayon::current_num_threads(), one_sequence, |(l, g): (f64, Gpt<T>)| {
+        loss += l;
+        match &mut grads {
+            Some(acc) => acc.add_assign(&g),
+            None => grads = Some(g),
         }
-    }
+    });
     let grads = grads.expect("at least one sequence");
     if !loss.is_finite() {
         return Err(Error::numerical(

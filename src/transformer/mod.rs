@@ -66,15 +66,24 @@
 //! [`grad::forward_backward`] for the whole model; [`train::train_lm`] is a training loop (random
 //! windows, AdamW, cosine schedule with warmup, gradient clipping, data parallel over the batch with
 //! results independent of the thread count).
+//!
+//! ## The encoder classifier
+//!
+//! [`classifier::TransformerClassifier`] reuses these blocks, kernels and backward passes for the
+//! Transformer baseline of the Long Range Arena: bidirectional attention with a key-padding mask
+//! ([`grad::AttentionMask`]), learned positions, mean pooling and a classification (or regression)
+//! head, trained by the crate's trainer (`s4 train --arch transformer`).
 
 mod cache;
 mod kernels;
 mod weights;
 
+pub mod classifier;
 pub mod grad;
 pub mod train;
 
 pub use cache::KvCache;
+pub use classifier::{TransformerClassifier, TransformerClassifierConfig};
 
 use crate::error::{Error, Result};
 use crate::scalar::Real;
@@ -328,23 +337,65 @@ fn layer_norm_params<T: Real>(c: usize) -> LayerNorm<T> {
     LayerNorm { weight: Array1::ones(c), bias: Array1::zeros(c) }
 }
 
+impl<T: Real> Block<T> {
+    /// A block of width C with MLP width `inner`: every weight and bias 0, LayerNorm scales 1.
+    pub(crate) fn zeros(c: usize, inner: usize) -> Self {
+        let lin = |i: usize, o: usize| Linear { weight: Array2::zeros((i, o)), bias: Array1::zeros(o) };
+        Block {
+            ln_1: layer_norm_params(c),
+            c_attn: lin(c, 3 * c),
+            attn_proj: lin(c, c),
+            ln_2: layer_norm_params(c),
+            c_fc: lin(c, inner),
+            mlp_proj: lin(inner, c),
+        }
+    }
+
+    /// The block's tensors under `prefix`, in the Hugging Face order: `ln_1.weight`, `ln_1.bias`,
+    /// `attn.c_attn.*`, `attn.c_proj.*`, `ln_2.*`, `mlp.c_fc.*`, `mlp.c_proj.*`.
+    pub(crate) fn tensors(&self, prefix: &str) -> Vec<(String, ArrayViewD<'_, T>)> {
+        let b = self;
+        let mut out = Vec::with_capacity(12);
+        for (n, w, bias) in [
+            ("ln_1", b.ln_1.weight.view().into_dyn(), b.ln_1.bias.view().into_dyn()),
+            ("attn.c_attn", b.c_attn.weight.view().into_dyn(), b.c_attn.bias.view().into_dyn()),
+            ("attn.c_proj", b.attn_proj.weight.view().into_dyn(), b.attn_proj.bias.view().into_dyn()),
+            ("ln_2", b.ln_2.weight.view().into_dyn(), b.ln_2.bias.view().into_dyn()),
+            ("mlp.c_fc", b.c_fc.weight.view().into_dyn(), b.c_fc.bias.view().into_dyn()),
+            ("mlp.c_proj", b.mlp_proj.weight.view().into_dyn(), b.mlp_proj.bias.view().into_dyn()),
+        ] {
+            out.push((format!("{prefix}{n}.weight"), w));
+            out.push((format!("{prefix}{n}.bias"), bias));
+        }
+        out
+    }
+
+    /// As [`Block::tensors`], mutable.
+    pub(crate) fn tensors_mut(&mut self, prefix: &str) -> Vec<(String, ArrayViewMutD<'_, T>)> {
+        let Block { ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj } = self;
+        let mut out = Vec::with_capacity(12);
+        for (n, w, bias) in [
+            ("ln_1", ln_1.weight.view_mut().into_dyn(), ln_1.bias.view_mut().into_dyn()),
+            ("attn.c_attn", c_attn.weight.view_mut().into_dyn(), c_attn.bias.view_mut().into_dyn()),
+            ("attn.c_proj", attn_proj.weight.view_mut().into_dyn(), attn_proj.bias.view_mut().into_dyn()),
+            ("ln_2", ln_2.weight.view_mut().into_dyn(), ln_2.bias.view_mut().into_dyn()),
+            ("mlp.c_fc", c_fc.weight.view_mut().into_dyn(), c_fc.bias.view_mut().into_dyn()),
+            ("mlp.c_proj", mlp_proj.weight.view_mut().into_dyn(), mlp_proj.bias.view_mut().into_dyn()),
+        ] {
+            out.push((format!("{prefix}{n}.weight"), w));
+            out.push((format!("{prefix}{n}.bias"), bias));
+        }
+        out
+    }
+}
+
 impl<T: Real> Gpt<T> {
     /// A model with every weight 0, every LayerNorm scale 1 (the shapes of `config`).
     fn zeros(config: GptConfig) -> Result<Self> {
         config.validate()?;
         let activation = Activation::parse(&config.activation_function)?;
         let (c, inner) = (config.n_embd, config.inner());
-        let lin = |i: usize, o: usize| Linear { weight: Array2::zeros((i, o)), bias: Array1::zeros(o) };
-        let blocks = (0..config.n_layer)
-            .map(|_| Block {
-                ln_1: layer_norm_params(c),
-                c_attn: lin(c, 3 * c),
-                attn_proj: lin(c, c),
-                ln_2: layer_norm_params(c),
-                c_fc: lin(c, inner),
-                mlp_proj: lin(inner, c),
-            })
-            .collect();
+        let blocks = (0..config.n_layer).map(|_| Block::zeros(c, inner)).collect();
         Ok(Gpt {
             wte: Array2::zeros((config.vocab_size, c)),
             wpe: Array2::zeros((config.n_positions, c)),
@@ -448,17 +499,7 @@ impl<T: Real> Gpt<T> {
         let mut out = vec![("wte.weight".to_string(), self.wte.view().into_dyn())];
         out.push(("wpe.weight".to_string(), self.wpe.view().into_dyn()));
         for (i, b) in self.blocks.iter().enumerate() {
-            for (n, w, bias) in [
-                ("ln_1", b.ln_1.weight.view().into_dyn(), b.ln_1.bias.view().into_dyn()),
-                ("attn.c_attn", b.c_attn.weight.view().into_dyn(), b.c_attn.bias.view().into_dyn()),
-                ("attn.c_proj", b.attn_proj.weight.view().into_dyn(), b.attn_proj.bias.view().into_dyn()),
-                ("ln_2", b.ln_2.weight.view().into_dyn(), b.ln_2.bias.view().into_dyn()),
-                ("mlp.c_fc", b.c_fc.weight.view().into_dyn(), b.c_fc.bias.view().into_dyn()),
-                ("mlp.c_proj", b.mlp_proj.weight.view().into_dyn(), b.mlp_proj.bias.view().into_dyn()),
-            ] {
-                out.push((format!("h.{i}.{n}.weight"), w));
-                out.push((format!("h.{i}.{n}.bias"), bias));
-            }
+            out.extend(b.tensors(&format!("h.{i}.")));
         }
         out.push(("ln_f.weight".to_string(), self.ln_f.weight.view().into_dyn()));
         out.push(("ln_f.bias".to_string(), self.ln_f.bias.view().into_dyn()));
@@ -472,18 +513,7 @@ impl<T: Real> Gpt<T> {
         let mut out = vec![("wte.weight".to_string(), wte.view_mut().into_dyn())];
         out.push(("wpe.weight".to_string(), wpe.view_mut().into_dyn()));
         for (i, b) in blocks.iter_mut().enumerate() {
-            let Block { ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj } = b;
-            for (n, w, bias) in [
-                ("ln_1", ln_1.weight.view_mut().into_dyn(), ln_1.bias.view_mut().into_dyn()),
-                ("attn.c_attn", c_attn.weight.view_mut().into_dyn(), c_attn.bias.view_mut().into_dyn()),
-                ("attn.c_proj", attn_proj.weight.view_mut().into_dyn(), attn_proj.bias.view_mut().into_dyn()),
-                ("ln_2", ln_2.weight.view_mut().into_dyn(), ln_2.bias.view_mut().into_dyn()),
-                ("mlp.c_fc", c_fc.weight.view_mut().into_dyn(), c_fc.bias.view_mut().into_dyn()),
-                ("mlp.c_proj", mlp_proj.weight.view_mut().into_dyn(), mlp_proj.bias.view_mut().into_dyn()),
-            ] {
-                out.push((format!("h.{i}.{n}.weight"), w));
-                out.push((format!("h.{i}.{n}.bias"), bias));
-            }
+            out.extend(b.tensors_mut(&format!("h.{i}.")));
         }
         let LayerNorm { weight, bias } = ln_f;
         out.push(("ln_f.weight".to_string(), weight.view_mut().into_dyn()));

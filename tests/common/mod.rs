@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use ndarray::{Array, Array2, Dimension};
+use ndarray::{Array, Array2, Axis, Dimension};
 use num_complex::Complex64;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
 use s4::ssm::SsmParams;
 use std::path::PathBuf;
 
@@ -65,4 +67,69 @@ pub fn official_params(case: &str) -> (SsmParams<f64>, usize) {
         dt: ndarray::concatenate(ndarray::Axis(0), &vec![dt.view(); heads]).unwrap(),
     };
     (params, heads)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gradient checks (f64, central differences with one Richardson step, relative error ≤ 1e-6)
+
+pub const H: f64 = 1e-5;
+pub const TOL: f64 = 1e-6;
+
+pub fn rng(seed: u64) -> rand_pcg::Pcg64 {
+    rand_pcg::Pcg64::seed_from_u64(seed)
+}
+
+pub fn randn2(shape: (usize, usize), seed: u64) -> Array2<f64> {
+    let mut r = rng(seed);
+    Array2::from_shape_fn(shape, |_| StandardNormal.sample(&mut r))
+}
+
+pub fn randn1(n: usize, seed: u64) -> ndarray::Array1<f64> {
+    randn2((1, n), seed).index_axis_move(Axis(0), 0)
+}
+
+/// Compares analytic gradients with Richardson-extrapolated central differences of `loss_at(i, h)`
+/// (the loss with entry i moved by h), at up to 40 entries; returns max|a − fd| / max|fd|.
+pub fn check(name: &str, analytic: &[f64], n: usize, mut loss_at: impl FnMut(usize, f64) -> f64) -> f64 {
+    let idx: Vec<usize> = if n <= 40 { (0..n).collect() } else { (0..40).map(|i| i * n / 40).collect() };
+    let mut num = 0.0f64;
+    let mut den = 0.0f64;
+    for &i in &idx {
+        let d1 = (loss_at(i, H) - loss_at(i, -H)) / (2.0 * H);
+        let d2 = (loss_at(i, H / 2.0) - loss_at(i, -H / 2.0)) / H;
+        let fd = (4.0 * d2 - d1) / 3.0;
+        num = num.max((fd - analytic[i]).abs());
+        den = den.max(fd.abs());
+    }
+    let rel = num / den.max(1e-300);
+    assert!(den > 0.0, "{name}: gradient is identically zero at the checked entries");
+    assert!(rel <= TOL, "{name}: relative error {rel:.3e} (max |fd| {den:.3e})");
+    eprintln!("{name}: {rel:.1e}");
+    rel
+}
+
+pub fn dot2(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `x` with flat entry i moved by d.
+pub fn bump<D: ndarray::Dimension>(x: &ndarray::Array<f64, D>, i: usize, d: f64) -> ndarray::Array<f64, D> {
+    let mut y = x.clone();
+    y.as_slice_mut().unwrap()[i] += d;
+    y
+}
+
+/// [`check`] of every named tensor of a gradient: `loss_with(k, i, d)` is the loss with entry i of
+/// tensor k moved by d. Returns the worst relative error.
+pub fn check_tensors(
+    tag: &str,
+    grads: Vec<(String, ndarray::ArrayViewD<'_, f64>)>,
+    mut loss_with: impl FnMut(usize, usize, f64) -> f64,
+) -> f64 {
+    let mut worst = 0.0f64;
+    for (k, (name, an)) in grads.into_iter().enumerate() {
+        let an = an.as_slice().unwrap().to_vec();
+        worst = worst.max(check(&format!("{tag} {name}"), &an, an.len(), |i, d| loss_with(k, i, d)));
+    }
+    worst
 }

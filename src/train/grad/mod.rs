@@ -11,5 +11,5 @@ pub use conv::{conv_backward, ConvGrads};
 pub use kernel::{diag_kernel_backward, dplr_kernel_backward, SsmGrads};
 pub use model::{
     evaluate_loss, first_non_finite, for_each_tensor, forward_backward, squared_norm, tensors_mut, zeros_like,
-    LossStats, ParamGroup, Target, TensorMut, TrainOptions,
+    LossStats, ParamGroup, Parameters, Target, TensorMut, TrainOptions,
 };

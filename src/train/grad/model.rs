@@ -150,6 +150,33 @@ pub fn tensors_mut<T: Real>(model: &mut S4Model<T>) -> Vec<TensorMut<'_, T>> {
     out
 }
 
+/// A trainable model as the optimizer and the trainer see it: its tensors by name and group, and a
+/// zero model of the same shape (the shape of its gradient and of the AdamW moments). Implemented by
+/// [`S4Model`] and [`TransformerClassifier`](crate::transformer::TransformerClassifier).
+pub trait Parameters: Clone {
+    /// The precision.
+    type Scalar: Real;
+
+    /// Every trainable tensor, in a fixed order (the same for any two models of one
+    /// configuration, so a model, its gradient and the optimizer moments line up entry by entry).
+    fn parameters_mut(&mut self) -> Vec<TensorMut<'_, Self::Scalar>>;
+
+    /// A model of the same shape with every trainable entry (and every running statistic) 0.
+    fn zeros_like(&self) -> Self;
+}
+
+impl<T: Real> Parameters for S4Model<T> {
+    type Scalar = T;
+
+    fn parameters_mut(&mut self) -> Vec<TensorMut<'_, T>> {
+        tensors_mut(self)
+    }
+
+    fn zeros_like(&self) -> Self {
+        zeros_like(self)
+    }
+}
+
 /// Calls `f(name, group, values)` on every trainable tensor of `model` (see [`tensors_mut`]).
 pub fn for_each_tensor<T: Real>(model: &mut S4Model<T>, f: &mut dyn FnMut(&str, ParamGroup, &mut [T])) {
     for t in tensors_mut(model) {
@@ -508,7 +535,7 @@ pub fn forward_backward<T: Real>(
     Ok((stats, grads))
 }
 
-fn check_lengths(lengths: Option<&[usize]>, batch: usize, len: usize) -> Result<()> {
+pub(crate) fn check_lengths(lengths: Option<&[usize]>, batch: usize, len: usize) -> Result<()> {
     if let Some(l) = lengths {
         if l.len() != batch {
             return Err(Error::shape("lengths", format!("({batch},)"), &[l.len()]));
@@ -521,7 +548,7 @@ fn check_lengths(lengths: Option<&[usize]>, batch: usize, len: usize) -> Result<
 }
 
 /// Checks that a target fits the model's pooling and output size.
-fn check_target(target: &Target, pooling: Pooling, d_output: usize, batch: usize, len: usize) -> Result<()> {
+pub(crate) fn check_target(target: &Target, pooling: Pooling, d_output: usize, batch: usize, len: usize) -> Result<()> {
     match (target, pooling) {
         (Target::Classes(y), Pooling::Mean | Pooling::Last) => {
             check_targets(y.len(), batch)?;
@@ -625,21 +652,14 @@ pub fn evaluate_loss<T: Real>(
 }
 
 /// The first non-finite entry among a model's trainable tensors, as `"name[index]"`.
-pub fn first_non_finite<T: Real>(model: &mut S4Model<T>) -> Option<String> {
-    let mut found = None;
-    for_each_tensor(model, &mut |name, _, x| {
-        if found.is_none() {
-            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                found = Some(format!("{name}[{i}]"));
-            }
-        }
-    });
-    found
+pub fn first_non_finite<M: Parameters>(model: &mut M) -> Option<String> {
+    model
+        .parameters_mut()
+        .into_iter()
+        .find_map(|t| t.values.iter().position(|v| !v.as_f64().is_finite()).map(|i| format!("{}[{i}]", t.name)))
 }
 
 /// Sum of squares of every trainable entry (for gradient norms).
-pub fn squared_norm<T: Real>(model: &mut S4Model<T>) -> f64 {
-    let mut s = 0.0;
-    for_each_tensor(model, &mut |_, _, x| s += x.iter().map(|v| v.as_f64() * v.as_f64()).sum::<f64>());
-    s
+pub fn squared_norm<M: Parameters>(model: &mut M) -> f64 {
+    model.parameters_mut().iter().map(|t| t.values.iter().map(|v| v.as_f64() * v.as_f64()).sum::<f64>()).sum()
 }
