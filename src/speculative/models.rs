@@ -211,8 +211,10 @@ pub struct GptSession<'a> {
 }
 
 impl<'a> GptSession<'a> {
-    /// An empty cache over `model`.
+    /// An empty cache over `model` (builds the model's decoding weights if needed:
+    /// [`Gpt::prepare_decoding`]).
     pub fn new(model: &'a Gpt<f32>) -> Self {
+        model.prepare_decoding();
         GptSession { model, cache: model.new_cache(1) }
     }
 

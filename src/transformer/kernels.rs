@@ -487,11 +487,10 @@ impl<T: Real> PackedMatrix<T> {
         let (k, o) = w.dim();
         let panels = o.div_ceil(PANEL);
         let mut data = vec![T::zero(); panels * k * PANEL];
-        for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
-            for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-                for (c, v) in row.iter_mut().enumerate().take(o.saturating_sub(p * PANEL)) {
-                    *v = w[[i, p * PANEL + c]];
-                }
+        for (i, row) in w.rows().into_iter().enumerate() {
+            let row = row.to_vec();
+            for (p, src) in row.chunks(PANEL).enumerate() {
+                data[(p * k + i) * PANEL..][..src.len()].copy_from_slice(src);
             }
         }
         PackedMatrix { k, o, data }

@@ -33,12 +33,18 @@
 //! to the cached keys and values plus the new ones up to itself. [`KvCache::truncate`] drops
 //! rejected positions (speculative decoding).
 //!
-//! Performance: up to 8 rows (B·T ≤ 8) the linear layers stream each weight matrix once through
-//! kernels compiled for AVX-512 / AVX2 + FMA and picked at run time; more rows use gemm. At
-//! nanoGPT's `shakespeare_char` size (C = 384, 6 layers, 6 heads, V = 256, 10.7 M parameters), batch
-//! 1, a 200-position cache, on the shared 2-core development machine (`benches/transformer.rs`, and
-//! the interleaved medians of the ignored test `decode_timing`): one token ≈ 2.3 ms, 5 tokens in one
-//! pass ≈ 4.1 ms (1.75× one token), 16 tokens ≈ 9 ms, a 200-token prefill ≈ 84 ms.
+//! Performance: up to 96 new positions (B·T ≤ 96: decoding, scoring draft tokens, short prompts) the linear
+//! layers run on a copy of their weights packed in 16-column panels ([`Gpt::prepare_decoding`]),
+//! read as one sequential, prefetched stream while register tiles of up to 16 rows accumulate
+//! (AVX-512 intrinsics for f32; generic kernels for AVX2 + FMA and the baseline target, picked at
+//! run time); more rows use gemm. At nanoGPT's `shakespeare_char` size (C = 384, 6 layers, 6 heads,
+//! V = 256, 10.7 M parameters), batch 1, a 160-position cache, on the 2-core development machine
+//! (best of 40; `benches/speculative.rs`, `verifier_score_at_192`): 1 position 2.0 ms, 5 positions
+//! 2.7 ms, 9 positions 3.2 ms, 16 positions 4.7 ms, 32 positions 11 ms (gemm: 15 ms), 96 positions
+//! 28 ms (gemm: 31 ms). Prompts go through the same weights, so that the packed copy stays in
+//! cache for the decoding steps that follow. Scoring
+//! γ + 1 draft tokens is therefore far cheaper than γ + 1 passes, not free: the pass costs about
+//! a + b·k with b ≈ 0.17 ms ≈ a/12, which [`crate::speculative::PassCost`] models.
 //!
 //! ```
 //! use ndarray::array;
@@ -296,8 +302,9 @@ pub struct Gpt<T = f32> {
 }
 
 /// Up to this many new positions per pass, [`Gpt::forward_cached`] runs the linear layers on a
-/// panel-packed copy of their weights ([`DecodeWeights`]); more rows go to gemm.
-const DECODE_ROWS: usize = 32;
+/// panel-packed copy of their weights ([`DecodeWeights`]); more rows go to gemm (on the 2-core
+/// machine the packed kernel is faster up to about 100 rows: gemm packs the weights on every call).
+const DECODE_ROWS: usize = 96;
 
 /// The four linear layers of every block (`c_attn`, `attn.c_proj`, `c_fc`, `mlp.c_proj`) packed in
 /// column panels for the passes of a few rows that decoding and speculative verification make:
@@ -648,6 +655,14 @@ impl<T: Real> Gpt<T> {
         cache.set_len(past + t);
         let v = cfg.vocab_size;
         Ok(logits.into_shape_with_order((b, t, v)).expect("B·T rows of V logits"))
+    }
+
+    /// Builds the copy of the weights that passes over a few positions (decoding, scoring draft
+    /// tokens) read, if it is not built yet: the linear layers in column panels (see
+    /// [`Gpt::forward_cached`]; the model's memory doubles). It is otherwise built by the first
+    /// such pass; sessions call this up front so that no decoding step pays for it.
+    pub fn prepare_decoding(&self) {
+        self.decode_weights();
     }
 
     /// The packed decoding weights ([`DecodeWeights`]), built on first use.
