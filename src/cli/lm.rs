@@ -447,8 +447,8 @@ fn spec_json(g: &Generation, base: Option<&Generation>, cfg: &SpecConfig, text: 
             "same_tokens": b.tokens == g.tokens,
         })),
         "speedup": base.map(|b| s.tokens_per_second / b.stats.tokens_per_second),
-        "predicted_speedup": predicted_speedup(s.alpha, gamma_for_formula, s.cost_ratio),
-        "predicted_speedup_cost_model": s.cost.speedup(s.alpha, gamma_for_formula),
+        "predicted_speedup": predicted_speedup(s.alpha_iid, gamma_for_formula, s.cost_ratio),
+        "predicted_speedup_cost_model": s.cost.speedup(s.alpha_iid, gamma_for_formula),
     })
 }
 
@@ -607,7 +607,7 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
         for (gi, &gamma) in gammas.iter().enumerate() {
             let cfg = SpecConfig { gamma, ..base_cfg.clone() };
             let (mut time, mut count, mut same) = (0.0, 0, true);
-            let (mut drafted, mut accepted, mut calls, mut dsteps) = (0, 0, 0, 0);
+            let (mut drafted, mut accepted, mut calls, mut dsteps, mut rejections) = (0, 0, 0, 0, 0);
             let (mut dsec, mut vsec, mut gsum) = (0.0, 0.0, 0.0);
             let mut cost = PassCost::default();
             let mut histogram: Vec<usize> = Vec::new();
@@ -623,6 +623,7 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
                 same &= g.tokens == base_tokens[i];
                 drafted += g.stats.drafted;
                 accepted += g.stats.accepted;
+                rejections += g.stats.rejections;
                 calls += g.stats.verifier_calls;
                 dsteps += g.stats.draft_steps;
                 dsec += g.stats.draft_seconds;
@@ -637,11 +638,12 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
                 cost.draft_step += w * c.draft_step;
             }
             let alpha = accepted as f64 / drafted.max(1) as f64;
+            let alpha_iid = accepted as f64 / (accepted + rejections).max(1) as f64;
             let c = (dsec / dsteps.max(1) as f64) / (vsec / calls.max(1) as f64);
             let mean_gamma = gsum / prompts.len() as f64;
             let speedup = (count as f64 / time) / base_tps;
-            let pred = predicted_speedup(alpha, mean_gamma.round().max(1.0) as usize, c);
-            let pred_cost = cost.speedup(alpha, mean_gamma.round().max(1.0) as usize);
+            let pred = predicted_speedup(alpha_iid, mean_gamma.round().max(1.0) as usize, c);
+            let pred_cost = cost.speedup(alpha_iid, mean_gamma.round().max(1.0) as usize);
             eprintln!(
                 "T={t} gamma={:<9} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x  \
                  cost model {pred_cost:.2}x{}",
@@ -655,6 +657,7 @@ fn cmd_bench(a: &BenchArgs) -> Result<()> {
             predicted.insert(at, (x, pred));
             predicted_cost.insert(at, (x, pred_cost));
             rows.push(json!({"temperature": t, "gamma": a.gammas[gi], "mean_gamma": mean_gamma, "alpha": alpha,
+                             "alpha_iid": alpha_iid,
                              "tau": count as f64 / calls as f64, "cost_ratio": c,
                              "tokens_per_second": count as f64 / time, "verifier_only_tokens_per_second": base_tps,
                              "speedup": speedup, "predicted_speedup": pred,

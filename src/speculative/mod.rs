@@ -235,6 +235,8 @@ pub struct SpecStats {
     pub drafted: usize,
     /// Drafted tokens kept.
     pub accepted: usize,
+    /// Rounds that ended in a rejection (kept fewer than they drafted).
+    pub rejections: usize,
     /// Tokens emitted.
     pub emitted: usize,
     /// Verifier passes (prefill included).
@@ -247,8 +249,14 @@ pub struct SpecStats {
     pub verify_seconds: f64,
     /// Wall time of the whole generation.
     pub total_seconds: f64,
-    /// Acceptance rate α = accepted / drafted.
+    /// Acceptance rate α = accepted / drafted (the literature's tables).
     pub alpha: f64,
+    /// The per-token acceptance probability of the i.i.d. model (Leviathan et al.), estimated by
+    /// maximum likelihood: accepted / (accepted + rejections) (each round is its kept tokens plus
+    /// one rejected trial if it ended in a rejection). It is the α of E\[L\] and of the predicted
+    /// speedups; `alpha` is smaller for γ > 1 even when acceptances are independent, because a
+    /// round stops at its first rejection.
+    pub alpha_iid: f64,
     /// Mean tokens emitted per verifier pass τ (after the prompt's pass).
     pub tau: f64,
     /// Emitted tokens per second.
@@ -447,6 +455,7 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             stats.rounds += 1;
             stats.drafted += gamma;
             stats.accepted += n;
+            stats.rejections += usize::from(n < gamma);
             gamma_sum += gamma;
             if stats.accepted_histogram.len() <= n {
                 stats.accepted_histogram.resize(n + 1, 0);
@@ -476,6 +485,8 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     stats.emitted = out.len();
     stats.total_seconds = start.elapsed().as_secs_f64();
     stats.alpha = if stats.drafted > 0 { stats.accepted as f64 / stats.drafted as f64 } else { 0.0 };
+    let trials = stats.accepted + stats.rejections;
+    stats.alpha_iid = if trials > 0 { stats.accepted as f64 / trials as f64 } else { 0.0 };
     stats.tau = out.len() as f64 / stats.verifier_calls.max(1) as f64;
     stats.tokens_per_second = out.len() as f64 / stats.total_seconds.max(1e-12);
     stats.cost_ratio = cost_ratio(&stats, round_verify_seconds).unwrap_or(0.0);

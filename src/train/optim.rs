@@ -10,6 +10,20 @@
 //! learning rate η and decay λ:
 //! θ ← θ(1 − ηλ); m ← β₁m + (1 − β₁)g; v ← β₂v + (1 − β₂)g²;
 //! θ ← θ − η·(m/(1 − β₁ᵗ)) / (√(v/(1 − β₂ᵗ)) + ε).
+//!
+//! ```
+//! use s4::train::{OptimConfig, Schedule};
+//! let cfg = OptimConfig { warmup_fraction: 0.1, schedule: Schedule::Cosine, ..Default::default() };
+//! // linear warmup over the first 10 of 100 steps, then cosine from 1 down to 0
+//! assert_eq!(cfg.lr_factor(0, 100), 0.0);
+//! assert!((cfg.lr_factor(5, 100) - 0.5).abs() < 1e-12);
+//! assert!((cfg.lr_factor(10, 100) - 1.0).abs() < 1e-12);
+//! assert!((cfg.lr_factor(55, 100) - 0.5).abs() < 1e-12);
+//! assert!(cfg.lr_factor(100, 100).abs() < 1e-12);
+//! // bad settings are errors that name the value
+//! let bad = OptimConfig { lr: -1.0, ..Default::default() };
+//! assert!(bad.validate().unwrap_err().to_string().contains("lr"));
+//! ```
 
 use super::grad::{ParamGroup, Parameters};
 use crate::error::{Error, Result};

@@ -2,6 +2,20 @@
 //! epochs, batch size): the official LRA configurations, small CPU presets that finish in
 //! minutes, and a CPU transformer baseline per task (`cpu-transformer-*`, picked by
 //! `--arch transformer`).
+//!
+//! ```
+//! use s4::data::SplitSizes;
+//! use s4::train::{default_preset, load_task, preset, TASKS};
+//! assert!(TASKS.contains(&"listops"));
+//! assert_eq!(default_preset("adding"), "cpu-adding");
+//! let cfg = preset("cpu-transformer-listops")?;
+//! cfg.validate()?;
+//! // generated tasks need no files; real data sets name the command that fetches them
+//! let task = load_task("listops", None, &SplitSizes::new(8, 2, 2), 0)?;
+//! assert_eq!((task.train.len(), task.d_output), (8, 10));
+//! assert!(preset("no-such-preset").unwrap_err().to_string().contains("no-such-preset"));
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use super::optim::OptimConfig;
 use super::trainer::{Arch, TrainConfig};

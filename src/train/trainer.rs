@@ -24,6 +24,31 @@
 //! not depend on the number of threads.
 //! A checkpoint holds the weights, the BatchNorm statistics (S4), both AdamW moments and the step,
 //! so a run resumed from epoch e continues exactly as the uninterrupted run did.
+//!
+//! ```
+//! use s4::data::{adding, SplitSizes};
+//! use s4::train::trainer::checkpoint_dir;
+//! use s4::train::{preset, train, RunOptions};
+//! let task = adding::generate(&adding::Config { len: 32 }, &SplitSizes::new(32, 8, 8), 0)?;
+//! let mut cfg = preset("tiny")?;
+//! cfg.epochs = 2;
+//! let out = std::env::temp_dir().join(format!("s4-doc-trainer-{}", std::process::id()));
+//! # std::fs::remove_dir_all(&out).ok();
+//! // one epoch, interrupted, then resumed: the same metrics as an uninterrupted run
+//! train(&task, &cfg, &out, &RunOptions { stop_after: Some(1), ..Default::default() })?;
+//! assert!(checkpoint_dir(&out).is_some());
+//! let resumed = train(&task, &cfg, &out, &RunOptions { resume: true, ..Default::default() })?;
+//! let whole_dir = out.with_extension("whole");
+//! # std::fs::remove_dir_all(&whole_dir).ok();
+//! let whole = train(&task, &cfg, &whole_dir, &RunOptions::default())?;
+//! assert_eq!(resumed.metrics.len(), 2);
+//! assert_eq!(resumed.metrics[1].test_loss, whole.metrics[1].test_loss);
+//! // a folder with a run in it is not overwritten
+//! assert!(train(&task, &cfg, &out, &RunOptions::default()).is_err());
+//! # std::fs::remove_dir_all(&out).ok();
+//! # std::fs::remove_dir_all(&whole_dir).ok();
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use super::grad::{evaluate_loss, first_non_finite, forward_backward, LossStats, Parameters, Target, TrainOptions};
 use super::optim::{AdamW, OptimConfig};

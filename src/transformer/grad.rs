@@ -11,6 +11,31 @@
 //! in sequence order, so the result does not depend on the number of threads. The plain functions
 //! panic if their arguments' shapes disagree (they are building blocks; [`forward_backward`]
 //! checks its inputs and returns errors).
+//!
+//! ```
+//! use ndarray::Array2;
+//! use s4::transformer::grad::{forward_backward, lm_loss, LmTarget};
+//! use s4::transformer::{Gpt, GptConfig};
+//! // the whole model's gradient against a central difference, in f64
+//! let cfg = GptConfig { vocab_size: 11, n_positions: 8, n_embd: 8, n_layer: 1, n_head: 2, ..Default::default() };
+//! let model = Gpt::<f64>::new(cfg, 0)?;
+//! let ids = Array2::from_shape_fn((2, 6), |(b, t)| ((3 * b + 5 * t) % 11) as u32);
+//! // targets: the next token (the last position has none)
+//! let mut targets = Array2::from_elem((2, 6), s4::transformer::IGNORE);
+//! targets.slice_mut(ndarray::s![.., ..5]).assign(&ids.slice(ndarray::s![.., 1..]));
+//! let (loss, grads) = forward_backward(&model, ids.view(), targets.view())?;
+//! assert!((loss - lm_loss(&model, ids.view(), LmTarget::Tokens(targets.view()))?).abs() < 1e-12);
+//! let (name, h) = ("h.0.mlp.c_fc.weight", 1e-6);
+//! let shift = |d: f64| -> s4::Result<f64> {
+//!     let mut m = model.clone();
+//!     m.tensors_mut().into_iter().find(|(n, _)| n == name).unwrap().1[[2, 3]] += d;
+//!     lm_loss(&m, ids.view(), LmTarget::Tokens(targets.view()))
+//! };
+//! let fd = (shift(h)? - shift(-h)?) / (2.0 * h);
+//! let g = grads.tensors().into_iter().find(|(n, _)| n == name).unwrap().1[[2, 3]];
+//! assert!((fd - g).abs() < 1e-7, "{fd} {g}");
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use super::kernels::{self, attend_row, axpy, col_sums, dot, PAR_WORK};
 use super::{maybe_par_map, Activation, Block, Gpt, IGNORE};

@@ -11,6 +11,19 @@
 //!
 //! with G, Û, K̂ the spectra of the zero-padded g_y, u and κ. Channels run in parallel; the sum
 //! over the batch runs in sequence order inside each channel.
+//!
+//! ```
+//! use ndarray::{Array2, Array3};
+//! use s4::train::grad::conv::conv_backward;
+//! // the adjoint identity ⟨gy, conv(u)⟩ = ⟨g_u, u⟩ (the convolution is linear in u)
+//! let u = Array3::from_shape_fn((1, 2, 7), |(_, h, l)| ((h * 7 + l) as f64 * 0.7).sin());
+//! let k = Array2::from_shape_fn((2, 7), |(h, l)| (-(l as f64) / (2.0 + h as f64)).exp());
+//! let gy = Array3::from_shape_fn((1, 2, 7), |(_, h, l)| ((h + 2 * l) as f64 * 0.3).cos());
+//! let y = s4::conv::causal_conv_direct(u.view(), k.view(), None)?;
+//! let g = conv_backward(u.view(), k.view(), None, gy.view())?;
+//! assert!(((&gy * &y).sum() - (&g.input * &u).sum()).abs() < 1e-10);
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use crate::conv::fast_len;
 use crate::error::{Error, Result};

@@ -20,6 +20,30 @@
 //! Ā = e^{Δλ}, φ = (e^{Δλ} − 1)/λ (ZOH) or Ā = (1 + (1−α)Δλ)/(1 − αΔλ), φ = Δ/(1 − αΔλ) (GBT).
 //!
 //! Both run per channel in parallel, in f64.
+//!
+//! ```
+//! use ndarray::Array2;
+//! use s4::discretize::Discretization;
+//! use s4::kernel::diag_kernel;
+//! use s4::ssm::{KernelKind, SsmInitConfig};
+//! use s4::train::grad::kernel::diag_kernel_backward;
+//! // the gradient of ⟨g, K⟩ with respect to Δ and Re Λ against central differences (S4D-Lin, ZOH)
+//! let cfg = SsmInitConfig { kind: KernelKind::Diag, init: "diag-lin".parse()?, d_state: 8, channels: 1, ..Default::default() };
+//! let p = cfg.draw()?;
+//! let g = Array2::from_shape_fn((1, 16), |(_, l)| (l as f64 * 0.4).sin());
+//! let loss = |p: &s4::ssm::SsmParams<f64>| (&diag_kernel(p, 16, Discretization::Zoh).unwrap() * &g).sum();
+//! let grads = diag_kernel_backward(&p, g.view(), Discretization::Zoh)?;
+//! let h = 1e-6;
+//! let (mut pp, mut pm) = (p.clone(), p.clone());
+//! pp.dt[0] += h;
+//! pm.dt[0] -= h;
+//! assert!(((loss(&pp) - loss(&pm)) / (2.0 * h) - grads.dt[0]).abs() < 1e-6);
+//! let (mut pp, mut pm) = (p.clone(), p.clone());
+//! pp.lambda[[0, 1]].re += h;
+//! pm.lambda[[0, 1]].re -= h;
+//! assert!(((loss(&pp) - loss(&pm)) / (2.0 * h) - grads.lambda[[0, 1]].re).abs() < 1e-6);
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use crate::discretize::Discretization;
 use crate::error::{Error, Result};
