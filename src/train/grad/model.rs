@@ -5,6 +5,36 @@
 //! `model.train()`), and it records what each backward needs. Gradients are returned in a model of
 //! the same shape ([`zeros_like`]): `grads.blocks[i].layer.weights.c` is ∂ℓ/∂C of layer i, as
 //! PyTorch's `p.grad` mirrors `p`.
+//!
+//! ```
+//! use ndarray::Array2;
+//! use s4::model::{Input, Pooling, S4ModelConfig};
+//! use s4::train::grad::model::{evaluate_loss, forward_backward, Target, TrainOptions};
+//! // a token classifier: without dropout the training step's loss is the evaluation loss
+//! let mut cfg = S4ModelConfig { vocab_size: Some(5), d_output: 3, n_layers: 1, pooling: Pooling::Mean, ..Default::default() };
+//! cfg.layer.d_model = 4;
+//! cfg.layer.d_state = 8;
+//! let mut model = cfg.build_as::<f64>()?;
+//! model.set_kernel_length(6)?; // DPLR layers tie C̃ to the training length
+//! let tokens = Array2::from_shape_fn((2, 6), |(b, t)| ((b + 2 * t) % 5) as u32);
+//! let classes = [0u32, 2];
+//! let opts = TrainOptions { dropout_seed: None, update_running_stats: false };
+//! let (stats, grads) = forward_backward(&mut model, Input::Tokens(tokens.view()), None, Target::Classes(&classes), opts)?;
+//! let eval = evaluate_loss(&model, Input::Tokens(tokens.view()), None, Target::Classes(&classes))?;
+//! assert!((stats.loss - eval.loss).abs() < 1e-12);
+//! assert_eq!(stats.count, 2);
+//! // one small step against the gradient lowers the loss
+//! use s4::train::grad::model::tensors_mut;
+//! let mut g = grads;
+//! let steps: Vec<Vec<f64>> = tensors_mut(&mut g).into_iter().map(|t| t.values.to_vec()).collect();
+//! let mut stepped = model.clone();
+//! for (t, d) in tensors_mut(&mut stepped).into_iter().zip(&steps) {
+//!     t.values.iter_mut().zip(d).for_each(|(w, d)| *w -= 1e-3 * d);
+//! }
+//! let after = evaluate_loss(&stepped, Input::Tokens(tokens.view()), None, Target::Classes(&classes))?;
+//! assert!(after.loss < eval.loss);
+//! # Ok::<(), s4::Error>(())
+//! ```
 
 use super::conv::conv_backward;
 use super::kernel::{diag_kernel_backward, dplr_kernel_backward, SsmGrads};
