@@ -197,12 +197,13 @@ enum Command {
         /// Folder with real data files, if the run used one.
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Sizes of the generated splits (as given to train).
-        #[arg(long, value_delimiter = ',', default_value = "10000,1000,1000")]
-        sizes: Vec<usize>,
-        /// Seed of the data (as given to train).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        /// Sizes of the generated splits (default: the run's, from its config.json; else
+        /// 10000,1000,1000).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<usize>>,
+        /// Seed of the data (default: the run's seed; else 0).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// The HiPPO memory demo: reconstruct the past of a band-limited random signal from the state.
     ///
@@ -304,7 +305,7 @@ fn main() {
             quiet,
             out,
         }),
-        Command::Eval { dir, data, sizes, seed } => cmd_eval(&dir, data.as_deref(), &sizes, seed),
+        Command::Eval { dir, data, sizes, seed } => cmd_eval(&dir, data.as_deref(), sizes, seed),
         Command::Reconstruct { measure, n, dt, duration, cutoff, seed, sweep, plot } => cmd_reconstruct(
             measure.as_deref(),
             MemoryConfig { n, dt, duration, cutoff, rms: 0.5, seed },
@@ -908,7 +909,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_eval(dir: &Path, data: Option<&Path>, sizes: &[usize], seed: u64) -> Result<()> {
+fn cmd_eval(dir: &Path, data: Option<&Path>, sizes: Option<Vec<usize>>, seed: Option<u64>) -> Result<()> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let run: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
@@ -917,7 +918,16 @@ fn cmd_eval(dir: &Path, data: Option<&Path>, sizes: &[usize], seed: u64) -> Resu
         .ok_or_else(|| Error::format(&cfg_path, "no \"task\" (not the --out folder of s4 train?)"))?;
     let base = task_name.split('/').next().unwrap_or(task_name).to_lowercase();
     let base = if base == "ucr" { "acsf1".to_string() } else { base };
-    let task = s4::train::load_task(&base, data, &split_sizes(sizes)?, seed)?;
+    // by default the run's own splits and seed, so that generated tasks give back its test split
+    let sizes = sizes.unwrap_or_else(|| {
+        let n = |k: &str| run["splits"][k].as_u64().map(|v| v as usize);
+        match (n("train"), n("val"), n("test")) {
+            (Some(a), Some(b), Some(c)) => vec![a, b, c],
+            _ => vec![10000, 1000, 1000],
+        }
+    });
+    let seed = seed.or_else(|| run["train"]["seed"].as_u64()).unwrap_or(0);
+    let task = s4::train::load_task(&base, data, &split_sizes(&sizes)?, seed)?;
     let ckpt = s4::train::trainer::checkpoint_dir(dir)
         .ok_or_else(|| Error::invalid("run folder", dir.display(), "a folder with a checkpoint/ (from s4 train)"))?;
     let model = s4::train::TrainedModel::load(&ckpt)?;

@@ -344,6 +344,19 @@ fn train_then_eval_a_transformer_run() {
     assert_eq!(e["test_loss"].as_f64().unwrap(), v["final"]["test_loss"].as_f64().unwrap());
     let info = s4(&["info", out.join("checkpoint").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&info.stdout).contains("transformer-classifier"));
+    // without --sizes and --seed, eval regenerates the run's own splits: on ListOps (lengths vary)
+    // the default sizes would draw longer sequences than the transformer's learned positions
+    let lo = tmp("train-transformer-listops");
+    let _ = std::fs::remove_dir_all(&lo);
+    let l = lo.to_str().unwrap();
+    let args = ["train", "--task", "listops", "--arch", "transformer", "--sizes", "16,4,4", "--seed", "3"];
+    let res = s4(&[&args[..], &["--epochs", "1", "--quiet", "--out", l]].concat());
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    let ev = s4(&["eval", l]);
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(e["test_loss"].as_f64().unwrap(), v["final"]["test_loss"].as_f64().unwrap());
     let bad = tmp("train-transformer-bad");
     let b = bad.to_str().unwrap();
     assert_clear_error(

@@ -8,7 +8,7 @@
 //!
 //! # Output folder
 //! ```text
-//! OUT/config.json        the TrainConfig and the task name
+//! OUT/config.json        the TrainConfig, the task name and the split sizes
 //! OUT/metrics.jsonl      one JSON object per epoch (EpochMetrics)
 //! OUT/curves.png         learning curves
 //! OUT/checkpoint/        the last completed epoch: config.json + model.safetensors (a model folder:
@@ -747,7 +747,9 @@ fn run<M: TrainModel>(
             (model, opt, expected(0, 0), Vec::new())
         }
     };
-    let run_json = serde_json::json!({"task": task.name, "train": cfg});
+    // the split sizes let `s4 eval` regenerate the same test split by default
+    let run_json = serde_json::json!({"task": task.name, "train": cfg,
+        "splits": {"train": task.train.len(), "val": task.val.len(), "test": task.test.len()}});
     write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&run_json).expect("serializes").as_bytes())?;
     let n = task.train.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size) as u64;
