@@ -145,86 +145,9 @@ fn small_matmul_body<T: Real, const FMA: bool>(x: &[T], k: usize, w: &[T], ws: u
     }
 }
 
-/// As [`small_matmul_body`] for exactly `M` rows, with the four weight vectors of each 16-column
-/// chunk loaded once and applied to all `M` output rows.
-#[inline(always)]
-fn rows_matmul_body<T: Real, const FMA: bool, const M: usize>(
-    x: &[T],
-    k: usize,
-    w: &[T],
-    ws: usize,
-    o: usize,
-    out: &mut [T],
-) {
-    const L: usize = 16;
-    let madd = madd::<T, FMA>;
-    for j0 in (0..o).step_by(COL_BLOCK) {
-        let cb = COL_BLOCK.min(o - j0);
-        let full = cb / L * L;
-        let mut i = 0;
-        while i + 4 <= k {
-            let a: [[T; 4]; M] =
-                std::array::from_fn(|r| [x[r * k + i], x[r * k + i + 1], x[r * k + i + 2], x[r * k + i + 3]]);
-            let seg = |q: usize| &w[q * ws + j0..][..cb];
-            let w4 = [seg(i), seg(i + 1), seg(i + 2), seg(i + 3)];
-            let mut jj = 0;
-            while jj < full {
-                let b: [[T; L]; 4] = std::array::from_fn(|q| w4[q][jj..jj + L].try_into().expect("L"));
-                for (r, ar) in a.iter().enumerate() {
-                    let y: &mut [T; L] = (&mut out[r * o + j0 + jj..][..L]).try_into().expect("L");
-                    for l in 0..L {
-                        y[l] = madd(
-                            ar[3],
-                            b[3][l],
-                            madd(ar[2], b[2][l], madd(ar[1], b[1][l], madd(ar[0], b[0][l], y[l]))),
-                        );
-                    }
-                }
-                jj += L;
-            }
-            for (r, ar) in a.iter().enumerate() {
-                for j in full..cb {
-                    let y = &mut out[r * o + j0 + j];
-                    *y = madd(ar[3], w4[3][j], madd(ar[2], w4[2][j], madd(ar[1], w4[1][j], madd(ar[0], w4[0][j], *y))));
-                }
-            }
-            i += 4;
-        }
-        for i in i..k {
-            let wi = &w[i * ws + j0..][..cb];
-            for r in 0..M {
-                axpy_body::<T, FMA>(&mut out[r * o + j0..][..cb], x[r * k + i], wi);
-            }
-        }
-    }
-}
-
-/// [`rows_matmul_body`] for 2 ≤ m ≤ 8 rows, [`small_matmul_body`] otherwise (for one row, the
-/// latter is faster).
-#[inline(always)]
-fn small_matmul_dispatch_body<T: Real, const FMA: bool>(
-    x: &[T],
-    k: usize,
-    w: &[T],
-    ws: usize,
-    o: usize,
-    out: &mut [T],
-) {
-    match out.len() / o.max(1) {
-        2 => rows_matmul_body::<T, FMA, 2>(x, k, w, ws, o, out),
-        3 => rows_matmul_body::<T, FMA, 3>(x, k, w, ws, o, out),
-        4 => rows_matmul_body::<T, FMA, 4>(x, k, w, ws, o, out),
-        5 => rows_matmul_body::<T, FMA, 5>(x, k, w, ws, o, out),
-        6 => rows_matmul_body::<T, FMA, 6>(x, k, w, ws, o, out),
-        7 => rows_matmul_body::<T, FMA, 7>(x, k, w, ws, o, out),
-        8 => rows_matmul_body::<T, FMA, 8>(x, k, w, ws, o, out),
-        _ => small_matmul_body::<T, FMA>(x, k, w, ws, o, out),
-    }
-}
-
 simd_dispatch! {
     /// [`small_matmul_body`] with the widest vectors the CPU has.
-    fn small_matmul(x: &[T], k: usize, w: &[T], ws: usize, o: usize, out: &mut [T]) -> () = small_matmul_dispatch_body
+    fn small_matmul(x: &[T], k: usize, w: &[T], ws: usize, o: usize, out: &mut [T]) -> () = small_matmul_body
 }
 
 /// `out = x·w (+ out)`: for at most [`SMALL_ROWS`] rows by [`small_matmul`] (w in standard
