@@ -7,8 +7,8 @@
 //!
 //! `cargo run --release --example hippo_memory [-- OUT.png]`
 
-use s4::hippo::memory::{evaluate, MemoryConfig, MemoryOperator};
-use s4::plot::{memory_panels, write_png};
+use s4::hippo::memory::{evaluate, memory_panels, MemoryConfig, MemoryOperator};
+use s4::plot::write_png;
 
 fn main() -> s4::Result<()> {
     let out = std::env::args().nth(1).unwrap_or_else(|| "hippo_memory.png".to_string());

@@ -54,40 +54,6 @@ pub struct Panel {
     pub series: Vec<Series>,
 }
 
-/// The memory demo's figure: the whole signal, then one panel per result with the signal and its
-/// reconstruction from the final state over the scored window.
-pub fn memory_panels(
-    cfg: &crate::hippo::memory::MemoryConfig,
-    results: &[crate::hippo::memory::MemoryResult],
-) -> Vec<Panel> {
-    let (times, signal) = crate::hippo::memory::signal_of(cfg);
-    let mut panels = vec![Panel {
-        title: format!("band-limited signal (cutoff {} / time unit), dt = {}", cfg.cutoff, cfg.dt),
-        x_label: "time".into(),
-        y_label: "u(t)".into(),
-        series: vec![Series {
-            label: "signal".into(),
-            points: times.iter().copied().zip(signal.iter().copied()).collect(),
-        }],
-    }];
-    for r in results {
-        let pts = |v: &[f64]| r.times.iter().copied().zip(v.iter().copied()).collect::<Vec<_>>();
-        panels.push(Panel {
-            title: format!(
-                "{} N = {}: relative RMSE {:.2e} over ages {}..{}",
-                r.operator, r.n, r.relative_rmse, r.ages.0, r.ages.1
-            ),
-            x_label: "time".into(),
-            y_label: "u(t)".into(),
-            series: vec![
-                Series { label: "signal".into(), points: pts(&r.truth) },
-                Series { label: "reconstruction from the final state".into(), points: pts(&r.reconstruction) },
-            ],
-        });
-    }
-    panels
-}
-
 static FONT: Once = Once::new();
 
 fn register_font() {

@@ -90,6 +90,7 @@ pub fn cplx<T: Real>(z: Complex<f64>) -> Complex<T> {
 /// values, while the recurrent state, Ā, B̄ and every accumulation stay f32 / complex64.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum HalfPrecision {
     /// bfloat16: f32's range, 8 significant bits (ε = 2⁻⁷).
     Bf16,

@@ -27,10 +27,13 @@ use std::str::FromStr;
 /// Which kernel an SSM uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum KernelKind {
     /// S4: diagonal plus low rank state matrix, bilinear discretization, Cauchy + Woodbury kernel.
+    #[cfg_attr(feature = "cli", value(alias = "s4", alias = "nplr"))]
     Dplr,
     /// S4D: diagonal state matrix, ZOH or bilinear, Vandermonde kernel.
+    #[cfg_attr(feature = "cli", value(alias = "s4d"))]
     Diag,
 }
 
@@ -66,10 +69,40 @@ pub enum SsmInit {
 
 impl fmt::Display for SsmInit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl SsmInit {
+    /// Every initialization, in the order the command line lists them.
+    pub const ALL: [SsmInit; 8] = [
+        SsmInit::Hippo(Measure::LegS),
+        SsmInit::Hippo(Measure::LegT),
+        SsmInit::Hippo(Measure::FouT),
+        SsmInit::Hippo(Measure::LagT),
+        SsmInit::Diag(DiagInit::Lin),
+        SsmInit::Diag(DiagInit::Inv),
+        SsmInit::Diag(DiagInit::Legs),
+        SsmInit::Diag(DiagInit::Real),
+    ];
+
+    /// The name on the command line and in configs (`legs`, `diag-lin`, ...).
+    pub fn name(self) -> &'static str {
         match self {
-            SsmInit::Hippo(m) => write!(f, "{m}"),
-            SsmInit::Diag(d) => write!(f, "{d}"),
+            SsmInit::Hippo(m) => m.name(),
+            SsmInit::Diag(d) => d.name(),
         }
+    }
+}
+
+/// The initializations as command-line choices, by their names (`legs`, `diag-lin`, ...).
+#[cfg(feature = "cli")]
+impl clap::ValueEnum for SsmInit {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 

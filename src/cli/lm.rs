@@ -1,5 +1,5 @@
-//! Language-model commands: logits, generate, speculate, train-lm (the transformer verifier),
-//! distill (the S4 draft), bench-speculate.
+//! Language models and speculative decoding: logits, generate, speculate, train-lm (the
+//! transformer verifier), distill (the S4 draft).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,19 +9,20 @@ use ndarray::{Array2, Array3, Ix2};
 use s4::data::shakespeare;
 use s4::io::{read_npy_any, write_npy_atomic, NpyArray};
 use s4::model::{checkpoint, Input, S4Model, S4ModelConfig};
-use s4::plot::{write_png, Panel, Series};
 use s4::speculative::distill::{distill, DistillConfig};
 use s4::speculative::{
-    generate, predicted_speedup, speculate, Acceptance, Drafter, GammaPolicy, Generation, GptSession, PassCost,
-    S4Session, Sampling, SpecConfig, Verifier,
+    generate, predicted_speedup, speculate, Acceptance, Drafter, GammaPolicy, Generation, GptSession, S4Session,
+    Sampling, SpecConfig, Verifier,
 };
 use s4::transformer::train::{train_lm, LmTrainConfig};
 use s4::transformer::{Gpt, GptConfig};
 use s4::{Error, Result};
 use serde_json::json;
 
+use super::{config_or_default, refuse_overwrite};
+
 #[derive(Subcommand, Debug)]
-pub enum LmCommand {
+pub enum Command {
     /// Next-token logits of a causal model: a Hugging Face GPT-2 folder (config.json +
     /// model.safetensors) or an S4 language model folder.
     ///
@@ -57,9 +58,6 @@ pub enum LmCommand {
     /// Distills an S4 draft language model from a verifier (verifier-generated text plus KL to
     /// the verifier's distributions).
     Distill(DistillArgs),
-    /// Measures speculative decoding on a model pair for several γ and temperatures, beside the
-    /// speedup Leviathan et al.'s formula predicts; prints JSON and a table, plots a PNG.
-    BenchSpeculate(BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -218,52 +216,15 @@ pub struct DistillArgs {
     quiet: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Verifier folder.
-    #[arg(long)]
-    verifier: PathBuf,
-    /// Draft folder.
-    #[arg(long)]
-    draft: PathBuf,
-    /// The Shakespeare archive or its folder (prompts come from its test plays; without it, from
-    /// built-in lines).
-    #[arg(long, default_value = "data")]
-    data: PathBuf,
-    /// Number of prompts.
-    #[arg(long, default_value_t = 8)]
-    prompts: usize,
-    /// Prompt length in tokens.
-    #[arg(long, default_value_t = 32)]
-    prompt_len: usize,
-    /// Tokens generated per prompt.
-    #[arg(long, default_value_t = 128)]
-    max_new: usize,
-    /// Draft lengths (numbers or `auto`).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,auto")]
-    gammas: Vec<String>,
-    /// Temperatures (0 = greedy).
-    #[arg(long, value_delimiter = ',', default_value = "0,1")]
-    temperatures: Vec<f64>,
-    /// Write a PNG of measured vs predicted speedup.
-    #[arg(long)]
-    plot: Option<PathBuf>,
-    /// Seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-}
-
 /// A causal model read from a folder.
-enum CausalModel {
+pub(super) enum CausalModel {
     Gpt(Box<Gpt<f32>>),
     S4(Box<S4Model<f32>>),
 }
 
 impl CausalModel {
-    fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
+    pub(super) fn load(dir: &Path) -> Result<Self> {
+        let v: serde_json::Value = s4::io::read_json(&dir.join("config.json"))?;
         if v.get("model_type").and_then(|m| m.as_str()) == Some("gpt2") || v.get("n_embd").is_some() {
             Ok(CausalModel::Gpt(Box::new(Gpt::load(dir)?)))
         } else {
@@ -271,21 +232,21 @@ impl CausalModel {
         }
     }
 
-    fn vocab(&self) -> usize {
+    pub(super) fn vocab(&self) -> usize {
         match self {
             CausalModel::Gpt(g) => g.config().vocab_size,
             CausalModel::S4(m) => m.config().d_output,
         }
     }
 
-    fn verifier(&self) -> Result<Box<dyn Verifier + '_>> {
+    pub(super) fn verifier(&self) -> Result<Box<dyn Verifier + '_>> {
         Ok(match self {
             CausalModel::Gpt(g) => Box::new(GptSession::new(g)),
             CausalModel::S4(m) => Box::new(S4Session::new(m, 64)?),
         })
     }
 
-    fn drafter(&self) -> Result<Box<dyn Drafter + '_>> {
+    pub(super) fn drafter(&self) -> Result<Box<dyn Drafter + '_>> {
         Ok(match self {
             CausalModel::Gpt(g) => Box::new(GptSession::new(g)),
             CausalModel::S4(m) => Box::new(S4Session::new(m, 64)?),
@@ -317,14 +278,13 @@ fn text_of(tokens: &[u32], vocab: usize) -> Option<String> {
     (vocab == shakespeare::VOCAB).then(|| shakespeare::decode(tokens).ok()).flatten()
 }
 
-pub fn run(cmd: LmCommand) -> Result<()> {
+pub fn run(cmd: Command) -> Result<()> {
     match cmd {
-        LmCommand::Logits { model, input_ids, out } => cmd_logits(&model, &input_ids, &out),
-        LmCommand::Generate { model, prompt, sampling, json } => cmd_generate(&model, &prompt, &sampling, json),
-        LmCommand::Speculate(a) => cmd_speculate(&a),
-        LmCommand::TrainLm(a) => cmd_train_lm(&a),
-        LmCommand::Distill(a) => cmd_distill(&a),
-        LmCommand::BenchSpeculate(a) => cmd_bench(&a),
+        Command::Logits { model, input_ids, out } => cmd_logits(&model, &input_ids, &out),
+        Command::Generate { model, prompt, sampling, json } => cmd_generate(&model, &prompt, &sampling, json),
+        Command::Speculate(a) => cmd_speculate(&a),
+        Command::TrainLm(a) => cmd_train_lm(&a),
+        Command::Distill(a) => cmd_distill(&a),
     }
 }
 
@@ -375,7 +335,7 @@ fn cmd_generate(model: &Path, prompt: &PromptArgs, s: &SamplingArgs, as_json: bo
     Ok(())
 }
 
-fn parse_gamma(s: &str) -> Result<GammaPolicy> {
+pub(super) fn parse_gamma(s: &str) -> Result<GammaPolicy> {
     match s {
         "auto" => Ok(GammaPolicy::Auto { max: 16 }),
         "heuristic" => Ok(GammaPolicy::Heuristic { initial: 4, min: 1, max: 12 }),
@@ -468,11 +428,7 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
         cfg.lr = lr;
     }
     if a.out.join("model.safetensors").exists() {
-        return Err(Error::invalid(
-            "--out",
-            a.out.display(),
-            "a folder without a model in it (refusing to overwrite a saved model)",
-        ));
+        return Err(refuse_overwrite(&a.out));
     }
     let gcfg = GptConfig {
         vocab_size: shakespeare::VOCAB,
@@ -500,23 +456,9 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
     model.save(&a.out)?;
     let summary = json!({"out": a.out, "params": model.num_params(), "train": cfg, "report": report,
                          "evals": evals, "wall_seconds": t0.elapsed().as_secs_f64()});
-    write_json(&a.out.join("training.json"), &summary)?;
+    s4::io::write_json(&a.out.join("training.json"), &summary)?;
     println!("{summary}");
     Ok(())
-}
-
-/// Settings from a JSON file (missing fields take their defaults), or the defaults.
-fn config_or_default<C: Default + serde::de::DeserializeOwned>(path: Option<&Path>) -> Result<C> {
-    let Some(p) = path else { return Ok(C::default()) };
-    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::format(p, e.to_string()))
-}
-
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let tmp = s4::io::atomic_path(path, "json");
-    std::fs::write(&tmp, serde_json::to_string_pretty(v).expect("serializes"))
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::io(path, e))
 }
 
 fn cmd_distill(a: &DistillArgs) -> Result<()> {
@@ -541,11 +483,7 @@ fn cmd_distill(a: &DistillArgs) -> Result<()> {
         cfg.generate_temperatures.clone_from(t);
     }
     if a.out.join("config.json").exists() {
-        return Err(Error::invalid(
-            "--out",
-            a.out.display(),
-            "a folder without a model in it (refusing to overwrite a saved model)",
-        ));
+        return Err(refuse_overwrite(&a.out));
     }
     let mut mc = S4ModelConfig::causal_lm(teacher.config().vocab_size);
     mc.n_layers = a.n_layers;
@@ -560,131 +498,7 @@ fn cmd_distill(a: &DistillArgs) -> Result<()> {
     let report = distill(&mut student, &teacher, &corpus.train, &corpus.val, &cfg, !a.quiet)?;
     checkpoint::save(&student, &a.out)?;
     let summary = json!({"out": a.out, "distill": cfg, "report": report, "wall_seconds": t0.elapsed().as_secs_f64()});
-    write_json(&a.out.join("distill.json"), &summary)?;
+    s4::io::write_json(&a.out.join("distill.json"), &summary)?;
     println!("{summary}");
-    Ok(())
-}
-
-const BUILTIN_PROMPTS: [&str; 4] = [
-    "ROMEO:\nBut soft, what light through yonder window breaks?\n",
-    "KING HENRY:\nOnce more unto the breach, dear friends, once more;\n",
-    "HAMLET:\nTo be, or not to be, that is the question:\n",
-    "First Citizen:\nBefore we proceed any further, hear me speak.\n",
-];
-
-fn cmd_bench(a: &BenchArgs) -> Result<()> {
-    let ver = CausalModel::load(&a.verifier)?;
-    let dr = CausalModel::load(&a.draft)?;
-    let prompts: Vec<Vec<u32>> = match shakespeare::load(&a.data) {
-        Ok(c) => {
-            use rand::{RngExt, SeedableRng};
-            let mut rng = rand_pcg::Pcg64::seed_from_u64(a.seed);
-            (0..a.prompts)
-                .map(|_| {
-                    let s = rng.random_range(0..c.test.len() - a.prompt_len);
-                    c.test[s..s + a.prompt_len].to_vec()
-                })
-                .collect()
-        }
-        Err(_) => BUILTIN_PROMPTS.iter().cycle().take(a.prompts).map(|p| shakespeare::encode(p)).collect(),
-    };
-    let gammas: Vec<GammaPolicy> = a.gammas.iter().map(|g| parse_gamma(g)).collect::<Result<_>>()?;
-    let mut rows = Vec::new();
-    let mut panels = Vec::new();
-    for &t in &a.temperatures {
-        let sampling = Sampling { temperature: t, ..Default::default() };
-        let base_cfg = SpecConfig { sampling, max_new: a.max_new, seed: a.seed, ..Default::default() };
-        let mut base_tokens = Vec::new();
-        let (mut base_time, mut base_count) = (0.0, 0);
-        for (i, p) in prompts.iter().enumerate() {
-            let g = generate(ver.verifier()?.as_mut(), p, &SpecConfig { seed: a.seed + i as u64, ..base_cfg.clone() })?;
-            base_time += g.stats.total_seconds;
-            base_count += g.tokens.len();
-            base_tokens.push(g.tokens);
-        }
-        let base_tps = base_count as f64 / base_time;
-        let (mut measured, mut predicted, mut predicted_cost) = (Vec::new(), Vec::new(), Vec::new());
-        for (gi, &gamma) in gammas.iter().enumerate() {
-            let cfg = SpecConfig { gamma, ..base_cfg.clone() };
-            let (mut time, mut count, mut same) = (0.0, 0, true);
-            let (mut drafted, mut accepted, mut calls, mut dsteps, mut rejections) = (0, 0, 0, 0, 0);
-            let (mut dsec, mut vsec, mut gsum) = (0.0, 0.0, 0.0);
-            let mut cost = PassCost::default();
-            let mut histogram: Vec<usize> = Vec::new();
-            for (i, p) in prompts.iter().enumerate() {
-                let g = speculate(
-                    dr.drafter()?.as_mut(),
-                    ver.verifier()?.as_mut(),
-                    p,
-                    &SpecConfig { seed: a.seed + i as u64, ..cfg.clone() },
-                )?;
-                time += g.stats.total_seconds;
-                count += g.tokens.len();
-                same &= g.tokens == base_tokens[i];
-                drafted += g.stats.drafted;
-                accepted += g.stats.accepted;
-                rejections += g.stats.rejections;
-                calls += g.stats.verifier_calls;
-                dsteps += g.stats.draft_steps;
-                dsec += g.stats.draft_seconds;
-                vsec += g.stats.verify_seconds;
-                gsum += g.stats.mean_gamma;
-                let h = &g.stats.accepted_histogram;
-                histogram.resize(histogram.len().max(h.len()), 0);
-                histogram.iter_mut().zip(h).for_each(|(a, b)| *a += b);
-                let (w, c) = (1.0 / prompts.len() as f64, g.stats.cost);
-                cost.fixed += w * c.fixed;
-                cost.per_position += w * c.per_position;
-                cost.draft_step += w * c.draft_step;
-            }
-            let alpha = accepted as f64 / drafted.max(1) as f64;
-            let alpha_iid = accepted as f64 / (accepted + rejections).max(1) as f64;
-            let c = (dsec / dsteps.max(1) as f64) / (vsec / calls.max(1) as f64);
-            let mean_gamma = gsum / prompts.len() as f64;
-            let speedup = (count as f64 / time) / base_tps;
-            let pred = predicted_speedup(alpha_iid, mean_gamma.round().max(1.0) as usize, c);
-            let pred_cost = cost.speedup(alpha_iid, mean_gamma.round().max(1.0) as usize);
-            eprintln!(
-                "T={t} gamma={:<9} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x  \
-                 cost model {pred_cost:.2}x{}",
-                a.gammas[gi],
-                count as f64 / calls as f64,
-                if t == 0.0 { if same { "  identical output" } else { "  OUTPUT DIFFERS" } } else { "" }
-            );
-            let x = mean_gamma.max(1.0);
-            let at = measured.partition_point(|&(m, _): &(f64, f64)| m < x);
-            measured.insert(at, (x, speedup));
-            predicted.insert(at, (x, pred));
-            predicted_cost.insert(at, (x, pred_cost));
-            rows.push(json!({"temperature": t, "gamma": a.gammas[gi], "mean_gamma": mean_gamma, "alpha": alpha,
-                             "alpha_iid": alpha_iid,
-                             "tau": count as f64 / calls as f64, "cost_ratio": c,
-                             "tokens_per_second": count as f64 / time, "verifier_only_tokens_per_second": base_tps,
-                             "speedup": speedup, "predicted_speedup": pred,
-                             "predicted_speedup_cost_model": pred_cost,
-                             "verifier_pass_seconds": {"fixed": cost.fixed, "per_position": cost.per_position},
-                             "draft_step_seconds": cost.draft_step,
-                             "accepted_histogram": histogram,
-                             "identical_to_verifier_greedy": (t == 0.0).then_some(same)}));
-        }
-        panels.push(Panel {
-            title: format!("speculative decoding speedup, temperature {t}"),
-            x_label: "gamma (mean draft length)".into(),
-            y_label: "speedup over verifier alone".into(),
-            series: vec![
-                Series { label: "measured".into(), points: measured },
-                Series { label: "Leviathan et al. formula".into(), points: predicted },
-                Series { label: "cost model a + b k".into(), points: predicted_cost },
-            ],
-        });
-    }
-    if let Some(p) = &a.plot {
-        write_png(p, &panels, 900, 350)?;
-    }
-    println!(
-        "{}",
-        json!({"prompts": prompts.len(), "prompt_len": a.prompt_len, "max_new": a.max_new, "rows": rows,
-               "draft_vocab": dr.vocab(), "verifier_vocab": ver.vocab()})
-    );
     Ok(())
 }

@@ -20,6 +20,7 @@
 use super::{transition, Measure};
 use crate::discretize::{discretize_dense, Discretization};
 use crate::error::{check_dt, Error, Result};
+use crate::plot::{Panel, Series};
 use ndarray::{Array1, Array2};
 use num_complex::Complex64;
 use rand::{RngExt, SeedableRng};
@@ -114,6 +115,17 @@ impl TryFrom<String> for MemoryOperator {
     type Error = Error;
     fn try_from(s: String) -> Result<Self> {
         s.parse()
+    }
+}
+
+/// The operators as command-line choices, by [`MemoryOperator::name`].
+#[cfg(feature = "cli")]
+impl clap::ValueEnum for MemoryOperator {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 
@@ -400,6 +412,37 @@ pub fn sweep(ops: &[MemoryOperator], ns: &[usize], cfg: &MemoryConfig) -> Result
         }
     }
     Ok(out)
+}
+
+/// The memory demo's figure: the whole signal, then one panel per result with the signal and its
+/// reconstruction from the final state over the scored window.
+pub fn memory_panels(cfg: &MemoryConfig, results: &[MemoryResult]) -> Vec<Panel> {
+    let (times, signal) = signal_of(cfg);
+    let mut panels = vec![Panel {
+        title: format!("band-limited signal (cutoff {} / time unit), dt = {}", cfg.cutoff, cfg.dt),
+        x_label: "time".into(),
+        y_label: "u(t)".into(),
+        series: vec![Series {
+            label: "signal".into(),
+            points: times.iter().copied().zip(signal.iter().copied()).collect(),
+        }],
+    }];
+    for r in results {
+        let pts = |v: &[f64]| r.times.iter().copied().zip(v.iter().copied()).collect::<Vec<_>>();
+        panels.push(Panel {
+            title: format!(
+                "{} N = {}: relative RMSE {:.2e} over ages {}..{}",
+                r.operator, r.n, r.relative_rmse, r.ages.0, r.ages.1
+            ),
+            x_label: "time".into(),
+            y_label: "u(t)".into(),
+            series: vec![
+                Series { label: "signal".into(), points: pts(&r.truth) },
+                Series { label: "reconstruction from the final state".into(), points: pts(&r.reconstruction) },
+            ],
+        });
+    }
+    panels
 }
 
 #[cfg(test)]

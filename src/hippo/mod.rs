@@ -33,15 +33,20 @@ pub use nplr::{nplr, Nplr};
 /// The HiPPO measures (the weighting of the past that the state remembers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Measure {
     /// Scaled Legendre: the S4 default. As an LTI system it remembers with an exponentially warped
     /// Legendre basis (measure e^{-s}); as the original time-varying system it covers all history.
+    #[cfg_attr(feature = "cli", value(name = "legs", alias = "hippo"))]
     LegS,
     /// Translated Legendre: a sliding window (2 time units with the halved matrices used here).
+    #[cfg_attr(feature = "cli", value(name = "legt"))]
     LegT,
     /// Translated Laguerre: exponentially decaying memory.
+    #[cfg_attr(feature = "cli", value(name = "lagt"))]
     LagT,
     /// Truncated Fourier on a sliding window of 2 time units. N must be even.
+    #[cfg_attr(feature = "cli", value(name = "fout", alias = "fourier"))]
     FouT,
 }
 

@@ -48,28 +48,20 @@
 
 use super::{Block, Encoder, Norm, NormKind, S4Model, S4ModelConfig};
 use crate::error::{Error, Result};
-use crate::io::atomic_path;
+use crate::io::tensors::{write_folder, TensorReader, TensorWriter};
 use crate::layer::{S4Layer, Weights};
 use crate::scalar::{HalfPrecision, Real};
 use crate::ssm::KernelKind;
-use ndarray::{Array1, Array2, Array3, ArrayD, IxDyn};
-use num_complex::Complex;
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
-use std::collections::BTreeMap;
-use std::io::Write;
+use ndarray::{Array1, Array2, Array3, ArrayD};
 use std::path::Path;
 
-/// Name of the config file in a model folder.
-pub const CONFIG_FILE: &str = "config.json";
-/// Name of the weights file in a model folder.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub use crate::io::tensors::{CONFIG_FILE, WEIGHTS_FILE};
 
-fn dtype_of<T: Real>() -> (Dtype, &'static str) {
+fn dtype_name<T: Real>() -> &'static str {
     if std::mem::size_of::<T>() == 4 {
-        (Dtype::F32, "f32")
+        "f32"
     } else {
-        (Dtype::F64, "f64")
+        "f64"
     }
 }
 
@@ -80,97 +72,42 @@ fn is_dynamics(name: &str) -> bool {
         .any(|s| name.ends_with(s))
 }
 
-/// Re-encodes every non-dynamics floating tensor in a 16-bit format.
-fn to_half(entries: BTreeMap<String, Entry>, p: HalfPrecision) -> BTreeMap<String, Entry> {
-    entries
-        .into_iter()
-        .map(|(name, e)| {
-            if is_dynamics(&name) || !(e.dtype == Dtype::F32 || e.dtype == Dtype::F64) {
-                return (name, e);
-            }
-            let values: Vec<f32> = if e.dtype == Dtype::F32 {
-                e.bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4"))).collect()
-            } else {
-                e.bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8")) as f32).collect()
-            };
-            let bytes = values.iter().flat_map(|&v| p.to_le_bytes(v)).collect();
-            let dtype = match p {
-                HalfPrecision::Bf16 => Dtype::BF16,
-                HalfPrecision::F16 => Dtype::F16,
-            };
-            (name, Entry { dtype, shape: e.shape, bytes })
-        })
-        .collect()
-}
-
-/// A tensor to write: shape and little-endian bytes.
-struct Entry {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-fn real_entry<'a, T: Real>(shape: &[usize], values: impl Iterator<Item = &'a T>) -> Entry {
-    let (dtype, _) = dtype_of::<T>();
-    let mut bytes = Vec::new();
-    for v in values {
-        if dtype == Dtype::F32 {
-            bytes.extend_from_slice(&(v.as_f64() as f32).to_le_bytes());
-        } else {
-            bytes.extend_from_slice(&v.as_f64().to_le_bytes());
-        }
-    }
-    Entry { dtype, shape: shape.to_vec(), bytes }
-}
-
-fn complex_entry<'a, T: Real>(shape: &[usize], values: impl Iterator<Item = &'a Complex<T>>) -> Entry {
-    let flat: Vec<T> = values.flat_map(|z| [z.re, z.im]).collect();
-    let mut s = shape.to_vec();
-    s.push(2);
-    real_entry(&s, flat.iter())
-}
-
 /// The named tensors of a layer under `prefix` (official S4Block names).
-fn layer_entries<T: Real>(prefix: &str, layer: &S4Layer<T>, out: &mut BTreeMap<String, Entry>) {
+fn layer_entries<T: Real>(prefix: &str, layer: &S4Layer<T>, out: &mut TensorWriter) {
     let w = layer.weights();
     let cfg = layer.config();
     let (h, m, n_ssm) = (cfg.d_model, cfg.d_state / 2, cfg.n_ssm());
-    out.insert(format!("{prefix}layer.D"), real_entry(w.d.shape(), w.d.iter()));
-    out.insert(format!("{prefix}layer.kernel.inv_dt"), real_entry(&[h, 1], w.inv_dt.iter()));
-    out.insert(format!("{prefix}layer.kernel.A_real"), real_entry(w.a_real.shape(), w.a_real.iter()));
-    out.insert(format!("{prefix}layer.kernel.A_imag"), real_entry(w.a_imag.shape(), w.a_imag.iter()));
-    out.insert(format!("{prefix}layer.kernel.B"), complex_entry(&[1, n_ssm, m], w.b.iter()));
-    out.insert(format!("{prefix}layer.kernel.C"), complex_entry(w.c.shape(), w.c.iter()));
+    out.real(&format!("{prefix}layer.D"), w.d.shape(), w.d.iter());
+    out.real(&format!("{prefix}layer.kernel.inv_dt"), &[h, 1], w.inv_dt.iter());
+    out.real(&format!("{prefix}layer.kernel.A_real"), w.a_real.shape(), w.a_real.iter());
+    out.real(&format!("{prefix}layer.kernel.A_imag"), w.a_imag.shape(), w.a_imag.iter());
+    out.complex(&format!("{prefix}layer.kernel.B"), &[1, n_ssm, m], w.b.iter());
+    out.complex(&format!("{prefix}layer.kernel.C"), w.c.shape(), w.c.iter());
     if let Some(p) = &w.p {
-        out.insert(format!("{prefix}layer.kernel.P"), complex_entry(p.shape(), p.iter()));
-        out.insert(
-            format!("{prefix}layer.kernel.l_kernel"),
-            Entry { dtype: Dtype::I64, shape: vec![], bytes: (w.l_kernel as i64).to_le_bytes().to_vec() },
-        );
+        out.complex(&format!("{prefix}layer.kernel.P"), p.shape(), p.iter());
+        out.int(&format!("{prefix}layer.kernel.l_kernel"), w.l_kernel as i64);
     }
-    out.insert(format!("{prefix}output_linear.0.weight"), real_entry(w.w.shape(), w.w.iter()));
-    out.insert(format!("{prefix}output_linear.0.bias"), real_entry(w.bias.shape(), w.bias.iter()));
+    out.real(&format!("{prefix}output_linear.0.weight"), w.w.shape(), w.w.iter());
+    out.real(&format!("{prefix}output_linear.0.bias"), w.bias.shape(), w.bias.iter());
 }
 
-fn norm_entries<T: Real>(prefix: &str, n: &Norm<T>, out: &mut BTreeMap<String, Entry>) {
-    out.insert(format!("{prefix}weight"), real_entry(n.weight.shape(), n.weight.iter()));
-    out.insert(format!("{prefix}bias"), real_entry(n.bias.shape(), n.bias.iter()));
+fn norm_entries<T: Real>(prefix: &str, n: &Norm<T>, out: &mut TensorWriter) {
+    out.real(&format!("{prefix}weight"), n.weight.shape(), n.weight.iter());
+    out.real(&format!("{prefix}bias"), n.bias.shape(), n.bias.iter());
     if n.kind == NormKind::Batch {
-        out.insert(format!("{prefix}running_mean"), real_entry(n.running_mean.shape(), n.running_mean.iter()));
-        out.insert(format!("{prefix}running_var"), real_entry(n.running_var.shape(), n.running_var.iter()));
+        out.real(&format!("{prefix}running_mean"), n.running_mean.shape(), n.running_mean.iter());
+        out.real(&format!("{prefix}running_var"), n.running_var.shape(), n.running_var.iter());
     }
 }
 
-fn model_entries<T: Real>(model: &S4Model<T>) -> BTreeMap<String, Entry> {
-    let mut out = BTreeMap::new();
+fn model_entries<T: Real>(model: &S4Model<T>) -> TensorWriter {
+    let mut out = TensorWriter::new();
     match model.encoder() {
         Encoder::Linear { w, b } => {
-            out.insert("encoder.weight".into(), real_entry(w.shape(), w.iter()));
-            out.insert("encoder.bias".into(), real_entry(b.shape(), b.iter()));
+            out.real("encoder.weight", w.shape(), w.iter());
+            out.real("encoder.bias", b.shape(), b.iter());
         }
-        Encoder::Embedding { table } => {
-            out.insert("encoder.weight".into(), real_entry(table.shape(), table.iter()));
-        }
+        Encoder::Embedding { table } => out.real("encoder.weight", table.shape(), table.iter()),
     }
     for (i, blk) in model.blocks().iter().enumerate() {
         layer_entries(&format!("layers.{i}."), &blk.layer, &mut out);
@@ -180,73 +117,9 @@ fn model_entries<T: Real>(model: &S4Model<T>) -> BTreeMap<String, Entry> {
         norm_entries("norm.", n, &mut out);
     }
     let (w, b) = model.decoder();
-    out.insert("decoder.weight".into(), real_entry(w.shape(), w.iter()));
-    out.insert("decoder.bias".into(), real_entry(b.shape(), b.iter()));
+    out.real("decoder.weight", w.shape(), w.iter());
+    out.real("decoder.bias", b.shape(), b.iter());
     out
-}
-
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
-    let tmp = atomic_path(path, ext);
-    let done = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .map_err(|e| Error::io(&tmp, e))
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    done
-}
-
-/// Writes the tensors, then the config (both atomically) into `dir`.
-fn write_folder(dir: &Path, entries: BTreeMap<String, Entry>, config: serde_json::Value) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let views: Vec<(String, TensorView)> = entries
-        .iter()
-        .map(|(k, e)| {
-            (k.clone(), TensorView::new(e.dtype, e.shape.clone(), &e.bytes).expect("byte length matches the shape"))
-        })
-        .collect();
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| Error::format(dir.join(WEIGHTS_FILE), format!("cannot serialize: {e}")))?;
-    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
-    write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&config).expect("config serializes").as_bytes())
-}
-
-/// Writes named tensors (stored in `T`'s precision, F32 or F64) and `config` into the folder `dir`
-/// (created if needed): `model.safetensors`, then `config.json`, each atomically, as [`save`].
-///
-/// # Errors
-/// The folder or a file cannot be written.
-pub(crate) fn save_named<T: Real>(
-    dir: &Path,
-    tensors: Vec<(String, ndarray::ArrayViewD<'_, T>)>,
-    config: serde_json::Value,
-) -> Result<()> {
-    let entries = tensors.into_iter().map(|(name, t)| (name, real_entry(t.shape(), t.iter()))).collect();
-    write_folder(dir, entries, config)
-}
-
-/// Reads `model.safetensors` of `dir` into `targets` (name, destination) by name, converting F32,
-/// F64, BF16 or F16 to `T`. Every missing, mis-shaped, mis-typed and unexpected tensor is reported
-/// in one [`Error::Format`] (the destinations may then be partly written: discard them).
-///
-/// # Errors
-/// An unreadable or invalid file, or the problems above.
-pub(crate) fn load_named<T: Real>(dir: &Path, targets: Vec<(String, ndarray::ArrayViewMutD<'_, T>)>) -> Result<()> {
-    let path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e}")))?;
-    let mut r = Reader { st, path: &path, problems: Vec::new(), used: Vec::new() };
-    for (name, mut t) in targets {
-        let shape = t.shape().to_vec();
-        t.assign(&r.real::<T>(&name, &shape));
-    }
-    r.finish()
 }
 
 /// Saves `model` into the folder `dir` (created if needed): `config.json` and `model.safetensors`,
@@ -266,10 +139,13 @@ pub fn save<T: Real>(model: &S4Model<T>, dir: &Path) -> Result<()> {
 /// # Errors
 /// The folder or a file cannot be written.
 pub fn save_as<T: Real>(model: &S4Model<T>, dir: &Path, weights: Option<HalfPrecision>) -> Result<()> {
-    let (_, dtype) = dtype_of::<T>();
-    let cfg = serde_json::json!({"format": "s4-model", "version": 1, "dtype": dtype, "weights": weights, "model": model.config()});
-    let entries = model_entries(model);
-    write_folder(dir, if let Some(p) = weights { to_half(entries, p) } else { entries }, cfg)
+    let cfg = serde_json::json!({"format": "s4-model", "version": 1, "dtype": dtype_name::<T>(), "weights": weights,
+                                 "model": model.config()});
+    let mut tensors = model_entries(model);
+    if let Some(p) = weights {
+        tensors.to_half(p, is_dynamics);
+    }
+    write_folder(dir, tensors, &cfg)
 }
 
 /// Saves a single layer into `dir`: `config.json` (`"format": "s4-layer"`) and `model.safetensors`
@@ -278,11 +154,11 @@ pub fn save_as<T: Real>(model: &S4Model<T>, dir: &Path, weights: Option<HalfPrec
 /// # Errors
 /// The folder or a file cannot be written.
 pub fn save_layer<T: Real>(layer: &S4Layer<T>, dir: &Path) -> Result<()> {
-    let mut entries = BTreeMap::new();
-    layer_entries("", layer, &mut entries);
-    let (_, dtype) = dtype_of::<T>();
-    let cfg = serde_json::json!({"format": "s4-layer", "version": 1, "dtype": dtype, "layer": layer.config()});
-    write_folder(dir, entries, cfg)
+    let mut tensors = TensorWriter::new();
+    layer_entries("", layer, &mut tensors);
+    let cfg =
+        serde_json::json!({"format": "s4-layer", "version": 1, "dtype": dtype_name::<T>(), "layer": layer.config()});
+    write_folder(dir, tensors, &cfg)
 }
 
 /// A saved folder: one layer or a whole model.
@@ -295,10 +171,8 @@ pub enum Saved<T> {
 }
 
 /// The parsed `config.json` of a folder.
-pub(crate) fn read_json(dir: &Path) -> Result<serde_json::Value> {
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))
+fn read_json(dir: &Path) -> Result<serde_json::Value> {
+    crate::io::read_json(&dir.join(CONFIG_FILE))
 }
 
 /// Loads a layer folder written by [`save_layer`].
@@ -315,10 +189,7 @@ pub fn load_layer<T: Real>(dir: &Path) -> Result<S4Layer<T>> {
         .map_err(|e| Error::format(&cpath, format!("invalid layer config: {e}")))?;
     lc.validate().map_err(|e| Error::format(&cpath, e.to_string()))?;
     let path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e}")))?;
-    let mut r = Reader { st, path: &path, problems: Vec::new(), used: Vec::new() };
+    let mut r = TensorReader::open(&path)?;
     let w = read_layer::<T>(&mut r, "", &lc);
     r.finish()?;
     S4Layer::from_parts(lc, w).map_err(|e| Error::format(&path, e.to_string()))
@@ -356,100 +227,10 @@ pub fn read_config(dir: &Path) -> Result<(S4ModelConfig, String)> {
     Ok((cfg, dtype))
 }
 
-/// Reads checked tensors out of a safetensors file.
-struct Reader<'a> {
-    st: SafeTensors<'a>,
-    path: &'a Path,
-    problems: Vec<String>,
-    used: Vec<String>,
-}
-
-impl<'a> Reader<'a> {
-    fn real<T: Real>(&mut self, name: &str, shape: &[usize]) -> ArrayD<T> {
-        self.used.push(name.to_string());
-        let zeros = || ArrayD::from_elem(IxDyn(shape), T::zero());
-        let t = match self.st.tensor(name) {
-            Ok(t) => t,
-            Err(_) => {
-                self.problems.push(format!("missing {name} {shape:?}"));
-                return zeros();
-            }
-        };
-        if t.shape() != shape {
-            self.problems.push(format!("{name} has shape {:?}, expected {shape:?}", t.shape()));
-            return zeros();
-        }
-        let values: Vec<T> = match t.dtype() {
-            Dtype::F32 => {
-                t.data().chunks_exact(4).map(|b| T::of(f32::from_le_bytes(b.try_into().expect("4")) as f64)).collect()
-            }
-            Dtype::F64 => {
-                t.data().chunks_exact(8).map(|b| T::of(f64::from_le_bytes(b.try_into().expect("8")))).collect()
-            }
-            Dtype::BF16 => {
-                t.data().chunks_exact(2).map(|b| T::of(half::bf16::from_le_bytes([b[0], b[1]]).to_f64())).collect()
-            }
-            Dtype::F16 => {
-                t.data().chunks_exact(2).map(|b| T::of(half::f16::from_le_bytes([b[0], b[1]]).to_f64())).collect()
-            }
-            d => {
-                self.problems.push(format!("{name} has dtype {d:?}, expected F32, F64, BF16 or F16"));
-                return zeros();
-            }
-        };
-        ArrayD::from_shape_vec(IxDyn(shape), values).expect("safetensors checked the byte length")
-    }
-
-    fn complex<T: Real>(&mut self, name: &str, shape: &[usize]) -> ArrayD<Complex<T>> {
-        let mut s = shape.to_vec();
-        s.push(2);
-        let a = self.real::<T>(name, &s);
-        let flat: Vec<T> = a.iter().copied().collect();
-        let v: Vec<Complex<T>> = flat.chunks_exact(2).map(|p| Complex::new(p[0], p[1])).collect();
-        ArrayD::from_shape_vec(IxDyn(shape), v).expect("pairs")
-    }
-
-    fn int(&mut self, name: &str) -> usize {
-        self.used.push(name.to_string());
-        match self.st.tensor(name) {
-            Ok(t) if t.dtype() == Dtype::I64 && t.shape().is_empty() => {
-                let v = i64::from_le_bytes(t.data()[..8].try_into().expect("8 bytes"));
-                if v < 0 {
-                    self.problems.push(format!("{name} = {v} is negative"));
-                }
-                v.max(0) as usize
-            }
-            Ok(_) => {
-                self.problems.push(format!("{name} must be an int64 scalar"));
-                0
-            }
-            Err(_) => {
-                self.problems.push(format!("missing {name} (int64 scalar)"));
-                0
-            }
-        }
-    }
-
-    fn finish(self) -> Result<()> {
-        let mut problems = self.problems;
-        let unexpected: Vec<String> =
-            self.st.names().into_iter().filter(|n| !self.used.iter().any(|u| u == *n)).map(|n| n.to_string()).collect();
-        if !unexpected.is_empty() {
-            problems.push(format!("unexpected {}", unexpected.join(", ")));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::format(self.path, format!("{} problem(s): {}", problems.len(), problems.join("; "))))
-        }
-    }
-}
-
 /// Reads one layer's tensors (official S4Block names) under `prefix`.
-fn read_layer<T: Real>(r: &mut Reader, pre: &str, lc: &crate::layer::S4LayerConfig) -> Weights<T> {
+fn read_layer<T: Real>(r: &mut TensorReader, pre: &str, lc: &crate::layer::S4LayerConfig) -> Weights<T> {
     let (h, m, n_ssm, heads, ch) = (lc.d_model, lc.d_state / 2, lc.n_ssm(), lc.c_heads(), lc.channels);
-    let rank =
-        r.st.tensor(&format!("{pre}layer.kernel.P")).map(|t| t.shape().first().copied().unwrap_or(1)).unwrap_or(1);
+    let rank = r.shape(&format!("{pre}layer.kernel.P")).and_then(|s| s.first().copied()).unwrap_or(1);
     let (p, l_kernel) = match lc.kernel {
         KernelKind::Dplr => (
             Some(d3(r.complex(&format!("{pre}layer.kernel.P"), &[rank, n_ssm, m]))),
@@ -489,10 +270,7 @@ fn d3<T: Clone>(a: ArrayD<T>) -> Array3<T> {
 pub fn load<T: Real>(dir: &Path) -> Result<S4Model<T>> {
     let (cfg, _) = read_config(dir)?;
     let path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e}")))?;
-    let mut r = Reader { st, path: &path, problems: Vec::new(), used: Vec::new() };
+    let mut r = TensorReader::open(&path)?;
     let lc = &cfg.layer;
     let h = lc.d_model;
     let encoder = match cfg.vocab_size {
@@ -501,7 +279,7 @@ pub fn load<T: Real>(dir: &Path) -> Result<S4Model<T>> {
             Encoder::Linear { w: d2(r.real("encoder.weight", &[h, cfg.d_input])), b: d1(r.real("encoder.bias", &[h])) }
         }
     };
-    let read_norm = |r: &mut Reader, prefix: &str| -> Norm<T> {
+    let read_norm = |r: &mut TensorReader, prefix: &str| -> Norm<T> {
         let mut n = Norm::new(cfg.norm, h);
         n.weight = d1(r.real(&format!("{prefix}weight"), &[h]));
         n.bias = d1(r.real(&format!("{prefix}bias"), &[h]));

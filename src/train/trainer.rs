@@ -54,7 +54,8 @@ use super::grad::{evaluate_loss, first_non_finite, forward_backward, LossStats, 
 use super::optim::{AdamW, OptimConfig};
 use crate::data::{batch_features, batch_tokens, Split, Targets, TaskData};
 use crate::error::{Error, Result};
-use crate::model::checkpoint::{self, write_atomic};
+use crate::io::{read_json, write_atomic, write_json};
+use crate::model::checkpoint;
 use crate::model::{Input, S4Model, S4ModelConfig};
 use crate::plot::{write_png, Panel, Series};
 use crate::transformer::classifier::FORMAT as TRANSFORMER_FORMAT;
@@ -69,6 +70,7 @@ use std::time::Instant;
 /// The architecture a run trains.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Arch {
     /// The S4 model of [`TrainConfig::model`] (`"s4"`).
     #[default]
@@ -335,7 +337,10 @@ impl TrainedModel {
     /// # Errors
     /// Missing or invalid files, or an unknown format.
     pub fn load(dir: &Path) -> Result<Self> {
-        let format = checkpoint::read_json(dir)?.get("format").and_then(|f| f.as_str()).map(str::to_string);
+        let format = read_json::<serde_json::Value>(&dir.join(checkpoint::CONFIG_FILE))?
+            .get("format")
+            .and_then(|f| f.as_str())
+            .map(str::to_string);
         match format.as_deref() {
             Some(<S4Model<f32> as TrainModel>::FORMAT) => Ok(TrainedModel::S4(checkpoint::load(dir)?)),
             Some(TRANSFORMER_FORMAT) => Ok(TrainedModel::Transformer(TransformerClassifier::load(dir)?)),
@@ -548,7 +553,7 @@ fn save_checkpoint<M: TrainModel>(out: &Path, model: &M, opt: &mut AdamW<M>, sta
     }
     model.save_model(&tmp)?;
     save_optimizer(opt, &tmp.join("optimizer.safetensors"))?;
-    write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state).expect("serializes").as_bytes())?;
+    write_json(&tmp.join("state.json"), state)?;
     let dst = out.join(CHECKPOINT);
     let old = out.join("checkpoint.old");
     // keep one complete checkpoint on disk at every moment: checkpoint (or, mid-swap, .old and the
@@ -695,7 +700,10 @@ fn run<M: TrainModel>(
     };
     let (mut model, mut opt, mut state, mut metrics) = match previous {
         Some(dir) => {
-            let format = checkpoint::read_json(&dir)?.get("format").and_then(|f| f.as_str()).map(str::to_string);
+            let format = read_json::<serde_json::Value>(&dir.join(checkpoint::CONFIG_FILE))?
+                .get("format")
+                .and_then(|f| f.as_str())
+                .map(str::to_string);
             if format.as_deref() != Some(M::FORMAT) {
                 return Err(Error::invalid(
                     "resume",
@@ -750,7 +758,7 @@ fn run<M: TrainModel>(
     // the split sizes let `s4 eval` regenerate the same test split by default
     let run_json = serde_json::json!({"task": task.name, "train": cfg,
         "splits": {"train": task.train.len(), "val": task.val.len(), "test": task.test.len()}});
-    write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&run_json).expect("serializes").as_bytes())?;
+    write_json(&out.join("config.json"), &run_json)?;
     let n = task.train.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size) as u64;
     let total_steps = steps_per_epoch * cfg.epochs as u64;

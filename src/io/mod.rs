@@ -1,6 +1,7 @@
-//! Arrays in and out as numpy `.npz` files (so numpy users can check every number), written
-//! atomically: a temporary file in the same folder, then a rename, so a crash never leaves a
-//! half-written file under the requested name.
+//! Files in and out, in one place: arrays as numpy `.npy`/`.npz` files (so numpy users can check
+//! every number), JSON, and folders of named tensors ([`tensors`]: `config.json` +
+//! `model.safetensors`). Everything is written atomically: a temporary file in the same folder,
+//! then a rename, so a crash never leaves a half-written file under the requested name.
 //!
 //! # Example
 //!
@@ -39,10 +40,13 @@
 //! # Ok::<(), s4::Error>(())
 //! ```
 
+pub mod tensors;
+
 use crate::error::{Error, Result};
 use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
 use ndarray_npy::{NpzReader, NpzWriter, ReadableElement, WritableElement};
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A temporary sibling of `path` (same folder, so the final rename is atomic), ending in `.ext`:
@@ -52,6 +56,45 @@ pub fn atomic_path(path: &Path, ext: &str) -> PathBuf {
     let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
     path.with_file_name(format!(".{name}.{}-{k}.tmp.{ext}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary sibling, synced, then renamed into place (the
+/// temporary file is removed on failure).
+///
+/// # Errors
+/// The file cannot be written or renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
+    let tmp = atomic_path(path, ext);
+    let done = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
+/// Writes `value` as pretty JSON to `path` atomically.
+///
+/// # Errors
+/// As [`write_atomic`].
+pub fn write_json<V: serde::Serialize + ?Sized>(path: &Path, value: &V) -> Result<()> {
+    write_atomic(path, serde_json::to_string_pretty(value).expect("JSON serializes").as_bytes())
+}
+
+/// Reads a JSON file into `C` (a settings struct, or [`serde_json::Value`]).
+///
+/// # Errors
+/// A missing or unreadable file, invalid JSON, or JSON that does not fit `C` (the message names
+/// the file).
+pub fn read_json<C: serde::de::DeserializeOwned>(path: &Path) -> Result<C> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
 }
 
 /// Collects named arrays and writes them as one `.npz` file atomically.

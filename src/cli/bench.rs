@@ -1,0 +1,301 @@
+//! Benchmarks: the kernels against the official PyTorch numbers, and speculative decoding on a
+//! model pair.
+
+use super::lm::{parse_gamma, CausalModel};
+use clap::{Args, Subcommand};
+use ndarray::Array3;
+use s4::conv::FftConv;
+use s4::data::shakespeare;
+use s4::discretize::Discretization;
+use s4::kernel::{diag_kernel, DplrKernel};
+use s4::plot::{write_png, Panel, Series};
+use s4::speculative::{generate, predicted_speedup, speculate, GammaPolicy, PassCost, Sampling, SpecConfig};
+use s4::ssm::{KernelKind, SsmInitConfig};
+use s4::Result;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Times the kernels and the FFT convolution and prints them side by side with the official
+    /// PyTorch S4 on this machine kind (CPU, 2 threads; the team's performance anchor).
+    ///
+    /// Prints JSON on stdout (medians in ms, ratios official/ours, peak RSS) and a table on stderr.
+    /// Criterion benchmarks with confidence intervals: `cargo bench`.
+    #[command(allow_negative_numbers = true)]
+    Bench(KernelBenchArgs),
+    /// Measures speculative decoding on a model pair for several γ and temperatures, beside the
+    /// speedup Leviathan et al.'s formula predicts; prints JSON and a table, plots a PNG.
+    BenchSpeculate(BenchArgs),
+}
+
+pub fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Bench(a) => cmd_bench(&a),
+        Command::BenchSpeculate(a) => cmd_bench_speculate(&a),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct KernelBenchArgs {
+    /// Channels H (the anchor is H = 256).
+    #[arg(long, default_value_t = 256)]
+    channels: usize,
+    /// State size N (the anchor is N = 64).
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// Kernel lengths (comma-separated).
+    #[arg(long, default_value = "1024,4096,16384", value_delimiter = ',')]
+    lengths: Vec<usize>,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    repeats: usize,
+}
+
+/// Official PyTorch S4 on this machine kind, H = 256, N = 64, 2 threads (perf-anchor, medians in ms):
+/// (L, DPLR kernel, DPLR first call incl. C̃ setup, S4D kernel).
+const OFFICIAL_MS: [(usize, f64, f64, f64); 3] =
+    [(1024, 216.0, 290.0, 281.0), (4096, 781.0, 979.0, 1022.0), (16384, 3536.0, 4101.0, 4508.0)];
+
+fn median_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let mut t = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        t.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn cmd_bench(a: &KernelBenchArgs) -> Result<()> {
+    let (channels, n, lengths, repeats) = (a.channels, a.n, &a.lengths, a.repeats);
+    let dplr = SsmInitConfig { d_state: n, channels, ..Default::default() }.draw()?;
+    let diag = SsmInitConfig {
+        kind: KernelKind::Diag,
+        init: "diag-legs".parse()?,
+        d_state: n,
+        channels,
+        ..Default::default()
+    }
+    .draw()?
+    .cast::<f32>();
+    let anchor = channels == 256 && n == 64;
+    let mut rows = Vec::new();
+    eprintln!(
+        "H = {channels}, N = {n}, {} threads, median of {repeats} (ms); ratio = official / ours",
+        rayon::current_num_threads()
+    );
+    eprintln!(
+        "{:>6} {:>22} {:>26} {:>22} {:>16}",
+        "L", "S4 kernel f32", "S4 setup C̃ + kernel", "S4D kernel f32", "FFT conv B=1"
+    );
+    for &l in lengths {
+        let k32 = DplrKernel::<f32>::new(&dplr, l)?;
+        let t_dplr = median_ms(repeats, || k32.kernel(l).map(|_| ()))?;
+        let t_setup = median_ms(repeats, || DplrKernel::<f32>::new(&dplr, l)?.kernel(l).map(|_| ()))?;
+        let t_diag = median_ms(repeats, || diag_kernel(&diag, l, Discretization::Zoh).map(|_| ()))?;
+        let kernel = k32.kernel(l)?;
+        let u = Array3::<f32>::from_shape_fn((1, channels, l), |(_, h, t)| ((h * 7 + t * 13) % 17) as f32 / 17.0 - 0.5);
+        let mut conv = FftConv::<f32>::new();
+        let t_conv = median_ms(repeats, || conv.causal(u.view(), kernel.view(), None).map(|_| ()))?;
+        let official = OFFICIAL_MS.iter().find(|o| anchor && o.0 == l);
+        let cell = |ours: f64, theirs: Option<f64>| match theirs {
+            Some(o) => format!("{ours:8.1} ({:5.1}x)", o / ours),
+            None => format!("{ours:8.1}"),
+        };
+        eprintln!(
+            "{l:>6} {:>22} {:>26} {:>22} {:>16}",
+            cell(t_dplr, official.map(|o| o.1)),
+            cell(t_setup, official.map(|o| o.2)),
+            cell(t_diag, official.map(|o| o.3)),
+            format!("{t_conv:8.1}")
+        );
+        rows.push(json!({
+            "length": l,
+            "dplr_kernel_f32_ms": t_dplr, "dplr_setup_and_kernel_f32_ms": t_setup,
+            "s4d_kernel_f32_ms": t_diag, "fft_conv_b1_f32_ms": t_conv,
+            "official_dplr_kernel_ms": official.map(|o| o.1), "official_dplr_first_call_ms": official.map(|o| o.2),
+            "official_s4d_kernel_ms": official.map(|o| o.3),
+            "ratio_dplr_kernel": official.map(|o| o.1 / t_dplr), "ratio_dplr_first_call": official.map(|o| o.2 / t_setup),
+            "ratio_s4d_kernel": official.map(|o| o.3 / t_diag),
+        }));
+    }
+    let rss = peak_rss_mib();
+    eprintln!("peak RSS of this process: {}", rss.map_or("n/a".to_string(), |r| format!("{r:.0} MiB")));
+    println!(
+        "{}",
+        json!({"channels": channels, "d_state": n, "repeats": repeats, "threads": rayon::current_num_threads(),
+               "results": rows, "peak_rss_mib": rss,
+               "official": "state-spaces/s4 e757cef models/s4/s4.py on this machine kind, torch 2.15 CPU, 2 threads, naive Cauchy/Vandermonde"})
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Verifier folder.
+    #[arg(long)]
+    verifier: PathBuf,
+    /// Draft folder.
+    #[arg(long)]
+    draft: PathBuf,
+    /// The Shakespeare archive or its folder (prompts come from its test plays; without it, from
+    /// built-in lines).
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Number of prompts.
+    #[arg(long, default_value_t = 8)]
+    prompts: usize,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 32)]
+    prompt_len: usize,
+    /// Tokens generated per prompt.
+    #[arg(long, default_value_t = 128)]
+    max_new: usize,
+    /// Draft lengths (numbers or `auto`).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,auto")]
+    gammas: Vec<String>,
+    /// Temperatures (0 = greedy).
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    temperatures: Vec<f64>,
+    /// Write a PNG of measured vs predicted speedup.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+const BUILTIN_PROMPTS: [&str; 4] = [
+    "ROMEO:\nBut soft, what light through yonder window breaks?\n",
+    "KING HENRY:\nOnce more unto the breach, dear friends, once more;\n",
+    "HAMLET:\nTo be, or not to be, that is the question:\n",
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n",
+];
+
+fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
+    let ver = CausalModel::load(&a.verifier)?;
+    let dr = CausalModel::load(&a.draft)?;
+    let prompts: Vec<Vec<u32>> = match shakespeare::load(&a.data) {
+        Ok(c) => {
+            use rand::{RngExt, SeedableRng};
+            let mut rng = rand_pcg::Pcg64::seed_from_u64(a.seed);
+            (0..a.prompts)
+                .map(|_| {
+                    let s = rng.random_range(0..c.test.len() - a.prompt_len);
+                    c.test[s..s + a.prompt_len].to_vec()
+                })
+                .collect()
+        }
+        Err(_) => BUILTIN_PROMPTS.iter().cycle().take(a.prompts).map(|p| shakespeare::encode(p)).collect(),
+    };
+    let gammas: Vec<GammaPolicy> = a.gammas.iter().map(|g| parse_gamma(g)).collect::<Result<_>>()?;
+    let mut rows = Vec::new();
+    let mut panels = Vec::new();
+    for &t in &a.temperatures {
+        let sampling = Sampling { temperature: t, ..Default::default() };
+        let base_cfg = SpecConfig { sampling, max_new: a.max_new, seed: a.seed, ..Default::default() };
+        let mut base_tokens = Vec::new();
+        let (mut base_time, mut base_count) = (0.0, 0);
+        for (i, p) in prompts.iter().enumerate() {
+            let g = generate(ver.verifier()?.as_mut(), p, &SpecConfig { seed: a.seed + i as u64, ..base_cfg.clone() })?;
+            base_time += g.stats.total_seconds;
+            base_count += g.tokens.len();
+            base_tokens.push(g.tokens);
+        }
+        let base_tps = base_count as f64 / base_time;
+        let (mut measured, mut predicted, mut predicted_cost) = (Vec::new(), Vec::new(), Vec::new());
+        for (gi, &gamma) in gammas.iter().enumerate() {
+            let cfg = SpecConfig { gamma, ..base_cfg.clone() };
+            let (mut time, mut count, mut same) = (0.0, 0, true);
+            let (mut drafted, mut accepted, mut calls, mut dsteps, mut rejections) = (0, 0, 0, 0, 0);
+            let (mut dsec, mut vsec, mut gsum) = (0.0, 0.0, 0.0);
+            let mut cost = PassCost::default();
+            let mut histogram: Vec<usize> = Vec::new();
+            for (i, p) in prompts.iter().enumerate() {
+                let g = speculate(
+                    dr.drafter()?.as_mut(),
+                    ver.verifier()?.as_mut(),
+                    p,
+                    &SpecConfig { seed: a.seed + i as u64, ..cfg.clone() },
+                )?;
+                time += g.stats.total_seconds;
+                count += g.tokens.len();
+                same &= g.tokens == base_tokens[i];
+                drafted += g.stats.drafted;
+                accepted += g.stats.accepted;
+                rejections += g.stats.rejections;
+                calls += g.stats.verifier_calls;
+                dsteps += g.stats.draft_steps;
+                dsec += g.stats.draft_seconds;
+                vsec += g.stats.verify_seconds;
+                gsum += g.stats.mean_gamma;
+                let h = &g.stats.accepted_histogram;
+                histogram.resize(histogram.len().max(h.len()), 0);
+                histogram.iter_mut().zip(h).for_each(|(a, b)| *a += b);
+                let (w, c) = (1.0 / prompts.len() as f64, g.stats.cost);
+                cost.fixed += w * c.fixed;
+                cost.per_position += w * c.per_position;
+                cost.draft_step += w * c.draft_step;
+            }
+            let alpha = accepted as f64 / drafted.max(1) as f64;
+            let alpha_iid = accepted as f64 / (accepted + rejections).max(1) as f64;
+            let c = (dsec / dsteps.max(1) as f64) / (vsec / calls.max(1) as f64);
+            let mean_gamma = gsum / prompts.len() as f64;
+            let speedup = (count as f64 / time) / base_tps;
+            let pred = predicted_speedup(alpha_iid, mean_gamma.round().max(1.0) as usize, c);
+            let pred_cost = cost.speedup(alpha_iid, mean_gamma.round().max(1.0) as usize);
+            eprintln!(
+                "T={t} gamma={:<9} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x  \
+                 cost model {pred_cost:.2}x{}",
+                a.gammas[gi],
+                count as f64 / calls as f64,
+                if t == 0.0 { if same { "  identical output" } else { "  OUTPUT DIFFERS" } } else { "" }
+            );
+            let x = mean_gamma.max(1.0);
+            let at = measured.partition_point(|&(m, _): &(f64, f64)| m < x);
+            measured.insert(at, (x, speedup));
+            predicted.insert(at, (x, pred));
+            predicted_cost.insert(at, (x, pred_cost));
+            rows.push(json!({"temperature": t, "gamma": a.gammas[gi], "mean_gamma": mean_gamma, "alpha": alpha,
+                             "alpha_iid": alpha_iid,
+                             "tau": count as f64 / calls as f64, "cost_ratio": c,
+                             "tokens_per_second": count as f64 / time, "verifier_only_tokens_per_second": base_tps,
+                             "speedup": speedup, "predicted_speedup": pred,
+                             "predicted_speedup_cost_model": pred_cost,
+                             "verifier_pass_seconds": {"fixed": cost.fixed, "per_position": cost.per_position},
+                             "draft_step_seconds": cost.draft_step,
+                             "accepted_histogram": histogram,
+                             "identical_to_verifier_greedy": (t == 0.0).then_some(same)}));
+        }
+        panels.push(Panel {
+            title: format!("speculative decoding speedup, temperature {t}"),
+            x_label: "gamma (mean draft length)".into(),
+            y_label: "speedup over verifier alone".into(),
+            series: vec![
+                Series { label: "measured".into(), points: measured },
+                Series { label: "Leviathan et al. formula".into(), points: predicted },
+                Series { label: "cost model a + b k".into(), points: predicted_cost },
+            ],
+        });
+    }
+    if let Some(p) = &a.plot {
+        write_png(p, &panels, 900, 350)?;
+    }
+    println!(
+        "{}",
+        json!({"prompts": prompts.len(), "prompt_len": a.prompt_len, "max_new": a.max_new, "rows": rows,
+               "draft_vocab": dr.vocab(), "verifier_vocab": ver.vocab()})
+    );
+    Ok(())
+}

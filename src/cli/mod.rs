@@ -1,0 +1,97 @@
+//! The `s4` command line, the top layer: one module per command group, each command an `Args`
+//! struct and a `run` function over the library's public API. Nothing below imports from here.
+//!
+//! | group | module | commands |
+//! |---|---|---|
+//! | core maths | [`core`] | `hippo`, `kernel`, `reconstruct` |
+//! | layers and models | [`models`] | `import-official`, `info`, `run` |
+//! | training | [`training`] | `train`, `eval` |
+//! | language models and speculative decoding | [`lm`] | `logits`, `generate`, `speculate`, `train-lm`, `distill` |
+//! | benchmarks | [`bench`] | `bench`, `bench-speculate` |
+
+mod bench;
+mod core;
+mod lm;
+mod models;
+mod training;
+
+use clap::{Parser, Subcommand};
+use s4::{Error, Result};
+use std::path::Path;
+
+/// The parsed command line.
+#[derive(Parser, Debug)]
+#[command(name = "s4", version, about = "Structured state-space sequence models (S4, S4D, HiPPO) in Rust")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    #[command(flatten)]
+    Core(core::Command),
+    #[command(flatten)]
+    Models(models::Command),
+    #[command(flatten)]
+    Training(training::Command),
+    #[command(flatten)]
+    Lm(lm::Command),
+    #[command(flatten)]
+    Bench(bench::Command),
+}
+
+/// Parses the arguments; `--help` and `--version` print and exit 0, a usage error prints one line
+/// (clap's message and where to look) and exits 2.
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let msg: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+                .collect();
+            let msg = expected_choices(msg.join(" ").trim_start_matches("error: "));
+            eprintln!("error: {msg} (see --help)");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Rewrites clap's `[possible values: a, b, c]` in the library's style: `expected a, b or c`.
+fn expected_choices(msg: &str) -> String {
+    let Some(start) = msg.find("[possible values: ") else { return msg.to_string() };
+    let Some(len) = msg[start..].find(']') else { return msg.to_string() };
+    let values: Vec<&str> = msg[start + 18..start + len].split(", ").collect();
+    let list = match values.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => values.join(""),
+    };
+    format!("{}: expected {list}{}", msg[..start].trim_end(), &msg[start + len + 1..])
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Core(c) => core::run(c),
+        Command::Models(c) => models::run(c),
+        Command::Training(c) => training::run(c),
+        Command::Lm(c) => lm::run(c),
+        Command::Bench(c) => bench::run(c),
+    }
+}
+
+/// Settings from a JSON file (missing fields take their defaults), or the defaults.
+fn config_or_default<C: Default + serde::de::DeserializeOwned>(path: Option<&Path>) -> Result<C> {
+    let Some(p) = path else { return Ok(C::default()) };
+    s4::io::read_json(p)
+}
+
+/// `Error::invalid` for a folder that already holds a saved model.
+fn refuse_overwrite(out: &Path) -> Error {
+    Error::invalid("--out", out.display(), "a folder without a model in it (refusing to overwrite a saved model)")
+}

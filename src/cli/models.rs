@@ -1,0 +1,282 @@
+//! Layers and models: import official checkpoints, describe and run saved folders.
+
+use clap::{Args, Subcommand, ValueEnum};
+use ndarray::{s, Array3, Ix2, Ix3};
+use s4::io::{read_npy_any, write_npy_atomic, NpyArray};
+use s4::layer::ForwardOptions;
+use s4::model::checkpoint::{load_any, Saved};
+use s4::model::{Input, StepInput};
+use s4::scalar::HalfPrecision;
+use s4::{Error, Result};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Import an official PyTorch S4Block / S4D state dict (safetensors, e.g. from
+    /// tools/convert_official.py) with the constructor's keyword arguments into a layer folder.
+    ImportOfficial(ImportArgs),
+    /// Describe a saved layer or model folder (config.json + model.safetensors) as JSON: its
+    /// configuration, parameter count and, for DPLR layers, the length C-tilde is tied to.
+    Info {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Run a saved layer or model on an input array (.npy) and write the output array (.npy).
+    ///
+    /// A layer takes (B, H, L) floats; a model takes (B, d_input, L) floats, or (B, L) integer token
+    /// ids for an embedding model. `--layout blh` reads and writes (B, L, features) instead. Output:
+    /// (B, H, L) for a layer, (B, d_output, L) for a model without pooling, (B, d_output, 1) with.
+    #[command(allow_negative_numbers = true)]
+    Run(RunArgs),
+}
+
+pub fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::ImportOfficial(a) => cmd_import(&a),
+        Command::Info { dir } => cmd_info(&dir),
+        Command::Run(a) if a.f64 => cmd_run::<f64>(&a),
+        Command::Run(a) => cmd_run::<f32>(&a),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The state dict as safetensors.
+    model: PathBuf,
+    /// JSON with the keyword arguments ({"module": ..., "kwargs": {...}} or the kwargs alone).
+    #[arg(long)]
+    config: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Array layout of `s4 run`'s input and output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Layout {
+    /// (batch, features, time): the official module's default.
+    Bhl,
+    /// (batch, time, features).
+    Blh,
+}
+
+/// How `s4 run` processes the sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Convolutional mode: whole sequences at once.
+    Conv,
+    /// Recurrent mode: one position at a time.
+    Step,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The folder (from `s4 import-official`, or saved by the library).
+    dir: PathBuf,
+    /// Input .npy (float32, float64, or int32/int64 tokens).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output .npy.
+    #[arg(long)]
+    out: PathBuf,
+    /// Array layout.
+    #[arg(long, value_enum, default_value = "bhl")]
+    layout: Layout,
+    /// Processing mode.
+    #[arg(long, value_enum, default_value = "conv")]
+    mode: Mode,
+    /// Per-sequence lengths (comma-separated; suffix padding).
+    #[arg(long, value_delimiter = ',')]
+    lengths: Option<Vec<usize>>,
+    /// Run in float64 instead of float32.
+    #[arg(long)]
+    f64: bool,
+    /// Mixed precision: round the weights (not the SSM dynamics) to bf16 or f16; the state and
+    /// all accumulations stay f32.
+    #[arg(long, value_enum)]
+    weights: Option<HalfPrecision>,
+}
+
+fn cmd_import(a: &ImportArgs) -> Result<()> {
+    let out = &a.out;
+    let layer = s4::layer::official::import_official_files::<f32>(&a.model, &a.config)?;
+    s4::model::checkpoint::save_layer(&layer, out)?;
+    let cfg = layer.config();
+    println!(
+        "{}",
+        json!({"out": out, "format": "s4-layer", "kernel": cfg.kernel.to_string(), "d_model": cfg.d_model,
+               "d_state": cfg.d_state, "channels": cfg.channels, "bidirectional": cfg.bidirectional,
+               "l_kernel": layer.weights().l_kernel})
+    );
+    Ok(())
+}
+
+fn layer_param_count<T>(w: &s4::layer::Weights<T>) -> usize {
+    w.inv_dt.len()
+        + w.a_real.len()
+        + w.a_imag.len()
+        + 2 * w.b.len()
+        + 2 * w.p.as_ref().map_or(0, |p| p.len())
+        + 2 * w.c.len()
+        + w.d.len()
+        + w.w.len()
+        + w.bias.len()
+}
+
+fn cmd_info(dir: &Path) -> Result<()> {
+    use s4::model::checkpoint::{load_any, Saved};
+    use s4::transformer::{classifier::FORMAT, TransformerClassifier};
+    let cpath = dir.join(s4::model::checkpoint::CONFIG_FILE);
+    let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
+    if serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v["format"] == FORMAT) {
+        let model = TransformerClassifier::<f32>::load(dir)?;
+        println!("{}", json!({"format": FORMAT, "config": model.config(), "parameters": model.num_params()}));
+        return Ok(());
+    }
+    match load_any::<f32>(dir)? {
+        Saved::Layer(layer) => println!(
+            "{}",
+            json!({"format": "s4-layer", "config": layer.config(), "parameters": layer_param_count(layer.weights()),
+                   "l_kernel": layer.weights().l_kernel})
+        ),
+        Saved::Model(model) => {
+            let mut params: usize =
+                model.blocks().iter().map(|b| layer_param_count(b.layer.weights()) + 2 * b.norm.features()).sum();
+            params += match model.encoder() {
+                s4::model::Encoder::Linear { w, b } => w.len() + b.len(),
+                s4::model::Encoder::Embedding { table } => table.len(),
+            };
+            params += model.final_norm().map_or(0, |n| 2 * n.features());
+            let (w, b) = model.decoder();
+            params += w.len() + b.len();
+            let l_kernels: Vec<usize> = model.blocks().iter().map(|b| b.layer.weights().l_kernel).collect();
+            println!(
+                "{}",
+                json!({"format": "s4-model", "config": model.config(), "parameters": params, "l_kernel": l_kernels})
+            );
+        }
+    }
+    Ok(())
+}
+
+/// (B, L, F) <-> (B, F, L).
+fn swap_last<T: Clone>(a: ndarray::Array3<T>) -> ndarray::Array3<T> {
+    a.permuted_axes([0, 2, 1]).as_standard_layout().into_owned()
+}
+
+fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> Result<()> {
+    let blh = a.layout == Layout::Blh;
+    let step = a.mode == Mode::Step;
+    let saved = match (load_any::<T>(&a.dir)?, a.weights) {
+        (s, None) => s,
+        (Saved::Layer(l), Some(p)) => Saved::Layer(l.with_half_weights(p)?),
+        (Saved::Model(m), Some(p)) => Saved::Model(m.with_half_weights(p)?),
+    };
+    let raw = read_npy_any(&a.input)?;
+    let floats = |raw: NpyArray| -> Result<Array3<T>> {
+        let arr = match raw {
+            NpyArray::F32(x) => x.mapv(|v| T::of(v as f64)),
+            NpyArray::F64(x) => x.mapv(T::of),
+            NpyArray::Int(_) => return Err(Error::format(&a.input, "expected a float array, got integers")),
+        };
+        let arr = arr
+            .into_dimensionality::<Ix3>()
+            .map_err(|_| Error::format(&a.input, "expected a 3-D array (B, features, L) or (B, L, features)"))?;
+        Ok(if blh { swap_last(arr) } else { arr })
+    };
+    let lengths = a.lengths.as_deref();
+    let t0 = Instant::now();
+    let y: Array3<T> = match saved {
+        Saved::Layer(layer) => {
+            let x = floats(raw)?;
+            if step {
+                let rec = layer.recurrent()?;
+                let (b, h, l) = x.dim();
+                if let Some(ls) = lengths {
+                    if ls.len() != b || ls.iter().any(|&n| n == 0 || n > l) {
+                        return Err(Error::invalid("lengths", format!("{ls:?}"), format!("{b} lengths <= L = {l}")));
+                    }
+                }
+                let mut st = rec.zero_state(b);
+                let mut y = Array3::<T>::zeros((b, h, l));
+                for t in 0..l {
+                    let yt = rec.step(&mut st, x.slice(s![.., .., t]))?;
+                    y.slice_mut(s![.., .., t]).assign(&yt);
+                }
+                if let Some(ls) = lengths {
+                    for (i, &n) in ls.iter().enumerate() {
+                        y.slice_mut(s![i, .., n..]).fill(T::zero());
+                    }
+                }
+                y
+            } else {
+                let opts = ForwardOptions { lengths: a.lengths.clone(), ..Default::default() };
+                layer.forward(x.view(), &opts)?.y
+            }
+        }
+        Saved::Model(model) => {
+            let tokens;
+            let feats;
+            let input = match raw {
+                NpyArray::Int(t) => {
+                    let t = t
+                        .into_dimensionality::<Ix2>()
+                        .map_err(|_| Error::format(&a.input, "token ids must be a 2-D (B, L) array"))?;
+                    if let Some(((i, j), &bad)) = t.indexed_iter().find(|(_, &v)| v < 0 || v > u32::MAX as i64) {
+                        return Err(Error::invalid(format!("tokens[{i}, {j}]"), bad, "a non-negative token id"));
+                    }
+                    tokens = t.mapv(|v| v as u32);
+                    Input::Tokens(tokens.view())
+                }
+                other => {
+                    feats = floats(other)?;
+                    Input::Features(feats.view())
+                }
+            };
+            if step {
+                let rec = model.recurrent()?;
+                let (b, l) = match input {
+                    Input::Tokens(t) => t.dim(),
+                    Input::Features(f) => (f.shape()[0], f.shape()[2]),
+                };
+                if b == 0 || l == 0 {
+                    return Err(Error::invalid("input", format!("B = {b}, L = {l}"), "B, L >= 1"));
+                }
+                if let Some(ls) = lengths {
+                    if ls.len() != b || ls.iter().any(|&n| n == 0 || n > l) {
+                        return Err(Error::invalid("lengths", format!("{ls:?}"), format!("{b} lengths in 1..={l}")));
+                    }
+                }
+                let mut st = rec.zero_state(b);
+                let mut y = Array3::<T>::zeros((b, model.config().d_output, l));
+                for t in 0..l {
+                    let col: Vec<u32>;
+                    let yt = match input {
+                        Input::Tokens(tok) => {
+                            col = tok.column(t).to_vec();
+                            rec.step(&mut st, StepInput::Tokens(&col))?
+                        }
+                        Input::Features(f) => rec.step(&mut st, StepInput::Features(f.slice(s![.., .., t])))?,
+                    };
+                    y.slice_mut(s![.., .., t]).assign(&yt);
+                }
+                if let Some(ls) = lengths {
+                    for (i, &n) in ls.iter().enumerate() {
+                        y.slice_mut(s![i, .., n..]).fill(T::zero());
+                    }
+                }
+                y
+            } else {
+                model.forward(input, lengths)?
+            }
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let y = if blh { swap_last(y) } else { y };
+    write_npy_atomic(&a.out, &y)?;
+    let (mode, layout) = (if step { "step" } else { "conv" }, if blh { "blh" } else { "bhl" });
+    println!("{}", json!({"out": a.out, "shape": y.shape(), "mode": mode, "layout": layout, "seconds": secs}));
+    Ok(())
+}
