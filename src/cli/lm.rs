@@ -9,12 +9,13 @@ use ndarray::{Array2, Array3, Ix2};
 use s4::data::shakespeare;
 use s4::io::{read_npy_any, write_npy_atomic, NpyArray};
 use s4::model::{checkpoint, Input, S4Model, S4ModelConfig};
-use s4::speculative::distill::{distill, DistillConfig};
+use s4::speculative::distill::{distill_run, DistillConfig};
 use s4::speculative::{
     generate, predicted_speedup, speculate, Acceptance, Drafter, GammaPolicy, Generation, GptSession, S4Session,
     Sampling, SpecConfig, Verifier,
 };
-use s4::transformer::train::{train_lm, LmTrainConfig};
+use s4::ssm::KernelKind;
+use s4::train::lm::{train_lm_run, LmTrainConfig};
 use s4::transformer::{Gpt, GptConfig};
 use s4::{Error, Result};
 use serde_json::json;
@@ -161,9 +162,8 @@ pub struct TrainLmArgs {
     /// Seed (init and batches).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Hide the progress bar.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: super::RunControl,
 }
 
 #[derive(Args, Debug)]
@@ -202,8 +202,8 @@ pub struct DistillArgs {
     #[arg(long, default_value_t = 64)]
     d_state: usize,
     /// Draft kernel: diag (S4D-Lin: the cheapest recurrent step) or dplr (S4, HiPPO-LegS).
-    #[arg(long, default_value = "diag")]
-    kernel: String,
+    #[arg(long, value_enum, default_value = "diag")]
+    kernel: KernelKind,
     /// Temperatures of the verifier when generating the distillation text, cycled over the
     /// sequences (0 = its greedy output).
     #[arg(long, value_delimiter = ',')]
@@ -211,9 +211,8 @@ pub struct DistillArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Hide progress bars.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: super::RunControl,
 }
 
 /// A causal model read from a folder.
@@ -412,8 +411,17 @@ fn spec_json(g: &Generation, base: Option<&Generation>, cfg: &SpecConfig, text: 
     })
 }
 
+/// The run folder of a model trained into `out` (the model itself is written to `out` at the end).
+fn run_dir(out: &Path) -> PathBuf {
+    out.join("run")
+}
+
 fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
     let t0 = Instant::now();
+    let opts = a.run.options();
+    if a.out.join("model.safetensors").exists() && !opts.resume {
+        return Err(refuse_overwrite(&a.out));
+    }
     let corpus = shakespeare::load(&a.data)?;
     let mut cfg: LmTrainConfig = config_or_default(a.config.as_deref())?;
     cfg.context = a.context;
@@ -427,9 +435,6 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
     if let Some(lr) = a.lr {
         cfg.lr = lr;
     }
-    if a.out.join("model.safetensors").exists() {
-        return Err(refuse_overwrite(&a.out));
-    }
     let gcfg = GptConfig {
         vocab_size: shakespeare::VOCAB,
         n_positions: a.context,
@@ -439,30 +444,36 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
         ..Default::default()
     };
     let mut model = Gpt::<f32>::new(gcfg, a.seed)?;
-    if !a.quiet {
+    if opts.progress {
         eprintln!(
-            "verifier: {} parameters; corpus {} / {} / {} bytes (train / val / test)",
+            "verifier: {} parameters; corpus {} / {} / {} bytes (train / val / test); run in {}",
             model.num_params(),
             corpus.train.len(),
             corpus.val.len(),
-            corpus.test.len()
+            corpus.test.len(),
+            run_dir(&a.out).display()
         );
     }
-    let mut evals = Vec::new();
-    let report = train_lm(&mut model, &corpus.train, &corpus.val, &cfg, !a.quiet, |step, tl, vl| {
-        evals.push(json!({"step": step, "train_loss": tl, "val_loss": vl}))
-    })?;
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
-    model.save(&a.out)?;
-    let summary = json!({"out": a.out, "params": model.num_params(), "train": cfg, "report": report,
-                         "evals": evals, "wall_seconds": t0.elapsed().as_secs_f64()});
-    s4::io::write_json(&a.out.join("training.json"), &summary)?;
+    let report = train_lm_run(&mut model, &corpus.train, &corpus.val, &cfg, Some(&run_dir(&a.out)), &opts)?;
+    let finished = report.evals.last().is_some_and(|e| e.step == cfg.steps);
+    if finished {
+        model.save(&a.out)?;
+    }
+    let summary = json!({"out": a.out, "finished": finished, "params": model.num_params(), "train": cfg,
+                         "report": report, "wall_seconds": t0.elapsed().as_secs_f64()});
+    if finished {
+        s4::io::write_json(&a.out.join("training.json"), &summary)?;
+    }
     println!("{summary}");
     Ok(())
 }
 
 fn cmd_distill(a: &DistillArgs) -> Result<()> {
     let t0 = Instant::now();
+    let opts = a.run.options();
+    if a.out.join("config.json").exists() && !opts.resume {
+        return Err(refuse_overwrite(&a.out));
+    }
     let teacher = Gpt::<f32>::load(&a.verifier)?;
     let corpus = shakespeare::load(&a.data)?;
     let mut cfg: DistillConfig = config_or_default(a.config.as_deref())?;
@@ -482,23 +493,26 @@ fn cmd_distill(a: &DistillArgs) -> Result<()> {
     if let Some(t) = &a.generate_temperatures {
         cfg.generate_temperatures.clone_from(t);
     }
-    if a.out.join("config.json").exists() {
-        return Err(refuse_overwrite(&a.out));
-    }
     let mut mc = S4ModelConfig::causal_lm(teacher.config().vocab_size);
     mc.n_layers = a.n_layers;
     mc.layer.d_model = a.d_model;
     mc.layer.d_state = a.d_state;
-    mc.layer.kernel = a.kernel.parse()?;
-    if mc.layer.kernel == s4::ssm::KernelKind::Diag {
+    mc.layer.kernel = a.kernel;
+    if mc.layer.kernel == KernelKind::Diag {
         mc.layer.init = "diag-lin".parse()?;
     }
     mc.seed = a.seed;
     let mut student = mc.build()?;
-    let report = distill(&mut student, &teacher, &corpus.train, &corpus.val, &cfg, !a.quiet)?;
-    checkpoint::save(&student, &a.out)?;
-    let summary = json!({"out": a.out, "distill": cfg, "report": report, "wall_seconds": t0.elapsed().as_secs_f64()});
-    s4::io::write_json(&a.out.join("distill.json"), &summary)?;
+    let report = distill_run(&mut student, &teacher, &corpus.train, &corpus.val, &cfg, Some(&run_dir(&a.out)), &opts)?;
+    let finished = report.steps == cfg.steps;
+    if finished {
+        checkpoint::save(&student, &a.out)?;
+    }
+    let summary = json!({"out": a.out, "finished": finished, "distill": cfg, "report": report,
+                         "wall_seconds": t0.elapsed().as_secs_f64()});
+    if finished {
+        s4::io::write_json(&a.out.join("distill.json"), &summary)?;
+    }
     println!("{summary}");
     Ok(())
 }

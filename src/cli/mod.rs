@@ -15,7 +15,7 @@ mod lm;
 mod models;
 mod training;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use s4::{Error, Result};
 use std::path::Path;
 
@@ -94,4 +94,39 @@ fn config_or_default<C: Default + serde::de::DeserializeOwned>(path: Option<&Pat
 /// `Error::invalid` for a folder that already holds a saved model.
 fn refuse_overwrite(out: &Path) -> Error {
     Error::invalid("--out", out.display(), "a folder without a model in it (refusing to overwrite a saved model)")
+}
+
+/// How a training command runs: threads, progress, and resuming (shared by `train`, `train-lm`
+/// and `distill`).
+#[derive(Args, Debug)]
+struct RunControl {
+    /// Worker threads (default: all cores; results do not depend on it).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// With --resume: continue a run for more epochs or steps than it was started with (the
+    /// learning-rate schedule keeps its original length; recorded in the checkpoint's state.json).
+    #[arg(long, requires = "resume")]
+    extend: bool,
+    /// Stop after this many rounds (epochs for train, evaluation intervals for train-lm and
+    /// distill); continue later with --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// No progress on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl RunControl {
+    fn options(&self) -> s4::train::RunOptions {
+        s4::train::RunOptions {
+            threads: self.threads,
+            progress: !self.quiet,
+            resume: self.resume,
+            stop_after: self.stop_after,
+            extend: self.extend,
+        }
+    }
 }

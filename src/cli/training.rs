@@ -60,24 +60,14 @@ pub struct TrainArgs {
     /// Sizes of the generated train/val/test splits.
     #[arg(long, value_delimiter = ',', default_value = "10000,1000,1000")]
     sizes: Vec<usize>,
-    /// Worker threads (default: all cores; results do not depend on it).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Seed of the data, the initialization and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Continue from OUT/checkpoint.
-    #[arg(long)]
-    resume: bool,
-    /// Stop after this many epochs (resume later with --resume).
-    #[arg(long)]
-    stop_after: Option<usize>,
     /// A JSON file with a full TrainConfig (overrides the preset).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: super::RunControl,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
@@ -107,7 +97,7 @@ fn split_sizes(sizes: &[usize]) -> Result<s4::data::SplitSizes> {
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
-    use s4::train::{default_preset_for, load_task, preset, train, RunOptions, TrainConfig};
+    use s4::train::{default_preset_for, load_task, preset, train, TrainConfig};
     let t0 = Instant::now();
     let arch = a.arch;
     let task = load_task(&a.task, a.data.as_deref(), &split_sizes(&a.sizes)?, a.seed)?;
@@ -145,8 +135,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     if let Some(lr) = a.lr {
         cfg.optim.lr = lr;
     }
-    let opts = RunOptions { threads: a.threads, progress: !a.quiet, resume: a.resume, stop_after: a.stop_after };
-    if !a.quiet {
+    let opts = a.run.options();
+    if opts.progress {
         eprintln!(
             "task {}: {} train / {} val / {} test sequences, max length {}; arch {}, preset {preset_name}",
             task.name,

@@ -312,3 +312,15 @@ pub fn load<T: Real>(dir: &Path) -> Result<S4Model<T>> {
     S4Model::from_parts(cfg, encoder, blocks, final_norm, decoder_w, decoder_b)
         .map_err(|e| Error::format(&path, e.to_string()))
 }
+
+impl crate::nn::params::Trainable for S4Model<f32> {
+    const FORMAT: &'static str = "s4-model";
+
+    fn save_folder(&self, dir: &Path) -> Result<()> {
+        save(self, dir)
+    }
+
+    fn load_folder(dir: &Path) -> Result<Self> {
+        load(dir)
+    }
+}

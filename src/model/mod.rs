@@ -10,8 +10,10 @@
 //! ```
 
 pub mod checkpoint;
+pub mod loss;
 pub mod norm;
 
+pub use loss::{LossStats, Target};
 pub use norm::{Norm, NormKind};
 
 use crate::error::{Error, Result};
@@ -443,7 +445,7 @@ impl<T: Real> S4Model<T> {
         self.encoder.check_input(input)?;
         let h = self.config.d_model();
         Ok(match (&self.encoder, input) {
-            (Encoder::Linear { w, b }, Input::Features(x)) => crate::nn::linear_features(x, w.view(), b.view()),
+            (Encoder::Linear { w, b }, Input::Features(x)) => crate::nn::linear::linear_features(x, w.view(), b.view()),
             (Encoder::Embedding { table }, Input::Tokens(tok)) => {
                 let (bs, l) = tok.dim();
                 Array3::from_shape_fn((bs, h, l), |(i, j, t)| table[[tok[[i, t]] as usize, j]])
@@ -541,7 +543,7 @@ impl<T: Real> S4Model<T> {
                 x[[b, j, n - 1]]
             }),
         };
-        let mut y = crate::nn::linear_features(pooled.view(), self.decoder_w.view(), self.decoder_b.view());
+        let mut y = crate::nn::linear::linear_features(pooled.view(), self.decoder_w.view(), self.decoder_b.view());
         if let (Some(lengths), Pooling::None) = (lengths, self.config.pooling) {
             for (b, &n) in lengths.iter().enumerate() {
                 y.slice_mut(s![b, .., n..]).fill(T::zero());

@@ -36,6 +36,8 @@
 //! ```
 
 use crate::error::{Error, Result};
+use crate::nn::norm::layer_norm;
+use crate::nn::{feature_rows, from_feature_rows};
 use crate::scalar::Real;
 use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3};
 
@@ -109,57 +111,31 @@ impl<T: Real> Norm<T> {
         Ok(())
     }
 
-    /// Normalizes one feature vector x (H,) in place.
-    #[inline]
-    fn apply_vector(&self, x: &mut [T]) {
-        let h = x.len();
-        let eps = T::of(EPS);
-        match self.kind {
-            NormKind::Layer => {
-                let n = T::of(h as f64);
-                let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
-                let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
-                let inv = T::one() / (var + eps).sqrt();
-                for (i, v) in x.iter_mut().enumerate() {
-                    *v = (*v - mean) * inv * self.weight[i] + self.bias[i];
-                }
-            }
-            NormKind::Batch => {
-                for (i, v) in x.iter_mut().enumerate() {
-                    *v = (*v - self.running_mean[i]) / (self.running_var[i] + eps).sqrt() * self.weight[i]
-                        + self.bias[i];
-                }
-            }
-        }
-    }
-
     /// Normalizes a (B, H, L) sequence over its feature axis (evaluation mode for BatchNorm; see
     /// the module docs for the formulas). H must be [`features`](Self::features).
     pub fn forward(&self, x: ArrayView3<T>) -> Array3<T> {
-        let (b, h, l) = x.dim();
-        let mut out = x.to_owned();
-        let mut col = vec![T::zero(); h];
-        for i in 0..b {
-            for t in 0..l {
-                for j in 0..h {
-                    col[j] = x[[i, j, t]];
-                }
-                self.apply_vector(&mut col);
-                for j in 0..h {
-                    out[[i, j, t]] = col[j];
-                }
-            }
-        }
-        out
+        let (b, _, l) = x.dim();
+        from_feature_rows(self.forward_step(feature_rows(x).view()), b, l)
     }
 
-    /// Normalizes one step's features (B, H), as [`forward`](Self::forward) does each position.
+    /// Normalizes feature vectors given as rows (N, H): one step's features (B, H), or every
+    /// position of [`forward`](Self::forward). LayerNorm is [`layer_norm`]; BatchNorm (evaluation
+    /// mode) (x − running mean)/√(running var + ε)·w + b.
     pub fn forward_step(&self, x: ArrayView2<T>) -> Array2<T> {
-        let mut out = x.to_owned();
-        for mut row in out.outer_iter_mut() {
-            self.apply_vector(row.as_slice_mut().expect("rows of a fresh array are contiguous"));
+        match self.kind {
+            NormKind::Layer => layer_norm(x, self.weight.view(), self.bias.view(), EPS),
+            NormKind::Batch => {
+                let eps = T::of(EPS);
+                let mut out = x.to_owned();
+                for mut row in out.outer_iter_mut() {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = (*v - self.running_mean[i]) / (self.running_var[i] + eps).sqrt() * self.weight[i]
+                            + self.bias[i];
+                    }
+                }
+                out
+            }
         }
-        out
     }
 }
 

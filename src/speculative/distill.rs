@@ -10,8 +10,9 @@
 //! at temperature 1, E[Σ min(p, q)] = 1 − E[TV(p, q)] (Leviathan et al. Corollary 3.6), and the
 //! greedy acceptance, the fraction of positions where the two arg-maxes agree.
 //!
-//! Training uses the crate's S4 machinery: [`forward_backward`] with [`Target::Distill`], AdamW
-//! with the official parameter groups and a cosine schedule ([`AdamW`]).
+//! Training runs on the crate's [one training loop](crate::train::trainer) (progress, metrics and
+//! acceptance estimates every `eval_every` steps, checkpoints, exact resume): [`forward_backward`]
+//! with [`Target::Distill`], AdamW with the official parameter groups and a cosine schedule.
 //!
 //! # Example
 //!
@@ -65,11 +66,14 @@ use rayon::prelude::*;
 
 use super::{generate, GptSession, Sampling, SpecConfig};
 use crate::error::{Error, Result};
-use crate::model::{Input, Pooling, S4Model};
-use crate::train::grad::{first_non_finite, forward_backward, Target, TrainOptions};
-use crate::train::optim::{AdamW, OptimConfig};
-use crate::train::trainer::progress_bar;
+use crate::model::{Input, LossStats, Pooling, S4Model, S4ModelConfig, Target};
+use crate::nn::loss::softmax;
+use crate::plot::{write_png, Panel, Series};
+use crate::train::grad::{forward_backward, TrainOptions};
+use crate::train::optim::OptimConfig;
+use crate::train::trainer::{self, fingerprint, step_seed, Job, Progress, RoundTraining, RunOptions};
 use crate::transformer::Gpt;
+use std::path::Path;
 
 /// Settings of a distillation run (plain struct; `Default` suits a character-level pair).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -95,6 +99,9 @@ pub struct DistillConfig {
     pub soft_weight: f64,
     /// Held-out windows for the acceptance estimates.
     pub eval_windows: usize,
+    /// Measure the acceptance estimates every this many steps (a round of the training loop; 0:
+    /// only after the last step).
+    pub eval_every: usize,
     /// Optimizer.
     pub optim: OptimConfig,
     /// Seed of window sampling and generation.
@@ -113,6 +120,7 @@ impl Default for DistillConfig {
             corpus_fraction: 0.5,
             soft_weight: 1.0,
             eval_windows: 64,
+            eval_every: 500,
             optim: OptimConfig { lr: 3e-3, weight_decay: 0.0, warmup_fraction: 0.05, ..Default::default() },
             seed: 0,
         }
@@ -150,17 +158,34 @@ impl DistillConfig {
     }
 }
 
+/// One round of a distillation run (a line of its `metrics.jsonl`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DistillEval {
+    /// Steps done.
+    pub step: u64,
+    /// Mean training loss of the round.
+    pub train_loss: f64,
+    /// On the held-out windows: mean KL(p ‖ q) in nats per token.
+    pub kl: f64,
+    /// Mean Σ min(p, q): the expected acceptance rate at temperature 1.
+    pub acceptance_sampling: f64,
+    /// Fraction of positions with argmax p = argmax q: the greedy acceptance rate.
+    pub acceptance_greedy: f64,
+}
+
 /// What a distillation run measured.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct DistillReport {
-    /// Steps taken.
+    /// Steps taken (in all, including those before a resume).
     pub steps: usize,
-    /// Mean training loss over the last 10% of the steps.
+    /// Mean training loss of the last round.
     pub final_loss: f64,
     /// Seconds spent generating verifier text.
     pub generate_seconds: f64,
-    /// Seconds spent training.
+    /// Seconds spent training in this invocation.
     pub train_seconds: f64,
+    /// Every round's record.
+    pub rounds: Vec<DistillEval>,
     /// On held-out corpus windows: mean KL(p ‖ q) in nats per token.
     pub eval_kl: f64,
     /// Mean Σ min(p, q): the expected acceptance rate at temperature 1.
@@ -171,16 +196,12 @@ pub struct DistillReport {
     pub initial: [f64; 3],
 }
 
-/// Softmax over the last axis, in f32.
+/// Softmax over the last axis of (B, L, V).
 fn softmax3(logits: &Array3<f32>) -> Array3<f32> {
-    let mut p = logits.clone();
-    for mut row in p.lanes_mut(Axis(2)) {
-        let m = row.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        row.mapv_inplace(|x| (x - m).exp());
-        let s = row.sum();
-        row /= s;
-    }
-    p
+    let (b, l, v) = logits.dim();
+    let rows = logits.as_standard_layout();
+    let p = softmax(rows.view().into_shape_with_order((b * l, v)).expect("standard layout"));
+    p.into_shape_with_order((b, l, v)).expect("same size")
 }
 
 /// `[KL(p ‖ q), Σ min(p, q), arg-max agreement]` of the draft q against the verifier p, each
@@ -235,15 +256,145 @@ fn windows_from(
     w
 }
 
-/// Distills `student` (an S4 causal language model) from `teacher` on `corpus` tokens, and
-/// measures the [`acceptance_estimates`] on `cfg.eval_windows` random `val` windows before and
-/// after. Each step minimizes the mean over the batch's positions of
-/// CE(next token) + β·KL(p_teacher ‖ q_student) (β = `cfg.soft_weight`); `progress` shows
-/// progress bars on the terminal.
+/// The distillation run as a [`Job`] of the training loop: a round is `eval_every` steps.
+struct DistillJob<'a> {
+    teacher: &'a Gpt<f32>,
+    corpus: &'a [u32],
+    val: &'a [u32],
+    generated: Vec<Vec<u32>>,
+    eval: Array2<u32>,
+    cfg: &'a DistillConfig,
+    student_config: S4ModelConfig,
+}
+
+impl DistillJob<'_> {
+    fn per_round(&self) -> usize {
+        if self.cfg.eval_every == 0 {
+            self.cfg.steps
+        } else {
+            self.cfg.eval_every.min(self.cfg.steps)
+        }
+    }
+}
+
+impl Job for DistillJob<'_> {
+    type Model = S4Model<f32>;
+    type Batch = Array2<u32>;
+    type Metrics = DistillEval;
+
+    fn rounds(&self) -> usize {
+        self.cfg.steps.div_ceil(self.per_round())
+    }
+
+    fn steps_in_round(&self, round: usize) -> u64 {
+        self.per_round().min(self.cfg.steps - (round - 1) * self.per_round()) as u64
+    }
+
+    /// The windows of each step: `corpus_fraction` of the batch from the corpus, the rest from
+    /// the generated text, drawn from (seed, step).
+    fn batches(&self, round: usize, first_step: u64) -> Result<Vec<Array2<u32>>> {
+        let need = self.cfg.window + 1;
+        let n_corpus = ((self.cfg.batch_size as f64) * self.cfg.corpus_fraction).round() as usize;
+        let gen_refs: Vec<&[u32]> = self.generated.iter().map(|g| g.as_slice()).collect();
+        (first_step..first_step + self.steps_in_round(round))
+            .map(|s| {
+                let mut rng = Pcg64::seed_from_u64(step_seed(self.cfg.seed ^ 0x0D15_7111, s));
+                let w = windows_from(&[self.corpus], n_corpus, need, &mut rng, |_| 0);
+                if self.cfg.batch_size == n_corpus {
+                    return Ok(w);
+                }
+                let g = windows_from(&gen_refs, self.cfg.batch_size - n_corpus, need, &mut rng, |r| {
+                    r.random_range(0..gen_refs.len())
+                });
+                ndarray::concatenate(Axis(0), &[w.view(), g.view()])
+                    .map_err(|e| Error::numerical("batch", e.to_string()))
+            })
+            .collect()
+    }
+
+    fn train_step(&self, student: &mut S4Model<f32>, w: &Array2<u32>, step: u64) -> Result<(LossStats, S4Model<f32>)> {
+        let x = w.slice(s![.., ..self.cfg.window]);
+        let y = w.slice(s![.., 1..]);
+        let p = softmax3(&self.teacher.forward(x)?);
+        let target = Target::Distill { tokens: y, teacher: p.view(), soft_weight: self.cfg.soft_weight };
+        let opts = TrainOptions { dropout_seed: Some(step_seed(self.cfg.seed, step)), update_running_stats: true };
+        forward_backward(student, Input::Tokens(x), None, target, opts)
+    }
+
+    fn round_metrics(&self, student: &S4Model<f32>, _round: usize, t: &RoundTraining) -> Result<DistillEval> {
+        let [kl, acceptance_sampling, acceptance_greedy] = acceptance_estimates(student, self.teacher, &self.eval)?;
+        Ok(DistillEval { step: t.step, train_loss: t.train_loss, kl, acceptance_sampling, acceptance_greedy })
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({"distill": self.cfg, "draft": self.student_config, "verifier": self.teacher.config(),
+            "corpus": {"train_tokens": self.corpus.len(), "val_tokens": self.val.len()}})
+    }
+
+    /// Every setting but the number of steps, the draft's configuration, the verifier's weights and
+    /// the corpus.
+    fn resume_key(&self) -> serde_json::Value {
+        let mut cfg = serde_json::to_value(self.cfg).expect("serializes");
+        cfg.as_object_mut().expect("a struct").remove("steps");
+        let weights = self
+            .teacher
+            .tensors()
+            .into_iter()
+            .flat_map(|(_, t)| t.iter().map(|v| u64::from(v.to_bits())).collect::<Vec<_>>());
+        serde_json::json!({"distill": cfg, "draft": self.student_config, "verifier": fingerprint(weights),
+            "train_tokens": fingerprint(self.corpus.iter().map(|&t| u64::from(t))),
+            "val_tokens": fingerprint(self.val.iter().map(|&t| u64::from(t)))})
+    }
+
+    fn check_model(&self, student: &S4Model<f32>) -> Result<()> {
+        if student.config() == &self.student_config {
+            Ok(())
+        } else {
+            Err(Error::invalid("resume", "a checkpoint with a different draft configuration", "the same draft"))
+        }
+    }
+
+    fn describe(&self, m: &DistillEval) -> String {
+        format!(
+            "step {}: train loss {:.4} | KL {:.4} | acceptance {:.3} (greedy {:.3})",
+            m.step, m.train_loss, m.kl, m.acceptance_sampling, m.acceptance_greedy
+        )
+    }
+
+    fn plot(&self, path: &Path, rounds: &[DistillEval]) -> Result<()> {
+        let pts = |f: fn(&DistillEval) -> f64| rounds.iter().map(|e| (e.step as f64, f(e))).collect();
+        let panels = [
+            Panel {
+                title: "distillation: loss and KL(verifier ‖ draft)".into(),
+                x_label: "step".into(),
+                y_label: "nats per token".into(),
+                series: vec![
+                    Series { label: "train loss".into(), points: pts(|e| e.train_loss) },
+                    Series { label: "held-out KL".into(), points: pts(|e| e.kl) },
+                ],
+            },
+            Panel {
+                title: "held-out acceptance".into(),
+                x_label: "step".into(),
+                y_label: "rate".into(),
+                series: vec![
+                    Series { label: "sampling: mean sum min(p, q)".into(), points: pts(|e| e.acceptance_sampling) },
+                    Series { label: "greedy: arg-max agreement".into(), points: pts(|e| e.acceptance_greedy) },
+                ],
+            },
+        ];
+        write_png(path, &panels, 900, 320)
+    }
+
+    fn name(&self) -> &str {
+        "distillation"
+    }
+}
+
+/// Distills `student` in memory (nothing written): [`distill_run`] without an output folder.
 ///
 /// # Errors
-/// Bad settings, a student that is not an unpooled token model with the teacher's vocabulary, a
-/// corpus or validation text shorter than a window, or a non-finite loss (naming the step).
+/// As [`distill_run`].
 pub fn distill(
     student: &mut S4Model<f32>,
     teacher: &Gpt<f32>,
@@ -251,6 +402,29 @@ pub fn distill(
     val: &[u32],
     cfg: &DistillConfig,
     progress: bool,
+) -> Result<DistillReport> {
+    distill_run(student, teacher, corpus, val, cfg, None, &RunOptions { progress, ..Default::default() })
+}
+
+/// Distills `student` (an S4 causal language model) from `teacher` on `corpus` tokens, and
+/// measures the [`acceptance_estimates`] on `cfg.eval_windows` random `val` windows before and
+/// every `eval_every` steps. Each step minimizes the mean over the batch's positions of
+/// CE(next token) + β·KL(p_teacher ‖ q_student) (β = `cfg.soft_weight`). With `out`, the run is
+/// written there and can be resumed or extended ([`RunOptions`]; on resume `student` is replaced
+/// by the checkpoint's; the verifier text is generated again, identically, from the seed).
+///
+/// # Errors
+/// Bad settings, a student that is not an unpooled token model with the teacher's vocabulary, a
+/// corpus or validation text shorter than a window, a folder holding another run, or a non-finite
+/// loss (naming the step).
+pub fn distill_run(
+    student: &mut S4Model<f32>,
+    teacher: &Gpt<f32>,
+    corpus: &[u32],
+    val: &[u32],
+    cfg: &DistillConfig,
+    out: Option<&Path>,
+    opts: &RunOptions,
 ) -> Result<DistillReport> {
     cfg.validate()?;
     let v = teacher.config().vocab_size;
@@ -281,12 +455,14 @@ pub fn distill(
     }
     let mut rng = Pcg64::seed_from_u64(cfg.seed);
     let eval = windows_from(&[val], cfg.eval_windows.max(1), need, &mut rng, |_| 0);
+    student.set_kernel_length(cfg.window)?;
     let initial = acceptance_estimates(student, teacher, &eval)?;
 
     // sequence-level distillation data: the verifier's own continuations of corpus prompts
     let t0 = Instant::now();
     let prompts = windows_from(&[corpus], cfg.generated, cfg.prompt_len, &mut rng, |_| 0);
-    let gen_bar = progress_bar(progress, cfg.generated as u64, "generating");
+    let mut gen_bar = Progress::new(opts.progress).bar(cfg.generated as u64, "generating");
+    let gen_bar_lock = std::sync::Mutex::new(&mut gen_bar);
     let generated: Vec<Vec<u32>> = (0..cfg.generated)
         .into_par_iter()
         .map(|i| {
@@ -301,62 +477,27 @@ pub fn distill(
                 ..Default::default()
             };
             let g = generate(&mut GptSession::new(teacher), &prompt, &gen_cfg)?;
-            gen_bar.inc(1);
+            gen_bar_lock.lock().expect("no panic while holding the bar").tick("sequences");
             Ok([prompt, g.tokens].concat())
         })
         .collect::<Result<_>>()?;
-    gen_bar.finish_and_clear();
+    gen_bar.finish();
     let generate_seconds = t0.elapsed().as_secs_f64();
 
-    student.set_kernel_length(cfg.window)?;
-    let mut opt = AdamW::new(student, cfg.optim.clone())?;
-    let gen_refs: Vec<&[u32]> = generated.iter().map(|g| g.as_slice()).collect();
-    let n_corpus = ((cfg.batch_size as f64) * cfg.corpus_fraction).round() as usize;
-    let bar = progress_bar(progress, cfg.steps as u64, "distilling");
+    let job = DistillJob { teacher, corpus, val, generated, eval, cfg, student_config: student.config().clone() };
     let t1 = Instant::now();
-    let mut losses = Vec::with_capacity(cfg.steps);
-    for step in 0..cfg.steps {
-        let mut w = windows_from(&[corpus], n_corpus, need, &mut rng, |_| 0);
-        if cfg.batch_size > n_corpus {
-            let g = windows_from(&gen_refs, cfg.batch_size - n_corpus, need, &mut rng, |r| {
-                r.random_range(0..gen_refs.len())
-            });
-            w = ndarray::concatenate(Axis(0), &[w.view(), g.view()])
-                .map_err(|e| Error::numerical("batch", e.to_string()))?;
-        }
-        let x = w.slice(s![.., ..cfg.window]);
-        let y = w.slice(s![.., 1..]);
-        let p = softmax3(&teacher.forward(x)?);
-        let target = Target::Distill { tokens: y, teacher: p.view(), soft_weight: cfg.soft_weight };
-        let opts = TrainOptions {
-            dropout_seed: Some(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9)),
-            update_running_stats: true,
-        };
-        let (stats, mut grads) = forward_backward(student, Input::Tokens(x), None, target, opts)?;
-        if !stats.loss.is_finite() {
-            let culprit = first_non_finite(&mut grads).unwrap_or_else(|| "no gradient".into());
-            return Err(Error::numerical(
-                "distillation",
-                format!("loss {} at step {} ({culprit})", stats.loss, step + 1),
-            ));
-        }
-        opt.step(student, &mut grads, cfg.steps as u64);
-        losses.push(stats.loss);
-        bar.set_message(format!("loss {:.4}", stats.loss));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let tail = (cfg.steps / 10).max(1);
-    let final_loss = losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64;
-    let [eval_kl, eval_acceptance_sampling, eval_acceptance_greedy] = acceptance_estimates(student, teacher, &eval)?;
+    let (rounds, trained) = trainer::run(&job, student.clone(), &cfg.optim, out, opts)?;
+    *student = trained;
+    let last = rounds.last().cloned().ok_or_else(|| Error::invalid("steps", 0, "at least 1"))?;
     Ok(DistillReport {
-        steps: cfg.steps,
-        final_loss,
+        steps: last.step as usize,
+        final_loss: last.train_loss,
         generate_seconds,
         train_seconds: t1.elapsed().as_secs_f64(),
-        eval_kl,
-        eval_acceptance_sampling,
-        eval_acceptance_greedy,
+        eval_kl: last.kl,
+        eval_acceptance_sampling: last.acceptance_sampling,
+        eval_acceptance_greedy: last.acceptance_greedy,
         initial,
+        rounds,
     })
 }

@@ -1,6 +1,7 @@
-//! Training in Rust: backward passes ([`grad`]), AdamW with the official parameter groups
-//! ([`optim`]), the training loop ([`trainer`], for S4 and for the transformer baseline) and the
-//! tasks and presets of `s4 train` ([`tasks`]).
+//! Training in Rust: backward passes ([`grad`]), AdamW with the official parameter groups and the
+//! learning-rate schedules ([`optim`]), the one training loop ([`trainer`]) and its jobs: the
+//! long-range tasks for S4 and the transformer baseline ([`supervised`], with the tasks and presets
+//! of `s4 train` in [`tasks`]) and the transformer language model ([`lm`]).
 //!
 //! # Example
 //! ```
@@ -18,12 +19,14 @@
 //! ```
 
 pub mod grad;
+pub mod lm;
 pub mod optim;
+pub mod schedule;
+pub mod supervised;
 pub mod tasks;
 pub mod trainer;
 
 pub use optim::{AdamW, OptimConfig, Schedule};
+pub use supervised::{evaluate, train, Arch, EpochMetrics, TrainConfig, TrainModel, TrainReport, TrainedModel};
 pub use tasks::{default_preset, default_preset_for, load_task, preset, summary, train_default, PRESETS, TASKS};
-pub use trainer::{
-    evaluate, train, Arch, EpochMetrics, RunOptions, TrainConfig, TrainModel, TrainReport, TrainedModel,
-};
+pub use trainer::RunOptions;

@@ -1,5 +1,5 @@
-//! AdamW with the official S4 parameter groups, a cosine schedule with linear warmup, and
-//! gradient-norm clipping.
+//! AdamW with the official S4 parameter groups, the learning-rate [schedules](super::schedule), and
+//! gradient-norm clipping ([`clip_grad_norm`]).
 //!
 //! Groups (s4-math note §1.7, the official `register` hook and `optimizer_param_grouping`):
 //! Δ, A (Re/Im Λ, P) and B each have their own learning rate (`None` = the global one) and no
@@ -25,20 +25,10 @@
 //! assert!(bad.validate().unwrap_err().to_string().contains("lr"));
 //! ```
 
-use super::grad::{ParamGroup, Parameters};
+pub use super::schedule::Schedule;
 use crate::error::{Error, Result};
+use crate::nn::params::{clip_grad_norm, ParamGroup, Parameters};
 use crate::scalar::Real;
-
-/// Learning-rate schedule over the whole run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// Linear warmup, then η·½(1 + cos(π·progress)) down to 0 (the official `cosine_warmup`,
-    /// Hugging Face's `get_cosine_schedule_with_warmup`).
-    Cosine,
-    /// Linear warmup, then constant.
-    Constant,
-}
 
 /// Optimizer settings (plain struct; `Default` is the official S4 defaults for a generic task).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -60,8 +50,10 @@ pub struct OptimConfig {
     pub beta2: f64,
     /// Adam ε.
     pub eps: f64,
-    /// Fraction of all steps spent in linear warmup.
+    /// Fraction of all steps spent in linear warmup (see `warmup_steps`).
     pub warmup_fraction: f64,
+    /// Warmup steps, if given (instead of `warmup_fraction`).
+    pub warmup_steps: Option<u64>,
     /// Schedule after warmup.
     pub schedule: Schedule,
     /// Clip the global gradient norm to this value (`None`: no clipping).
@@ -80,6 +72,7 @@ impl Default for OptimConfig {
             beta2: 0.999,
             eps: 1e-8,
             warmup_fraction: 0.1,
+            warmup_steps: None,
             schedule: Schedule::Cosine,
             grad_clip: None,
         }
@@ -120,6 +113,11 @@ impl OptimConfig {
         if !(0.0..=1.0).contains(&self.warmup_fraction) {
             return Err(Error::invalid("warmup_fraction", self.warmup_fraction, "a value in [0, 1]"));
         }
+        if let Schedule::NanoGpt { min_factor } = self.schedule {
+            if !(0.0..=1.0).contains(&min_factor) {
+                return Err(Error::invalid("schedule min_factor", min_factor, "a value in [0, 1] (min_lr <= lr)"));
+            }
+        }
         Ok(())
     }
 
@@ -134,22 +132,11 @@ impl OptimConfig {
         }
     }
 
-    /// The schedule's multiplier at 0-based `step` of `total` steps: step/warmup during warmup
-    /// (so the very first step has lr 0, as in Hugging Face's schedule the official code uses),
-    /// then ½(1 + cos(π·(step − warmup)/(total − warmup))) (cosine) or 1 (constant).
+    /// The schedule's multiplier at 0-based `step` of `total` steps, with `warmup_steps`, or
+    /// round(`warmup_fraction`·total) steps of warmup ([`Schedule::factor`]).
     pub fn lr_factor(&self, step: u64, total: u64) -> f64 {
-        let warmup = (self.warmup_fraction * total as f64).round() as u64;
-        if step < warmup {
-            return step as f64 / warmup as f64;
-        }
-        match self.schedule {
-            Schedule::Constant => 1.0,
-            Schedule::Cosine => {
-                let span = total.saturating_sub(warmup).max(1);
-                let progress = ((step - warmup) as f64 / span as f64).min(1.0);
-                0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-            }
-        }
+        let warmup = self.warmup_steps.unwrap_or_else(|| (self.warmup_fraction * total as f64).round() as u64);
+        self.schedule.factor(step, warmup, total)
     }
 }
 
@@ -191,11 +178,7 @@ impl<M: Parameters> AdamW<M> {
     /// at schedule position `self.step` of `total_steps`.
     pub fn step(&mut self, model: &mut M, grads: &mut M, total_steps: u64) -> StepInfo {
         let c = &self.config;
-        let grad_norm = super::grad::squared_norm(grads).sqrt();
-        let clip = match c.grad_clip {
-            Some(mx) if grad_norm > mx => mx / (grad_norm + 1e-6),
-            _ => 1.0,
-        };
+        let grad_norm = clip_grad_norm(grads, c.grad_clip);
         let factor = c.lr_factor(self.step, total_steps);
         self.step += 1;
         let t = self.step as i32;
@@ -211,10 +194,8 @@ impl<M: Parameters> AdamW<M> {
             let (lr, wd) = c.group_settings(p.group);
             let lr = lr * factor;
             let decay = of(1.0 - lr * wd);
-            let clip = of(clip);
             for i in 0..p.values.len() {
-                let gi = g.values[i] * clip;
-                g.values[i] = gi;
+                let gi = g.values[i];
                 m.values[i] = b1 * m.values[i] + (one - b1) * gi;
                 v.values[i] = b2 * v.values[i] + (one - b2) * gi * gi;
                 let mhat = m.values[i].as_f64() / bc1;

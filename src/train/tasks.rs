@@ -18,7 +18,7 @@
 //! ```
 
 use super::optim::OptimConfig;
-use super::trainer::{Arch, TrainConfig};
+use super::supervised::{Arch, TrainConfig};
 use crate::data::{self, SplitSizes, TaskData};
 use crate::error::{Error, Result};
 use crate::layer::{DtTransform, S4LayerConfig};

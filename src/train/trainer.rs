@@ -1,366 +1,137 @@
-//! The training loop: minibatches, data parallelism, evaluation, metrics, curves, checkpoints,
-//! exact resume and a stop on non-finite values, for both architectures ([`Arch`]): the S4 model
-//! ([`S4Model`], `TrainConfig::model`) and the transformer encoder classifier, the LRA baseline
-//! ([`TransformerClassifier`], `TrainConfig::transformer`). One loop trains either, through the
-//! small [`TrainModel`] trait (a batch's forward/backward and evaluation loss, checkpoint save and
-//! load) and [`Parameters`] (tensors by name and optimizer group, for AdamW, the optimizer state and
-//! the non-finite checks).
+//! The one training loop, generic over a [`Job`]: minibatch steps with AdamW, data parallelism
+//! inside each step, a progress bar (plain lines when stderr is not a terminal), evaluation and a
+//! metrics record per round, learning curves, checkpoints after every round, exact resume,
+//! extension of a finished run, and a stop on non-finite values. Three jobs run on it: the
+//! long-range tasks ([`supervised`](super::supervised), `s4 train`), the transformer language
+//! model ([`lm`](super::lm), `s4 train-lm`) and the distillation of an S4 draft
+//! ([`distill`](crate::speculative::distill), `s4 distill`).
 //!
 //! # Output folder
 //! ```text
-//! OUT/config.json        the TrainConfig, the task name and the split sizes
-//! OUT/metrics.jsonl      one JSON object per epoch (EpochMetrics)
+//! OUT/config.json        the job's settings (what the numbers depend on)
+//! OUT/metrics.jsonl      one JSON object per round (the job's metrics: an epoch, or an evaluation interval)
 //! OUT/curves.png         learning curves
-//! OUT/checkpoint/        the last completed epoch: config.json + model.safetensors (a model folder:
-//!                        "format" s4-model, which `s4 run` also loads, or transformer-classifier;
-//!                        `s4 eval` loads both), optimizer.safetensors, state.json
+//! OUT/checkpoint/        the last completed round: the model folder (config.json + model.safetensors),
+//!                        optimizer.safetensors (both AdamW moments and the step) and state.json
 //! ```
 //!
-//! # Determinism
-//! Epoch e visits the training set in an order drawn from (seed, e) (token sequences are bucketed by
-//! length within pools of 50 batches, to cut padding); the dropout stream of step s is drawn from
-//! (seed, s) (S4; the transformer baseline trains without dropout). Every parallel reduction
-//! (weight gradients over the batch) sums per-sequence parts in sequence order, so the result does
-//! not depend on the number of threads.
-//! A checkpoint holds the weights, the BatchNorm statistics (S4), both AdamW moments and the step,
-//! so a run resumed from epoch e continues exactly as the uninterrupted run did.
-//!
-//! ```
-//! use s4::data::{adding, SplitSizes};
-//! use s4::train::trainer::checkpoint_dir;
-//! use s4::train::{preset, train, RunOptions};
-//! let task = adding::generate(&adding::Config { len: 32 }, &SplitSizes::new(32, 8, 8), 0)?;
-//! let mut cfg = preset("tiny")?;
-//! cfg.epochs = 2;
-//! let out = std::env::temp_dir().join(format!("s4-doc-trainer-{}", std::process::id()));
-//! # std::fs::remove_dir_all(&out).ok();
-//! // one epoch, interrupted, then resumed: the same metrics as an uninterrupted run
-//! train(&task, &cfg, &out, &RunOptions { stop_after: Some(1), ..Default::default() })?;
-//! assert!(checkpoint_dir(&out).is_some());
-//! let resumed = train(&task, &cfg, &out, &RunOptions { resume: true, ..Default::default() })?;
-//! let whole_dir = out.with_extension("whole");
-//! # std::fs::remove_dir_all(&whole_dir).ok();
-//! let whole = train(&task, &cfg, &whole_dir, &RunOptions::default())?;
-//! assert_eq!(resumed.metrics.len(), 2);
-//! assert_eq!(resumed.metrics[1].test_loss, whole.metrics[1].test_loss);
-//! // a folder with a run in it is not overwritten
-//! assert!(train(&task, &cfg, &out, &RunOptions::default()).is_err());
-//! # std::fs::remove_dir_all(&out).ok();
-//! # std::fs::remove_dir_all(&whole_dir).ok();
-//! # Ok::<(), s4::Error>(())
-//! ```
+//! # Determinism and resume
+//! A job draws the batches of a round from (seed, round) or (seed, step), never from a stream
+//! that runs across rounds, so a run resumed after round r continues exactly as the uninterrupted
+//! run did: the checkpoint holds the weights (and BatchNorm statistics), both moments and the
+//! step. A resume refuses a changed job (its [`Job::settings`] differ) and a changed length unless
+//! it is an extension ([`RunOptions::extend`]): then the learning-rate schedule keeps the length of
+//! the original run, the extra rounds continue at its final rate, and `state.json` records the
+//! extension. Every parallel reduction sums per-sequence parts in sequence order, so nothing
+//! depends on the number of threads.
 
-use super::grad::{evaluate_loss, first_non_finite, forward_backward, LossStats, Parameters, Target, TrainOptions};
 use super::optim::{AdamW, OptimConfig};
-use crate::data::{batch_features, batch_tokens, Split, Targets, TaskData};
 use crate::error::{Error, Result};
 use crate::io::{read_json, write_atomic, write_json};
-use crate::model::checkpoint;
-use crate::model::{Input, S4Model, S4ModelConfig};
-use crate::plot::{write_png, Panel, Series};
-use crate::transformer::classifier::FORMAT as TRANSFORMER_FORMAT;
-use crate::transformer::{TransformerClassifier, TransformerClassifierConfig};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use crate::model::LossStats;
+use crate::nn::params::{first_non_finite, Parameters, Trainable};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// The architecture a run trains.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-pub enum Arch {
-    /// The S4 model of [`TrainConfig::model`] (`"s4"`).
-    #[default]
-    S4,
-    /// The transformer encoder classifier of [`TrainConfig::transformer`], the LRA baseline
-    /// (`"transformer"`).
-    Transformer,
-}
+/// What one training job is: its model type, its batches, its loss, its evaluation.
+pub trait Job: Sync {
+    /// The trained model.
+    type Model: Trainable;
+    /// One step's data.
+    type Batch: Send;
+    /// One round's record (a line of `metrics.jsonl`).
+    type Metrics: Clone + std::fmt::Debug + Send + serde::Serialize + serde::de::DeserializeOwned;
 
-impl Arch {
-    /// The name on the command line and in JSON: `s4` or `transformer`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::S4 => "s4",
-            Arch::Transformer => "transformer",
-        }
-    }
-}
+    /// Rounds of the run (epochs, or evaluation intervals).
+    fn rounds(&self) -> usize;
 
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Arch {
-    type Err = Error;
-
-    /// Parses `s4` or `transformer`.
+    /// The batches of 1-based `round`, drawn from the job's seed and the round alone (so a resume
+    /// replays them exactly); `first_step` is the global 0-based step of the first one.
     ///
     /// # Errors
-    /// Any other name (the message names it and the accepted ones).
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "s4" => Ok(Arch::S4),
-            "transformer" => Ok(Arch::Transformer),
-            _ => Err(Error::invalid("arch", s, "s4 or transformer")),
-        }
-    }
-}
+    /// Data that do not fit the model.
+    fn batches(&self, round: usize, first_step: u64) -> Result<Vec<Self::Batch>>;
 
-/// Everything that defines a training run (plain struct, serde, `Default`; missing keys take the
-/// default values, so a config.json written before `arch` existed loads as an S4 run).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct TrainConfig {
-    /// Which model to train: [`Arch::S4`] (`model`) or [`Arch::Transformer`] (`transformer`).
-    pub arch: Arch,
-    /// The S4 model (input and output sizes are set from the task by [`for_task`](Self::for_task)).
-    pub model: S4ModelConfig,
-    /// The transformer baseline (input and output sizes and the number of positions are set from
-    /// the task by [`for_task`](Self::for_task)).
-    pub transformer: TransformerClassifierConfig,
-    /// The optimizer.
-    pub optim: OptimConfig,
-    /// Passes over the training split.
-    pub epochs: usize,
-    /// Sequences per step.
-    pub batch_size: usize,
-    /// Seed of the initialization, the data order and dropout.
-    pub seed: u64,
-}
+    /// Optimizer steps in 1-based `round` (the length of [`batches`](Self::batches)).
+    fn steps_in_round(&self, round: usize) -> u64;
 
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            arch: Arch::S4,
-            model: S4ModelConfig::default(),
-            transformer: TransformerClassifierConfig::default(),
-            optim: OptimConfig::default(),
-            epochs: 10,
-            batch_size: 32,
-            seed: 0,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// The configuration with both models' encoders (vocabulary or d_input), output sizes and seeds
-    /// set from the task, and the transformer's `max_len` set to the task's longest sequence (over
-    /// all splits), as the S4 model ties its kernel length to it.
-    pub fn for_task(mut self, task: &TaskData) -> Self {
-        self.model.vocab_size = task.vocab_size;
-        self.model.d_input = task.d_input;
-        self.model.d_output = task.d_output;
-        self.model.seed = self.seed;
-        let t = &mut self.transformer;
-        t.vocab_size = task.vocab_size;
-        t.d_input = task.d_input;
-        t.d_output = task.d_output;
-        t.seed = self.seed;
-        t.max_len = longest(task);
-        self
-    }
-
-    /// Checks the configuration of the chosen architecture, the optimizer and the sizes.
+    /// The training loss statistics and the gradients (a model of the same shape) of one batch at
+    /// 0-based global `step`.
     ///
     /// # Errors
-    /// The first invalid value, by name.
-    pub fn validate(&self) -> Result<()> {
-        match self.arch {
-            Arch::S4 => self.model.validate()?,
-            Arch::Transformer => self.transformer.validate()?,
-        }
-        self.optim.validate()?;
-        if self.epochs == 0 {
-            return Err(Error::invalid("epochs", 0, "at least 1"));
-        }
-        if self.batch_size == 0 {
-            return Err(Error::invalid("batch_size", 0, "at least 1"));
-        }
-        Ok(())
+    /// Inputs the model refuses, or non-finite activations.
+    fn train_step(&self, model: &mut Self::Model, batch: &Self::Batch, step: u64) -> Result<(LossStats, Self::Model)>;
+
+    /// The record of a finished round: the training statistics the loop measured and the job's
+    /// evaluation of `model`.
+    ///
+    /// # Errors
+    /// Evaluation failures.
+    fn round_metrics(&self, model: &Self::Model, round: usize, training: &RoundTraining) -> Result<Self::Metrics>;
+
+    /// The run's settings, written to `OUT/config.json` when the run starts.
+    fn settings(&self) -> serde_json::Value;
+
+    /// What a resume must not change, as a JSON object (the length of the run excluded): kept in
+    /// the checkpoint and compared field by field.
+    fn resume_key(&self) -> serde_json::Value;
+
+    /// Checks a checkpoint's model against the job (its configuration), on resume.
+    ///
+    /// # Errors
+    /// A model the job would not have built.
+    fn check_model(&self, model: &Self::Model) -> Result<()>;
+
+    /// The model this job trains, in a refusal to resume from another kind of checkpoint (e.g.
+    /// `--arch s4`).
+    fn model_description(&self) -> String {
+        self.name().to_string()
     }
+
+    /// What a round is called (`epoch`, `round`): `state.json` counts `{name}s_done`.
+    fn round_name(&self) -> &str {
+        "round"
+    }
+
+    /// The progress-bar message after `count` training predictions of the round with mean loss
+    /// `loss` and `correct` arg-max hits, in `seconds`.
+    fn progress_message(&self, stats: &LossStats, seconds: f64) -> String {
+        format!("loss {:.4} {:.0}/s", stats.loss, stats.count as f64 / seconds.max(1e-9))
+    }
+
+    /// One line summarizing a round's record (printed when progress is shown).
+    fn describe(&self, metrics: &Self::Metrics) -> String;
+
+    /// Draws the learning curves of `metrics` into `path` (PNG).
+    ///
+    /// # Errors
+    /// A failure to write the file.
+    fn plot(&self, path: &Path, metrics: &[Self::Metrics]) -> Result<()>;
+
+    /// The name of the job in errors (e.g. `training`).
+    fn name(&self) -> &str;
 }
 
-/// The longest sequence of a task over all splits (at least 1).
-fn longest(task: &TaskData) -> usize {
-    [&task.train, &task.val, &task.test].iter().map(|s| s.max_len()).max().unwrap_or(1).max(1)
-}
-
-/// What the training loop needs of a model, beyond its [`Parameters`]: implemented by
-/// [`S4Model<f32>`] and [`TransformerClassifier<f32>`], so that one loop ([`train`]) trains either.
-pub trait TrainModel: Parameters<Scalar = f32> + std::fmt::Debug + Send + Sync {
-    /// The `"format"` of the model folder in a checkpoint.
-    const FORMAT: &'static str;
-
-    /// A fresh model for `cfg` (as [`TrainConfig::for_task`] returns it) on a task whose longest
-    /// sequence has `max_len` positions.
-    ///
-    /// # Errors
-    /// An invalid configuration.
-    fn build(cfg: &TrainConfig, max_len: usize) -> Result<Self>;
-
-    /// Whether the model has `cfg`'s configuration of its architecture (checked on resume).
-    fn matches(&self, cfg: &TrainConfig) -> bool;
-
-    /// Training-mode forward, loss and backward of one batch: the loss statistics and the
-    /// gradients (a model of the same shape).
-    ///
-    /// # Errors
-    /// Inputs, lengths or targets that do not fit the model.
-    fn train_batch(
-        &mut self,
-        input: Input<f32>,
-        lengths: Option<&[usize]>,
-        target: Target,
-        opts: TrainOptions,
-    ) -> Result<(LossStats, Self)>;
-
-    /// Evaluation-mode loss statistics of one batch.
-    ///
-    /// # Errors
-    /// As [`train_batch`](Self::train_batch).
-    fn eval_batch(&self, input: Input<f32>, lengths: Option<&[usize]>, target: Target) -> Result<LossStats>;
-
-    /// Writes the model folder (`config.json` + `model.safetensors`) into `dir`.
-    ///
-    /// # Errors
-    /// I/O errors.
-    fn save_model(&self, dir: &Path) -> Result<()>;
-
-    /// Reads what [`save_model`](Self::save_model) wrote.
-    ///
-    /// # Errors
-    /// Missing or invalid files.
-    fn load_model(dir: &Path) -> Result<Self>;
-}
-
-impl TrainModel for S4Model<f32> {
-    const FORMAT: &'static str = "s4-model";
-
-    /// [`S4ModelConfig::build`], with every DPLR layer's C̃ tied to `max_len`.
-    fn build(cfg: &TrainConfig, max_len: usize) -> Result<Self> {
-        let mut model = cfg.model.build()?;
-        model.set_kernel_length(max_len)?;
-        Ok(model)
-    }
-
-    fn matches(&self, cfg: &TrainConfig) -> bool {
-        self.config() == &cfg.model
-    }
-
-    fn train_batch(
-        &mut self,
-        input: Input<f32>,
-        lengths: Option<&[usize]>,
-        target: Target,
-        opts: TrainOptions,
-    ) -> Result<(LossStats, Self)> {
-        forward_backward(self, input, lengths, target, opts)
-    }
-
-    fn eval_batch(&self, input: Input<f32>, lengths: Option<&[usize]>, target: Target) -> Result<LossStats> {
-        evaluate_loss(self, input, lengths, target)
-    }
-
-    fn save_model(&self, dir: &Path) -> Result<()> {
-        checkpoint::save(self, dir)
-    }
-
-    fn load_model(dir: &Path) -> Result<Self> {
-        checkpoint::load(dir)
-    }
-}
-
-impl TrainModel for TransformerClassifier<f32> {
-    const FORMAT: &'static str = TRANSFORMER_FORMAT;
-
-    /// [`TransformerClassifier::new`] of `cfg.transformer` (whose `max_len` [`TrainConfig::for_task`]
-    /// set).
-    fn build(cfg: &TrainConfig, _max_len: usize) -> Result<Self> {
-        TransformerClassifier::new(cfg.transformer.clone())
-    }
-
-    fn matches(&self, cfg: &TrainConfig) -> bool {
-        self.config() == &cfg.transformer
-    }
-
-    /// [`TransformerClassifier::forward_backward`] (no dropout: `opts` is not used).
-    fn train_batch(
-        &mut self,
-        input: Input<f32>,
-        lengths: Option<&[usize]>,
-        target: Target,
-        _opts: TrainOptions,
-    ) -> Result<(LossStats, Self)> {
-        self.forward_backward(input, lengths, target)
-    }
-
-    fn eval_batch(&self, input: Input<f32>, lengths: Option<&[usize]>, target: Target) -> Result<LossStats> {
-        self.evaluate_loss(input, lengths, target)
-    }
-
-    fn save_model(&self, dir: &Path) -> Result<()> {
-        self.save(dir)
-    }
-
-    fn load_model(dir: &Path) -> Result<Self> {
-        TransformerClassifier::load(dir)
-    }
-}
-
-/// A trained model of either architecture.
-#[derive(Clone, Debug)]
-pub enum TrainedModel {
-    /// [`Arch::S4`].
-    S4(S4Model<f32>),
-    /// [`Arch::Transformer`].
-    Transformer(TransformerClassifier<f32>),
-}
-
-impl TrainedModel {
-    /// The architecture.
-    pub fn arch(&self) -> Arch {
-        match self {
-            TrainedModel::S4(_) => Arch::S4,
-            TrainedModel::Transformer(_) => Arch::Transformer,
-        }
-    }
-
-    /// Loads a model folder of either architecture (a checkpoint folder of [`train`]), by the
-    /// `"format"` of its `config.json`.
-    ///
-    /// # Errors
-    /// Missing or invalid files, or an unknown format.
-    pub fn load(dir: &Path) -> Result<Self> {
-        let format = read_json::<serde_json::Value>(&dir.join(checkpoint::CONFIG_FILE))?
-            .get("format")
-            .and_then(|f| f.as_str())
-            .map(str::to_string);
-        match format.as_deref() {
-            Some(<S4Model<f32> as TrainModel>::FORMAT) => Ok(TrainedModel::S4(checkpoint::load(dir)?)),
-            Some(TRANSFORMER_FORMAT) => Ok(TrainedModel::Transformer(TransformerClassifier::load(dir)?)),
-            other => Err(Error::format(
-                dir.join(checkpoint::CONFIG_FILE),
-                format!("unknown format {other:?}: expected s4-model or {TRANSFORMER_FORMAT}"),
-            )),
-        }
-    }
-
-    /// [`evaluate`] with the model.
-    ///
-    /// # Errors
-    /// As [`evaluate`].
-    pub fn evaluate(&self, split: &Split, batch_size: usize) -> Result<(f64, Option<f64>)> {
-        match self {
-            TrainedModel::S4(m) => evaluate(m, split, batch_size),
-            TrainedModel::Transformer(m) => evaluate(m, split, batch_size),
-        }
-    }
+/// What the loop measured over one round, handed to [`Job::round_metrics`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundTraining {
+    /// Optimizer steps so far (all rounds).
+    pub step: u64,
+    /// Mean training loss over the round's predictions.
+    pub train_loss: f64,
+    /// Correct arg-max predictions over the round (classification).
+    pub correct: usize,
+    /// Predictions of the round (sequences or positions).
+    pub count: usize,
+    /// Learning-rate multiplier at the end of the round.
+    pub lr_factor: f64,
+    /// Mean global gradient norm (before clipping).
+    pub grad_norm: f64,
+    /// Wall time of the round's training steps, in seconds.
+    pub train_seconds: f64,
 }
 
 /// How to run (not part of the result: any thread count gives the same numbers).
@@ -368,120 +139,281 @@ impl TrainedModel {
 pub struct RunOptions {
     /// Worker threads (`None`: all cores).
     pub threads: Option<usize>,
-    /// Show a progress bar on stderr.
+    /// Show progress on stderr (a bar on a terminal, a line at least every 30 s otherwise).
     pub progress: bool,
     /// Continue from `OUT/checkpoint` if it exists.
     pub resume: bool,
-    /// Stop after this many epochs in this invocation (the schedule still spans `epochs`); for
-    /// interrupting and resuming.
+    /// Stop after this many rounds in this invocation (the schedule still spans the whole run);
+    /// for interrupting and resuming.
     pub stop_after: Option<usize>,
+    /// With `resume`: the job may be longer than the checkpoint's run (more epochs or steps); the
+    /// schedule keeps the original length and the extension is recorded in `state.json`.
+    pub extend: bool,
 }
 
-/// Metrics of one epoch (a line of `metrics.jsonl`).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EpochMetrics {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Optimizer steps so far.
-    pub step: u64,
-    /// Mean training loss over the epoch's steps.
-    pub train_loss: f64,
-    /// Training accuracy (classification), during the epoch.
-    pub train_acc: Option<f64>,
-    /// Validation loss (evaluation mode).
-    pub val_loss: f64,
-    /// Validation accuracy.
-    pub val_acc: Option<f64>,
-    /// Test loss.
-    pub test_loss: f64,
-    /// Test accuracy.
-    pub test_acc: Option<f64>,
-    /// Learning-rate multiplier at the end of the epoch.
-    pub lr_factor: f64,
-    /// Mean global gradient norm (before clipping).
-    pub grad_norm: f64,
-    /// Wall time of the epoch's training steps, in seconds.
-    pub train_seconds: f64,
-    /// Training throughput.
-    pub sequences_per_second: f64,
-}
-
-/// Saved with each checkpoint.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// Saved with each checkpoint as `state.json` (`rounds_done` under the job's name for a round,
+/// e.g. `epochs_done`).
+#[derive(Clone, Debug, PartialEq)]
 struct State {
-    epochs_done: usize,
+    rounds_done: usize,
     step: u64,
-    /// What the schedule and the data order depend on (a resume must not change them).
-    epochs: usize,
-    batch_size: usize,
-    train_sequences: usize,
+    /// The length of the learning-rate schedule, in steps (the original run's).
+    schedule_steps: u64,
+    /// Each extension: (steps before, steps after).
+    extensions: Vec<(u64, u64)>,
+    /// What a resume must not change ([`Job::resume_key`]).
+    key: serde_json::Value,
+}
+
+impl State {
+    fn to_json(&self, round_name: &str) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert(format!("{round_name}s_done"), self.rounds_done.into());
+        m.insert("step".into(), self.step.into());
+        m.insert("schedule_steps".into(), self.schedule_steps.into());
+        m.insert("extensions".into(), serde_json::json!(self.extensions));
+        m.insert("run".into(), self.key.clone());
+        serde_json::Value::Object(m)
+    }
+
+    fn from_json(v: &serde_json::Value, round_name: &str, path: &Path) -> Result<State> {
+        let bad = |what: &str| Error::format(path, format!("no valid {what:?}"));
+        let num = |k: &str| v.get(k).and_then(|x| x.as_u64()).ok_or_else(|| bad(k));
+        let done = format!("{round_name}s_done");
+        Ok(State {
+            rounds_done: num(&done)? as usize,
+            step: num("step")?,
+            schedule_steps: num("schedule_steps")?,
+            extensions: serde_json::from_value(v.get("extensions").cloned().unwrap_or_default())
+                .map_err(|_| bad("extensions"))?,
+            key: v.get("run").cloned().ok_or_else(|| bad("run"))?,
+        })
+    }
 }
 
 const CHECKPOINT: &str = "checkpoint";
 const METRICS: &str = "metrics.jsonl";
+const CURVES: &str = "curves.png";
 
-/// The batch's model input, lengths and targets.
-struct Batch {
-    tokens: Option<ndarray::Array2<u32>>,
-    features: Option<ndarray::Array3<f32>>,
-    lengths: Option<Vec<usize>>,
-    classes: Vec<u32>,
-    values: Vec<f32>,
+/// The checkpoint folder to resume from: `checkpoint`, or, if a swap was cut short, the complete
+/// `checkpoint.tmp` (its `state.json` is written last) or else `checkpoint.old`.
+pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
+    [CHECKPOINT, "checkpoint.tmp", "checkpoint.old"].iter().map(|n| out.join(n)).find(|p| p.join("state.json").exists())
 }
 
-impl Batch {
-    fn new(split: &Split, idx: &[usize]) -> Result<Batch> {
-        let (tokens, features, lengths) = match &split.inputs {
-            crate::data::Inputs::Tokens(_) => {
-                let (t, l) = batch_tokens(split, idx, None)?;
-                let full = l.iter().all(|&n| n == t.ncols());
-                (Some(t), None, (!full).then_some(l))
-            }
-            crate::data::Inputs::Features { .. } => (None, Some(batch_features(split, idx)?), None),
-        };
-        let (classes, values) = match &split.targets {
-            Targets::Classes(c) => (idx.iter().map(|&i| c[i]).collect(), Vec::new()),
-            Targets::Values(v) => (Vec::new(), idx.iter().map(|&i| v[i]).collect()),
-        };
-        Ok(Batch { tokens, features, lengths, classes, values })
-    }
-
-    fn input(&self) -> Input<'_, f32> {
-        match (&self.tokens, &self.features) {
-            (Some(t), _) => Input::Tokens(t.view()),
-            (_, Some(f)) => Input::Features(f.view()),
-            _ => unreachable!("a batch has tokens or features"),
-        }
-    }
-
-    fn target(&self) -> Target<'_> {
-        if self.values.is_empty() {
-            Target::Classes(&self.classes)
-        } else {
-            Target::Values(&self.values)
-        }
-    }
-}
-
-/// Evaluation-mode loss and accuracy of `model` (either architecture) over a whole split, in
-/// batches of `batch_size`: (mean loss, accuracy for classification).
+/// Trains `model` (or, on resume, the checkpoint's model) on `job` with AdamW over `optim`,
+/// writing the run into `out` if given (see the module docs; without `out` nothing is written and
+/// nothing can be resumed). Returns every round's metrics (including those before a resume) and the
+/// trained model.
 ///
 /// # Errors
-/// Invalid inputs (see [`S4Model::forward`], [`TransformerClassifier::forward`]).
-pub fn evaluate<M: TrainModel>(model: &M, split: &Split, batch_size: usize) -> Result<(f64, Option<f64>)> {
-    let mut total = LossStats::default();
-    let mut loss_sum = 0.0;
-    let idx: Vec<usize> = (0..split.len()).collect();
-    for chunk in idx.chunks(batch_size.max(1)) {
-        let b = Batch::new(split, chunk)?;
-        let s = model.eval_batch(b.input(), b.lengths.as_deref(), b.target())?;
-        loss_sum += s.loss * s.count as f64;
-        total.correct += s.correct;
-        total.count += s.count;
+/// An invalid `optim`, I/O errors, a folder holding another run (without `resume`), a checkpoint
+/// of another job, model or length (see [`RunOptions::extend`]), an unbuildable thread pool, or a
+/// non-finite loss, gradient or weight (the message names the step and the first bad tensor; the
+/// last checkpoint is kept).
+pub fn run<J: Job>(
+    job: &J,
+    model: J::Model,
+    optim: &OptimConfig,
+    out: Option<&Path>,
+    opts: &RunOptions,
+) -> Result<(Vec<J::Metrics>, J::Model)> {
+    optim.validate()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.unwrap_or(0))
+        .build()
+        .map_err(|e| Error::invalid("threads", format!("{:?}", opts.threads), format!("a buildable pool ({e})")))?;
+    pool.install(|| run_in_pool(job, model, optim, out, opts))
+}
+
+fn run_in_pool<J: Job>(
+    job: &J,
+    model: J::Model,
+    optim: &OptimConfig,
+    out: Option<&Path>,
+    opts: &RunOptions,
+) -> Result<(Vec<J::Metrics>, J::Model)> {
+    let total_steps: u64 = (1..=job.rounds()).map(|r| job.steps_in_round(r)).sum();
+    let fresh =
+        State { rounds_done: 0, step: 0, schedule_steps: total_steps, extensions: Vec::new(), key: job.resume_key() };
+    let (mut model, mut opt, mut state, mut metrics) = match out {
+        None => (model.clone(), AdamW::new(&model, optim.clone())?, fresh, Vec::new()),
+        Some(out) => {
+            std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+            let previous = checkpoint_dir(out);
+            if !opts.resume && (previous.is_some() || out.join(METRICS).exists()) {
+                return Err(Error::invalid(
+                    "--out",
+                    out.display(),
+                    "a folder without a previous run (continue it with --resume, or choose another folder)",
+                ));
+            }
+            match previous.filter(|_| opts.resume) {
+                Some(dir) => resume::<J>(job, out, &dir, optim, total_steps, opts.extend)?,
+                None => {
+                    write_json(&out.join("config.json"), &job.settings())?;
+                    (model.clone(), AdamW::new(&model, optim.clone())?, fresh, Vec::new())
+                }
+            }
+        }
+    };
+    let last_round = opts.stop_after.map_or(job.rounds(), |s| (state.rounds_done + s).min(job.rounds()));
+    let progress = Progress::new(opts.progress);
+    while state.rounds_done < last_round {
+        let round = state.rounds_done + 1;
+        let batches = job.batches(round, state.step)?;
+        let mut bar = progress.bar(batches.len() as u64, &format!("{} {round}/{}", job.round_name(), job.rounds()));
+        let t0 = Instant::now();
+        let mut seen = LossStats::default();
+        let (mut loss_sum, mut gn_sum, mut lr_factor) = (0.0, 0.0, 0.0);
+        for batch in &batches {
+            let (stats, mut grads) = job.train_step(&mut model, batch, state.step).map_err(|e| match e {
+                // finite weights, non-finite activations: overflow inside the network
+                Error::InvalidArgument { .. } if e.to_string().contains("non-finite") => {
+                    let (name, v) = largest_weight(&mut model);
+                    non_finite(job, out, state.step + 1, &format!("{e} (largest weight {name} = {v:e})"))
+                }
+                e => e,
+            })?;
+            if !stats.loss.is_finite() {
+                let culprit = first_non_finite(&mut grads)
+                    .map(|g| format!("first non-finite gradient {g}"))
+                    .or_else(|| first_non_finite(&mut model).map(|p| format!("first non-finite weight {p}")))
+                    .unwrap_or_else(|| "weights and gradients finite".into());
+                return Err(non_finite(job, out, state.step + 1, &format!("loss {} ({culprit})", stats.loss)));
+            }
+            if let Some(g) = first_non_finite(&mut grads) {
+                return Err(non_finite(job, out, state.step + 1, &format!("non-finite gradient {g}")));
+            }
+            let info = opt.step(&mut model, &mut grads, state.schedule_steps);
+            if let Some(p) = first_non_finite(&mut model) {
+                return Err(non_finite(job, out, state.step + 1, &format!("non-finite weight {p} after the update")));
+            }
+            state.step += 1;
+            lr_factor = info.lr_factor;
+            loss_sum += stats.loss * stats.count as f64;
+            seen.correct += stats.correct;
+            seen.count += stats.count;
+            gn_sum += info.grad_norm;
+            seen.loss = loss_sum / seen.count.max(1) as f64;
+            bar.tick(&job.progress_message(&seen, t0.elapsed().as_secs_f64()));
+        }
+        bar.finish();
+        let training = RoundTraining {
+            step: state.step,
+            train_loss: seen.loss,
+            correct: seen.correct,
+            count: seen.count,
+            lr_factor,
+            grad_norm: gn_sum / batches.len().max(1) as f64,
+            train_seconds: t0.elapsed().as_secs_f64(),
+        };
+        let m = job.round_metrics(&model, round, &training)?;
+        if opts.progress {
+            eprintln!("{} {round}: {}", job.round_name(), job.describe(&m));
+        }
+        metrics.push(m);
+        state.rounds_done = round;
+        if let Some(out) = out {
+            // metrics first: a crash between the two leaves an extra line that resume truncates
+            write_metrics(out, &metrics)?;
+            save_checkpoint(out, &model, &mut opt, &state.to_json(job.round_name()))?;
+            job.plot(&out.join(CURVES), &metrics)?;
+        }
     }
-    let n = total.count.max(1) as f64;
-    let acc = matches!(split.targets, Targets::Classes(_)).then(|| total.correct as f64 / n);
-    Ok((loss_sum / n, acc))
+    Ok((metrics, model))
+}
+
+/// The model, optimizer, state and metrics of the checkpoint in `dir`, checked against `job`.
+#[allow(clippy::type_complexity)]
+fn resume<J: Job>(
+    job: &J,
+    out: &Path,
+    dir: &Path,
+    optim: &OptimConfig,
+    total_steps: u64,
+    extend: bool,
+) -> Result<(J::Model, AdamW<J::Model>, State, Vec<J::Metrics>)> {
+    // an s4 folder's "format", or a Hugging Face folder's "model_type"
+    let folder: serde_json::Value = read_json(&dir.join("config.json"))?;
+    let format = folder.get("format").or_else(|| folder.get("model_type")).and_then(|f| f.as_str()).map(str::to_string);
+    if format.as_deref() != Some(J::Model::FORMAT) {
+        return Err(Error::invalid(
+            "resume",
+            format!("a checkpoint in {} of format {}", dir.display(), format.unwrap_or_default()),
+            format!(
+                "a {} checkpoint for {} (use a new --out to start over)",
+                J::Model::FORMAT,
+                job.model_description()
+            ),
+        ));
+    }
+    let spath = dir.join("state.json");
+    let mut state = State::from_json(&read_json(&spath)?, job.round_name(), &spath)?;
+    let key = job.resume_key();
+    if state.key != key {
+        let fields = |v: &serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        let (old, new) = (fields(&state.key), fields(&key));
+        let changed: Vec<String> = old
+            .iter()
+            .filter(|(k, v)| new.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k} {v} -> {}", new.get(k).map_or("none".to_string(), |n| n.to_string())))
+            .collect();
+        return Err(Error::invalid(
+            "resume",
+            format!("the run in {} with other settings ({})", out.display(), changed.join(", ")),
+            "the checkpoint's settings (the schedule and the data order depend on them; use a new --out to start over)",
+        ));
+    }
+    let model = J::Model::load_folder(dir)?;
+    job.check_model(&model)?;
+    let mut opt = AdamW::new(&model, optim.clone())?;
+    load_optimizer(&mut opt, &dir.join("optimizer.safetensors"))?;
+    let run_steps = state.extensions.last().map_or(state.schedule_steps, |e| e.1);
+    if total_steps != run_steps {
+        if !(extend && total_steps > run_steps) {
+            return Err(Error::invalid(
+                "resume",
+                format!("a run of {total_steps} steps"),
+                format!(
+                    "the checkpoint's run length of {run_steps} steps (the schedule depends on it; a longer run \
+                     continues it only with --extend)"
+                ),
+            ));
+        }
+        state.extensions.push((run_steps, total_steps));
+    }
+    let mut metrics = read_metrics::<J::Metrics>(out)?;
+    if metrics.len() < state.rounds_done {
+        return Err(Error::format(
+            out.join(METRICS),
+            format!("{} rounds of metrics, the checkpoint has {}", metrics.len(), state.rounds_done),
+        ));
+    }
+    metrics.truncate(state.rounds_done);
+    Ok((model, opt, state, metrics))
+}
+
+/// The trainable entry of largest magnitude, as ("name[index]", value).
+fn largest_weight<M: Parameters<Scalar = f32>>(model: &mut M) -> (String, f32) {
+    let mut best = (String::new(), 0.0f32);
+    for t in model.parameters_mut() {
+        for (i, v) in t.values.iter().enumerate() {
+            if v.abs() > best.1.abs() {
+                best = (format!("{}[{i}]", t.name), *v);
+            }
+        }
+    }
+    best
+}
+
+fn non_finite<J: Job>(job: &J, out: Option<&Path>, step: u64, what: &str) -> Error {
+    let kept = match out.and_then(checkpoint_dir) {
+        Some(d) => format!("; the last good checkpoint is kept in {}", d.display()),
+        None if out.is_some() => "; no checkpoint yet".to_string(),
+        None => String::new(),
+    };
+    Error::numerical(job.name(), format!("stopped at step {step}: {what}{kept}"))
 }
 
 /// Writes the AdamW moments and the step into `path` (safetensors, atomically).
@@ -543,15 +475,15 @@ fn load_optimizer<M: Parameters<Scalar = f32>>(opt: &mut AdamW<M>, path: &Path) 
     Ok(())
 }
 
-/// Writes the checkpoint folder for a completed epoch: into `checkpoint.tmp`, then swapped in by
+/// Writes the checkpoint folder for a completed round: into `checkpoint.tmp`, then swapped in by
 /// renames, so `OUT/checkpoint` is always a complete checkpoint (the previous one survives any
 /// interruption).
-fn save_checkpoint<M: TrainModel>(out: &Path, model: &M, opt: &mut AdamW<M>, state: &State) -> Result<()> {
+fn save_checkpoint<M: Trainable>(out: &Path, model: &M, opt: &mut AdamW<M>, state: &serde_json::Value) -> Result<()> {
     let tmp = out.join("checkpoint.tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    model.save_model(&tmp)?;
+    model.save_folder(&tmp)?;
     save_optimizer(opt, &tmp.join("optimizer.safetensors"))?;
     write_json(&tmp.join("state.json"), state)?;
     let dst = out.join(CHECKPOINT);
@@ -571,13 +503,11 @@ fn save_checkpoint<M: TrainModel>(out: &Path, model: &M, opt: &mut AdamW<M>, sta
     Ok(())
 }
 
-/// The checkpoint folder to resume from: `checkpoint`, or, if a swap was cut short, the complete
-/// `checkpoint.tmp` (its `state.json` is written last) or else `checkpoint.old`.
-pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
-    [CHECKPOINT, "checkpoint.tmp", "checkpoint.old"].iter().map(|n| out.join(n)).find(|p| p.join("state.json").exists())
-}
-
-fn read_metrics(out: &Path) -> Result<Vec<EpochMetrics>> {
+/// The records of `OUT/metrics.jsonl` (none if the file does not exist).
+///
+/// # Errors
+/// An unreadable file or a line that is not a record of `M`.
+pub fn read_metrics<M: serde::de::DeserializeOwned>(out: &Path) -> Result<Vec<M>> {
     let path = out.join(METRICS);
     if !path.exists() {
         return Ok(Vec::new());
@@ -590,7 +520,7 @@ fn read_metrics(out: &Path) -> Result<Vec<EpochMetrics>> {
         .collect()
 }
 
-fn write_metrics(out: &Path, metrics: &[EpochMetrics]) -> Result<()> {
+fn write_metrics<M: serde::Serialize>(out: &Path, metrics: &[M]) -> Result<()> {
     let mut text = String::new();
     for m in metrics {
         text.push_str(&serde_json::to_string(m).expect("serializes"));
@@ -599,300 +529,90 @@ fn write_metrics(out: &Path, metrics: &[EpochMetrics]) -> Result<()> {
     write_atomic(&out.join(METRICS), text.as_bytes())
 }
 
-/// The learning-curve figure: losses, then accuracies (classification).
-pub fn plot_curves(path: &Path, metrics: &[EpochMetrics], title: &str) -> Result<()> {
-    let pts = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
-        metrics.iter().filter_map(|m| f(m).map(|v| (m.epoch as f64, v))).collect()
-    };
-    let mut panels = vec![Panel {
-        title: format!("{title}: loss"),
-        x_label: "epoch".into(),
-        y_label: "loss".into(),
-        series: vec![
-            Series { label: "train".into(), points: pts(&|m| Some(m.train_loss)) },
-            Series { label: "validation".into(), points: pts(&|m| Some(m.val_loss)) },
-            Series { label: "test".into(), points: pts(&|m| Some(m.test_loss)) },
-        ],
-    }];
-    if metrics.iter().any(|m| m.val_acc.is_some()) {
-        panels.push(Panel {
-            title: format!("{title}: accuracy"),
-            x_label: "epoch".into(),
-            y_label: "accuracy".into(),
-            series: vec![
-                Series { label: "train".into(), points: pts(&|m| m.train_acc) },
-                Series { label: "validation".into(), points: pts(&|m| m.val_acc) },
-                Series { label: "test".into(), points: pts(&|m| m.test_acc) },
-            ],
-        });
+/// Progress on stderr: an indicatif bar on a terminal; otherwise a plain line at most every 30 s
+/// (and at the end), so logs of long runs show that they advance.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    show: bool,
+    terminal: bool,
+}
+
+impl Progress {
+    /// Progress shown if `show`, as a bar if stderr is a terminal.
+    pub fn new(show: bool) -> Self {
+        Progress { show, terminal: std::io::stderr().is_terminal() }
     }
-    write_png(path, &panels, 900, 320)
-}
 
-/// The result of [`train`].
-#[derive(Clone, Debug)]
-pub struct TrainReport {
-    /// Metrics of every epoch so far (including those before a resume).
-    pub metrics: Vec<EpochMetrics>,
-    /// The trained model (of the configuration's architecture).
-    pub model: TrainedModel,
-}
-
-/// Trains the model of `cfg.arch` (S4 or the transformer baseline) on `task` as `cfg` says, writing
-/// into `out` (see the module docs).
-///
-/// # Errors
-/// An invalid configuration, data that does not fit it, I/O errors, a checkpoint of another
-/// architecture or whose model configuration differs from `cfg` when resuming, or a non-finite
-/// loss, gradient or weight
-/// (the message names the step and the first bad tensor; the last checkpoint is kept).
-pub fn train(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<TrainReport> {
-    let cfg = cfg.clone().for_task(task);
-    cfg.validate()?;
-    task.validate()?;
-    if task.train.is_empty() {
-        return Err(Error::invalid(format!("{} train split", task.name), "empty", "at least one sequence"));
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads.unwrap_or(0))
-        .build()
-        .map_err(|e| Error::invalid("threads", format!("{:?}", opts.threads), format!("a buildable pool ({e})")))?;
-    pool.install(|| train_in_pool(task, &cfg, out, opts))
-}
-
-fn train_in_pool(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<TrainReport> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let previous = checkpoint_dir(out);
-    if !opts.resume && (previous.is_some() || out.join(METRICS).exists()) {
-        return Err(Error::invalid(
-            "--out",
-            out.display(),
-            "a folder without a previous run (continue it with --resume, or choose another folder)",
-        ));
-    }
-    let previous = previous.filter(|_| opts.resume);
-    Ok(match cfg.arch {
-        Arch::S4 => {
-            let (metrics, m) = run::<S4Model<f32>>(task, cfg, out, opts, previous)?;
-            TrainReport { metrics, model: TrainedModel::S4(m) }
-        }
-        Arch::Transformer => {
-            let (metrics, m) = run::<TransformerClassifier<f32>>(task, cfg, out, opts, previous)?;
-            TrainReport { metrics, model: TrainedModel::Transformer(m) }
-        }
-    })
-}
-
-/// The training loop of one architecture, from scratch or from the checkpoint in `previous`.
-fn run<M: TrainModel>(
-    task: &TaskData,
-    cfg: &TrainConfig,
-    out: &Path,
-    opts: &RunOptions,
-    previous: Option<PathBuf>,
-) -> Result<(Vec<EpochMetrics>, M)> {
-    let expected = |epochs_done, step| State {
-        epochs_done,
-        step,
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        train_sequences: task.train.len(),
-    };
-    let (mut model, mut opt, mut state, mut metrics) = match previous {
-        Some(dir) => {
-            let format = read_json::<serde_json::Value>(&dir.join(checkpoint::CONFIG_FILE))?
-                .get("format")
-                .and_then(|f| f.as_str())
-                .map(str::to_string);
-            if format.as_deref() != Some(M::FORMAT) {
-                return Err(Error::invalid(
-                    "resume",
-                    format!("a checkpoint in {} of format {}", dir.display(), format.unwrap_or_default()),
-                    format!("a {} checkpoint for --arch {} (use a new --out to start over)", M::FORMAT, cfg.arch),
-                ));
-            }
-            let model = M::load_model(&dir)?;
-            if !model.matches(cfg) {
-                return Err(Error::invalid(
-                    "resume",
-                    format!("a checkpoint in {} with a different model configuration", dir.display()),
-                    "the same model configuration (use a new --out to start over)",
-                ));
-            }
-            let mut opt = AdamW::new(&model, cfg.optim.clone())?;
-            load_optimizer(&mut opt, &dir.join("optimizer.safetensors"))?;
-            let sp = dir.join("state.json");
-            let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-            let state: State = serde_json::from_str(&text).map_err(|e| Error::format(&sp, e.to_string()))?;
-            if state != expected(state.epochs_done, state.step) {
-                return Err(Error::invalid(
-                    "resume",
-                    format!(
-                        "{} epochs, batch {}, {} training sequences",
-                        state.epochs, state.batch_size, state.train_sequences
-                    ),
-                    format!(
-                        "the checkpoint's run (now {} epochs, batch {}, {} sequences; the schedule and data order depend on them)",
-                        cfg.epochs,
-                        cfg.batch_size,
-                        task.train.len()
-                    ),
-                ));
-            }
-            let mut metrics = read_metrics(out)?;
-            if metrics.len() < state.epochs_done {
-                return Err(Error::format(
-                    out.join(METRICS),
-                    format!("{} epochs of metrics, the checkpoint has {}", metrics.len(), state.epochs_done),
-                ));
-            }
-            metrics.truncate(state.epochs_done);
-            (model, opt, state, metrics)
-        }
-        None => {
-            let model = M::build(cfg, longest(task))?;
-            let opt = AdamW::new(&model, cfg.optim.clone())?;
-            (model, opt, expected(0, 0), Vec::new())
-        }
-    };
-    // the split sizes let `s4 eval` regenerate the same test split by default
-    let run_json = serde_json::json!({"task": task.name, "train": cfg,
-        "splits": {"train": task.train.len(), "val": task.val.len(), "test": task.test.len()}});
-    write_json(&out.join("config.json"), &run_json)?;
-    let n = task.train.len();
-    let steps_per_epoch = n.div_ceil(cfg.batch_size) as u64;
-    let total_steps = steps_per_epoch * cfg.epochs as u64;
-    let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| (state.epochs_done + s).min(cfg.epochs));
-    let eval_batch = (2 * cfg.batch_size).max(16);
-    while state.epochs_done < last_epoch {
-        let epoch = state.epochs_done + 1;
-        let batches = epoch_batches(&task.train, cfg.batch_size, cfg.seed, epoch);
-        let bar = progress_bar(opts.progress, steps_per_epoch, &format!("epoch {epoch}/{}", cfg.epochs));
-        let t0 = Instant::now();
-        let (mut loss_sum, mut correct, mut count, mut gn_sum) = (0.0, 0usize, 0usize, 0.0);
-        let mut lr_factor = 0.0;
-        for chunk in &batches {
-            let batch = Batch::new(&task.train, chunk)?;
-            let topts = TrainOptions {
-                dropout_seed: Some(splitmix64(cfg.seed ^ splitmix64(state.step))),
-                update_running_stats: true,
-            };
-            let (stats, mut grads) = model
-                .train_batch(batch.input(), batch.lengths.as_deref(), batch.target(), topts)
-                .map_err(|e| match e {
-                    // finite weights, non-finite activations: overflow inside the network
-                    Error::InvalidArgument { .. } if e.to_string().contains("non-finite") => {
-                        let (name, v) = largest_weight(&mut model);
-                        non_finite(out, state.step + 1, &format!("{e} (largest weight {name} = {v:e})"))
-                    }
-                    e => e,
-                })?;
-            if !stats.loss.is_finite() {
-                let culprit = first_non_finite(&mut grads)
-                    .map(|g| format!("first non-finite gradient {g}"))
-                    .or_else(|| first_non_finite(&mut model).map(|p| format!("first non-finite weight {p}")))
-                    .unwrap_or_else(|| "weights and gradients finite".into());
-                return Err(non_finite(out, state.step + 1, &format!("loss {} ({culprit})", stats.loss)));
-            }
-            if let Some(g) = first_non_finite(&mut grads) {
-                return Err(non_finite(out, state.step + 1, &format!("non-finite gradient {g}")));
-            }
-            let info = opt.step(&mut model, &mut grads, total_steps);
-            if let Some(p) = first_non_finite(&mut model) {
-                return Err(non_finite(out, state.step + 1, &format!("non-finite weight {p} after the update")));
-            }
-            state.step += 1;
-            lr_factor = info.lr_factor;
-            loss_sum += stats.loss * stats.count as f64;
-            correct += stats.correct;
-            count += stats.count;
-            gn_sum += info.grad_norm;
-            let secs = t0.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "loss {:.4}{} {:.0} seq/s",
-                loss_sum / count as f64,
-                if task.regression { String::new() } else { format!(" acc {:.3}", correct as f64 / count as f64) },
-                count as f64 / secs
-            ));
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let train_seconds = t0.elapsed().as_secs_f64();
-        let (val_loss, val_acc) = evaluate(&model, &task.val, eval_batch)?;
-        let (test_loss, test_acc) = evaluate(&model, &task.test, eval_batch)?;
-        let steps = steps_per_epoch as f64;
-        let m = EpochMetrics {
-            epoch,
-            step: state.step,
-            train_loss: loss_sum / count.max(1) as f64,
-            train_acc: (!task.regression).then(|| correct as f64 / count.max(1) as f64),
-            val_loss,
-            val_acc,
-            test_loss,
-            test_acc,
-            lr_factor,
-            grad_norm: gn_sum / steps,
-            train_seconds,
-            sequences_per_second: count as f64 / train_seconds.max(1e-9),
+    /// A bar (or line reporter) over `len` units, labelled `prefix`.
+    pub fn bar(&self, len: u64, prefix: &str) -> ProgressBar {
+        let bar = if self.show && self.terminal {
+            let b = indicatif::ProgressBar::new(len);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(prefix.to_string());
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
         };
-        if opts.progress {
-            let acc = |a: Option<f64>| a.map_or(String::new(), |a| format!(" acc {a:.4}"));
+        ProgressBar {
+            bar,
+            lines: self.show && !self.terminal,
+            prefix: prefix.to_string(),
+            len,
+            pos: 0,
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
+    }
+}
+
+/// One progress bar of [`Progress`].
+#[derive(Debug)]
+pub struct ProgressBar {
+    bar: indicatif::ProgressBar,
+    lines: bool,
+    prefix: String,
+    len: u64,
+    pos: u64,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl ProgressBar {
+    /// One unit done; `message` describes the state.
+    pub fn tick(&mut self, message: &str) {
+        self.pos += 1;
+        self.bar.set_message(message.to_string());
+        self.bar.inc(1);
+        if self.lines && (self.last_line.elapsed() >= Duration::from_secs(30) || self.pos == self.len) {
+            self.last_line = Instant::now();
             eprintln!(
-                "epoch {epoch}: train loss {:.4}{} | val loss {:.4}{} | test loss {:.4}{} | {:.1} s",
-                m.train_loss,
-                acc(m.train_acc),
-                m.val_loss,
-                acc(m.val_acc),
-                m.test_loss,
-                acc(m.test_acc),
-                train_seconds
+                "{} {}/{} {message} ({:.0} s)",
+                self.prefix,
+                self.pos,
+                self.len,
+                self.started.elapsed().as_secs_f64()
             );
         }
-        metrics.push(m);
-        state.epochs_done = epoch;
-        // metrics first: a crash between the two leaves an extra line that resume truncates
-        write_metrics(out, &metrics)?;
-        save_checkpoint(out, &model, &mut opt, &state)?;
-        plot_curves(&out.join("curves.png"), &metrics, &task.name)?;
     }
-    Ok((metrics, model))
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
-/// The trainable entry of largest magnitude, as ("name[index]", value).
-fn largest_weight<M: Parameters<Scalar = f32>>(model: &mut M) -> (String, f32) {
-    let mut best = (String::new(), 0.0f32);
-    for t in model.parameters_mut() {
-        for (i, v) in t.values.iter().enumerate() {
-            if v.abs() > best.1.abs() {
-                best = (format!("{}[{i}]", t.name), *v);
-            }
-        }
-    }
-    best
+/// The seed of 0-based `step` of a run seeded with `seed` (SplitMix64's finalizer of both): the
+/// streams of consecutive steps are decorrelated, and a step's stream does not depend on the steps
+/// before it, so a resumed run draws what the uninterrupted one did.
+pub fn step_seed(seed: u64, step: u64) -> u64 {
+    splitmix64(seed ^ splitmix64(step))
 }
 
-/// The batches of one epoch: a permutation drawn from (seed, epoch); for variable-length token
-/// sequences, each pool of 50 batches is sorted by length before it is cut into batches (less
-/// padding), and the batch order is shuffled again.
-fn epoch_batches(split: &Split, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
-    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut order: Vec<usize> = (0..split.len()).collect();
-    order.shuffle(&mut rng);
-    let crate::data::Inputs::Tokens(seqs) = &split.inputs else {
-        return order.chunks(batch_size).map(<[usize]>::to_vec).collect();
-    };
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    for pool in order.chunks(batch_size * 50) {
-        let mut pool = pool.to_vec();
-        pool.sort_by_key(|&i| seqs[i].len());
-        batches.extend(pool.chunks(batch_size).map(<[usize]>::to_vec));
-    }
-    batches.shuffle(&mut rng);
-    batches
-}
-
-/// SplitMix64's finalizer: decorrelates the dropout seeds of consecutive steps (layer i of step
-/// s + 1 must not reuse the stream of another layer of step s).
+/// SplitMix64's finalizer.
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -900,23 +620,8 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn non_finite(out: &Path, step: u64, what: &str) -> Error {
-    let kept = checkpoint_dir(out)
-        .map_or("no checkpoint yet".to_string(), |d| format!("the last good checkpoint is kept in {}", d.display()));
-    Error::numerical("training", format!("stopped at step {step}: {what}; {kept}"))
-}
-
-/// A progress bar (hidden when `show` is false) shared by the training loops.
-pub(crate) fn progress_bar(show: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix.to_string());
-    bar
+/// FNV-1a over `values`, in hex: identifies a corpus or a model's weights in a resume check.
+pub fn fingerprint(values: impl IntoIterator<Item = u64>) -> String {
+    let h = values.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v).wrapping_mul(0x0100_0000_01b3));
+    format!("{h:016x}")
 }

@@ -1,8 +1,9 @@
 //! The key/value cache of incremental decoding.
 
-use super::kernels::{attend_cached, PAR_WORK};
+use super::attention::attend_cached;
 use super::maybe_par_map;
 use crate::error::{Error, Result};
+use crate::nn::linear::PAR_WORK;
 use crate::scalar::Real;
 use ndarray::{s, Array2, Array4, ArrayView2, ArrayView4};
 

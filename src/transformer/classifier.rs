@@ -47,7 +47,7 @@
 //! ```
 //! use ndarray::array;
 //! use s4::model::Input;
-//! use s4::train::grad::Target;
+//! use s4::model::Target;
 //! use s4::transformer::{TransformerClassifier, TransformerClassifierConfig};
 //!
 //! let cfg = TransformerClassifierConfig {
@@ -76,16 +76,18 @@
 //! # Ok::<(), s4::Error>(())
 //! ```
 
-use super::grad::{self, AttentionMask, BlockActs, BlockSpec, LayerNormCache};
+use super::grad::{self, AttentionMask, BlockActs, BlockSpec};
 use super::{Activation, Block, LayerNorm, Linear};
 use crate::error::{Error, Result};
 use crate::io::read_json;
 use crate::io::tensors::{load_named, save_named, CONFIG_FILE};
+use crate::model::loss::{check_lengths, check_target, LossStats, Target};
 use crate::model::{Encoder, Input, Pooling};
+use crate::nn::linear::{linear, linear_backward};
+use crate::nn::loss::{cross_entropy_sum, mse};
+use crate::nn::norm::{layer_norm_backward, layer_norm_forward, LayerNormCache};
+use crate::nn::params::{ParamGroup, Parameters, TensorMut, Trainable};
 use crate::scalar::Real;
-use crate::train::grad::model::{check_lengths, check_target};
-use crate::train::grad::ops::{cross_entropy, mse};
-use crate::train::grad::{LossStats, ParamGroup, Parameters, Target, TensorMut};
 use ndarray::{s, Array1, Array2, ArrayViewD, ArrayViewMutD, Axis};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
@@ -427,7 +429,7 @@ impl<T: Real> TransformerClassifier<T> {
             }
             (Encoder::Linear { w, b: bias }, Input::Features(u)) => {
                 let rows = u.index_axis(Axis(0), b).t().as_standard_layout().into_owned();
-                let mut x = grad::linear_forward(rows.view(), w.t(), bias.view());
+                let mut x = linear(rows.view(), w.t(), bias.view());
                 x += &self.wpe.slice(s![..rows.nrows(), ..]);
                 (x, Some(rows))
             }
@@ -436,7 +438,7 @@ impl<T: Real> TransformerClassifier<T> {
         let lens = [n];
         let sp = self.spec(&lens);
         let acts: Vec<BlockActs<T>> = self.blocks.iter().map(|blk| grad::block_forward(blk, &mut x, sp)).collect();
-        let (hf, hf_cache) = grad::layer_norm_forward(x.view(), self.ln_f.weight.view(), self.ln_f.bias.view(), sp.eps);
+        let (hf, hf_cache) = layer_norm_forward(x.view(), self.ln_f.weight.view(), self.ln_f.bias.view(), sp.eps);
         let pooled = match self.config.pooling {
             Pooling::Last => hf.slice(s![n - 1..n, ..]).to_owned(),
             _ => {
@@ -447,14 +449,14 @@ impl<T: Real> TransformerClassifier<T> {
                 (sum / T::of(n as f64)).insert_axis(Axis(0))
             }
         };
-        let logits = grad::linear_forward(pooled.view(), self.head.weight.view(), self.head.bias.view());
+        let logits = linear(pooled.view(), self.head.weight.view(), self.head.bias.view());
         (logits, Tape { rows, acts, hf_cache, pooled })
     }
 
     /// Backward of [`forward_one`](Self::forward_one) from dlogits (1, d_output): every gradient.
     fn backward_one(&self, input: Input<T>, b: usize, n: usize, tape: &Tape<T>, dlogits: Array2<T>) -> Self {
         let mut g = self.zeros_like();
-        let (dpooled, dw, db) = grad::linear_backward(tape.pooled.view(), self.head.weight.view(), dlogits.view());
+        let (dpooled, dw, db) = linear_backward(tape.pooled.view(), self.head.weight.view(), dlogits.view());
         (g.head.weight, g.head.bias) = (dw, db);
         let mut dhf = Array2::<T>::zeros(tape.hf_cache.xhat.dim());
         match self.config.pooling {
@@ -464,7 +466,7 @@ impl<T: Real> TransformerClassifier<T> {
                 dhf.slice_mut(s![..n, ..]).rows_mut().into_iter().for_each(|mut r| r.assign(&share));
             }
         }
-        let (mut dx, dw, db) = grad::layer_norm_backward(&tape.hf_cache, self.ln_f.weight.view(), dhf.view());
+        let (mut dx, dw, db) = layer_norm_backward(&tape.hf_cache, self.ln_f.weight.view(), dhf.view());
         (g.ln_f.weight, g.ln_f.bias) = (dw, db);
         let lens = [n];
         let sp = self.spec(&lens);
@@ -478,7 +480,7 @@ impl<T: Real> TransformerClassifier<T> {
             }
             (Encoder::Linear { w, .. }, _, Encoder::Linear { w: gw, b: gbias }) => {
                 let rows = tape.rows.as_ref().expect("the linear encoder keeps its input rows");
-                let (_, dw, db) = grad::linear_backward(rows.view(), w.t(), dx.view());
+                let (_, dw, db) = linear_backward(rows.view(), w.t(), dx.view());
                 gw.assign(&dw.t());
                 *gbias = db;
                 g.wpe.slice_mut(s![..dx.nrows(), ..]).assign(&dx);
@@ -622,7 +624,7 @@ impl<T: Real> TransformerClassifier<T> {
 /// is the class). `target` was checked.
 fn sequence_loss<T: Real>(logits: Array2<T>, target: Target, i: usize) -> (f64, Array2<T>, usize) {
     match target {
-        Target::Classes(y) => cross_entropy(logits.view(), &y[i..i + 1]),
+        Target::Classes(y) => cross_entropy_sum(logits.view(), ndarray::ArrayView1::from(&y[i..i + 1]), 1.0),
         Target::Values(y) => {
             let (loss, g) = mse(logits.column(0), &y[i..i + 1]);
             (loss, g.insert_axis(Axis(1)), 0)
@@ -630,6 +632,18 @@ fn sequence_loss<T: Real>(logits: Array2<T>, target: Target, i: usize) -> (f64, 
         Target::Tokens(_) | Target::Distill { .. } => {
             unreachable!("check_target: a classifier takes one target per sequence")
         }
+    }
+}
+
+impl Trainable for TransformerClassifier<f32> {
+    const FORMAT: &'static str = FORMAT;
+
+    fn save_folder(&self, dir: &Path) -> Result<()> {
+        self.save(dir)
+    }
+
+    fn load_folder(dir: &Path) -> Result<Self> {
+        Self::load(dir)
     }
 }
 

@@ -37,12 +37,16 @@
 //! # Ok::<(), s4::Error>(())
 //! ```
 
-use super::kernels::{self, attend_row, axpy, col_sums, dot, PAR_WORK};
+use super::attention::attend_row;
 use super::{maybe_par_map, Activation, Block, Gpt, IGNORE};
 use crate::error::{Error, Result};
+use crate::nn::linear::{linear, linear_backward, lm_head, PAR_WORK};
+use crate::nn::loss::{check_probs, cross_entropy_sum, kl_sum};
+use crate::nn::norm::{layer_norm_backward, layer_norm_forward, LayerNormCache};
+use crate::nn::simd::{axpy, dot};
 use crate::scalar::Real;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, Axis};
+use ndarray::{s, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, Axis};
 use rayon::prelude::*;
 
 /// Token plus position embedding (HF `GPT2Model.forward`: `inputs_embeds + position_embeds`):
@@ -89,101 +93,16 @@ pub fn embedding_backward<T: Real>(
     (gwte, gwpe)
 }
 
-/// What LayerNorm's backward needs: x̂ = (x − μ)·rstd (N, C) and rstd = 1/√(σ² + ε) per row (N,).
-#[derive(Clone, Debug)]
-pub struct LayerNormCache<T> {
-    /// The normalized input.
-    pub xhat: Array2<T>,
-    /// 1/√(σ² + ε) per row.
-    pub rstd: Array1<T>,
-}
-
-/// LayerNorm over the C features of each row (`torch.nn.LayerNorm`): y = x̂·w + b,
-/// x̂ = (x − μ)/√(σ² + ε) with the biased variance. x (N, C) → (y (N, C), cache).
-pub fn layer_norm_forward<T: Real>(
-    x: ArrayView2<T>,
-    w: ArrayView1<T>,
-    b: ArrayView1<T>,
-    eps: f64,
-) -> (Array2<T>, LayerNormCache<T>) {
-    let x = x.as_standard_layout();
-    let (n, c) = x.dim();
-    let (w, b) = (w.to_vec(), b.to_vec());
-    let mut y = Array2::<T>::zeros((n, c));
-    let mut xhat = Array2::<T>::zeros((n, c));
-    let mut rstd = Array1::<T>::zeros(n);
-    let c1 = c.max(1);
-    let rows = x.as_slice().expect("standard layout").chunks_exact(c1);
-    let yrows = y.as_slice_mut().expect("standard layout").chunks_exact_mut(c1);
-    let hrows = xhat.as_slice_mut().expect("standard layout").chunks_exact_mut(c1);
-    for (((xr, yr), hr), r) in rows.zip(yrows).zip(hrows).zip(rstd.iter_mut()) {
-        *r = kernels::layer_norm_row(xr, &w, &b, T::of(eps), yr, Some(hr));
-    }
-    (y, LayerNormCache { xhat, rstd })
-}
-
-/// Backward of [`layer_norm_forward`]: with ĝ = dy·w per row,
-/// dx = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))·rstd; dw = Σ_rows dy·x̂, db = Σ_rows dy.
-/// Returns (dx (N, C), dw (C,), db (C,)).
-pub fn layer_norm_backward<T: Real>(
-    cache: &LayerNormCache<T>,
-    w: ArrayView1<T>,
-    dy: ArrayView2<T>,
-) -> (Array2<T>, Array1<T>, Array1<T>) {
-    let (n, c) = dy.dim();
-    let cn = T::of(c as f64);
-    let mut dx = Array2::<T>::zeros((n, c));
-    let mut dw = Array1::<T>::zeros(c);
-    let mut db = Array1::<T>::zeros(c);
-    let mut g = vec![T::zero(); c];
-    for r in 0..n {
-        let (xh, gy, rs) = (cache.xhat.row(r), dy.row(r), cache.rstd[r]);
-        let (mut m1, mut m2) = (T::zero(), T::zero());
-        for j in 0..c {
-            g[j] = gy[j] * w[j];
-            m1 += g[j];
-            m2 += g[j] * xh[j];
-            dw[j] += gy[j] * xh[j];
-            db[j] += gy[j];
-        }
-        let (m1, m2) = (m1 / cn, m2 / cn);
-        let mut dxr = dx.row_mut(r);
-        for j in 0..c {
-            dxr[j] = (g[j] - m1 - xh[j] * m2) * rs;
-        }
-    }
-    (dx, dw, db)
-}
-
-/// A `Conv1D` layer (HF `pytorch_utils.Conv1D`): y = x·W + b. x (N, in), W (in, out), b (out,) →
-/// (N, out).
-pub fn linear_forward<T: Real>(x: ArrayView2<T>, w: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
-    kernels::linear(x, w, b)
-}
-
-/// Backward of [`linear_forward`]: dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ_rows dy. Returns (dx, dW, db).
-pub fn linear_backward<T: Real>(
-    x: ArrayView2<T>,
-    w: ArrayView2<T>,
-    dy: ArrayView2<T>,
-) -> (Array2<T>, Array2<T>, Array1<T>) {
-    let mut dx = Array2::<T>::zeros((dy.nrows(), w.nrows()));
-    general_mat_mul(T::one(), &dy, &w.t(), T::zero(), &mut dx);
-    let mut dw = Array2::<T>::zeros(w.dim());
-    general_mat_mul(T::one(), &x.t(), &dy, T::zero(), &mut dw);
-    (dx, dw, col_sums(dy))
-}
-
 /// The MLP activation elementwise ([`Activation`]): `gelu_new` =
 /// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (HF `NewGELUActivation`), or exact `gelu` = x·Φ(x).
 pub fn activation_forward<T: Real>(x: ArrayView2<T>, act: Activation) -> Array2<T> {
-    x.mapv(|v| kernels::activation(v, act))
+    x.mapv(|v| act.apply(v))
 }
 
 /// Backward of [`activation_forward`]: dx = dy·act′(x).
 pub fn activation_backward<T: Real>(x: ArrayView2<T>, dy: ArrayView2<T>, act: Activation) -> Array2<T> {
     let mut dx = dy.to_owned();
-    dx.zip_mut_with(&x, |g, &v| *g *= kernels::activation_grad(v, act));
+    dx.zip_mut_with(&x, |g, &v| *g *= act.grad(v));
     dx
 }
 
@@ -433,7 +352,7 @@ pub fn attention_backward_masked<T: Real>(
 /// The tied LM head (HF `GPT2LMHeadModel.lm_head`, weight = `wte`, no bias): logits = x·wteᵀ.
 /// x (N, C), wte (V, C) → (N, V).
 pub fn lm_head_forward<T: Real>(x: ArrayView2<T>, wte: ArrayView2<T>) -> Array2<T> {
-    kernels::lm_head(x, wte)
+    lm_head(x, wte)
 }
 
 /// Backward of [`lm_head_forward`]: dx = dlogits·wte, dwte = dlogitsᵀ·x. Returns (dx, dwte).
@@ -447,72 +366,6 @@ pub fn lm_head_backward<T: Real>(
     let mut dw = Array2::<T>::zeros(wte.dim());
     general_mat_mul(T::one(), &dlogits.t(), &x, T::zero(), &mut dw);
     (dx, dw)
-}
-
-/// log Σ_k exp(l_k) of one row, in f64, and the row's softmax written into `q`.
-fn log_softmax_row<T: Real>(row: ArrayView1<T>, q: &mut [f64]) -> f64 {
-    let mx = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.as_f64()));
-    let mut z = 0.0;
-    for (qk, &v) in q.iter_mut().zip(row) {
-        *qk = (v.as_f64() - mx).exp();
-        z += *qk;
-    }
-    for qk in q.iter_mut() {
-        *qk /= z;
-    }
-    mx + z.ln()
-}
-
-/// Row-wise softmax of logits (N, V) (computed in f64, with the maximum subtracted).
-pub fn softmax<T: Real>(logits: ArrayView2<T>) -> Array2<T> {
-    let mut out = Array2::<T>::zeros(logits.dim());
-    let mut q = vec![0.0; logits.ncols()];
-    for (row, mut o) in logits.outer_iter().zip(out.outer_iter_mut()) {
-        log_softmax_row(row, &mut q);
-        o.iter_mut().zip(&q).for_each(|(o, &v)| *o = T::of(v));
-    }
-    out
-}
-
-/// Σ over rows with a target of −log softmax(l)_y, and its gradient (softmax − onehot)·`weight`
-/// (zero rows for [`IGNORE`]d targets).
-fn ce_rows<T: Real>(logits: ArrayView2<T>, targets: ArrayView1<u32>, weight: f64) -> (f64, Array2<T>) {
-    let mut g = Array2::<T>::zeros(logits.dim());
-    let mut q = vec![0.0; logits.ncols()];
-    let mut loss = 0.0;
-    for ((row, mut gr), &y) in logits.outer_iter().zip(g.outer_iter_mut()).zip(targets) {
-        if y == IGNORE {
-            continue;
-        }
-        let lse = log_softmax_row(row, &mut q);
-        loss += lse - row[y as usize].as_f64();
-        q[y as usize] -= 1.0;
-        gr.iter_mut().zip(&q).for_each(|(g, &v)| *g = T::of(v * weight));
-    }
-    (loss, g)
-}
-
-/// Σ over rows with a teacher (probability mass s = Σ_k p_k > 0) of KL(p ‖ softmax(l)) =
-/// Σ_k p_k(ln p_k − ln q_k), and its gradient (s·q − p)·`weight` (q − p for a normalized teacher).
-fn kl_rows<T: Real>(logits: ArrayView2<T>, probs: ArrayView2<T>, weight: f64) -> (f64, Array2<T>) {
-    let mut g = Array2::<T>::zeros(logits.dim());
-    let mut q = vec![0.0; logits.ncols()];
-    let mut loss = 0.0;
-    for ((row, pr), mut gr) in logits.outer_iter().zip(probs.outer_iter()).zip(g.outer_iter_mut()) {
-        let mass: f64 = pr.iter().map(|v| v.as_f64()).sum();
-        if mass == 0.0 {
-            continue;
-        }
-        let lse = log_softmax_row(row, &mut q);
-        for k in 0..q.len() {
-            let p = pr[k].as_f64();
-            if p > 0.0 {
-                loss += p * (p.ln() - (row[k].as_f64() - lse));
-            }
-            gr[k] = T::of((mass * q[k] - p) * weight);
-        }
-    }
-    (loss, g)
 }
 
 /// Checks targets against the vocabulary (ids < V or [`IGNORE`]); returns how many are not ignored.
@@ -534,87 +387,13 @@ fn check_targets(targets: ArrayView2<u32>, vocab: usize) -> Result<usize> {
     Ok(count)
 }
 
-/// Checks teacher probabilities: finite, ≥ 0, each row summing to 1 (within 1e-3) or to 0 (no
-/// teacher at that position); returns the number of rows with a teacher.
-fn check_probs<T: Real>(probs: ArrayView2<T>) -> Result<usize> {
-    let mut count = 0;
-    for (r, row) in probs.outer_iter().enumerate() {
-        if let Some(k) = row.iter().position(|v| !(v.is_finite() && *v >= T::zero())) {
-            return Err(Error::invalid(
-                format!("teacher probability at (row {r}, token {k})"),
-                row[k],
-                "a finite value >= 0",
-            ));
-        }
-        let mass: f64 = row.iter().map(|v| v.as_f64()).sum();
-        if mass == 0.0 {
-            continue;
-        }
-        if (mass - 1.0).abs() > 1e-3 {
-            return Err(Error::invalid(
-                format!("teacher probabilities of row {r} (sum)"),
-                mass,
-                "1 (a distribution), or 0 to skip the position",
-            ));
-        }
-        count += 1;
-    }
-    Ok(count)
-}
-
-/// Softmax cross-entropy, mean over the rows whose target is not [`IGNORE`] (PyTorch's
-/// `F.cross_entropy(..., ignore_index)`): logits (N, V), targets (N,). Returns the loss and its
-/// gradient (softmax − onehot)/count (zero rows where ignored).
-///
-/// # Errors
-/// Mismatched lengths, a target ≥ V, or every target ignored.
-pub fn cross_entropy<T: Real>(logits: ArrayView2<T>, targets: ArrayView1<u32>) -> Result<(f64, Array2<T>)> {
-    if targets.len() != logits.nrows() {
-        return Err(Error::shape(
-            "targets",
-            format!("(N,) = ({},) (one per logits row)", logits.nrows()),
-            targets.shape(),
-        ));
-    }
-    let count = check_targets(targets.insert_axis(Axis(0)), logits.ncols())?;
-    if count == 0 {
-        return Err(Error::invalid("targets", "all ignored", "at least one target that is not u32::MAX"));
-    }
-    let (loss, g) = ce_rows(logits, targets, 1.0 / count as f64);
-    Ok((loss / count as f64, g))
-}
-
-/// The soft-target (distillation) loss KL(teacher ‖ student) = Σ_k p_k(ln p_k − ln softmax(l)_k),
-/// mean over the rows that have a teacher (rows of `teacher_probs` summing to 0 are skipped):
-/// logits (N, V), teacher_probs (N, V). The gradient is (softmax(l) − p)/count (Hinton et al.
-/// 2015, at temperature 1). Equals the soft cross-entropy −Σ p ln q minus the teacher's entropy.
-///
-/// # Errors
-/// Mismatched shapes, a negative or non-finite probability, a row summing to neither 1 (±1e-3)
-/// nor 0, or no row with a teacher.
-pub fn soft_cross_entropy<T: Real>(logits: ArrayView2<T>, teacher_probs: ArrayView2<T>) -> Result<(f64, Array2<T>)> {
-    if teacher_probs.dim() != logits.dim() {
-        return Err(Error::shape(
-            "teacher probabilities",
-            format!("{:?} (the logits' shape)", logits.shape()),
-            teacher_probs.shape(),
-        ));
-    }
-    let count = check_probs(teacher_probs)?;
-    if count == 0 {
-        return Err(Error::invalid("teacher probabilities", "all rows 0", "at least one row that sums to 1"));
-    }
-    let (loss, g) = kl_rows(logits, teacher_probs, 1.0 / count as f64);
-    Ok((loss / count as f64, g))
-}
-
 /// What the language-model loss compares the logits (B, T, V) with.
 #[derive(Clone, Copy, Debug)]
 pub enum LmTarget<'a, T> {
-    /// Next-token ids (B, T) ([`IGNORE`] = no target): the mean [`cross_entropy`].
+    /// Next-token ids (B, T) ([`IGNORE`] = no target): the mean [`cross_entropy`](crate::nn::loss::cross_entropy).
     Tokens(ArrayView2<'a, u32>),
-    /// Distillation: `soft_weight`·(mean [`soft_cross_entropy`] against `probs` (B, T, V)) +
-    /// `hard_weight`·(mean [`cross_entropy`] against `tokens` (B, T), if given).
+    /// Distillation: `soft_weight`·(mean [`kl_divergence`](crate::nn::loss::kl_divergence) against
+    /// `probs` (B, T, V)) + `hard_weight`·(mean cross-entropy against `tokens` (B, T), if given).
     Soft {
         /// Teacher distributions (rows summing to 1, or to 0 to skip a position).
         probs: ArrayView3<'a, T>,
@@ -681,18 +460,18 @@ fn check_lm_target<T: Real>(target: &LmTarget<T>, b: usize, t: usize, v: usize) 
 fn seq_loss<T: Real>(logits: ArrayView2<T>, target: &LmTarget<T>, sc: &Scales, b: usize) -> (f64, Array2<T>) {
     match target {
         LmTarget::Tokens(tok) => {
-            let (l, g) = ce_rows(logits, tok.row(b), sc.hard);
+            let (l, g, _) = cross_entropy_sum(logits, tok.row(b), sc.hard);
             (l * sc.hard, g)
         }
         LmTarget::Soft { probs, tokens, .. } => {
             let (mut loss, mut g) = (0.0, Array2::<T>::zeros(logits.dim()));
             if sc.soft > 0.0 {
-                let (l, gs) = kl_rows(logits, probs.index_axis(Axis(0), b), sc.soft);
+                let (l, gs) = kl_sum(logits, probs.index_axis(Axis(0), b), sc.soft);
                 loss += l * sc.soft;
                 g += &gs;
             }
             if let (Some(tok), true) = (tokens, sc.hard > 0.0) {
-                let (l, gh) = ce_rows(logits, tok.row(b), sc.hard);
+                let (l, gh, _) = cross_entropy_sum(logits, tok.row(b), sc.hard);
                 loss += l * sc.hard;
                 g += &gh;
             }
@@ -730,13 +509,13 @@ pub(crate) struct BlockSpec<'a> {
 /// Returns what [`block_backward`] needs.
 pub(crate) fn block_forward<T: Real>(blk: &Block<T>, x: &mut Array2<T>, sp: BlockSpec) -> BlockActs<T> {
     let (ln1, ln1_cache) = layer_norm_forward(x.view(), blk.ln_1.weight.view(), blk.ln_1.bias.view(), sp.eps);
-    let qkv = linear_forward(ln1.view(), blk.c_attn.weight.view(), blk.c_attn.bias.view());
+    let qkv = linear(ln1.view(), blk.c_attn.weight.view(), blk.c_attn.bias.view());
     let (att, att_cache) = attention_forward_masked(qkv.view(), sp.batch, sp.heads, sp.mask);
-    *x += &linear_forward(att.view(), blk.attn_proj.weight.view(), blk.attn_proj.bias.view());
+    *x += &linear(att.view(), blk.attn_proj.weight.view(), blk.attn_proj.bias.view());
     let (ln2, ln2_cache) = layer_norm_forward(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), sp.eps);
-    let fc = linear_forward(ln2.view(), blk.c_fc.weight.view(), blk.c_fc.bias.view());
+    let fc = linear(ln2.view(), blk.c_fc.weight.view(), blk.c_fc.bias.view());
     let act = activation_forward(fc.view(), sp.act);
-    *x += &linear_forward(act.view(), blk.mlp_proj.weight.view(), blk.mlp_proj.bias.view());
+    *x += &linear(act.view(), blk.mlp_proj.weight.view(), blk.mlp_proj.bias.view());
     BlockActs { ln1, ln1_cache, qkv, att, att_cache, ln2, ln2_cache, fc, act }
 }
 

@@ -80,18 +80,19 @@
 //! ([`grad::AttentionMask`]), learned positions, mean pooling and a classification (or regression)
 //! head, trained by the crate's trainer (`s4 train --arch transformer`).
 
+mod attention;
 mod cache;
-mod kernels;
 mod weights;
 
 pub mod classifier;
 pub mod grad;
-pub mod train;
 
 pub use cache::KvCache;
 pub use classifier::{TransformerClassifier, TransformerClassifierConfig};
 
 use crate::error::{Error, Result};
+use crate::nn::linear::{linear, lm_head, packed_linear, PackedMatrix};
+use crate::nn::params::{ParamGroup, Parameters, TensorMut, Trainable};
 use crate::scalar::Real;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
 use rand::SeedableRng;
@@ -99,9 +100,8 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 use std::path::Path;
 
-/// Token id meaning "no target at this position" in [`grad`] and [`train`] (`u32::MAX`, like
-/// PyTorch's `ignore_index = -100`).
-pub const IGNORE: u32 = u32::MAX;
+pub use crate::nn::loss::IGNORE;
+pub use crate::nn::Activation;
 
 /// Model hyperparameters, serde-compatible with a Hugging Face GPT-2 `config.json` (the keys are
 /// the same; unknown keys are ignored, missing keys take the [`Default`] values).
@@ -229,29 +229,6 @@ impl GptConfig {
     }
 }
 
-/// The MLP activation (Hugging Face `ACT2FN`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu_new` / `gelu_pytorch_tanh`: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
-    GeluTanh,
-    /// `gelu`: x·Φ(x) = 0.5·x·(1 + erf(x/√2)).
-    GeluErf,
-}
-
-impl Activation {
-    /// Parses a Hugging Face `activation_function` name.
-    ///
-    /// # Errors
-    /// Any name other than `gelu_new`, `gelu_pytorch_tanh` and `gelu`.
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
-            "gelu" => Ok(Activation::GeluErf),
-            _ => Err(Error::invalid("activation_function", name, "gelu_new, gelu_pytorch_tanh or gelu")),
-        }
-    }
-}
-
 /// LayerNorm parameters: y = (x − μ)/√(σ² + ε)·weight + bias over the C features of a position.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerNorm<T> {
@@ -314,7 +291,7 @@ const DECODE_ROWS: usize = 96;
 /// `benches/speculative.rs`). Built on the first such pass (a copy of the weights: the model's
 /// memory doubles) and dropped by every method that can change the weights
 /// ([`Gpt::tensors_mut`]); not compared, cloned (a clone rebuilds it) or printed.
-struct DecodeWeights<T>(std::sync::OnceLock<Vec<[kernels::PackedMatrix<T>; 4]>>);
+struct DecodeWeights<T>(std::sync::OnceLock<Vec<[PackedMatrix<T>; 4]>>);
 
 impl<T> Default for DecodeWeights<T> {
     fn default() -> Self {
@@ -625,23 +602,24 @@ impl<T: Real> Gpt<T> {
         let eps = cfg.layer_norm_epsilon;
         let packed = (b * t <= DECODE_ROWS).then(|| self.decode_weights());
         let linear = |x: &Array2<T>, layer: &Linear<T>, l: usize, which: usize| match packed {
-            Some(p) => kernels::packed_linear(x.view(), &p[l][which], layer.bias.view()),
-            None => kernels::linear(x.view(), layer.weight.view(), layer.bias.view()),
+            Some(p) => packed_linear(x.view(), &p[l][which], layer.bias.view()),
+            None => linear(x.view(), layer.weight.view(), layer.bias.view()),
         };
         let mut x = grad::embedding_forward(self.wte.view(), self.wpe.view(), ids, past);
         for (l, blk) in self.blocks.iter().enumerate() {
-            let h = kernels::layer_norm(x.view(), blk.ln_1.weight.view(), blk.ln_1.bias.view(), eps);
+            let h = crate::nn::norm::layer_norm(x.view(), blk.ln_1.weight.view(), blk.ln_1.bias.view(), eps);
             let qkv = linear(&h, &blk.c_attn, l, 0);
             cache.write(l, qkv.view(), t, past);
             let att = cache.attend(l, qkv.view(), t, past);
             x += &linear(&att, &blk.attn_proj, l, 1);
-            let h = kernels::layer_norm(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), eps);
+            let h = crate::nn::norm::layer_norm(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), eps);
             let mut f = linear(&h, &blk.c_fc, l, 2);
-            kernels::activate_in_place(f.view_mut(), self.activation);
+            let act = self.activation;
+            f.mapv_inplace(|v| act.apply(v));
             x += &linear(&f, &blk.mlp_proj, l, 3);
         }
-        let h = kernels::layer_norm(x.view(), self.ln_f.weight.view(), self.ln_f.bias.view(), eps);
-        let logits = kernels::lm_head(h.view(), self.wte.view());
+        let h = crate::nn::norm::layer_norm(x.view(), self.ln_f.weight.view(), self.ln_f.bias.view(), eps);
+        let logits = lm_head(h.view(), self.wte.view());
         if let Some(pos) = logits.rows().into_iter().position(|r| r.iter().any(|v| !v.is_finite())) {
             return Err(Error::numerical(
                 "GPT forward",
@@ -666,13 +644,11 @@ impl<T: Real> Gpt<T> {
     }
 
     /// The packed decoding weights ([`DecodeWeights`]), built on first use.
-    fn decode_weights(&self) -> &[[kernels::PackedMatrix<T>; 4]] {
+    fn decode_weights(&self) -> &[[PackedMatrix<T>; 4]] {
         self.decode.0.get_or_init(|| {
             self.blocks
                 .iter()
-                .map(|b| {
-                    [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj].map(|l| kernels::PackedMatrix::new(l.weight.view()))
-                })
+                .map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj].map(|l| PackedMatrix::new(l.weight.view())))
                 .collect()
         })
     }
@@ -689,6 +665,40 @@ impl<T: Real> Gpt<T> {
         for ((_, mut a), (_, b)) in self.tensors_mut().into_iter().zip(other.tensors()) {
             a += &b;
         }
+    }
+}
+
+/// Gpt's tensors for the optimizer: the 2-D tensors (linear weights and both embeddings, `wte`
+/// being the tied head too) in [`ParamGroup::Decay`], biases and LayerNorm parameters in
+/// [`ParamGroup::NoDecay`] (nanoGPT's `configure_optimizers`).
+impl<T: Real> Parameters for Gpt<T> {
+    type Scalar = T;
+
+    fn parameters_mut(&mut self) -> Vec<TensorMut<'_, T>> {
+        self.tensors_mut()
+            .into_iter()
+            .map(|(name, t)| {
+                let group = if t.ndim() == 2 { ParamGroup::Decay } else { ParamGroup::NoDecay };
+                TensorMut { name, group, values: t.into_slice().expect("owned tensors are contiguous") }
+            })
+            .collect()
+    }
+
+    fn zeros_like(&self) -> Self {
+        Gpt::zeros_like(self)
+    }
+}
+
+/// A Hugging Face GPT-2 folder.
+impl Trainable for Gpt<f32> {
+    const FORMAT: &'static str = "gpt2";
+
+    fn save_folder(&self, dir: &Path) -> Result<()> {
+        self.save(dir)
+    }
+
+    fn load_folder(dir: &Path) -> Result<Self> {
+        Self::load(dir)
     }
 }
 

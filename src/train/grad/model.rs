@@ -38,54 +38,23 @@
 
 use super::conv::conv_backward;
 use super::kernel::{diag_kernel_backward, dplr_kernel_backward, SsmGrads};
-use super::ops::{
-    batch_norm_backward, batch_norm_forward, cross_entropy, dropout_mask, embedding_backward, gelu_grad, glu_backward,
-    kl_divergence, layer_norm_backward, layer_norm_forward, linear_backward, linear_forward, mse, NormCache,
-};
+use super::ops::{batch_norm_backward, batch_norm_forward, dropout_mask, embedding_backward, glu_backward, NormCache};
 use crate::conv::FftConv;
 use crate::error::{Error, Result};
 use crate::layer::{S4Layer, Weights};
+use crate::model::loss::{check_lengths, check_target};
+pub use crate::model::loss::{LossStats, Target};
+use crate::model::norm::EPS;
 use crate::model::{Encoder, Input, Norm, NormKind, Pooling, S4Model};
-use crate::nn::{gelu, glu_features};
+use crate::nn::linear::{linear_features, linear_features_backward};
+use crate::nn::loss::{cross_entropy, kl_divergence, mse};
+use crate::nn::norm::{layer_norm_backward, layer_norm_forward, LayerNormCache};
+pub use crate::nn::params::{first_non_finite, squared_norm, ParamGroup, Parameters, TensorMut};
+use crate::nn::{feature_rows, from_feature_rows, gelu, gelu_grad, glu_features};
 use crate::scalar::Real;
 use crate::ssm::KernelKind;
-use ndarray::{s, Array2, Array3, ArrayView3, Axis, Zip};
+use ndarray::{s, Array2, Array3, ArrayView1, ArrayView3, Axis, Zip};
 use num_complex::Complex;
-
-/// What the loss compares the model's output with.
-#[derive(Clone, Copy, Debug)]
-pub enum Target<'a> {
-    /// A class per sequence (pooled models): softmax cross-entropy.
-    Classes(&'a [u32]),
-    /// A value per sequence (pooled models with d_output = 1): mean squared error.
-    Values(&'a [f32]),
-    /// A class per position (B, L) (unpooled models, e.g. next-token prediction): cross-entropy
-    /// averaged over the valid positions.
-    Tokens(ndarray::ArrayView2<'a, u32>),
-    /// Distillation of an unpooled model: next tokens (B, L) as in [`Target::Tokens`], plus a
-    /// teacher's next-token distribution at every position (B, L, V). Loss per position:
-    /// CE(tokens) + `soft_weight`·KL(teacher ‖ model) (Mamba-in-the-Llama, Wang et al. 2024,
-    /// eq. 2 with α = 1, β = `soft_weight`); averaged over the valid positions.
-    Distill {
-        /// Hard targets (B, L).
-        tokens: ndarray::ArrayView2<'a, u32>,
-        /// Teacher probabilities (B, L, V), each row summing to 1.
-        teacher: ArrayView3<'a, f32>,
-        /// Weight β of the KL term.
-        soft_weight: f64,
-    },
-}
-
-/// Loss and counts of one forward pass.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct LossStats {
-    /// Mean loss over the predictions.
-    pub loss: f64,
-    /// Correct argmax predictions (classification).
-    pub correct: usize,
-    /// Number of predictions (sequences, or valid positions).
-    pub count: usize,
-}
 
 /// A model with every weight zero (the shape of its gradient).
 pub fn zeros_like<T: Real>(model: &S4Model<T>) -> S4Model<T> {
@@ -100,34 +69,6 @@ pub fn zeros_like<T: Real>(model: &S4Model<T>) -> S4Model<T> {
         n.running_var.fill(T::zero());
     }
     g
-}
-
-/// Which optimizer settings a trainable tensor takes (the official `register` groups).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ParamGroup {
-    /// Δ (`inv_dt`): SSM learning rate for Δ, no weight decay.
-    Dt,
-    /// A (`A_real`, `A_imag`, `P`): SSM learning rate for A, no weight decay.
-    A,
-    /// `B`: SSM learning rate for B, no weight decay.
-    B,
-    /// Other weights (C, D, linear layers): global learning rate and weight decay.
-    Decay,
-    /// Biases, norm parameters and embeddings: global learning rate, no weight decay.
-    NoDecay,
-}
-
-/// A trainable tensor of a model: its checkpoint name, optimizer group, and values (complex
-/// tensors viewed as interleaved (re, im) pairs, as PyTorch's `view_as_real`).
-#[derive(Debug)]
-pub struct TensorMut<'a, T> {
-    /// The checkpoint name (official S4Block names), e.g. `layers.0.layer.kernel.B`.
-    pub name: String,
-    /// Optimizer group.
-    pub group: ParamGroup,
-    /// The values, flat.
-    pub values: &'a mut [T],
 }
 
 fn real<T>(a: &mut ndarray::ArrayBase<ndarray::OwnedRepr<T>, impl ndarray::Dimension>) -> &mut [T] {
@@ -178,21 +119,6 @@ pub fn tensors_mut<T: Real>(model: &mut S4Model<T>) -> Vec<TensorMut<'_, T>> {
     push("decoder.weight".into(), ParamGroup::Decay, real(&mut model.decoder_w));
     push("decoder.bias".into(), ParamGroup::NoDecay, real(&mut model.decoder_b));
     out
-}
-
-/// A trainable model as the optimizer and the trainer see it: its tensors by name and group, and a
-/// zero model of the same shape (the shape of its gradient and of the AdamW moments). Implemented by
-/// [`S4Model`] and [`TransformerClassifier`](crate::transformer::TransformerClassifier).
-pub trait Parameters: Clone {
-    /// The precision.
-    type Scalar: Real;
-
-    /// Every trainable tensor, in a fixed order (the same for any two models of one
-    /// configuration, so a model, its gradient and the optimizer moments line up entry by entry).
-    fn parameters_mut(&mut self) -> Vec<TensorMut<'_, Self::Scalar>>;
-
-    /// A model of the same shape with every trainable entry (and every running statistic) 0.
-    fn zeros_like(&self) -> Self;
 }
 
 impl<T: Real> Parameters for S4Model<T> {
@@ -274,7 +200,7 @@ fn layer_forward<T: Real>(
     if let Some(m) = &drop {
         a *= m;
     }
-    let z = linear_forward(a.view(), layer.weights.w.view(), layer.weights.bias.view());
+    let z = linear_features(a.view(), layer.weights.w.view(), layer.weights.bias.view());
     let mut out = glu_features(z.view());
     mask_lengths(&mut out, lengths);
     Ok((out, LayerTape { u, kernel, y, drop, a, z }))
@@ -320,7 +246,7 @@ fn layer_backward<T: Real>(
     let mut go = g_out.to_owned();
     mask_lengths(&mut go, lengths);
     let gz = glu_backward(tape.z.view(), go.view());
-    let (mut ga, gw, gb) = linear_backward(tape.a.view(), w.w.view(), gz.view());
+    let (mut ga, gw, gb) = linear_features_backward(tape.a.view(), w.w.view(), gz.view());
     g.w += &gw;
     g.bias += &gb;
     if let Some(m) = &tape.drop {
@@ -360,11 +286,23 @@ fn layer_backward<T: Real>(
     Ok(gu)
 }
 
-/// A norm's forward in training mode, returning its cache (and updating BatchNorm's running
+/// What a norm's backward needs.
+enum NormTape<T> {
+    /// LayerNorm over the feature rows (B·L, H) of the sequence.
+    Layer(LayerNormCache<T>),
+    /// BatchNorm (training mode).
+    Batch(NormCache<T>),
+}
+
+/// A norm's forward in training mode, returning its tape (and updating BatchNorm's running
 /// statistics with momentum 0.1, as PyTorch does).
-fn norm_forward<T: Real>(norm: &mut Norm<T>, x: ArrayView3<T>, update_running: bool) -> (Array3<T>, NormCache<T>) {
+fn norm_forward<T: Real>(norm: &mut Norm<T>, x: ArrayView3<T>, update_running: bool) -> (Array3<T>, NormTape<T>) {
     match norm.kind {
-        NormKind::Layer => layer_norm_forward(x, norm.weight.view(), norm.bias.view()),
+        NormKind::Layer => {
+            let (b, _, l) = x.dim();
+            let (y, cache) = layer_norm_forward(feature_rows(x).view(), norm.weight.view(), norm.bias.view(), EPS);
+            (from_feature_rows(y, b, l), NormTape::Layer(cache))
+        }
         NormKind::Batch => {
             let (y, cache, mean, var) = batch_norm_forward(x, norm.weight.view(), norm.bias.view());
             if update_running {
@@ -372,15 +310,19 @@ fn norm_forward<T: Real>(norm: &mut Norm<T>, x: ArrayView3<T>, update_running: b
                 norm.running_mean = &norm.running_mean * (T::one() - mom) + &(mean * mom);
                 norm.running_var = &norm.running_var * (T::one() - mom) + &(var * mom);
             }
-            (y, cache)
+            (y, NormTape::Batch(cache))
         }
     }
 }
 
-fn norm_backward<T: Real>(norm: &Norm<T>, cache: &NormCache<T>, gy: ArrayView3<T>, g: &mut Norm<T>) -> Array3<T> {
-    let (gx, gw, gb) = match norm.kind {
-        NormKind::Layer => layer_norm_backward(cache, norm.weight.view(), gy),
-        NormKind::Batch => batch_norm_backward(cache, norm.weight.view(), gy),
+fn norm_backward<T: Real>(norm: &Norm<T>, tape: &NormTape<T>, gy: ArrayView3<T>, g: &mut Norm<T>) -> Array3<T> {
+    let (gx, gw, gb) = match tape {
+        NormTape::Layer(cache) => {
+            let (b, _, l) = gy.dim();
+            let (gx, gw, gb) = layer_norm_backward(cache, norm.weight.view(), feature_rows(gy).view());
+            (from_feature_rows(gx, b, l), gw, gb)
+        }
+        NormTape::Batch(cache) => batch_norm_backward(cache, norm.weight.view(), gy),
     };
     g.weight += &gw;
     g.bias += &gb;
@@ -389,7 +331,7 @@ fn norm_backward<T: Real>(norm: &Norm<T>, cache: &NormCache<T>, gy: ArrayView3<T
 
 struct BlockTape<T> {
     layer: LayerTape<T>,
-    norm: NormCache<T>,
+    norm: NormTape<T>,
     resid_drop: Option<Array3<T>>,
 }
 
@@ -471,7 +413,7 @@ pub fn forward_backward<T: Real>(
             let logits = pooled.dot(&model.decoder_w.t()) + &model.decoder_b;
             let (stats, glogits) = match target {
                 Target::Classes(y) => {
-                    let (loss, g, correct) = cross_entropy(logits.view(), y);
+                    let (loss, g, correct) = cross_entropy(logits.view(), ArrayView1::from(y))?;
                     (LossStats { loss, correct, count: batch }, g)
                 }
                 Target::Values(y) => {
@@ -503,16 +445,16 @@ pub fn forward_backward<T: Real>(
                 Target::Distill { tokens, teacher, soft_weight } => (tokens, Some((teacher, soft_weight))),
                 _ => unreachable!("check_target: unpooled models take per-position tokens"),
             };
-            let logits = linear_forward(x.view(), model.decoder_w.view(), model.decoder_b.view());
+            let logits = linear_features(x.view(), model.decoder_w.view(), model.decoder_b.view());
             let v = cfg.d_output;
             // rows = valid positions
             let pos: Vec<(usize, usize)> = (0..batch).flat_map(|b| (0..valid(b)).map(move |t| (b, t))).collect();
             let flat = Array2::from_shape_fn((pos.len(), v), |(r, k)| logits[[pos[r].0, k, pos[r].1]]);
             let labels: Vec<u32> = pos.iter().map(|&(b, t)| y[[b, t]]).collect();
-            let (mut loss, mut g, correct) = cross_entropy(flat.view(), &labels);
+            let (mut loss, mut g, correct) = cross_entropy(flat.view(), ArrayView1::from(&labels))?;
             if let Some((teacher, w)) = soft {
                 let p = Array2::from_shape_fn((pos.len(), v), |(r, k)| teacher[[pos[r].0, pos[r].1, k]]);
-                let (kl, gkl) = kl_divergence(flat.view(), p.view());
+                let (kl, gkl) = kl_divergence(flat.view(), p.view())?;
                 loss += w * kl;
                 g.scaled_add(T::of(w), &gkl);
             }
@@ -522,7 +464,7 @@ pub fn forward_backward<T: Real>(
                     glog[[b, k, t]] = g[[r, k]];
                 }
             }
-            let (gx, gw, gb) = linear_backward(x.view(), model.decoder_w.view(), glog.view());
+            let (gx, gw, gb) = linear_features_backward(x.view(), model.decoder_w.view(), glog.view());
             grads.decoder_w = gw;
             grads.decoder_b = gb;
             (LossStats { loss, correct, count: pos.len() }, gx)
@@ -553,7 +495,7 @@ pub fn forward_backward<T: Real>(
     }
     match (&model.encoder, input, &mut grads.encoder) {
         (Encoder::Linear { w: ew, .. }, Input::Features(xin), Encoder::Linear { w, b }) => {
-            let (_, gw, gb) = linear_backward(xin, ew.view(), gx.view());
+            let (_, gw, gb) = linear_features_backward(xin, ew.view(), gx.view());
             *w = gw;
             *b = gb;
         }
@@ -563,77 +505,6 @@ pub fn forward_backward<T: Real>(
         _ => unreachable!("encode() checked the input kind"),
     }
     Ok((stats, grads))
-}
-
-pub(crate) fn check_lengths(lengths: Option<&[usize]>, batch: usize, len: usize) -> Result<()> {
-    if let Some(l) = lengths {
-        if l.len() != batch {
-            return Err(Error::shape("lengths", format!("({batch},)"), &[l.len()]));
-        }
-        if let Some((i, &n)) = l.iter().enumerate().find(|(_, &n)| n == 0 || n > len) {
-            return Err(Error::invalid(format!("lengths[{i}]"), n, format!("in 1..=L = {len}")));
-        }
-    }
-    Ok(())
-}
-
-/// Checks that a target fits the model's pooling and output size.
-pub(crate) fn check_target(target: &Target, pooling: Pooling, d_output: usize, batch: usize, len: usize) -> Result<()> {
-    match (target, pooling) {
-        (Target::Classes(y), Pooling::Mean | Pooling::Last) => {
-            check_targets(y.len(), batch)?;
-            if let Some((i, &c)) = y.iter().enumerate().find(|(_, &c)| c as usize >= d_output) {
-                return Err(Error::invalid(format!("label {i}"), c, format!("< d_output = {d_output}")));
-            }
-        }
-        (Target::Values(y), Pooling::Mean | Pooling::Last) => {
-            check_targets(y.len(), batch)?;
-            if d_output != 1 {
-                return Err(Error::invalid("d_output", d_output, "1 for a regression target"));
-            }
-            if let Some((i, v)) = y.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(Error::invalid(format!("target {i}"), v, "a finite value"));
-            }
-        }
-        (Target::Tokens(y), Pooling::None) => {
-            if y.dim() != (batch, len) {
-                return Err(Error::shape("target tokens", format!("({batch}, {len})"), y.shape()));
-            }
-            if let Some(((b, t), &c)) = y.indexed_iter().find(|(_, &c)| c as usize >= d_output) {
-                return Err(Error::invalid(format!("target token [{b}, {t}]"), c, format!("< d_output = {d_output}")));
-            }
-        }
-        (Target::Distill { tokens, teacher, soft_weight }, Pooling::None) => {
-            check_target(&Target::Tokens(*tokens), pooling, d_output, batch, len)?;
-            if teacher.dim() != (batch, len, d_output) {
-                return Err(Error::shape(
-                    "teacher probabilities",
-                    format!("({batch}, {len}, {d_output})"),
-                    teacher.shape(),
-                ));
-            }
-            if let Some((i, _)) = teacher.indexed_iter().find(|(_, p)| !(p.is_finite() && **p >= 0.0)) {
-                return Err(Error::invalid(format!("teacher probability {i:?}"), teacher[i], "a finite value >= 0"));
-            }
-            if !(soft_weight.is_finite() && *soft_weight >= 0.0) {
-                return Err(Error::invalid("soft_weight", soft_weight, "a finite value >= 0"));
-            }
-        }
-        (Target::Tokens(_) | Target::Distill { .. }, _) => {
-            return Err(Error::invalid("target", "per-position tokens", "one target per sequence (pooled model)"))
-        }
-        (_, Pooling::None) => {
-            return Err(Error::invalid("target", "one per sequence", "per-position tokens (B, L) (unpooled model)"))
-        }
-    }
-    Ok(())
-}
-
-fn check_targets(n: usize, batch: usize) -> Result<()> {
-    if n != batch {
-        return Err(Error::shape("targets", format!("({batch},)"), &[n]));
-    }
-    Ok(())
 }
 
 /// Evaluation-mode loss of `model` on one batch (no dropout, BatchNorm running statistics): the
@@ -653,7 +524,7 @@ pub fn evaluate_loss<T: Real>(
     match target {
         Target::Classes(y) => {
             let logits = out.index_axis(Axis(2), 0).to_owned();
-            let (loss, _, correct) = cross_entropy::<T>(logits.view(), y);
+            let (loss, _, correct) = cross_entropy::<T>(logits.view(), ArrayView1::from(y))?;
             Ok(LossStats { loss, correct, count: batch })
         }
         Target::Values(y) => {
@@ -671,25 +542,12 @@ pub fn evaluate_loss<T: Real>(
             let v = out.shape()[1];
             let flat = Array2::from_shape_fn((pos.len(), v), |(r, k)| out[[pos[r].0, k, pos[r].1]]);
             let labels: Vec<u32> = pos.iter().map(|&(b, t)| y[[b, t]]).collect();
-            let (mut loss, _, correct) = cross_entropy::<T>(flat.view(), &labels);
+            let (mut loss, _, correct) = cross_entropy::<T>(flat.view(), ArrayView1::from(&labels))?;
             if let Some((teacher, w)) = soft {
                 let p = Array2::from_shape_fn((pos.len(), v), |(r, k)| teacher[[pos[r].0, pos[r].1, k]]);
-                loss += w * kl_divergence(flat.view(), p.view()).0;
+                loss += w * kl_divergence(flat.view(), p.view())?.0;
             }
             Ok(LossStats { loss, correct, count: pos.len() })
         }
     }
-}
-
-/// The first non-finite entry among a model's trainable tensors, as `"name[index]"`.
-pub fn first_non_finite<M: Parameters>(model: &mut M) -> Option<String> {
-    model
-        .parameters_mut()
-        .into_iter()
-        .find_map(|t| t.values.iter().position(|v| !v.as_f64().is_finite()).map(|i| format!("{}[{i}]", t.name)))
-}
-
-/// Sum of squares of every trainable entry (for gradient norms).
-pub fn squared_norm<M: Parameters>(model: &mut M) -> f64 {
-    model.parameters_mut().iter().map(|t| t.values.iter().map(|v| v.as_f64() * v.as_f64()).sum::<f64>()).sum()
 }

@@ -1,19 +1,16 @@
-//! Inner loops shared by inference and training: dot products and axpys over contiguous slices
-//! (written so the compiler vectorizes them), linear layers, LayerNorm, the activations, the tied
-//! LM head, and the causal attention of one query against a run of keys and values.
-//!
-//! Linear layers with a few rows (single-token decoding, scoring a handful of draft tokens) stream
-//! the weight matrix once in order ([`small_matmul_body`]), which is what a memory-bound pass
-//! needs; with more rows they use matrixmultiply's gemm (ndarray's `general_mat_mul`), in blocks of
-//! rows run in parallel. The hot loops are compiled three times, for AVX-512, for AVX2 + FMA and
-//! for the baseline target, and the widest the CPU supports is picked at run time
-//! ([`simd_dispatch`]): the crate is built for generic x86-64 (SSE2), where they would run at a
-//! quarter of the width and without fused multiply–adds.
+//! Linear maps, each a forward/backward pair: over rows ([`linear`], x (N, in)·W (in, out), the
+//! transformers' layout) and over the feature axis of (B, F, L) sequences ([`linear_features`],
+//! W (O, F), the S4 layout); and the kernels behind them, which both model families share. Linear layers with a
+//! few rows (single-token decoding, scoring a handful of draft tokens) stream the weight matrix
+//! once in order ([`small_matmul_body`]), which is what a memory-bound pass needs; with more rows
+//! they use matrixmultiply's gemm (ndarray's `general_mat_mul`), in blocks of rows run in
+//! parallel; decoding passes of up to 96 rows read weights packed in column panels
+//! ([`PackedMatrix`], [`packed_linear`]). The hot loops go through [`simd_dispatch`].
 
-use super::Activation;
+use super::simd::{axpy_body, dot_body, madd, simd_dispatch};
 use crate::scalar::Real;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 /// Up to this many rows, linear layers and the LM head stream the weights instead of calling gemm
@@ -23,89 +20,6 @@ pub(crate) const SMALL_ROWS: usize = 8;
 const GEMM_ROWS: usize = 64;
 /// Below about this many multiply–adds a task is not worth sending to another thread.
 pub(crate) const PAR_WORK: usize = 1 << 17;
-
-/// Defines `pub(crate) fn $name<T: Real>(args)` that calls `$body::<T, true>(args)` compiled with
-/// AVX-512F or with AVX2 + FMA when the CPU has them (checked at run time, cached by std), and
-/// `$body::<T, false>(args)` (no fused multiply–add) otherwise. `$body` must be
-/// `#[inline(always)]` so that it is compiled with the caller's target features.
-macro_rules! simd_dispatch {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $body:ident) => {
-        $(#[$meta])*
-        pub(crate) fn $name<T: Real>($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512<T: Real>($($arg: $ty),*) -> $ret {
-                    $body::<T, true>($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2_fma<T: Real>($($arg: $ty),*) -> $ret {
-                    $body::<T, true>($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports AVX-512F (checked just above).
-                    return unsafe { avx512::<T>($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    return unsafe { avx2_fma::<T>($($arg),*) };
-                }
-            }
-            $body::<T, false>($($arg),*)
-        }
-    };
-}
-
-/// a·b + c, fused when `FMA` (only instantiated where the instruction exists).
-#[inline(always)]
-fn madd<T: Real, const FMA: bool>(a: T, b: T, c: T) -> T {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-/// Σ a_i b_i over the common length, with 8 independent partial sums (vectorizable).
-#[inline(always)]
-fn dot_body<T: Real, const FMA: bool>(a: &[T], b: &[T]) -> T {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [T::zero(); 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] = madd::<T, FMA>(x[k], y[k], acc[k]);
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s = madd::<T, FMA>(*x, *y, s);
-    }
-    s
-}
-
-/// y += a·x elementwise.
-#[inline(always)]
-fn axpy_body<T: Real, const FMA: bool>(y: &mut [T], a: T, x: &[T]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi = madd::<T, FMA>(a, xi, *yi);
-    }
-}
-
-/// Σ a_i b_i over the common length (baseline target; the hot loops use [`dot_body`] inside their
-/// dispatched kernels).
-#[inline]
-pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    dot_body::<T, false>(a, b)
-}
-
-/// y += a·x elementwise (baseline target).
-#[inline]
-pub(crate) fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
-    axpy_body::<T, false>(y, a, x);
-}
 
 /// Output columns per block of [`small_matmul_body`]: with 4 weight rows and up to
 /// [`SMALL_ROWS`] output rows, a block's working set (≤ 12 KiB in f32) stays in L1.
@@ -117,7 +31,14 @@ const COL_BLOCK: usize = 256;
 /// from memory once, in order, and the output block is loaded and stored k/4 times from L1 (a
 /// plain axpy per weight row would be bound by those loads and stores).
 #[inline(always)]
-fn small_matmul_body<T: Real, const FMA: bool>(x: &[T], k: usize, w: &[T], ws: usize, o: usize, out: &mut [T]) {
+pub(crate) fn small_matmul_body<T: Real, const FMA: bool>(
+    x: &[T],
+    k: usize,
+    w: &[T],
+    ws: usize,
+    o: usize,
+    out: &mut [T],
+) {
     let madd = madd::<T, FMA>;
     let m = out.len() / o.max(1);
     for j0 in (0..o).step_by(COL_BLOCK) {
@@ -177,7 +98,7 @@ fn matmul_acc<T: Real>(x: ArrayView2<T>, w: ArrayView2<T>, mut out: ArrayViewMut
 }
 
 /// y = x·W + b: x (N, in), W (in, out) (`Conv1D` layout), b (out,) → (N, out).
-pub(crate) fn linear<T: Real>(x: ArrayView2<T>, w: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
+pub fn linear<T: Real>(x: ArrayView2<T>, w: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
     let mut y = Array2::<T>::zeros((x.nrows(), w.ncols()));
     y.assign(&b.broadcast((x.nrows(), w.ncols())).expect("bias of the output width"));
     matmul_acc(x, w, y.view_mut());
@@ -213,169 +134,6 @@ pub(crate) fn lm_head<T: Real>(x: ArrayView2<T>, wte: ArrayView2<T>) -> Array2<T
         matmul_acc(x, wte.t(), y.view_mut());
     }
     y
-}
-
-/// LayerNorm of one row: writes x̂ = (x − μ)·rstd into `xhat` (if given) and y = x̂·w + b into `y`;
-/// returns rstd = 1/√(σ² + ε) (biased variance, `torch.nn.LayerNorm`).
-#[inline]
-pub(crate) fn layer_norm_row<T: Real>(x: &[T], w: &[T], b: &[T], eps: T, y: &mut [T], mut xhat: Option<&mut [T]>) -> T {
-    let n = T::of(x.len() as f64);
-    let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
-    let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
-    let rstd = T::one() / (var + eps).sqrt();
-    for j in 0..x.len() {
-        let xh = (x[j] - mean) * rstd;
-        if let Some(h) = xhat.as_deref_mut() {
-            h[j] = xh;
-        }
-        y[j] = xh * w[j] + b[j];
-    }
-    rstd
-}
-
-/// LayerNorm of every row of x (N, C) (inference: no cache kept).
-pub(crate) fn layer_norm<T: Real>(x: ArrayView2<T>, w: ArrayView1<T>, b: ArrayView1<T>, eps: f64) -> Array2<T> {
-    let x = x.as_standard_layout();
-    let (w, b) = (w.to_vec(), b.to_vec());
-    let mut y = Array2::<T>::zeros(x.dim());
-    let c = x.ncols().max(1);
-    let xs = x.as_slice().expect("standard layout");
-    let ys = y.as_slice_mut().expect("standard layout");
-    for (xr, yr) in xs.chunks_exact(c).zip(ys.chunks_exact_mut(c)) {
-        layer_norm_row(xr, &w, &b, T::of(eps), yr, None);
-    }
-    y
-}
-
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-const GELU_C: f64 = 0.044_715;
-
-/// σ(2u) for the tanh form: ½(1 + tanh u) = 1/(1 + e^(−2u)) with u = √(2/π)(x + 0.044715x³)
-/// (one `exp` instead of `tanh`, and no cancellation in 1 + tanh u for u ≪ 0).
-#[inline]
-fn gelu_tanh_gate<T: Real>(x: T) -> T {
-    let u = T::of(SQRT_2_OVER_PI) * (x + T::of(GELU_C) * x * x * x);
-    T::one() / (T::one() + (-(u + u)).exp())
-}
-
-/// The activation at x: `gelu_new` 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), computed as
-/// x·σ(2u) (the same function), or exact `gelu` 0.5·x·(1 + erf(x/√2)).
-#[inline]
-pub(crate) fn activation<T: Real>(x: T, act: Activation) -> T {
-    match act {
-        Activation::GeluTanh => x * gelu_tanh_gate(x),
-        Activation::GeluErf => T::of(0.5) * x * (T::one() + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf()),
-    }
-}
-
-/// d/dx of [`activation`]: for the tanh form, with s = σ(2u), s + 2x·s(1 − s)·√(2/π)(1 + 3·0.044715x²)
-/// (= ½(1 + tanh u) + ½x(1 − tanh²u)·u′); for the exact form Φ(x) + x·φ(x).
-#[inline]
-pub(crate) fn activation_grad<T: Real>(x: T, act: Activation) -> T {
-    match act {
-        Activation::GeluTanh => {
-            let s = gelu_tanh_gate(x);
-            let du = T::of(SQRT_2_OVER_PI) * (T::one() + T::of(3.0 * GELU_C) * x * x);
-            s + T::of(2.0) * x * s * (T::one() - s) * du
-        }
-        Activation::GeluErf => {
-            let half = T::of(0.5);
-            let cdf = half * (T::one() + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf());
-            let pdf = T::of(1.0 / (2.0 * std::f64::consts::PI).sqrt()) * (-(x * x) * half).exp();
-            cdf + x * pdf
-        }
-    }
-}
-
-/// Applies the activation to every entry.
-pub(crate) fn activate_in_place<T: Real>(mut x: ArrayViewMut2<T>, act: Activation) {
-    x.mapv_inplace(|v| activation(v, act));
-}
-
-/// Causal attention of one query against key/value rows `0 .. n`: keys and values are row `j` at
-/// `keys[j·stride ..][.. d]` (d = q.len()). Writes the softmax weights into `p[.. n]` and
-/// `out = Σ_j p_j v_j` (overwritten).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn attend_row_body<T: Real, const FMA: bool>(
-    q: &[T],
-    keys: &[T],
-    values: &[T],
-    stride: usize,
-    n: usize,
-    scale: T,
-    p: &mut [T],
-    out: &mut [T],
-) {
-    let d = q.len();
-    let mut mx = T::neg_infinity();
-    for j in 0..n {
-        let s = dot_body::<T, FMA>(q, &keys[j * stride..][..d]) * scale;
-        p[j] = s;
-        mx = mx.max(s);
-    }
-    let mut z = T::zero();
-    for pj in &mut p[..n] {
-        *pj = (*pj - mx).exp();
-        z += *pj;
-    }
-    let inv = T::one() / z;
-    out.fill(T::zero());
-    for j in 0..n {
-        p[j] *= inv;
-        axpy_body::<T, FMA>(out, p[j], &values[j * stride..][..d]);
-    }
-}
-
-simd_dispatch! {
-    /// [`attend_row_body`] with the widest vectors the CPU has.
-    #[allow(clippy::too_many_arguments)]
-    fn attend_row(q: &[T], keys: &[T], values: &[T], stride: usize, n: usize, scale: T, p: &mut [T], out: &mut [T]) -> () = attend_row_body
-}
-
-/// Causal attention of t new queries of one (sequence, head) against a KV cache:
-/// q (t, d) row-major; keys stored transposed, `kt` (d, cap) (key j is column j); values `v`
-/// (cap, d); positions `0 .. past + t` valid, query i sees `0 ..= past + i`. Scores S = q·Kᵀ and
-/// the output P·V are both [`small_matmul_body`] products (the masked scores are computed and then
-/// zeroed). `s` is scratch of at least t·(past + t); writes `out` (t, d).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn attend_cached_body<T: Real, const FMA: bool>(
-    q: &[T],
-    kt: &[T],
-    v: &[T],
-    cap: usize,
-    past: usize,
-    scale: T,
-    s: &mut [T],
-    out: &mut [T],
-) {
-    let d = v.len() / cap.max(1);
-    let t = q.len() / d.max(1);
-    let n = past + t;
-    let s = &mut s[..t * n];
-    s.fill(T::zero());
-    small_matmul_body::<T, FMA>(q, d, kt, cap, n, s);
-    for (i, row) in s.chunks_exact_mut(n).enumerate() {
-        let seen = past + i + 1;
-        let mx = row[..seen].iter().fold(T::neg_infinity(), |m, &x| m.max(x));
-        let mut z = T::zero();
-        for x in &mut row[..seen] {
-            *x = ((*x - mx) * scale).exp();
-            z += *x;
-        }
-        let inv = T::one() / z;
-        row[..seen].iter_mut().for_each(|x| *x *= inv);
-        row[seen..].fill(T::zero());
-    }
-    out.fill(T::zero());
-    small_matmul_body::<T, FMA>(s, n, v, d, d, out);
-}
-
-simd_dispatch! {
-    /// [`attend_cached_body`] with the widest vectors the CPU has.
-    #[allow(clippy::too_many_arguments)]
-    fn attend_cached(q: &[T], kt: &[T], v: &[T], cap: usize, past: usize, scale: T, s: &mut [T], out: &mut [T]) -> () = attend_cached_body
 }
 
 /// Column sums of dy (N, O) → (O,), in row order.
@@ -613,4 +371,68 @@ pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: A
     let xs = x.as_standard_layout();
     packed_matmul(xs.as_slice().expect("standard layout"), w, y.as_slice_mut().expect("standard layout"));
     y
+}
+
+/// Backward of [`linear`]: dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ_rows dy. Returns (dx, dW, db).
+pub fn linear_backward<T: Real>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
+    dy: ArrayView2<T>,
+) -> (Array2<T>, Array2<T>, Array1<T>) {
+    let mut dx = Array2::<T>::zeros((dy.nrows(), w.nrows()));
+    general_mat_mul(T::one(), &dy, &w.t(), T::zero(), &mut dx);
+    let mut dw = Array2::<T>::zeros(w.dim());
+    general_mat_mul(T::one(), &x.t(), &dy, T::zero(), &mut dw);
+    (dx, dw, col_sums(dy))
+}
+
+/// `y[b] = W x[b] + bias` over the feature axis of a (B, F, L) sequence: W (O, F), bias (O,) →
+/// (B, O, L) (the S4 layer's output linear, the S4 models' encoder and decoder), one gemm per
+/// sequence with the bias as its initial value, sequences in parallel.
+///
+/// # Panics
+/// If W is not (O, F) or bias not (O,).
+pub fn linear_features<T: Real>(x: ArrayView3<T>, w: ArrayView2<T>, bias: ArrayView1<T>) -> Array3<T> {
+    let (b, f, l) = x.dim();
+    assert_eq!(w.ncols(), f, "linear_features: W must be (O, F)");
+    assert_eq!(bias.len(), w.nrows(), "linear_features: bias must be (O,)");
+    let mut y = Array3::<T>::zeros((b, w.nrows(), l));
+    y.axis_iter_mut(Axis(0)).into_par_iter().zip(x.axis_iter(Axis(0))).for_each(|(mut yb, xb)| {
+        for (mut row, &bv) in yb.outer_iter_mut().zip(bias.iter()) {
+            row.fill(bv);
+        }
+        general_mat_mul(T::one(), &w, &xb, T::one(), &mut yb);
+    });
+    y
+}
+
+/// Backward of [`linear_features`]: gx = Wᵀ gy, gW = Σ_b gy_b x_bᵀ, gbias = Σ_{b,t} gy (the
+/// per-sequence parts summed in sequence order: thread-count independent).
+pub fn linear_features_backward<T: Real>(
+    x: ArrayView3<T>,
+    w: ArrayView2<T>,
+    gy: ArrayView3<T>,
+) -> (Array3<T>, Array2<T>, Array1<T>) {
+    let (b, f, l) = x.dim();
+    let o = w.nrows();
+    let mut gx = Array3::<T>::zeros((b, f, l));
+    let parts: Vec<(Array2<T>, Array1<T>)> = gx
+        .axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(x.axis_iter(Axis(0)))
+        .zip(gy.axis_iter(Axis(0)))
+        .map(|((mut gxb, xb), gyb)| {
+            general_mat_mul(T::one(), &w.t(), &gyb, T::zero(), &mut gxb);
+            let mut gw = Array2::<T>::zeros((o, f));
+            general_mat_mul(T::one(), &gyb, &xb.t(), T::zero(), &mut gw);
+            (gw, gyb.sum_axis(Axis(1)))
+        })
+        .collect();
+    let mut gw = Array2::<T>::zeros((o, f));
+    let mut gb = Array1::<T>::zeros(o);
+    for (w, b) in parts {
+        gw += &w;
+        gb += &b;
+    }
+    (gx, gw, gb)
 }

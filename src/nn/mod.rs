@@ -1,0 +1,194 @@
+//! Shared primitives below both model families (S4 and the transformers), as plain functions over
+//! arrays (the llm.c style): GELU, GLU and the feature-axis linear map of (B, F, L) sequences here;
+//! losses in [`loss`]; trainable parameters, gradient norms and clipping in [`params`].
+//!
+//! # Example
+//!
+//! The tail of an S4 layer, GELU → Linear(F → 2F) → GLU, on a (B, F, L) = (1, 2, 3) sequence:
+//!
+//! ```
+//! use ndarray::{array, Array3};
+//! use s4::nn::linear::linear_features;
+//! use s4::nn::{gelu, glu_features, sigmoid};
+//!
+//! assert_eq!(gelu(0.0f64), 0.0);
+//! assert!((gelu(1.0f64) - 0.8413447460685429).abs() < 1e-15); // Φ(1)
+//! assert!((sigmoid(0.0f32) - 0.5).abs() < 1e-7 && sigmoid(-1000.0f64) == 0.0);
+//!
+//! let x = Array3::from_shape_vec((1, 2, 3), vec![1.0, 2.0, 3.0, -1.0, 0.0, 1.0])?.mapv(gelu::<f64>);
+//! let w = array![[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]; // (2F, F) = (4, 2)
+//! let b = array![0.0, 0.0, 0.0, 100.0];
+//! let z = linear_features(x.view(), w.view(), b.view()); // (1, 4, 3)
+//! assert_eq!(z.dim(), (1, 4, 3));
+//! let y = glu_features(z.view()); // first half × sigmoid(second half): (1, 2, 3)
+//! assert_eq!(y.dim(), (1, 2, 3));
+//! // gate 0 → ×½; gate 100 → ×1
+//! assert!((y[[0, 0, 2]] - 0.5 * gelu(3.0)).abs() < 1e-12);
+//! assert!((y[[0, 1, 0]] - gelu(-1.0)).abs() < 1e-12);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod linear;
+pub mod loss;
+pub mod norm;
+pub mod params;
+pub mod simd;
+
+use crate::error::{Error, Result};
+use crate::scalar::Real;
+use ndarray::{Array2, Array3, ArrayView3};
+
+/// The feature vectors of a (B, F, L) sequence as rows (B·L, F), row b·L + t = x[b, :, t].
+pub fn feature_rows<T: Real>(x: ArrayView3<T>) -> Array2<T> {
+    let (b, f, l) = x.dim();
+    let rows = x.permuted_axes([0, 2, 1]).as_standard_layout().into_owned();
+    rows.into_shape_with_order((b * l, f)).expect("standard layout")
+}
+
+/// The inverse of [`feature_rows`]: rows (B·L, F) back to a (B, F, L) sequence.
+pub fn from_feature_rows<T: Real>(rows: Array2<T>, b: usize, l: usize) -> Array3<T> {
+    let f = rows.ncols();
+    let x = rows.into_shape_with_order((b, l, f)).expect("B·L rows");
+    x.permuted_axes([0, 2, 1]).as_standard_layout().into_owned()
+}
+
+/// Exact GELU: x·Φ(x) = ½x(1 + erf(x/√2)) (PyTorch's default `nn.GELU()`).
+#[inline]
+pub fn gelu<T: Real>(x: T) -> T {
+    let half = T::of(0.5);
+    half * x * (T::one() + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf())
+}
+
+/// d/dx of the exact GELU x·Φ(x): Φ(x) + x·φ(x).
+#[inline]
+pub fn gelu_grad<T: Real>(x: T) -> T {
+    let half = T::of(0.5);
+    let cdf = half * (T::one() + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf());
+    let pdf = T::of(1.0 / (2.0 * std::f64::consts::PI).sqrt()) * (-(x * x) * half).exp();
+    cdf + x * pdf
+}
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_C: f64 = 0.044_715;
+
+/// σ(2u) for the tanh form: ½(1 + tanh u) = 1/(1 + e^(−2u)) with u = √(2/π)(x + 0.044715x³)
+/// (one `exp` instead of `tanh`, and no cancellation in 1 + tanh u for u ≪ 0).
+#[inline]
+fn gelu_tanh_gate<T: Real>(x: T) -> T {
+    let u = T::of(SQRT_2_OVER_PI) * (x + T::of(GELU_C) * x * x * x);
+    T::one() / (T::one() + (-(u + u)).exp())
+}
+
+/// The tanh approximation of GELU (Hugging Face's `gelu_new`):
+/// 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), computed as x·σ(2u) (the same function).
+#[inline]
+pub fn gelu_tanh<T: Real>(x: T) -> T {
+    x * gelu_tanh_gate(x)
+}
+
+/// d/dx of [`gelu_tanh`]: with s = σ(2u), s + 2x·s(1 − s)·√(2/π)(1 + 3·0.044715x²)
+/// (= ½(1 + tanh u) + ½x(1 − tanh²u)·u′).
+#[inline]
+pub fn gelu_tanh_grad<T: Real>(x: T) -> T {
+    let s = gelu_tanh_gate(x);
+    let du = T::of(SQRT_2_OVER_PI) * (T::one() + T::of(3.0 * GELU_C) * x * x);
+    s + T::of(2.0) * x * s * (T::one() - s) * du
+}
+
+/// A GELU variant (Hugging Face `ACT2FN` names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu_new` / `gelu_pytorch_tanh`: [`gelu_tanh`].
+    GeluTanh,
+    /// `gelu`: the exact [`gelu`].
+    GeluErf,
+}
+
+impl Activation {
+    /// Parses a Hugging Face `activation_function` name.
+    ///
+    /// # Errors
+    /// Any name other than `gelu_new`, `gelu_pytorch_tanh` and `gelu`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            "gelu" => Ok(Activation::GeluErf),
+            _ => Err(Error::invalid("activation_function", name, "gelu_new, gelu_pytorch_tanh or gelu")),
+        }
+    }
+
+    /// The activation at x.
+    #[inline]
+    pub fn apply<T: Real>(self, x: T) -> T {
+        match self {
+            Activation::GeluTanh => gelu_tanh(x),
+            Activation::GeluErf => gelu(x),
+        }
+    }
+
+    /// Its derivative at x.
+    #[inline]
+    pub fn grad<T: Real>(self, x: T) -> T {
+        match self {
+            Activation::GeluTanh => gelu_tanh_grad(x),
+            Activation::GeluErf => gelu_grad(x),
+        }
+    }
+}
+
+/// The logistic sigmoid 1/(1 + e^{−x}), without overflow for large |x|.
+#[inline]
+pub fn sigmoid<T: Real>(x: T) -> T {
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
+    }
+}
+
+/// GLU over the feature axis of (B, 2F, L) → (B, F, L): `y[b, j, t] = z[b, j, t]·σ(z[b, F + j, t])`,
+/// the first half times the sigmoid of the second half (PyTorch's `nn.GLU(dim=-2)`).
+///
+/// # Panics
+/// If the feature axis is odd.
+pub fn glu_features<T: Real>(z: ArrayView3<T>) -> Array3<T> {
+    let (b, f2, l) = z.dim();
+    assert!(f2 % 2 == 0, "glu_features: the feature axis must be even");
+    let f = f2 / 2;
+    Array3::from_shape_fn((b, f, l), |(i, j, t)| z[[i, j, t]] * sigmoid(z[[i, f + j, t]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::linear::linear_features;
+
+    #[test]
+    fn gelu_matches_known_values() {
+        // values of 0.5 x (1 + erf(x / sqrt 2)) from the closed form
+        assert_eq!(gelu(0.0f64), 0.0);
+        assert!((gelu(1.0f64) - 0.8413447460685429).abs() < 1e-15);
+        assert!((gelu(-2.0f64) - (-0.04550026389635842)).abs() < 1e-15);
+        assert!((gelu(3.0f32) - 2.9959502).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sigmoid_is_stable() {
+        assert_eq!(sigmoid(-1000.0f64), 0.0);
+        assert_eq!(sigmoid(1000.0f64), 1.0);
+        assert!((sigmoid(0.3f64) - 1.0 / (1.0 + (-0.3f64).exp())).abs() < 1e-16);
+    }
+
+    #[test]
+    fn linear_and_glu_by_hand() {
+        let x = Array3::from_shape_vec((1, 2, 2), vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        let w = ndarray::array![[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]];
+        let b = ndarray::array![0.0, 0.0, 0.0, 0.0];
+        let z = linear_features(x.view(), w.view(), b.view());
+        assert_eq!(z[[0, 2, 1]], 6.0);
+        let g = glu_features(z.view());
+        assert!((g[[0, 0, 0]] - sigmoid(4.0f64)).abs() < 1e-15);
+        assert_eq!(g[[0, 1, 0]], 3.0 * 0.5);
+    }
+}
