@@ -51,10 +51,10 @@ impl Discretization {
 
     /// Checks that a GBT α is finite and in [0, 1].
     pub fn validate(self) -> Result<Self> {
-        if let Discretization::Gbt(a) = self {
-            if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
-                return Err(Error::invalid("GBT alpha", a, "a number in [0, 1]"));
-            }
+        if let Discretization::Gbt(a) = self
+            && !(a.is_finite() && (0.0..=1.0).contains(&a))
+        {
+            return Err(Error::invalid("GBT alpha", a, "a number in [0, 1]"));
         }
         Ok(self)
     }

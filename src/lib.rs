@@ -64,7 +64,7 @@
 //! HiPPO and DPLR construction, C̃ and the discretization of dense systems always run in f64.
 //! Kernels, convolutions, layers and models are generic over [`scalar::Real`] (f32 or f64); layers
 //! and models run in f32 by default, and the tests check f64 against the official f64 outputs.
-//! Measured against f64 matrix powers (tests/kernels.rs): the f32 DPLR kernel is within 2e-6
+//! Measured against f64 matrix powers (tests/suite/kernels.rs): the f32 DPLR kernel is within 2e-6
 //! relative for N ≤ 64, L ≤ 4096, Δ ∈ [1e-4, 1e-1]; the error grows with N, L and small Δ
 //! (the research note measured 4e-5 at N = 256, L = 16384, Δ = 1e-4). C̃ = C(I − Ā^L) matters
 //! most when ΔL is small (‖Ā^L‖ ≈ e^{−ΔL/2}): omitting it costs 21% at Δ = 1e-3, L = 1024.

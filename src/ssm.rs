@@ -190,10 +190,10 @@ impl<T: Real> SsmParams<T> {
         if self.dt.len() != h {
             return Err(Error::shape("dt", format!("(H,) = ({h},)"), self.dt.shape()));
         }
-        if let Some(p) = &self.p {
-            if p.shape()[0] == 0 || p.shape()[1..] != [h, m] {
-                return Err(Error::shape("P", format!("(R, H, N/2) = (R, {h}, {m}) with R >= 1"), p.shape()));
-            }
+        if let Some(p) = &self.p
+            && (p.shape()[0] == 0 || p.shape()[1..] != [h, m])
+        {
+            return Err(Error::shape("P", format!("(R, H, N/2) = (R, {h}, {m}) with R >= 1"), p.shape()));
         }
         for (i, &d) in self.dt.iter().enumerate() {
             check_dt(&format!("dt[{i}]"), d.as_f64())?;
@@ -214,10 +214,10 @@ impl<T: Real> SsmParams<T> {
                 return Err(Error::invalid(format!("{name}[{i}, {j}]"), "non-finite", "a finite complex number"));
             }
         }
-        if let Some(p) = &self.p {
-            if let Some((idx, _)) = p.indexed_iter().find(|(_, z)| !finite(z)) {
-                return Err(Error::invalid(format!("P{idx:?}"), "non-finite", "a finite complex number"));
-            }
+        if let Some(p) = &self.p
+            && let Some((idx, _)) = p.indexed_iter().find(|(_, z)| !finite(z))
+        {
+            return Err(Error::invalid(format!("P{idx:?}"), "non-finite", "a finite complex number"));
         }
         Ok(())
     }

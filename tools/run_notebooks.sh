@@ -9,7 +9,8 @@
 #    any notebook fails (a failing notebook is left as it was; the others still run).
 #    Streams are coalesced and no timing metadata is recorded: a re-run with the same versions
 #    rewrites the same bytes.
-# --quick exports S4_QUICK=1: the notebooks use smaller sizes (a smoke test, not for committing).
+# --quick exports S4_QUICK=1: the notebooks use smaller sizes (a smoke test, not for committing), and
+# are executed into a scratch folder: the committed notebooks stay untouched.
 # Env: PYTHON (default python3, must be 3.11 for the pins), S4_NOTEBOOK_TIMEOUT (seconds per cell, 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,12 +84,20 @@ export PYDEVD_DISABLE_FILE_VALIDATION=1
 if [ "$quick" = 1 ]; then export S4_QUICK=1; else unset S4_QUICK; fi
 
 timeout_s=${S4_NOTEBOOK_TIMEOUT:-600}
+# A full run refreshes the committed notebooks in place; a --quick run (CI) executes them into a
+# scratch folder and leaves the committed ones untouched.
+if [ "$quick" = 1 ]; then
+    out_dir=$(mktemp -d "${TMPDIR:-/tmp}/s4-notebooks.XXXXXX")
+    where=(--output-dir "$out_dir")
+else
+    where=(--inplace)
+fi
 failed=()
 summary=()
 for nb in "${notebooks[@]}"; do
     echo "== executing $nb$([ "$quick" = 1 ] && echo ' (S4_QUICK=1)')"
     t0=$(now)
-    if "$VENV/bin/jupyter" nbconvert --to notebook --execute --inplace \
+    if "$VENV/bin/jupyter" nbconvert --to notebook --execute "${where[@]}" \
         --ExecutePreprocessor.timeout="$timeout_s" \
         --ExecutePreprocessor.kernel_name=python3 \
         --ExecutePreprocessor.record_timing=False \

@@ -1,7 +1,7 @@
 //! Benchmarks: the kernels against the official PyTorch numbers, and speculative decoding on a
 //! model pair.
 
-use super::lm::{parse_gamma, CausalModel};
+use super::lm::{fit_max_new, parse_gamma, CausalModel};
 use clap::{Args, Subcommand};
 use ndarray::Array3;
 use s4::conv::FftConv;
@@ -159,9 +159,10 @@ pub struct BenchArgs {
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 32)]
     prompt_len: usize,
-    /// Tokens generated per prompt.
-    #[arg(long, default_value_t = 128)]
-    max_new: usize,
+    /// Tokens generated per prompt [default: 128, or what the models' context leaves after the
+    /// prompt].
+    #[arg(long)]
+    max_new: Option<usize>,
     /// Draft lengths (numbers or `auto`).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,auto")]
     gammas: Vec<String>,
@@ -186,6 +187,7 @@ const BUILTIN_PROMPTS: [&str; 4] = [
 fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     let ver = CausalModel::load(&a.verifier)?;
     let dr = CausalModel::load(&a.draft)?;
+    let max_new = fit_max_new(a.max_new, 128, a.prompt_len, &[&ver, &dr], "--max-new")?;
     let prompts: Vec<Vec<u32>> = match shakespeare::load(&a.data) {
         Ok(c) => {
             use rand::{RngExt, SeedableRng};
@@ -204,7 +206,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     let mut panels = Vec::new();
     for &t in &a.temperatures {
         let sampling = Sampling { temperature: t, ..Default::default() };
-        let base_cfg = SpecConfig { sampling, max_new: a.max_new, seed: a.seed, ..Default::default() };
+        let base_cfg = SpecConfig { sampling, max_new, seed: a.seed, ..Default::default() };
         let mut base_tokens = Vec::new();
         let (mut base_time, mut base_count) = (0.0, 0);
         for (i, p) in prompts.iter().enumerate() {
@@ -294,7 +296,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     }
     println!(
         "{}",
-        json!({"prompts": prompts.len(), "prompt_len": a.prompt_len, "max_new": a.max_new, "rows": rows,
+        json!({"prompts": prompts.len(), "prompt_len": a.prompt_len, "max_new": max_new, "rows": rows,
                "draft_vocab": dr.vocab(), "verifier_vocab": ver.vocab()})
     );
     Ok(())

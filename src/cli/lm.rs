@@ -69,9 +69,9 @@ pub struct PromptArgs {
     /// Prompt as comma-separated token ids (for models whose vocabulary is not bytes).
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
-    /// Tokens to generate.
-    #[arg(long, default_value_t = 200)]
-    max_new: usize,
+    /// Tokens to generate [default: 200, or what the models' context leaves after the prompt].
+    #[arg(long)]
+    max_new: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -135,16 +135,18 @@ pub struct TrainLmArgs {
     /// Output model folder (config.json + model.safetensors, Hugging Face GPT-2 layout).
     #[arg(long)]
     out: PathBuf,
-    /// Training settings as JSON (fields of LmTrainConfig); flags below override it.
+    /// Training settings as JSON (fields of LmTrainConfig: steps, batch_size, lr, min_lr,
+    /// warmup_steps, weight_decay, beta1, beta2, eps, grad_clip, eval_every, eval_batches); flags
+    /// below override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Optimizer steps.
+    /// Optimizer steps [default: 2000, or the --config file's].
     #[arg(long)]
     steps: Option<usize>,
-    /// Windows per step.
+    /// Windows per step [default: 16, or the --config file's].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Context (window) length.
+    /// Context (window) length, also the model's number of positions.
     #[arg(long, default_value_t = 256)]
     context: usize,
     /// Width.
@@ -156,7 +158,7 @@ pub struct TrainLmArgs {
     /// Heads.
     #[arg(long, default_value_t = 6)]
     n_head: usize,
-    /// Learning rate.
+    /// Peak learning rate [default: 1e-3, or the --config file's].
     #[arg(long)]
     lr: Option<f64>,
     /// Seed (init and batches).
@@ -177,19 +179,21 @@ pub struct DistillArgs {
     /// Output folder of the S4 draft.
     #[arg(long)]
     out: PathBuf,
-    /// Settings as JSON (fields of DistillConfig); flags below override it.
+    /// Settings as JSON (fields of DistillConfig: steps, batch_size, window, generated, prompt_len,
+    /// generate_temperatures, corpus_fraction, soft_weight, eval_windows, eval_every, optim); flags
+    /// below override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Optimizer steps.
+    /// Optimizer steps [default: 1500, or the --config file's].
     #[arg(long)]
     steps: Option<usize>,
-    /// Window length.
+    /// Window length [default: 128, or the --config file's].
     #[arg(long)]
     window: Option<usize>,
-    /// Verifier-generated sequences.
+    /// Verifier-generated sequences [default: 256, or the --config file's].
     #[arg(long)]
     generated: Option<usize>,
-    /// Weight of KL(verifier ‖ draft).
+    /// Weight of KL(verifier ‖ draft) [default: 1, or the --config file's].
     #[arg(long)]
     soft_weight: Option<f64>,
     /// Draft width H.
@@ -205,7 +209,7 @@ pub struct DistillArgs {
     #[arg(long, value_enum, default_value = "diag")]
     kernel: KernelKind,
     /// Temperatures of the verifier when generating the distillation text, cycled over the
-    /// sequences (0 = its greedy output).
+    /// sequences (0 = its greedy output) [default: 1,0, or the --config file's].
     #[arg(long, value_delimiter = ',')]
     generate_temperatures: Option<Vec<f64>>,
     /// Seed.
@@ -231,6 +235,14 @@ impl CausalModel {
         }
     }
 
+    /// The longest sequence the model takes (GPT-2's positions; an S4 model has no limit).
+    pub(super) fn context(&self) -> Option<usize> {
+        match self {
+            CausalModel::Gpt(g) => Some(g.config().n_positions),
+            CausalModel::S4(_) => None,
+        }
+    }
+
     pub(super) fn vocab(&self) -> usize {
         match self {
             CausalModel::Gpt(g) => g.config().vocab_size,
@@ -253,6 +265,42 @@ impl CausalModel {
     }
 }
 
+/// The number of tokens to generate after a prompt of `prompt` tokens: `requested`, or `default`
+/// cut to what the smallest of `models`' contexts leaves (saying so on stderr). A request that does
+/// not fit is an error naming `flag`.
+pub(super) fn fit_max_new(
+    requested: Option<usize>,
+    default: usize,
+    prompt: usize,
+    models: &[&CausalModel],
+    flag: &str,
+) -> Result<usize> {
+    let Some(ctx) = models.iter().filter_map(|m| m.context()).min() else {
+        return Ok(requested.unwrap_or(default));
+    };
+    if prompt >= ctx {
+        return Err(Error::invalid(
+            "prompt",
+            format!("{prompt} tokens"),
+            format!("fewer than the models' context of {ctx} tokens"),
+        ));
+    }
+    let room = ctx - prompt;
+    match requested {
+        Some(n) if n > room => Err(Error::invalid(
+            flag,
+            n,
+            format!("at most {room} (the models' context of {ctx} tokens minus the prompt's {prompt}); lower {flag}"),
+        )),
+        Some(n) => Ok(n),
+        None if default > room => {
+            eprintln!("note: {flag} {room} (the models' context of {ctx} tokens minus the prompt's {prompt})");
+            Ok(room)
+        }
+        None => Ok(default),
+    }
+}
+
 fn prompt_tokens(p: &PromptArgs, vocab: usize) -> Result<Vec<u32>> {
     let tokens = match (&p.prompt, &p.prompt_ids) {
         (Some(text), _) => shakespeare::encode(text),
@@ -262,7 +310,7 @@ fn prompt_tokens(p: &PromptArgs, vocab: usize) -> Result<Vec<u32>> {
     if tokens.is_empty() {
         return Err(Error::invalid("prompt", "empty", "at least one token"));
     }
-    if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+    if let Some((i, &t)) = tokens.iter().enumerate().find(|&(_, &t)| t as usize >= vocab) {
         let what = if p.prompt.is_some() { format!("byte {t:#04x}") } else { t.to_string() };
         return Err(Error::invalid(
             format!("prompt token {i}"),
@@ -297,7 +345,7 @@ fn cmd_logits(model: &Path, ids: &Path, out: &Path) -> Result<()> {
         return Err(Error::format(ids, "token ids (B, T) must have B, T >= 1"));
     }
     let v = m.vocab();
-    if let Some(((b, t), &x)) = a.indexed_iter().find(|(_, &x)| x < 0 || x as usize >= v) {
+    if let Some(((b, t), &x)) = a.indexed_iter().find(|&(_, &x)| x < 0 || x as usize >= v) {
         return Err(Error::invalid(format!("input_ids[{b}, {t}]"), x, format!("a token id in 0..{v}")));
     }
     let tokens: Array2<u32> = a.mapv(|x| x as u32);
@@ -316,7 +364,8 @@ fn cmd_logits(model: &Path, ids: &Path, out: &Path) -> Result<()> {
 fn cmd_generate(model: &Path, prompt: &PromptArgs, s: &SamplingArgs, as_json: bool) -> Result<()> {
     let m = CausalModel::load(model)?;
     let tokens = prompt_tokens(prompt, m.vocab())?;
-    let cfg = SpecConfig { sampling: s.sampling(), max_new: prompt.max_new, seed: s.seed, ..Default::default() };
+    let max_new = fit_max_new(prompt.max_new, 200, tokens.len(), &[&m], "--max-new")?;
+    let cfg = SpecConfig { sampling: s.sampling(), max_new, seed: s.seed, ..Default::default() };
     let g = generate(m.verifier()?.as_mut(), &tokens, &cfg)?;
     let text = text_of(&g.tokens, m.vocab());
     if as_json {
@@ -358,7 +407,7 @@ fn cmd_speculate(a: &SpeculateArgs) -> Result<()> {
         sampling: a.sampling.sampling(),
         argmax_draft: a.argmax_draft,
         acceptance,
-        max_new: a.prompt.max_new,
+        max_new: fit_max_new(a.prompt.max_new, 200, tokens.len(), &[&ver, &dr], "--max-new")?,
         seed: a.sampling.seed,
         ..Default::default()
     };
@@ -385,8 +434,34 @@ fn cmd_speculate(a: &SpeculateArgs) -> Result<()> {
             )),
             if matches!(acceptance, Acceptance::Typical { .. }) { " (LOSSY typical acceptance)" } else { "" }
         );
+        if let Some(v) = verdict(&g, base.as_ref()) {
+            eprintln!("{v}");
+        }
     }
     Ok(())
+}
+
+/// Whether speculation paid for this pair, in plain words, with the measured speedup and the fitted
+/// costs (draft step against verifier pass): a draft pays only when its step is cheap against the
+/// verifier's pass.
+fn verdict(g: &Generation, base: Option<&Generation>) -> Option<String> {
+    let s = &g.stats;
+    let speedup = s.tokens_per_second / base?.stats.tokens_per_second;
+    let c = &s.cost;
+    let costs = format!(
+        "draft step {:.3} ms, verifier pass {:.3} ms + {:.3} ms per position",
+        c.draft_step * 1e3,
+        c.fixed * 1e3,
+        c.per_position * 1e3
+    );
+    Some(if speedup >= 1.0 {
+        format!("speculation paid: {speedup:.2}x the verifier alone ({costs})")
+    } else {
+        format!(
+            "speculation did not pay: {speedup:.2}x the verifier alone ({costs}); a draft pays when its step is \
+             cheap against the verifier's pass, i.e. with a larger verifier"
+        )
+    })
 }
 
 fn spec_json(g: &Generation, base: Option<&Generation>, cfg: &SpecConfig, text: Option<String>) -> serde_json::Value {
@@ -406,6 +481,7 @@ fn spec_json(g: &Generation, base: Option<&Generation>, cfg: &SpecConfig, text: 
             "same_tokens": b.tokens == g.tokens,
         })),
         "speedup": base.map(|b| s.tokens_per_second / b.stats.tokens_per_second),
+        "verdict": verdict(g, base),
         "predicted_speedup": predicted_speedup(s.alpha_iid, gamma_for_formula, s.cost_ratio),
         "predicted_speedup_cost_model": s.cost.speedup(s.alpha_iid, gamma_for_formula),
     })
@@ -422,6 +498,7 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
     if a.out.join("model.safetensors").exists() && !opts.resume {
         return Err(refuse_overwrite(&a.out));
     }
+    s4::train::trainer::check_out(&run_dir(&a.out), opts.resume)?;
     let corpus = shakespeare::load(&a.data)?;
     let mut cfg: LmTrainConfig = config_or_default(a.config.as_deref())?;
     cfg.context = a.context;
@@ -460,7 +537,7 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
         model.save(&a.out)?;
     }
     let summary = json!({"out": a.out, "finished": finished, "params": model.num_params(), "train": cfg,
-                         "report": report, "wall_seconds": t0.elapsed().as_secs_f64()});
+                         "evals": report.evals, "report": report, "wall_seconds": t0.elapsed().as_secs_f64()});
     if finished {
         s4::io::write_json(&a.out.join("training.json"), &summary)?;
     }
@@ -474,6 +551,7 @@ fn cmd_distill(a: &DistillArgs) -> Result<()> {
     if a.out.join("config.json").exists() && !opts.resume {
         return Err(refuse_overwrite(&a.out));
     }
+    s4::train::trainer::check_out(&run_dir(&a.out), opts.resume)?;
     let teacher = Gpt::<f32>::load(&a.verifier)?;
     let corpus = shakespeare::load(&a.data)?;
     let mut cfg: DistillConfig = config_or_default(a.config.as_deref())?;

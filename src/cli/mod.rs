@@ -3,6 +3,7 @@
 //!
 //! | group | module | commands |
 //! |---|---|---|
+//! | start here | [`demo`] | `demo` |
 //! | core maths | [`core`] | `hippo`, `kernel`, `reconstruct` |
 //! | layers and models | [`models`] | `import-official`, `info`, `run` |
 //! | training | [`training`] | `train`, `eval` |
@@ -11,6 +12,7 @@
 
 mod bench;
 mod core;
+mod demo;
 mod lm;
 mod models;
 mod training;
@@ -19,9 +21,44 @@ use clap::{Args, Parser, Subcommand};
 use s4::{Error, Result};
 use std::path::Path;
 
+/// The commands by task, as `s4 --help` and a bare `s4` list them (a test checks that every
+/// command is here).
+const COMMAND_MAP: &str = "\
+Commands, by task (s4 COMMAND --help for each, with defaults):
+  Start here
+    demo             S4 learns a long-range task in a minute, then runs as a stream (PNG + JSON)
+  Core maths
+    hippo            HiPPO matrices (A, B) and their diagonal-plus-low-rank form
+    kernel           SSM convolution kernels (S4 DPLR, S4D) from an initialization or a file
+    reconstruct      the HiPPO memory demo: read a signal's past back from the state
+  Layers and models
+    import-official  import an official PyTorch S4Block / S4D state dict into a layer folder
+    info             describe a folder s4 wrote: layer, model, GPT-2, or training run
+    run              run a saved layer or model on a .npy input (conv or step mode)
+  Training
+    train            train S4 (or the transformer baseline) on a long-range task
+    eval             evaluate a training run's checkpoint on its test split
+  Language models and speculative decoding
+    logits           next-token logits of a causal model
+    generate         generate text with one model
+    speculate        speculative decoding: an S4 draft proposes, a transformer verifies
+    train-lm         train the transformer verifier on the Shakespeare corpus
+    distill          distill an S4 draft from a verifier
+  Benchmarks
+    bench            kernels and FFT convolution beside the official PyTorch numbers
+    bench-speculate  speculative decoding on a model pair, several draft lengths";
+
 /// The parsed command line.
 #[derive(Parser, Debug)]
-#[command(name = "s4", version, about = "Structured state-space sequence models (S4, S4D, HiPPO) in Rust")]
+#[command(
+    name = "s4",
+    version,
+    about = "Structured state-space sequence models (S4, S4D, HiPPO) in Rust",
+    arg_required_else_help = true,
+    disable_help_subcommand = true,
+    help_template = "{about}\n\n{usage-heading} {usage}\n{after-help}\n\nOptions:\n{options}",
+    after_help = COMMAND_MAP
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +66,11 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The main job: a small causal S4 model learns the adding problem (a long-range regression)
+    /// in about a minute, is scored against predicting the mean, then runs as a stream, one input
+    /// at a time, giving the convolution's outputs. Prints a summary (or JSON with --json) and
+    /// draws a dashboard PNG.
+    Demo(demo::DemoArgs),
     #[command(flatten)]
     Core(core::Command),
     #[command(flatten)]
@@ -46,7 +88,10 @@ enum Command {
 pub fn parse() -> Cli {
     match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(),
+        // --help, --version, and a bare `s4` (the command map, exit 2)
+        Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
         Err(e) => {
             let text = e.to_string();
             let msg: Vec<&str> = text
@@ -77,6 +122,7 @@ fn expected_choices(msg: &str) -> String {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Demo(a) => demo::cmd_demo(&a),
         Command::Core(c) => core::run(c),
         Command::Models(c) => models::run(c),
         Command::Training(c) => training::run(c),
@@ -128,5 +174,21 @@ impl RunControl {
             stop_after: self.stop_after,
             extend: self.extend,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_map_lists_every_command() {
+        for sub in Cli::command().get_subcommands() {
+            let name = sub.get_name();
+            assert!(COMMAND_MAP.contains(&format!("    {name} ")), "{name} is missing from COMMAND_MAP");
+        }
+        let listed = COMMAND_MAP.lines().filter(|l| l.starts_with("    ")).count();
+        assert_eq!(listed, Cli::command().get_subcommands().count(), "COMMAND_MAP lists a command that does not exist");
     }
 }

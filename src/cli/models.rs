@@ -17,8 +17,9 @@ pub enum Command {
     /// Import an official PyTorch S4Block / S4D state dict (safetensors, e.g. from
     /// tools/convert_official.py) with the constructor's keyword arguments into a layer folder.
     ImportOfficial(ImportArgs),
-    /// Describe a saved layer or model folder (config.json + model.safetensors) as JSON: its
-    /// configuration, parameter count and, for DPLR layers, the length C-tilde is tied to.
+    /// Describe a folder s4 wrote, as JSON: a layer or model (S4, the transformer classifier, GPT-2:
+    /// configuration, parameter count and, for DPLR layers, the length C-tilde is tied to), or a
+    /// training run (settings, rounds done, last metrics, and its checkpoint).
     Info {
         /// The folder.
         dir: PathBuf,
@@ -126,21 +127,50 @@ fn layer_param_count<T>(w: &s4::layer::Weights<T>) -> usize {
 }
 
 fn cmd_info(dir: &Path) -> Result<()> {
-    use s4::model::checkpoint::{load_any, Saved};
-    use s4::transformer::{classifier::FORMAT, TransformerClassifier};
-    let cpath = dir.join(s4::model::checkpoint::CONFIG_FILE);
-    let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
-    if serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v["format"] == FORMAT) {
-        let model = TransformerClassifier::<f32>::load(dir)?;
-        println!("{}", json!({"format": FORMAT, "config": model.config(), "parameters": model.num_params()}));
-        return Ok(());
+    println!("{}", describe(dir)?);
+    Ok(())
+}
+
+/// What `s4 info` prints about a folder: a layer or model folder (S4, the transformer classifier,
+/// a GPT-2 folder), or a training run folder (`s4 train`, or the `run/` of `train-lm` and `distill`)
+/// with its settings, progress and checkpoint.
+fn describe(dir: &Path) -> Result<serde_json::Value> {
+    use s4::model::checkpoint::{load_any, Saved, CONFIG_FILE};
+    use s4::transformer::{classifier::FORMAT, Gpt, TransformerClassifier};
+    if let Some(ckpt) = s4::train::trainer::checkpoint_dir(dir) {
+        let metrics: Vec<serde_json::Value> = s4::train::trainer::read_metrics(dir)?;
+        let settings: serde_json::Value = s4::io::read_json(&dir.join(CONFIG_FILE))?;
+        return Ok(json!({"format": "run", "settings": settings, "rounds_done": metrics.len(),
+                         "last": metrics.last(), "checkpoint": describe(&ckpt)?}));
     }
-    match load_any::<f32>(dir)? {
-        Saved::Layer(layer) => println!(
-            "{}",
+    let cpath = dir.join(CONFIG_FILE);
+    if !cpath.exists() && dir.join("run").is_dir() {
+        return describe(&dir.join("run")); // a train-lm or distill output folder before the end
+    }
+    let v: serde_json::Value = s4::io::read_json(&cpath)?;
+    if v["format"] == FORMAT {
+        let model = TransformerClassifier::<f32>::load(dir)?;
+        return Ok(json!({"format": FORMAT, "config": model.config(), "parameters": model.num_params()}));
+    }
+    if v["model_type"] == "gpt2" {
+        let model = Gpt::<f32>::load(dir)?;
+        return Ok(json!({"format": "gpt2", "config": model.config(), "parameters": model.num_params()}));
+    }
+    if !matches!(v["format"].as_str(), Some("s4-layer" | "s4-model")) {
+        return Err(Error::format(
+            &cpath,
+            format!(
+                "unknown format {}: expected a folder written by s4 (s4-layer, s4-model, {FORMAT}, a GPT-2 folder, or a \
+                 training run)",
+                v.get("format").or_else(|| v.get("model_type")).unwrap_or(&serde_json::Value::Null)
+            ),
+        ));
+    }
+    Ok(match load_any::<f32>(dir)? {
+        Saved::Layer(layer) => {
             json!({"format": "s4-layer", "config": layer.config(), "parameters": layer_param_count(layer.weights()),
                    "l_kernel": layer.weights().l_kernel})
-        ),
+        }
         Saved::Model(model) => {
             let mut params: usize =
                 model.blocks().iter().map(|b| layer_param_count(b.layer.weights()) + 2 * b.norm.features()).sum();
@@ -152,13 +182,9 @@ fn cmd_info(dir: &Path) -> Result<()> {
             let (w, b) = model.decoder();
             params += w.len() + b.len();
             let l_kernels: Vec<usize> = model.blocks().iter().map(|b| b.layer.weights().l_kernel).collect();
-            println!(
-                "{}",
-                json!({"format": "s4-model", "config": model.config(), "parameters": params, "l_kernel": l_kernels})
-            );
+            json!({"format": "s4-model", "config": model.config(), "parameters": params, "l_kernel": l_kernels})
         }
-    }
-    Ok(())
+    })
 }
 
 /// (B, L, F) <-> (B, F, L).
@@ -194,10 +220,10 @@ fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> R
             if step {
                 let rec = layer.recurrent()?;
                 let (b, h, l) = x.dim();
-                if let Some(ls) = lengths {
-                    if ls.len() != b || ls.iter().any(|&n| n == 0 || n > l) {
-                        return Err(Error::invalid("lengths", format!("{ls:?}"), format!("{b} lengths <= L = {l}")));
-                    }
+                if let Some(ls) = lengths
+                    && (ls.len() != b || ls.iter().any(|&n| n == 0 || n > l))
+                {
+                    return Err(Error::invalid("lengths", format!("{ls:?}"), format!("{b} lengths <= L = {l}")));
                 }
                 let mut st = rec.zero_state(b);
                 let mut y = Array3::<T>::zeros((b, h, l));
@@ -224,7 +250,7 @@ fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> R
                     let t = t
                         .into_dimensionality::<Ix2>()
                         .map_err(|_| Error::format(&a.input, "token ids must be a 2-D (B, L) array"))?;
-                    if let Some(((i, j), &bad)) = t.indexed_iter().find(|(_, &v)| v < 0 || v > u32::MAX as i64) {
+                    if let Some(((i, j), &bad)) = t.indexed_iter().find(|&(_, &v)| v < 0 || v > u32::MAX as i64) {
                         return Err(Error::invalid(format!("tokens[{i}, {j}]"), bad, "a non-negative token id"));
                     }
                     tokens = t.mapv(|v| v as u32);
@@ -244,10 +270,10 @@ fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> R
                 if b == 0 || l == 0 {
                     return Err(Error::invalid("input", format!("B = {b}, L = {l}"), "B, L >= 1"));
                 }
-                if let Some(ls) = lengths {
-                    if ls.len() != b || ls.iter().any(|&n| n == 0 || n > l) {
-                        return Err(Error::invalid("lengths", format!("{ls:?}"), format!("{b} lengths in 1..={l}")));
-                    }
+                if let Some(ls) = lengths
+                    && (ls.len() != b || ls.iter().any(|&n| n == 0 || n > l))
+                {
+                    return Err(Error::invalid("lengths", format!("{ls:?}"), format!("{b} lengths in 1..={l}")));
                 }
                 let mut st = rec.zero_state(b);
                 let mut y = Array3::<T>::zeros((b, model.config().d_output, l));

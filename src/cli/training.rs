@@ -99,6 +99,7 @@ fn split_sizes(sizes: &[usize]) -> Result<s4::data::SplitSizes> {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     use s4::train::{default_preset_for, load_task, preset, train, TrainConfig};
     let t0 = Instant::now();
+    s4::train::trainer::check_out(&a.out, a.run.resume)?;
     let arch = a.arch;
     let task = load_task(&a.task, a.data.as_deref(), &split_sizes(&a.sizes)?, a.seed)?;
     let preset_name =

@@ -61,10 +61,10 @@ pub(crate) fn check_inputs<T: Real>(
             return Err(Error::shape(name, format!("(H, L_k) = ({channels}, {klen}) with L_k >= 1"), k.shape()));
         }
     }
-    if let Some(d) = d {
-        if d.len() != channels {
-            return Err(Error::shape("skip D", format!("(H,) = ({channels},)"), d.shape()));
-        }
+    if let Some(d) = d
+        && d.len() != channels
+    {
+        return Err(Error::shape("skip D", format!("(H,) = ({channels},)"), d.shape()));
     }
     if u.iter().any(|x| !x.is_finite()) {
         return Err(Error::invalid("input u", "non-finite entries", "finite values"));

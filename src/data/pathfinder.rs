@@ -207,7 +207,7 @@ impl Canvas<'_> {
     }
 
     /// Pixels of the marker square centred on `p`.
-    fn square(&self, p: (usize, usize)) -> impl Iterator<Item = (usize, usize)> {
+    fn square(&self, p: (usize, usize)) -> impl Iterator<Item = (usize, usize)> + use<> {
         let m = self.cfg.marker_radius;
         (p.0 - m..=p.0 + m).flat_map(move |r| (p.1 - m..=p.1 + m).map(move |c| (r, c)))
     }

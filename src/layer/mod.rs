@@ -575,7 +575,7 @@ impl<T: Real> S4Layer<T> {
             if len.len() != b {
                 return Err(Error::shape("lengths", format!("(B,) = ({b},)"), &[len.len()]));
             }
-            if let Some((i, &n)) = len.iter().enumerate().find(|(_, &n)| n > l || n == 0) {
+            if let Some((i, &n)) = len.iter().enumerate().find(|&(_, &n)| n > l || n == 0) {
                 return Err(Error::invalid(format!("lengths[{i}]"), n, format!("in 1..=L = {l}")));
             }
         }

@@ -50,7 +50,7 @@ pub fn check_lengths(lengths: Option<&[usize]>, batch: usize, len: usize) -> Res
         if l.len() != batch {
             return Err(Error::shape("lengths", format!("({batch},)"), &[l.len()]));
         }
-        if let Some((i, &n)) = l.iter().enumerate().find(|(_, &n)| n == 0 || n > len) {
+        if let Some((i, &n)) = l.iter().enumerate().find(|&(_, &n)| n == 0 || n > len) {
             return Err(Error::invalid(format!("lengths[{i}]"), n, format!("in 1..=L = {len}")));
         }
     }
@@ -65,7 +65,7 @@ pub fn check_target(target: &Target, pooling: Pooling, d_output: usize, batch: u
     match (target, pooling) {
         (Target::Classes(y), Pooling::Mean | Pooling::Last) => {
             check_targets(y.len(), batch)?;
-            if let Some((i, &c)) = y.iter().enumerate().find(|(_, &c)| c as usize >= d_output) {
+            if let Some((i, &c)) = y.iter().enumerate().find(|&(_, &c)| c as usize >= d_output) {
                 return Err(Error::invalid(format!("label {i}"), c, format!("< d_output = {d_output}")));
             }
         }
@@ -82,7 +82,7 @@ pub fn check_target(target: &Target, pooling: Pooling, d_output: usize, batch: u
             if y.dim() != (batch, len) {
                 return Err(Error::shape("target tokens", format!("({batch}, {len})"), y.shape()));
             }
-            if let Some(((b, t), &c)) = y.indexed_iter().find(|(_, &c)| c as usize >= d_output) {
+            if let Some(((b, t), &c)) = y.indexed_iter().find(|&(_, &c)| c as usize >= d_output) {
                 return Err(Error::invalid(format!("target token [{b}, {t}]"), c, format!("< d_output = {d_output}")));
             }
         }

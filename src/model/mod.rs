@@ -284,7 +284,7 @@ impl<T: Real> Encoder<T> {
                     return Err(Error::shape("tokens", "(B, L) with B, L >= 1", tok.shape()));
                 }
                 let v = table.nrows();
-                if let Some(((i, t), &bad)) = tok.indexed_iter().find(|(_, &k)| k as usize >= v) {
+                if let Some(((i, t), &bad)) = tok.indexed_iter().find(|&(_, &k)| k as usize >= v) {
                     return Err(Error::invalid(
                         format!("tokens[{i}, {t}]"),
                         bad,
@@ -492,14 +492,14 @@ impl<T: Real> S4Model<T> {
     ) -> Result<(Array3<T>, Option<ModelState<T>>)> {
         let mut x = self.encode(input)?;
         let (batch, _, len) = x.dim();
-        if let Some(init) = initial {
-            if init.layers.len() != self.blocks.len() {
-                return Err(Error::invalid(
-                    "state",
-                    format!("{} layers", init.layers.len()),
-                    format!("{} layers", self.blocks.len()),
-                ));
-            }
+        if let Some(init) = initial
+            && init.layers.len() != self.blocks.len()
+        {
+            return Err(Error::invalid(
+                "state",
+                format!("{} layers", init.layers.len()),
+                format!("{} layers", self.blocks.len()),
+            ));
         }
         let mut states = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
@@ -683,7 +683,7 @@ impl<T: Real> RecurrentModel<'_, T> {
             }
             (Encoder::Embedding { table }, StepInput::Tokens(tok)) => {
                 let v = table.nrows();
-                if let Some((i, &bad)) = tok.iter().enumerate().find(|(_, &k)| k as usize >= v) {
+                if let Some((i, &bad)) = tok.iter().enumerate().find(|&(_, &k)| k as usize >= v) {
                     return Err(Error::invalid(format!("tokens[{i}]"), bad, format!("a token id < vocab_size = {v}")));
                 }
                 Array2::from_shape_fn((tok.len(), h), |(i, j)| table[[tok[i] as usize, j]])

@@ -257,26 +257,28 @@ unsafe fn packed_tile_avx512<const R: usize>(
     r0: usize,
     j0: usize,
 ) {
-    use std::arch::x86_64::*;
-    let n = PANEL.min(o - j0);
-    let mask: __mmask16 = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
-    let xs = x.as_ptr().add(r0 * k);
-    let outp = out.as_mut_ptr().add(r0 * o + j0);
-    let mut acc = [_mm512_setzero_ps(); R];
-    for (r, a) in acc.iter_mut().enumerate() {
-        *a = _mm512_maskz_loadu_ps(mask, outp.add(r * o));
-    }
-    let w = panel.as_ptr();
-    for i in 0..k {
-        // the panel is one sequential stream: ask for it well ahead of its use
-        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((i + PREFETCH_ROWS) * PANEL).cast::<i8>());
-        let wi = _mm512_loadu_ps(w.add(i * PANEL));
+    unsafe {
+        use std::arch::x86_64::*;
+        let n = PANEL.min(o - j0);
+        let mask: __mmask16 = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
+        let xs = x.as_ptr().add(r0 * k);
+        let outp = out.as_mut_ptr().add(r0 * o + j0);
+        let mut acc = [_mm512_setzero_ps(); R];
         for (r, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(_mm512_set1_ps(*xs.add(r * k + i)), wi, *a);
+            *a = _mm512_maskz_loadu_ps(mask, outp.add(r * o));
         }
-    }
-    for (r, a) in acc.iter().enumerate() {
-        _mm512_mask_storeu_ps(outp.add(r * o), mask, *a);
+        let w = panel.as_ptr();
+        for i in 0..k {
+            // the panel is one sequential stream: ask for it well ahead of its use
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((i + PREFETCH_ROWS) * PANEL).cast::<i8>());
+            let wi = _mm512_loadu_ps(w.add(i * PANEL));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*xs.add(r * k + i)), wi, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(outp.add(r * o), mask, *a);
+        }
     }
 }
 
@@ -289,16 +291,17 @@ unsafe fn packed_tile_avx512<const R: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn packed_matmul_avx512(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]) {
-    let (k, o) = (w.k, w.o);
-    let m = out.len() / o.max(1);
-    assert!(x.len() >= m * k && out.len() == m * o && w.data.len() == o.div_ceil(PANEL) * k * PANEL);
-    // as few tiles as 16-row tiles allow, of even sizes (17 rows: 9 + 8, not 16 + 1)
-    let per_tile = m.div_ceil(m.div_ceil(16).max(1)).max(1);
-    for (p, panel) in w.data.chunks_exact(k * PANEL).enumerate() {
-        let mut r0 = 0;
-        while r0 < m {
-            let r = per_tile.min(m - r0);
-            macro_rules! tiles {
+    unsafe {
+        let (k, o) = (w.k, w.o);
+        let m = out.len() / o.max(1);
+        assert!(x.len() >= m * k && out.len() == m * o && w.data.len() == o.div_ceil(PANEL) * k * PANEL);
+        // as few tiles as 16-row tiles allow, of even sizes (17 rows: 9 + 8, not 16 + 1)
+        let per_tile = m.div_ceil(m.div_ceil(16).max(1)).max(1);
+        for (p, panel) in w.data.chunks_exact(k * PANEL).enumerate() {
+            let mut r0 = 0;
+            while r0 < m {
+                let r = per_tile.min(m - r0);
+                macro_rules! tiles {
                 ($($n:literal)*) => {
                     match r {
                         $($n => packed_tile_avx512::<$n>(x, panel, k, o, out, r0, p * PANEL),)*
@@ -306,8 +309,9 @@ unsafe fn packed_matmul_avx512(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]
                     }
                 };
             }
-            tiles!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
-            r0 += r;
+                tiles!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+                r0 += r;
+            }
         }
     }
 }

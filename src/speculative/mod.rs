@@ -285,7 +285,7 @@ fn check_prompt(prompt: &[u32], vocab: usize, max_len: Option<usize>, max_new: u
     if prompt.is_empty() {
         return Err(Error::invalid("prompt", "empty", "at least one token"));
     }
-    if let Some((i, &t)) = prompt.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+    if let Some((i, &t)) = prompt.iter().enumerate().find(|&(_, &t)| t as usize >= vocab) {
         return Err(Error::invalid(format!("prompt[{i}]"), t, format!("a token id < vocabulary size {vocab}")));
     }
     if let Some(m) = max_len {
@@ -378,14 +378,14 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         GammaPolicy::Auto { max: 0 } => return Err(Error::invalid("gamma auto max", 0, "at least 1")),
         _ => {}
     }
-    if let Acceptance::Typical { epsilon, delta } = config.acceptance {
-        if !(epsilon > 0.0 && epsilon <= 1.0 && delta > 0.0 && delta.is_finite()) {
-            return Err(Error::invalid(
-                "typical acceptance (epsilon, delta)",
-                format!("({epsilon}, {delta})"),
-                "0 < epsilon <= 1 and delta > 0",
-            ));
-        }
+    if let Acceptance::Typical { epsilon, delta } = config.acceptance
+        && !(epsilon > 0.0 && epsilon <= 1.0 && delta > 0.0 && delta.is_finite())
+    {
+        return Err(Error::invalid(
+            "typical acceptance (epsilon, delta)",
+            format!("({epsilon}, {delta})"),
+            "0 < epsilon <= 1 and delta > 0",
+        ));
     }
     check_prompt(prompt, vocab, verifier.max_len(), config.max_new)?;
     verifier.rollback(0)?;

@@ -81,10 +81,10 @@ impl Sampling {
         if self.top_k == Some(0) {
             return Err(Error::invalid("top_k", 0, "at least 1 (or unset for no limit)"));
         }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(Error::invalid("top_p", p, "a number in (0, 1]"));
-            }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(Error::invalid("top_p", p, "a number in (0, 1]"));
         }
         Ok(())
     }

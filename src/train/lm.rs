@@ -76,7 +76,7 @@ impl Default for LmTrainConfig {
         LmTrainConfig {
             steps: 2000,
             batch_size: 16,
-            context: 128,
+            context: 256,
             lr: 1e-3,
             min_lr: 1e-4,
             warmup_steps: 100,
@@ -126,10 +126,10 @@ impl LmTrainConfig {
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return Err(Error::invalid("eps", self.eps, "a finite value > 0"));
         }
-        if let Some(c) = self.grad_clip {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(Error::invalid("grad_clip", c, "a finite value > 0"));
-            }
+        if let Some(c) = self.grad_clip
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(Error::invalid("grad_clip", c, "a finite value > 0"));
         }
         Ok(())
     }

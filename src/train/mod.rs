@@ -27,6 +27,8 @@ pub mod tasks;
 pub mod trainer;
 
 pub use optim::{AdamW, OptimConfig, Schedule};
-pub use supervised::{evaluate, train, Arch, EpochMetrics, TrainConfig, TrainModel, TrainReport, TrainedModel};
+pub use supervised::{
+    evaluate, train, train_to, Arch, EpochMetrics, TrainConfig, TrainModel, TrainReport, TrainedModel,
+};
 pub use tasks::{default_preset, default_preset_for, load_task, preset, summary, train_default, PRESETS, TASKS};
 pub use trainer::RunOptions;

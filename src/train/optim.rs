@@ -113,10 +113,10 @@ impl OptimConfig {
         if !(0.0..=1.0).contains(&self.warmup_fraction) {
             return Err(Error::invalid("warmup_fraction", self.warmup_fraction, "a value in [0, 1]"));
         }
-        if let Schedule::NanoGpt { min_factor } = self.schedule {
-            if !(0.0..=1.0).contains(&min_factor) {
-                return Err(Error::invalid("schedule min_factor", min_factor, "a value in [0, 1] (min_lr <= lr)"));
-            }
+        if let Schedule::NanoGpt { min_factor } = self.schedule
+            && !(0.0..=1.0).contains(&min_factor)
+        {
+            return Err(Error::invalid("schedule min_factor", min_factor, "a value in [0, 1] (min_lr <= lr)"));
         }
         Ok(())
     }

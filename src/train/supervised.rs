@@ -459,6 +459,14 @@ pub struct TrainReport {
 /// loss, gradient or weight (the message names the step and the first bad tensor; the last
 /// checkpoint is kept).
 pub fn train(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<TrainReport> {
+    train_to(task, cfg, Some(out), opts)
+}
+
+/// [`train`], or with `out` = `None` a run in memory: nothing written, nothing to resume.
+///
+/// # Errors
+/// As [`train`].
+pub fn train_to(task: &TaskData, cfg: &TrainConfig, out: Option<&Path>, opts: &RunOptions) -> Result<TrainReport> {
     let cfg = cfg.clone().for_task(task);
     cfg.validate()?;
     task.validate()?;
@@ -468,13 +476,13 @@ pub fn train(task: &TaskData, cfg: &TrainConfig, out: &Path, opts: &RunOptions) 
     Ok(match cfg.arch {
         Arch::S4 => {
             let job = TaskJob::<S4Model<f32>> { task, cfg: &cfg, model: std::marker::PhantomData };
-            let (metrics, m) = trainer::run(&job, S4Model::build(&cfg, longest(task))?, &cfg.optim, Some(out), opts)?;
+            let (metrics, m) = trainer::run(&job, S4Model::build(&cfg, longest(task))?, &cfg.optim, out, opts)?;
             TrainReport { metrics, model: TrainedModel::S4(m) }
         }
         Arch::Transformer => {
             let job = TaskJob::<TransformerClassifier<f32>> { task, cfg: &cfg, model: std::marker::PhantomData };
             let model = TransformerClassifier::build(&cfg, longest(task))?;
-            let (metrics, m) = trainer::run(&job, model, &cfg.optim, Some(out), opts)?;
+            let (metrics, m) = trainer::run(&job, model, &cfg.optim, out, opts)?;
             TrainReport { metrics, model: TrainedModel::Transformer(m) }
         }
     })

@@ -201,6 +201,23 @@ pub fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
     [CHECKPOINT, "checkpoint.tmp", "checkpoint.old"].iter().map(|n| out.join(n)).find(|p| p.join("state.json").exists())
 }
 
+/// Checks that a run may be written into `out`: without `resume`, `out` must not hold a previous
+/// run (a checkpoint or metrics). [`run`] checks this too; commands call it before printing
+/// anything.
+///
+/// # Errors
+/// A previous run in `out` without `resume`.
+pub fn check_out(out: &Path, resume: bool) -> Result<()> {
+    if !resume && (checkpoint_dir(out).is_some() || out.join(METRICS).exists()) {
+        return Err(Error::invalid(
+            "--out",
+            out.display(),
+            "a folder without a previous run (continue it with --resume, or choose another folder)",
+        ));
+    }
+    Ok(())
+}
+
 /// Trains `model` (or, on resume, the checkpoint's model) on `job` with AdamW over `optim`,
 /// writing the run into `out` if given (see the module docs; without `out` nothing is written and
 /// nothing can be resumed). Returns every round's metrics (including those before a resume) and the
@@ -237,22 +254,19 @@ fn run_in_pool<J: Job>(
     let fresh =
         State { rounds_done: 0, step: 0, schedule_steps: total_steps, extensions: Vec::new(), key: job.resume_key() };
     let (mut model, mut opt, mut state, mut metrics) = match out {
-        None => (model.clone(), AdamW::new(&model, optim.clone())?, fresh, Vec::new()),
+        None => {
+            let opt = AdamW::new(&model, optim.clone())?;
+            (model, opt, fresh, Vec::new())
+        }
         Some(out) => {
+            check_out(out, opts.resume)?;
             std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-            let previous = checkpoint_dir(out);
-            if !opts.resume && (previous.is_some() || out.join(METRICS).exists()) {
-                return Err(Error::invalid(
-                    "--out",
-                    out.display(),
-                    "a folder without a previous run (continue it with --resume, or choose another folder)",
-                ));
-            }
-            match previous.filter(|_| opts.resume) {
+            match checkpoint_dir(out).filter(|_| opts.resume) {
                 Some(dir) => resume::<J>(job, out, &dir, optim, total_steps, opts.extend)?,
                 None => {
                     write_json(&out.join("config.json"), &job.settings())?;
-                    (model.clone(), AdamW::new(&model, optim.clone())?, fresh, Vec::new())
+                    let opt = AdamW::new(&model, optim.clone())?;
+                    (model, opt, fresh, Vec::new())
                 }
             }
         }

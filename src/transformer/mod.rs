@@ -555,7 +555,7 @@ impl<T: Real> Gpt<T> {
             return Err(Error::shape("token ids", "(batch, T) with T >= 1 (empty input)", &[b, t]));
         }
         let v = self.config.vocab_size;
-        if let Some(((i, j), &id)) = ids.indexed_iter().find(|(_, &id)| id as usize >= v) {
+        if let Some(((i, j), &id)) = ids.indexed_iter().find(|&(_, &id)| id as usize >= v) {
             return Err(Error::invalid(
                 format!("token id at (sequence {i}, position {j})"),
                 id,

@@ -32,16 +32,16 @@ fn read_config(path: &Path) -> Result<GptConfig> {
     for (key, supported) in
         [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false), ("add_cross_attention", false)]
     {
-        if let Some(b) = v.get(key).and_then(|b| b.as_bool()) {
-            if b != supported {
-                return Err(Error::format(path, format!("{key} = {b} is not supported (only {supported})")));
-            }
+        if let Some(b) = v.get(key).and_then(|b| b.as_bool())
+            && b != supported
+        {
+            return Err(Error::format(path, format!("{key} = {b} is not supported (only {supported})")));
         }
     }
-    if let Some(mt) = v.get("model_type").and_then(|m| m.as_str()) {
-        if mt != "gpt2" {
-            return Err(Error::format(path, format!("model_type = {mt:?}: expected \"gpt2\"")));
-        }
+    if let Some(mt) = v.get("model_type").and_then(|m| m.as_str())
+        && mt != "gpt2"
+    {
+        return Err(Error::format(path, format!("model_type = {mt:?}: expected \"gpt2\"")));
     }
     let cfg: GptConfig =
         serde_json::from_value(v).map_err(|e| Error::format(path, format!("invalid GPT-2 config: {e}")))?;

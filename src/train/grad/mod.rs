@@ -1,6 +1,6 @@
 //! Backward passes, one forward/backward pair per piece (llm.c style), and the whole-model
 //! training step built from them. Every backward is checked against central finite differences in
-//! f64 (tests/grad.rs).
+//! f64 (tests/suite/grad.rs).
 //!
 //! ```
 //! use ndarray::{Array2, Array3};

@@ -1,7 +1,7 @@
 //! FFT convolution against direct sums, for every length 1..=130 and for long lengths that are not
 //! powers of two.
 
-mod common;
+use crate::common;
 
 use common::rel_err;
 use ndarray::{Array1, Array2, Array3};

@@ -436,3 +436,35 @@ fn train_lm_and_distill_resume_exactly() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(bytes(&dpart), bytes(&dwhole), "resumed draft differs");
 }
+
+/// The main job at a reduced size: the trained model beats predicting the mean by a wide margin,
+/// the stream equals the convolution, and the dashboard and JSON are written.
+#[test]
+fn demo_learns_and_streams() {
+    let plot = tmp("demo.png");
+    let out = s4(&[
+        "demo",
+        "--length",
+        "30",
+        "--train-size",
+        "4000",
+        "--epochs",
+        "3",
+        "--json",
+        "--quiet",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (mse, base) = (v["test_mse"].as_f64().unwrap(), v["mean_baseline_mse"].as_f64().unwrap());
+    println!("demo at L = 30: test MSE {mse:.4} vs {base:.4} for the mean");
+    assert!(base > 0.1 && mse < 0.25 * base, "test MSE {mse} against the mean's {base}");
+    assert!(v["stream_vs_convolution_max_abs_diff"].as_f64().unwrap() < 1e-4);
+    assert!(v["stream_last_vs_pooled_max_abs_diff"].as_f64().unwrap() < 1e-4);
+    assert!(std::fs::metadata(&plot).unwrap().len() > 10_000);
+    // a bare `s4` prints the command map, grouped by task
+    let bare = s4(&[]);
+    let text = String::from_utf8_lossy(&bare.stderr).to_string() + &String::from_utf8_lossy(&bare.stdout);
+    assert!(text.contains("Start here") && text.contains("Benchmarks") && text.contains("bench-speculate"), "{text}");
+}

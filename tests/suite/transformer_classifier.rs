@@ -17,7 +17,7 @@ use s4::transformer::grad::{attention_backward_masked, attention_forward_masked,
 use s4::transformer::{TransformerClassifier, TransformerClassifierConfig};
 use std::path::PathBuf;
 
-mod common;
+use crate::common;
 use common::{bump, check, check_tensors, dot2, randn2, rng};
 
 fn tmp(name: &str) -> PathBuf {

@@ -1,6 +1,6 @@
 //! The S4 layer: official PyTorch parity, conv = recurrent, chunked state forwarding, padding.
 
-mod common;
+use crate::common;
 
 use common::{fixture, rel_err};
 use ndarray::{s, Array2, Array3};

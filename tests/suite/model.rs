@@ -1,6 +1,6 @@
 //! Deep S4 models: conv = recurrent through 4 layers, the streaming LM API, presets, errors.
 
-mod common;
+use crate::common;
 
 use common::rel_err;
 use ndarray::{s, Array2, Array3};

@@ -15,7 +15,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
-mod common;
+use crate::common;
 use common::{bump, check, check_tensors, dot2, randn1, randn2, rng};
 
 fn fixture_dir() -> PathBuf {

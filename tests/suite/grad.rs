@@ -12,7 +12,7 @@ use s4::nn::{feature_rows, from_feature_rows, loss, norm};
 use s4::ssm::{KernelKind, SsmInitConfig, SsmParams};
 use s4::train::grad::{self, ops, Target, TrainOptions};
 
-mod common;
+use crate::common;
 use common::{check, randn2, rng};
 
 fn randn3(shape: (usize, usize, usize), seed: u64) -> Array3<f64> {

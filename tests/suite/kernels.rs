@@ -1,7 +1,7 @@
 //! Every fast kernel against the slow, obvious one: S4 (DPLR) and S4D kernels against matrix powers
 //! and the diagonal recurrence, the C̃ correction, length doubling, and the official PyTorch kernels.
 
-mod common;
+use crate::common;
 
 use common::{official_params, rel_err, to_f64};
 use ndarray::{Array1, Array2, Array3};
