@@ -392,7 +392,7 @@ pub fn linear_backward<T: Real>(
 
 /// `y[b] = W x[b] + bias` over the feature axis of a (B, F, L) sequence: W (O, F), bias (O,) →
 /// (B, O, L) (the S4 layer's output linear, the S4 models' encoder and decoder), one gemm per
-/// sequence with the bias as its initial value, sequences in parallel.
+/// sequence with the bias as its initial value, sequences in parallel when each is worth a thread.
 ///
 /// # Panics
 /// If W is not (O, F) or bias not (O,).
@@ -401,12 +401,18 @@ pub fn linear_features<T: Real>(x: ArrayView3<T>, w: ArrayView2<T>, bias: ArrayV
     assert_eq!(w.ncols(), f, "linear_features: W must be (O, F)");
     assert_eq!(bias.len(), w.nrows(), "linear_features: bias must be (O,)");
     let mut y = Array3::<T>::zeros((b, w.nrows(), l));
-    y.axis_iter_mut(Axis(0)).into_par_iter().zip(x.axis_iter(Axis(0))).for_each(|(mut yb, xb)| {
+    let one = |(mut yb, xb): (ndarray::ArrayViewMut2<T>, ArrayView2<T>)| {
         for (mut row, &bv) in yb.outer_iter_mut().zip(bias.iter()) {
             row.fill(bv);
         }
         general_mat_mul(T::one(), &w, &xb, T::one(), &mut yb);
-    });
+    };
+    // one sequence of a recurrent step is far below what a thread hand-off costs
+    if b > 1 && w.len() * l >= PAR_WORK {
+        y.axis_iter_mut(Axis(0)).into_par_iter().zip(x.axis_iter(Axis(0))).for_each(one);
+    } else {
+        y.axis_iter_mut(Axis(0)).zip(x.axis_iter(Axis(0))).for_each(one);
+    }
     y
 }
 
