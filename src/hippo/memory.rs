@@ -431,8 +431,17 @@ pub fn memory_panels(cfg: &MemoryConfig, results: &[MemoryResult]) -> Vec<Panel>
         let pts = |v: &[f64]| r.times.iter().copied().zip(v.iter().copied()).collect::<Vec<_>>();
         panels.push(Panel {
             title: format!(
-                "{} N = {}: relative RMSE {:.2e} over ages {}..{}",
-                r.operator, r.n, r.relative_rmse, r.ages.0, r.ages.1
+                "{} N = {}: relative RMSE {:.2e} over ages {}..{}{}",
+                r.operator,
+                r.n,
+                r.relative_rmse,
+                r.ages.0,
+                r.ages.1,
+                if r.operator == MemoryOperator::LagT {
+                    " (expected: the Laguerre basis spans the whole e^-s weighted past, coarse on this window)"
+                } else {
+                    ""
+                }
             ),
             x_label: "time".into(),
             y_label: "u(t)".into(),

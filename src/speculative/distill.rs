@@ -71,7 +71,9 @@ use crate::nn::loss::softmax;
 use crate::plot::{write_png, Panel, Series};
 use crate::train::grad::{forward_backward, TrainOptions};
 use crate::train::optim::OptimConfig;
-use crate::train::trainer::{self, fingerprint, step_seed, Job, Progress, RoundTraining, RunOptions};
+use crate::train::trainer::{
+    self, fingerprint, interval_rounds, interval_steps, step_seed, Job, Progress, RoundTraining, RunOptions,
+};
 use crate::transformer::Gpt;
 use std::path::Path;
 
@@ -267,27 +269,17 @@ struct DistillJob<'a> {
     student_config: S4ModelConfig,
 }
 
-impl DistillJob<'_> {
-    fn per_round(&self) -> usize {
-        if self.cfg.eval_every == 0 {
-            self.cfg.steps
-        } else {
-            self.cfg.eval_every.min(self.cfg.steps)
-        }
-    }
-}
-
 impl Job for DistillJob<'_> {
     type Model = S4Model<f32>;
     type Batch = Array2<u32>;
     type Metrics = DistillEval;
 
     fn rounds(&self) -> usize {
-        self.cfg.steps.div_ceil(self.per_round())
+        interval_rounds(self.cfg.steps, self.cfg.eval_every)
     }
 
     fn steps_in_round(&self, round: usize) -> u64 {
-        self.per_round().min(self.cfg.steps - (round - 1) * self.per_round()) as u64
+        interval_steps(self.cfg.steps, self.cfg.eval_every, round)
     }
 
     /// The windows of each step: `corpus_fraction` of the batch from the corpus, the rest from

@@ -25,7 +25,7 @@
 //! ```
 
 use super::optim::{OptimConfig, Schedule};
-use super::trainer::{self, fingerprint, step_seed, Job, RoundTraining, RunOptions};
+use super::trainer::{self, fingerprint, interval_rounds, interval_steps, step_seed, Job, RoundTraining, RunOptions};
 use crate::error::{Error, Result};
 use crate::model::LossStats;
 use crate::plot::{write_png, Panel, Series};
@@ -220,28 +220,17 @@ struct LmJob<'a> {
     model_config: crate::transformer::GptConfig,
 }
 
-impl LmJob<'_> {
-    fn per_round(&self) -> usize {
-        if self.cfg.eval_every == 0 {
-            self.cfg.steps
-        } else {
-            self.cfg.eval_every.min(self.cfg.steps)
-        }
-    }
-}
-
 impl Job for LmJob<'_> {
     type Model = Gpt<f32>;
     type Batch = (Array2<u32>, Array2<u32>);
     type Metrics = LmEval;
 
     fn rounds(&self) -> usize {
-        self.cfg.steps.div_ceil(self.per_round())
+        interval_rounds(self.cfg.steps, self.cfg.eval_every)
     }
 
     fn steps_in_round(&self, round: usize) -> u64 {
-        let before = (round - 1) * self.per_round();
-        self.per_round().min(self.cfg.steps - before) as u64
+        interval_steps(self.cfg.steps, self.cfg.eval_every, round)
     }
 
     fn batches(&self, round: usize, first_step: u64) -> Result<Vec<Self::Batch>> {

@@ -639,3 +639,15 @@ pub fn fingerprint(values: impl IntoIterator<Item = u64>) -> String {
     let h = values.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v).wrapping_mul(0x0100_0000_01b3));
     format!("{h:016x}")
 }
+
+/// The rounds of a run of `steps` steps evaluated every `every` steps (0: once, after the last):
+/// how many there are.
+pub fn interval_rounds(steps: usize, every: usize) -> usize {
+    steps.div_ceil(if every == 0 { steps } else { every.min(steps) }.max(1))
+}
+
+/// The steps of 1-based `round` of [`interval_rounds`] (the last round may be shorter).
+pub fn interval_steps(steps: usize, every: usize, round: usize) -> u64 {
+    let per = if every == 0 { steps } else { every.min(steps) };
+    per.min(steps.saturating_sub((round - 1) * per)) as u64
+}

@@ -415,6 +415,16 @@ fn train_lm_and_distill_resume_exactly() {
     let bytes = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
     assert_eq!(bytes(&part), bytes(&whole), "resumed verifier differs");
     assert_clear_error(&lm(&whole, &[]), &["--out", "refusing to overwrite"]);
+    // s4 info reads the GPT-2 folder and the training run inside it
+    let info = |dir: &Path| -> serde_json::Value {
+        let r = s4(&["info", dir.to_str().unwrap()]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        serde_json::from_slice(&r.stdout).unwrap()
+    };
+    assert_eq!(info(&whole)["format"], "gpt2");
+    let run = info(&whole.join("run"));
+    assert_eq!((run["format"].as_str(), run["rounds_done"].as_u64()), (Some("run"), Some(2)));
+    assert_eq!(run["checkpoint"]["format"], "gpt2");
 
     let dcfg = tmp("distill.json");
     std::fs::write(&dcfg, r#"{"eval_every": 2, "eval_windows": 2, "prompt_len": 4, "batch_size": 2}"#).unwrap();
@@ -463,6 +473,12 @@ fn demo_learns_and_streams() {
     assert!(v["stream_vs_convolution_max_abs_diff"].as_f64().unwrap() < 1e-4);
     assert!(v["stream_last_vs_pooled_max_abs_diff"].as_f64().unwrap() < 1e-4);
     assert!(std::fs::metadata(&plot).unwrap().len() > 10_000);
+    // train refuses a folder holding a run before printing anything (one line on stderr)
+    let run = tmp("train-twice");
+    let _ = std::fs::remove_dir_all(&run);
+    let args = ["train", "--task", "adding", "--sizes", "8,4,4", "--epochs", "1", "--out", run.to_str().unwrap()];
+    assert!(s4(&[&args[..], &["--quiet"]].concat()).status.success());
+    assert_clear_error(&s4(&args), &["--out", "--resume"]);
     // a bare `s4` prints the command map, grouped by task
     let bare = s4(&[]);
     let text = String::from_utf8_lossy(&bare.stderr).to_string() + &String::from_utf8_lossy(&bare.stdout);
