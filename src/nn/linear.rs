@@ -2,10 +2,11 @@
 //! transformers' layout) and over the feature axis of (B, F, L) sequences ([`linear_features`],
 //! W (O, F), the S4 layout); and the kernels behind them, which both model families share. Linear layers with a
 //! few rows (single-token decoding, scoring a handful of draft tokens) stream the weight matrix
-//! once in order ([`small_matmul_body`]), which is what a memory-bound pass needs; with more rows
+//! once in order (`small_matmul_body`), which is what a memory-bound pass needs; with more rows
 //! they use matrixmultiply's gemm (ndarray's `general_mat_mul`), in blocks of rows run in
 //! parallel; decoding passes of up to 96 rows read weights packed in column panels
-//! ([`PackedMatrix`], [`packed_linear`]). The hot loops go through [`simd_dispatch`].
+//! (`PackedMatrix`, `packed_linear`). The hot loops go through the SIMD dispatch of
+//! [`simd`](super::simd).
 
 use super::simd::{axpy_body, dot_body, madd, simd_dispatch};
 use crate::scalar::Real;

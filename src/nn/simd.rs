@@ -1,5 +1,5 @@
 //! Vector loops compiled three times and picked at run time: for AVX-512F, for AVX2 + FMA and
-//! for the baseline target ([`simd_dispatch`]). The crate is built for generic x86-64 (SSE2),
+//! for the baseline target (the `simd_dispatch!` macro). The crate is built for generic x86-64 (SSE2),
 //! where the loops would run at a quarter of the width and without fused multiply–adds; `dot` and
 //! `axpy` here are the building blocks of the [linear](super::linear) and attention kernels.
 

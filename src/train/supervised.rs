@@ -181,7 +181,7 @@ fn longest(task: &TaskData) -> usize {
     [&task.train, &task.val, &task.test].iter().map(|s| s.max_len()).max().unwrap_or(1).max(1)
 }
 
-/// What the training loop needs of a model, beyond its [`Parameters`]: implemented by
+/// What the training loop needs of a model, beyond its [`Trainable`]: implemented by
 /// [`S4Model<f32>`] and [`TransformerClassifier<f32>`], so that one loop ([`train`]) trains either.
 pub trait TrainModel: Trainable + std::fmt::Debug {
     /// A fresh model for `cfg` (as [`TrainConfig::for_task`] returns it) on a task whose longest

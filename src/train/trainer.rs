@@ -19,7 +19,7 @@
 //! A job draws the batches of a round from (seed, round) or (seed, step), never from a stream
 //! that runs across rounds, so a run resumed after round r continues exactly as the uninterrupted
 //! run did: the checkpoint holds the weights (and BatchNorm statistics), both moments and the
-//! step. A resume refuses a changed job (its [`Job::settings`] differ) and a changed length unless
+//! step. A resume refuses a changed job (its [`Job::resume_key`] differs) and a changed length unless
 //! it is an extension ([`RunOptions::extend`]): then the learning-rate schedule keeps the length of
 //! the original run, the extra rounds continue at its final rate, and `state.json` records the
 //! extension. Every parallel reduction sums per-sequence parts in sequence order, so nothing

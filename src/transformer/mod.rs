@@ -69,9 +69,9 @@
 //! ## Training
 //!
 //! [`grad`] holds a forward/backward pair of plain functions for every piece (llm.c style) and
-//! [`grad::forward_backward`] for the whole model; [`train::train_lm`] is a training loop (random
-//! windows, AdamW, cosine schedule with warmup, gradient clipping, data parallel over the batch with
-//! results independent of the thread count).
+//! [`grad::forward_backward`] for the whole model; [`crate::train::lm`] trains it on the crate's one
+//! training loop (random windows, AdamW, nanoGPT's schedule, gradient clipping, data parallel over
+//! the batch with results independent of the thread count, checkpoints and exact resume).
 //!
 //! ## The encoder classifier
 //!
