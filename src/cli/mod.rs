@@ -119,8 +119,9 @@ fn expected_choices(msg: &str) -> String {
     format!("{}: expected {list}{}", msg[..start].trim_end(), &msg[start + len + 1..])
 }
 
-/// Runs the parsed command.
+/// Runs the parsed command (after checking the `S4_SIMD` cap, which the library would ignore).
 pub fn run(cli: Cli) -> Result<()> {
+    s4::nn::simd::SimdLevel::from_env()?;
     match cli.command {
         Command::Demo(a) => demo::cmd_demo(&a),
         Command::Core(c) => core::run(c),

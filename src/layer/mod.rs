@@ -34,7 +34,7 @@ use crate::discretize::Discretization;
 use crate::error::{check_dt, check_even_state, Error, Result};
 use crate::kernel::{default_discretization, diag_kernel, DplrKernel};
 use crate::nn::linear::linear_features;
-use crate::nn::{gelu, glu_features};
+use crate::nn::{gelu_in_place, glu_features};
 use crate::scalar::Real;
 use crate::ssm::{KernelKind, SsmInit, SsmInitConfig, SsmParams};
 use ndarray::{s, Array1, Array2, Array3, ArrayView3, Axis};
@@ -646,7 +646,7 @@ impl<T: Real> S4Layer<T> {
         let p = self.config.dropout;
         out.axis_iter_mut(Axis(0)).into_par_iter().zip(y.axis_iter_mut(Axis(0))).enumerate().for_each(
             |(b, (mut ob, mut yb))| {
-                yb.mapv_inplace(gelu);
+                gelu_in_place(yb.as_slice_mut().expect("a row of a fresh array"));
                 if let Some(seed) = drop {
                     dropout_in_place(yb.view_mut(), p, seed, b);
                 }

@@ -58,17 +58,19 @@ use super::S4Layer;
 use crate::discretize::discretize_mode;
 use crate::error::{Error, Result};
 use crate::kernel::recover_c;
-use crate::nn::{gelu, sigmoid};
+use crate::nn::linear::{packed_linear, PackedMatrix};
+use crate::nn::simd::{all_finite, as_f32, as_f32_mut, dot_body, madd, simd_dispatch, SimdLevel};
+use crate::nn::{gelu_in_place, glu_in_place};
 use crate::scalar::Real;
 use crate::ssm::KernelKind;
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 use num_complex::{Complex, Complex64};
 use rayon::prelude::*;
 
-/// Ranks up to this use a stack scratch buffer in the step.
+/// Ranks up to this keep the step's low-rank scratch on the stack.
 const MAX_FAST_RANK: usize = 4;
-/// Steps with at least this many (sequence, channel) rows run in parallel.
-const PARALLEL_MIN_ROWS: usize = 512;
+/// Steps of at least this many sequences split their sequences across threads.
+const PARALLEL_MIN_BATCH: usize = 8;
 
 /// The recurrent state of one layer: (B, H, N/2) complex, the kept half of each conjugate pair.
 ///
@@ -91,28 +93,39 @@ impl<T: Real> State<T> {
     }
 }
 
-/// Per-channel discrete dynamics, flat and channel-major so each channel's data is contiguous
-/// (built once per layer, so the size difference of the variants does not matter).
+/// Complex values as their interleaved (re, im) parts.
+fn reals_mut<T: Real>(x: &mut [Complex<T>]) -> &mut [T] {
+    // SAFETY: `Complex<T>` is `#[repr(C)]` { re, im }, so n complex values are 2n values of T.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<T>(), 2 * x.len()) }
+}
+
+fn push_complex<T: Real>(v: &mut Vec<T>, z: Complex64) {
+    v.extend([T::of(z.re), T::of(z.im)]);
+}
+
+/// Per-channel discrete dynamics as interleaved (re, im) reals, channel-major so that channel i's
+/// values are the contiguous run [i·2M, (i + 1)·2M) (or its R runs for the low-rank vectors).
+/// Only what cannot be derived in registers is stored: a step streams these arrays, the state and
+/// the output weights once, and at batch 1 its time is their size over the cache bandwidth.
 #[derive(Clone, Debug)]
-#[allow(clippy::large_enum_variant)]
-enum Dynamics<T> {
+pub(crate) enum Dynamics<T> {
     Diag {
-        /// Ā, [i·M + j].
-        a_bar: Vec<Complex<T>>,
-        /// B̄, [i·M + j].
-        b_bar: Vec<Complex<T>>,
+        /// Ā.
+        a_bar: Vec<T>,
+        /// B̄.
+        b_bar: Vec<T>,
     },
     Dplr {
-        /// 1 + Δ/2·Λ, [i·M + j].
-        e: Vec<Complex<T>>,
-        /// (1 − Δ/2·Λ)⁻¹, [i·M + j].
-        dinv: Vec<Complex<T>>,
-        /// Δ·B, [i·M + j].
-        bd: Vec<Complex<T>>,
-        /// P, [(i·R + k)·M + j].
-        p: Vec<Complex<T>>,
-        /// Δ/2·P, [(i·R + k)·M + j].
-        p_half_dt: Vec<Complex<T>>,
+        /// 1 + Δ/2·Λ.
+        e: Vec<T>,
+        /// D = (1 − Δ/2·Λ)⁻¹.
+        dinv: Vec<T>,
+        /// Δ·B.
+        bd: Vec<T>,
+        /// 2·P, run k of channel i at (i·R + k)·2M: the dot with x is s = 2·Re(P* x).
+        p2: Vec<T>,
+        /// Δ/4 per channel: Δ/2·P = Δ/4·(2·P).
+        quarter_dt: Vec<T>,
         /// (I + Δ/2·M)⁻¹, [i·R² + a·R + b].
         s_inv: Vec<T>,
         /// Rank R.
@@ -124,38 +137,253 @@ enum Dynamics<T> {
 #[derive(Clone, Debug)]
 pub struct Recurrent<T> {
     dynamics: Dynamics<T>,
-    /// Plain output vectors C, [(c·H + i)·M + j].
-    c: Vec<Complex<T>>,
+    /// 2·conj(C) interleaved, run (c·H + i)·2M: the dot with x is 2·Re(C_c x).
+    c2: Vec<T>,
     /// D (channels, H).
     d: Array2<T>,
-    /// Output linear (2H, channels·H), row-major.
-    w: Array2<T>,
+    /// Output linear Wᵀ (channels·H, 2H), packed for few-row products.
+    w: PackedMatrix<T>,
     bias: ndarray::Array1<T>,
     h: usize,
     m: usize,
     channels: usize,
 }
 
-/// Σ a_i b_i with eight independent partial sums (so the compiler vectorizes it).
-#[inline]
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
+/// x ← a ⊙ x + b·u (complex, interleaved; b = None for zero).
+#[inline(always)]
+fn scale_add<T: Real, const FMA: bool>(x: &mut [T], a: &[T], b: Option<&[T]>, u: T) {
+    let madd = madd::<T, FMA>;
+    for (j, (xp, ap)) in x.chunks_exact_mut(2).zip(a.chunks_exact(2)).enumerate() {
+        let (re, im) = (xp[0], xp[1]);
+        let (br, bi) = b.map_or((T::zero(), T::zero()), |b| (b[2 * j] * u, b[2 * j + 1] * u));
+        xp[0] = madd(ap[0], re, madd(-ap[1], im, br));
+        xp[1] = madd(ap[0], im, madd(ap[1], re, bi));
     }
-    let mut s = acc.iter().fold(T::zero(), |p, &q| p + q);
-    for (x, y) in ra.iter().zip(rb) {
-        s += *x * *y;
-    }
-    s
 }
 
-fn cv<T: Real>(z: Complex64) -> Complex<T> {
-    Complex::new(T::of(z.re), T::of(z.im))
+/// x ← x − s·(d ⊙ v) (complex d ⊙ v; d = None for v itself).
+#[inline(always)]
+fn sub_scaled<T: Real, const FMA: bool>(x: &mut [T], s: T, d: Option<&[T]>, v: &[T]) {
+    let madd = madd::<T, FMA>;
+    for (j, (xp, vp)) in x.chunks_exact_mut(2).zip(v.chunks_exact(2)).enumerate() {
+        let (vr, vi) = match d {
+            Some(d) => (d[2 * j] * vp[0] - d[2 * j + 1] * vp[1], d[2 * j] * vp[1] + d[2 * j + 1] * vp[0]),
+            None => (vp[0], vp[1]),
+        };
+        xp[0] = madd(-s, vr, xp[0]);
+        xp[1] = madd(-s, vi, xp[1]);
+    }
+}
+
+/// Advances channel i's half state x (2M interleaved reals) by one input u (module docs): with
+/// q = Δ/4 and s = 2·Re(P* x),
+/// v = (1 + Δ/2·Λ) ⊙ x + Δ B u − q·s·(2P);  w = D ⊙ v;  t = 2·Re(P* w);  s' = (I + Δ/2·M)⁻¹ t;
+/// x' = w − q·Σ s'·(D ⊙ 2P)  (= D (v − Δ/2·P s')).
+#[inline(always)]
+fn advance_body<T: Real, const FMA: bool>(dynamics: &Dynamics<T>, i: usize, x: &mut [T], u: T) {
+    let m2 = x.len();
+    fn part<T>(v: &[T], start: usize, len: usize) -> &[T] {
+        &v[start..][..len]
+    }
+    let run = |v| part(v, i * m2, m2);
+    match dynamics {
+        Dynamics::Diag { a_bar, b_bar } => scale_add::<T, FMA>(x, run(a_bar), Some(run(b_bar)), u),
+        Dynamics::Dplr { e, dinv, bd, p2, quarter_dt, s_inv, rank } => {
+            let (r, q) = (*rank, quarter_dt[i]);
+            let low = |k: usize| part(p2, (i * r + k) * m2, m2);
+            let mut fast = [T::zero(); 2 * MAX_FAST_RANK];
+            let mut heap = Vec::new();
+            let st: &mut [T] = if r <= MAX_FAST_RANK {
+                &mut fast[..2 * r]
+            } else {
+                heap.resize(2 * r, T::zero());
+                &mut heap
+            };
+            let (s, t) = st.split_at_mut(r);
+            for k in 0..r {
+                s[k] = dot_body::<T, FMA>(low(k), x);
+            }
+            scale_add::<T, FMA>(x, run(e), Some(run(bd)), u);
+            for k in 0..r {
+                sub_scaled::<T, FMA>(x, q * s[k], None, low(k));
+            }
+            scale_add::<T, FMA>(x, run(dinv), None, T::zero());
+            for k in 0..r {
+                t[k] = dot_body::<T, FMA>(low(k), x);
+            }
+            let si = &s_inv[i * r * r..][..r * r];
+            for a in 0..r {
+                s[a] = (0..r).fold(T::zero(), |acc, b| madd::<T, FMA>(si[a * r + b], t[b], acc));
+            }
+            for k in 0..r {
+                sub_scaled::<T, FMA>(x, q * s[k], Some(run(dinv)), low(k));
+            }
+        }
+    }
+}
+
+/// One step of the SSM part for the H channels of one sequence: advances its state xs (H·2M
+/// interleaved reals) by u (H,) and writes the pre-activations pre[c·H + i] = 2·Re(C_c x_i) + D_c,i·u_i.
+#[inline(always)]
+fn ssm_step_body<T: Real, const FMA: bool>(rec: &Recurrent<T>, u: &[T], xs: &mut [T], pre: &mut [T]) {
+    let (h, m2) = (rec.h, 2 * rec.m);
+    for (i, x) in xs.chunks_exact_mut(m2).enumerate() {
+        advance_body::<T, FMA>(&rec.dynamics, i, x, u[i]);
+        for c in 0..rec.channels {
+            let row = c * h + i;
+            pre[row] = madd::<T, FMA>(rec.d[[c, i]], u[i], dot_body::<T, FMA>(&rec.c2[row * m2..][..m2], x));
+        }
+    }
+}
+
+simd_dispatch! {
+    /// [`ssm_step_body`] compiled for the widest vectors the CPU has.
+    fn ssm_step_generic(rec: &Recurrent<T>, u: &[T], xs: &mut [T], pre: &mut [T]) -> () = ssm_step_body
+}
+
+/// [`ssm_step_body`] with the widest vectors [`SimdLevel::current`] allows: in f32 with AVX2 +
+/// FMA (also on AVX-512 hosts: a channel's state is a few registers) by [`ssm_step_avx2`] when
+/// 2M is a multiple of 8 and the rank at most [`MAX_FAST_RANK`], otherwise generically.
+fn ssm_step<T: Real>(rec: &Recurrent<T>, u: &[T], xs: &mut [T], pre: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if SimdLevel::current() >= SimdLevel::Avx2Fma
+        && rec.m.is_multiple_of(4)
+        && rec.rank() <= MAX_FAST_RANK
+        && let (Some(rec32), Some(u), Some(xs), Some(pre)) =
+            ((rec as &dyn std::any::Any).downcast_ref::<Recurrent<f32>>(), as_f32(u), as_f32_mut(xs), as_f32_mut(pre))
+    {
+        // SAFETY: the CPU supports AVX2 and FMA (`current` never exceeds it); M and R checked above.
+        return unsafe { ssm_step_avx2(rec32, u, xs, pre) };
+    }
+    ssm_step_generic(rec, u, xs, pre)
+}
+
+/// [`ssm_step_body`] for f32 with AVX2 + FMA intrinsics: four complex values per register; a
+/// complex product a ⊙ x is (Re a, Re a)·x ± (Im a, Im a)·swap(x), with the duplicated parts and
+/// the pair swap made by one shuffle each (`vmovsldup`, `vmovshdup`, `vpermilps`) and the sign by
+/// `vfmaddsub`; the dots 2·Re(·) are plain multiply–adds over the interleaved parts with one
+/// horizontal sum each.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; M a multiple of 4, rank ≤ [`MAX_FAST_RANK`]; `u` (H,),
+/// `xs` (H·2M), `pre` (channels·H).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn ssm_step_avx2(rec: &Recurrent<f32>, u: &[f32], xs: &mut [f32], pre: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (h, m2, ch) = (rec.h, 2 * rec.m, rec.channels);
+    assert!(m2 % 8 == 0 && u.len() == h && xs.len() == h * m2 && pre.len() == ch * h);
+    let lanes = m2 / 8;
+    // SAFETY (all blocks below): every pointer offset stays inside a run of 2M values that the
+    // assertion above and the layout of `Recurrent` guarantee.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+    }
+    /// Σ over the run of a[l]·x[l].
+    #[inline(always)]
+    unsafe fn dot(a: *const f32, x: *const f32, lanes: usize) -> f32 {
+        unsafe {
+            let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut l = 0;
+            while l + 2 <= lanes {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(8 * l)), _mm256_loadu_ps(x.add(8 * l)), s0);
+                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(8 * l + 8)), _mm256_loadu_ps(x.add(8 * l + 8)), s1);
+                l += 2;
+            }
+            if l < lanes {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(8 * l)), _mm256_loadu_ps(x.add(8 * l)), s0);
+            }
+            hsum(_mm256_add_ps(s0, s1))
+        }
+    }
+    /// a ⊙ x for four complex values, plus `acc`.
+    #[inline(always)]
+    unsafe fn cmul_add(a: __m256, x: __m256, acc: __m256) -> __m256 {
+        unsafe {
+            let im_x = _mm256_mul_ps(_mm256_movehdup_ps(a), _mm256_permute_ps::<0b1011_0001>(x));
+            // (Re a·Re x − Im a·Im x, Re a·Im x + Im a·Re x) = fmaddsub(Re a, x, swap term)
+            _mm256_add_ps(_mm256_fmaddsub_ps(_mm256_moveldup_ps(a), x, im_x), acc)
+        }
+    }
+    /// x ← a ⊙ x + b·u over the run (b null: no input term).
+    #[inline(always)]
+    unsafe fn scale_add(x: *mut f32, a: *const f32, b: *const f32, u: f32, lanes: usize) {
+        unsafe {
+            let uv = _mm256_set1_ps(u);
+            for l in 0..lanes {
+                let add =
+                    if b.is_null() { _mm256_setzero_ps() } else { _mm256_mul_ps(_mm256_loadu_ps(b.add(8 * l)), uv) };
+                let xv = _mm256_loadu_ps(x.add(8 * l));
+                _mm256_storeu_ps(x.add(8 * l), cmul_add(_mm256_loadu_ps(a.add(8 * l)), xv, add));
+            }
+        }
+    }
+    /// x ← x − s·(d ⊙ v) over the run (d null: v itself).
+    #[inline(always)]
+    unsafe fn sub_scaled(x: *mut f32, s: f32, d: *const f32, v: *const f32, lanes: usize) {
+        unsafe {
+            let sv = _mm256_set1_ps(s);
+            for l in 0..lanes {
+                let mut vv = _mm256_loadu_ps(v.add(8 * l));
+                if !d.is_null() {
+                    vv = cmul_add(_mm256_loadu_ps(d.add(8 * l)), vv, _mm256_setzero_ps());
+                }
+                let xv = _mm256_loadu_ps(x.add(8 * l));
+                _mm256_storeu_ps(x.add(8 * l), _mm256_fnmadd_ps(sv, vv, xv));
+            }
+        }
+    }
+    unsafe {
+        let null = std::ptr::null();
+        for i in 0..h {
+            let x = xs.as_mut_ptr().add(i * m2);
+            let off = i * m2;
+            let ui = u[i];
+            match &rec.dynamics {
+                Dynamics::Diag { a_bar, b_bar } => {
+                    scale_add(x, a_bar.as_ptr().add(off), b_bar.as_ptr().add(off), ui, lanes);
+                }
+                Dynamics::Dplr { e, dinv, bd, p2, quarter_dt, s_inv, rank } => {
+                    let (r, q) = (*rank, quarter_dt[i]);
+                    let low = |k: usize| p2.as_ptr().add((i * r + k) * m2);
+                    let d = dinv.as_ptr().add(off);
+                    let (mut s, mut t) = ([0.0f32; MAX_FAST_RANK], [0.0f32; MAX_FAST_RANK]);
+                    for k in 0..r {
+                        s[k] = dot(low(k), x, lanes);
+                    }
+                    scale_add(x, e.as_ptr().add(off), bd.as_ptr().add(off), ui, lanes);
+                    for k in 0..r {
+                        sub_scaled(x, q * s[k], null, low(k), lanes);
+                    }
+                    scale_add(x, d, null, 0.0, lanes);
+                    for k in 0..r {
+                        t[k] = dot(low(k), x, lanes);
+                    }
+                    let si = &s_inv[i * r * r..][..r * r];
+                    for a in 0..r {
+                        s[a] = (0..r).fold(0.0, |acc, b| si[a * r + b].mul_add(t[b], acc));
+                    }
+                    for k in 0..r {
+                        sub_scaled(x, q * s[k], d, low(k), lanes);
+                    }
+                }
+            }
+            for c in 0..ch {
+                let row = c * h + i;
+                pre[row] = rec.d[[c, i]].mul_add(ui, dot(rec.c2.as_ptr().add(row * m2), x, lanes));
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// [`advance_body`] with the widest vectors the CPU has.
+    fn advance(dynamics: &Dynamics<T>, i: usize, x: &mut [T], u: T) -> () = advance_body
 }
 
 impl<T: Real> Recurrent<T> {
@@ -175,17 +403,19 @@ impl<T: Real> Recurrent<T> {
             (KernelKind::Dplr, l) if l > 0 => recover_c(&params, l)?,
             _ => params.c.clone(),
         };
-        let c: Vec<Complex<T>> = c_plain.iter().map(|&z| cv(z)).collect();
+        let mut c2 = Vec::with_capacity(2 * c_plain.len());
+        for &z in c_plain.iter() {
+            push_complex(&mut c2, 2.0 * z.conj());
+        }
         // the state dynamics depend on the channel only: use the rows of head 0
         let dynamics = match cfg.kernel {
             KernelKind::Diag => {
-                let mut a_bar = Vec::with_capacity(h * m);
-                let mut b_bar = Vec::with_capacity(h * m);
+                let (mut a_bar, mut b_bar) = (Vec::with_capacity(2 * h * m), Vec::with_capacity(2 * h * m));
                 for i in 0..h {
                     for j in 0..m {
                         let (a, f) = discretize_mode(params.lambda[[i, j]], params.dt[i], disc);
-                        a_bar.push(cv(a));
-                        b_bar.push(cv(f * params.b[[i, j]]));
+                        push_complex(&mut a_bar, a);
+                        push_complex(&mut b_bar, f * params.b[[i, j]]);
                     }
                 }
                 Dynamics::Diag { a_bar, b_bar }
@@ -193,20 +423,20 @@ impl<T: Real> Recurrent<T> {
             KernelKind::Dplr => {
                 let p = params.p.as_ref().expect("DPLR has P");
                 let r = p.shape()[0];
-                let (mut e, mut dinv, mut bd) = (Vec::new(), Vec::new(), Vec::new());
-                let (mut pv, mut phd, mut s_inv) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut e, mut dinv, mut bd, mut p2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                let (mut quarter_dt, mut s_inv) = (Vec::new(), Vec::new());
                 for i in 0..h {
                     let half = params.dt[i] / 2.0;
+                    quarter_dt.push(T::of(half / 2.0));
                     let di: Vec<Complex64> = (0..m).map(|j| 1.0 / (1.0 - params.lambda[[i, j]] * half)).collect();
                     for j in 0..m {
-                        e.push(cv(1.0 + params.lambda[[i, j]] * half));
-                        dinv.push(cv(di[j]));
-                        bd.push(cv(params.b[[i, j]] * params.dt[i]));
+                        push_complex(&mut e, 1.0 + params.lambda[[i, j]] * half);
+                        push_complex(&mut dinv, di[j]);
+                        push_complex(&mut bd, params.b[[i, j]] * params.dt[i]);
                     }
                     for k in 0..r {
                         for j in 0..m {
-                            pv.push(cv(p[[k, i, j]]));
-                            phd.push(cv(p[[k, i, j]] * half));
+                            push_complex(&mut p2, 2.0 * p[[k, i, j]]);
                         }
                     }
                     let mut mat = nalgebra::DMatrix::<f64>::identity(r, r);
@@ -225,15 +455,15 @@ impl<T: Real> Recurrent<T> {
                         }
                     }
                 }
-                Dynamics::Dplr { e, dinv, bd, p: pv, p_half_dt: phd, s_inv, rank: r }
+                Dynamics::Dplr { e, dinv, bd, p2, quarter_dt, s_inv, rank: r }
             }
         };
         let w = layer.weights();
         Ok(Recurrent {
             dynamics,
-            c,
+            c2,
             d: w.d.clone(),
-            w: w.w.as_standard_layout().into_owned(),
+            w: PackedMatrix::new(w.w.t()),
             bias: w.bias.clone(),
             h,
             m,
@@ -241,90 +471,23 @@ impl<T: Real> Recurrent<T> {
         })
     }
 
+    /// The rank R of the low-rank term (0 for S4D).
+    fn rank(&self) -> usize {
+        match &self.dynamics {
+            Dynamics::Diag { .. } => 0,
+            Dynamics::Dplr { rank, .. } => *rank,
+        }
+    }
+
     /// A zero state for `batch` sequences, (B, H, N/2).
     pub fn zero_state(&self, batch: usize) -> State<T> {
         State::zeros(batch, self.h, self.m)
     }
 
-    /// Advances one channel's half state by one input.
-    #[inline]
-    fn advance(&self, i: usize, x: &mut [Complex<T>], u: T, scratch: &mut [T]) {
-        let m = self.m;
-        let ch = i * m..(i + 1) * m;
-        match &self.dynamics {
-            Dynamics::Diag { a_bar, b_bar } => {
-                for ((xj, &a), &b) in x.iter_mut().zip(&a_bar[ch.clone()]).zip(&b_bar[ch]) {
-                    *xj = a * *xj + b * u;
-                }
-            }
-            Dynamics::Dplr { e, dinv, bd, p, p_half_dt, s_inv, rank } => {
-                let r = *rank;
-                let two = T::of(2.0);
-                let (e, dinv, bd) = (&e[ch.clone()], &dinv[ch.clone()], &bd[ch]);
-                let pr = |k: usize| &p[(i * r + k) * m..(i * r + k + 1) * m];
-                let ph = |k: usize| &p_half_dt[(i * r + k) * m..(i * r + k + 1) * m];
-                let (s, rest) = scratch.split_at_mut(r);
-                let (t, s2) = rest.split_at_mut(r);
-                // s = 2 Re(P* x)
-                for k in 0..r {
-                    s[k] = two
-                        * pr(k)
-                            .iter()
-                            .zip(x.iter())
-                            .fold(T::zero(), |acc, (pj, xj)| acc + pj.re * xj.re + pj.im * xj.im);
-                }
-                // v = e x - Δ/2 P s + Δ B u (in x)
-                for ((xj, &ej), &bj) in x.iter_mut().zip(e).zip(bd) {
-                    *xj = ej * *xj + bj * u;
-                }
-                for k in 0..r {
-                    let sk = s[k];
-                    for (xj, &pj) in x.iter_mut().zip(ph(k)) {
-                        *xj -= pj * sk;
-                    }
-                }
-                // t = 2 Re(P* D v), s' = (I + Δ/2 M)^{-1} t
-                for k in 0..r {
-                    t[k] = two
-                        * pr(k).iter().zip(dinv).zip(x.iter()).fold(T::zero(), |acc, ((pj, dj), xj)| {
-                            let z = *dj * *xj;
-                            acc + pj.re * z.re + pj.im * z.im
-                        });
-                }
-                let si = &s_inv[i * r * r..(i + 1) * r * r];
-                for a in 0..r {
-                    s2[a] = (0..r).fold(T::zero(), |acc, b| acc + si[a * r + b] * t[b]);
-                }
-                // x' = D (v - Δ/2 P s')
-                for k in 0..r {
-                    let sk = s2[k];
-                    for (xj, &pj) in x.iter_mut().zip(ph(k)) {
-                        *xj -= pj * sk;
-                    }
-                }
-                for (xj, &dj) in x.iter_mut().zip(dinv) {
-                    *xj = dj * *xj;
-                }
-            }
-        }
-    }
-
     /// 2·Re(C_c x) for head `c` of channel `i`.
-    #[inline]
-    fn read_out(&self, c: usize, i: usize, x: &[Complex<T>]) -> T {
-        let off = (c * self.h + i) * self.m;
-        T::of(2.0)
-            * self.c[off..off + self.m]
-                .iter()
-                .zip(x)
-                .fold(T::zero(), |acc, (cj, xj)| acc + cj.re * xj.re - cj.im * xj.im)
-    }
-
-    fn scratch_len(&self) -> usize {
-        match &self.dynamics {
-            Dynamics::Diag { .. } => 0,
-            Dynamics::Dplr { rank, .. } => 3 * rank,
-        }
+    fn read_out(&self, c: usize, i: usize, x: &[T]) -> T {
+        let m2 = 2 * self.m;
+        crate::nn::simd::dot(&self.c2[(c * self.h + i) * m2..][..m2], x)
     }
 
     fn check_state(&self, state: &State<T>, batch: usize) -> Result<()> {
@@ -335,10 +498,14 @@ impl<T: Real> Recurrent<T> {
                 state.x.shape(),
             ));
         }
-        if !state.x.is_standard_layout() {
+        let Some(xs) = state.x.as_slice() else {
             return Err(Error::invalid("state", "a non-contiguous array", "a standard-layout (B, H, N/2) array"));
-        }
-        if let Some(((b, i, j), _)) = state.x.indexed_iter().find(|(_, z)| !(z.re.is_finite() && z.im.is_finite())) {
+        };
+        // SAFETY: as in `reals_mut`.
+        let reals = unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<T>(), 2 * xs.len()) };
+        if !all_finite(reals)
+            && let Some(((b, i, j), _)) = state.x.indexed_iter().find(|(_, z)| !(z.re.is_finite() && z.im.is_finite()))
+        {
             return Err(Error::invalid(format!("state[{b}, {i}, {j}]"), "non-finite", "finite values"));
         }
         Ok(())
@@ -347,54 +514,55 @@ impl<T: Real> Recurrent<T> {
     /// One step: advances `state` (B, H, N/2) by the inputs u_t (B, H) and returns the layer
     /// output y_t (B, H), equal to column t of the convolutional output (see the module docs).
     ///
+    /// Work: O(B·H·(N + channels·N)) for the SSMs (one fused, vectorized pass per channel, sequences
+    /// split across threads from [`PARALLEL_MIN_BATCH`] on) and O(B·channels·H·2H) for the output
+    /// linear (the packed few-row kernel shared with the transformer's decoding).
+    ///
     /// # Errors
-    /// Wrong shapes of `u_t` or `state`, or non-finite input.
+    /// Wrong shapes of `u_t` or `state`, non-finite input or state, or an output that is not
+    /// finite (named by its position).
     pub fn step(&self, state: &mut State<T>, u_t: ArrayView2<T>) -> Result<Array2<T>> {
         let (batch, h) = u_t.dim();
         if h != self.h || batch == 0 {
             return Err(Error::shape("u_t", format!("(B, H) with H = {}", self.h), u_t.shape()));
         }
         self.check_state(state, batch)?;
-        if let Some(((b, i), _)) = u_t.indexed_iter().find(|(_, x)| !x.is_finite()) {
+        let u = u_t.as_standard_layout();
+        let us = u.as_slice().expect("standard layout");
+        if !all_finite(us)
+            && let Some(((b, i), _)) = u_t.indexed_iter().find(|(_, x)| !x.is_finite())
+        {
             return Err(Error::invalid(format!("u_t[{b}, {i}]"), "non-finite", "finite values"));
         }
-        let (m, ch) = (self.m, self.channels);
-        // SSM part: one task per (sequence, channel); pre[b·H + i][c] = GELU(2 Re(C_c x) + D_c u)
-        let mut pre = vec![T::zero(); batch * h * ch];
-        let xs = state.x.as_slice_mut().expect("the state is a standard-layout array");
-        let work = |(bi, (x, out)): (usize, (&mut [Complex<T>], &mut [T]))| {
-            let (b, i) = (bi / h, bi % h);
-            let u = u_t[[b, i]];
-            let mut scratch = [T::zero(); 3 * MAX_FAST_RANK];
-            let mut big;
-            let sc: &mut [T] = if self.scratch_len() <= scratch.len() {
-                &mut scratch[..]
-            } else {
-                big = vec![T::zero(); self.scratch_len()];
-                &mut big[..]
-            };
-            self.advance(i, x, u, sc);
-            for (c, o) in out.iter_mut().enumerate() {
-                *o = gelu(self.read_out(c, i, x) + self.d[[c, i]] * u);
+        let (m2, f) = (2 * self.m, self.channels * h);
+        let mut pre = Array2::<T>::zeros((batch, f));
+        let xs = reals_mut(state.x.as_slice_mut().expect("checked standard layout"));
+        let pres = pre.as_slice_mut().expect("a fresh array");
+        if batch >= PARALLEL_MIN_BATCH {
+            xs.par_chunks_mut(h * m2)
+                .zip(pres.par_chunks_mut(f))
+                .zip(us.par_chunks(h))
+                .for_each(|((x, p), u)| ssm_step(self, u, x, p));
+        } else {
+            for ((x, p), u) in xs.chunks_mut(h * m2).zip(pres.chunks_mut(f)).zip(us.chunks(h)) {
+                ssm_step(self, u, x, p);
             }
-        };
-        if batch * h >= PARALLEL_MIN_ROWS {
-            xs.par_chunks_mut(m).zip(pre.par_chunks_mut(ch)).enumerate().with_min_len(64).for_each(work);
-        } else {
-            xs.chunks_mut(m).zip(pre.chunks_mut(ch)).enumerate().for_each(work);
         }
-        // features in head-major order (c·H + i), then the output linear and GLU
-        let y = Array2::from_shape_fn((batch, ch * h), |(b, f)| pre[(b * h + f % h) * ch + f / h]);
-        let z = if batch <= 4 {
-            // a few matrix-vector products: dot products over the contiguous rows of W
-            Array2::from_shape_fn((batch, 2 * h), |(b, o)| {
-                self.bias[o]
-                    + dot(self.w.row(o).as_slice().expect("row-major W"), y.row(b).as_slice().expect("row-major y"))
-            })
-        } else {
-            y.dot(&self.w.t()) + &self.bias
-        };
-        Ok(Array2::from_shape_fn((batch, h), |(b, i)| z[[b, i]] * sigmoid(z[[b, h + i]])))
+        gelu_in_place(pres);
+        let z = packed_linear(pre.view(), &self.w, self.bias.view());
+        let mut y = Array2::<T>::zeros((batch, h));
+        for (zb, yb) in z.outer_iter().zip(y.outer_iter_mut()) {
+            let zs = zb.to_slice().expect("a row of a fresh array");
+            glu_in_place(&zs[..h], &zs[h..], yb.into_slice().expect("a row of a fresh array"));
+        }
+        if !all_finite(y.as_slice().expect("a fresh array")) {
+            let ((b, i), v) = y.indexed_iter().find(|(_, v)| !v.is_finite()).expect("a non-finite value");
+            return Err(Error::numerical(
+                "recurrent step",
+                format!("output y_t[{b}, {i}] = {v}: the layer overflowed (inputs or state too large)"),
+            ));
+        }
+        Ok(y)
     }
 
     /// Adds the response to an initial state to the pre-activation outputs y (B, channels·H, L):
@@ -409,12 +577,12 @@ impl<T: Real> Recurrent<T> {
                 let (b, i) = (bi / h, bi % h);
                 let n = lengths.map_or(len, |l| l[b]);
                 let mut x: Vec<Complex<T>> = s0.x.slice(ndarray::s![b, i, ..]).to_vec();
-                let mut scratch = vec![T::zero(); self.scratch_len()];
+                let x = reals_mut(&mut x);
                 let mut out = vec![T::zero(); self.channels * n];
                 for t in 0..n {
-                    self.advance(i, &mut x, T::zero(), &mut scratch);
+                    advance(&self.dynamics, i, x, T::zero());
                     for c in 0..self.channels {
-                        out[c * n + t] = self.read_out(c, i, &x);
+                        out[c * n + t] = self.read_out(c, i, x);
                     }
                 }
                 (b, i, out)
@@ -453,9 +621,9 @@ impl<T: Real> Recurrent<T> {
                 let (b, i) = (bi / h, bi % h);
                 let n = lengths.map_or(len, |l| l[b]);
                 let mut x: Vec<Complex<T>> = state.x.slice(ndarray::s![b, i, ..]).to_vec();
-                let mut scratch = vec![T::zero(); self.scratch_len()];
+                let xr = reals_mut(&mut x);
                 for t in 0..n {
-                    self.advance(i, &mut x, u[[b, i, t]], &mut scratch);
+                    advance(&self.dynamics, i, xr, u[[b, i, t]]);
                 }
                 x
             })
@@ -467,5 +635,51 @@ impl<T: Real> Recurrent<T> {
             }
         }
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::layer::S4LayerConfig;
+    use crate::nn::simd::{with_simd_level, SimdLevel};
+    use crate::ssm::KernelKind;
+    use ndarray::{s, Array3};
+
+    /// Every dispatch path of the step (the f32 intrinsics where M is a multiple of 4, the generic
+    /// body otherwise, at every level this CPU runs) gives the convolution's outputs.
+    #[test]
+    fn step_equals_conv_at_every_simd_level() {
+        for (kernel, init, d_state, channels) in [
+            (KernelKind::Dplr, "legs", 16, 1),
+            (KernelKind::Dplr, "legt", 16, 2),
+            (KernelKind::Dplr, "legs", 6, 1),
+            (KernelKind::Diag, "diag-lin", 16, 2),
+            (KernelKind::Diag, "diag-legs", 10, 1),
+        ] {
+            let cfg = S4LayerConfig {
+                d_model: 5,
+                d_state,
+                channels,
+                kernel,
+                init: init.parse().unwrap(),
+                ..Default::default()
+            };
+            let mut layer = cfg.build().unwrap();
+            let len = 48;
+            layer.set_kernel_length(len).unwrap();
+            let u = Array3::from_shape_fn((3, 5, len), |(b, h, t)| ((b * 7 + h * 3 + t * 5) % 11) as f32 / 5.5 - 1.0);
+            let conv = layer.forward(u.view(), &Default::default()).unwrap().y;
+            let rec = layer.recurrent().unwrap();
+            for level in SimdLevel::available() {
+                with_simd_level(level, || {
+                    let mut state = rec.zero_state(3);
+                    for t in 0..len {
+                        let y = rec.step(&mut state, u.slice(s![.., .., t])).unwrap();
+                        let err = (&y - &conv.slice(s![.., .., t])).iter().fold(0.0f32, |m, e| m.max(e.abs()));
+                        assert!(err < 2e-5, "{kernel} {init} N={d_state} at {level}, t = {t}: {err}");
+                    }
+                });
+            }
+        }
     }
 }

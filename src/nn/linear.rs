@@ -8,7 +8,7 @@
 //! (`PackedMatrix`, `packed_linear`). The hot loops go through the SIMD dispatch of
 //! [`simd`](super::simd).
 
-use super::simd::{axpy_body, dot_body, madd, simd_dispatch};
+use super::simd::{as_f32, as_f32_mut, axpy_body, dot_body, madd, simd_dispatch, SimdLevel};
 use crate::scalar::Real;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
@@ -317,54 +317,178 @@ unsafe fn packed_matmul_avx512(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]
     }
 }
 
-/// `out += x·W` with W packed, with the widest vectors the CPU has and register tiles sized to its
-/// register file: f32 with AVX-512 by [`packed_matmul_avx512`] (up to 16 rows per tile); otherwise
-/// the generic [`packed_matmul_body`] with tiles of up to 6 rows with AVX2 + FMA (12 of 16
-/// registers hold accumulators in f32), 3 on the baseline target.
+/// [`packed_tile_body`] for f32 with AVX2 + FMA intrinsics, over R rows and P consecutive panels
+/// (from panel `p0`): two 8-lane accumulators per row and panel, initialized from `out`; each
+/// panel row is loaded once and combined with every row by `vfmadd231ps`. Few rows take more
+/// panels, so that at least 6–8 independent multiply–add chains hide the instruction's latency
+/// (R·2·P ≤ 12 accumulators of the 16 registers). Every output is summed in the same order
+/// (out, then i = 0, 1, …, k − 1) whatever the tile: a row's result does not depend on how many
+/// rows are computed with it (and equals the AVX-512 kernel's).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x` holds rows `r0 .. r0 + R` of length k, `data` the whole
+/// packed matrix with panels `p0 .. p0 + P`, `out` rows `r0 .. r0 + R` of length o.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_tile_avx2<const R: usize, const P: usize>(
+    x: &[f32],
+    data: &[f32],
+    k: usize,
+    o: usize,
+    out: &mut [f32],
+    r0: usize,
+    p0: usize,
+) {
+    unsafe {
+        use std::arch::x86_64::*;
+        let xs = x.as_ptr().add(r0 * k);
+        let mut lo = [[_mm256_setzero_ps(); R]; P];
+        let mut hi = [[_mm256_setzero_ps(); R]; P];
+        // a partial (last) panel goes through a full-width copy of its rows
+        let mut edge = [[0.0f32; PANEL]; R];
+        for q in 0..P {
+            let j0 = (p0 + q) * PANEL;
+            let n = PANEL.min(o - j0);
+            for r in 0..R {
+                let dst = out.as_ptr().add((r0 + r) * o + j0);
+                let src = if n == PANEL {
+                    dst
+                } else {
+                    std::ptr::copy_nonoverlapping(dst, edge[r].as_mut_ptr(), n);
+                    edge[r].as_ptr()
+                };
+                lo[q][r] = _mm256_loadu_ps(src);
+                hi[q][r] = _mm256_loadu_ps(src.add(8));
+            }
+        }
+        let w = data.as_ptr().add(p0 * k * PANEL);
+        for i in 0..k {
+            let xb: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(*xs.add(r * k + i)));
+            for q in 0..P {
+                let wq = w.add(q * k * PANEL + i * PANEL);
+                // each panel is one sequential stream: ask for it well ahead of its use
+                _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PREFETCH_ROWS * PANEL).cast::<i8>());
+                let (w0, w1) = (_mm256_loadu_ps(wq), _mm256_loadu_ps(wq.add(8)));
+                for r in 0..R {
+                    lo[q][r] = _mm256_fmadd_ps(xb[r], w0, lo[q][r]);
+                    hi[q][r] = _mm256_fmadd_ps(xb[r], w1, hi[q][r]);
+                }
+            }
+        }
+        for q in 0..P {
+            let j0 = (p0 + q) * PANEL;
+            let n = PANEL.min(o - j0);
+            for r in 0..R {
+                let dst = out.as_mut_ptr().add((r0 + r) * o + j0);
+                if n == PANEL {
+                    _mm256_storeu_ps(dst, lo[q][r]);
+                    _mm256_storeu_ps(dst.add(8), hi[q][r]);
+                } else {
+                    _mm256_storeu_ps(edge[r].as_mut_ptr(), lo[q][r]);
+                    _mm256_storeu_ps(edge[r].as_mut_ptr().add(8), hi[q][r]);
+                    std::ptr::copy_nonoverlapping(edge[r].as_ptr(), dst, n);
+                }
+            }
+        }
+    }
+}
+
+/// `out += x·W` in f32 with W packed, AVX2 + FMA: rows in tiles of up to 6 (of even sizes), each
+/// tile over [`packed_tile_avx2`] blocks of 4, 2 or 1 panels (more panels for fewer rows).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; x (m, k) and out (m, o) row-major.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn packed_matmul_avx2(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]) {
+    unsafe {
+        let (k, o) = (w.k, w.o);
+        let m = out.len() / o.max(1);
+        let panels = o.div_ceil(PANEL);
+        assert!(x.len() >= m * k && out.len() == m * o && w.data.len() == panels * k * PANEL);
+        let per_tile = m.div_ceil(m.div_ceil(6).max(1)).max(1);
+        // panels per block: the tile's rows times 2·P accumulators stay within 12 registers
+        let block = match per_tile {
+            1 => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        let d = &w.data[..];
+        // block by block of panels (a block, block·k·64 bytes, stays in cache for every row tile)
+        let mut p = 0;
+        while p < panels {
+            let q = block.min(panels - p);
+            let mut r0 = 0;
+            while r0 < m {
+                let r = per_tile.min(m - r0);
+                match (r, q) {
+                    (1, 4) => packed_tile_avx2::<1, 4>(x, d, k, o, out, r0, p),
+                    (1..=3, 2) => match r {
+                        1 => packed_tile_avx2::<1, 2>(x, d, k, o, out, r0, p),
+                        2 => packed_tile_avx2::<2, 2>(x, d, k, o, out, r0, p),
+                        _ => packed_tile_avx2::<3, 2>(x, d, k, o, out, r0, p),
+                    },
+                    (_, _) => {
+                        // one panel at a time (q = 1, or 3 panels left after blocks of 4)
+                        for pp in p..p + q {
+                            match r {
+                                1 => packed_tile_avx2::<1, 1>(x, d, k, o, out, r0, pp),
+                                2 => packed_tile_avx2::<2, 1>(x, d, k, o, out, r0, pp),
+                                3 => packed_tile_avx2::<3, 1>(x, d, k, o, out, r0, pp),
+                                4 => packed_tile_avx2::<4, 1>(x, d, k, o, out, r0, pp),
+                                5 => packed_tile_avx2::<5, 1>(x, d, k, o, out, r0, pp),
+                                6 => packed_tile_avx2::<6, 1>(x, d, k, o, out, r0, pp),
+                                _ => unreachable!("register tiles have 1 to 6 rows"),
+                            }
+                        }
+                    }
+                }
+                r0 += r;
+            }
+            p += q;
+        }
+    }
+}
+
+/// `out += x·W` with W packed, with the widest vectors [`SimdLevel::current`] allows and register
+/// tiles sized to its register file: in f32 by intrinsics, [`packed_matmul_avx512`] (up to 16
+/// rows per tile) or [`packed_matmul_avx2`] (up to 6); otherwise (f64, or the baseline target) the
+/// generic [`packed_matmul_body`] with tiles of up to 8 rows with AVX-512, 6 with AVX2 + FMA, 3 on
+/// the baseline target.
 fn packed_matmul<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            if let (Some(x), Some(w), Some(out)) =
-                (as_f32(x), (w as &dyn std::any::Any).downcast_ref::<PackedMatrix<f32>>(), as_f32_mut(out))
-            {
-                // SAFETY: the CPU supports AVX-512F (checked above); the shapes are asserted inside.
-                return unsafe { packed_matmul_avx512(x, w, out) };
+        let w32 = (w as &dyn std::any::Any).downcast_ref::<PackedMatrix<f32>>();
+        match SimdLevel::current() {
+            SimdLevel::Avx512 => {
+                if let (Some(x), Some(w), Some(out)) = (as_f32(x), w32, as_f32_mut(out)) {
+                    // SAFETY: the CPU supports AVX-512F (`current` never exceeds it); shapes asserted inside.
+                    return unsafe { packed_matmul_avx512(x, w, out) };
+                }
+                #[target_feature(enable = "avx512f")]
+                fn avx512<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
+                    packed_matmul_body::<T, true, 8>(x, w, out)
+                }
+                // SAFETY: as above.
+                return unsafe { avx512::<T>(x, w, out) };
             }
-            #[target_feature(enable = "avx512f")]
-            fn avx512<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
-                packed_matmul_body::<T, true, 8>(x, w, out)
+            SimdLevel::Avx2Fma => {
+                if let (Some(x), Some(w), Some(out)) = (as_f32(x), w32, as_f32_mut(out)) {
+                    // SAFETY: the CPU supports AVX2 and FMA (`current` never exceeds it); shapes asserted inside.
+                    return unsafe { packed_matmul_avx2(x, w, out) };
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2_fma<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
+                    packed_matmul_body::<T, true, 6>(x, w, out)
+                }
+                // SAFETY: as above.
+                return unsafe { avx2_fma::<T>(x, w, out) };
             }
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { avx512::<T>(x, w, out) };
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2_fma<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
-            packed_matmul_body::<T, true, 6>(x, w, out)
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { avx2_fma::<T>(x, w, out) };
+            SimdLevel::Baseline => {}
         }
     }
     packed_matmul_body::<T, false, 3>(x, w, out)
-}
-
-/// `x` as `&[f32]` when T is f32.
-fn as_f32<T: Real>(x: &[T]) -> Option<&[f32]> {
-    // SAFETY: T and f32 are the same type (checked by TypeId), so the layout is identical.
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
-}
-
-/// `x` as `&mut [f32]` when T is f32.
-fn as_f32_mut<T: Real>(x: &mut [T]) -> Option<&mut [f32]> {
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
-        // SAFETY: T and f32 are the same type (checked by TypeId), so the layout is identical.
-        Some(unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
-    } else {
-        None
-    }
 }
 
 /// y = x·W + b with W packed: x (m, k), b (o,) → (m, o); for the few rows of a decoding step
@@ -446,4 +570,43 @@ pub fn linear_features_backward<T: Real>(
         gb += &b;
     }
     (gx, gw, gb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::simd::with_simd_level;
+
+    /// The packed kernel at every SIMD level this CPU runs, for every row count from 1 to 96 and
+    /// widths with partial panels: equal to the direct sums (f64), and each row bit-identical
+    /// whatever the number of rows computed with it (the decoding passes rely on it).
+    #[test]
+    fn packed_linear_matches_direct_sums_for_every_row_count_and_level() {
+        let (k, o) = (37, 45);
+        let w = Array2::from_shape_fn((k, o), |(i, j)| ((i * 31 + j * 17) % 23) as f32 / 11.5 - 1.0);
+        let b = Array1::from_shape_fn(o, |j| j as f32 * 0.01);
+        let packed = PackedMatrix::new(w.view());
+        let x = Array2::from_shape_fn((96, k), |(r, i)| ((r * 13 + i * 7) % 19) as f32 / 9.5 - 1.0);
+        for level in SimdLevel::available() {
+            with_simd_level(level, || {
+                let one_by_one: Vec<Array2<f32>> =
+                    (0..96).map(|r| packed_linear(x.slice(ndarray::s![r..r + 1, ..]), &packed, b.view())).collect();
+                for m in 1..=96 {
+                    let y = packed_linear(x.slice(ndarray::s![..m, ..]), &packed, b.view());
+                    for r in 0..m {
+                        for j in 0..o {
+                            let exact: f64 =
+                                b[j] as f64 + (0..k).map(|i| x[[r, i]] as f64 * w[[i, j]] as f64).sum::<f64>();
+                            assert!((y[[r, j]] as f64 - exact).abs() < 1e-4, "{level}, m = {m}, ({r}, {j})");
+                            assert_eq!(
+                                y[[r, j]].to_bits(),
+                                one_by_one[r][[0, j]].to_bits(),
+                                "{level}, m = {m}, ({r}, {j})"
+                            );
+                        }
+                    }
+                }
+            });
+        }
+    }
 }

@@ -2,11 +2,132 @@
 //! for the baseline target (the `simd_dispatch!` macro). The crate is built for generic x86-64 (SSE2),
 //! where the loops would run at a quarter of the width and without fused multiply–adds; `dot` and
 //! `axpy` here are the building blocks of the [linear](super::linear) and attention kernels.
+//!
+//! The level a kernel runs at is [`SimdLevel::current`]: the widest the CPU has, capped by the
+//! `S4_SIMD` environment variable (`avx512`, `avx2` or `baseline`, read once) and by
+//! [`with_simd_level`] on the calling thread. The caps let every path be tested (and benchmarked)
+//! on a host that has the widest one.
+//!
+//! ```
+//! use s4::nn::simd::{with_simd_level, SimdLevel};
+//!
+//! let widest = SimdLevel::detected();
+//! assert!(SimdLevel::available().contains(&widest));
+//! with_simd_level(SimdLevel::Baseline, || assert_eq!(SimdLevel::current(), SimdLevel::Baseline));
+//! ```
 
+use crate::error::{Error, Result};
 use crate::scalar::Real;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+/// The instruction sets the dispatched kernels are compiled for, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdLevel {
+    /// The build target's baseline (SSE2 on x86-64): no fused multiply–add.
+    Baseline,
+    /// AVX2 with FMA: 16 registers of 8 f32.
+    Avx2Fma,
+    /// AVX-512F: 32 registers of 16 f32.
+    Avx512,
+}
+
+/// The environment variable that caps the level for the whole process.
+pub const SIMD_ENV: &str = "S4_SIMD";
+
+thread_local! {
+    static THREAD_CAP: Cell<SimdLevel> = const { Cell::new(SimdLevel::Avx512) };
+}
+
+impl SimdLevel {
+    /// The widest level this CPU supports.
+    pub fn detected() -> SimdLevel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return SimdLevel::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return SimdLevel::Avx2Fma;
+            }
+        }
+        SimdLevel::Baseline
+    }
+
+    /// Every level this CPU can run, narrowest first.
+    pub fn available() -> Vec<SimdLevel> {
+        [SimdLevel::Baseline, SimdLevel::Avx2Fma, SimdLevel::Avx512]
+            .into_iter()
+            .filter(|&l| l <= Self::detected())
+            .collect()
+    }
+
+    /// The cap set by [`SIMD_ENV`], if any.
+    ///
+    /// # Errors
+    /// A value other than `avx512`, `avx2` or `baseline` (case-insensitive).
+    pub fn from_env() -> Result<Option<SimdLevel>> {
+        match std::env::var(SIMD_ENV) {
+            Ok(v) => v.parse().map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The level kernels run at on this thread: [`detected`](Self::detected), capped by
+    /// [`SIMD_ENV`] (an invalid value caps nothing; the command line refuses it) and by
+    /// [`with_simd_level`].
+    pub fn current() -> SimdLevel {
+        static PROCESS: OnceLock<SimdLevel> = OnceLock::new();
+        let process = *PROCESS.get_or_init(|| {
+            let detected = Self::detected();
+            Self::from_env().ok().flatten().map_or(detected, |cap| cap.min(detected))
+        });
+        process.min(THREAD_CAP.with(Cell::get))
+    }
+
+    /// The name `S4_SIMD` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Baseline => "baseline",
+            SimdLevel::Avx2Fma => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+}
+
+impl std::fmt::Display for SimdLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SimdLevel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "avx512" => Ok(SimdLevel::Avx512),
+            "avx2" => Ok(SimdLevel::Avx2Fma),
+            "baseline" => Ok(SimdLevel::Baseline),
+            _ => Err(Error::invalid(SIMD_ENV, s, "avx512, avx2 or baseline")),
+        }
+    }
+}
+
+/// Runs `f` with the kernels of the calling thread capped at `level` (work that `f` sends to other
+/// threads is not capped). For tests and benchmarks of the narrower paths.
+pub fn with_simd_level<R>(level: SimdLevel, f: impl FnOnce() -> R) -> R {
+    struct Restore(SimdLevel);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THREAD_CAP.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(THREAD_CAP.with(|c| c.replace(level)));
+    f()
+}
 
 /// Defines `pub(crate) fn $name<T: Real>(args)` that calls `$body::<T, true>(args)` compiled with
-/// AVX-512F or with AVX2 + FMA when the CPU has them (checked at run time, cached by std), and
+/// AVX-512F or with AVX2 + FMA when [`SimdLevel::current`] allows them, and
 /// `$body::<T, false>(args)` (no fused multiply–add) otherwise. `$body` must be
 /// `#[inline(always)]` so that it is compiled with the caller's target features.
 macro_rules! simd_dispatch {
@@ -23,13 +144,12 @@ macro_rules! simd_dispatch {
                 fn avx2_fma<T: Real>($($arg: $ty),*) -> $ret {
                     $body::<T, true>($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports AVX-512F (checked just above).
-                    return unsafe { avx512::<T>($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    return unsafe { avx2_fma::<T>($($arg),*) };
+                match $crate::nn::simd::SimdLevel::current() {
+                    // SAFETY: `current` never exceeds what the CPU supports.
+                    $crate::nn::simd::SimdLevel::Avx512 => return unsafe { avx512::<T>($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::nn::simd::SimdLevel::Avx2Fma => return unsafe { avx2_fma::<T>($($arg),*) },
+                    $crate::nn::simd::SimdLevel::Baseline => {}
                 }
             }
             $body::<T, false>($($arg),*)
@@ -87,4 +207,85 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 #[inline]
 pub(crate) fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
     axpy_body::<T, false>(y, a, x);
+}
+
+/// Whether every value is finite: Σ 0·x is 0 exactly then (NaN otherwise), over 32 lanes
+/// (four vectors of independent sums, so the additions' latency does not bound the pass).
+#[inline(always)]
+fn all_finite_body<T: Real, const FMA: bool>(xs: &[T]) -> bool {
+    let mut acc = [T::zero(); 32];
+    let chunks = xs.chunks_exact(32);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..32 {
+            acc[k] += c[k] * T::zero();
+        }
+    }
+    acc.iter().chain(tail).all(|x| x.is_finite())
+}
+
+simd_dispatch! {
+    /// Whether every value of `xs` is finite (a vectorized pass; find the first bad index on the
+    /// error path only).
+    fn all_finite(xs: &[T]) -> bool = all_finite_body
+}
+
+/// `x` as `&[f32]` when T is f32.
+pub(crate) fn as_f32<T: Real>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: T and f32 are the same type (checked by TypeId), so the layout is identical.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
+}
+
+/// `x` as `&mut [f32]` when T is f32.
+pub(crate) fn as_f32_mut<T: Real>(x: &mut [T]) -> Option<&mut [f32]> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T and f32 are the same type (checked by TypeId), so the layout is identical.
+        Some(unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
+    } else {
+        None
+    }
+}
+
+/// e^x in f32 for vector loops: x = n·ln 2 + r with |r| ≤ ½ln 2 (Cody–Waite split of ln 2), e^r by
+/// its degree-7 Taylor polynomial (truncation ≤ 4e-9 relative), 2^n by the exponent bits; x is
+/// clamped to [−87, 88] (the normal range), so e^x never overflows to ∞ or flushes to 0.
+/// Relative error ≤ 2e-7 (tested against `f64::exp`). NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    let x = if x > 88.0 { 88.0 } else { x };
+    let x = if x < -87.0 { -87.0 } else { x };
+    // round to nearest by the 1.5·2^23 trick (no rounding instruction on the baseline target)
+    const SHIFT: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p * r + c;
+    }
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x.is_nan() {
+        x
+    } else {
+        p * scale
+    }
+}
+
+/// erf(x) in f32 for vector loops: x·P(x²)/Q(x²) on [−4, 4] and ±1 beyond (the rational
+/// approximation of Eigen's `generic_fast_erf_float`); |error| ≤ 5e-7 (tested against libm's
+/// `erf` in f64). NaN stays NaN.
+#[inline(always)]
+pub(crate) fn erf_f32(x: f32) -> f32 {
+    let x = if x > 4.0 { 4.0 } else { x };
+    let x = if x < -4.0 { -4.0 } else { x };
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10;
+    for c in [2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906e-4, -2.954_600_1e-3, -1.609_603_3e-2] {
+        p = p * x2 + c;
+    }
+    let mut q = -1.456_607_2e-5;
+    for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2] {
+        q = q * x2 + c;
+    }
+    x * p / q
 }

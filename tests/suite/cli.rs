@@ -484,3 +484,14 @@ fn demo_learns_and_streams() {
     let text = String::from_utf8_lossy(&bare.stderr).to_string() + &String::from_utf8_lossy(&bare.stdout);
     assert!(text.contains("Start here") && text.contains("Benchmarks") && text.contains("bench-speculate"), "{text}");
 }
+
+#[test]
+fn simd_cap_from_the_environment() {
+    let hippo = ["hippo", "--measure", "legs", "--n", "4"];
+    let bad = Command::new(env!("CARGO_BIN_EXE_s4")).args(hippo).env("S4_SIMD", "sse9").output().unwrap();
+    assert_clear_error(&bad, &["S4_SIMD", "sse9", "avx512, avx2 or baseline"]);
+    for level in ["baseline", "avx2", "AVX512"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_s4")).args(hippo).env("S4_SIMD", level).output().unwrap();
+        assert!(out.status.success(), "S4_SIMD={level}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -50,7 +50,7 @@ use crate::nn::linear::{linear_features, linear_features_backward};
 use crate::nn::loss::{cross_entropy, kl_divergence, mse};
 use crate::nn::norm::{layer_norm_backward, layer_norm_forward, LayerNormCache};
 pub use crate::nn::params::{first_non_finite, squared_norm, ParamGroup, Parameters, TensorMut};
-use crate::nn::{feature_rows, from_feature_rows, gelu, gelu_grad, glu_features};
+use crate::nn::{feature_rows, from_feature_rows, gelu_grad, gelu_in_place, glu_features};
 use crate::scalar::Real;
 use crate::ssm::KernelKind;
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView3, Axis, Zip};
@@ -195,7 +195,8 @@ fn layer_forward<T: Real>(
         };
         y.slice_mut(s![.., c * h..(c + 1) * h, ..]).assign(&yc);
     }
-    let mut a = y.mapv(gelu);
+    let mut a = y.clone();
+    gelu_in_place(a.as_slice_mut().expect("a fresh array"));
     let drop = drop_seed.filter(|_| cfg.dropout > 0.0).map(|seed| dropout_mask::<T>(a.dim(), cfg.dropout, seed));
     if let Some(m) = &drop {
         a *= m;
