@@ -66,7 +66,7 @@ pub(crate) fn check_inputs<T: Real>(
     {
         return Err(Error::shape("skip D", format!("(H,) = ({channels},)"), d.shape()));
     }
-    if u.iter().any(|x| !x.is_finite()) {
+    if crate::nn::simd::first_non_finite(&u).is_some() {
         return Err(Error::invalid("input u", "non-finite entries", "finite values"));
     }
     if kernels.iter().any(|k| k.iter().any(|x| !x.is_finite())) {

@@ -33,8 +33,8 @@ use crate::conv::FftConv;
 use crate::discretize::Discretization;
 use crate::error::{check_dt, check_even_state, Error, Result};
 use crate::kernel::{default_discretization, diag_kernel, DplrKernel};
-use crate::nn::linear::linear_features;
-use crate::nn::{gelu_in_place, glu_features};
+use crate::nn::gelu_in_place;
+use crate::nn::linear::linear_glu_features;
 use crate::scalar::Real;
 use crate::ssm::{KernelKind, SsmInit, SsmInitConfig, SsmParams};
 use ndarray::{s, Array1, Array2, Array3, ArrayView3, Axis};
@@ -568,7 +568,7 @@ impl<T: Real> S4Layer<T> {
                 u.shape(),
             ));
         }
-        if let Some(((i, j, t), _)) = u.indexed_iter().find(|(_, x)| !x.is_finite()) {
+        if let Some((i, j, t)) = crate::nn::simd::first_non_finite(u) {
             return Err(Error::invalid(format!("input u[{i}, {j}, {t}]"), "non-finite", "finite values"));
         }
         if let Some(len) = lengths {
@@ -603,12 +603,19 @@ impl<T: Real> S4Layer<T> {
             ));
         }
         let (batch, h, len) = u.dim();
-        let mut u = u.to_owned();
-        if let Some(lengths) = &opts.lengths {
-            for (b, &n) in lengths.iter().enumerate() {
-                u.slice_mut(s![b, .., n..]).fill(T::zero());
+        // inputs past each sequence's length are zeroed (in a copy only when lengths are given)
+        let masked;
+        let u = match &opts.lengths {
+            Some(lengths) => {
+                let mut m = u.to_owned();
+                for (b, &n) in lengths.iter().enumerate() {
+                    m.slice_mut(s![b, .., n..]).fill(T::zero());
+                }
+                masked = m;
+                masked.view()
             }
-        }
+            None => u,
+        };
         let lk = self.config.l_max.map_or(len, |m| m.min(len));
         if lk < len && (opts.initial_state.is_some() || opts.return_state) {
             return Err(Error::invalid(
@@ -620,16 +627,25 @@ impl<T: Real> S4Layer<T> {
         let k = self.kernel(lk)?;
         let ch = self.config.channels;
         let mut conv = FftConv::<T>::new();
-        let mut y = Array3::<T>::zeros((batch, ch * h, len));
+        let mut heads = Vec::with_capacity(ch);
         for c in 0..ch {
             let d = self.weights.d.row(c);
-            let yc = if self.config.bidirectional {
-                conv.bidirectional(u.view(), k.index_axis(Axis(0), c), k.index_axis(Axis(0), ch + c), Some(d))?
+            heads.push(if self.config.bidirectional {
+                conv.bidirectional(u, k.index_axis(Axis(0), c), k.index_axis(Axis(0), ch + c), Some(d))?
             } else {
-                conv.causal(u.view(), k.index_axis(Axis(0), c), Some(d))?
-            };
-            y.slice_mut(s![.., c * h..(c + 1) * h, ..]).assign(&yc);
+                conv.causal(u, k.index_axis(Axis(0), c), Some(d))?
+            });
         }
+        // (B, channels·H, L), head-major features; one head is the convolution's output as it is
+        let mut y = if ch == 1 {
+            heads.pop().expect("one head")
+        } else {
+            let mut y = Array3::<T>::zeros((batch, ch * h, len));
+            for (c, yc) in heads.iter().enumerate() {
+                y.slice_mut(s![.., c * h..(c + 1) * h, ..]).assign(yc);
+            }
+            y
+        };
         let mut state = None;
         if opts.initial_state.is_some() || opts.return_state {
             let rec = self.recurrent()?;
@@ -650,9 +666,7 @@ impl<T: Real> S4Layer<T> {
                 if let Some(seed) = drop {
                     dropout_in_place(yb.view_mut(), p, seed, b);
                 }
-                let z =
-                    linear_features(yb.insert_axis(Axis(0)).view(), self.weights.w.view(), self.weights.bias.view());
-                ob.assign(&glu_features(z.view()).index_axis(Axis(0), 0));
+                linear_glu_features(yb.view(), self.weights.w.view(), self.weights.bias.view(), ob.view_mut());
             },
         );
         if let Some(lengths) = &opts.lengths {

@@ -541,6 +541,50 @@ pub fn linear_features<T: Real>(x: ArrayView3<T>, w: ArrayView2<T>, bias: ArrayV
     y
 }
 
+/// Columns per block of [`linear_glu_features`]: the block's z (2H × 256 values, 512 KiB in f32
+/// at H = 256) stays in cache between the gemm that writes it and the GLU that reads it.
+const GLU_BLOCK: usize = 256;
+
+/// GLU after a linear map on one (F, L) sequence, fused: `out = GLU(W x + bias)` with W (2H, F),
+/// bias (2H,), out (H, L), i.e. `out[j, t] = z[j, t]·σ(z[H + j, t])` for z = W x + bias (the S4
+/// layer's output linear and GLU). z is computed [`GLU_BLOCK`] columns at a time into one reused
+/// buffer and gated straight into `out`, so the (2H, L) z is never allocated or written out.
+/// Equal to [`linear_features`] then [`glu_features`](super::glu_features).
+///
+/// # Panics
+/// If W is not (2·out rows, F), bias not (2·out rows,), or the lengths differ.
+pub fn linear_glu_features<T: Real>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
+    bias: ArrayView1<T>,
+    mut out: ArrayViewMut2<T>,
+) {
+    let (f, l) = x.dim();
+    let h = out.nrows();
+    assert!(w.dim() == (2 * h, f) && bias.len() == 2 * h && out.ncols() == l, "linear_glu_features: shapes");
+    let mut z = Array2::<T>::zeros((2 * h, GLU_BLOCK.min(l)));
+    for t0 in (0..l).step_by(GLU_BLOCK) {
+        let n = GLU_BLOCK.min(l - t0);
+        let mut zb = z.slice_mut(ndarray::s![.., ..n]);
+        for (mut row, &bv) in zb.outer_iter_mut().zip(bias.iter()) {
+            row.fill(bv);
+        }
+        general_mat_mul(T::one(), &w, &x.slice(ndarray::s![.., t0..t0 + n]), T::one(), &mut zb);
+        for j in 0..h {
+            let (a, g) = (zb.row(j), zb.row(h + j));
+            let mut o = out.slice_mut(ndarray::s![j, t0..t0 + n]);
+            match (a.as_slice(), g.as_slice(), o.as_slice_mut()) {
+                (Some(a), Some(g), Some(o)) => super::glu_in_place(a, g, o),
+                _ => {
+                    for ((o, &a), &g) in o.iter_mut().zip(a.iter()).zip(g.iter()) {
+                        *o = a * super::sigmoid(g);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Backward of [`linear_features`]: gx = Wᵀ gy, gW = Σ_b gy_b x_bᵀ, gbias = Σ_{b,t} gy (the
 /// per-sequence parts summed in sequence order: thread-count independent).
 pub fn linear_features_backward<T: Real>(

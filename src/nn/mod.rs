@@ -192,6 +192,71 @@ simd::simd_dispatch! {
     fn glu_slice(a: &[T], gate: &[T], out: &mut [T]) -> () = glu_slice_body
 }
 
+/// Backward of [`gelu_in_place`]: g ← g·GELU′(x) elementwise, GELU′(x) = Φ(x) + x·φ(x) (in f64
+/// exactly [`gelu_grad`]; in f32 with the vectorized erf and e^x).
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn gelu_backward_in_place<T: Real>(g: &mut [T], x: &[T]) {
+    assert_eq!(g.len(), x.len(), "gelu_backward_in_place: slices of one length");
+    gelu_backward_slice(g, x);
+}
+
+#[inline(always)]
+fn gelu_backward_body<T: Real, const FMA: bool>(g: &mut [T], x: &[T]) {
+    match (simd::as_f32_mut(g), simd::as_f32(x)) {
+        (Some(g), Some(x)) => {
+            const INV_SQRT_2PI: f32 = 0.398_942_3;
+            for (g, &x) in g.iter_mut().zip(x) {
+                let cdf = 0.5 * (1.0 + simd::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                *g *= cdf + x * INV_SQRT_2PI * simd::exp_f32(-0.5 * x * x);
+            }
+        }
+        _ => g.iter_mut().zip(x).for_each(|(g, &x)| *g *= gelu_grad(x)),
+    }
+}
+
+simd::simd_dispatch! {
+    /// [`gelu_backward_body`] with the widest vectors the CPU has.
+    fn gelu_backward_slice(g: &mut [T], x: &[T]) -> () = gelu_backward_body
+}
+
+/// Backward of [`glu_in_place`] for one row pair, o = a·σ(gate): ga = go·σ(gate),
+/// g_gate = go·a·σ(gate)(1 − σ(gate)) (σ in f32 from the vectorized e^x).
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn glu_backward_in_place<T: Real>(a: &[T], gate: &[T], go: &[T], ga: &mut [T], g_gate: &mut [T]) {
+    let n = a.len();
+    assert!(gate.len() == n && go.len() == n && ga.len() == n && g_gate.len() == n, "glu_backward_in_place: lengths");
+    glu_backward_slice(a, gate, go, ga, g_gate);
+}
+
+#[inline(always)]
+fn glu_backward_body<T: Real, const FMA: bool>(a: &[T], gate: &[T], go: &[T], ga: &mut [T], g_gate: &mut [T]) {
+    match (simd::as_f32(a), simd::as_f32(gate), simd::as_f32(go), simd::as_f32_mut(ga), simd::as_f32_mut(g_gate)) {
+        (Some(a), Some(gate), Some(go), Some(ga), Some(gg)) => {
+            for i in 0..a.len() {
+                let s = 1.0 / (1.0 + simd::exp_f32(-gate[i]));
+                ga[i] = go[i] * s;
+                gg[i] = go[i] * a[i] * s * (1.0 - s);
+            }
+        }
+        _ => {
+            for i in 0..a.len() {
+                let s = sigmoid(gate[i]);
+                ga[i] = go[i] * s;
+                g_gate[i] = go[i] * a[i] * s * (T::one() - s);
+            }
+        }
+    }
+}
+
+simd::simd_dispatch! {
+    /// [`glu_backward_body`] with the widest vectors the CPU has.
+    fn glu_backward_slice(a: &[T], gate: &[T], go: &[T], ga: &mut [T], g_gate: &mut [T]) -> () = glu_backward_body
+}
+
 /// The logistic sigmoid 1/(1 + e^{−x}), without overflow for large |x|.
 #[inline]
 pub fn sigmoid<T: Real>(x: T) -> T {

@@ -230,6 +230,15 @@ simd_dispatch! {
     fn all_finite(xs: &[T]) -> bool = all_finite_body
 }
 
+/// The index of the first non-finite entry of `a` (in logical order), if any: one vectorized
+/// [`all_finite`] pass when `a` is contiguous, the indexed search only when something is found.
+pub(crate) fn first_non_finite<T: Real, D: ndarray::Dimension>(a: &ndarray::ArrayView<T, D>) -> Option<D::Pattern> {
+    if a.as_slice().is_some_and(all_finite) {
+        return None;
+    }
+    a.indexed_iter().find(|(_, x)| !x.is_finite()).map(|(i, _)| i)
+}
+
 /// `x` as `&[f32]` when T is f32.
 pub(crate) fn as_f32<T: Real>(x: &[T]) -> Option<&[f32]> {
     // SAFETY: T and f32 are the same type (checked by TypeId), so the layout is identical.
@@ -257,13 +266,16 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let x = if x < -87.0 { -87.0 } else { x };
     // round to nearest by the 1.5·2^23 trick (no rounding instruction on the baseline target)
     const SHIFT: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = shifted - SHIFT;
     let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
     let mut p = 1.0 / 5040.0;
     for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = p * r + c;
     }
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // the low bits of `shifted` hold n (as 0x4B40_0000 + n): 2^n from integer operations only
+    // (a float-to-int cast would not vectorize)
+    let scale = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
     if x.is_nan() {
         x
     } else {
@@ -288,4 +300,56 @@ pub(crate) fn erf_f32(x: f32) -> f32 {
         q = q * x2 + c;
     }
     x * p / q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// exp_f32 and erf_f32 against f64 references on a dense grid (and past the clamps), NaN kept.
+    #[test]
+    fn vector_exp_and_erf_match_f64() {
+        let (mut worst_exp, mut worst_erf) = (0.0f64, 0.0f64);
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 4.4e-4; // [-88, 88]
+            let e = exp_f32(x) as f64;
+            let exact = (x as f64).exp();
+            if (-87.0..=88.0).contains(&x) {
+                worst_exp = worst_exp.max((e - exact).abs() / exact);
+            }
+            let y = x / 11.0; // [-8, 8]
+            worst_erf = worst_erf.max((erf_f32(y) as f64 - libm::erf(y as f64)).abs());
+        }
+        assert!(worst_exp < 2e-7, "exp relative error {worst_exp}");
+        assert!(worst_erf < 5e-7, "erf absolute error {worst_erf}");
+        assert!(exp_f32(f32::NAN).is_nan() && erf_f32(f32::NAN).is_nan());
+        assert!(exp_f32(1000.0).is_finite() && exp_f32(-1000.0) > 0.0);
+        assert!((erf_f32(100.0) - 1.0).abs() < 2e-7 && (erf_f32(-100.0) + 1.0).abs() < 2e-7);
+    }
+
+    /// The slice activations at every level: f32 within 1e-6 of the exact f64 GELU and GLU, f64
+    /// exactly the scalar functions.
+    #[test]
+    fn slice_activations_at_every_level() {
+        let xs: Vec<f64> = (-4000..=4000).map(|i| i as f64 * 2.5e-3).collect();
+        for level in SimdLevel::available() {
+            with_simd_level(level, || {
+                let mut g32: Vec<f32> = xs.iter().map(|&x| x as f32).collect();
+                crate::nn::gelu_in_place(&mut g32);
+                let mut g64 = xs.clone();
+                crate::nn::gelu_in_place(&mut g64);
+                let ones32 = vec![1.0f32; xs.len()];
+                let gate32: Vec<f32> = xs.iter().map(|&x| x as f32).collect();
+                let mut s32 = vec![0.0f32; xs.len()];
+                crate::nn::glu_in_place(&ones32, &gate32, &mut s32);
+                for (i, &x) in xs.iter().enumerate() {
+                    let exact = crate::nn::gelu(x as f32 as f64);
+                    assert!((g32[i] as f64 - exact).abs() < 1e-6, "{level}: gelu({x})");
+                    assert_eq!(g64[i], crate::nn::gelu(x), "{level}: f64 gelu({x})");
+                    let sig = crate::nn::sigmoid(x as f32 as f64);
+                    assert!((s32[i] as f64 - sig).abs() < 1e-6 * sig.max(1e-3), "{level}: sigmoid({x})");
+                }
+            });
+        }
+    }
 }

@@ -50,7 +50,7 @@ use crate::nn::linear::{linear_features, linear_features_backward};
 use crate::nn::loss::{cross_entropy, kl_divergence, mse};
 use crate::nn::norm::{layer_norm_backward, layer_norm_forward, LayerNormCache};
 pub use crate::nn::params::{first_non_finite, squared_norm, ParamGroup, Parameters, TensorMut};
-use crate::nn::{feature_rows, from_feature_rows, gelu_grad, gelu_in_place, glu_features};
+use crate::nn::{feature_rows, from_feature_rows, gelu_backward_in_place, gelu_in_place, glu_features};
 use crate::scalar::Real;
 use crate::ssm::KernelKind;
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView3, Axis, Zip};
@@ -254,7 +254,7 @@ fn layer_backward<T: Real>(
         ga *= m;
     }
     // through GELU
-    Zip::from(&mut ga).and(&tape.y).par_for_each(|g, &y| *g *= gelu_grad(y));
+    gelu_backward_in_place(ga.as_slice_mut().expect("a fresh array"), tape.y.as_slice().expect("a fresh array"));
     let ch = cfg.channels;
     let lk = tape.kernel.shape()[2];
     let heads = cfg.c_heads();

@@ -17,7 +17,6 @@
 //! ```
 
 use crate::model::norm::EPS;
-use crate::nn::sigmoid;
 use crate::scalar::Real;
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, Zip};
 
@@ -26,17 +25,13 @@ use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, 
 pub fn glu_backward<T: Real>(z: ArrayView3<T>, go: ArrayView3<T>) -> Array3<T> {
     let (b, f2, l) = z.dim();
     let f = f2 / 2;
+    let (z, go) = (z.as_standard_layout(), go.as_standard_layout());
     let mut gz = Array3::<T>::zeros((b, f2, l));
     Zip::from(gz.outer_iter_mut()).and(z.outer_iter()).and(go.outer_iter()).par_for_each(|mut gzb, zb, gob| {
-        for j in 0..f {
-            for t in 0..l {
-                let (a, g) = (zb[[j, t]], zb[[f + j, t]]);
-                let s = sigmoid(g);
-                let gov = gob[[j, t]];
-                gzb[[j, t]] = gov * s;
-                gzb[[f + j, t]] = gov * a * s * (T::one() - s);
-            }
-        }
+        let zs = zb.to_slice().expect("standard layout");
+        let gos = gob.to_slice().expect("standard layout");
+        let (ga, gg) = gzb.as_slice_mut().expect("a fresh array").split_at_mut(f * l);
+        crate::nn::glu_backward_in_place(&zs[..f * l], &zs[f * l..], &gos[..f * l], ga, gg);
     });
     gz
 }
