@@ -515,7 +515,7 @@ impl<T: Real> Recurrent<T> {
     /// output y_t (B, H), equal to column t of the convolutional output (see the module docs).
     ///
     /// Work: O(B·H·(N + channels·N)) for the SSMs (one fused, vectorized pass per channel, sequences
-    /// split across threads from [`PARALLEL_MIN_BATCH`] on) and O(B·channels·H·2H) for the output
+    /// split across threads from 8 sequences on) and O(B·channels·H·2H) for the output
     /// linear (the packed few-row kernel shared with the transformer's decoding).
     ///
     /// # Errors

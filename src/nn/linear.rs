@@ -547,7 +547,7 @@ const GLU_BLOCK: usize = 256;
 
 /// GLU after a linear map on one (F, L) sequence, fused: `out = GLU(W x + bias)` with W (2H, F),
 /// bias (2H,), out (H, L), i.e. `out[j, t] = z[j, t]·σ(z[H + j, t])` for z = W x + bias (the S4
-/// layer's output linear and GLU). z is computed [`GLU_BLOCK`] columns at a time into one reused
+/// layer's output linear and GLU). z is computed 256 columns at a time into one reused
 /// buffer and gated straight into `out`, so the (2H, L) z is never allocated or written out.
 /// Equal to [`linear_features`] then [`glu_features`](super::glu_features).
 ///

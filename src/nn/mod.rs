@@ -137,7 +137,7 @@ impl Activation {
 }
 
 /// GELU over a slice, in place, as the layers apply it: in f64 exactly [`gelu`]; in f32 with
-/// erf from [`erf_f32`](simd::erf_f32) in vector registers (|error of GELU| ≤ 1e-6, where libm's
+/// erf from a rational approximation in vector registers (`simd::erf_f32`) (|error of GELU| ≤ 1e-6, where libm's
 /// scalar `erff` would cost about as much as the rest of an S4 layer's step; PyTorch's CPU kernels
 /// approximate erf the same way).
 pub fn gelu_in_place<T: Real>(xs: &mut [T]) {
@@ -162,7 +162,7 @@ simd::simd_dispatch! {
 }
 
 /// GLU of one feature row pair, `out_t = a_t·σ(gate_t)`: in f64 by [`sigmoid`]; in f32 with e^x
-/// from [`exp_f32`](simd::exp_f32) in vector registers (relative error ≤ 1e-6).
+/// from a vectorized `simd::exp_f32` (relative error ≤ 1e-6).
 ///
 /// # Panics
 /// If the three slices differ in length.
