@@ -10,6 +10,7 @@
 //! | [`Error::Numerical`] | `numerical failure in {op}: {detail}` |
 //! | [`Error::Io`] | `{path}: {source}` (and [`source`](std::error::Error::source) is the I/O error) |
 //! | [`Error::Format`] | `{path}: {detail}` |
+//! | [`Error::Budget`] | `{what} would take {bytes}, over the memory budget of {budget} ({source})` |
 //!
 //! # Example
 //!
@@ -83,6 +84,17 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// A piece of work would allocate more than the memory budget ([`crate::budget`]).
+    Budget {
+        /// The work and the value that sized it (e.g. `"hippo matrices for N = 100000"`).
+        what: String,
+        /// The bytes it would take (`None`: more than 2^64).
+        bytes: Option<u64>,
+        /// The budget in force, in bytes.
+        budget: u64,
+        /// Where the budget came from, in words (e.g. `"set by --max-memory"`).
+        source: &'static str,
+    },
 }
 
 /// `Result` with this crate's [`Error`].
@@ -127,6 +139,14 @@ impl fmt::Display for Error {
             Error::Numerical { op, detail } => write!(f, "numerical failure in {op}: {detail}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Format { path, detail } => write!(f, "{}: {detail}", path.display()),
+            Error::Budget { what, bytes, budget, source } => {
+                match bytes {
+                    Some(b) if *b < 1024 => write!(f, "{what} would take {b} B")?,
+                    Some(b) => write!(f, "{what} would take {} ({b} bytes)", human_bytes(*b))?,
+                    None => write!(f, "{what} would take more than 2^64 bytes")?,
+                }
+                write!(f, ", over the memory budget of {} ({source})", human_bytes(*budget))
+            }
         }
     }
 }
@@ -137,6 +157,23 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// Formats a byte count for messages in binary units: `1.5 GiB` (powers of 1024, one decimal), or
+/// `812 B`; the units `crate::budget::parse_bytes` reads.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 

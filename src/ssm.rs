@@ -13,6 +13,7 @@
 //! # Shapes
 //! `lambda` (H, N/2), `p` (R, H, N/2) (DPLR only), `b` (H, N/2), `c` (H, N/2), `dt` (H,).
 
+use crate::budget::Estimate;
 use crate::error::{check_dt, check_even_state, Error, Result};
 use crate::hippo::diag::{diag_lambda, DiagInit};
 use crate::hippo::{nplr, Measure};
@@ -361,6 +362,8 @@ impl SsmInitConfig {
             return Err(Error::invalid("dt_min", self.dt_min, format!("<= dt_max = {}", self.dt_max)));
         }
         check_even_state(n)?;
+        // Λ, B, C and up to two rank-correction rows, (H, N/2) complex each
+        Estimate::new(format!("SSM parameters for H = {h}, N = {n}")).arrays::<Complex64>(5, &[h, n / 2]).check()?;
         let (lambda, p, b) = match self.init {
             SsmInit::Hippo(measure) => {
                 let d = nplr(measure, n)?;

@@ -11,7 +11,7 @@ use s4::kernel::{diag_kernel, DplrKernel};
 use s4::plot::{write_png, Panel, Series};
 use s4::speculative::{generate, predicted_speedup, speculate, GammaPolicy, PassCost, Sampling, SpecConfig};
 use s4::ssm::{KernelKind, SsmInitConfig};
-use s4::Result;
+use s4::{Error, Result};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -185,11 +185,18 @@ const BUILTIN_PROMPTS: [&str; 4] = [
 ];
 
 fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
+    if a.prompts == 0 {
+        return Err(Error::invalid("--prompts", 0, "at least 1 (the statistics are means over the prompts)"));
+    }
     let ver = CausalModel::load(&a.verifier)?;
     let dr = CausalModel::load(&a.draft)?;
     let max_new = fit_max_new(a.max_new, 128, a.prompt_len, &[&ver, &dr], "--max-new")?;
+    // the prompts and every generated sequence, kept for the identity check against the verifier
+    s4::budget::Estimate::new(format!("bench-speculate with --prompts {}", a.prompts))
+        .arrays::<u32>(a.prompts.saturating_mul(2), &[a.prompt_len.saturating_add(max_new)])
+        .check()?;
     let prompts: Vec<Vec<u32>> = match shakespeare::load(&a.data) {
-        Ok(c) => {
+        Ok(c) if c.test.len() > a.prompt_len => {
             use rand::{RngExt, SeedableRng};
             let mut rng = rand_pcg::Pcg64::seed_from_u64(a.seed);
             (0..a.prompts)
@@ -199,7 +206,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
                 })
                 .collect()
         }
-        Err(_) => BUILTIN_PROMPTS.iter().cycle().take(a.prompts).map(|p| shakespeare::encode(p)).collect(),
+        _ => BUILTIN_PROMPTS.iter().cycle().take(a.prompts).map(|p| shakespeare::encode(p)).collect(),
     };
     let gammas: Vec<GammaPolicy> = a.gammas.iter().map(|g| parse_gamma(g)).collect::<Result<_>>()?;
     let mut rows = Vec::new();

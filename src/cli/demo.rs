@@ -114,6 +114,8 @@ fn both_modes(model: &S4Model<f32>, x: &ndarray::Array3<f32>) -> Result<(Array2<
 
 pub fn cmd_demo(a: &DemoArgs) -> Result<()> {
     let t0 = Instant::now();
+    let opts = RunOptions { threads: a.threads, progress: !a.quiet, ..Default::default() };
+    opts.validate()?;
     let task: TaskData =
         adding::generate(&adding::Config { len: a.length }, &SplitSizes::new(a.train_size, 500, 500), a.seed)?;
     let cfg = demo_config(a);
@@ -124,7 +126,6 @@ pub fn cmd_demo(a: &DemoArgs) -> Result<()> {
             a.length, a.train_size, a.epochs
         );
     }
-    let opts = RunOptions { threads: a.threads, progress: !a.quiet, ..Default::default() };
     let report = train_to(&task, &cfg, None, &opts)?;
     let train_seconds = t0.elapsed().as_secs_f64();
     let TrainedModel::S4(model) = report.model else { unreachable!("the demo trains S4") };

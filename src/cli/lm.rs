@@ -494,7 +494,7 @@ fn run_dir(out: &Path) -> PathBuf {
 
 fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
     let t0 = Instant::now();
-    let opts = a.run.options();
+    let opts = a.run.options()?;
     if a.out.join("model.safetensors").exists() && !opts.resume {
         return Err(refuse_overwrite(&a.out));
     }
@@ -521,6 +521,7 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
         ..Default::default()
     };
     let mut model = Gpt::<f32>::new(gcfg, a.seed)?;
+    s4::train::lm::check_memory(model.config(), &cfg, &opts)?;
     if opts.progress {
         eprintln!(
             "verifier: {} parameters; corpus {} / {} / {} bytes (train / val / test); run in {}",
@@ -547,7 +548,7 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
 
 fn cmd_distill(a: &DistillArgs) -> Result<()> {
     let t0 = Instant::now();
-    let opts = a.run.options();
+    let opts = a.run.options()?;
     if a.out.join("config.json").exists() && !opts.resume {
         return Err(refuse_overwrite(&a.out));
     }

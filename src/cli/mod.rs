@@ -62,6 +62,10 @@ Commands, by task (s4 COMMAND --help for each, with defaults):
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Memory budget for any one piece of work, e.g. 4G or 512M; larger requests are refused
+    /// before they allocate [default: $S4_MAX_MEMORY, else half of the available memory].
+    #[arg(long, global = true, value_name = "SIZE")]
+    max_memory: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,9 +123,19 @@ fn expected_choices(msg: &str) -> String {
     format!("{}: expected {list}{}", msg[..start].trim_end(), &msg[start + len + 1..])
 }
 
-/// Runs the parsed command (after checking the `S4_SIMD` cap, which the library would ignore).
+/// Runs the parsed command, after checking the `S4_SIMD` cap (which the library would ignore)
+/// and setting the memory budget (`--max-memory`, else a valid `S4_MAX_MEMORY`).
 pub fn run(cli: Cli) -> Result<()> {
     s4::nn::simd::SimdLevel::from_env()?;
+    match &cli.max_memory {
+        Some(v) => s4::budget::set_max_memory(
+            s4::budget::parse_bytes(v)
+                .map_err(|_| Error::invalid("--max-memory", v, "a size such as 4G, 512MiB or 1000000 (bytes)"))?,
+        )?,
+        None => {
+            s4::budget::memory_budget()?;
+        }
+    }
     match cli.command {
         Command::Demo(a) => demo::cmd_demo(&a),
         Command::Core(c) => core::run(c),
@@ -167,14 +181,17 @@ struct RunControl {
 }
 
 impl RunControl {
-    fn options(&self) -> s4::train::RunOptions {
-        s4::train::RunOptions {
+    /// The run options, checked (a thread count out of range is refused before any work).
+    fn options(&self) -> Result<s4::train::RunOptions> {
+        let opts = s4::train::RunOptions {
             threads: self.threads,
             progress: !self.quiet,
             resume: self.resume,
             stop_after: self.stop_after,
             extend: self.extend,
-        }
+        };
+        opts.validate()?;
+        Ok(opts)
     }
 }
 

@@ -99,6 +99,7 @@ fn split_sizes(sizes: &[usize]) -> Result<s4::data::SplitSizes> {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     use s4::train::{default_preset_for, load_task, preset, train, TrainConfig};
     let t0 = Instant::now();
+    let opts = a.run.options()?;
     s4::train::trainer::check_out(&a.out, a.run.resume)?;
     let arch = a.arch;
     let task = load_task(&a.task, a.data.as_deref(), &split_sizes(&a.sizes)?, a.seed)?;
@@ -136,7 +137,6 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     if let Some(lr) = a.lr {
         cfg.optim.lr = lr;
     }
-    let opts = a.run.options();
     if opts.progress {
         eprintln!(
             "task {}: {} train / {} val / {} test sequences, max length {}; arch {}, preset {preset_name}",

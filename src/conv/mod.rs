@@ -24,6 +24,7 @@ mod direct;
 
 pub use direct::{bidirectional_conv_direct, causal_conv_direct};
 
+use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use crate::scalar::Real;
 use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis};
@@ -154,6 +155,7 @@ impl<T: Real> FftConv<T> {
         let lay = check_inputs(u, &[k], d)?;
         let klen = lay.klen.min(lay.len);
         let n = fast_len(lay.len + klen - 1);
+        estimate::<T>(u.dim(), n)?;
         let (fwd, inv) = self.plans(n);
         // kernel placed at 0..klen
         let spectra = kernel_spectra(&fwd, lay.channels, n, |h, buf| buf[..klen].copy_from_slice(&row(k, h)[..klen]));
@@ -176,6 +178,7 @@ impl<T: Real> FftConv<T> {
         let klen = lay.klen.min(lay.len);
         // u[t+1+s] for s < klen reaches t + klen: n >= L + klen keeps every wrap in the zero padding
         let n = fast_len(lay.len + klen);
+        estimate::<T>(u.dim(), n)?;
         let (fwd, inv) = self.plans(n);
         let spectra = kernel_spectra(&fwd, lay.channels, n, |h, buf| {
             buf[..klen].copy_from_slice(&row(k_fwd, h)[..klen]);
@@ -187,6 +190,16 @@ impl<T: Real> FftConv<T> {
         });
         Ok(apply(u, &spectra, d, &fwd, &inv))
     }
+}
+
+/// Checks the memory of a convolution of u (B, H, L) at FFT size n against the budget: the output,
+/// the kernels' spectra (H, n/2 + 1), and per thread a padded signal, its spectrum and scratch.
+fn estimate<T: Real>((b, h, l): (usize, usize, usize), n: usize) -> Result<u64> {
+    Estimate::new(format!("FFT convolution of (B, H, L) = ({b}, {h}, {l})"))
+        .array::<T>(&[b, h, l])
+        .array::<Complex<T>>(&[h, n / 2 + 1])
+        .arrays::<Complex<T>>(2 * rayon::current_num_threads(), &[n])
+        .check()
 }
 
 fn row<T: Real>(k: ArrayView2<T>, h: usize) -> Vec<T> {

@@ -65,6 +65,7 @@ pub fn generate(cfg: &Config, sizes: &SplitSizes, seed: u64) -> Result<TaskData>
     if l < 2 {
         return Err(Error::invalid("adding len", l, "at least 2 (one marker in each half)"));
     }
+    sizes.check_memory::<f32>("adding", 2 * l + 1)?;
     let mut rng = Pcg64::seed_from_u64(seed);
     let half = l / 2;
     let mut split = |n: usize| {

@@ -423,6 +423,8 @@ fn sample_tokens<R: Rng>(cfg: &Config, depth: usize, rng: &mut R, out: &mut Vec<
 /// would effectively not end).
 pub fn generate(cfg: &Config, sizes: &SplitSizes, seed: u64) -> Result<TaskData> {
     cfg.validate()?;
+    // each sequence is kept twice (the split and the set of sequences seen)
+    sizes.check_memory::<u32>("listops", 2 * cfg.max_length)?;
     let total = sizes.total();
     let mut rng = Pcg64::seed_from_u64(seed);
     let mut seen = HashSet::with_capacity(total);

@@ -73,6 +73,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_pcg::Pcg64;
 
+use crate::budget::Estimate;
 use crate::error::{Error, Result};
 
 /// Inputs of a split: token ids (variable length, no padding stored) or real features.
@@ -216,9 +217,24 @@ impl SplitSizes {
         SplitSizes { train, val, test }
     }
 
-    /// Total number of sequences.
+    /// Total number of sequences (saturating at `usize::MAX`).
     pub fn total(&self) -> usize {
-        self.train + self.val + self.test
+        self.train.saturating_add(self.val).saturating_add(self.test)
+    }
+
+    /// Checks against the memory budget that `task`'s three splits fit, each sequence holding
+    /// `per_sequence` values of type `A`.
+    ///
+    /// # Errors
+    /// [`Error::Budget`](crate::Error::Budget) naming the sizes.
+    pub fn check_memory<A>(&self, task: &str, per_sequence: usize) -> Result<()> {
+        let (a, b, c) = (self.train, self.val, self.test);
+        Estimate::new(format!("{task} data for sizes (train, val, test) = ({a}, {b}, {c})"))
+            .arrays::<A>(a, &[per_sequence])
+            .arrays::<A>(b, &[per_sequence])
+            .arrays::<A>(c, &[per_sequence])
+            .check()?;
+        Ok(())
     }
 }
 

@@ -340,6 +340,7 @@ fn render<R: Rng>(cfg: &Config, label: bool, rng: &mut R) -> Result<Vec<f32>> {
 /// An invalid [`Config`], or one whose paths do not fit the image (10 000 attempts failed).
 pub fn generate(cfg: &Config, sizes: &SplitSizes, seed: u64) -> Result<TaskData> {
     cfg.validate()?;
+    sizes.check_memory::<f32>("pathfinder", cfg.size * cfg.size)?;
     let mut rng = Pcg64::seed_from_u64(seed);
     let mut split = |n: usize| -> Result<Split> {
         let mut labels: Vec<u32> = (0..n as u32).map(|i| i % 2).collect();

@@ -171,6 +171,14 @@ impl MemoryConfig {
                 return Err(Error::invalid(name, v, "a finite number > 0"));
             }
         }
+        let nyquist = 0.5 / self.dt;
+        if self.cutoff > nyquist {
+            return Err(Error::invalid(
+                "cutoff",
+                self.cutoff,
+                format!("at most the Nyquist frequency 1/(2 dt) = {nyquist} (higher frequencies cannot be sampled)"),
+            ));
+        }
         let steps = self.duration / self.dt;
         if steps > MAX_SAMPLES as f64 {
             return Err(Error::invalid(

@@ -23,6 +23,7 @@ pub mod memory;
 
 pub mod nplr;
 
+use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use ndarray::{Array1, Array2};
 use std::fmt;
@@ -100,6 +101,8 @@ fn check_n(measure: Measure, n: usize) -> Result<()> {
     if measure == Measure::FouT && n % 2 == 1 {
         return Err(Error::invalid("d_state N", n, "an even integer for the FouT measure (cosine/sine pairs)"));
     }
+    // A (N, N) and a temporary of its size
+    Estimate::new(format!("HiPPO matrices for N = {n}")).arrays::<f64>(2, &[n, n]).check()?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@
 //! orthonormal basis of its eigenspace, so that the kept column and its conjugate stay orthogonal.
 
 use super::{rank_correction, transition, Measure};
+use crate::budget::Estimate;
 use crate::error::{check_even_state, Error, Result};
 use nalgebra::DMatrix;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
@@ -83,6 +84,8 @@ pub fn nplr_from(a: ArrayView2<f64>, b: ArrayView1<f64>, p: ArrayView2<f64>) -> 
     if p.ncols() != n || p.nrows() == 0 {
         return Err(Error::shape("P", format!("(R, N) = (R, {n}) with R >= 1"), p.shape()));
     }
+    // the Hermitian eigensolve holds a few complex (N, N) matrices (input, eigenvectors, V, work)
+    Estimate::new(format!("DPLR form for N = {n}")).arrays::<Complex64>(6, &[n, n]).check()?;
     if a.iter().chain(b.iter()).chain(p.iter()).any(|x| !x.is_finite()) {
         return Err(Error::invalid("A, B, P", "non-finite entries", "finite values"));
     }

@@ -40,11 +40,13 @@
 //! # Ok::<(), s4::Error>(())
 //! ```
 
+pub mod npy;
 pub mod tensors;
 
 use crate::error::{Error, Result};
-use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
-use ndarray_npy::{NpzReader, NpzWriter, ReadableElement, WritableElement};
+use ndarray::{ArrayBase, ArrayD, Data, Dimension};
+use ndarray_npy::{NpzWriter, WritableElement};
+use npy::NpyElement;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,6 +95,8 @@ pub fn write_json<V: serde::Serialize + ?Sized>(path: &Path, value: &V) -> Resul
 /// A missing or unreadable file, invalid JSON, or JSON that does not fit `C` (the message names
 /// the file).
 pub fn read_json<C: serde::de::DeserializeOwned>(path: &Path) -> Result<C> {
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    crate::budget::Estimate::new(format!("reading {}", path.display())).bytes(size).check()?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
 }
@@ -161,10 +165,12 @@ impl Drop for NpzOut {
     }
 }
 
-/// Reads named arrays from an `.npz` file, with errors that name the file and the array.
+/// Reads named arrays from an `.npz` file, with errors that name the file and the array. Each
+/// array's declared shape is checked against its entry's size and the memory budget before its
+/// data are read ([`npy`]).
 pub struct NpzIn {
     path: PathBuf,
-    reader: NpzReader<File>,
+    zip: zip::ZipArchive<File>,
     names: Vec<String>,
 }
 
@@ -181,15 +187,10 @@ impl NpzIn {
     /// The file is missing, unreadable or not a zip archive of `.npy` files.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut reader =
-            NpzReader::new(file).map_err(|e| Error::format(path, format!("not a valid .npz archive: {e}")))?;
-        let names = reader
-            .names()
-            .map_err(|e| Error::format(path, format!("cannot list the arrays: {e}")))?
-            .into_iter()
-            .map(|n| n.trim_end_matches(".npy").to_string()) // ndarray-npy lists names without .npy; be safe
-            .collect();
-        Ok(NpzIn { path: path.to_path_buf(), reader, names })
+        let zip =
+            zip::ZipArchive::new(file).map_err(|e| Error::format(path, format!("not a valid .npz archive: {e}")))?;
+        let names = zip.file_names().map(|n| n.trim_end_matches(".npy").to_string()).collect();
+        Ok(NpzIn { path: path.to_path_buf(), zip, names })
     }
 
     /// Whether the archive holds an array called `name`.
@@ -201,18 +202,27 @@ impl NpzIn {
     /// `dtype` only names the expected type in error messages (e.g. `"float32"`).
     ///
     /// # Errors
-    /// Missing array, another dtype, another number of dimensions, or a corrupt entry.
-    pub fn read<A: ReadableElement>(&mut self, name: &str, ndim: usize, dtype: &str) -> Result<ArrayD<A>> {
+    /// Missing array, another dtype, another number of dimensions, a declared shape larger than
+    /// the entry or the memory budget, or a corrupt entry.
+    pub fn read<A: NpyElement>(&mut self, name: &str, ndim: usize, dtype: &str) -> Result<ArrayD<A>> {
         if !self.has(name) {
             return Err(Error::format(
                 &self.path,
                 format!("missing array '{name}' (found: {})", self.names.join(", ")),
             ));
         }
-        let a: ArrayD<A> = self
-            .reader
-            .by_name::<ndarray::OwnedRepr<A>, IxDyn>(name)
-            .map_err(|e| Error::format(&self.path, format!("array '{name}' is not a readable {dtype} array: {e}")))?;
+        let path = &self.path;
+        let fail = |e: String| Error::format(path, format!("array '{name}' is not a readable {dtype} array: {e}"));
+        let entry = if self.zip.index_for_name(&format!("{name}.npy")).is_some() {
+            format!("{name}.npy")
+        } else {
+            name.to_string()
+        };
+        let mut f = self.zip.by_name(&entry).map_err(|e| fail(e.to_string()))?;
+        let size = f.size();
+        let h = npy::read_header(&mut f).map_err(fail)?;
+        let available = size.saturating_sub(h.header_bytes as u64);
+        let a: ArrayD<A> = npy::read_data(&mut f, &h, available, &format!("array '{name}'")).map_err(fail)?;
         if a.ndim() != ndim {
             return Err(Error::shape(
                 format!("array '{name}' in {}", self.path.display()),
@@ -240,21 +250,22 @@ pub enum NpyArray {
 /// # Errors
 /// A missing file, or another dtype / a corrupt file.
 pub fn read_npy_any(path: &Path) -> Result<NpyArray> {
-    let open = || File::open(path).map_err(|e| Error::io(path, e));
-    use ndarray_npy::ReadNpyExt;
-    if let Ok(a) = ArrayD::<f32>::read_npy(open()?) {
-        return Ok(NpyArray::F32(a));
-    }
-    if let Ok(a) = ArrayD::<f64>::read_npy(open()?) {
-        return Ok(NpyArray::F64(a));
-    }
-    if let Ok(a) = ArrayD::<i64>::read_npy(open()?) {
-        return Ok(NpyArray::Int(a));
-    }
-    match ArrayD::<i32>::read_npy(open()?) {
-        Ok(a) => Ok(NpyArray::Int(a.mapv(i64::from))),
-        Err(e) => Err(Error::format(path, format!("not a float32/float64/int64/int32 .npy array: {e}"))),
-    }
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut r = std::io::BufReader::new(file);
+    let fail = |e: String| Error::format(path, e);
+    let h = npy::read_header(&mut r).map_err(fail)?;
+    let available = size.saturating_sub(h.header_bytes as u64);
+    let what = "the array";
+    Ok(match h.code.as_str() {
+        "f4" => NpyArray::F32(npy::read_data(&mut r, &h, available, what).map_err(fail)?),
+        "f8" => NpyArray::F64(npy::read_data(&mut r, &h, available, what).map_err(fail)?),
+        "i8" => NpyArray::Int(npy::read_data(&mut r, &h, available, what).map_err(fail)?),
+        "i4" => NpyArray::Int(npy::read_data::<i32>(&mut r, &h, available, what).map_err(fail)?.mapv(i64::from)),
+        other => {
+            return Err(fail(format!("a .npy array of dtype '{other}': expected float32, float64, int64 or int32")))
+        }
+    })
 }
 
 /// Writes a `.npy` file atomically (temporary file, then rename).

@@ -199,6 +199,8 @@ impl TensorReader {
     /// # Errors
     /// The file is missing, unreadable, or not a valid safetensors file.
     pub fn open(path: &Path) -> Result<Self> {
+        let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        crate::budget::Estimate::new(format!("reading {}", path.display())).bytes(size).check()?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::format(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;

@@ -16,11 +16,22 @@
 //!    K̂(−1) = (Δ/2) Σ_full C̃_j B_j = Δ·Re Σ_half C̃_j B_j (the Woodbury term vanishes as O(1/z²)).
 //! 5. **Inverse real FFT** of the L/2 + 1 bins gives K_0..K_{L−1}, for any L.
 //!
+//! **Range of Δ.** The bilinear map puts Ā = −I + 2(I − ΔA/2)⁻¹: for Δ·|λ| ≫ 1 every mode sits
+//! at distance about 4/(Δ|λ|) from −1, and the Cauchy/Woodbury form (and C̃ = C(I − Ā^L))
+//! evaluates that distance from terms of size 1, so its relative error grows as ε·Δ·max|λ|
+//! (ε = 2⁻⁵³ of the f64 set-up). Measured against the matrix-power reference, which steps the
+//! recurrence and stays at 1e-13 for any Δ: 3e-10 at Δ·max|λ| = 1.3e7, 1.2e-6 at 1.3e11, 3% at
+//! 1.3e15, and overflow (|K| ≈ 1e285 for a true 1) at Δ = 1e300. The kernel therefore refuses
+//! Δ·max_j|λ_j| > [`MAX_DT_LAMBDA`] = 10⁸, where the bound predicts a relative error ≤ 1e-8 (tests
+//! check the edge against matrix powers). Ordinary models sit far inside: N = 256 LegS has
+//! max|λ| ≈ 2·10⁴, so Δ up to 5·10³ is accepted.
+//!
 //! The evaluation streams: each channel evaluates its (1+R)² Cauchy sums over tiles of 256 nodes
 //! and never stores an N × L matrix; memory is O(H·L + threads·(N + L)). Channels run in parallel.
 
 use super::cauchy::CauchyTile;
 use super::check_finite;
+use crate::budget::Estimate;
 use crate::error::{check_len, Error, Result};
 use crate::scalar::Real;
 use crate::ssm::{KernelKind, SsmParams};
@@ -32,6 +43,29 @@ use realfft::{ComplexToReal, RealFftPlanner};
 use std::sync::Arc;
 
 const TILE: usize = 256;
+
+/// The largest Δ·max_j|λ_j| the DPLR kernel accepts (see the module docs: its relative error grows
+/// as 1.1e-16·Δ·max|λ|, so ≤ about 1e-8 here).
+pub const MAX_DT_LAMBDA: f64 = 1e8;
+
+/// Checks every channel's Δ·max_j|λ_j| ≤ [`MAX_DT_LAMBDA`].
+fn check_dt_range<T: Real>(params: &SsmParams<T>) -> Result<()> {
+    for (h, lam) in params.lambda.outer_iter().enumerate() {
+        let max_lam = lam.iter().map(|l| l.re.as_f64().hypot(l.im.as_f64())).fold(0.0f64, f64::max);
+        let dt = params.dt[h].as_f64();
+        if dt * max_lam > MAX_DT_LAMBDA {
+            return Err(Error::invalid(
+                format!("dt[{h}]"),
+                dt,
+                format!(
+                    "at most {:.3e} for this channel (max|Λ| = {max_lam:.3e}): past dt·max|Λ| = 1e8 the DPLR kernel's bilinear form loses accuracy (relative error about 1e-16·dt·max|Λ|)",
+                    MAX_DT_LAMBDA / max_lam
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The dense real bilinear Ā_r of channel `h` (see [`SsmParams::dense_real`]).
 fn bilinear_dense(params: &SsmParams<f64>, h: usize) -> Result<DMatrix<f64>> {
@@ -171,10 +205,15 @@ impl<T: Real> std::fmt::Debug for DplrKernel<T> {
 }
 
 /// Nodes and inverse real FFT plan for length `l`.
-fn plan<T: Real>(l: usize) -> (Vec<T>, Arc<dyn ComplexToReal<T>>) {
+fn plan<T: Real>(l: usize) -> Result<(Vec<T>, Arc<dyn ComplexToReal<T>>)> {
+    // the nodes (L/2) and the inverse FFT's twiddles and buffers (about 2L complex)
+    Estimate::new(format!("DPLR kernel plan for l_kernel = {l}"))
+        .array::<T>(&[l / 2 + 1])
+        .arrays::<Complex<T>>(2, &[l])
+        .check()?;
     let n_cauchy = if l.is_multiple_of(2) { l / 2 } else { l / 2 + 1 };
     let nodes = (0..n_cauchy).map(|k| T::of(2.0 * (std::f64::consts::PI * k as f64 / l as f64).tan())).collect();
-    (nodes, RealFftPlanner::<T>::new().plan_fft_inverse(l))
+    Ok((nodes, RealFftPlanner::<T>::new().plan_fft_inverse(l)))
 }
 
 impl<T: Real> DplrKernel<T> {
@@ -182,7 +221,8 @@ impl<T: Real> DplrKernel<T> {
     /// C̃ = C (I − Ā^L) in f64, then stores everything as `T`.
     ///
     /// # Errors
-    /// Invalid parameters, a diagonal (no P) parameter set, or `l_kernel == 0`.
+    /// Invalid parameters, a diagonal (no P) parameter set, `l_kernel == 0`, Δ·max|λ| > 10⁸
+    /// ([`MAX_DT_LAMBDA`]), or a length over the memory budget.
     ///
     /// # Example
     /// ```
@@ -200,10 +240,11 @@ impl<T: Real> DplrKernel<T> {
         if params.kind() != KernelKind::Dplr {
             return Err(Error::invalid("P", "absent", "a low-rank factor P (R, H, N/2) for the DPLR kernel"));
         }
+        check_dt_range(params)?;
         let ct = c_tilde(params, l_kernel)?;
         let mut p = params.clone();
         p.c = ct;
-        let (nodes, ifft) = plan(l_kernel);
+        let (nodes, ifft) = plan(l_kernel)?;
         Ok(DplrKernel { params: p.cast(), l_kernel, nodes, ifft })
     }
 
@@ -211,14 +252,16 @@ impl<T: Real> DplrKernel<T> {
     /// layer, e.g. the official `kernel.C` with `l_kernel`).
     ///
     /// # Errors
-    /// Invalid parameters, no P, or `l_kernel == 0`.
+    /// Invalid parameters, no P, `l_kernel == 0`, Δ·max|λ| > 10⁸ ([`MAX_DT_LAMBDA`]), or a length
+    /// over the memory budget.
     pub fn from_c_tilde(params: SsmParams<T>, l_kernel: usize) -> Result<Self> {
         params.validate()?;
         check_len("l_kernel", l_kernel)?;
         if params.kind() != KernelKind::Dplr {
             return Err(Error::invalid("P", "absent", "a low-rank factor P (R, H, N/2) for the DPLR kernel"));
         }
-        let (nodes, ifft) = plan(l_kernel);
+        check_dt_range(&params)?;
+        let (nodes, ifft) = plan(l_kernel)?;
         Ok(DplrKernel { params, l_kernel, nodes, ifft })
     }
 
@@ -237,11 +280,16 @@ impl<T: Real> DplrKernel<T> {
     /// # Errors
     /// A singular bilinear system (cannot happen for valid parameters).
     pub fn double_length(&mut self) -> Result<()> {
+        let doubled = self
+            .l_kernel
+            .checked_mul(2)
+            .ok_or_else(|| Error::invalid("l_kernel", self.l_kernel, "a length whose double fits in usize"))?;
+        let (nodes, ifft) = plan(doubled)?;
         let p64 = self.params.cast::<f64>();
         let ct = apply_power_correction(&p64, p64.c.clone(), self.l_kernel, 1.0)?;
         self.params.c = ct.mapv(crate::scalar::cplx);
-        self.l_kernel *= 2;
-        (self.nodes, self.ifft) = plan(self.l_kernel);
+        self.l_kernel = doubled;
+        (self.nodes, self.ifft) = (nodes, ifft);
         Ok(())
     }
 
@@ -271,6 +319,11 @@ impl<T: Real> DplrKernel<T> {
         let n_cauchy = y.len();
         let scale = T::of(1.0 / l as f64);
         let p = self.params.p.as_ref().expect("DPLR kernel has P");
+        // K (H, len), and per thread a spectrum, a signal and the FFT's scratch (about 2L complex)
+        Estimate::new(format!("DPLR kernel (H, L) = ({h}, {len})"))
+            .array::<T>(&[h, len])
+            .arrays::<Complex<T>>(2 * rayon::current_num_threads(), &[l])
+            .check()?;
         let mut out = Array2::<T>::zeros((h, len));
         out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
             || {

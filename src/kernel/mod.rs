@@ -17,7 +17,7 @@ mod vandermonde;
 
 pub use cauchy::{cauchy_naive, CauchyTile};
 pub(crate) use dplr::solve_small;
-pub use dplr::{c_tilde, recover_c, DplrKernel};
+pub use dplr::{c_tilde, recover_c, DplrKernel, MAX_DT_LAMBDA};
 pub use naive::{kernel_naive, ssm_kernel_naive};
 pub use vandermonde::diag_kernel;
 

@@ -3,6 +3,7 @@
 //! O(L·N²) per channel in dense f64. Slow and obvious on purpose: every fast kernel is tested
 //! against it.
 
+use crate::budget::Estimate;
 use crate::discretize::{discretize_dense, Discretization};
 use crate::error::{check_len, Error, Result};
 use crate::ssm::SsmParams;
@@ -29,6 +30,7 @@ pub fn kernel_naive(
     len: usize,
 ) -> Result<Array1<f64>> {
     check_len("kernel length L", len)?;
+    Estimate::new(format!("naive kernel of length L = {len}")).array::<f64>(&[len]).check()?;
     let n = a_bar.nrows();
     if a_bar.ncols() != n {
         return Err(Error::shape("Ā", "a square matrix (N, N)", a_bar.shape()));
@@ -56,6 +58,7 @@ pub fn ssm_kernel_naive(params: &SsmParams<f64>, len: usize, method: Discretizat
     params.validate()?;
     check_len("kernel length L", len)?;
     let h = params.channels();
+    Estimate::new(format!("naive kernel (H, L) = ({h}, {len})")).array::<f64>(&[h, len]).check()?;
     let mut out = Array2::zeros((h, len));
     out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().try_for_each(|(i, mut row)| -> Result<()> {
         let (a, b, c) = params.dense_real(i);

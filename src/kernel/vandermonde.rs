@@ -17,6 +17,7 @@
 //! 1e-15 of the largest one are dropped, which keeps the arithmetic out of the (slow) subnormal range.
 
 use super::check_finite;
+use crate::budget::Estimate;
 use crate::discretize::{discretize_mode, Discretization};
 use crate::error::{check_len, Error, Result};
 use crate::scalar::Real;
@@ -56,6 +57,7 @@ pub fn diag_kernel<T: Real>(params: &SsmParams<T>, len: usize, method: Discretiz
         return Err(Error::invalid("P", "present", "no low-rank factor for the diagonal (S4D) kernel"));
     }
     let (h, m) = params.lambda.dim();
+    Estimate::new(format!("S4D kernel (H, L) = ({h}, {len})")).array::<T>(&[h, len]).check()?;
     let mut out = Array2::<T>::zeros((h, len));
     out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
         || {

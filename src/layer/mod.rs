@@ -591,8 +591,8 @@ impl<T: Real> S4Layer<T> {
     /// piece.
     ///
     /// # Errors
-    /// Wrong shapes, non-finite input (the message names the first bad entry), lengths > L, or a
-    /// state option on a bidirectional layer.
+    /// Wrong shapes, non-finite input (the message names the first bad entry), lengths > L, a
+    /// state option on a bidirectional layer, or a non-finite output (named, with its input row).
     pub fn forward(&self, u: ArrayView3<T>, opts: &ForwardOptions<T>) -> Result<ForwardOutput<T>> {
         self.check_input(&u, opts.lengths.as_deref())?;
         if self.config.bidirectional && (opts.initial_state.is_some() || opts.return_state) {
@@ -673,6 +673,12 @@ impl<T: Real> S4Layer<T> {
             for (b, &n) in lengths.iter().enumerate() {
                 out.slice_mut(s![b, .., n..]).fill(T::zero());
             }
+        }
+        if let Some((b, i, t)) = crate::nn::simd::first_non_finite(&out.view()) {
+            return Err(Error::numerical(
+                "S4 layer forward (conv mode)",
+                format!("the output y[{b}, {i}, {t}] is not finite (input row {b}): the input or the weights are too large for the precision"),
+            ));
         }
         Ok(ForwardOutput { y: out, state })
     }

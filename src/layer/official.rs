@@ -245,7 +245,7 @@ impl OfficialConfig {
     }
 }
 
-/// Reads one float32 tensor by name and checks its shape.
+/// Reads one float32 tensor by name and checks its shape and that every value is finite.
 fn tensor(st: &SafeTensors, path: &Path, name: &str, shape: &[usize]) -> Result<ArrayD<f32>> {
     let t = st
         .tensor(name)
@@ -257,6 +257,12 @@ fn tensor(st: &SafeTensors, path: &Path, name: &str, shape: &[usize]) -> Result<
         return Err(Error::shape(format!("tensor '{name}' in {}", path.display()), format!("{shape:?}"), t.shape()));
     }
     let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::format(
+            path,
+            format!("tensor '{name}' has a non-finite value ({} at flat index {i})", v[i]),
+        ));
+    }
     Ok(ArrayD::from_shape_vec(IxDyn(shape), v).expect("length checked by safetensors"))
 }
 

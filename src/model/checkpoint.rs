@@ -269,6 +269,7 @@ fn d3<T: Clone>(a: ArrayD<T>) -> Array3<T> {
 /// Unreadable or invalid files; every missing, unexpected, mis-typed or mis-shaped tensor is named.
 pub fn load<T: Real>(dir: &Path) -> Result<S4Model<T>> {
     let (cfg, _) = read_config(dir)?;
+    cfg.check_memory::<T>()?;
     let path = dir.join(WEIGHTS_FILE);
     let mut r = TensorReader::open(&path)?;
     let lc = &cfg.layer;

@@ -16,6 +16,7 @@ pub mod norm;
 pub use loss::{LossStats, Target};
 pub use norm::{Norm, NormKind};
 
+use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use crate::layer::{ForwardOptions, Recurrent, S4Layer, S4LayerConfig, State};
 use crate::scalar::Real;
@@ -192,6 +193,30 @@ impl S4ModelConfig {
         Ok(())
     }
 
+    /// Checks the memory of this model's weights in precision `T` against the budget (per layer the
+    /// output linear (channels·H, 2H) and Λ, B, P, C as complex (H, N/2); the encoder and decoder).
+    ///
+    /// # Errors
+    /// [`Error::Budget`] naming the sizes.
+    pub fn check_memory<T: Real>(&self) -> Result<u64> {
+        let h = self.d_model();
+        let lc = &self.layer;
+        let per_layer = lc
+            .channels
+            .saturating_mul(2 * h * h)
+            .saturating_add(h.saturating_mul(lc.d_state).saturating_mul(4 + lc.channels));
+        let table = self.vocab_size.unwrap_or(self.d_input).saturating_add(self.d_output).saturating_mul(h);
+        Estimate::new(format!(
+            "S4 model weights (n_layers = {}, d_model = {h}, d_state = {}, vocab_size / d_input = {})",
+            self.n_layers,
+            lc.d_state,
+            self.vocab_size.unwrap_or(self.d_input)
+        ))
+        .arrays::<T>(self.n_layers, &[per_layer])
+        .array::<T>(&[table])
+        .check()
+    }
+
     /// Validates and draws an f32 model.
     ///
     /// # Errors
@@ -207,6 +232,7 @@ impl S4ModelConfig {
     /// See [`validate`](Self::validate).
     pub fn build_as<T: Real>(&self) -> Result<S4Model<T>> {
         self.validate()?;
+        self.check_memory::<T>()?;
         let h = self.d_model();
         let mut rng = rand_pcg::Pcg64::seed_from_u64(self.seed);
         let mut uniform = |rows: usize, cols: usize, fan_in: usize| {
@@ -491,6 +517,7 @@ impl<T: Real> S4Model<T> {
         dropout_seed: Option<u64>,
     ) -> Result<(Array3<T>, Option<ModelState<T>>)> {
         let mut x = self.encode(input)?;
+        check_activation(&x, "the encoder's output x")?;
         let (batch, _, len) = x.dim();
         if let Some(init) = initial
             && init.layers.len() != self.blocks.len()
@@ -518,16 +545,22 @@ impl<T: Real> S4Model<T> {
                 }
                 y
             };
+            let in_layer = |e: Error| match e {
+                Error::Numerical { op, detail } => Error::Numerical { op: format!("{op}, layer {i}"), detail },
+                other => other,
+            };
             if self.config.prenorm {
                 let z = blk.norm.forward(x.view());
-                let out = blk.layer.forward(z.view(), &opts)?;
+                check_activation(&z, &format!("layer {i}'s normalized input z"))?;
+                let out = blk.layer.forward(z.view(), &opts).map_err(in_layer)?;
                 x += &residual_dropout(out.y);
                 states.extend(out.state);
             } else {
-                let out = blk.layer.forward(x.view(), &opts)?;
+                let out = blk.layer.forward(x.view(), &opts).map_err(in_layer)?;
                 x = blk.norm.forward((x + &residual_dropout(out.y)).view());
                 states.extend(out.state);
             }
+            check_activation(&x, &format!("layer {i}'s residual output x"))?;
         }
         if let Some(n) = &self.final_norm {
             x = n.forward(x.view());
@@ -549,6 +582,7 @@ impl<T: Real> S4Model<T> {
                 y.slice_mut(s![b, .., n..]).fill(T::zero());
             }
         }
+        check_activation(&y, "the decoder's output y")?;
         let state = return_state.then_some(ModelState { layers: states });
         Ok((y, state))
     }
@@ -719,5 +753,16 @@ impl<T: Real> RecurrentModel<'_, T> {
     /// As [`step`](Self::step).
     pub fn step_tokens(&self, state: &mut ModelState<T>, tokens: &[u32]) -> Result<Array2<T>> {
         self.step(state, StepInput::Tokens(tokens))
+    }
+}
+
+/// An error naming the first non-finite entry of an activation (B, features, L) and its input row.
+fn check_activation<T: Real>(x: &Array3<T>, what: &str) -> Result<()> {
+    match crate::nn::simd::first_non_finite(&x.view()) {
+        None => Ok(()),
+        Some((b, j, t)) => Err(Error::numerical(
+            "S4 model forward (conv mode)",
+            format!("{what}[{b}, {j}, {t}] is not finite (input row {b}): the input or the weights are too large for the precision"),
+        )),
     }
 }

@@ -65,6 +65,7 @@ use rand_pcg::Pcg64;
 use rayon::prelude::*;
 
 use super::{generate, GptSession, Sampling, SpecConfig};
+use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use crate::model::{Input, LossStats, Pooling, S4Model, S4ModelConfig, Target};
 use crate::nn::loss::softmax;
@@ -445,6 +446,10 @@ pub fn distill_run(
             ));
         }
     }
+    // the verifier-generated sequences and the evaluation windows
+    Estimate::new(format!("distillation data for generated = {}, window = {}", cfg.generated, cfg.window))
+        .arrays::<u32>(cfg.generated.saturating_add(cfg.eval_windows.max(1)), &[need])
+        .check()?;
     let mut rng = Pcg64::seed_from_u64(cfg.seed);
     let eval = windows_from(&[val], cfg.eval_windows.max(1), need, &mut rng, |_| 0);
     student.set_kernel_length(cfg.window)?;

@@ -78,6 +78,7 @@ pub use gamma::{best_gamma, expected_tokens, predicted_speedup, CostFit, GammaCo
 pub use models::{GptSession, S4Session};
 pub use sampling::Sampling;
 
+use crate::budget::Estimate;
 use crate::error::{Error, Result};
 
 /// A causal model that drafts tokens for a verifier.
@@ -296,7 +297,7 @@ fn check_prompt(prompt: &[u32], vocab: usize, max_len: Option<usize>, max_new: u
                 format!("at most the verifier's context of {m} tokens"),
             ));
         }
-        if prompt.len() + max_new > m {
+        if prompt.len().saturating_add(max_new) > m {
             return Err(Error::invalid(
                 "prompt length + max_new",
                 format!("{} + {max_new}", prompt.len()),
@@ -304,6 +305,10 @@ fn check_prompt(prompt: &[u32], vocab: usize, max_len: Option<usize>, max_new: u
             ));
         }
     }
+    // the tokens (the output grows to max_new; nothing is reserved for more than a few thousand)
+    Estimate::new(format!("generating max_new = {max_new} tokens"))
+        .array::<u32>(&[prompt.len().saturating_add(max_new)])
+        .check()?;
     Ok(())
 }
 
@@ -320,7 +325,7 @@ pub fn generate<V: Verifier + ?Sized>(verifier: &mut V, prompt: &[u32], config: 
     let mut rng = Pcg64::seed_from_u64(config.seed);
     let start = Instant::now();
     let mut stats = SpecStats::default();
-    let mut out = Vec::with_capacity(config.max_new);
+    let mut out = Vec::with_capacity(config.max_new.min(4096));
     let mut pending: Vec<u32> = prompt.to_vec();
     while out.len() < config.max_new {
         let t = Instant::now();
@@ -396,7 +401,7 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let start = Instant::now();
     let mut stats = SpecStats::default();
     let mut control = GammaController::new(config.gamma);
-    let mut out: Vec<u32> = Vec::with_capacity(config.max_new + 16);
+    let mut out: Vec<u32> = Vec::with_capacity(config.max_new.min(4096) + 16);
     let mut pending_v: Vec<u32> = prompt.to_vec();
     let mut pending_d: Vec<u32> = prompt.to_vec();
     let mut first_pass = true;

@@ -26,6 +26,7 @@
 
 use super::optim::{OptimConfig, Schedule};
 use super::trainer::{self, fingerprint, interval_rounds, interval_steps, step_seed, Job, RoundTraining, RunOptions};
+use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use crate::model::LossStats;
 use crate::plot::{write_png, Panel, Series};
@@ -327,6 +328,30 @@ pub fn train_lm(
     Ok(report)
 }
 
+/// Checks a training run's memory against the budget before it starts: the fixed validation
+/// windows, one batch of windows, the activations of the sequences in flight (one per thread:
+/// per layer about 16·n_embd values and n_head attention rows per position, and the logits), and
+/// the weights with their gradients per thread and AdamW's two moments.
+///
+/// # Errors
+/// Over the budget, or a thread count out of range.
+pub fn check_memory(model: &crate::transformer::GptConfig, cfg: &LmTrainConfig, opts: &RunOptions) -> Result<u64> {
+    opts.validate()?;
+    let threads = opts.threads.unwrap_or_else(rayon::current_num_threads).min(cfg.batch_size);
+    let (t, c, v) = (cfg.context, model.n_embd, model.vocab_size);
+    let per_position =
+        model.n_layer.saturating_mul(c.saturating_mul(16).saturating_add(model.n_head.saturating_mul(t)));
+    let params = model.parameter_count().unwrap_or(usize::MAX);
+    Estimate::new(format!(
+        "language-model training with batch_size = {}, context = {t}, eval_batches = {}",
+        cfg.batch_size, cfg.eval_batches
+    ))
+    .arrays::<u32>(cfg.eval_batches.saturating_add(1), &[cfg.batch_size, t + 1])
+    .arrays::<f32>(threads, &[t, per_position.saturating_add(v.saturating_mul(2))])
+    .arrays::<f32>(threads.saturating_add(3), &[params])
+    .check()
+}
+
 /// Trains `model` on random windows of `train_tokens` for `cfg.steps` AdamW steps
 /// ([`LmTrainConfig::optim`]): each step draws `batch_size` windows of `context + 1` tokens and
 /// takes the mean next-token cross-entropy ([`forward_backward`], sequences in parallel). Every
@@ -354,6 +379,7 @@ pub fn train_lm_run(
     }
     check_tokens("train_tokens", train_tokens, vocab, cfg.context + 1)?;
     check_tokens("val_tokens", val_tokens, vocab, cfg.context + 1)?;
+    check_memory(model.config(), cfg, opts)?;
     let mut val_rng = rand_pcg::Pcg64::seed_from_u64(cfg.seed ^ 0x5641_4C5F_5749_4E44);
     let val = (0..cfg.eval_batches).map(|_| windows(val_tokens, cfg.context, cfg.batch_size, &mut val_rng)).collect();
     let job = LmJob { train: train_tokens, val_tokens, val, cfg, model_config: model.config().clone() };

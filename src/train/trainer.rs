@@ -151,6 +151,18 @@ pub struct RunOptions {
     pub extend: bool,
 }
 
+impl RunOptions {
+    /// Checks the thread count: `None`, or 1 to 4 × the available cores
+    /// ([`check_threads`](crate::budget::check_threads)).
+    ///
+    /// # Errors
+    /// A thread count outside that range.
+    pub fn validate(&self) -> Result<()> {
+        self.threads.map(crate::budget::check_threads).transpose()?;
+        Ok(())
+    }
+}
+
 /// Saved with each checkpoint as `state.json` (`rounds_done` under the job's name for a round,
 /// e.g. `epochs_done`).
 #[derive(Clone, Debug, PartialEq)]
@@ -236,6 +248,7 @@ pub fn run<J: Job>(
     opts: &RunOptions,
 ) -> Result<(Vec<J::Metrics>, J::Model)> {
     optim.validate()?;
+    opts.validate()?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads.unwrap_or(0))
         .build()

@@ -90,6 +90,7 @@ pub mod grad;
 pub use cache::KvCache;
 pub use classifier::{TransformerClassifier, TransformerClassifierConfig};
 
+use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use crate::nn::linear::{linear, lm_head, packed_linear, PackedMatrix};
 use crate::nn::params::{ParamGroup, Parameters, TensorMut, Trainable};
@@ -198,8 +199,20 @@ impl GptConfig {
             ));
         }
         Activation::parse(&self.activation_function)?;
+        match self.parameter_count() {
+            Some(n) if n <= (isize::MAX as usize) / 16 => Ok(()),
+            _ => Err(Error::invalid(
+                "model size",
+                format!("vocab_size {} · n_embd {} · n_layer {} ...", self.vocab_size, self.n_embd, self.n_layer),
+                "a parameter count that fits in memory",
+            )),
+        }
+    }
+
+    /// The number of parameters (`None`: more than `usize` counts).
+    pub fn parameter_count(&self) -> Option<usize> {
         let (c, i) = (self.n_embd, self.inner());
-        let count = (|| {
+        (|| {
             // per block: c_attn c·3c + 3c, attn c_proj c·c + c, c_fc c·i + i, mlp c_proj i·c + c, 2 LayerNorms 4c
             let per_block =
                 [c.checked_mul(c)?.checked_mul(4)?, c.checked_mul(i)?.checked_mul(2)?, c.checked_mul(9)?, i]
@@ -207,15 +220,7 @@ impl GptConfig {
                     .try_fold(0usize, |a, x| a.checked_add(x))?;
             let emb = self.vocab_size.checked_add(self.n_positions)?.checked_mul(c)?;
             per_block.checked_mul(self.n_layer)?.checked_add(emb)?.checked_add(c.checked_mul(2)?)
-        })();
-        match count {
-            Some(n) if n <= (isize::MAX as usize) / 16 => Ok(()),
-            _ => Err(Error::invalid(
-                "model size",
-                format!("vocab_size {} · n_embd {c} · n_layer {} ...", self.vocab_size, self.n_layer),
-                "a parameter count that fits in memory",
-            )),
-        }
+        })()
     }
 
     /// The MLP hidden width: `n_inner`, or 4·`n_embd`.
@@ -377,6 +382,14 @@ impl<T: Real> Gpt<T> {
     /// A model with every weight 0, every LayerNorm scale 1 (the shapes of `config`).
     fn zeros(config: GptConfig) -> Result<Self> {
         config.validate()?;
+        let n = config.parameter_count().unwrap_or(usize::MAX);
+        // the weights, and the packed copy the decoding kernels read
+        Estimate::new(format!(
+            "transformer weights ({n} parameters: n_layer = {}, n_embd = {}, n_positions = {}, vocab_size = {})",
+            config.n_layer, config.n_embd, config.n_positions, config.vocab_size
+        ))
+        .arrays::<T>(2, &[n])
+        .check()?;
         let activation = Activation::parse(&config.activation_function)?;
         let (c, inner) = (config.n_embd, config.inner());
         let blocks = (0..config.n_layer).map(|_| Block::zeros(c, inner)).collect();

@@ -9,6 +9,7 @@ mod cli;
 mod conv;
 mod data;
 mod grad;
+mod hardening;
 mod hippo_memory;
 mod kernels;
 mod layer;

@@ -1,0 +1,249 @@
+//! Hostile input: sizes past the memory budget, crafted file headers, non-finite weights and
+//! outputs, Δ past the DPLR kernel's accurate range. Each gets one clear line and a non-zero exit
+//! (or a named [`s4::Error`]), never an abort, a panic or a silent NaN. The CLI runs under an
+//! address-space limit of 4 GB (`prlimit`), so a regression fails fast instead of exhausting the
+//! machine.
+
+use ndarray::Array3;
+use s4::budget::with_memory_budget;
+use s4::discretize::Discretization;
+use s4::kernel::{ssm_kernel, ssm_kernel_naive, MAX_DT_LAMBDA};
+use s4::model::{Pooling, S4ModelConfig};
+use s4::ssm::SsmInitConfig;
+use s4::Error;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Runs the binary under `prlimit --as=4000000000` when prlimit exists.
+fn s4_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let bin = env!("CARGO_BIN_EXE_s4");
+    let limited = Command::new("prlimit").arg("--version").output().is_ok_and(|o| o.status.success());
+    let mut cmd = if limited {
+        let mut c = Command::new("prlimit");
+        c.arg("--as=4000000000").arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.args(args).env_remove("S4_MAX_MEMORY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run s4")
+}
+
+fn s4(args: &[&str]) -> Output {
+    s4_env(args, &[])
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("s4-hardening-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A failure with exactly one line on stderr containing every needle (exit 1, not an abort).
+fn assert_clear_error(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, got {:?}: {err}", out.status);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr, got: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr should mention {n:?}: {err}");
+    }
+}
+
+/// A `.npy` file image: version 1 header declaring `shape`, then `data`.
+fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}").into_bytes();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(data);
+    out
+}
+
+#[test]
+fn sizes_past_the_budget_get_one_line_and_no_files() {
+    let max = usize::MAX.to_string();
+    let out = tmp("huge-run");
+    let o = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (vec!["hippo", "--measure", "legs", "--n", "100000"], vec!["N = 100000", "over the memory budget"]),
+        (vec!["hippo", "--measure", "legs", "--n", &max], vec!["more than 2^64 bytes"]),
+        (vec!["kernel", "--length", "1000000000000"], vec!["l_kernel = 1000000000000", "memory budget"]),
+        (vec!["kernel", "--length", "100", "--channels", "1000000000"], vec!["H = 1000000000", "memory budget"]),
+        (vec!["reconstruct", "--cutoff", "1e9"], vec!["cutoff", "Nyquist"]),
+        (
+            vec!["train", "--task", "adding", "--sizes", "1000000000000,10,10", "--out", o],
+            vec!["1000000000000", "budget"],
+        ),
+        (vec!["train", "--task", "adding", "--threads", "100000", "--out", o], vec!["--threads = 100000", "4 ×"]),
+        (vec!["hippo", "--measure", "legs", "--n", "1000", "--max-memory", "1M"], vec!["set by --max-memory"]),
+        (vec!["hippo", "--measure", "legs", "--n", "8", "--max-memory", "lots"], vec!["--max-memory = lots"]),
+        (vec!["bench-speculate", "--verifier", "v", "--draft", "d", "--prompts", "0"], vec!["--prompts = 0"]),
+    ];
+    for (args, needles) in cases {
+        let r = s4(&args);
+        assert_clear_error(&r, &needles);
+        assert!(r.stdout.is_empty(), "{args:?} printed {}", String::from_utf8_lossy(&r.stdout));
+        assert!(!out.exists(), "{args:?} left {o}");
+    }
+    let r = s4_env(&["hippo", "--measure", "legs", "--n", "64"], &[("S4_MAX_MEMORY", "1k")]);
+    assert_clear_error(&r, &["N = 64", "set by S4_MAX_MEMORY"]);
+    let r = s4_env(&["hippo", "--measure", "legs", "--n", "4"], &[("S4_MAX_MEMORY", "x")]);
+    assert_clear_error(&r, &["S4_MAX_MEMORY = x"]);
+}
+
+#[test]
+fn crafted_headers_are_refused_before_allocating() {
+    // a kernel .npz whose dt.npy declares 2·10¹² values
+    let good = tmp("k.npz");
+    let r = s4(&["kernel", "--length", "16", "--channels", "2", "--n", "4", "--out", good.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let bad = tmp("k-crafted.npz");
+    {
+        let mut src = zip::ZipArchive::new(std::fs::File::open(&good).unwrap()).unwrap();
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&bad).unwrap());
+        for i in 0..src.len() {
+            let mut f = src.by_index(i).unwrap();
+            let name = f.name().to_string();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut bytes).unwrap();
+            if name == "dt.npy" {
+                bytes = npy("<f8", "(2000000000000,)", &[0; 16]);
+            }
+            w.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+            w.write_all(&bytes).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    assert_clear_error(
+        &s4(&["kernel", "--params", bad.to_str().unwrap(), "--length", "16"]),
+        &["k-crafted.npz", "array 'dt'", "declares shape [2000000000000]", "only 16 bytes"],
+    );
+
+    // a 2 KB .npy declaring (100000, 8, 100000) floats, given to `s4 run`
+    let model = tmp("model");
+    let mut small =
+        S4ModelConfig { d_input: 8, d_output: 2, n_layers: 1, pooling: Pooling::None, ..Default::default() };
+    small.layer.d_model = 8;
+    small.layer.d_state = 4;
+    s4::model::checkpoint::save(&small.build().unwrap(), &model).unwrap();
+    let input = tmp("huge.npy");
+    std::fs::write(&input, npy("<f4", "(100000, 8, 100000)", &[0; 2000])).unwrap();
+    let y = tmp("y.npy");
+    let (m, i, yo) = (model.to_str().unwrap(), input.to_str().unwrap(), y.to_str().unwrap());
+    assert_clear_error(
+        &s4(&["run", m, "--input", i, "--out", yo]),
+        &["huge.npy", "[100000, 8, 100000]", "only 2000 bytes"],
+    );
+    assert!(!y.exists());
+
+    // l_kernel = 10¹² stored in a checkpoint: refused when the kernel is planned, not at 2 TB
+    let crafted = tmp("model-lkernel");
+    std::fs::create_dir_all(&crafted).unwrap();
+    std::fs::copy(model.join("config.json"), crafted.join("config.json")).unwrap();
+    let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| !n.ends_with("l_kernel")).collect();
+    let big = 1_000_000_000_000i64.to_le_bytes();
+    for (n, _) in st.tensors().into_iter().filter(|(n, _)| n.ends_with("l_kernel")) {
+        tensors.push((n, safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![], &big).unwrap()));
+    }
+    std::fs::write(crafted.join("model.safetensors"), safetensors::serialize(tensors, None).unwrap()).unwrap();
+    let small_input = tmp("x.npy");
+    std::fs::write(&small_input, npy("<f4", "(1, 8, 4)", &[0; 128])).unwrap();
+    let r = s4(&["run", crafted.to_str().unwrap(), "--input", small_input.to_str().unwrap(), "--out", yo]);
+    assert_clear_error(&r, &["l_kernel = 1000000000000", "memory budget"]);
+    assert!(!y.exists());
+}
+
+#[test]
+fn non_finite_weights_and_outputs_are_errors() {
+    // NaN in the decoder of a saved model: named at load by info and run
+    let model = tmp("nan-model");
+    let mut cfg = S4ModelConfig { d_input: 2, d_output: 1, n_layers: 1, ..Default::default() };
+    cfg.layer.d_model = 4;
+    cfg.layer.d_state = 4;
+    let m = cfg.build().unwrap();
+    s4::model::checkpoint::save(&m, &model).unwrap();
+    let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let nan = f32::NAN.to_le_bytes().repeat(4);
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            if n == "decoder.weight" {
+                let v = safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), &nan[..t.data().len()]);
+                (n, v.unwrap())
+            } else {
+                (n, t)
+            }
+        })
+        .collect();
+    std::fs::write(model.join("model.safetensors"), safetensors::serialize(tensors, None).unwrap()).unwrap();
+    assert_clear_error(&s4(&["info", model.to_str().unwrap()]), &["decoder.weight has non-finite values"]);
+
+    // an input of 1e38 in f32 overflows inside the model: an error naming where, not NaN output
+    let x = Array3::<f32>::from_elem((2, 2, 16), 3e38);
+    let err = m.forward(s4::model::Input::Features(x.view()), None).unwrap_err().to_string();
+    assert!(err.contains("is not finite (input row 0)"), "{err}");
+    let ok = m.forward(s4::model::Input::Features(Array3::<f32>::ones((2, 2, 16)).view()), None).unwrap();
+    assert!(ok.iter().all(|v| v.is_finite()));
+    let layer = &m.blocks()[0].layer;
+    let u = Array3::<f32>::from_elem((1, 4, 8), 3e38);
+    let err = layer.forward(u.view(), &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("S4 layer forward (conv mode)") && err.contains("not finite"), "{err}");
+}
+
+/// The DPLR kernel at the edge of its accepted range agrees with matrix powers (which step the
+/// recurrence and stay accurate for any Δ); past it, Δ is refused by name.
+#[test]
+fn dplr_kernel_is_accurate_up_to_its_dt_bound_and_refuses_beyond() {
+    for n in [4, 16, 64] {
+        let mut p = SsmInitConfig { d_state: n, channels: 1, ..Default::default() }.draw().unwrap();
+        let max_lam = p.lambda.iter().map(|l| l.norm()).fold(0.0, f64::max);
+        p.dt[0] = 0.999 * MAX_DT_LAMBDA / max_lam;
+        let k = ssm_kernel::<f64>(&p, 256, None).unwrap();
+        let r = ssm_kernel_naive(&p, 256, Discretization::Bilinear).unwrap();
+        let scale = r.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let err = (&k - &r).iter().fold(0.0f64, |m, x| m.max(x.abs())) / scale;
+        assert!(err < 1e-7, "N = {n}: relative error {err:.2e} at dt·max|Λ| = 1e8");
+        for dt in [1.001 * MAX_DT_LAMBDA / max_lam, 1e12, 1e300] {
+            p.dt[0] = dt;
+            let e = ssm_kernel::<f32>(&p, 256, None).unwrap_err().to_string();
+            assert!(e.starts_with("invalid dt[0] = ") && e.contains("loses accuracy"), "{e}");
+        }
+    }
+}
+
+/// Work sized past the budget is refused by the library before it allocates, with the sizes and
+/// the budget named; the same work within the budget runs.
+#[test]
+fn library_calls_check_the_budget_first() {
+    let budget = 1 << 20; // 1 MiB
+    let p = SsmInitConfig { d_state: 4, channels: 2, ..Default::default() }.draw().unwrap();
+    with_memory_budget(budget, || {
+        assert!(ssm_kernel::<f32>(&p, 1000, None).is_ok());
+        let e = ssm_kernel::<f32>(&p, 10_000_000, None).unwrap_err();
+        assert!(matches!(e, Error::Budget { .. }), "{e}");
+        let u = Array3::<f32>::zeros((64, 2, 4096)); // the output alone is 2 MiB
+        let k = ndarray::Array2::<f32>::zeros((2, 4096));
+        let e = s4::conv::FftConv::new().causal(u.view(), k.view(), None).unwrap_err().to_string();
+        assert!(e.starts_with("FFT convolution of (B, H, L) = (64, 2, 4096) would take"), "{e}");
+        let e = s4::hippo::transition(s4::hippo::Measure::LegS, 1000).unwrap_err().to_string();
+        assert!(e.contains("N = 1000") && e.contains("(set for this thread)"), "{e}");
+        let cfg = s4::transformer::GptConfig { n_layer: 100, ..Default::default() };
+        assert!(matches!(s4::transformer::Gpt::<f32>::new(cfg, 0), Err(Error::Budget { .. })));
+        let sizes = s4::data::SplitSizes::new(1_000_000, 10, 10);
+        let e = s4::data::adding::generate(&Default::default(), &sizes, 0).unwrap_err().to_string();
+        assert!(e.starts_with("adding data for sizes (train, val, test) = (1000000, 10, 10)"), "{e}");
+    });
+}
