@@ -100,6 +100,7 @@ fn cjson(z: &Complex64) -> serde_json::Value {
 
 fn cmd_hippo(a: &HippoArgs) -> Result<()> {
     let (m, n, dplr, out) = (a.measure, a.n, a.dplr, a.out.as_deref());
+    super::check_outputs(&[("--out", out)])?;
     let (a, b) = transition(m, n)?;
     let d = if dplr { Some(nplr(m, n)?) } else { None };
     let rec_err = d.as_ref().map(|d| {
@@ -211,6 +212,7 @@ fn read_params(path: &Path) -> Result<SsmParams<f64>> {
 }
 
 fn cmd_kernel(a: &KernelArgs) -> Result<()> {
+    super::check_outputs(&[("--out", a.out.as_deref()), ("--plot", a.plot.as_deref())])?;
     let (params, source) = match &a.params {
         Some(path) => (read_params(path)?, json!({"params": path})),
         None => {
@@ -275,6 +277,7 @@ fn cmd_kernel(a: &KernelArgs) -> Result<()> {
 fn cmd_reconstruct(a: &ReconstructArgs) -> Result<()> {
     let cfg = MemoryConfig { n: a.n, dt: a.dt, duration: a.duration, cutoff: a.cutoff, rms: 0.5, seed: a.seed };
     let (ns, plot) = (&a.sweep, a.plot.as_deref());
+    super::check_outputs(&[("--plot", plot)])?;
     let ops: Vec<MemoryOperator> = match a.measure {
         None => MemoryOperator::ALL.to_vec(),
         Some(MemoryOperator::LegS) => vec![MemoryOperator::LegS, MemoryOperator::LegSScaled],

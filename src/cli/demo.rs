@@ -116,6 +116,7 @@ pub fn cmd_demo(a: &DemoArgs) -> Result<()> {
     let t0 = Instant::now();
     let opts = RunOptions { threads: a.threads, progress: !a.quiet, ..Default::default() };
     opts.validate()?;
+    super::check_outputs(&[("--plot", Some(&a.plot))])?;
     let task: TaskData =
         adding::generate(&adding::Config { len: a.length }, &SplitSizes::new(a.train_size, 500, 500), a.seed)?;
     let cfg = demo_config(a);

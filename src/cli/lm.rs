@@ -336,6 +336,7 @@ pub fn run(cmd: Command) -> Result<()> {
 }
 
 fn cmd_logits(model: &Path, ids: &Path, out: &Path) -> Result<()> {
+    super::check_outputs(&[("--out", Some(out))])?;
     let m = CausalModel::load(model)?;
     let NpyArray::Int(a) = read_npy_any(ids)? else {
         return Err(Error::format(ids, "token ids must be an int64 or int32 array"));
@@ -495,7 +496,7 @@ fn run_dir(out: &Path) -> PathBuf {
 fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
     let t0 = Instant::now();
     let opts = a.run.options()?;
-    if a.out.join("model.safetensors").exists() && !opts.resume {
+    if (a.out.join("model.safetensors").exists() || a.out.join("config.json").exists()) && !opts.resume {
         return Err(refuse_overwrite(&a.out));
     }
     s4::train::trainer::check_out(&run_dir(&a.out), opts.resume)?;
@@ -549,7 +550,7 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
 fn cmd_distill(a: &DistillArgs) -> Result<()> {
     let t0 = Instant::now();
     let opts = a.run.options()?;
-    if a.out.join("config.json").exists() && !opts.resume {
+    if (a.out.join("model.safetensors").exists() || a.out.join("config.json").exists()) && !opts.resume {
         return Err(refuse_overwrite(&a.out));
     }
     s4::train::trainer::check_out(&run_dir(&a.out), opts.resume)?;

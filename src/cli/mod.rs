@@ -152,6 +152,26 @@ fn config_or_default<C: Default + serde::de::DeserializeOwned>(path: Option<&Pat
     s4::io::read_json(p)
 }
 
+/// Checks, before any work, that each output file `(flag, path)` can be created: its folder
+/// exists. So a command never fails after writing one output because another cannot be written.
+fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> Result<()> {
+    for (flag, path) in outputs {
+        let Some(path) = path else { continue };
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !folder.is_dir() {
+            return Err(Error::invalid(
+                *flag,
+                path.display(),
+                format!("a file in an existing folder ({} does not exist)", folder.display()),
+            ));
+        }
+        if path.is_dir() {
+            return Err(Error::invalid(*flag, path.display(), "a file path (this is a folder)"));
+        }
+    }
+    Ok(())
+}
+
 /// `Error::invalid` for a folder that already holds a saved model.
 fn refuse_overwrite(out: &Path) -> Error {
     Error::invalid("--out", out.display(), "a folder without a model in it (refusing to overwrite a saved model)")

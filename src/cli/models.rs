@@ -49,9 +49,13 @@ pub struct ImportArgs {
     /// JSON with the keyword arguments ({"module": ..., "kwargs": {...}} or the kwargs alone).
     #[arg(long)]
     config: PathBuf,
-    /// Output folder.
+    /// Output folder (new or empty; see --force).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an --out folder that already holds files (the imported layer is written whole
+    /// before the old folder is removed).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Array layout of `s4 run`'s input and output.
@@ -102,8 +106,29 @@ pub struct RunArgs {
 
 fn cmd_import(a: &ImportArgs) -> Result<()> {
     let out = &a.out;
+    let occupied = out.exists() && std::fs::read_dir(out).map_err(|e| s4::Error::io(out, e))?.next().is_some();
+    if occupied && !a.force {
+        return Err(s4::Error::invalid(
+            "--out",
+            out.display(),
+            "a new or empty folder (it holds files; --force replaces it with the imported layer)",
+        ));
+    }
     let layer = s4::layer::official::import_official_files::<f32>(&a.model, &a.config)?;
-    s4::model::checkpoint::save_layer(&layer, out)?;
+    if occupied {
+        // the new layer is written whole beside the old folder before the old one goes
+        let staged = s4::io::atomic_path(out, "new");
+        s4::model::checkpoint::save_layer(&layer, &staged)?;
+        let old = s4::io::atomic_path(out, "old");
+        std::fs::rename(out, &old).map_err(|e| s4::Error::io(out, e))?;
+        std::fs::rename(&staged, out).map_err(|e| s4::Error::io(out, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        if out.exists() {
+            std::fs::remove_dir(out).map_err(|e| s4::Error::io(out, e))?;
+        }
+        s4::model::checkpoint::save_layer(&layer, out)?;
+    }
     let cfg = layer.config();
     println!(
         "{}",
@@ -193,6 +218,7 @@ fn swap_last<T: Clone>(a: ndarray::Array3<T>) -> ndarray::Array3<T> {
 }
 
 fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> Result<()> {
+    super::check_outputs(&[("--out", Some(&a.out))])?;
     let blh = a.layout == Layout::Blh;
     let step = a.mode == Mode::Step;
     let saved = match (load_any::<T>(&a.dir)?, a.weights) {

@@ -134,16 +134,35 @@ impl TensorWriter {
     }
 }
 
-/// Writes `tensors` as `model.safetensors`, then `config` as `config.json` (pretty JSON), each
-/// atomically, into the folder `dir` (created if needed).
+/// Writes `tensors` as `model.safetensors` and `config` as `config.json` (pretty JSON) into the
+/// folder `dir`. A new folder is written whole into a hidden sibling and renamed into place, so
+/// `dir` never exists half-written; into an existing folder (one that holds other files too, e.g.
+/// a training run) each file is written atomically, weights first, so a config never sits next to
+/// older weights.
 ///
 /// # Errors
-/// The folder or a file cannot be written.
+/// The folder or a file cannot be written (a new folder's partial copy is removed).
 pub fn write_folder(dir: &Path, tensors: TensorWriter, config: &serde_json::Value) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let weights = dir.join(WEIGHTS_FILE);
-    write_atomic(&weights, &tensors.serialize(&weights)?)?;
-    write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(config).expect("JSON serializes").as_bytes())
+    let write_into = |d: &Path| -> Result<()> {
+        let weights = d.join(WEIGHTS_FILE);
+        write_atomic(&weights, &tensors.serialize(&weights)?)?;
+        write_atomic(&d.join(CONFIG_FILE), serde_json::to_string_pretty(config).expect("JSON serializes").as_bytes())
+    };
+    if dir.exists() {
+        return write_into(dir);
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let tmp = super::atomic_path(dir, "dir");
+    let done = std::fs::create_dir(&tmp)
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|_| write_into(&tmp))
+        .and_then(|_| std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e)));
+    if done.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    done
 }
 
 /// Writes named views (stored in `T`'s precision) and `config` into `dir`, as [`write_folder`].

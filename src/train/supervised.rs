@@ -552,10 +552,12 @@ impl<M: TrainModel> Job for TaskJob<'_, M> {
             "splits": {"train": t.train.len(), "val": t.val.len(), "test": t.test.len()}})
     }
 
-    /// The batch size and the number of training sequences (the schedule and the data order
-    /// depend on them); the model is checked by [`check_model`](Job::check_model).
+    /// Every setting that changes the numbers (the whole configuration but the epochs, which
+    /// `--extend` may raise) and the training data.
     fn resume_key(&self) -> serde_json::Value {
-        serde_json::json!({"batch_size": self.cfg.batch_size, "train_sequences": self.task.train.len()})
+        let mut train = serde_json::to_value(self.cfg).expect("serializes");
+        train.as_object_mut().expect("a struct").remove("epochs");
+        serde_json::json!({"train": train, "train_sequences": self.task.train.len()})
     }
 
     fn check_model(&self, model: &M) -> Result<()> {

@@ -253,7 +253,29 @@ pub fn run<J: Job>(
         .num_threads(opts.threads.unwrap_or(0))
         .build()
         .map_err(|e| Error::invalid("threads", format!("{:?}", opts.threads), format!("a buildable pool ({e})")))?;
-    pool.install(|| run_in_pool(job, model, optim, out, opts))
+    let created = out.filter(|o| !o.exists());
+    let result = pool.install(|| run_in_pool(job, model, optim, out, opts));
+    // a run that failed before its first checkpoint leaves nothing behind in a folder it created
+    if let (Err(_), Some(dir)) = (&result, created)
+        && checkpoint_dir(dir).is_none()
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+/// Removes the temporary files an interrupted run left in `out` (`.NAME.PID-K.tmp.EXT`, from
+/// [`atomic_path`](crate::io::atomic_path)); the checkpoint's own `.tmp`/`.old` folders are left
+/// to [`checkpoint_dir`].
+fn remove_stale_temporaries(out: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))? {
+        let path = entry.map_err(|e| Error::io(out, e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with('.') && name.contains(".tmp.") && path.is_file() {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn run_in_pool<J: Job>(
@@ -275,7 +297,10 @@ fn run_in_pool<J: Job>(
             check_out(out, opts.resume)?;
             std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
             match checkpoint_dir(out).filter(|_| opts.resume) {
-                Some(dir) => resume::<J>(job, out, &dir, optim, total_steps, opts.extend)?,
+                Some(dir) => {
+                    remove_stale_temporaries(out)?;
+                    resume::<J>(job, out, &dir, optim, total_steps, opts.extend)?
+                }
                 None => {
                     write_json(&out.join("config.json"), &job.settings())?;
                     let opt = AdamW::new(&model, optim.clone())?;
@@ -294,13 +319,16 @@ fn run_in_pool<J: Job>(
         let mut seen = LossStats::default();
         let (mut loss_sum, mut gn_sum, mut lr_factor) = (0.0, 0.0, 0.0);
         for batch in &batches {
-            let (stats, mut grads) = job.train_step(&mut model, batch, state.step).map_err(|e| match e {
+            let (stats, mut grads) = job.train_step(&mut model, batch, state.step).map_err(|e| {
                 // finite weights, non-finite activations: overflow inside the network
-                Error::InvalidArgument { .. } if e.to_string().contains("non-finite") => {
+                let overflow = matches!(e, Error::Numerical { .. })
+                    || (matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("non-finite"));
+                if overflow {
                     let (name, v) = largest_weight(&mut model);
                     non_finite(job, out, state.step + 1, &format!("{e} (largest weight {name} = {v:e})"))
+                } else {
+                    e
                 }
-                e => e,
             })?;
             if !stats.loss.is_finite() {
                 let culprit = first_non_finite(&mut grads)
@@ -335,7 +363,14 @@ fn run_in_pool<J: Job>(
             grad_norm: gn_sum / batches.len().max(1) as f64,
             train_seconds: t0.elapsed().as_secs_f64(),
         };
-        let m = job.round_metrics(&model, round, &training)?;
+        // an evaluation that overflows inside the network stops the run as a non-finite loss does
+        let m = job.round_metrics(&model, round, &training).map_err(|e| match e {
+            Error::Numerical { .. } => {
+                let (name, v) = largest_weight(&mut model);
+                non_finite(job, out, state.step, &format!("evaluation: {e} (largest weight {name} = {v:e})"))
+            }
+            e => e,
+        })?;
         if opts.progress {
             eprintln!("{} {round}: {}", job.round_name(), job.describe(&m));
         }
@@ -379,13 +414,8 @@ fn resume<J: Job>(
     let mut state = State::from_json(&read_json(&spath)?, job.round_name(), &spath)?;
     let key = job.resume_key();
     if state.key != key {
-        let fields = |v: &serde_json::Value| v.as_object().cloned().unwrap_or_default();
-        let (old, new) = (fields(&state.key), fields(&key));
-        let changed: Vec<String> = old
-            .iter()
-            .filter(|(k, v)| new.get(*k) != Some(v))
-            .map(|(k, v)| format!("{k} {v} -> {}", new.get(k).map_or("none".to_string(), |n| n.to_string())))
-            .collect();
+        let mut changed = Vec::new();
+        json_diff("", &state.key, &key, &mut changed);
         return Err(Error::invalid(
             "resume",
             format!("the run in {} with other settings ({})", out.display(), changed.join(", ")),
@@ -528,6 +558,23 @@ fn save_checkpoint<M: Trainable>(out: &Path, model: &M, opt: &mut AdamW<M>, stat
         std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
     }
     Ok(())
+}
+
+/// The leaves that differ between two JSON values, as `path old -> new` (objects compared key by
+/// key, anything else as a whole).
+fn json_diff(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let none = serde_json::Value::Null;
+                json_diff(&p, a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none), out);
+            }
+        }
+        (a, b) if a != b => out.push(format!("{path} {a} -> {b}")),
+        _ => {}
+    }
 }
 
 /// The records of `OUT/metrics.jsonl` (none if the file does not exist).

@@ -247,3 +247,55 @@ fn library_calls_check_the_budget_first() {
         assert!(e.starts_with("adding data for sizes (train, val, test) = (1000000, 10, 10)"), "{e}");
     });
 }
+
+/// Nothing a user saved is replaced without `--force`, and a failed command leaves nothing behind.
+#[test]
+fn no_silent_overwrite_and_no_leftovers() {
+    // import-official into a folder that holds files: refused, then replaced with --force
+    let case = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official-s4/s4d-minimal");
+    let (model, config) = (case.join("model.safetensors"), case.join("config.json"));
+    let out = tmp("imported");
+    let import = |extra: &[&str]| {
+        let args = ["import-official", model.to_str().unwrap(), "--config", config.to_str().unwrap()];
+        s4(&[&args[..], &["--out", out.to_str().unwrap()], extra].concat())
+    };
+    assert!(import(&[]).status.success());
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    assert_clear_error(&import(&[]), &["--out", "--force"]);
+    assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+    let r = import(&["--force"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(out.join("config.json").exists() && !out.join("notes.txt").exists());
+
+    // an output that cannot be written is found before the first one is written
+    let k = tmp("kk.npz");
+    let r =
+        s4(&["kernel", "--length", "8", "--n", "4", "--out", k.to_str().unwrap(), "--plot", "/nonexistent-dir/k.png"]);
+    assert_clear_error(&r, &["--plot", "/nonexistent-dir"]);
+    assert!(!k.exists());
+
+    // a training run that fails before its first checkpoint removes the folder it created
+    let run = tmp("failed-run");
+    let args = ["train", "--task", "adding", "--preset", "tiny", "--sizes", "24,8,8"];
+    let r = s4(&[
+        &args[..],
+        &["--epochs", "1", "--batch-size", "4", "--lr", "1e30", "--quiet", "--out", run.to_str().unwrap()],
+    ]
+    .concat());
+    assert!(!r.status.success());
+    assert!(!run.exists(), "the failed run left {}", run.display());
+
+    // --resume removes the temporary files a killed run left, and refuses a changed setting
+    let r =
+        s4(&[&args[..], &["--epochs", "2", "--stop-after", "1", "--quiet", "--out", run.to_str().unwrap()]].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let stale = run.join(".metrics.jsonl.99999-0.tmp.jsonl");
+    std::fs::write(&stale, "partial").unwrap();
+    let resume = |extra: &[&str]| {
+        s4(&[&args[..], &["--epochs", "2", "--resume", "--quiet", "--out", run.to_str().unwrap()], extra].concat())
+    };
+    assert_clear_error(&resume(&["--lr", "0.5"]), &["resume", "train.optim.lr"]);
+    let r = resume(&[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(!stale.exists());
+}
