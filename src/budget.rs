@@ -183,8 +183,13 @@ impl Estimate {
 
     /// Adds `count` arrays of `shape` with elements of type `A`.
     pub fn arrays<A>(mut self, count: usize, shape: &[usize]) -> Self {
-        let n =
-            shape.iter().chain([&count, &std::mem::size_of::<A>()]).try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let factors = || shape.iter().chain([&count, &std::mem::size_of::<A>()]);
+        // an empty array takes nothing, however large its other dimensions
+        let n = if factors().any(|&d| d == 0) {
+            Some(0)
+        } else {
+            factors().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        };
         self.bytes = match (self.bytes, n) {
             (Some(b), Some(n)) => b.checked_add(n),
             _ => None,
@@ -221,6 +226,9 @@ impl Estimate {
 
 /// The number of elements of `shape`, or `None` when it overflows `usize`.
 pub fn element_count(shape: &[usize]) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 

@@ -226,7 +226,7 @@ impl SplitSizes {
     /// `per_sequence` values of type `A`.
     ///
     /// # Errors
-    /// [`Error::Budget`](crate::Error::Budget) naming the sizes.
+    /// [`Error::Budget`] naming the sizes.
     pub fn check_memory<A>(&self, task: &str, per_sequence: usize) -> Result<()> {
         let (a, b, c) = (self.train, self.val, self.test);
         Estimate::new(format!("{task} data for sizes (train, val, test) = ({a}, {b}, {c})"))

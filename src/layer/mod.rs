@@ -178,7 +178,7 @@ impl RealTransform {
 /// Configuration of an [`S4Layer`]: a plain struct with defaults (the official S4Block's), checked
 /// once by [`build`](Self::build).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct S4LayerConfig {
     /// Model width H (`d_model`).
     pub d_model: usize,

@@ -139,7 +139,7 @@ pub fn save<T: Real>(model: &S4Model<T>, dir: &Path) -> Result<()> {
 /// # Errors
 /// The folder or a file cannot be written.
 pub fn save_as<T: Real>(model: &S4Model<T>, dir: &Path, weights: Option<HalfPrecision>) -> Result<()> {
-    let cfg = serde_json::json!({"format": "s4-model", "version": 1, "dtype": dtype_name::<T>(), "weights": weights,
+    let cfg = serde_json::json!({"format": "s4-model", "version": FORMAT_VERSION, "dtype": dtype_name::<T>(), "weights": weights,
                                  "model": model.config()});
     let mut tensors = model_entries(model);
     if let Some(p) = weights {
@@ -156,8 +156,7 @@ pub fn save_as<T: Real>(model: &S4Model<T>, dir: &Path, weights: Option<HalfPrec
 pub fn save_layer<T: Real>(layer: &S4Layer<T>, dir: &Path) -> Result<()> {
     let mut tensors = TensorWriter::new();
     layer_entries("", layer, &mut tensors);
-    let cfg =
-        serde_json::json!({"format": "s4-layer", "version": 1, "dtype": dtype_name::<T>(), "layer": layer.config()});
+    let cfg = serde_json::json!({"format": "s4-layer", "version": FORMAT_VERSION, "dtype": dtype_name::<T>(), "layer": layer.config()});
     write_folder(dir, tensors, &cfg)
 }
 
@@ -170,9 +169,39 @@ pub enum Saved<T> {
     Model(S4Model<T>),
 }
 
+/// The format version this crate writes and reads in its `config.json` files.
+pub const FORMAT_VERSION: u64 = 1;
+
 /// The parsed `config.json` of a folder.
 fn read_json(dir: &Path) -> Result<serde_json::Value> {
     crate::io::read_json(&dir.join(CONFIG_FILE))
+}
+
+/// Checks the envelope of one of this crate's `config.json` files strictly: `"format"` is
+/// `format`, `"version"` is [`FORMAT_VERSION`], and there is no key outside `allowed`.
+fn check_envelope(v: &serde_json::Value, path: &Path, format: &str, allowed: &[&str]) -> Result<()> {
+    if v.get("format").and_then(|f| f.as_str()) != Some(format) {
+        return Err(Error::format(path, format!("not an {format} config (\"format\": \"{format}\" expected)")));
+    }
+    match v.get("version") {
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(FORMAT_VERSION) => {}
+        other => {
+            return Err(Error::format(
+                path,
+                format!(
+                    "unsupported version {}: this build reads version {FORMAT_VERSION}",
+                    other.map_or("(missing)".to_string(), |o| o.to_string())
+                ),
+            ));
+        }
+    }
+    let object = v.as_object().expect("a format key was found, so this is an object");
+    if let Some(k) =
+        object.keys().find(|k| !allowed.contains(&k.as_str()) && !["format", "version"].contains(&k.as_str()))
+    {
+        return Err(Error::format(path, format!("unknown field '{k}' (expected {})", allowed.join(", "))));
+    }
+    Ok(())
 }
 
 /// Loads a layer folder written by [`save_layer`].
@@ -182,9 +211,7 @@ fn read_json(dir: &Path) -> Result<serde_json::Value> {
 pub fn load_layer<T: Real>(dir: &Path) -> Result<S4Layer<T>> {
     let cpath = dir.join(CONFIG_FILE);
     let v = read_json(dir)?;
-    if v.get("format").and_then(|f| f.as_str()) != Some("s4-layer") {
-        return Err(Error::format(&cpath, "not an s4 layer config (\"format\": \"s4-layer\" expected)"));
-    }
+    check_envelope(&v, &cpath, "s4-layer", &["dtype", "layer"])?;
     let lc: crate::layer::S4LayerConfig = serde_json::from_value(v.get("layer").cloned().unwrap_or_default())
         .map_err(|e| Error::format(&cpath, format!("invalid layer config: {e}")))?;
     lc.validate().map_err(|e| Error::format(&cpath, e.to_string()))?;
@@ -217,9 +244,7 @@ pub fn load_any<T: Real>(dir: &Path) -> Result<Saved<T>> {
 pub fn read_config(dir: &Path) -> Result<(S4ModelConfig, String)> {
     let path = dir.join(CONFIG_FILE);
     let v = read_json(dir)?;
-    if v.get("format").and_then(|f| f.as_str()) != Some("s4-model") {
-        return Err(Error::format(&path, "not an s4 model config (\"format\": \"s4-model\" expected)"));
-    }
+    check_envelope(&v, &path, "s4-model", &["dtype", "weights", "model"])?;
     let cfg: S4ModelConfig = serde_json::from_value(v.get("model").cloned().unwrap_or_default())
         .map_err(|e| Error::format(&path, format!("invalid model config: {e}")))?;
     cfg.validate().map_err(|e| Error::format(&path, e.to_string()))?;

@@ -38,7 +38,7 @@ pub enum Pooling {
 
 /// Configuration of an [`S4Model`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct S4ModelConfig {
     /// Features per input position (linear encoder); ignored when `vocab_size` is set.
     pub d_input: usize,

@@ -80,7 +80,7 @@ use std::path::Path;
 
 /// Settings of a distillation run (plain struct; `Default` suits a character-level pair).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DistillConfig {
     /// Optimizer steps.
     pub steps: usize,

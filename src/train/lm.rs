@@ -39,7 +39,7 @@ use std::time::Instant;
 
 /// Training settings (plain struct; `Default` is a short run of a small character model).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LmTrainConfig {
     /// Optimizer steps.
     pub steps: usize,

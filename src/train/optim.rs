@@ -32,7 +32,7 @@ use crate::scalar::Real;
 
 /// Optimizer settings (plain struct; `Default` is the official S4 defaults for a generic task).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
     /// Global learning rate.
     pub lr: f64,

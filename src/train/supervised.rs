@@ -105,7 +105,7 @@ impl std::str::FromStr for Arch {
 /// Everything that defines a training run (plain struct, serde, `Default`; missing keys take the
 /// default values, so a config.json written before `arch` existed loads as an S4 run).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Which model to train: [`Arch::S4`] (`model`) or [`Arch::Transformer`] (`transformer`).
     pub arch: Arch,

@@ -104,7 +104,7 @@ pub const FORMAT: &str = "transformer-classifier";
 /// `d_input`, `d_output`, `max_len` and `seed` from the task
 /// ([`TrainConfig::for_task`](crate::train::TrainConfig::for_task)).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TransformerClassifierConfig {
     /// Vocabulary size V: the input is tokens `0 .. V` embedded by a table (V, C) when set, and
     /// features through a linear encoder otherwise.

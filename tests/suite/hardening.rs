@@ -299,3 +299,39 @@ fn no_silent_overwrite_and_no_leftovers() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(!stale.exists());
 }
+
+/// The project's own config.json files are parsed strictly: an unknown field or another format
+/// version is an error naming it (the official PyTorch kwargs keep their documented leniency).
+#[test]
+fn own_configs_are_strict_and_versioned() {
+    let case = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official-s4/s4d-minimal");
+    let layer = tmp("strict-layer");
+    let r = s4(&[
+        "import-official",
+        case.join("model.safetensors").to_str().unwrap(),
+        "--config",
+        case.join("config.json").to_str().unwrap(),
+        "--out",
+        layer.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let original = std::fs::read_to_string(layer.join("config.json")).unwrap();
+    let info = |text: &str| {
+        std::fs::write(layer.join("config.json"), text).unwrap();
+        s4(&["info", layer.to_str().unwrap()])
+    };
+    assert!(info(&original).status.success());
+    let extra = original.replacen('{', "{\n  \"colour\": \"red\",", 1);
+    assert_clear_error(&info(&extra), &["config.json", "unknown field 'colour'"]);
+    let v2 = original.replace("\"version\": 1", "\"version\": 2");
+    assert_clear_error(&info(&v2), &["unsupported version 2", "reads version 1"]);
+    let typo = original.replace("\"d_state\"", "\"d_sate\"");
+    assert_clear_error(&info(&typo), &["config.json", "unknown field `d_sate`"]);
+    // a training settings file with a typo is refused, not silently defaulted
+    let cfg = tmp("typo.json");
+    std::fs::write(&cfg, r#"{"epoch": 3}"#).unwrap();
+    let out = tmp("typo-run");
+    let r = s4(&["train", "--task", "adding", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_clear_error(&r, &["typo.json", "unknown field `epoch`"]);
+    assert!(!out.exists());
+}

@@ -8,6 +8,7 @@ mod architecture;
 mod cli;
 mod conv;
 mod data;
+mod fuzz;
 mod grad;
 mod hardening;
 mod hippo_memory;
