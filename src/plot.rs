@@ -26,7 +26,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::io::atomic_path;
+use crate::io::write_atomic;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
@@ -82,9 +82,10 @@ pub fn write_png(path: &Path, panels: &[Panel], width: u32, panel_height: u32) -
         return Err(Error::invalid("plot", "no panels", "at least one panel"));
     }
     register_font();
-    let tmp = atomic_path(path, "png");
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = BitMapBackend::new(&tmp, (width, panel_height * panels.len() as u32)).into_drawing_area();
+    let height = panel_height * panels.len() as u32;
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    let draw = |rgb: &mut [u8]| -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::with_buffer(rgb, (width, height)).into_drawing_area();
         root.fill(&WHITE)?;
         let areas = root.split_evenly((panels.len(), 1));
         for (panel, area) in panels.iter().zip(areas.iter()) {
@@ -120,10 +121,18 @@ pub fn write_png(path: &Path, panels: &[Panel], width: u32, panel_height: u32) -
         root.present()?;
         Ok(())
     };
-    if let Err(e) = draw() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::format(path, format!("could not draw the plot: {e}")));
-    }
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    draw(&mut rgb).map_err(|e| Error::format(path, format!("could not draw the plot: {e}")))?;
+    write_atomic(path, &encode_png(&rgb, width, height).map_err(|e| Error::format(path, format!("PNG encoding: {e}")))?)
+}
+
+/// An 8-bit RGB image (rows top to bottom, `width * height * 3` bytes) as PNG file bytes.
+fn encode_png(rgb: &[u8], width: u32, height: u32) -> std::result::Result<Vec<u8>, png::EncodingError> {
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(rgb)?;
+    writer.finish()?;
+    Ok(bytes)
 }

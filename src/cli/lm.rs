@@ -20,7 +20,7 @@ use s4::transformer::{Gpt, GptConfig};
 use s4::{Error, Result};
 use serde_json::json;
 
-use super::{config_or_default, refuse_overwrite};
+use super::{config_or_default, RunControl};
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -496,10 +496,7 @@ fn run_dir(out: &Path) -> PathBuf {
 fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
     let t0 = Instant::now();
     let opts = a.run.options()?;
-    if (a.out.join("model.safetensors").exists() || a.out.join("config.json").exists()) && !opts.resume {
-        return Err(refuse_overwrite(&a.out));
-    }
-    s4::train::trainer::check_out(&run_dir(&a.out), opts.resume)?;
+    a.run.check_out(&a.out, &run_dir(&a.out))?;
     let corpus = shakespeare::load(&a.data)?;
     let mut cfg: LmTrainConfig = config_or_default(a.config.as_deref())?;
     cfg.context = a.context;
@@ -533,7 +530,10 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
             run_dir(&a.out).display()
         );
     }
-    let report = train_lm_run(&mut model, &corpus.train, &corpus.val, &cfg, Some(&run_dir(&a.out)), &opts)?;
+    let aside = a.run.clear_out(&a.out)?;
+    let run = run_dir(&a.out);
+    let report =
+        RunControl::settle(aside, &run, train_lm_run(&mut model, &corpus.train, &corpus.val, &cfg, Some(&run), &opts))?;
     let finished = report.evals.last().is_some_and(|e| e.step == cfg.steps);
     if finished {
         model.save(&a.out)?;
@@ -550,10 +550,7 @@ fn cmd_train_lm(a: &TrainLmArgs) -> Result<()> {
 fn cmd_distill(a: &DistillArgs) -> Result<()> {
     let t0 = Instant::now();
     let opts = a.run.options()?;
-    if (a.out.join("model.safetensors").exists() || a.out.join("config.json").exists()) && !opts.resume {
-        return Err(refuse_overwrite(&a.out));
-    }
-    s4::train::trainer::check_out(&run_dir(&a.out), opts.resume)?;
+    a.run.check_out(&a.out, &run_dir(&a.out))?;
     let teacher = Gpt::<f32>::load(&a.verifier)?;
     let corpus = shakespeare::load(&a.data)?;
     let mut cfg: DistillConfig = config_or_default(a.config.as_deref())?;
@@ -583,7 +580,10 @@ fn cmd_distill(a: &DistillArgs) -> Result<()> {
     }
     mc.seed = a.seed;
     let mut student = mc.build()?;
-    let report = distill_run(&mut student, &teacher, &corpus.train, &corpus.val, &cfg, Some(&run_dir(&a.out)), &opts)?;
+    let aside = a.run.clear_out(&a.out)?;
+    let run = run_dir(&a.out);
+    let result = distill_run(&mut student, &teacher, &corpus.train, &corpus.val, &cfg, Some(&run), &opts);
+    let report = RunControl::settle(aside, &run, result)?;
     let finished = report.steps == cfg.steps;
     if finished {
         checkpoint::save(&student, &a.out)?;

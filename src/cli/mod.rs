@@ -174,7 +174,11 @@ fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> Result<()> {
 
 /// `Error::invalid` for a folder that already holds a saved model.
 fn refuse_overwrite(out: &Path) -> Error {
-    Error::invalid("--out", out.display(), "a folder without a model in it (refusing to overwrite a saved model)")
+    Error::invalid(
+        "--out",
+        out.display(),
+        "a folder without a saved model (refusing to overwrite it; --force replaces it, or choose another folder)",
+    )
 }
 
 /// How a training command runs: threads, progress, and resuming (shared by `train`, `train-lm`
@@ -198,6 +202,11 @@ struct RunControl {
     /// No progress on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Replace what --out holds (a previous run or a saved model): it is moved to a hidden
+    /// sibling, removed once the new run has written its first checkpoint, and put back if the new
+    /// run stops before that.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
 }
 
 impl RunControl {
@@ -212,6 +221,39 @@ impl RunControl {
         };
         opts.validate()?;
         Ok(opts)
+    }
+
+    /// Checks, before any work or output, that `out` may take a new run whose run folder is `run`
+    /// (`out` itself for `train`, `out/run` for `train-lm` and `distill`, which write their model
+    /// into `out` at the end): without --resume it must hold no run and no saved model, unless
+    /// --force is given.
+    fn check_out(&self, out: &Path, run: &Path) -> Result<()> {
+        if self.force {
+            return Ok(());
+        }
+        let has_model = out.join(s4::model::checkpoint::CONFIG_FILE).exists() || out.join("model.safetensors").exists();
+        // a `train` run folder holds its settings as config.json: that is a run, not a model
+        let own_run = run == out && s4::train::trainer::check_out(run, false).is_err();
+        if !self.resume && has_model && !own_run {
+            return Err(refuse_overwrite(out));
+        }
+        s4::train::trainer::check_out(run, self.resume)
+    }
+
+    /// With --force, moves `out` aside just before the run starts (see [`settle`](Self::settle)).
+    fn clear_out(&self, out: &Path) -> Result<Option<s4::io::MovedAside>> {
+        self.force.then(|| s4::io::MovedAside::new(out)).transpose()
+    }
+
+    /// After the run: the folder moved aside by --force is removed if the new run in `run` wrote a
+    /// checkpoint, and put back otherwise. Returns the run's result.
+    fn settle<T>(aside: Option<s4::io::MovedAside>, run: &Path, result: Result<T>) -> Result<T> {
+        if let Some(aside) = aside
+            && s4::train::trainer::checkpoint_dir(run).is_some()
+        {
+            aside.discard()?;
+        } // dropped otherwise: the previous folder goes back in place
+        result
     }
 }
 

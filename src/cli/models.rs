@@ -115,20 +115,8 @@ fn cmd_import(a: &ImportArgs) -> Result<()> {
         ));
     }
     let layer = s4::layer::official::import_official_files::<f32>(&a.model, &a.config)?;
-    if occupied {
-        // the new layer is written whole beside the old folder before the old one goes
-        let staged = s4::io::atomic_path(out, "new");
-        s4::model::checkpoint::save_layer(&layer, &staged)?;
-        let old = s4::io::atomic_path(out, "old");
-        std::fs::rename(out, &old).map_err(|e| s4::Error::io(out, e))?;
-        std::fs::rename(&staged, out).map_err(|e| s4::Error::io(out, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        if out.exists() {
-            std::fs::remove_dir(out).map_err(|e| s4::Error::io(out, e))?;
-        }
-        s4::model::checkpoint::save_layer(&layer, out)?;
-    }
+    // an occupied folder is replaced only once the imported layer is written whole beside it
+    s4::io::write_folder_whole(out, |d| s4::model::checkpoint::save_layer(&layer, d))?;
     let cfg = layer.config();
     println!(
         "{}",
@@ -217,7 +205,7 @@ fn swap_last<T: Clone>(a: ndarray::Array3<T>) -> ndarray::Array3<T> {
     a.permuted_axes([0, 2, 1]).as_standard_layout().into_owned()
 }
 
-fn cmd_run<T: s4::scalar::Real + ndarray_npy::WritableElement>(a: &RunArgs) -> Result<()> {
+fn cmd_run<T: s4::scalar::Real + s4::io::npy::NpyElement>(a: &RunArgs) -> Result<()> {
     super::check_outputs(&[("--out", Some(&a.out))])?;
     let blh = a.layout == Layout::Blh;
     let step = a.mode == Mode::Step;

@@ -100,7 +100,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     use s4::train::{default_preset_for, load_task, preset, train, TrainConfig};
     let t0 = Instant::now();
     let opts = a.run.options()?;
-    s4::train::trainer::check_out(&a.out, a.run.resume)?;
+    a.run.check_out(&a.out, &a.out)?;
     let arch = a.arch;
     let task = load_task(&a.task, a.data.as_deref(), &split_sizes(&a.sizes)?, a.seed)?;
     let preset_name =
@@ -148,7 +148,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             cfg.arch
         );
     }
-    let report = train(&task, &cfg, &a.out, &opts)?;
+    let aside = a.run.clear_out(&a.out)?;
+    let report = super::RunControl::settle(aside, &a.out, train(&task, &cfg, &a.out, &opts))?;
     let last = report.metrics.last();
     println!(
         "{}",

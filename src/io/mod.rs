@@ -45,7 +45,6 @@ pub mod tensors;
 
 use crate::error::{Error, Result};
 use ndarray::{ArrayBase, ArrayD, Data, Dimension};
-use ndarray_npy::{NpzWriter, WritableElement};
 use npy::NpyElement;
 use std::fs::File;
 use std::io::Write;
@@ -81,6 +80,103 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     done
 }
 
+/// Puts the complete folder `new` in the place of `dst`: `dst` (if it exists) is renamed to `old`,
+/// `new` to `dst`, then `old` is removed. At every moment a complete folder sits under `dst` or,
+/// between the two renames, under `old` (with `new` complete beside it), so a reader that looks at
+/// `dst`, then `new`, then `old` always finds one whole (the training checkpoints do).
+///
+/// # Errors
+/// A rename or removal fails (the names involved are in the message); if the second rename fails,
+/// `old` is renamed back to `dst`.
+pub fn swap_folder(new: &Path, dst: &Path, old: &Path) -> Result<()> {
+    if old.exists() {
+        std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+    }
+    let had_old = dst.exists();
+    if had_old {
+        std::fs::rename(dst, old).map_err(|e| Error::io(dst, e))?;
+    }
+    if let Err(e) = std::fs::rename(new, dst) {
+        if had_old {
+            let _ = std::fs::rename(old, dst);
+        }
+        return Err(Error::io(dst, e));
+    }
+    if had_old {
+        std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+    }
+    Ok(())
+}
+
+/// Writes the folder `dir` whole: `fill` writes its files into a new hidden sibling
+/// ([`atomic_path`]), which then replaces `dir` ([`swap_folder`]; an existing `dir` is replaced
+/// only once the new folder is complete). Callers decide whether replacing is allowed (the
+/// command line asks for `--force`).
+///
+/// # Errors
+/// What `fill` returns, or a folder that cannot be created or renamed; the partial sibling is
+/// removed and an existing `dir` is left as it was.
+pub fn write_folder_whole(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let tmp = atomic_path(dir, "dir");
+    let done = std::fs::create_dir(&tmp)
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|_| fill(&tmp))
+        .and_then(|_| swap_folder(&tmp, dir, &atomic_path(dir, "old")));
+    if done.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    done
+}
+
+/// A folder moved out of the way of a new one (`--force` on a training command): renamed to a
+/// hidden sibling, then either removed ([`discard`](Self::discard), once its replacement holds
+/// something worth keeping) or, when dropped, put back in place of whatever was written there.
+#[derive(Debug)]
+pub struct MovedAside {
+    original: PathBuf,
+    aside: Option<PathBuf>,
+}
+
+impl MovedAside {
+    /// Moves `dir` aside if it exists (nothing to do otherwise).
+    ///
+    /// # Errors
+    /// The rename fails.
+    pub fn new(dir: &Path) -> Result<Self> {
+        let aside = if dir.exists() {
+            let to = atomic_path(dir, "old");
+            std::fs::rename(dir, &to).map_err(|e| Error::io(dir, e))?;
+            Some(to)
+        } else {
+            None
+        };
+        Ok(MovedAside { original: dir.to_path_buf(), aside })
+    }
+
+    /// Removes the old folder for good.
+    ///
+    /// # Errors
+    /// It cannot be removed.
+    pub fn discard(mut self) -> Result<()> {
+        match self.aside.take() {
+            Some(a) => std::fs::remove_dir_all(&a).map_err(|e| Error::io(&a, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MovedAside {
+    fn drop(&mut self) {
+        if let Some(a) = self.aside.take() {
+            let _ = std::fs::remove_dir_all(&self.original);
+            let _ = std::fs::rename(&a, &self.original);
+        }
+    }
+}
+
 /// Writes `value` as pretty JSON to `path` atomically.
 ///
 /// # Errors
@@ -101,11 +197,12 @@ pub fn read_json<C: serde::de::DeserializeOwned>(path: &Path) -> Result<C> {
     serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
 }
 
-/// Collects named arrays and writes them as one `.npz` file atomically.
+/// Collects named arrays and writes them as one `.npz` file atomically (a zip archive of `.npy`
+/// entries, stored uncompressed, as `numpy.savez` writes it).
 pub struct NpzOut {
     path: PathBuf,
     tmp: PathBuf,
-    writer: Option<NpzWriter<File>>,
+    writer: Option<zip::ZipWriter<File>>,
 }
 
 impl std::fmt::Debug for NpzOut {
@@ -122,7 +219,7 @@ impl NpzOut {
     pub fn create(path: &Path) -> Result<Self> {
         let tmp = atomic_path(path, "npz");
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(NpzOut { path: path.to_path_buf(), tmp, writer: Some(NpzWriter::new(file)) })
+        Ok(NpzOut { path: path.to_path_buf(), tmp, writer: Some(zip::ZipWriter::new(file)) })
     }
 
     /// Adds the array `name` (stored as `name.npy` in the archive).
@@ -133,10 +230,16 @@ impl NpzOut {
     where
         S: Data<Elem = A>,
         D: Dimension,
-        A: WritableElement,
+        A: NpyElement,
     {
         let w = self.writer.as_mut().expect("writer is present until finish");
-        w.add_array(name, array).map_err(|e| Error::format(&self.path, format!("writing array {name}: {e}")))
+        let bytes = npy::encode(array);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(bytes.len() as u64 >= u64::from(u32::MAX));
+        w.start_file(format!("{name}.npy"), options)
+            .and_then(|_| w.write_all(&bytes).map_err(zip::result::ZipError::from))
+            .map_err(|e| Error::format(&self.path, format!("writing array {name}: {e}")))
     }
 
     /// Closes the archive and renames it into place.
@@ -268,24 +371,34 @@ pub fn read_npy_any(path: &Path) -> Result<NpyArray> {
     })
 }
 
+/// Reads a `.npy` file of element type `A` with `D` dimensions (e.g. `read_npy::<f64, Ix2>`).
+///
+/// # Errors
+/// A missing file, another dtype or number of dimensions, or a corrupt file.
+pub fn read_npy<A: NpyElement, D: Dimension>(path: impl AsRef<Path>) -> Result<ndarray::Array<A, D>> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut r = std::io::BufReader::new(file);
+    let fail = |e: String| Error::format(path, e);
+    let h = npy::read_header(&mut r).map_err(fail)?;
+    if h.code != A::CODE {
+        return Err(fail(format!("a .npy array of dtype '{}': expected {}", h.code, A::NAME)));
+    }
+    let available = size.saturating_sub(h.header_bytes as u64);
+    let a: ArrayD<A> = npy::read_data(&mut r, &h, available, "the array").map_err(fail)?;
+    let shape = a.shape().to_vec();
+    a.into_dimensionality::<D>()
+        .map_err(|_| Error::shape(path.display().to_string(), format!("{} dimensions", D::NDIM.unwrap_or(0)), &shape))
+}
+
 /// Writes a `.npy` file atomically (temporary file, then rename).
 ///
 /// # Errors
 /// The file cannot be written.
-pub fn write_npy_atomic<A: WritableElement, D: Dimension>(path: &Path, a: &ndarray::Array<A, D>) -> Result<()> {
-    use ndarray_npy::WriteNpyExt;
-    let tmp = atomic_path(path, "npy");
-    let done = File::create(&tmp)
-        .map_err(|e| Error::io(&tmp, e))
-        .and_then(|f| {
-            let mut w = std::io::BufWriter::new(f);
-            a.write_npy(&mut w).map_err(|e| Error::format(path, format!("cannot write: {e}")))?;
-            let f = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-            f.sync_all().map_err(|e| Error::io(&tmp, e))
-        })
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    done
+pub fn write_npy_atomic<A: NpyElement, S: Data<Elem = A>, D: Dimension>(
+    path: &Path,
+    a: &ArrayBase<S, D>,
+) -> Result<()> {
+    write_atomic(path, &npy::encode(a))
 }

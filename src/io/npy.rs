@@ -1,4 +1,4 @@
-//! Reading numpy `.npy` data, checked before anything is allocated: the header is parsed here
+//! Numpy `.npy` data, written ([`encode`]) and read, checked before anything is allocated: the header is parsed here
 //! (format versions 1–3), the declared shape's byte count is computed with checked arithmetic and
 //! compared with the bytes the file (or the `.npz` entry) really holds and with the memory budget
 //! ([`crate::budget`]); only then are the data read, and only as far as they exist.
@@ -24,6 +24,8 @@ pub trait NpyElement: Copy + Send + Sync + 'static {
     const CODE: &'static str;
     /// Decodes one element from `size_of::<Self>()` little-endian bytes.
     fn from_le(bytes: &[u8]) -> Self;
+    /// Appends the element's little-endian bytes.
+    fn push_le(self, out: &mut Vec<u8>);
 }
 
 macro_rules! npy_element {
@@ -33,6 +35,9 @@ macro_rules! npy_element {
             const CODE: &'static str = $code;
             fn from_le(bytes: &[u8]) -> Self {
                 <$t>::from_le_bytes(bytes.try_into().expect("element-sized chunk"))
+            }
+            fn push_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
             }
         }
     };
@@ -48,6 +53,10 @@ impl NpyElement for Complex<f32> {
     fn from_le(b: &[u8]) -> Self {
         Complex::new(f32::from_le(&b[..4]), f32::from_le(&b[4..]))
     }
+    fn push_le(self, out: &mut Vec<u8>) {
+        self.re.push_le(out);
+        self.im.push_le(out);
+    }
 }
 
 impl NpyElement for Complex<f64> {
@@ -56,6 +65,39 @@ impl NpyElement for Complex<f64> {
     fn from_le(b: &[u8]) -> Self {
         Complex::new(f64::from_le(&b[..8]), f64::from_le(&b[8..]))
     }
+    fn push_le(self, out: &mut Vec<u8>) {
+        self.re.push_le(out);
+        self.im.push_le(out);
+    }
+}
+
+/// The `.npy` file image of `a` (format version 1.0, as `numpy.save` writes it): little-endian,
+/// C order (a view in any layout is written in its logical order), the header padded with spaces
+/// so that the data start at a multiple of 64 bytes.
+///
+/// # Panics
+/// Never for real arrays: a header over 64 KiB would need a shape of thousands of dimensions,
+/// which ndarray cannot create.
+pub fn encode<A: NpyElement, S: ndarray::Data<Elem = A>, D: ndarray::Dimension>(
+    a: &ndarray::ArrayBase<S, D>,
+) -> Vec<u8> {
+    let shape = match a.shape() {
+        [n] => format!("({n},)"),
+        dims => format!("({})", dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '<{}', 'fortran_order': False, 'shape': {shape}, }}", A::CODE).into_bytes();
+    // magic (6) + version (2) + length (2) + header + newline: a multiple of 64
+    header.resize((10 + header.len() + 1).next_multiple_of(64) - 10 - 1, b' ');
+    header.push(b'\n');
+    let len = u16::try_from(header.len()).expect("a header under 64 KiB");
+    let mut out = Vec::with_capacity(10 + header.len() + a.len() * std::mem::size_of::<A>());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&header);
+    for &x in a.iter() {
+        x.push_le(&mut out);
+    }
+    out
 }
 
 /// A parsed `.npy` header.
@@ -250,6 +292,23 @@ mod tests {
         let h = read_header(&mut r)?;
         let avail = (bytes.len() - h.header_bytes) as u64;
         read_data::<A>(&mut r, &h, avail, "test array")
+    }
+
+    #[test]
+    fn encode_writes_numpys_bytes_and_reads_back() {
+        let a = ndarray::array![[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]];
+        let data: Vec<u8> = a.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(encode(&a), npy("<f4", false, "(2, 3)", &data), "numpy.save's image");
+        // a transposed view is written in its logical (C) order
+        let t = read::<f32>(&encode(&a.t())).unwrap();
+        assert_eq!(t, a.t().into_dyn());
+        let z = ndarray::array![Complex::new(1.0f64, -2.0), Complex::new(0.5, 3.0)];
+        assert_eq!(read::<Complex<f64>>(&encode(&z)).unwrap(), z.into_dyn());
+        let ids = ndarray::array![7i64, 8, 9];
+        assert_eq!(encode(&ids), npy("<i8", false, "(3,)", &[7i64, 8, 9].map(i64::to_le_bytes).concat()));
+        let scalar = ndarray::arr0(2.5f64);
+        assert_eq!(read::<f64>(&encode(&scalar)).unwrap()[[]], 2.5);
+        assert_eq!(encode(&a).len() % 64, data.len() % 64, "data start at a multiple of 64 bytes");
     }
 
     #[test]

@@ -149,20 +149,10 @@ pub fn write_folder(dir: &Path, tensors: TensorWriter, config: &serde_json::Valu
         write_atomic(&d.join(CONFIG_FILE), serde_json::to_string_pretty(config).expect("JSON serializes").as_bytes())
     };
     if dir.exists() {
-        return write_into(dir);
+        write_into(dir)
+    } else {
+        super::write_folder_whole(dir, write_into)
     }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
-    let tmp = super::atomic_path(dir, "dir");
-    let done = std::fs::create_dir(&tmp)
-        .map_err(|e| Error::io(&tmp, e))
-        .and_then(|_| write_into(&tmp))
-        .and_then(|_| std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e)));
-    if done.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    done
 }
 
 /// Writes named views (stored in `T`'s precision) and `config` into `dir`, as [`write_folder`].

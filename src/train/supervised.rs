@@ -394,8 +394,15 @@ impl Batch {
 /// batches of `batch_size`: (mean loss, accuracy for classification).
 ///
 /// # Errors
-/// Invalid inputs (see [`S4Model::forward`], [`TransformerClassifier::forward`]).
+/// An empty split, or invalid inputs (see [`S4Model::forward`], [`TransformerClassifier::forward`]).
 pub fn evaluate<M: TrainModel>(model: &M, split: &Split, batch_size: usize) -> Result<(f64, Option<f64>)> {
+    if split.is_empty() {
+        return Err(Error::invalid(
+            "evaluation split",
+            "empty",
+            "at least one sequence (a mean over none is undefined)",
+        ));
+    }
     let mut total = LossStats::default();
     let mut loss_sum = 0.0;
     let idx: Vec<usize> = (0..split.len()).collect();
@@ -470,8 +477,10 @@ pub fn train_to(task: &TaskData, cfg: &TrainConfig, out: Option<&Path>, opts: &R
     let cfg = cfg.clone().for_task(task);
     cfg.validate()?;
     task.validate()?;
-    if task.train.is_empty() {
-        return Err(Error::invalid(format!("{} train split", task.name), "empty", "at least one sequence"));
+    for (name, split) in [("train", &task.train), ("val", &task.val), ("test", &task.test)] {
+        if split.is_empty() {
+            return Err(Error::invalid(format!("{} {name} split", task.name), "empty", "at least one sequence"));
+        }
     }
     Ok(match cfg.arch {
         Arch::S4 => {

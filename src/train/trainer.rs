@@ -224,7 +224,7 @@ pub fn check_out(out: &Path, resume: bool) -> Result<()> {
         return Err(Error::invalid(
             "--out",
             out.display(),
-            "a folder without a previous run (continue it with --resume, or choose another folder)",
+            "a folder without a previous run (continue it with --resume, replace it with --force, or choose another folder)",
         ));
     }
     Ok(())
@@ -543,21 +543,9 @@ fn save_checkpoint<M: Trainable>(out: &Path, model: &M, opt: &mut AdamW<M>, stat
     model.save_folder(&tmp)?;
     save_optimizer(opt, &tmp.join("optimizer.safetensors"))?;
     write_json(&tmp.join("state.json"), state)?;
-    let dst = out.join(CHECKPOINT);
-    let old = out.join("checkpoint.old");
-    // keep one complete checkpoint on disk at every moment: checkpoint (or, mid-swap, .old and the
-    // complete .tmp) until the new one is in place
-    if dst.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-        }
-        std::fs::rename(&dst, &old).map_err(|e| Error::io(&dst, e))?;
-    }
-    std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&tmp, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    Ok(())
+    // one complete checkpoint on disk at every moment: checkpoint, or mid-swap .old and the
+    // complete .tmp (the order checkpoint_dir looks in)
+    crate::io::swap_folder(&tmp, &out.join(CHECKPOINT), &out.join("checkpoint.old"))
 }
 
 /// The leaves that differ between two JSON values, as `path old -> new` (objects compared key by

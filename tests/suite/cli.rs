@@ -227,7 +227,7 @@ fn bad_params_files_are_rejected_by_name() {
 #[test]
 fn import_official_then_run_reproduces_the_official_outputs() {
     use ndarray::Array3;
-    use ndarray_npy::read_npy;
+    use s4::io::read_npy;
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official-s4");
     for case in ["s4block-dplr-legs", "s4block-diag-inv", "s4block-dplr-bidirectional", "s4d-minimal"] {
         let dir = fixtures.join(case);
@@ -255,7 +255,7 @@ fn import_official_then_run_reproduces_the_official_outputs() {
                 } else {
                     let x: Array3<f32> = read_npy(dir.join("input.npy")).unwrap();
                     let p = tmp(&format!("{case}-input-blh.npy"));
-                    ndarray_npy::write_npy(&p, &x.permuted_axes([0, 2, 1]).as_standard_layout().into_owned()).unwrap();
+                    s4::io::write_npy_atomic(&p, &x.permuted_axes([0, 2, 1])).unwrap();
                     p
                 };
                 let y_path = tmp(&format!("{case}-{mode}-{layout}.npy"));

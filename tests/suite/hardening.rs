@@ -298,6 +298,38 @@ fn no_silent_overwrite_and_no_leftovers() {
     let r = resume(&[]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(!stale.exists());
+
+    // a new run into a finished one: refused without --force; with --force, a run that fails
+    // before its first checkpoint puts the old run back, one that checkpoints replaces it
+    let metrics = || std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let before = metrics();
+    let fresh = |extra: &[&str]| {
+        s4(&[&args[..], &["--epochs", "1", "--batch-size", "4", "--quiet", "--out", run.to_str().unwrap()], extra]
+            .concat())
+    };
+    assert_clear_error(&fresh(&[]), &["--out", "--resume", "--force"]);
+    assert!(!fresh(&["--force", "--lr", "1e30"]).status.success());
+    assert_eq!(metrics(), before, "the failed --force run must put the old run back");
+    let siblings = |d: &std::path::Path| std::fs::read_dir(d.parent().unwrap()).unwrap().count();
+    let n = siblings(&run);
+    let r = fresh(&["--force"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(metrics().lines().count(), 1, "replaced by a one-epoch run");
+    assert_eq!(siblings(&run), n, "nothing left beside the run");
+    assert!(!s4(&[&args[..], &["--force", "--resume", "--out", run.to_str().unwrap()]].concat()).status.success());
+}
+
+/// Statistics over zero samples are errors, not NaN or 0.
+#[test]
+fn statistics_over_no_samples_are_errors() {
+    use s4::data::{Inputs, Split, Targets};
+    let empty = Split {
+        inputs: Inputs::Features { d_input: 1, len: 4, data: Vec::new() },
+        targets: Targets::Values(Vec::new()),
+    };
+    let model = S4ModelConfig::default().build().unwrap();
+    let err = s4::train::evaluate(&model, &empty, 8).unwrap_err().to_string();
+    assert!(err.contains("empty") && err.contains("at least one sequence"), "{err}");
 }
 
 /// The project's own config.json files are parsed strictly: an unknown field or another format

@@ -5,10 +5,10 @@ use crate::common;
 
 use common::{official_params, rel_err, to_f64};
 use ndarray::{Array1, Array2, Array3};
-use ndarray_npy::read_npy;
 use num_complex::Complex64;
 use s4::discretize::{discretize_mode, Discretization};
 use s4::hippo::{nplr, transition, Measure};
+use s4::io::read_npy;
 use s4::kernel::{c_tilde, diag_kernel, kernel_naive, ssm_kernel, ssm_kernel_naive, DplrKernel};
 use s4::ssm::{KernelKind, SsmInit, SsmInitConfig, SsmParams};
 

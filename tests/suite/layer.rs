@@ -4,7 +4,7 @@ use crate::common;
 
 use common::{fixture, rel_err};
 use ndarray::{s, Array2, Array3};
-use ndarray_npy::read_npy;
+use s4::io::read_npy;
 use s4::layer::official::import_official_files;
 use s4::layer::{ForwardOptions, S4Layer, S4LayerConfig};
 use s4::ssm::KernelKind;

@@ -4,8 +4,8 @@
 //! `cargo test --release --test transformer -- --nocapture` prints the measured differences.
 
 use ndarray::{s, Array2, Array3, Axis};
-use ndarray_npy::read_npy;
 use rand_distr::{Distribution, StandardNormal};
+use s4::io::read_npy;
 use s4::nn::loss;
 use s4::train::lm::{train_lm, train_lm_run, LmTrainConfig};
 use s4::train::RunOptions;
