@@ -82,11 +82,11 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PYDEVD_DISABLE_FILE_VALIDATION=1
 # The kernel talks to nbconvert over Unix sockets (--KernelManager.transport=ipc), not over
-# localhost TCP (which ipykernel warns about, unencrypted), in a short scratch folder (a socket
-# path must stay under 108 bytes), removed on exit.
-JUPYTER_RUNTIME_DIR=$(mktemp -d "/tmp/s4nb.XXXXXX")
-export JUPYTER_RUNTIME_DIR
-trap 'rm -rf "$JUPYTER_RUNTIME_DIR"' EXIT
+# localhost TCP (which ipykernel warns about, unencrypted). The sockets live in a short scratch
+# folder given as an absolute prefix (the kernel runs in the notebook's folder, and a socket path
+# must stay under 108 bytes), removed on exit.
+sockets=$(mktemp -d "/tmp/s4nb.XXXXXX")
+trap 'rm -rf "$sockets"' EXIT
 if [ "$quick" = 1 ]; then export S4_QUICK=1; else unset S4_QUICK; fi
 
 timeout_s=${S4_NOTEBOOK_TIMEOUT:-600}
@@ -106,7 +106,7 @@ for nb in "${notebooks[@]}"; do
     if "$VENV/bin/jupyter" nbconvert --to notebook --execute "${where[@]}" \
         --ExecutePreprocessor.timeout="$timeout_s" \
         --ExecutePreprocessor.kernel_name=python3 \
-        --KernelManager.transport=ipc \
+        --KernelManager.transport=ipc --KernelManager.ip="$sockets/kernel" \
         --ExecutePreprocessor.record_timing=False \
         --NotebookExporter.preprocessors='["nbconvert.preprocessors.CoalesceStreamsPreprocessor"]' \
         "$nb"; then

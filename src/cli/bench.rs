@@ -22,7 +22,7 @@ pub enum Command {
     /// PyTorch S4 on this machine kind (CPU, 2 threads; the team's performance anchor).
     ///
     /// Prints JSON on stdout (medians in ms, ratios official/ours, peak RSS) and a table on stderr.
-    /// Criterion benchmarks with confidence intervals: `cargo bench`.
+    /// Criterion benchmarks with confidence intervals: `cargo bench -p s4-bench`.
     #[command(allow_negative_numbers = true)]
     Bench(KernelBenchArgs),
     /// Measures speculative decoding on a model pair for several γ and temperatures, beside the

@@ -39,7 +39,7 @@
 //! (AVX-512 intrinsics for f32; generic kernels for AVX2 + FMA and the baseline target, picked at
 //! run time); more rows use gemm. At nanoGPT's `shakespeare_char` size (C = 384, 6 layers, 6 heads,
 //! V = 256, 10.7 M parameters), batch 1, a 160-position cache, on the 2-core development machine
-//! (best of 40; `benches/speculative.rs`, `verifier_score_at_192`): 1 position 2.0 ms, 5 positions
+//! (best of 40; `benches/benches/speculative.rs`, `verifier_score_at_192`): 1 position 2.0 ms, 5 positions
 //! 2.7 ms, 9 positions 3.2 ms, 16 positions 4.7 ms, 32 positions 11 ms (gemm: 15 ms), 96 positions
 //! 28 ms (gemm: 31 ms). Prompts go through the same weights, so that the packed copy stays in
 //! cache for the decoding steps that follow. Scoring
@@ -293,7 +293,7 @@ const DECODE_ROWS: usize = 96;
 /// the product of a few rows with a row-major weight reads it at a stride, or packs it on every
 /// call (gemm); a panel-packed copy is read once, sequentially, and register tiles of up to 16
 /// rows make scoring γ + 1 draft positions cost little more than one position (see
-/// `benches/speculative.rs`). Built on the first such pass (a copy of the weights: the model's
+/// `benches/benches/speculative.rs`). Built on the first such pass (a copy of the weights: the model's
 /// memory doubles) and dropped by every method that can change the weights
 /// ([`Gpt::tensors_mut`]); not compared, cloned (a clone rebuilds it) or printed.
 struct DecodeWeights<T>(std::sync::OnceLock<Vec<[PackedMatrix<T>; 4]>>);

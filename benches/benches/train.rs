@@ -3,11 +3,10 @@
 //! B = 16, L = 512; cross-entropy; AdamW (lr 0.01, wd 0.01; SSM parameters lr 0.001, wd 0).
 //! A step is forward, loss, backward and the AdamW update. DPLR and S4D, f32.
 //!
-//! `cargo bench --bench train` (official PyTorch on this machine: DPLR 682 ms, S4D 241 ms per step)
+//! `cargo bench -p s4-bench --bench train` (official PyTorch on this machine: DPLR 682 ms, S4D 241 ms per step)
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::Array2;
-use s4::layer::S4LayerConfig;
 use s4::model::{Input, NormKind, Pooling, S4ModelConfig};
 use s4::ssm::KernelKind;
 use s4::train::grad::{forward_backward, Target, TrainOptions};
@@ -15,12 +14,11 @@ use s4::train::{AdamW, OptimConfig};
 use std::hint::black_box;
 
 fn anchor_model(kernel: KernelKind) -> S4ModelConfig {
-    let init = if kernel == KernelKind::Dplr { "legs" } else { "diag-legs" };
     S4ModelConfig {
         vocab_size: Some(20),
         d_output: 10,
         n_layers: 4,
-        layer: S4LayerConfig { d_model: 64, d_state: 64, kernel, init: init.parse().unwrap(), ..Default::default() },
+        layer: s4_bench::anchor_layer(kernel, 64),
         prenorm: false,
         norm: NormKind::Layer,
         pooling: Pooling::Mean,

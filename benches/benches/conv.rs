@@ -1,14 +1,14 @@
 //! FFT convolution of a (B, H, L) batch with one kernel per channel (H = 256), against the O(L²)
 //! direct sum where it is feasible.
 //!
-//! `cargo bench --bench conv`
+//! `cargo bench -p s4-bench --bench conv`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array1, Array2, Array3};
 use s4::conv::{causal_conv_direct, FftConv};
 use std::hint::black_box;
 
-const H: usize = 256;
+use s4_bench::H;
 
 fn inputs(b: usize, l: usize) -> (Array3<f32>, Array2<f32>, Array1<f32>) {
     let u = Array3::from_shape_fn((b, H, l), |(i, h, t)| ((i * 7 + h * 13 + t * 31) % 17) as f32 / 17.0 - 0.5);

@@ -1,18 +1,14 @@
 //! The S4 layer at the official anchor's sizes (H = 256, N = 64): convolutional forward (B = 8,
 //! L = 4096) and one recurrent step at batch 1 and 32, DPLR and S4D, f32.
 //!
-//! `cargo bench --bench layer`
+//! `cargo bench -p s4-bench --bench layer`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, Array3};
-use s4::layer::{ForwardOptions, S4LayerConfig};
+use s4::layer::ForwardOptions;
 use s4::ssm::KernelKind;
+use s4_bench::{anchor_layer, H};
 use std::hint::black_box;
-
-fn config(kernel: KernelKind) -> S4LayerConfig {
-    let init = if kernel == KernelKind::Dplr { "legs" } else { "diag-legs" };
-    S4LayerConfig { d_model: 256, d_state: 64, kernel, init: init.parse().unwrap(), ..Default::default() }
-}
 
 fn forward(c: &mut Criterion) {
     let mut g = c.benchmark_group("layer_forward_h256_n64");
@@ -21,7 +17,7 @@ fn forward(c: &mut Criterion) {
     let x = Array3::from_shape_fn((b, 256, l), |(i, h, t)| ((i * 3 + h * 7 + t * 11) % 19) as f32 / 9.5 - 1.0);
     g.throughput(Throughput::Elements((b * l) as u64));
     for kernel in [KernelKind::Dplr, KernelKind::Diag] {
-        let mut layer = config(kernel).build().unwrap();
+        let mut layer = anchor_layer(kernel, H).build().unwrap();
         layer.set_kernel_length(l).unwrap();
         g.bench_function(BenchmarkId::new(format!("{kernel}_b8"), l), |bench| {
             bench.iter(|| black_box(layer.forward(x.view(), &ForwardOptions::default()).unwrap()))
@@ -33,7 +29,7 @@ fn forward(c: &mut Criterion) {
 fn step(c: &mut Criterion) {
     let mut g = c.benchmark_group("layer_step_h256_n64");
     for kernel in [KernelKind::Dplr, KernelKind::Diag] {
-        let mut layer = config(kernel).build().unwrap();
+        let mut layer = anchor_layer(kernel, H).build().unwrap();
         layer.set_kernel_length(1024).unwrap();
         let rec = layer.recurrent().unwrap();
         for b in [1, 32] {

@@ -4,7 +4,7 @@
 //! scoring 5 tokens in one pass (k = 4 drafts + 1), and 16; then the 200-token prefill, and one
 //! training step (forward and backward) at B = 4, T = 128.
 //!
-//! `cargo bench --bench transformer`
+//! `cargo bench -p s4-bench --bench transformer`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::Array2;

@@ -6,7 +6,7 @@
 //! random weights the acceptance is low; the measured end-to-end speedups of the trained demo pair
 //! come from `s4 bench-speculate`, see the README).
 //!
-//! `cargo bench --bench speculative`
+//! `cargo bench -p s4-bench --bench speculative`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use s4::model::S4ModelConfig;

@@ -2,7 +2,7 @@
 //! S4 (DPLR) and S4D kernels in f32 (the layer default) and f64, with the naive matrix-power
 //! reference in the same group where it is feasible (L = 1024).
 //!
-//! `cargo bench --bench kernels`
+//! `cargo bench -p s4-bench --bench kernels`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use s4::discretize::Discretization;
@@ -10,8 +10,7 @@ use s4::kernel::{diag_kernel, ssm_kernel_naive, DplrKernel};
 use s4::ssm::{KernelKind, SsmInitConfig};
 use std::hint::black_box;
 
-const H: usize = 256;
-const N: usize = 64;
+use s4_bench::{H, N};
 const LENGTHS: [usize; 3] = [1024, 4096, 16384];
 
 fn dplr(c: &mut Criterion) {
