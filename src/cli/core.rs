@@ -110,7 +110,7 @@ fn cmd_hippo(a: &HippoArgs) -> Result<()> {
     });
     match out {
         Some(path) => {
-            let mut npz = NpzOut::create(path)?;
+            let mut npz = NpzOut::create(path);
             npz.add("A", &a)?;
             npz.add("B", &b)?;
             if let Some(d) = &d {
@@ -235,7 +235,7 @@ fn cmd_kernel(a: &KernelArgs) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let disc = disc.unwrap_or_else(|| s4::kernel::default_discretization(params.kind()));
     if let Some(path) = &a.out {
-        let mut npz = NpzOut::create(path)?;
+        let mut npz = NpzOut::create(path);
         npz.add("K", &k)?;
         npz.add("Lambda", &params.lambda)?;
         if let Some(p) = &params.p {

@@ -231,7 +231,9 @@ impl CausalModel {
         if v.get("model_type").and_then(|m| m.as_str()) == Some("gpt2") || v.get("n_embd").is_some() {
             Ok(CausalModel::Gpt(Box::new(Gpt::load(dir)?)))
         } else {
-            Ok(CausalModel::S4(Box::new(checkpoint::load(dir)?)))
+            let m: S4Model<f32> = checkpoint::load(dir)?;
+            s4::speculative::check_causal_lm(m.config(), &format!("model {}", dir.display()))?;
+            Ok(CausalModel::S4(Box::new(m)))
         }
     }
 

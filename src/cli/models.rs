@@ -234,6 +234,9 @@ fn cmd_run<T: s4::scalar::Real + s4::io::npy::NpyElement>(a: &RunArgs) -> Result
             if step {
                 let rec = layer.recurrent()?;
                 let (b, h, l) = x.dim();
+                if b == 0 || l == 0 {
+                    return Err(Error::invalid("input", format!("B = {b}, L = {l}"), "B, L >= 1"));
+                }
                 if let Some(ls) = lengths
                     && (ls.len() != b || ls.iter().any(|&n| n == 0 || n > l))
                 {

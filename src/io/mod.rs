@@ -15,7 +15,7 @@
 //!
 //! // write two arrays into one archive (visible under `path` only after `finish`)
 //! let k = array![[1.0f32, 0.5, 0.25], [2.0, 1.0, 0.5]];
-//! let mut out = NpzOut::create(&path)?;
+//! let mut out = NpzOut::create(&path);
 //! out.add("kernel", &k)?;
 //! out.add("lengths", &array![3i64, 2])?;
 //! out.finish()?;
@@ -67,13 +67,14 @@ pub fn atomic_path(path: &Path, ext: &str) -> PathBuf {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
     let tmp = atomic_path(path, ext);
+    // errors name the user's path, not the hidden temporary one
     let done = File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
             f.sync_all()
         })
-        .map_err(|e| Error::io(&tmp, e))
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::io(path, e));
     if done.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -122,7 +123,7 @@ pub fn write_folder_whole(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) ->
     }
     let tmp = atomic_path(dir, "dir");
     let done = std::fs::create_dir(&tmp)
-        .map_err(|e| Error::io(&tmp, e))
+        .map_err(|e| Error::io(dir, e))
         .and_then(|_| fill(&tmp))
         .and_then(|_| swap_folder(&tmp, dir, &atomic_path(dir, "old")));
     if done.is_err() {
@@ -198,11 +199,11 @@ pub fn read_json<C: serde::de::DeserializeOwned>(path: &Path) -> Result<C> {
 }
 
 /// Collects named arrays and writes them as one `.npz` file atomically (a zip archive of `.npy`
-/// entries, stored uncompressed, as `numpy.savez` writes it).
+/// entries, stored uncompressed, as `numpy.savez` writes it). The archive is built in memory and
+/// written by [`write_atomic`] in [`finish`](Self::finish): nothing is on disk before.
 pub struct NpzOut {
     path: PathBuf,
-    tmp: PathBuf,
-    writer: Option<zip::ZipWriter<File>>,
+    writer: zip::ZipWriter<std::io::Cursor<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for NpzOut {
@@ -212,59 +213,42 @@ impl std::fmt::Debug for NpzOut {
 }
 
 impl NpzOut {
-    /// Starts writing `path` (the data go to a temporary file until [`finish`](Self::finish)).
-    ///
-    /// # Errors
-    /// The temporary file cannot be created.
-    pub fn create(path: &Path) -> Result<Self> {
-        let tmp = atomic_path(path, "npz");
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(NpzOut { path: path.to_path_buf(), tmp, writer: Some(zip::ZipWriter::new(file)) })
+    /// Starts an archive to be written to `path` by [`finish`](Self::finish).
+    pub fn create(path: &Path) -> Self {
+        NpzOut { path: path.to_path_buf(), writer: zip::ZipWriter::new(std::io::Cursor::new(Vec::new())) }
     }
 
     /// Adds the array `name` (stored as `name.npy` in the archive).
     ///
     /// # Errors
-    /// A write failure.
+    /// A name already in the archive.
     pub fn add<S, D, A>(&mut self, name: &str, array: &ArrayBase<S, D>) -> Result<()>
     where
         S: Data<Elem = A>,
         D: Dimension,
         A: NpyElement,
     {
-        let w = self.writer.as_mut().expect("writer is present until finish");
         let bytes = npy::encode(array);
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored)
             .large_file(bytes.len() as u64 >= u64::from(u32::MAX));
-        w.start_file(format!("{name}.npy"), options)
-            .and_then(|_| w.write_all(&bytes).map_err(zip::result::ZipError::from))
+        self.writer
+            .start_file(format!("{name}.npy"), options)
+            .and_then(|_| self.writer.write_all(&bytes).map_err(zip::result::ZipError::from))
             .map_err(|e| Error::format(&self.path, format!("writing array {name}: {e}")))
     }
 
-    /// Closes the archive and renames it into place.
+    /// Closes the archive and writes it to its path atomically.
     ///
     /// # Errors
-    /// A write or rename failure (the temporary file is removed).
-    pub fn finish(mut self) -> Result<()> {
-        let w = self.writer.take().expect("finish is called once");
-        let done = w
+    /// The file cannot be written.
+    pub fn finish(self) -> Result<()> {
+        let bytes = self
+            .writer
             .finish()
-            .map_err(|e| Error::format(&self.path, format!("closing the archive: {e}")))
-            .and_then(|f| f.sync_all().map_err(|e| Error::io(&self.tmp, e)))
-            .and_then(|_| std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e)));
-        if done.is_err() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-        done
-    }
-}
-
-impl Drop for NpzOut {
-    fn drop(&mut self) {
-        if self.writer.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+            .map_err(|e| Error::format(&self.path, format!("closing the archive: {e}")))?
+            .into_inner();
+        write_atomic(&self.path, &bytes)
     }
 }
 

@@ -51,7 +51,7 @@ use ndarray::{Array2, Axis};
 
 use super::{Drafter, Verifier};
 use crate::error::{Error, Result};
-use crate::model::{ModelState, Pooling, RecurrentModel, S4Model};
+use crate::model::{ModelState, Pooling, RecurrentModel, S4Model, S4ModelConfig};
 use crate::transformer::{Gpt, KvCache};
 
 /// An S4 language model as a drafter (and, for tests and self-drafting, a verifier).
@@ -72,6 +72,31 @@ pub struct S4Session<'a> {
     window: usize,
 }
 
+/// Checks that an S4 model (`what` names it in the error, e.g. its folder) is a causal language
+/// model, one that can generate or draft: token inputs (an embedding), causal layers, no pooling,
+/// and one output per vocabulary entry.
+///
+/// # Errors
+/// Any of these missing, named (e.g. a classifier checkpoint given to `s4 generate`).
+pub fn check_causal_lm(cfg: &S4ModelConfig, what: &str) -> Result<()> {
+    let problem = match cfg.vocab_size {
+        None => Some("it reads real-valued inputs, not tokens".to_string()),
+        Some(_) if cfg.pooling != Pooling::None => Some(format!("it pools its outputs ({:?})", cfg.pooling)),
+        Some(_) if cfg.layer.bidirectional => Some("its layers are bidirectional".to_string()),
+        Some(v) if cfg.d_output != v => Some(format!("it has {} outputs for a vocabulary of {v}", cfg.d_output)),
+        Some(_) => None,
+    };
+    match problem {
+        Some(p) => Err(Error::invalid(
+            what,
+            format!("not a causal language model ({p})"),
+            "an S4 model with an embedding, causal layers, no pooling and one output per token (e.g. \
+             S4ModelConfig::causal_lm)",
+        )),
+        None => Ok(()),
+    }
+}
+
 impl<'a> S4Session<'a> {
     /// A session over `model` that can roll back up to `window` tokens (at least 1; a round of
     /// speculative decoding needs γ).
@@ -79,14 +104,7 @@ impl<'a> S4Session<'a> {
     /// # Errors
     /// A model that is not a causal token model without pooling, or `window = 0`.
     pub fn new(model: &'a S4Model<f32>, window: usize) -> Result<Self> {
-        let cfg = model.config();
-        if cfg.vocab_size.is_none() || cfg.pooling != Pooling::None || cfg.layer.bidirectional {
-            return Err(Error::invalid(
-                "model",
-                "not a causal language model",
-                "an S4 model with an embedding, causal layers and no pooling (e.g. S4ModelConfig::causal_lm)",
-            ));
-        }
+        check_causal_lm(model.config(), "model")?;
         if window == 0 {
             return Err(Error::invalid("rollback window", 0, "at least 1 token"));
         }

@@ -29,6 +29,12 @@ pub(super) fn save<T: Real>(model: &Gpt<T>, dir: &Path) -> Result<()> {
 /// change the architecture (rejected unless at their GPT-2 values).
 fn read_config(path: &Path) -> Result<GptConfig> {
     let v: serde_json::Value = read_json(path)?;
+    if let Some(format) = v.get("format").and_then(|f| f.as_str()) {
+        return Err(Error::format(
+            path,
+            format!("a folder of format {format:?} (an s4 model), not a GPT-2 folder (model_type \"gpt2\")"),
+        ));
+    }
     for (key, supported) in
         [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false), ("add_cross_attention", false)]
     {

@@ -178,7 +178,7 @@ fn bad_params_files_are_rejected_by_name() {
     let dt = f.read::<f64>("dt", 1, "float64").unwrap();
     // missing dt
     let p = tmp("missing.npz");
-    let mut w = NpzOut::create(&p).unwrap();
+    let mut w = NpzOut::create(&p);
     w.add("Lambda", &lambda).unwrap();
     w.add("B", &b).unwrap();
     w.add("C", &c).unwrap();
@@ -186,7 +186,7 @@ fn bad_params_files_are_rejected_by_name() {
     assert_clear_error(&s4(&["kernel", "--params", p.to_str().unwrap(), "--length", "10"]), &["missing array 'dt'"]);
     // mis-shaped B
     let p = tmp("misshaped.npz");
-    let mut w = NpzOut::create(&p).unwrap();
+    let mut w = NpzOut::create(&p);
     w.add("Lambda", &lambda).unwrap();
     w.add("B", &Array2::<Complex64>::zeros((2, 3))).unwrap();
     w.add("C", &c).unwrap();
@@ -198,7 +198,7 @@ fn bad_params_files_are_rejected_by_name() {
     );
     // wrong dtype for Lambda (float64 instead of complex128)
     let p = tmp("dtype.npz");
-    let mut w = NpzOut::create(&p).unwrap();
+    let mut w = NpzOut::create(&p);
     w.add("Lambda", &lambda.mapv(|z| z.re)).unwrap();
     w.add("B", &b).unwrap();
     w.add("C", &c).unwrap();
@@ -207,7 +207,7 @@ fn bad_params_files_are_rejected_by_name() {
     assert_clear_error(&s4(&["kernel", "--params", p.to_str().unwrap(), "--length", "10"]), &["Lambda", "complex128"]);
     // unstable Λ
     let p = tmp("unstable.npz");
-    let mut w = NpzOut::create(&p).unwrap();
+    let mut w = NpzOut::create(&p);
     w.add("Lambda", &lambda.mapv(|z| Complex64::new(0.5, z.im))).unwrap();
     w.add("B", &b).unwrap();
     w.add("C", &c).unwrap();

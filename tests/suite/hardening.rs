@@ -310,12 +310,18 @@ fn no_silent_overwrite_and_no_leftovers() {
     assert_clear_error(&fresh(&[]), &["--out", "--resume", "--force"]);
     assert!(!fresh(&["--force", "--lr", "1e30"]).status.success());
     assert_eq!(metrics(), before, "the failed --force run must put the old run back");
-    let siblings = |d: &std::path::Path| std::fs::read_dir(d.parent().unwrap()).unwrap().count();
-    let n = siblings(&run);
+    // the moved-aside copy is a hidden sibling `.failed-run.PID-K.tmp.old` until the run ends
+    let hidden_copies = || {
+        std::fs::read_dir(run.parent().unwrap())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".failed-run"))
+            .count()
+    };
+    assert_eq!(hidden_copies(), 0);
     let r = fresh(&["--force"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(metrics().lines().count(), 1, "replaced by a one-epoch run");
-    assert_eq!(siblings(&run), n, "nothing left beside the run");
+    assert_eq!(hidden_copies(), 0, "nothing left beside the run");
     assert!(!s4(&[&args[..], &["--force", "--resume", "--out", run.to_str().unwrap()]].concat()).status.success());
 }
 
@@ -366,4 +372,59 @@ fn own_configs_are_strict_and_versioned() {
     let r = s4(&["train", "--task", "adding", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_clear_error(&r, &["typo.json", "unknown field `epoch`"]);
     assert!(!out.exists());
+}
+
+/// The wrong kind of folder or input is named as such, up front: a classifier given as a language
+/// model, an S4 folder given as the GPT-2 verifier, a `--data` that does not exist, L = 0 in step
+/// mode (refused as in conv mode).
+#[test]
+fn wrong_kinds_of_folders_and_inputs_are_named() {
+    use s4::data::shakespeare::VOCAB;
+    use s4::model::{checkpoint, S4Model};
+    use s4::transformer::{Gpt, GptConfig};
+    let small = |mut c: S4ModelConfig| {
+        c.n_layers = 1;
+        c.layer.d_model = 8;
+        c.layer.d_state = 4;
+        c
+    };
+    let fresh = |name: &str| {
+        let d = tmp(name);
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    };
+    let mut c = small(S4ModelConfig::causal_lm(VOCAB));
+    c.pooling = Pooling::Mean;
+    c.d_output = 3;
+    let classifier = fresh("classifier");
+    let m: S4Model<f32> = c.build().unwrap();
+    checkpoint::save(&m, &classifier).unwrap();
+    let clf = classifier.to_str().unwrap();
+    assert_clear_error(&s4(&["generate", "--model", clf, "--prompt", "hi"]), &["not a causal language model", "pools"]);
+    let out = fresh("draft-from-s4");
+    let r = s4(&["distill", "--verifier", clf, "--out", out.to_str().unwrap(), "--quiet"]);
+    assert_clear_error(&r, &["not a GPT-2 folder"]);
+    assert!(!out.exists());
+
+    let verifier = fresh("tiny-gpt");
+    let g = GptConfig { vocab_size: VOCAB, n_positions: 64, n_embd: 8, n_layer: 1, n_head: 2, ..Default::default() };
+    Gpt::<f32>::new(g, 0).unwrap().save(&verifier).unwrap();
+    let draft = fresh("tiny-draft");
+    let d: S4Model<f32> = small(S4ModelConfig::causal_lm(VOCAB)).build().unwrap();
+    checkpoint::save(&d, &draft).unwrap();
+    let (v, dr) = (verifier.to_str().unwrap(), draft.to_str().unwrap());
+    let r = s4(&["bench-speculate", "--verifier", v, "--draft", dr, "--data", "/nonexistent-corpus", "--prompts", "1"]);
+    assert_clear_error(&r, &["/nonexistent-corpus"]);
+
+    let layer_dir = fresh("step-layer");
+    let layer = s4::layer::S4LayerConfig { d_model: 4, d_state: 4, ..Default::default() }.build().unwrap();
+    checkpoint::save_layer(&layer, &layer_dir).unwrap();
+    let empty = tmp("empty-input.npy");
+    s4::io::write_npy_atomic(&empty, &Array3::<f32>::zeros((1, 4, 0))).unwrap();
+    for mode in ["conv", "step"] {
+        let y = tmp("y.npy");
+        let args =
+            ["run", layer_dir.to_str().unwrap(), "--input", empty.to_str().unwrap(), "--out", y.to_str().unwrap()];
+        assert_clear_error(&s4(&[&args[..], &["--mode", mode]].concat()), &["L >= 1"]);
+    }
 }
