@@ -320,12 +320,10 @@ fn run_in_pool<J: Job>(
         let (mut loss_sum, mut gn_sum, mut lr_factor) = (0.0, 0.0, 0.0);
         for batch in &batches {
             let (stats, mut grads) = job.train_step(&mut model, batch, state.step).map_err(|e| {
-                // finite weights, non-finite activations: overflow inside the network
                 let overflow = matches!(e, Error::Numerical { .. })
                     || (matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("non-finite"));
                 if overflow {
-                    let (name, v) = largest_weight(&mut model);
-                    non_finite(job, out, state.step + 1, &format!("{e} (largest weight {name} = {v:e})"))
+                    overflow_error(job, out, &mut model, state.step + 1, "", &e)
                 } else {
                     e
                 }
@@ -365,10 +363,7 @@ fn run_in_pool<J: Job>(
         };
         // an evaluation that overflows inside the network stops the run as a non-finite loss does
         let m = job.round_metrics(&model, round, &training).map_err(|e| match e {
-            Error::Numerical { .. } => {
-                let (name, v) = largest_weight(&mut model);
-                non_finite(job, out, state.step, &format!("evaluation: {e} (largest weight {name} = {v:e})"))
-            }
+            Error::Numerical { .. } => overflow_error(job, out, &mut model, state.step, "evaluation: ", &e),
             e => e,
         })?;
         if opts.progress {
@@ -462,6 +457,21 @@ fn largest_weight<M: Parameters<Scalar = f32>>(model: &mut M) -> (String, f32) {
         }
     }
     best
+}
+
+/// The error for an overflow inside the network (finite weights, non-finite activations) at
+/// `step`, in training or (`stage` = "evaluation: ") evaluation: the run stops as on a non-finite
+/// loss, naming the largest weight.
+fn overflow_error<J: Job>(
+    job: &J,
+    out: Option<&Path>,
+    model: &mut J::Model,
+    step: u64,
+    stage: &str,
+    e: &Error,
+) -> Error {
+    let (name, v) = largest_weight(model);
+    non_finite(job, out, step, &format!("{stage}{e} (largest weight {name} = {v:e})"))
 }
 
 fn non_finite<J: Job>(job: &J, out: Option<&Path>, step: u64, what: &str) -> Error {

@@ -428,3 +428,46 @@ fn wrong_kinds_of_folders_and_inputs_are_named() {
         assert_clear_error(&s4(&[&args[..], &["--mode", mode]].concat()), &["L >= 1"]);
     }
 }
+
+/// Crash safety: a training run killed with SIGKILL at arbitrary moments (checkpointing included)
+/// always leaves a run that `--resume` continues, and the resumed run ends with exactly the
+/// uninterrupted run's test losses.
+#[test]
+fn killed_runs_resume_to_the_uninterrupted_result() {
+    let bin = env!("CARGO_BIN_EXE_s4");
+    let args = ["train", "--task", "adding", "--preset", "tiny", "--sizes", "48,8,8", "--epochs", "6"];
+    let run_to = |out: &std::path::Path| {
+        let mut c = Command::new(bin);
+        c.args(args).args(["--batch-size", "4", "--quiet", "--resume", "--out", out.to_str().unwrap()]);
+        c.env_remove("S4_MAX_MEMORY").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c
+    };
+    let test_losses = |out: &std::path::Path| -> Vec<f64> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["test_loss"].as_f64().unwrap())
+            .collect()
+    };
+    let whole = tmp("kill-whole");
+    let _ = std::fs::remove_dir_all(&whole);
+    assert!(run_to(&whole).status().unwrap().success());
+
+    let killed = tmp("kill-killed");
+    let _ = std::fs::remove_dir_all(&killed);
+    let mut kills = 0;
+    for delay_ms in [150, 350, 550, 750, 950, 1150, 1350] {
+        let mut child = run_to(&killed).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before the kill
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(kills >= 3, "the run should have been killed several times ({kills})");
+    let status = run_to(&killed).status().unwrap();
+    assert!(status.success(), "resuming after {kills} kills failed");
+    assert_eq!(test_losses(&killed), test_losses(&whole), "resumed after {kills} kills");
+}
