@@ -63,10 +63,12 @@ use std::path::Path;
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Arch {
     /// The S4 model of [`TrainConfig::model`] (`"s4"`).
+    #[cfg_attr(feature = "cli", value(help = "the S4 model of the preset or --config"))]
     #[default]
     S4,
     /// The transformer encoder classifier of [`TrainConfig::transformer`], the LRA baseline
     /// (`"transformer"`).
+    #[cfg_attr(feature = "cli", value(help = "the LRA transformer encoder baseline of the preset or --config"))]
     Transformer,
 }
 

@@ -9,7 +9,8 @@
 //! # Output folder
 //! ```text
 //! OUT/config.json        the job's settings (what the numbers depend on)
-//! OUT/metrics.jsonl      one JSON object per round (the job's metrics: an epoch, or an evaluation interval)
+//! OUT/metrics.jsonl      one JSON object per round (the job's metrics: an epoch, or an evaluation interval;
+//!                        the first round after an extension also carries `"extended": {"from_steps", "to_steps"}`)
 //! OUT/curves.png         learning curves
 //! OUT/checkpoint/        the last completed round: the model folder (config.json + model.safetensors),
 //!                        optimizer.safetensors (both AdamW moments and the step) and state.json
@@ -21,8 +22,9 @@
 //! run did: the checkpoint holds the weights (and BatchNorm statistics), both moments and the
 //! step. A resume refuses a changed job (its [`Job::resume_key`] differs) and a changed length unless
 //! it is an extension ([`RunOptions::extend`]): then the learning-rate schedule keeps the length of
-//! the original run, the extra rounds continue at its final rate, and `state.json` records the
-//! extension. Every parallel reduction sums per-sequence parts in sequence order, so nothing
+//! the original run, the extra rounds continue at its final rate, and the extension is recorded in
+//! `metrics.jsonl` (on the first round it adds) and `state.json`; `config.json` keeps the settings
+//! the run started with. Every parallel reduction sums per-sequence parts in sequence order, so nothing
 //! depends on the number of threads.
 
 use super::optim::{AdamW, OptimConfig};
@@ -147,7 +149,8 @@ pub struct RunOptions {
     /// for interrupting and resuming.
     pub stop_after: Option<usize>,
     /// With `resume`: the job may be longer than the checkpoint's run (more epochs or steps); the
-    /// schedule keeps the original length and the extension is recorded in `state.json`.
+    /// schedule keeps the original length and the extension is recorded in `metrics.jsonl` (on the
+    /// first round it adds, as `"extended": {"from_steps", "to_steps"}`) and `state.json`.
     pub extend: bool,
 }
 
@@ -201,6 +204,23 @@ impl State {
             key: v.get("run").cloned().ok_or_else(|| bad("run"))?,
         })
     }
+}
+
+/// An extension of a run's length by `--extend`, in optimizer steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Extended {
+    from_steps: u64,
+    to_steps: u64,
+}
+
+/// A line of `metrics.jsonl`: the job's metrics of a round, and the extension that round was the
+/// first of, if any.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MetricsLine<M> {
+    #[serde(flatten)]
+    metrics: M,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    extended: Option<Extended>,
 }
 
 const CHECKPOINT: &str = "checkpoint";
@@ -288,10 +308,11 @@ fn run_in_pool<J: Job>(
     let total_steps: u64 = (1..=job.rounds()).map(|r| job.steps_in_round(r)).sum();
     let fresh =
         State { rounds_done: 0, step: 0, schedule_steps: total_steps, extensions: Vec::new(), key: job.resume_key() };
-    let (mut model, mut opt, mut state, mut metrics) = match out {
+    // `extended`: an extension made by this invocation, recorded on the first round it runs
+    let (mut model, mut opt, mut state, mut lines, mut extended) = match out {
         None => {
             let opt = AdamW::new(&model, optim.clone())?;
-            (model, opt, fresh, Vec::new())
+            (model, opt, fresh, Vec::new(), None)
         }
         Some(out) => {
             check_out(out, opts.resume)?;
@@ -304,11 +325,12 @@ fn run_in_pool<J: Job>(
                 None => {
                     write_json(&out.join("config.json"), &job.settings())?;
                     let opt = AdamW::new(&model, optim.clone())?;
-                    (model, opt, fresh, Vec::new())
+                    (model, opt, fresh, Vec::new(), None)
                 }
             }
         }
     };
+    let mut metrics: Vec<J::Metrics> = lines.iter().map(|l| l.metrics.clone()).collect();
     let last_round = opts.stop_after.map_or(job.rounds(), |s| (state.rounds_done + s).min(job.rounds()));
     let progress = Progress::new(opts.progress);
     while state.rounds_done < last_round {
@@ -369,11 +391,12 @@ fn run_in_pool<J: Job>(
         if opts.progress {
             eprintln!("{} {round}: {}", job.round_name(), job.describe(&m));
         }
-        metrics.push(m);
+        metrics.push(m.clone());
+        lines.push(MetricsLine { metrics: m, extended: extended.take() });
         state.rounds_done = round;
         if let Some(out) = out {
             // metrics first: a crash between the two leaves an extra line that resume truncates
-            write_metrics(out, &metrics)?;
+            write_metrics(out, &lines)?;
             save_checkpoint(out, &model, &mut opt, &state.to_json(job.round_name()))?;
             job.plot(&out.join(CURVES), &metrics)?;
         }
@@ -381,7 +404,8 @@ fn run_in_pool<J: Job>(
     Ok((metrics, model))
 }
 
-/// The model, optimizer, state and metrics of the checkpoint in `dir`, checked against `job`.
+/// The model, optimizer, state and metrics of the checkpoint in `dir`, checked against `job`, and
+/// the extension this resume makes (if `extend` lengthens the run).
 #[allow(clippy::type_complexity)]
 fn resume<J: Job>(
     job: &J,
@@ -390,7 +414,7 @@ fn resume<J: Job>(
     optim: &OptimConfig,
     total_steps: u64,
     extend: bool,
-) -> Result<(J::Model, AdamW<J::Model>, State, Vec<J::Metrics>)> {
+) -> Result<(J::Model, AdamW<J::Model>, State, Vec<MetricsLine<J::Metrics>>, Option<Extended>)> {
     // an s4 folder's "format", or a Hugging Face folder's "model_type"
     let folder: serde_json::Value = read_json(&dir.join("config.json"))?;
     let format = folder.get("format").or_else(|| folder.get("model_type")).and_then(|f| f.as_str()).map(str::to_string);
@@ -435,7 +459,8 @@ fn resume<J: Job>(
         }
         state.extensions.push((run_steps, total_steps));
     }
-    let mut metrics = read_metrics::<J::Metrics>(out)?;
+    let extended = (total_steps != run_steps).then_some(Extended { from_steps: run_steps, to_steps: total_steps });
+    let mut metrics = read_metrics::<MetricsLine<J::Metrics>>(out)?;
     if metrics.len() < state.rounds_done {
         return Err(Error::format(
             out.join(METRICS),
@@ -443,7 +468,7 @@ fn resume<J: Job>(
         ));
     }
     metrics.truncate(state.rounds_done);
-    Ok((model, opt, state, metrics))
+    Ok((model, opt, state, metrics, extended))
 }
 
 /// The trainable entry of largest magnitude, as ("name[index]", value).
@@ -592,7 +617,7 @@ pub fn read_metrics<M: serde::de::DeserializeOwned>(out: &Path) -> Result<Vec<M>
         .collect()
 }
 
-fn write_metrics<M: serde::Serialize>(out: &Path, metrics: &[M]) -> Result<()> {
+fn write_metrics<M: serde::Serialize>(out: &Path, metrics: &[MetricsLine<M>]) -> Result<()> {
     let mut text = String::new();
     for m in metrics {
         text.push_str(&serde_json::to_string(m).expect("serializes"));

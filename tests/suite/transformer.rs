@@ -658,6 +658,18 @@ fn training_resumes_exactly_and_extends() {
     assert_eq!(ext.evals[..3], whole_report.evals[..]);
     let state = std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap();
     assert!(state.contains("\"extensions\"") && state.contains("8"), "{state}");
+    // the extension is a line of the run's metrics (on the first round it adds); config.json
+    // keeps the settings the run started with
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let marks: Vec<_> = lines.iter().map(|l| l.get("extended").cloned()).collect();
+    assert_eq!(marks[..3], [None, None, None]);
+    assert_eq!(marks[3], Some(serde_json::json!({"from_steps": 6, "to_steps": 8})));
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("\"steps\": 6"), "{config}");
     println!("train-lm: resumed = uninterrupted over {} evaluations; extended to 8 steps", rest.evals.len());
 }
 
