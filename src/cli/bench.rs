@@ -1,7 +1,7 @@
 //! Benchmarks: the kernels against the official PyTorch numbers, and speculative decoding on a
 //! model pair.
 
-use super::lm::{fit_max_new, parse_gamma, CausalModel};
+use super::lm::{fit_max_new, parse_gamma};
 use clap::{Args, Subcommand};
 use ndarray::Array3;
 use s4::conv::FftConv;
@@ -9,6 +9,7 @@ use s4::data::shakespeare;
 use s4::discretize::Discretization;
 use s4::kernel::{diag_kernel, DplrKernel};
 use s4::plot::{write_png, Panel, Series};
+use s4::speculative::CausalModel;
 use s4::speculative::{generate, predicted_speedup, speculate, GammaPolicy, PassCost, Sampling, SpecConfig};
 use s4::ssm::{KernelKind, SsmInitConfig};
 use s4::{Error, Result};

@@ -8,11 +8,10 @@ use clap::{Args, Subcommand};
 use ndarray::{Array2, Array3, Ix2};
 use s4::data::shakespeare;
 use s4::io::{read_npy_any, write_npy_atomic, NpyArray};
-use s4::model::{checkpoint, Input, S4Model, S4ModelConfig};
+use s4::model::{checkpoint, Input, S4ModelConfig};
 use s4::speculative::distill::{distill_run, DistillConfig};
 use s4::speculative::{
-    generate, predicted_speedup, speculate, Acceptance, Drafter, GammaPolicy, Generation, GptSession, S4Session,
-    Sampling, SpecConfig, Verifier,
+    generate, predicted_speedup, speculate, Acceptance, CausalModel, GammaPolicy, Generation, Sampling, SpecConfig,
 };
 use s4::ssm::KernelKind;
 use s4::train::lm::{train_lm_run, LmTrainConfig};
@@ -217,54 +216,6 @@ pub struct DistillArgs {
     seed: u64,
     #[command(flatten)]
     run: super::RunControl,
-}
-
-/// A causal model read from a folder.
-pub(super) enum CausalModel {
-    Gpt(Box<Gpt<f32>>),
-    S4(Box<S4Model<f32>>),
-}
-
-impl CausalModel {
-    pub(super) fn load(dir: &Path) -> Result<Self> {
-        let v: serde_json::Value = s4::io::read_json(&dir.join("config.json"))?;
-        if v.get("model_type").and_then(|m| m.as_str()) == Some("gpt2") || v.get("n_embd").is_some() {
-            Ok(CausalModel::Gpt(Box::new(Gpt::load(dir)?)))
-        } else {
-            let m: S4Model<f32> = checkpoint::load(dir)?;
-            s4::speculative::check_causal_lm(m.config(), &format!("model {}", dir.display()))?;
-            Ok(CausalModel::S4(Box::new(m)))
-        }
-    }
-
-    /// The longest sequence the model takes (GPT-2's positions; an S4 model has no limit).
-    pub(super) fn context(&self) -> Option<usize> {
-        match self {
-            CausalModel::Gpt(g) => Some(g.config().n_positions),
-            CausalModel::S4(_) => None,
-        }
-    }
-
-    pub(super) fn vocab(&self) -> usize {
-        match self {
-            CausalModel::Gpt(g) => g.config().vocab_size,
-            CausalModel::S4(m) => m.config().d_output,
-        }
-    }
-
-    pub(super) fn verifier(&self) -> Result<Box<dyn Verifier + '_>> {
-        Ok(match self {
-            CausalModel::Gpt(g) => Box::new(GptSession::new(g)),
-            CausalModel::S4(m) => Box::new(S4Session::new(m, 64)?),
-        })
-    }
-
-    pub(super) fn drafter(&self) -> Result<Box<dyn Drafter + '_>> {
-        Ok(match self {
-            CausalModel::Gpt(g) => Box::new(GptSession::new(g)),
-            CausalModel::S4(m) => Box::new(S4Session::new(m, 64)?),
-        })
-    }
 }
 
 /// The number of tokens to generate after a prompt of `prompt` tokens: `requested`, or `default`

@@ -75,7 +75,7 @@ use rand_pcg::Pcg64;
 use rayon::prelude::*;
 
 pub use gamma::{best_gamma, expected_tokens, predicted_speedup, CostFit, GammaController, GammaPolicy, PassCost};
-pub use models::{check_causal_lm, GptSession, S4Session};
+pub use models::{check_causal_lm, CausalModel, GptSession, S4Session};
 pub use sampling::Sampling;
 
 use crate::budget::Estimate;

@@ -46,6 +46,7 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::path::Path;
 
 use ndarray::{Array2, Axis};
 
@@ -276,5 +277,72 @@ impl Drafter for GptSession<'_> {
     }
     fn rollback(&mut self, len: usize) -> Result<()> {
         self.cache.truncate(len)
+    }
+}
+
+/// A causal language model read from a folder: the GPT-2-layout transformer (a Hugging Face or
+/// `s4 train-lm` folder) or an S4 language model (token embedding, no pooling, `d_output` =
+/// vocabulary). Either can verify or draft.
+#[derive(Clone, Debug)]
+pub enum CausalModel {
+    /// A GPT-2-layout transformer.
+    Gpt(Box<Gpt<f32>>),
+    /// An S4 language model.
+    S4(Box<S4Model<f32>>),
+}
+
+impl CausalModel {
+    /// Reads the model in `dir`: GPT-2 if its `config.json` says `"model_type": "gpt2"` (or has
+    /// `n_embd`), an S4 model otherwise.
+    ///
+    /// # Errors
+    /// A missing or unreadable folder, or an S4 model that is not a causal language model.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let v: serde_json::Value = crate::io::read_json(&dir.join("config.json"))?;
+        if v.get("model_type").and_then(|m| m.as_str()) == Some("gpt2") || v.get("n_embd").is_some() {
+            Ok(CausalModel::Gpt(Box::new(Gpt::load(dir)?)))
+        } else {
+            let m: S4Model<f32> = crate::model::checkpoint::load(dir)?;
+            check_causal_lm(m.config(), &format!("model {}", dir.display()))?;
+            Ok(CausalModel::S4(Box::new(m)))
+        }
+    }
+
+    /// The longest sequence the model takes (GPT-2's positions; an S4 model has no limit).
+    pub fn context(&self) -> Option<usize> {
+        match self {
+            CausalModel::Gpt(g) => Some(g.config().n_positions),
+            CausalModel::S4(_) => None,
+        }
+    }
+
+    /// The vocabulary size.
+    pub fn vocab(&self) -> usize {
+        match self {
+            CausalModel::Gpt(g) => g.config().vocab_size,
+            CausalModel::S4(m) => m.config().d_output,
+        }
+    }
+
+    /// A fresh verifier session over the model (an S4 session keeps 64 snapshots).
+    ///
+    /// # Errors
+    /// An S4 model that cannot step (see [`S4Session::new`]).
+    pub fn verifier(&self) -> Result<Box<dyn Verifier + '_>> {
+        Ok(match self {
+            CausalModel::Gpt(g) => Box::new(GptSession::new(g)),
+            CausalModel::S4(m) => Box::new(S4Session::new(m, 64)?),
+        })
+    }
+
+    /// A fresh drafter session over the model (an S4 session keeps 64 snapshots).
+    ///
+    /// # Errors
+    /// An S4 model that cannot step (see [`S4Session::new`]).
+    pub fn drafter(&self) -> Result<Box<dyn Drafter + '_>> {
+        Ok(match self {
+            CausalModel::Gpt(g) => Box::new(GptSession::new(g)),
+            CausalModel::S4(m) => Box::new(S4Session::new(m, 64)?),
+        })
     }
 }
