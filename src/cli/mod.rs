@@ -218,6 +218,7 @@ impl RunControl {
             resume: self.resume,
             stop_after: self.stop_after,
             extend: self.extend,
+            progress_sink: None,
         };
         opts.validate()?;
         Ok(opts)

@@ -458,7 +458,8 @@ pub fn distill_run(
     // sequence-level distillation data: the verifier's own continuations of corpus prompts
     let t0 = Instant::now();
     let prompts = windows_from(&[corpus], cfg.generated, cfg.prompt_len, &mut rng, |_| 0);
-    let mut gen_bar = Progress::new(opts.progress).bar(cfg.generated as u64, "generating");
+    let mut gen_bar =
+        Progress::new(opts.progress).with_sink(opts.progress_sink.clone()).bar(cfg.generated as u64, "generating");
     let gen_bar_lock = std::sync::Mutex::new(&mut gen_bar);
     let generated: Vec<Vec<u32>> = (0..cfg.generated)
         .into_par_iter()

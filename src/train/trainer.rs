@@ -152,6 +152,19 @@ pub struct RunOptions {
     /// schedule keeps the original length and the extension is recorded in `metrics.jsonl` (on the
     /// first round it adds, as `"extended": {"from_steps", "to_steps"}`) and `state.json`.
     pub extend: bool,
+    /// Where progress lines go instead of stderr (with `progress`), e.g. a Python callback.
+    pub progress_sink: Option<ProgressSink>,
+}
+
+/// A receiver of progress lines (one line per call, no newline): what a binding passes to show
+/// progress where its users look (a notebook, a logger) instead of the process's stderr.
+#[derive(Clone)]
+pub struct ProgressSink(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
 }
 
 impl RunOptions {
@@ -332,7 +345,7 @@ fn run_in_pool<J: Job>(
     };
     let mut metrics: Vec<J::Metrics> = lines.iter().map(|l| l.metrics.clone()).collect();
     let last_round = opts.stop_after.map_or(job.rounds(), |s| (state.rounds_done + s).min(job.rounds()));
-    let progress = Progress::new(opts.progress);
+    let progress = Progress::new(opts.progress).with_sink(opts.progress_sink.clone());
     while state.rounds_done < last_round {
         let round = state.rounds_done + 1;
         let batches = job.batches(round, state.step)?;
@@ -388,9 +401,7 @@ fn run_in_pool<J: Job>(
             Error::Numerical { .. } => overflow_error(job, out, &mut model, state.step, "evaluation: ", &e),
             e => e,
         })?;
-        if opts.progress {
-            eprintln!("{} {round}: {}", job.round_name(), job.describe(&m));
-        }
+        progress.line(&format!("{} {round}: {}", job.round_name(), job.describe(&m)));
         metrics.push(m.clone());
         lines.push(MetricsLine { metrics: m, extended: extended.take() });
         state.rounds_done = round;
@@ -627,17 +638,35 @@ fn write_metrics<M: serde::Serialize>(out: &Path, metrics: &[MetricsLine<M>]) ->
 }
 
 /// Progress on stderr: an indicatif bar on a terminal; otherwise a plain line at most every 30 s
-/// (and at the end), so logs of long runs show that they advance.
-#[derive(Clone, Copy, Debug)]
+/// (and at the end), so logs of long runs show that they advance. With a [`ProgressSink`] the
+/// lines go to the sink instead, at most every 2 s.
+#[derive(Clone, Debug)]
 pub struct Progress {
     show: bool,
     terminal: bool,
+    sink: Option<ProgressSink>,
 }
 
 impl Progress {
     /// Progress shown if `show`, as a bar if stderr is a terminal.
     pub fn new(show: bool) -> Self {
-        Progress { show, terminal: std::io::stderr().is_terminal() }
+        Progress { show, terminal: std::io::stderr().is_terminal(), sink: None }
+    }
+
+    /// The same, with lines sent to `sink` (if any) instead of stderr.
+    pub fn with_sink(mut self, sink: Option<ProgressSink>) -> Self {
+        if sink.is_some() {
+            self.terminal = false;
+        }
+        self.sink = sink;
+        self
+    }
+
+    /// One line of progress (if shown).
+    pub fn line(&self, text: &str) {
+        if self.show {
+            emit(self.sink.as_ref(), text);
+        }
     }
 
     /// A bar (or line reporter) over `len` units, labelled `prefix`.
@@ -657,6 +686,8 @@ impl Progress {
         ProgressBar {
             bar,
             lines: self.show && !self.terminal,
+            every: Duration::from_secs(if self.sink.is_some() { 2 } else { 30 }),
+            sink: self.sink.clone(),
             prefix: prefix.to_string(),
             len,
             pos: 0,
@@ -671,6 +702,8 @@ impl Progress {
 pub struct ProgressBar {
     bar: indicatif::ProgressBar,
     lines: bool,
+    every: Duration,
+    sink: Option<ProgressSink>,
     prefix: String,
     len: u64,
     pos: u64,
@@ -684,21 +717,30 @@ impl ProgressBar {
         self.pos += 1;
         self.bar.set_message(message.to_string());
         self.bar.inc(1);
-        if self.lines && (self.last_line.elapsed() >= Duration::from_secs(30) || self.pos == self.len) {
+        if self.lines && (self.last_line.elapsed() >= self.every || self.pos == self.len) {
             self.last_line = Instant::now();
-            eprintln!(
+            let line = format!(
                 "{} {}/{} {message} ({:.0} s)",
                 self.prefix,
                 self.pos,
                 self.len,
                 self.started.elapsed().as_secs_f64()
             );
+            emit(self.sink.as_ref(), &line);
         }
     }
 
     /// Removes the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// A progress line to `sink`, or to stderr.
+fn emit(sink: Option<&ProgressSink>, line: &str) {
+    match sink {
+        Some(sink) => (sink.0)(line),
+        None => eprintln!("{line}"),
     }
 }
 
