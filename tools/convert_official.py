@@ -38,7 +38,7 @@ def main():
     ap.add_argument("checkpoint", help="the .pt/.pth/.ckpt file")
     ap.add_argument("--out", required=True, help="output .safetensors")
     ap.add_argument("--prefix", default="", help="keep only keys with this prefix, and strip it")
-    ap.add_argument("--module", default="S4Block", choices=["S4Block", "S4D"], help="official module (for --config-out)")
+    ap.add_argument("--module", default="S4Block", choices=["S4Block", "S4D", "S4Model"], help="official module (for --config-out): a layer, or example.py's whole S4Model")
     ap.add_argument("--kwargs", help="JSON file with the module's constructor keyword arguments")
     ap.add_argument("--config-out", help="write {'module', 'kwargs'} here for s4 import-official")
     a = ap.parse_args()

@@ -138,10 +138,9 @@ def fft_conv(
     With ``k_backward`` (H, L_k) the bidirectional convolution (the anticausal kernel reads the
     future). ``D`` (H,) is the skip term.
     """
-    args = [_float(u, double), _float(k, double)]
     kb = None if k_backward is None else _float(k_backward, double)
     d = None if D is None else _float(D, double)
-    return _native.fft_conv(*args, k_bwd=kb, d=d, double=double)
+    return _native.fft_conv(_float(u, double), _float(k, double), k_bwd=kb, d=d, double=double)
 
 
 # --- layers and models -------------------------------------------------------------------------
@@ -252,6 +251,25 @@ class Model:
         base["layer"].update(settings.pop("layer", {}))
         base.update(settings)
         return cls(double=double, **base)
+
+    @classmethod
+    def from_official(cls, weights: PathLike, kwargs: Dict[str, Any], double: bool = False) -> "Model":
+        """``example.py``'s ``S4Model`` from its state dict (safetensors; ``tools/convert_official.py``
+        converts a ``.pt``) and its constructor's keyword arguments (``d_input``, ``d_output``,
+        ``d_model``, ``n_layers``, ``dropout``, ``prenorm``, and ``d_state`` of its S4D layers).
+        The official model takes (B, L, d_input) and returns (B, d_output); this one takes
+        (B, d_input, L) and returns (B, d_output, 1)."""
+        obj = cls.__new__(cls)
+        obj._native = _native.Model.import_example(os.fspath(weights), json.dumps(kwargs), double)
+        return obj
+
+    def to_official(self, weights: PathLike) -> Dict[str, Any]:
+        """Writes the model as ``example.py``'s ``S4Model`` state dict (safetensors, float32) and
+        returns the keyword arguments that rebuild it: ``S4Model(**kwargs)`` (without ``d_state``,
+        which its S4D layers take) loads it with ``load_state_dict(strict=True)``. A part the
+        official class has no equivalent for (a DPLR layer, BatchNorm, a trained B) is a
+        ``ValueError`` naming it."""
+        return json.loads(self._native.export_example(os.fspath(weights)))
 
     def save(self, path: PathLike, weights: Optional[str] = None) -> None:
         """Writes the model into folder ``path``; ``weights="bf16"`` or ``"f16"`` stores 16-bit weights."""
@@ -478,7 +496,7 @@ def train(
         config_json=config_json,
         preset=preset,
         data=None if data is None else os.fspath(data),
-        sizes=None if sizes is None else tuple(int(s) for s in sizes),
+        sizes=None if sizes is None else (int(sizes[0]), int(sizes[1]), int(sizes[2])),
         seed=seed,
         resume=resume,
         threads=threads,

@@ -1,8 +1,25 @@
 """Type stubs of the native module (the PyO3 binding); the documented API is ``s4rs``."""
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, final
 
 import numpy as np
+
+__all__ = [
+    "hippo",
+    "dplr",
+    "init_ssm",
+    "ssm_kernel",
+    "ssm_kernel_naive",
+    "fft_conv",
+    "encode_text",
+    "decode_text",
+    "train",
+    "State",
+    "Layer",
+    "Model",
+    "LanguageModel",
+    "__version__",
+]
 
 __version__: str
 
@@ -46,6 +63,7 @@ def train(
     progress: Optional[Callable[[str], None]] = None,
 ) -> str: ...
 
+@final
 class State:
     @property
     def batch(self) -> int: ...
@@ -54,6 +72,7 @@ class State:
     def __deepcopy__(self, memo: Any) -> "State": ...
     def numpy(self) -> Any: ...
 
+@final
 class Layer:
     @staticmethod
     def from_config(config_json: str, double: bool = False) -> "Layer": ...
@@ -70,6 +89,7 @@ class Layer:
     def step(self, state: State, u: np.ndarray) -> np.ndarray: ...
     def kernel(self, length: int) -> np.ndarray: ...
 
+@final
 class Model:
     @staticmethod
     def from_config(config_json: str, double: bool = False) -> "Model": ...
@@ -77,6 +97,9 @@ class Model:
     def causal_lm_config(vocab_size: int) -> str: ...
     @staticmethod
     def load(path: str, double: bool = False) -> "Model": ...
+    @staticmethod
+    def import_example(weights: str, config_json: str, double: bool = False) -> "Model": ...
+    def export_example(self, weights: str) -> str: ...
     def save(self, path: str, weights: Optional[str] = None) -> None: ...
     def config_json(self) -> str: ...
     @property
@@ -88,6 +111,7 @@ class Model:
     def prefill(self, tokens: np.ndarray) -> Tuple[np.ndarray, State]: ...
     def step(self, state: State, x: np.ndarray) -> np.ndarray: ...
 
+@final
 class LanguageModel:
     @staticmethod
     def load(path: str) -> "LanguageModel": ...

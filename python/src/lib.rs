@@ -610,6 +610,38 @@ impl Model {
         Ok(Model { inner: inner.py()? })
     }
 
+    /// The state dict of `example.py`'s `S4Model` (safetensors at `weights`) built with the keyword
+    /// arguments of `config_json`.
+    #[staticmethod]
+    #[pyo3(signature = (weights, config_json, double = false))]
+    fn import_example(py: Python<'_>, weights: PathBuf, config_json: &str, double: bool) -> PyResult<Model> {
+        let v: serde_json::Value = serde_json::from_str(config_json).map_err(|e| json_err("keyword arguments", e))?;
+        let kwargs = s4::model::official::ExampleS4Model::from_json(&v).py()?;
+        let inner = py.detach(|| -> s4::Result<ModelInner> {
+            let bytes = std::fs::read(&weights).map_err(|e| s4::Error::io(&weights, e))?;
+            Ok(if double {
+                ModelInner::F64(s4::model::official::import_example(&bytes, &weights, &kwargs)?)
+            } else {
+                ModelInner::F32(s4::model::official::import_example(&bytes, &weights, &kwargs)?)
+            })
+        });
+        Ok(Model { inner: inner.py()? })
+    }
+
+    /// Writes the model as `example.py`'s `S4Model` state dict (safetensors at `weights`) and
+    /// returns the keyword arguments (JSON) that rebuild it.
+    fn export_example(&self, py: Python<'_>, weights: PathBuf) -> PyResult<String> {
+        py.detach(|| -> s4::Result<String> {
+            let (bytes, kwargs) = match &self.inner {
+                ModelInner::F32(m) => s4::model::official::export_example(m)?,
+                ModelInner::F64(m) => s4::model::official::export_example(m)?,
+            };
+            s4::io::write_atomic(&weights, &bytes)?;
+            Ok(serde_json::to_string(&kwargs).expect("kwargs serialize"))
+        })
+        .py()
+    }
+
     /// Saves the model into folder `path`; `weights` "bf16" or "f16" stores 16-bit weights.
     #[pyo3(signature = (path, weights = None))]
     fn save(&self, py: Python<'_>, path: PathBuf, weights: Option<&str>) -> PyResult<()> {

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -258,3 +259,26 @@ def test_train_reports_progress_and_learns(tmp_path):
     assert model.config["d_output"] == 1
     with pytest.raises(ValueError, match="resume"):
         s4rs.train("adding", tmp_path / "run", preset="tiny", sizes=(256, 64, 64), progress=False)
+
+
+def test_whole_models_from_and_to_the_official_code(tmp_path):
+    case = ROOT / "tests" / "fixtures" / "official-models" / "example-postnorm"
+    cfg = json.loads((case / "config.json").read_text())
+    model = s4rs.Model.from_official(case / "model.safetensors", cfg["kwargs"])
+    x = np.load(case / "input.npy")  # (B, L, d_input), the official layout
+    y = model.forward(x.transpose(0, 2, 1))[:, :, 0]
+    expected = np.load(case / "output.npy")
+    assert rel(y, expected) < 1e-4
+    kwargs = model.to_official(tmp_path / "back.safetensors")
+    assert kwargs == {k: v for k, v in cfg["kwargs"].items()}
+    back = s4rs.Model.from_official(tmp_path / "back.safetensors", kwargs)
+    assert np.array_equal(back.forward(x.transpose(0, 2, 1)), model.forward(x.transpose(0, 2, 1)))
+    with pytest.raises(ValueError, match="layer kernel"):
+        dplr = s4rs.Model(d_input=2, d_output=3, n_layers=1, final_norm=False, layer={"d_model": 4, "d_state": 4})
+        dplr.to_official(tmp_path / "x.safetensors")
+
+
+def test_type_stubs_match_the_module(tmp_path):
+    pytest.importorskip("mypy")
+    r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "s4rs"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr

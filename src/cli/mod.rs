@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | start here | [`demo`] | `demo` |
 //! | core maths | [`core`] | `hippo`, `kernel`, `reconstruct` |
-//! | layers and models | [`models`] | `import-official`, `info`, `run` |
+//! | layers and models | [`models`] | `import-official`, `export-official`, `info`, `run` |
 //! | training | [`training`] | `train`, `eval` |
 //! | language models and speculative decoding | [`lm`] | `logits`, `generate`, `speculate`, `train-lm`, `distill` |
 //! | benchmarks | [`bench`] | `bench`, `bench-speculate` |
@@ -32,7 +32,8 @@ Commands, by task (s4 COMMAND --help for each, with defaults):
     kernel           SSM convolution kernels (S4 DPLR, S4D) from an initialization or a file
     reconstruct      the HiPPO memory demo: read a signal's past back from the state
   Layers and models
-    import-official  import an official PyTorch S4Block / S4D state dict into a layer folder
+    import-official  import an official PyTorch state dict (S4Block, S4D, example.py's S4Model)
+    export-official  export a model folder as the state dict of example.py's S4Model
     info             describe a folder s4 wrote: layer, model, GPT-2, or training run
     run              run a saved layer or model on a .npy input (conv or step mode)
   Training

@@ -14,9 +14,15 @@ use std::time::Instant;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Import an official PyTorch S4Block / S4D state dict (safetensors, e.g. from
-    /// tools/convert_official.py) with the constructor's keyword arguments into a layer folder.
+    /// Import an official PyTorch state dict (safetensors, e.g. from tools/convert_official.py) with
+    /// the constructor's keyword arguments: an S4Block or S4D layer into a layer folder, or
+    /// example.py's whole S4Model ("module": "S4Model") into a model folder.
     ImportOfficial(ImportArgs),
+    /// Export a model folder as the state dict of example.py's S4Model (safetensors, float32) and
+    /// the keyword arguments that rebuild it, so that `S4Model(**kwargs)` loads it with
+    /// `load_state_dict(strict=True)` (S4D layers, LayerNorm, no final norm, mean pooling; anything
+    /// else is refused by name).
+    ExportOfficial(ExportArgs),
     /// Describe a folder s4 wrote, as JSON: a layer or model (S4, the transformer classifier, GPT-2:
     /// configuration, parameter count and, for DPLR layers, the length C-tilde is tied to), or a
     /// training run (settings, rounds done, last metrics, and its checkpoint).
@@ -36,6 +42,7 @@ pub enum Command {
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::ImportOfficial(a) => cmd_import(&a),
+        Command::ExportOfficial(a) => cmd_export(&a),
         Command::Info { dir } => cmd_info(&dir),
         Command::Run(a) if a.f64 => cmd_run::<f64>(&a),
         Command::Run(a) => cmd_run::<f32>(&a),
@@ -54,6 +61,22 @@ pub struct ImportArgs {
     out: PathBuf,
     /// Replace an --out folder that already holds files (the imported layer is written whole
     /// before the old folder is removed).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The model folder (`s4 train`'s checkpoint/, `import-official`, the library's `save`).
+    dir: PathBuf,
+    /// The state dict to write (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write the keyword arguments (JSON: {"module": "S4Model", "kwargs": {...}}; `d_state`
+    /// is the S4D layers' state size). Default: the --out path with the extension .json.
+    #[arg(long)]
+    config_out: Option<PathBuf>,
+    /// Replace existing output files.
     #[arg(long)]
     force: bool,
 }
@@ -114,6 +137,15 @@ fn cmd_import(a: &ImportArgs) -> Result<()> {
             "a new or empty folder (it holds files; --force replaces it with the imported layer)",
         ));
     }
+    let config: serde_json::Value = s4::io::read_json(&a.config)?;
+    if config.get("module").and_then(|m| m.as_str()) == Some("S4Model") {
+        let kwargs = s4::model::official::ExampleS4Model::from_json(&config)?;
+        let bytes = std::fs::read(&a.model).map_err(|e| Error::io(&a.model, e))?;
+        let model = s4::model::official::import_example::<f32>(&bytes, &a.model, &kwargs)?;
+        s4::io::write_folder_whole(out, |d| s4::model::checkpoint::save(&model, d))?;
+        println!("{}", json!({"out": out, "format": "s4-model", "from": "example.py S4Model", "kwargs": kwargs}));
+        return Ok(());
+    }
     let layer = s4::layer::official::import_official_files::<f32>(&a.model, &a.config)?;
     // an occupied folder is replaced only once the imported layer is written whole beside it
     s4::io::write_folder_whole(out, |d| s4::model::checkpoint::save_layer(&layer, d))?;
@@ -124,6 +156,26 @@ fn cmd_import(a: &ImportArgs) -> Result<()> {
                "d_state": cfg.d_state, "channels": cfg.channels, "bidirectional": cfg.bidirectional,
                "l_kernel": layer.weights().l_kernel})
     );
+    Ok(())
+}
+
+fn cmd_export(a: &ExportArgs) -> Result<()> {
+    let config_out = a.config_out.clone().unwrap_or_else(|| a.out.with_extension("json"));
+    for path in [&a.out, &config_out] {
+        if path.exists() && !a.force {
+            return Err(Error::invalid(
+                "output",
+                path.display(),
+                "a path that does not exist yet (--force replaces it)",
+            ));
+        }
+    }
+    let model: s4::model::S4Model<f32> = s4::model::checkpoint::load(&a.dir)?;
+    let (bytes, kwargs) = s4::model::official::export_example(&model)?;
+    let config = json!({"module": "S4Model", "kwargs": kwargs});
+    s4::io::write_atomic(&a.out, &bytes)?;
+    s4::io::write_atomic(&config_out, serde_json::to_string_pretty(&config).expect("JSON").as_bytes())?;
+    println!("{}", json!({"out": a.out, "config_out": config_out, "module": "S4Model", "kwargs": kwargs}));
     Ok(())
 }
 

@@ -121,8 +121,23 @@ impl TensorWriter {
         }
     }
 
-    /// The safetensors bytes.
-    fn serialize(&self, path: &Path) -> Result<Vec<u8>> {
+    /// Re-encodes every float64 tensor as float32 (what PyTorch state dicts hold).
+    pub fn to_f32(&mut self) {
+        for e in self.entries.values_mut().filter(|e| e.dtype == Dtype::F64) {
+            e.bytes = e
+                .bytes
+                .chunks_exact(8)
+                .flat_map(|b| (f64::from_le_bytes(b.try_into().expect("8")) as f32).to_le_bytes())
+                .collect();
+            e.dtype = Dtype::F32;
+        }
+    }
+
+    /// The safetensors bytes (`path` names the destination in errors).
+    ///
+    /// # Errors
+    /// The tensors cannot be serialized.
+    pub fn serialize(&self, path: &Path) -> Result<Vec<u8>> {
         let views: Vec<(String, TensorView)> = self
             .entries
             .iter()

@@ -246,7 +246,11 @@ impl OfficialConfig {
 }
 
 /// Reads one float32 tensor by name and checks its shape and that every value is finite.
-fn tensor(st: &SafeTensors, path: &Path, name: &str, shape: &[usize]) -> Result<ArrayD<f32>> {
+/// The float32 tensor `name` of shape `shape` from a state dict, checked finite.
+///
+/// # Errors
+/// A missing, mis-typed, mis-shaped or non-finite tensor (named).
+pub fn read_real(st: &SafeTensors, path: &Path, name: &str, shape: &[usize]) -> Result<ArrayD<f32>> {
     let t = st
         .tensor(name)
         .map_err(|_| Error::format(path, format!("missing tensor '{name}' (expected shape {shape:?})")))?;
@@ -284,25 +288,51 @@ fn complex<T: Real>(a: &ArrayD<f32>) -> ArrayD<Complex<T>> {
 pub fn import_official<T: Real>(bytes: &[u8], path: &Path, config: &OfficialConfig) -> Result<S4Layer<T>> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    let (layer, expected) = import_block(&st, path, config, "")?;
+    let unexpected: Vec<String> =
+        st.names().into_iter().filter(|n| !expected.iter().any(|e| e == *n)).map(|n| n.to_string()).collect();
+    if !unexpected.is_empty() {
+        return Err(Error::format(path, format!("unexpected tensors: {}", unexpected.join(", "))));
+    }
+    Ok(layer)
+}
+
+/// Imports one block of an official state dict: the tensors named `prefix` + the module's own
+/// names (e.g. `s4_layers.0.` + `kernel.C` in `example.py`'s model). Returns the layer and the
+/// names it read, so a whole-model import can report the tensors nobody read.
+///
+/// # Errors
+/// As [`import_official`], but tensors outside the block are not looked at.
+pub fn import_block<T: Real>(
+    st: &SafeTensors,
+    path: &Path,
+    config: &OfficialConfig,
+    prefix: &str,
+) -> Result<(S4Layer<T>, Vec<String>)> {
     let cfg = config.layer_config()?;
     cfg.validate()?;
     let (h, m) = (cfg.d_model, cfg.d_state / 2);
     let f = |a: ArrayD<f32>| a.mapv(|x| T::of(x as f64));
     let (weights, expected): (Weights<T>, Vec<&str>) = match config.module {
         OfficialModule::S4D => {
-            let d = f(tensor(&st, path, "D", &[h])?).into_shape_with_order((1, h)).expect("H");
-            let c = complex::<T>(&tensor(&st, path, "kernel.C", &[h, m, 2])?)
+            let d = f(read_real(st, path, &format!("{prefix}D"), &[h])?).into_shape_with_order((1, h)).expect("H");
+            let c = complex::<T>(&read_real(st, path, &format!("{prefix}kernel.C"), &[h, m, 2])?)
                 .into_shape_with_order((1, h, m))
                 .expect("(H, M)");
-            let log_dt = f(tensor(&st, path, "kernel.log_dt", &[h])?).into_shape_with_order(h).expect("H");
-            let log_a =
-                f(tensor(&st, path, "kernel.log_A_real", &[h, m])?).into_shape_with_order((h, m)).expect("(H, M)");
-            let a_imag = f(tensor(&st, path, "kernel.A_imag", &[h, m])?).into_shape_with_order((h, m)).expect("(H, M)");
-            let w = f(tensor(&st, path, "output_linear.0.weight", &[2 * h, h, 1])?)
+            let log_dt =
+                f(read_real(st, path, &format!("{prefix}kernel.log_dt"), &[h])?).into_shape_with_order(h).expect("H");
+            let log_a = f(read_real(st, path, &format!("{prefix}kernel.log_A_real"), &[h, m])?)
+                .into_shape_with_order((h, m))
+                .expect("(H, M)");
+            let a_imag = f(read_real(st, path, &format!("{prefix}kernel.A_imag"), &[h, m])?)
+                .into_shape_with_order((h, m))
+                .expect("(H, M)");
+            let w = f(read_real(st, path, &format!("{prefix}output_linear.0.weight"), &[2 * h, h, 1])?)
                 .into_shape_with_order((2 * h, h))
                 .expect("(2H, H)");
-            let bias =
-                f(tensor(&st, path, "output_linear.0.bias", &[2 * h])?).into_shape_with_order(2 * h).expect("2H");
+            let bias = f(read_real(st, path, &format!("{prefix}output_linear.0.bias"), &[2 * h])?)
+                .into_shape_with_order(2 * h)
+                .expect("2H");
             (
                 Weights {
                     inv_dt: log_dt,
@@ -330,33 +360,39 @@ pub fn import_official<T: Real>(bytes: &[u8], path: &Path, config: &OfficialConf
         }
         OfficialModule::S4Block => {
             let (n_ssm, heads, ch) = (cfg.n_ssm(), cfg.c_heads(), cfg.channels);
-            let d = f(tensor(&st, path, "layer.D", &[ch, h])?).into_shape_with_order((ch, h)).expect("(channels, H)");
-            let inv_dt_t = st.tensor("layer.kernel.inv_dt").map(|t| t.shape().to_vec()).unwrap_or_default();
+            let d = f(read_real(st, path, &format!("{prefix}layer.D"), &[ch, h])?)
+                .into_shape_with_order((ch, h))
+                .expect("(channels, H)");
+            let inv_dt_t =
+                st.tensor(&format!("{prefix}layer.kernel.inv_dt")).map(|t| t.shape().to_vec()).unwrap_or_default();
             if inv_dt_t.len() == 2 && inv_dt_t[1] != 1 {
                 return Err(Error::invalid(
-                    "layer.kernel.inv_dt",
+                    format!("{prefix}layer.kernel.inv_dt"),
                     format!("{inv_dt_t:?}"),
                     format!("[{h}, 1] (dt_tie; one Δ per channel)"),
                 ));
             }
-            let inv_dt = f(tensor(&st, path, "layer.kernel.inv_dt", &[h, 1])?).into_shape_with_order(h).expect("H");
-            let c = complex::<T>(&tensor(&st, path, "layer.kernel.C", &[heads, h, m, 2])?)
+            let inv_dt = f(read_real(st, path, &format!("{prefix}layer.kernel.inv_dt"), &[h, 1])?)
+                .into_shape_with_order(h)
+                .expect("H");
+            let c = complex::<T>(&read_real(st, path, &format!("{prefix}layer.kernel.C"), &[heads, h, m, 2])?)
                 .into_shape_with_order((heads, h, m))
                 .expect("(C'', H, M)");
-            let b = complex::<T>(&tensor(&st, path, "layer.kernel.B", &[1, n_ssm, m, 2])?)
+            let b = complex::<T>(&read_real(st, path, &format!("{prefix}layer.kernel.B"), &[1, n_ssm, m, 2])?)
                 .into_shape_with_order((n_ssm, m))
                 .expect("(n_ssm, M)");
-            let a_real = f(tensor(&st, path, "layer.kernel.A_real", &[n_ssm, m])?)
+            let a_real = f(read_real(st, path, &format!("{prefix}layer.kernel.A_real"), &[n_ssm, m])?)
                 .into_shape_with_order((n_ssm, m))
                 .expect("2-D");
-            let a_imag = f(tensor(&st, path, "layer.kernel.A_imag", &[n_ssm, m])?)
+            let a_imag = f(read_real(st, path, &format!("{prefix}layer.kernel.A_imag"), &[n_ssm, m])?)
                 .into_shape_with_order((n_ssm, m))
                 .expect("2-D");
-            let w = f(tensor(&st, path, "output_linear.0.weight", &[2 * h, ch * h])?)
+            let w = f(read_real(st, path, &format!("{prefix}output_linear.0.weight"), &[2 * h, ch * h])?)
                 .into_shape_with_order((2 * h, ch * h))
                 .expect("2-D");
-            let bias =
-                f(tensor(&st, path, "output_linear.0.bias", &[2 * h])?).into_shape_with_order(2 * h).expect("1-D");
+            let bias = f(read_real(st, path, &format!("{prefix}output_linear.0.bias"), &[2 * h])?)
+                .into_shape_with_order(2 * h)
+                .expect("1-D");
             let mut names = vec![
                 "layer.D",
                 "layer.kernel.inv_dt",
@@ -369,20 +405,23 @@ pub fn import_official<T: Real>(bytes: &[u8], path: &Path, config: &OfficialConf
             ];
             let (p, l_kernel) = match cfg.kernel {
                 KernelKind::Dplr => {
-                    let rank =
-                        st.tensor("layer.kernel.P").map(|t| t.shape().first().copied().unwrap_or(0)).unwrap_or(1);
-                    let p = complex::<T>(&tensor(&st, path, "layer.kernel.P", &[rank, n_ssm, m, 2])?)
-                        .into_shape_with_order((rank, n_ssm, m))
-                        .expect("3-D");
+                    let rank = st
+                        .tensor(&format!("{prefix}layer.kernel.P"))
+                        .map(|t| t.shape().first().copied().unwrap_or(0))
+                        .unwrap_or(1);
+                    let p =
+                        complex::<T>(&read_real(st, path, &format!("{prefix}layer.kernel.P"), &[rank, n_ssm, m, 2])?)
+                            .into_shape_with_order((rank, n_ssm, m))
+                            .expect("3-D");
                     let lk = st
-                        .tensor("layer.kernel.l_kernel")
+                        .tensor(&format!("{prefix}layer.kernel.l_kernel"))
                         .map_err(|_| Error::format(path, "missing tensor 'layer.kernel.l_kernel' (int64 scalar)"))?;
                     if lk.dtype() != Dtype::I64 || !lk.shape().is_empty() {
                         return Err(Error::format(path, "tensor 'layer.kernel.l_kernel' must be an int64 scalar"));
                     }
                     let raw = i64::from_le_bytes(lk.data()[..8].try_into().expect("8 bytes"));
                     if raw < 0 {
-                        return Err(Error::invalid("layer.kernel.l_kernel", raw, "a length >= 0"));
+                        return Err(Error::invalid(format!("{prefix}layer.kernel.l_kernel"), raw, "a length >= 0"));
                     }
                     names.extend(["layer.kernel.P", "layer.kernel.l_kernel"]);
                     (Some(p), raw as usize)
@@ -392,12 +431,8 @@ pub fn import_official<T: Real>(bytes: &[u8], path: &Path, config: &OfficialConf
             (Weights { inv_dt, a_real, a_imag, b, p, c, l_kernel, d, w, bias }, names)
         }
     };
-    let unexpected: Vec<String> =
-        st.names().into_iter().map(|n| n.to_string()).filter(|n| !expected.contains(&n.as_str())).collect();
-    if !unexpected.is_empty() {
-        return Err(Error::format(path, format!("unexpected tensors: {}", unexpected.join(", "))));
-    }
-    S4Layer::from_parts(cfg, weights)
+    let read = expected.iter().map(|n| format!("{prefix}{n}")).collect();
+    Ok((S4Layer::from_parts(cfg, weights)?, read))
 }
 
 /// Reads `model.safetensors` and a config JSON from disk and imports them.

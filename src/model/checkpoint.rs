@@ -5,7 +5,7 @@
 //!
 //! Tensor names follow the official S4Block state dict under `layers.{i}.`
 //! (`layers.{i}.layer.kernel.C` (C'', H, N/2, 2), `layers.{i}.layer.kernel.inv_dt` (H, 1), …,
-//! `layers.{i}.output_linear.0.weight`), plus `layers.{i}.norm.*`, `norm.*` (prenorm),
+//! `layers.{i}.output_linear.0.weight`), plus `layers.{i}.norm.*`, `norm.*` (prenorm with a final norm),
 //! `encoder.*` and `decoder.*`. Complex tensors have a trailing dimension of 2 (real, imag).
 //!
 //! # Example
@@ -322,7 +322,7 @@ pub fn load<T: Real>(dir: &Path) -> Result<S4Model<T>> {
         let norm = read_norm(&mut r, &format!("{pre}norm."));
         raw_blocks.push((weights, norm));
     }
-    let final_norm = cfg.prenorm.then(|| read_norm(&mut r, "norm."));
+    let final_norm = cfg.has_final_norm().then(|| read_norm(&mut r, "norm."));
     let decoder_w = d2(r.real("decoder.weight", &[cfg.d_output, h]));
     let decoder_b = d1(r.real("decoder.bias", &[cfg.d_output]));
     r.finish()?;

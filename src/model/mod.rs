@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod loss;
 pub mod norm;
+pub mod official;
 
 pub use loss::{LossStats, Target};
 pub use norm::{Norm, NormKind};
@@ -50,8 +51,11 @@ pub struct S4ModelConfig {
     pub n_layers: usize,
     /// The S4 layer of every block; its `d_model` is the model width H.
     pub layer: S4LayerConfig,
-    /// Normalize before the layer (with a final norm) rather than after the residual sum.
+    /// Normalize before the layer rather than after the residual sum.
     pub prenorm: bool,
+    /// With `prenorm`: one more norm after the last block (the official training repository's
+    /// `SequenceModel` has it; `example.py`'s `S4Model` has not). Ignored without `prenorm`.
+    pub final_norm: bool,
     /// LayerNorm or BatchNorm.
     pub norm: NormKind,
     /// Residual dropout (on each layer's output before the residual sum; active in
@@ -72,6 +76,7 @@ impl Default for S4ModelConfig {
             n_layers: 4,
             layer: S4LayerConfig { d_model: 64, d_state: 64, ..Default::default() },
             prenorm: true,
+            final_norm: true,
             norm: NormKind::Layer,
             dropout: 0.0,
             pooling: Pooling::Mean,
@@ -162,6 +167,11 @@ impl S4ModelConfig {
     /// Model width H.
     pub fn d_model(&self) -> usize {
         self.layer.d_model
+    }
+
+    /// Whether the model has a norm after its last block (`prenorm` and `final_norm`).
+    pub fn has_final_norm(&self) -> bool {
+        self.prenorm && self.final_norm
     }
 
     /// Checks every field (and the layer configuration).
@@ -259,7 +269,7 @@ impl S4ModelConfig {
                 Ok(Block { layer: cfg.build_as()?, norm: Norm::new(self.norm, h) })
             })
             .collect::<Result<Vec<_>>>()?;
-        let final_norm = self.prenorm.then(|| Norm::new(self.norm, h));
+        let final_norm = self.has_final_norm().then(|| Norm::new(self.norm, h));
         S4Model::from_parts(self.clone(), encoder, blocks, final_norm, decoder_w, decoder_b)
     }
 }
@@ -427,10 +437,16 @@ impl<T: Real> S4Model<T> {
                 ));
             }
         }
-        match (&final_norm, config.prenorm) {
+        match (&final_norm, config.has_final_norm()) {
             (Some(n), true) => n.validate("norm", h)?,
             (None, false) => {}
-            _ => return Err(Error::invalid("norm", "present/absent", "a final norm exactly when prenorm")),
+            _ => {
+                return Err(Error::invalid(
+                    "norm",
+                    "present/absent",
+                    "a final norm exactly when prenorm and final_norm",
+                ));
+            }
         }
         if decoder_w.dim() != (config.d_output, h) {
             return Err(Error::shape("decoder.weight", format!("[{}, {h}]", config.d_output), decoder_w.shape()));

@@ -38,11 +38,13 @@ pub struct OptimConfig {
     pub lr: f64,
     /// Global weight decay (decoupled).
     pub weight_decay: f64,
-    /// Learning rate of Δ (`None`: the global one).
+    /// Learning rate of Δ (`None`: the global one; 0 freezes Δ, as the official `lr=0.0` makes it a
+    /// buffer).
     pub lr_dt: Option<f64>,
-    /// Learning rate of A = (Re Λ, Im Λ, P) (`None`: the global one).
+    /// Learning rate of A = (Re Λ, Im Λ, P) (`None`: the global one; 0 freezes A).
     pub lr_a: Option<f64>,
-    /// Learning rate of B (`None`: the global one).
+    /// Learning rate of B (`None`: the global one; 0 freezes B, e.g. at 1 for a model exported to
+    /// `example.py`'s S4D, which has no B).
     pub lr_b: Option<f64>,
     /// Adam β₁.
     pub beta1: f64,
@@ -94,8 +96,10 @@ impl OptimConfig {
         };
         pos("lr", self.lr)?;
         for (n, v) in [("lr_dt", self.lr_dt), ("lr_a", self.lr_a), ("lr_b", self.lr_b)] {
-            if let Some(v) = v {
-                pos(n, v)?;
+            if let Some(v) = v
+                && !(v.is_finite() && v >= 0.0)
+            {
+                return Err(Error::invalid(n, v, "a finite value >= 0 (0 freezes the group)"));
             }
         }
         pos("eps", self.eps)?;

@@ -38,6 +38,7 @@ fn every_command_has_help() {
         vec!["info", "--help"],
         vec!["run", "--help"],
         vec!["import-official", "--help"],
+        vec!["export-official", "--help"],
         vec!["train", "--help"],
         vec!["eval", "--help"],
     ] {
@@ -494,4 +495,45 @@ fn simd_cap_from_the_environment() {
         let out = Command::new(env!("CARGO_BIN_EXE_s4")).args(hippo).env("S4_SIMD", level).output().unwrap();
         assert!(out.status.success(), "S4_SIMD={level}: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// `import-official` reads example.py's whole S4Model into a model folder; `export-official` writes
+/// it back to the same tensors and refuses to overwrite without --force.
+#[test]
+fn whole_official_models_in_and_out() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official-models/example-prenorm");
+    let (st, cfg) = (fixture.join("model.safetensors"), fixture.join("config.json"));
+    let dir = tmp("example-model");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = s4(&[
+        "import-official",
+        st.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&s4(&["info", dir.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(info["format"], "s4-model", "{info}");
+    let back = tmp("example-back.safetensors");
+    let _ = std::fs::remove_file(&back);
+    let _ = std::fs::remove_file(back.with_extension("json"));
+    let out = s4(&["export-official", dir.to_str().unwrap(), "--out", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (std::fs::read(&st).unwrap(), std::fs::read(&back).unwrap());
+    let (a, b) =
+        (safetensors::SafeTensors::deserialize(&a).unwrap(), safetensors::SafeTensors::deserialize(&b).unwrap());
+    for name in a.names() {
+        assert_eq!(a.tensor(name).unwrap().data(), b.tensor(name).unwrap().data(), "{name}");
+    }
+    assert_eq!(a.len(), b.len());
+    let kwargs: serde_json::Value = s4::io::read_json(&back.with_extension("json")).unwrap();
+    assert_eq!(kwargs["module"], "S4Model");
+    assert_eq!(kwargs["kwargs"]["prenorm"], true);
+    let again = s4(&["export-official", dir.to_str().unwrap(), "--out", back.to_str().unwrap()]);
+    assert_clear_error(&again, &["--force"]);
+    assert!(s4(&["export-official", dir.to_str().unwrap(), "--out", back.to_str().unwrap(), "--force"])
+        .status
+        .success());
 }

@@ -15,6 +15,7 @@ mod hippo_memory;
 mod kernels;
 mod layer;
 mod model;
+mod official_models;
 mod shakespeare;
 mod speculative;
 mod train;
