@@ -3,7 +3,7 @@
 #   tools/run_notebooks.sh [--quick] [NOTEBOOK...]
 # 1. cargo build --release (the notebooks drive target/release/s4 through S4_BIN);
 # 2. .venv-notebooks/ (python3 -m venv) with the pinned notebooks/requirements.txt, reinstalled only
-#    when that file changes;
+#    when that file changes, and the Python package s4rs built from ./python (every run);
 # 3. jupyter nbconvert --to notebook --execute --inplace on every notebooks/[0-9]*.ipynb (or the
 #    NOTEBOOKs given), printing the wall time of each. Exits non-zero if the build, the environment or
 #    any notebook fails (a failing notebook is left as it was; the others still run).
@@ -68,6 +68,12 @@ if [ ! -x "$VENV/bin/jupyter" ] || [ "$(cat "$VENV/.requirements.sha256" 2>/dev/
 else
     echo "== $VENV is up to date with notebooks/requirements.txt"
 fi
+
+# The Python package (notebook 05 uses it), rebuilt from this checkout on every run
+echo "== installing the Python package s4rs (./python) into $VENV"
+t0=$(now)
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input --no-deps --force-reinstall ./python
+echo "   s4rs: $(elapsed "$t0") s"
 
 # Keep Jupyter/IPython away from any user-level kernels, config and startup files: the kernel
 # "python3" is then the venv's own Python.

