@@ -8,8 +8,14 @@ as it stands (its source is read and executed on its own, without the script's t
   # fixtures: build example.py's S4Model (eval mode), save its state dict, an input and its output
   python tools/official_models.py fixtures --official DIR --out tests/fixtures/official-models
 
-  # the other way: load a state dict exported by `s4 export-official` into the official class with
-  # load_state_dict(strict=True), run it on INPUT (B, L, d_input) and compare with EXPECTED (B, d_output)
+  # the training repository's SequenceModel with its task encoder and decoder, under the names of
+  # a Lightning checkpoint (model.*, encoder.0.*, decoder.0.*); also writes a .ckpt for convert_official.py
+  python tools/official_models.py sequence-fixtures --official DIR --out tests/fixtures/official-models
+
+  # the other way: load a state dict exported by `s4 export-official` into the official module
+  # (example.py's S4Model, or SequenceModel with its encoder and decoder, by the config's "module") with
+  # load_state_dict(strict=True), run it on INPUT (B, L, d_input) or tokens (B, L) and compare with
+  # EXPECTED (B, d_output)
   python tools/official_models.py check --official DIR --weights W.safetensors --config CONFIG.json \
       --input x.npy --expected y.npy
 """
@@ -82,24 +88,151 @@ def fixtures(args):
         print(f"{name}: {len(model.state_dict())} tensors, output {tuple(y.shape)}, max|y| {y.abs().max():.3f}")
 
 
+SEQUENCE_LAYER = dict(_name_="s4", channels=1, activation="gelu", final_act="glu", rank=1, dt_min=0.001, dt_max=0.1,
+                      lr=dict(dt=None, A=0.001, B=0.001), l_max=None, gate=None, bottleneck=None, mult_act=None,
+                      initializer=None, weight_norm=False, layer="fftconv", postact=None, wd=0.0, drop_kernel=0.0,
+                      deterministic=False, verbose=False)
+SEQUENCE_CASES = {
+    # the LRA ListOps shape at a small size: token embedding, postnorm BatchNorm, layer-level bidirectional DPLR
+    "sequence-listops": dict(
+        model=dict(_name_="model", d_model=8, n_layers=2, prenorm=False, norm="batch", dropout=0.0, tie_dropout=True,
+                   transposed=False, bidirectional=False, residual="R", pool=dict(_name_="pool", stride=1, expand=None),
+                   track_norms=True, layer=dict(SEQUENCE_LAYER, d_state=4, mode="nplr", init="legs", n_ssm=1,
+                                                bidirectional=True, dt_transform="softplus")),
+        encoder="embedding", decoder=dict(_name_="sequence", mode="pool"), n_tokens=10, d_input=None, d_output=4),
+    # features in, prenorm LayerNorm (and the final norm), S4D layers, the last position read out
+    "sequence-prenorm-s4d": dict(
+        model=dict(_name_="model", d_model=8, n_layers=2, prenorm=True, norm="layer", dropout=0.0, transposed=False,
+                   bidirectional=False, residual="R", track_norms=True,
+                   layer=dict(SEQUENCE_LAYER, d_state=8, mode="diag", init="diag-inv", disc="zoh", n_ssm=None,
+                              bidirectional=False, dt_transform="exp")),
+        encoder="linear", decoder=dict(_name_="sequence", mode="last"), n_tokens=None, d_input=3, d_output=5),
+}
+
+
+def sequence_fixtures(args):
+    import copy
+    import torch
+    import torch.nn as nn
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(args.official))
+    from src.models.sequence.backbones.model import SequenceModel
+    from src.tasks.decoders import SequenceDecoder
+    import src.models.nn.utils as U
+
+    for name, case in SEQUENCE_CASES.items():
+        torch.manual_seed(0)
+        model_cfg = copy.deepcopy(case["model"])
+        layer = model_cfg.pop("layer")
+        model_cfg.pop("_name_")
+        backbone = SequenceModel(layer=[layer], **model_cfg)
+        d = model_cfg["d_model"]
+        enc = nn.Embedding(case["n_tokens"], d) if case["encoder"] == "embedding" else nn.Linear(case["d_input"], d)
+        # the task's encoder and decoder as the Lightning module wraps them (train.py: PassthroughSequential)
+        encoder = U.PassthroughSequential(None, U.PassthroughSequential(enc))
+        decoder = U.PassthroughSequential(
+            U.PassthroughSequential(SequenceDecoder(d, case["d_output"], l_output=0, mode=case["decoder"]["mode"])), None)
+        gen = torch.Generator().manual_seed(1)
+        if case["encoder"] == "embedding":
+            x = torch.randint(0, case["n_tokens"], (3, 50), generator=gen)
+        else:
+            x = torch.randn(3, 50, case["d_input"], generator=gen)
+
+        def run(x):
+            h, _ = encoder(x)
+            h, _ = backbone(h)
+            y, _ = decoder(h)
+            return y
+
+        with torch.no_grad():
+            for m in backbone.modules():  # exercise the norms: perturbed affine weights, trained running statistics
+                if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)):
+                    m.weight.add_(0.1 * torch.randn_like(m.weight))
+                    m.bias.add_(0.1 * torch.randn_like(m.bias))
+            backbone.train()
+            for _ in range(3):
+                run(x)
+            backbone.eval()
+            y = run(x)
+        state = {**{"model." + k: v for k, v in backbone.state_dict().items()},
+                 **{"encoder." + k: v for k, v in encoder.state_dict().items()},
+                 **{"decoder." + k: v for k, v in decoder.state_dict().items()}}
+        out = args.out / name
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, out / "model.safetensors")
+        torch.save({"state_dict": state, "hyper_parameters": {"model": case["model"], "encoder": case["encoder"],
+                                                              "decoder": case["decoder"]}}, args.out / f"{name}.ckpt")
+        np.save(out / "input.npy", x.numpy().astype(np.int64 if case["encoder"] == "embedding" else np.float32))
+        np.save(out / "output.npy", y.numpy())
+        config = {"module": "SequenceModel", "model": case["model"], "encoder": case["encoder"], "decoder": case["decoder"],
+                  "source": "src/models/sequence/backbones/model.py of state-spaces/s4 at e757cef with the task encoder "
+                            "and decoder as train.py wraps them; torch " + torch.__version__ + ", CPU, eval mode",
+                  "input_layout": "BL (tokens)" if case["encoder"] == "embedding" else "BLD (batch, length, d_input)",
+                  "output_layout": "BD (batch, d_output)"}
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        print(f"{name}: {len(state)} tensors, output {tuple(y.shape)}, max|y| {y.abs().max():.3f}")
+
+
+def sequence_module(official: pathlib.Path, cfg: dict, state: dict):
+    """The training repository's SequenceModel with its task encoder and decoder, wrapped as the
+    Lightning module holds them (attributes model, encoder, decoder), sized from the state dict."""
+    import copy
+    import torch.nn as nn
+
+    sys.path.insert(0, str(official))
+    from src.models.sequence.backbones.model import SequenceModel
+    from src.tasks.decoders import SequenceDecoder
+    import src.models.nn.utils as U
+
+    model_cfg = copy.deepcopy(cfg["model"])
+    layer = model_cfg.pop("layer")
+    model_cfg.pop("_name_", None)
+    d = model_cfg["d_model"]
+    enc_w = state["encoder.0.weight"]
+    enc = nn.Embedding(*enc_w.shape) if cfg["encoder"] == "embedding" else nn.Linear(enc_w.shape[1], d)
+    d_output = state["decoder.0.output_transform.weight"].shape[0]
+
+    class Lightning(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = SequenceModel(layer=[layer], **model_cfg)
+            self.encoder = U.PassthroughSequential(None, U.PassthroughSequential(enc))
+            self.decoder = U.PassthroughSequential(
+                U.PassthroughSequential(SequenceDecoder(d, d_output, l_output=0, mode=cfg["decoder"]["mode"])), None)
+
+        def forward(self, x):
+            h, _ = self.encoder(x)
+            h, _ = self.model(h)
+            y, _ = self.decoder(h)
+            return y
+
+    return Lightning()
+
+
 def check(args):
     import torch
     from safetensors.torch import load_file
 
-    S4Model = example_s4model(args.official)
     cfg = json.loads(args.config.read_text())
-    kwargs = dict(cfg.get("kwargs", cfg))
-    d_state = kwargs.pop("d_state", 64)
-    if d_state != 64:
-        sys.exit(f"d_state = {d_state}: example.py's S4Model builds S4D with the default d_state = 64")
-    model = S4Model(**kwargs).eval()
-    model.load_state_dict(load_file(args.weights), strict=True)
+    state = load_file(args.weights)
+    if cfg.get("module") == "SequenceModel":
+        model = sequence_module(args.official, cfg, state).eval()
+    else:
+        S4Model = example_s4model(args.official)
+        kwargs = dict(cfg.get("kwargs", cfg))
+        d_state = kwargs.pop("d_state", 64)
+        if d_state != 64:
+            sys.exit(f"d_state = {d_state}: example.py's S4Model builds S4D with the default d_state = 64")
+        model = S4Model(**kwargs).eval()
+    model.load_state_dict(state, strict=True)
     x = torch.from_numpy(np.load(args.input))
     with torch.no_grad():
         y = model(x).numpy()
     expected = np.load(args.expected).reshape(y.shape)
     rel = float(np.max(np.abs(y - expected)) / np.max(np.abs(y)))
-    print(json.dumps({"strict_load": True, "max_abs_diff": float(np.max(np.abs(y - expected))), "relative": rel}))
+    print(json.dumps({"module": cfg.get("module"), "strict_load": True,
+                      "max_abs_diff": float(np.max(np.abs(y - expected))), "relative": rel}))
     if rel > 1e-4:
         sys.exit(f"outputs differ: relative {rel:.2e} > 1e-4")
 
@@ -107,6 +240,9 @@ def check(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("sequence-fixtures", help="write the SequenceModel fixtures")
+    q.add_argument("--official", type=pathlib.Path, required=True)
+    q.add_argument("--out", type=pathlib.Path, required=True)
     f = sub.add_parser("fixtures", help="write the whole-model fixtures")
     f.add_argument("--official", type=pathlib.Path, required=True)
     f.add_argument("--out", type=pathlib.Path, required=True)
@@ -117,7 +253,7 @@ def main():
     c.add_argument("--input", type=pathlib.Path, required=True)
     c.add_argument("--expected", type=pathlib.Path, required=True)
     args = p.parse_args()
-    fixtures(args) if args.cmd == "fixtures" else check(args)
+    {"fixtures": fixtures, "sequence-fixtures": sequence_fixtures, "check": check}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -255,23 +255,30 @@ class Model:
         return cls(double=double, **base)
 
     @classmethod
-    def from_official(cls, weights: PathLike, kwargs: Dict[str, Any], double: bool = False) -> "Model":
-        """``example.py``'s ``S4Model`` from its state dict (safetensors; ``tools/convert_official.py``
-        converts a ``.pt``) and its constructor's keyword arguments (``d_input``, ``d_output``,
-        ``d_model``, ``n_layers``, ``dropout``, ``prenorm``, and ``d_state`` of its S4D layers).
-        The official model takes (B, L, d_input) and returns (B, d_output); this one takes
-        (B, d_input, L) and returns (B, d_output, 1)."""
+    def from_official(cls, weights: PathLike, settings: Dict[str, Any], double: bool = False) -> "Model":
+        """A whole model of the official PyTorch code from its state dict (safetensors;
+        ``tools/convert_official.py`` converts a ``.pt`` or a Lightning ``.ckpt``) and its settings:
+
+        * the training repository's ``SequenceModel`` (a Lightning checkpoint: ``model.*``, ``encoder.0.*``,
+          ``decoder.0.*``): ``settings`` holds the Hydra config's ``model``, ``encoder`` and ``decoder``
+          sections (a whole config dump does);
+        * ``example.py``'s ``S4Model``: ``settings`` is ``{"module": "S4Model", "kwargs": {...}}`` or the
+          constructor's keyword arguments alone (``d_input``, ``d_output``, ``d_model``, ``n_layers``,
+          ``dropout``, ``prenorm``, and ``d_state`` of its S4D layers).
+
+        The official models take (B, L, d_input) or tokens (B, L) and return (B, d_output); this one
+        takes (B, d_input, L) or tokens (B, L) and returns (B, d_output, 1)."""
         obj = cls.__new__(cls)
-        obj._native = _native.Model.import_example(os.fspath(weights), json.dumps(kwargs), double)
+        obj._native = _native.Model.import_official(os.fspath(weights), json.dumps(settings), double)
         return obj
 
-    def to_official(self, weights: PathLike) -> Dict[str, Any]:
-        """Writes the model as ``example.py``'s ``S4Model`` state dict (safetensors, float32) and
-        returns the keyword arguments that rebuild it: ``S4Model(**kwargs)`` (without ``d_state``,
-        which its S4D layers take) loads it with ``load_state_dict(strict=True)``. A part the
-        official class has no equivalent for (a DPLR layer, BatchNorm, a trained B) is a
-        ``ValueError`` naming it."""
-        return json.loads(self._native.export_example(os.fspath(weights)))
+    def to_official(self, weights: PathLike, to: str = "sequence-model") -> Dict[str, Any]:
+        """Writes the model as an official state dict (safetensors, float32) and returns the settings
+        that rebuild it: ``to="sequence-model"`` for the training repository's ``SequenceModel`` under
+        the names of a Lightning checkpoint, ``to="example"`` for ``example.py``'s ``S4Model``
+        (``S4Model(**kwargs)``, without ``d_state``). The official module loads it with
+        ``load_state_dict(strict=True)``; a part it has no equivalent for is a ``ValueError`` naming it."""
+        return json.loads(self._native.export_official(os.fspath(weights), to))
 
     def save(self, path: PathLike, weights: Optional[str] = None) -> None:
         """Writes the model into folder ``path``; ``weights="bf16"`` or ``"f16"`` stores 16-bit weights."""

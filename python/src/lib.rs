@@ -610,34 +610,71 @@ impl Model {
         Ok(Model { inner: inner.py()? })
     }
 
-    /// The state dict of `example.py`'s `S4Model` (safetensors at `weights`) built with the keyword
-    /// arguments of `config_json`.
+    /// A whole model of the official code from its state dict (safetensors at `weights`) and its
+    /// settings (JSON): `example.py`'s `S4Model` (`{"module": "S4Model", "kwargs": …}` or the
+    /// kwargs alone) or a training-repository checkpoint (`{"module": "SequenceModel", "model",
+    /// "encoder", "decoder"}` or a Hydra config dump holding those sections).
     #[staticmethod]
     #[pyo3(signature = (weights, config_json, double = false))]
-    fn import_example(py: Python<'_>, weights: PathBuf, config_json: &str, double: bool) -> PyResult<Model> {
-        let v: serde_json::Value = serde_json::from_str(config_json).map_err(|e| json_err("keyword arguments", e))?;
-        let kwargs = s4::model::official::ExampleS4Model::from_json(&v).py()?;
+    fn import_official(py: Python<'_>, weights: PathBuf, config_json: &str, double: bool) -> PyResult<Model> {
+        use s4::model::official::{import_example, import_sequence_model, ExampleS4Model, SequenceModelSettings};
+        let v: serde_json::Value = serde_json::from_str(config_json).map_err(|e| json_err("official settings", e))?;
+        let sequence = v.get("module").and_then(|m| m.as_str()) == Some("SequenceModel")
+            || (v.get("module").is_none() && v.get("model").is_some() && v.get("decoder").is_some());
+        let seq = sequence.then(|| SequenceModelSettings::from_json(&v)).transpose().py()?;
+        let example = (!sequence).then(|| ExampleS4Model::from_json(&v)).transpose().py()?;
         let inner = py.detach(|| -> s4::Result<ModelInner> {
             let bytes = std::fs::read(&weights).map_err(|e| s4::Error::io(&weights, e))?;
+            fn load<T: Real>(
+                bytes: &[u8],
+                path: &std::path::Path,
+                seq: &Option<SequenceModelSettings>,
+                example: &Option<ExampleS4Model>,
+            ) -> s4::Result<S4Model<T>> {
+                match (seq, example) {
+                    (Some(s), _) => import_sequence_model(bytes, path, s),
+                    (None, Some(k)) => import_example(bytes, path, k),
+                    (None, None) => unreachable!("one of the two was parsed"),
+                }
+            }
             Ok(if double {
-                ModelInner::F64(s4::model::official::import_example(&bytes, &weights, &kwargs)?)
+                ModelInner::F64(load(&bytes, &weights, &seq, &example)?)
             } else {
-                ModelInner::F32(s4::model::official::import_example(&bytes, &weights, &kwargs)?)
+                ModelInner::F32(load(&bytes, &weights, &seq, &example)?)
             })
         });
         Ok(Model { inner: inner.py()? })
     }
 
-    /// Writes the model as `example.py`'s `S4Model` state dict (safetensors at `weights`) and
-    /// returns the keyword arguments (JSON) that rebuild it.
-    fn export_example(&self, py: Python<'_>, weights: PathBuf) -> PyResult<String> {
+    /// Writes the model as an official state dict (safetensors at `weights`): `to` is
+    /// "sequence-model" (the training repository, Lightning names) or "example" (`example.py`'s
+    /// `S4Model`). Returns the settings (JSON) that rebuild it.
+    #[pyo3(signature = (weights, to = "sequence-model"))]
+    fn export_official(&self, py: Python<'_>, weights: PathBuf, to: &str) -> PyResult<String> {
+        use s4::model::official::{export_example, export_sequence_model};
+        if !matches!(to, "sequence-model" | "example") {
+            return Err(PyValueError::new_err(format!(
+                "invalid to = {to:?}: expected \"sequence-model\" or \"example\""
+            )));
+        }
         py.detach(|| -> s4::Result<String> {
-            let (bytes, kwargs) = match &self.inner {
-                ModelInner::F32(m) => s4::model::official::export_example(m)?,
-                ModelInner::F64(m) => s4::model::official::export_example(m)?,
+            fn export<T: Real>(m: &S4Model<T>, to: &str) -> s4::Result<(Vec<u8>, serde_json::Value)> {
+                Ok(if to == "example" {
+                    let (bytes, kwargs) = export_example(m)?;
+                    (bytes, serde_json::json!({"module": "S4Model", "kwargs": kwargs}))
+                } else {
+                    let (bytes, settings) = export_sequence_model(m)?;
+                    let mut v = serde_json::to_value(settings).expect("settings serialize");
+                    v["module"] = "SequenceModel".into();
+                    (bytes, v)
+                })
+            }
+            let (bytes, settings) = match &self.inner {
+                ModelInner::F32(m) => export(m, to)?,
+                ModelInner::F64(m) => export(m, to)?,
             };
             s4::io::write_atomic(&weights, &bytes)?;
-            Ok(serde_json::to_string(&kwargs).expect("kwargs serialize"))
+            Ok(settings.to_string())
         })
         .py()
     }

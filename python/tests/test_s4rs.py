@@ -264,18 +264,30 @@ def test_train_reports_progress_and_learns(tmp_path):
 def test_whole_models_from_and_to_the_official_code(tmp_path):
     case = ROOT / "tests" / "fixtures" / "official-models" / "example-postnorm"
     cfg = json.loads((case / "config.json").read_text())
-    model = s4rs.Model.from_official(case / "model.safetensors", cfg["kwargs"])
+    model = s4rs.Model.from_official(case / "model.safetensors", cfg["kwargs"])  # the kwargs alone
     x = np.load(case / "input.npy")  # (B, L, d_input), the official layout
     y = model.forward(x.transpose(0, 2, 1))[:, :, 0]
     expected = np.load(case / "output.npy")
     assert rel(y, expected) < 1e-4
-    kwargs = model.to_official(tmp_path / "back.safetensors")
-    assert kwargs == {k: v for k, v in cfg["kwargs"].items()}
+    kwargs = model.to_official(tmp_path / "back.safetensors", to="example")["kwargs"]
+    assert kwargs == cfg["kwargs"]
     back = s4rs.Model.from_official(tmp_path / "back.safetensors", kwargs)
     assert np.array_equal(back.forward(x.transpose(0, 2, 1)), model.forward(x.transpose(0, 2, 1)))
+    dplr = s4rs.Model(d_input=2, d_output=3, n_layers=1, final_norm=False, layer={"d_model": 4, "d_state": 4})
     with pytest.raises(ValueError, match="layer kernel"):
-        dplr = s4rs.Model(d_input=2, d_output=3, n_layers=1, final_norm=False, layer={"d_model": 4, "d_state": 4})
-        dplr.to_official(tmp_path / "x.safetensors")
+        dplr.to_official(tmp_path / "x.safetensors", to="example")
+    with pytest.raises(ValueError, match="final_norm"):
+        dplr.to_official(tmp_path / "x.safetensors")  # SequenceModel has a final norm when prenorm
+    # the training repository's SequenceModel (tokens in, BatchNorm, bidirectional DPLR layers)
+    case = ROOT / "tests" / "fixtures" / "official-models" / "sequence-listops"
+    cfg = json.loads((case / "config.json").read_text())
+    model = s4rs.Model.from_official(case / "model.safetensors", cfg)
+    y = model.forward(np.load(case / "input.npy"))[:, :, 0]
+    assert rel(y, np.load(case / "output.npy")) < 1e-4
+    settings = model.to_official(tmp_path / "seq.safetensors")
+    assert settings["module"] == "SequenceModel" and settings["model"]["norm"] == "batch"
+    assert np.array_equal(s4rs.Model.from_official(tmp_path / "seq.safetensors", settings).forward(np.load(case / "input.npy")),
+                          model.forward(np.load(case / "input.npy")))
 
 
 def test_type_stubs_match_the_module(tmp_path):

@@ -15,13 +15,14 @@ use std::time::Instant;
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Import an official PyTorch state dict (safetensors, e.g. from tools/convert_official.py) with
-    /// the constructor's keyword arguments: an S4Block or S4D layer into a layer folder, or
-    /// example.py's whole S4Model ("module": "S4Model") into a model folder.
+    /// its settings: an S4Block or S4D layer into a layer folder; example.py's whole S4Model
+    /// ("module": "S4Model", its keyword arguments) or a training-repository checkpoint ("module":
+    /// "SequenceModel", the Hydra config's model, encoder and decoder sections) into a model folder.
     ImportOfficial(ImportArgs),
-    /// Export a model folder as the state dict of example.py's S4Model (safetensors, float32) and
-    /// the keyword arguments that rebuild it, so that `S4Model(**kwargs)` loads it with
-    /// `load_state_dict(strict=True)` (S4D layers, LayerNorm, no final norm, mean pooling; anything
-    /// else is refused by name).
+    /// Export a model folder as an official state dict (safetensors, float32) and the settings that
+    /// rebuild it: the training repository's SequenceModel under the names of a Lightning checkpoint
+    /// (model.*, encoder.0.*, decoder.0.*), or example.py's S4Model; the official module loads it
+    /// with `load_state_dict(strict=True)`. A part with no equivalent is refused by name.
     ExportOfficial(ExportArgs),
     /// Describe a folder s4 wrote, as JSON: a layer or model (S4, the transformer classifier, GPT-2:
     /// configuration, parameter count and, for DPLR layers, the length C-tilde is tied to), or a
@@ -72,13 +73,27 @@ pub struct ExportArgs {
     /// The state dict to write (safetensors).
     #[arg(long)]
     out: PathBuf,
-    /// Where to write the keyword arguments (JSON: {"module": "S4Model", "kwargs": {...}}; `d_state`
-    /// is the S4D layers' state size). Default: the --out path with the extension .json.
+    /// Where to write the settings (JSON: {"module": "SequenceModel", "model", "encoder", "decoder", …}
+    /// or {"module": "S4Model", "kwargs": {...}}, where `d_state` is the S4D layers' state size).
+    /// Default: the --out path with the extension .json.
     #[arg(long)]
     config_out: Option<PathBuf>,
     /// Replace existing output files.
     #[arg(long)]
     force: bool,
+    /// The official module: `sequence-model` (the training repository's, any model this library
+    /// builds with pooling) or `example` (example.py's S4Model: S4D layers, LayerNorm, no final norm).
+    #[arg(long, value_enum, default_value_t = OfficialTarget::SequenceModel)]
+    to: OfficialTarget,
+}
+
+/// Which official module `export-official` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OfficialTarget {
+    /// The training repository's SequenceModel with its task encoder and decoder.
+    SequenceModel,
+    /// example.py's S4Model.
+    Example,
 }
 
 /// Array layout of `s4 run`'s input and output.
@@ -138,12 +153,27 @@ fn cmd_import(a: &ImportArgs) -> Result<()> {
         ));
     }
     let config: serde_json::Value = s4::io::read_json(&a.config)?;
-    if config.get("module").and_then(|m| m.as_str()) == Some("S4Model") {
-        let kwargs = s4::model::official::ExampleS4Model::from_json(&config)?;
+    let whole = match config.get("module").and_then(|m| m.as_str()) {
+        Some("S4Model") => Some("example.py S4Model"),
+        Some("SequenceModel") => Some("SequenceModel"),
+        None if config.get("model").is_some() && config.get("decoder").is_some() => Some("SequenceModel"),
+        _ => None,
+    };
+    if let Some(from) = whole {
+        use s4::model::official::{import_example, import_sequence_model, ExampleS4Model, SequenceModelSettings};
         let bytes = std::fs::read(&a.model).map_err(|e| Error::io(&a.model, e))?;
-        let model = s4::model::official::import_example::<f32>(&bytes, &a.model, &kwargs)?;
+        let model = if from == "SequenceModel" {
+            import_sequence_model::<f32>(&bytes, &a.model, &SequenceModelSettings::from_json(&config)?)?
+        } else {
+            import_example::<f32>(&bytes, &a.model, &ExampleS4Model::from_json(&config)?)?
+        };
         s4::io::write_folder_whole(out, |d| s4::model::checkpoint::save(&model, d))?;
-        println!("{}", json!({"out": out, "format": "s4-model", "from": "example.py S4Model", "kwargs": kwargs}));
+        let c = model.config();
+        println!(
+            "{}",
+            json!({"out": out, "format": "s4-model", "from": from, "n_layers": c.n_layers, "d_model": c.d_model(),
+                   "kernel": c.layer.kernel.to_string(), "d_output": c.d_output})
+        );
         return Ok(());
     }
     let layer = s4::layer::official::import_official_files::<f32>(&a.model, &a.config)?;
@@ -171,11 +201,21 @@ fn cmd_export(a: &ExportArgs) -> Result<()> {
         }
     }
     let model: s4::model::S4Model<f32> = s4::model::checkpoint::load(&a.dir)?;
-    let (bytes, kwargs) = s4::model::official::export_example(&model)?;
-    let config = json!({"module": "S4Model", "kwargs": kwargs});
+    let (bytes, config) = match a.to {
+        OfficialTarget::Example => {
+            let (bytes, kwargs) = s4::model::official::export_example(&model)?;
+            (bytes, json!({"module": "S4Model", "kwargs": kwargs}))
+        }
+        OfficialTarget::SequenceModel => {
+            let (bytes, settings) = s4::model::official::export_sequence_model(&model)?;
+            let mut v = serde_json::to_value(settings).expect("settings serialize");
+            v["module"] = json!("SequenceModel");
+            (bytes, v)
+        }
+    };
     s4::io::write_atomic(&a.out, &bytes)?;
     s4::io::write_atomic(&config_out, serde_json::to_string_pretty(&config).expect("JSON").as_bytes())?;
-    println!("{}", json!({"out": a.out, "config_out": config_out, "module": "S4Model", "kwargs": kwargs}));
+    println!("{}", json!({"out": a.out, "config_out": config_out, "settings": config}));
     Ok(())
 }
 

@@ -73,7 +73,7 @@ fn is_dynamics(name: &str) -> bool {
 }
 
 /// The named tensors of a layer under `prefix` (official S4Block names).
-fn layer_entries<T: Real>(prefix: &str, layer: &S4Layer<T>, out: &mut TensorWriter) {
+pub(crate) fn layer_entries<T: Real>(prefix: &str, layer: &S4Layer<T>, out: &mut TensorWriter) {
     let w = layer.weights();
     let cfg = layer.config();
     let (h, m, n_ssm) = (cfg.d_model, cfg.d_state / 2, cfg.n_ssm());
@@ -91,7 +91,7 @@ fn layer_entries<T: Real>(prefix: &str, layer: &S4Layer<T>, out: &mut TensorWrit
     out.real(&format!("{prefix}output_linear.0.bias"), w.bias.shape(), w.bias.iter());
 }
 
-fn norm_entries<T: Real>(prefix: &str, n: &Norm<T>, out: &mut TensorWriter) {
+pub(crate) fn norm_entries<T: Real>(prefix: &str, n: &Norm<T>, out: &mut TensorWriter) {
     out.real(&format!("{prefix}weight"), n.weight.shape(), n.weight.iter());
     out.real(&format!("{prefix}bias"), n.bias.shape(), n.bias.iter());
     if n.kind == NormKind::Batch {

@@ -41,6 +41,45 @@ use crate::layer::{DtTransform, RealTransform, S4Layer};
 use crate::scalar::Real;
 use crate::ssm::KernelKind;
 
+/// Reads named float32 tensors of a state dict (checked by shape and finiteness) and remembers the
+/// names it read, so that the tensors nobody read can be reported.
+struct StateDict<'a> {
+    st: SafeTensors<'a>,
+    path: &'a Path,
+    read: Vec<String>,
+}
+
+impl<'a> StateDict<'a> {
+    fn new(bytes: &'a [u8], path: &'a Path) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+        Ok(StateDict { st, path, read: Vec::new() })
+    }
+
+    fn real<T: Real, D: ndarray::Dimension>(&mut self, name: &str, shape: &[usize]) -> Result<ndarray::Array<T, D>> {
+        self.read.push(name.to_string());
+        let a = read_real(&self.st, self.path, name, shape)?.mapv(|x| T::of(x as f64));
+        Ok(a.into_dimensionality().expect("the shape was checked"))
+    }
+
+    fn block<T: Real>(&mut self, config: &OfficialConfig, prefix: &str) -> Result<S4Layer<T>> {
+        let (layer, names) = import_block(&self.st, self.path, config, prefix)?;
+        self.read.extend(names);
+        Ok(layer)
+    }
+
+    /// An error naming the tensors nobody read (`ignored` ones aside).
+    fn finish(&self, ignored: impl Fn(&str) -> bool) -> Result<()> {
+        let unexpected: Vec<&str> =
+            self.st.names().into_iter().filter(|n| !self.read.iter().any(|r| r == *n) && !ignored(n)).collect();
+        if unexpected.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::format(self.path, format!("unexpected tensors: {}", unexpected.join(", "))))
+        }
+    }
+}
+
 /// The keyword arguments of `example.py`'s `S4Model(d_input, d_output=10, d_model=256,
 /// n_layers=4, dropout=0.2, prenorm=False)`, plus the `d_state` of its S4D layers (64 there;
 /// `S4D(d_model, d_state=...)` to change it). `lr` (the SSM parameters' learning rate) is
@@ -198,39 +237,24 @@ impl ExampleS4Model {
 /// # Errors
 /// A missing, mis-shaped or unexpected tensor (named), or invalid keyword arguments.
 pub fn import_example<T: Real>(bytes: &[u8], path: &Path, kwargs: &ExampleS4Model) -> Result<S4Model<T>> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    let mut sd = StateDict::new(bytes, path)?;
     let cfg = kwargs.model_config();
     cfg.validate()?;
     let (h, d_in, d_out) = (cfg.d_model(), cfg.d_input, cfg.d_output);
-    let mut read: Vec<String> = Vec::new();
-    let mut real = |name: &str, shape: &[usize]| -> Result<ndarray::ArrayD<T>> {
-        read.push(name.to_string());
-        Ok(read_real(&st, path, name, shape)?.mapv(|x| T::of(x as f64)))
-    };
-    let w = real("encoder.weight", &[h, d_in])?.into_dimensionality().expect("2-D");
-    let b = real("encoder.bias", &[h])?.into_dimensionality().expect("1-D");
-    let mut norms = Vec::with_capacity(cfg.n_layers);
-    for i in 0..cfg.n_layers {
-        let mut n = Norm::new(NormKind::Layer, h);
-        n.weight = real(&format!("norms.{i}.weight"), &[h])?.into_dimensionality().expect("1-D");
-        n.bias = real(&format!("norms.{i}.bias"), &[h])?.into_dimensionality().expect("1-D");
-        norms.push(n);
-    }
-    let decoder_w = real("decoder.weight", &[d_out, h])?.into_dimensionality().expect("2-D");
-    let decoder_b: Array1<T> = real("decoder.bias", &[d_out])?.into_dimensionality().expect("1-D");
+    let encoder = Encoder::Linear { w: sd.real("encoder.weight", &[h, d_in])?, b: sd.real("encoder.bias", &[h])? };
     let layer_kwargs = kwargs.layer_kwargs();
     let mut blocks = Vec::with_capacity(cfg.n_layers);
-    for (i, norm) in norms.into_iter().enumerate() {
-        let (layer, names): (S4Layer<T>, _) = import_block(&st, path, &layer_kwargs, &format!("s4_layers.{i}."))?;
-        read.extend(names);
+    for i in 0..cfg.n_layers {
+        let mut norm = Norm::new(NormKind::Layer, h);
+        norm.weight = sd.real(&format!("norms.{i}.weight"), &[h])?;
+        norm.bias = sd.real(&format!("norms.{i}.bias"), &[h])?;
+        let layer = sd.block(&layer_kwargs, &format!("s4_layers.{i}."))?;
         blocks.push(Block { layer, norm });
     }
-    let unexpected: Vec<&str> = st.names().into_iter().filter(|n| !read.iter().any(|r| r == *n)).collect();
-    if !unexpected.is_empty() {
-        return Err(Error::format(path, format!("unexpected tensors: {}", unexpected.join(", "))));
-    }
-    S4Model::from_parts(cfg, Encoder::Linear { w, b }, blocks, None, decoder_w, decoder_b)
+    let decoder_w = sd.real("decoder.weight", &[d_out, h])?;
+    let decoder_b: Array1<T> = sd.real("decoder.bias", &[d_out])?;
+    sd.finish(|_| false)?;
+    S4Model::from_parts(cfg, encoder, blocks, None, decoder_w, decoder_b)
 }
 
 /// Reads `model.safetensors` and the keyword-argument JSON from disk and imports them.
@@ -287,4 +311,360 @@ pub fn export_example<T: Real>(model: &S4Model<T>) -> Result<(Vec<u8>, ExampleS4
     out.real("decoder.bias", b.shape(), b.iter());
     out.to_f32();
     Ok((out.serialize(Path::new("the example.py S4Model state dict"))?, kwargs))
+}
+
+/// The settings of a training-repository checkpoint (a PyTorch Lightning `SequenceLightningModule`
+/// of the LRA experiments): the Hydra config's `model`, `encoder` and `decoder` sections, as
+/// Lightning saves them under `hyper_parameters` (`tools/convert_official.py` extracts them). The
+/// vocabulary (`n_tokens`), `d_input` and `d_output` come from the dataset there; here they are
+/// read off the tensors' shapes when not given.
+///
+/// What is supported: `SequenceModel` with residual `R`, pooling stride 1, no model-level
+/// bidirectional copy; S4Block layers (`_name_: s4`, `layer: fftconv`); LayerNorm or BatchNorm,
+/// prenorm (with the final norm) or postnorm; an `embedding` or `linear` encoder; a `sequence`
+/// decoder in `pool` or `last` mode. Anything else is refused by name.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceModelSettings {
+    /// The `model:` section (`d_model`, `n_layers`, `prenorm`, `norm`, `dropout`, `layer`, …).
+    pub model: serde_json::Map<String, serde_json::Value>,
+    /// The `encoder:` section: `embedding` or `linear` (a name or `{"_name_": …}`).
+    pub encoder: serde_json::Value,
+    /// The `decoder:` section: `{"_name_": "sequence", "mode": "pool" | "last", …}`.
+    pub decoder: serde_json::Value,
+    /// Vocabulary size of an embedding encoder (default: from `encoder.0.weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_tokens: Option<usize>,
+    /// Input features of a linear encoder (default: from `encoder.0.weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_input: Option<usize>,
+    /// Outputs (default: from `decoder.0.output_transform.weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_output: Option<usize>,
+}
+
+fn name_of(v: &serde_json::Value) -> Option<&str> {
+    v.as_str().or_else(|| v.get("_name_").and_then(|n| n.as_str()))
+}
+
+fn refuse(what: &str, value: impl std::fmt::Display, expected: &str) -> Error {
+    Error::invalid(what, value, expected)
+}
+
+/// The S4Block keyword arguments of a Hydra `layer:` section: the options that only matter in
+/// training or have their neutral value are dropped; any other unsupported one is refused.
+fn s4block_kwargs(
+    layer: &serde_json::Value,
+    d_model: usize,
+    dropout: f64,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    use serde_json::Value;
+    let mut kw = layer.as_object().cloned().ok_or_else(|| refuse("model.layer", layer, "a mapping"))?;
+    match kw.remove("_name_") {
+        None => {}
+        Some(n) if n == "s4" => {}
+        Some(n) => return Err(refuse("model.layer._name_", n, "s4 (the S4Block)")),
+    }
+    let neutral: [(&str, Value); 6] = [
+        ("layer", Value::from("fftconv")),
+        ("gate_act", Value::from("id")),
+        ("weight_norm", Value::from(false)),
+        ("mult_act", Value::Null),
+        ("initializer", Value::Null),
+        ("postact", Value::Null),
+    ];
+    for (key, want) in neutral {
+        if let Some(v) = kw.remove(key)
+            && v != want
+            && !v.is_null()
+        {
+            return Err(refuse(
+                &format!("model.layer.{key}"),
+                v,
+                &format!("{want} (the only value this importer supports)"),
+            ));
+        }
+    }
+    if let Some(m) = kw.remove("measure")
+        && !m.is_null()
+    {
+        kw.insert("init".into(), m);
+    }
+    // training-only: weight decay, kernel dropout, the init's determinism, logging
+    for key in ["wd", "drop_kernel", "deterministic", "verbose"] {
+        kw.remove(key);
+    }
+    kw.insert("d_model".into(), d_model.into());
+    if kw.get("dropout").is_none_or(Value::is_null) {
+        kw.insert("dropout".into(), dropout.into());
+    }
+    Ok(kw)
+}
+
+impl SequenceModelSettings {
+    /// Reads the settings from a JSON object holding the sections `model`, `encoder` and
+    /// `decoder` (and optionally `n_tokens`, `d_input`, `d_output`): a whole Hydra config dump
+    /// does (its other sections are ignored), and so does `{"module": "SequenceModel", …}`.
+    ///
+    /// # Errors
+    /// Another module, a missing section, or a section of the wrong type.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let obj = v.as_object().ok_or_else(|| refuse("SequenceModel settings", "not an object", "a JSON object"))?;
+        match obj.get("module") {
+            None => {}
+            Some(m) if m == "SequenceModel" => {}
+            Some(m) => return Err(refuse("module", m, "SequenceModel")),
+        }
+        let keep = ["model", "encoder", "decoder", "n_tokens", "d_input", "d_output"];
+        let picked: serde_json::Map<_, _> =
+            obj.iter().filter(|(k, _)| keep.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        serde_json::from_value(serde_json::Value::Object(picked))
+            .map_err(|e| refuse("SequenceModel settings", e, "the Hydra config's model, encoder and decoder sections"))
+    }
+
+    /// The model configuration, with the sizes `n_tokens`/`d_input` and `d_output` resolved.
+    ///
+    /// # Errors
+    /// An unsupported option (named) or a missing size.
+    pub fn model_config(&self) -> Result<S4ModelConfig> {
+        use serde_json::Value;
+        let m = &self.model;
+        let num = |k: &str, default: Option<f64>| -> Result<f64> {
+            match m.get(k) {
+                None | Some(Value::Null) => default.ok_or_else(|| refuse(&format!("model.{k}"), "missing", "a number")),
+                Some(v) => v.as_f64().ok_or_else(|| refuse(&format!("model.{k}"), v, "a number")),
+            }
+        };
+        let flag = |k: &str, default: bool| -> Result<bool> {
+            match m.get(k) {
+                None | Some(Value::Null) => Ok(default),
+                Some(v) => v.as_bool().ok_or_else(|| refuse(&format!("model.{k}"), v, "true or false")),
+            }
+        };
+        let d_model = num("d_model", Some(256.0))? as usize;
+        let n_layers = num("n_layers", Some(4.0))? as usize;
+        let dropout = num("dropout", Some(0.0))?;
+        if flag("bidirectional", false)? {
+            return Err(refuse(
+                "model.bidirectional",
+                true,
+                "false (a second, reversed copy of every layer is not supported; the layer-level bidirectional is)",
+            ));
+        }
+        if num("n_repeat", Some(1.0))? != 1.0 || num("dropinp", Some(0.0))? != 0.0 {
+            return Err(refuse(
+                "model.n_repeat/dropinp",
+                format!("{:?}/{:?}", m.get("n_repeat"), m.get("dropinp")),
+                "1/0",
+            ));
+        }
+        if let Some(r) = m.get("residual").filter(|r| !r.is_null())
+            && name_of(r) != Some("R")
+        {
+            return Err(refuse("model.residual", r, "R (the plain residual)"));
+        }
+        if let Some(p) = m.get("pool").filter(|p| !p.is_null())
+            && (p.get("stride").and_then(Value::as_u64).unwrap_or(1) != 1
+                || p.get("expand").is_some_and(|e| !e.is_null()))
+        {
+            return Err(refuse("model.pool", p, "stride 1 and no expansion (no pooling inside the backbone)"));
+        }
+        let norm = match m.get("norm").map(name_of) {
+            None | Some(Some("layer")) => NormKind::Layer,
+            Some(Some("batch")) => NormKind::Batch,
+            Some(n) => return Err(refuse("model.norm", format!("{n:?}"), "layer or batch")),
+        };
+        let kwargs = s4block_kwargs(self.layer_section()?, d_model, dropout)?;
+        let layer = OfficialConfig { module: OfficialModule::S4Block, kwargs }.layer_config()?;
+        let pooling = match (name_of(&self.decoder), self.decoder.get("mode").and_then(Value::as_str)) {
+            (Some("sequence"), Some("pool")) => Pooling::Mean,
+            (Some("sequence"), Some("last") | None) => Pooling::Last,
+            (n, mode) => {
+                return Err(refuse("decoder", format!("{n:?} mode {mode:?}"), "sequence with mode pool or last"))
+            }
+        };
+        let vocab_size = match name_of(&self.encoder) {
+            Some("embedding") => {
+                Some(self.n_tokens.ok_or_else(|| refuse("n_tokens", "missing", "the vocabulary size"))?)
+            }
+            Some("linear") => None,
+            n => return Err(refuse("encoder", format!("{n:?}"), "embedding or linear")),
+        };
+        Ok(S4ModelConfig {
+            d_input: self.d_input.unwrap_or(1),
+            vocab_size,
+            d_output: self.d_output.ok_or_else(|| refuse("d_output", "missing", "the number of outputs"))?,
+            n_layers,
+            layer,
+            prenorm: flag("prenorm", true)?,
+            final_norm: true,
+            norm,
+            dropout,
+            pooling,
+            seed: 0,
+        })
+    }
+
+    /// The `model.layer` section (one layer configuration, or a list of one).
+    fn layer_section(&self) -> Result<&serde_json::Value> {
+        match self.model.get("layer") {
+            Some(serde_json::Value::Array(v)) if v.len() == 1 => Ok(&v[0]),
+            Some(serde_json::Value::Array(v)) => {
+                Err(refuse("model.layer", format!("a list of {}", v.len()), "one layer configuration"))
+            }
+            Some(l) => Ok(l),
+            None => Err(refuse("model.layer", "missing", "the S4 layer's settings")),
+        }
+    }
+
+    /// The sizes read off the state dict where the settings do not give them.
+    fn with_sizes(&self, st: &SafeTensors) -> Self {
+        let shape = |n: &str| st.tensor(n).ok().map(|t| t.shape().to_vec());
+        let mut s = self.clone();
+        if let Some(e) = shape("encoder.0.weight") {
+            match name_of(&self.encoder) {
+                Some("embedding") => s.n_tokens = s.n_tokens.or(e.first().copied()),
+                _ => s.d_input = s.d_input.or(e.get(1).copied()),
+            }
+        }
+        s.d_output = s.d_output.or(shape("decoder.0.output_transform.weight").and_then(|d| d.first().copied()));
+        s
+    }
+
+    /// The settings that rebuild `cfg` in the training repository.
+    ///
+    /// # Errors
+    /// A part with no equivalent there (an unpooled model, a layer parameterization it lacks).
+    pub fn from_model(cfg: &S4ModelConfig, rank: usize) -> Result<Self> {
+        use serde_json::json;
+        let l = &cfg.layer;
+        if cfg.prenorm && !cfg.final_norm {
+            return Err(refuse(
+                "final_norm",
+                false,
+                "true (SequenceModel has a norm after the last block when prenorm)",
+            ));
+        }
+        if l.real_transform != RealTransform::Exp {
+            return Err(refuse("layer real_transform", format!("{:?}", l.real_transform), "exp"));
+        }
+        let mode = match cfg.pooling {
+            Pooling::Mean => "pool",
+            Pooling::Last => "last",
+            Pooling::None => return Err(refuse("pooling", "none", "mean or last (a sequence decoder that pools)")),
+        };
+        let mut layer = json!({
+            "_name_": "s4", "mode": l.kernel.to_string(), "init": l.init.to_string(), "d_state": l.d_state,
+            "dt_min": l.dt_min, "dt_max": l.dt_max, "dt_transform": serde_json::to_value(l.dt_transform).expect("serializes"),
+            "bidirectional": l.bidirectional, "channels": l.channels, "n_ssm": l.n_ssm, "l_max": l.l_max,
+            "dropout": l.dropout, "activation": "gelu", "final_act": "glu", "rank": rank,
+        });
+        if l.kernel == KernelKind::Diag {
+            layer["disc"] = json!(match l.discretization() {
+                crate::discretize::Discretization::Zoh => "zoh",
+                _ => "bilinear",
+            });
+        }
+        let norm = match cfg.norm {
+            NormKind::Layer => "layer",
+            NormKind::Batch => "batch",
+        };
+        let model = json!({"_name_": "model", "d_model": l.d_model, "n_layers": cfg.n_layers, "prenorm": cfg.prenorm,
+                           "norm": norm, "dropout": cfg.dropout, "residual": "R", "transposed": false,
+                           "bidirectional": false, "layer": layer});
+        Ok(SequenceModelSettings {
+            model: model.as_object().expect("an object").clone(),
+            encoder: json!(if cfg.vocab_size.is_some() { "embedding" } else { "linear" }),
+            decoder: json!({"_name_": "sequence", "mode": mode}),
+            n_tokens: cfg.vocab_size,
+            d_input: cfg.vocab_size.is_none().then_some(cfg.d_input),
+            d_output: Some(cfg.d_output),
+        })
+    }
+}
+
+/// Imports a training-repository checkpoint's state dict (the Lightning names: `model.layers.{i}.…`,
+/// `model.norm.norm.*`, `encoder.0.*`, `decoder.0.output_transform.*`; safetensors bytes) with its
+/// settings. Every tensor is checked by name, shape and finiteness; a tensor nobody reads is an
+/// error (`num_batches_tracked`, a training counter, is read and ignored).
+///
+/// # Errors
+/// A missing, mis-shaped or unexpected tensor (named), or an unsupported setting (named).
+pub fn import_sequence_model<T: Real>(
+    bytes: &[u8],
+    path: &Path,
+    settings: &SequenceModelSettings,
+) -> Result<S4Model<T>> {
+    let mut sd = StateDict::new(bytes, path)?;
+    let settings = settings.with_sizes(&sd.st);
+    let cfg = settings.model_config()?;
+    cfg.validate()?;
+    let h = cfg.d_model();
+    let encoder = match cfg.vocab_size {
+        Some(v) => Encoder::Embedding { table: sd.real("encoder.0.weight", &[v, h])? },
+        None => {
+            Encoder::Linear { w: sd.real("encoder.0.weight", &[h, cfg.d_input])?, b: sd.real("encoder.0.bias", &[h])? }
+        }
+    };
+    let norm = |sd: &mut StateDict<'_>, prefix: &str| -> Result<Norm<T>> {
+        let mut n = Norm::new(cfg.norm, h);
+        n.weight = sd.real(&format!("{prefix}weight"), &[h])?;
+        n.bias = sd.real(&format!("{prefix}bias"), &[h])?;
+        if cfg.norm == NormKind::Batch {
+            n.running_mean = sd.real(&format!("{prefix}running_mean"), &[h])?;
+            n.running_var = sd.real(&format!("{prefix}running_var"), &[h])?;
+        }
+        Ok(n)
+    };
+    let layer_kwargs = OfficialConfig {
+        module: OfficialModule::S4Block,
+        kwargs: s4block_kwargs(settings.layer_section()?, h, cfg.dropout)?,
+    };
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for i in 0..cfg.n_layers {
+        let layer = sd.block(&layer_kwargs, &format!("model.layers.{i}.layer."))?;
+        blocks.push(Block { layer, norm: norm(&mut sd, &format!("model.layers.{i}.norm.norm."))? });
+    }
+    let final_norm = if cfg.has_final_norm() { Some(norm(&mut sd, "model.norm.norm.")?) } else { None };
+    let decoder_w = sd.real("decoder.0.output_transform.weight", &[cfg.d_output, h])?;
+    let decoder_b: Array1<T> = sd.real("decoder.0.output_transform.bias", &[cfg.d_output])?;
+    // num_batches_tracked: BatchNorm's training counter
+    sd.finish(|n| n.ends_with(".num_batches_tracked"))?;
+    S4Model::from_parts(cfg, encoder, blocks, final_norm, decoder_w, decoder_b)
+}
+
+/// The state dict of `model` under the training repository's Lightning names (safetensors bytes,
+/// float32; `num_batches_tracked` = 0 for BatchNorm) and the settings that rebuild it.
+///
+/// # Errors
+/// A part with no equivalent there (named).
+pub fn export_sequence_model<T: Real>(model: &S4Model<T>) -> Result<(Vec<u8>, SequenceModelSettings)> {
+    let rank = model.blocks().first().and_then(|b| b.layer.weights().p.as_ref()).map_or(1, |p| p.shape()[0]);
+    let settings = SequenceModelSettings::from_model(model.config(), rank)?;
+    let mut out = TensorWriter::new();
+    match model.encoder() {
+        Encoder::Embedding { table } => out.real("encoder.0.weight", table.shape(), table.iter()),
+        Encoder::Linear { w, b } => {
+            out.real("encoder.0.weight", w.shape(), w.iter());
+            out.real("encoder.0.bias", b.shape(), b.iter());
+        }
+    }
+    let norm = |prefix: &str, n: &Norm<T>, out: &mut TensorWriter| {
+        crate::model::checkpoint::norm_entries(prefix, n, out);
+        if n.kind == NormKind::Batch {
+            out.int(&format!("{prefix}num_batches_tracked"), 0);
+        }
+    };
+    for (i, blk) in model.blocks().iter().enumerate() {
+        crate::model::checkpoint::layer_entries(&format!("model.layers.{i}.layer."), &blk.layer, &mut out);
+        norm(&format!("model.layers.{i}.norm.norm."), &blk.norm, &mut out);
+    }
+    if let Some(n) = model.final_norm() {
+        norm("model.norm.norm.", n, &mut out);
+    }
+    let (w, b) = model.decoder();
+    out.real("decoder.0.output_transform.weight", w.shape(), w.iter());
+    out.real("decoder.0.output_transform.bias", b.shape(), b.iter());
+    out.to_f32();
+    Ok((out.serialize(Path::new("the SequenceModel state dict"))?, settings))
 }

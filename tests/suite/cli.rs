@@ -519,7 +519,7 @@ fn whole_official_models_in_and_out() {
     let back = tmp("example-back.safetensors");
     let _ = std::fs::remove_file(&back);
     let _ = std::fs::remove_file(back.with_extension("json"));
-    let out = s4(&["export-official", dir.to_str().unwrap(), "--out", back.to_str().unwrap()]);
+    let out = s4(&["export-official", dir.to_str().unwrap(), "--out", back.to_str().unwrap(), "--to", "example"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (a, b) = (std::fs::read(&st).unwrap(), std::fs::read(&back).unwrap());
     let (a, b) =
@@ -531,9 +531,29 @@ fn whole_official_models_in_and_out() {
     let kwargs: serde_json::Value = s4::io::read_json(&back.with_extension("json")).unwrap();
     assert_eq!(kwargs["module"], "S4Model");
     assert_eq!(kwargs["kwargs"]["prenorm"], true);
-    let again = s4(&["export-official", dir.to_str().unwrap(), "--out", back.to_str().unwrap()]);
+    let again = s4(&["export-official", dir.to_str().unwrap(), "--out", back.to_str().unwrap(), "--to", "example"]);
     assert_clear_error(&again, &["--force"]);
-    assert!(s4(&["export-official", dir.to_str().unwrap(), "--out", back.to_str().unwrap(), "--force"])
-        .status
-        .success());
+    // the same model as the training repository's SequenceModel has no equivalent: no final norm
+    let seq = s4(&["export-official", dir.to_str().unwrap(), "--out", back.to_str().unwrap(), "--force"]);
+    assert_clear_error(&seq, &["final_norm"]);
+    // a SequenceModel checkpoint in, and out again under the Lightning names
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official-models/sequence-listops");
+    let dir2 = tmp("sequence-model");
+    let _ = std::fs::remove_dir_all(&dir2);
+    let (st, cfg) = (fixture.join("model.safetensors"), fixture.join("config.json"));
+    let out = s4(&[
+        "import-official",
+        st.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        dir2.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let back2 = tmp("sequence-back.safetensors");
+    let out = s4(&["export-official", dir2.to_str().unwrap(), "--out", back2.to_str().unwrap(), "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let settings: serde_json::Value = s4::io::read_json(&back2.with_extension("json")).unwrap();
+    assert_eq!(settings["module"], "SequenceModel");
+    assert_eq!(settings["encoder"], "embedding");
 }

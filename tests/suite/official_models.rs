@@ -148,3 +148,46 @@ fn a_model_trained_here_exports_to_example_py() {
     let e = export_example(&trained).unwrap_err().to_string();
     assert!(e.contains("B = 1"), "{e}");
 }
+
+/// The training repository's `SequenceModel` with its task encoder and decoder (Lightning names),
+/// for the ListOps shape (tokens, postnorm BatchNorm, bidirectional DPLR) and a prenorm S4D model
+/// on features: official outputs, and a round trip to the same tensors.
+#[test]
+fn sequence_models_match_the_official_code_and_round_trip() {
+    use s4::model::official::{export_sequence_model, import_sequence_model, SequenceModelSettings};
+    for name in ["sequence-listops", "sequence-prenorm-s4d"] {
+        let settings =
+            SequenceModelSettings::from_json(&s4::io::read_json(&case(name, "config.json")).unwrap()).unwrap();
+        let bytes = std::fs::read(case(name, "model.safetensors")).unwrap();
+        let model: S4Model<f32> = import_sequence_model(&bytes, &case(name, "model.safetensors"), &settings).unwrap();
+        let y = if model.config().vocab_size.is_some() {
+            let t = s4::io::read_npy::<i64, Ix2>(case(name, "input.npy")).unwrap().mapv(|v| v as u32);
+            model.forward(Input::Tokens(t.view()), None).unwrap()
+        } else {
+            model.forward(Input::Features(input::<f32>(name).view()), None).unwrap()
+        };
+        let expected = s4::io::read_npy::<f32, Ix2>(case(name, "output.npy")).unwrap();
+        let (b, d) = expected.dim();
+        assert_eq!(y.dim(), (b, d, 1));
+        let diff = (0..b)
+            .flat_map(|i| (0..d).map(move |j| (i, j)))
+            .fold(0.0f64, |m, (i, j)| m.max((y[[i, j, 0]] as f64 - expected[[i, j]] as f64).abs()));
+        let rel = diff / expected.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+        println!("{name}: relative difference to the official output {rel:.1e}");
+        assert!(rel < 1e-4, "{name}: {rel}");
+        let (out, back) = export_sequence_model(&model).unwrap();
+        let (a, e) = (
+            safetensors::SafeTensors::deserialize(&bytes).unwrap(),
+            safetensors::SafeTensors::deserialize(&out).unwrap(),
+        );
+        let (mut na, mut ne) = (a.names(), e.names());
+        na.sort();
+        ne.sort();
+        assert_eq!(na, ne, "{name}: the same names");
+        for n in na.iter().filter(|n| !n.ends_with("num_batches_tracked")) {
+            assert_eq!(a.tensor(n).unwrap().data(), e.tensor(n).unwrap().data(), "{name}: {n}");
+        }
+        let again: S4Model<f32> = import_sequence_model(&out, &case(name, "exported"), &back).unwrap();
+        assert_eq!(again.config(), model.config());
+    }
+}
