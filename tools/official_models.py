@@ -198,8 +198,9 @@ def sequence_module(official: pathlib.Path, cfg: dict, state: dict):
             super().__init__()
             self.model = SequenceModel(layer=[layer], **model_cfg)
             self.encoder = U.PassthroughSequential(None, U.PassthroughSequential(enc))
+            l_output = cfg.get("l_output", 0)  # the dataset's; null keeps every position
             self.decoder = U.PassthroughSequential(
-                U.PassthroughSequential(SequenceDecoder(d, d_output, l_output=0, mode=cfg["decoder"]["mode"])), None)
+                U.PassthroughSequential(SequenceDecoder(d, d_output, l_output=l_output, mode=cfg["decoder"]["mode"])), None)
 
         def forward(self, x):
             h, _ = self.encoder(x)
@@ -229,7 +230,10 @@ def check(args):
     x = torch.from_numpy(np.load(args.input))
     with torch.no_grad():
         y = model(x).numpy()
-    expected = np.load(args.expected).reshape(y.shape)
+    expected = np.load(args.expected)
+    if expected.ndim == 3 and expected.shape[2] == y.shape[1] and expected.shape[1] != 1:
+        expected = expected.transpose(0, 2, 1)  # per position: s4's (B, d_output, L) as the official (B, L, d_output)
+    expected = expected.reshape(y.shape)
     rel = float(np.max(np.abs(y - expected)) / np.max(np.abs(y)))
     print(json.dumps({"module": cfg.get("module"), "strict_load": True,
                       "max_abs_diff": float(np.max(np.abs(y - expected))), "relative": rel}))

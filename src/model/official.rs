@@ -322,7 +322,8 @@ pub fn export_example<T: Real>(model: &S4Model<T>) -> Result<(Vec<u8>, ExampleS4
 /// What is supported: `SequenceModel` with residual `R`, pooling stride 1, no model-level
 /// bidirectional copy; S4Block layers (`_name_: s4`, `layer: fftconv`); LayerNorm or BatchNorm,
 /// prenorm (with the final norm) or postnorm; an `embedding` or `linear` encoder; a `sequence`
-/// decoder in `pool` or `last` mode. Anything else is refused by name.
+/// decoder in `pool` or `last` mode, or keeping every position (`l_output` null: a causal language
+/// model). Anything else is refused by name.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceModelSettings {
@@ -341,6 +342,15 @@ pub struct SequenceModelSettings {
     /// Outputs (default: from `decoder.0.output_transform.weight`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub d_output: Option<usize>,
+    /// The dataset's `l_output`, which the `sequence` decoder takes: 0 (the default, as the LRA
+    /// classification datasets have) reads out one pooled position; `null` keeps every position
+    /// (a sequence-to-sequence model or a causal language model).
+    #[serde(default = "pooled")]
+    pub l_output: Option<usize>,
+}
+
+fn pooled() -> Option<usize> {
+    Some(0)
 }
 
 fn name_of(v: &serde_json::Value) -> Option<&str> {
@@ -415,7 +425,7 @@ impl SequenceModelSettings {
             Some(m) if m == "SequenceModel" => {}
             Some(m) => return Err(refuse("module", m, "SequenceModel")),
         }
-        let keep = ["model", "encoder", "decoder", "n_tokens", "d_input", "d_output"];
+        let keep = ["model", "encoder", "decoder", "n_tokens", "d_input", "d_output", "l_output"];
         let picked: serde_json::Map<_, _> =
             obj.iter().filter(|(k, _)| keep.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         serde_json::from_value(serde_json::Value::Object(picked))
@@ -476,11 +486,16 @@ impl SequenceModelSettings {
         };
         let kwargs = s4block_kwargs(self.layer_section()?, d_model, dropout)?;
         let layer = OfficialConfig { module: OfficialModule::S4Block, kwargs }.layer_config()?;
-        let pooling = match (name_of(&self.decoder), self.decoder.get("mode").and_then(Value::as_str)) {
-            (Some("sequence"), Some("pool")) => Pooling::Mean,
-            (Some("sequence"), Some("last") | None) => Pooling::Last,
-            (n, mode) => {
-                return Err(refuse("decoder", format!("{n:?} mode {mode:?}"), "sequence with mode pool or last"))
+        let pooling = match (name_of(&self.decoder), self.decoder.get("mode").and_then(Value::as_str), self.l_output) {
+            (Some("sequence"), Some("last") | None, None) => Pooling::None,
+            (Some("sequence"), Some("pool"), Some(0)) => Pooling::Mean,
+            (Some("sequence"), Some("last") | None, Some(0)) => Pooling::Last,
+            (n, mode, l) => {
+                return Err(refuse(
+                    "decoder",
+                    format!("{n:?} mode {mode:?} with l_output {l:?}"),
+                    "sequence with mode pool or last and l_output 0, or mode last and l_output null (every position)",
+                ));
             }
         };
         let vocab_size = match name_of(&self.encoder) {
@@ -534,7 +549,7 @@ impl SequenceModelSettings {
     /// The settings that rebuild `cfg` in the training repository.
     ///
     /// # Errors
-    /// A part with no equivalent there (an unpooled model, a layer parameterization it lacks).
+    /// A part with no equivalent there (a prenorm model without the final norm, a parameterization of Re Λ it lacks).
     pub fn from_model(cfg: &S4ModelConfig, rank: usize) -> Result<Self> {
         use serde_json::json;
         let l = &cfg.layer;
@@ -548,10 +563,10 @@ impl SequenceModelSettings {
         if l.real_transform != RealTransform::Exp {
             return Err(refuse("layer real_transform", format!("{:?}", l.real_transform), "exp"));
         }
-        let mode = match cfg.pooling {
-            Pooling::Mean => "pool",
-            Pooling::Last => "last",
-            Pooling::None => return Err(refuse("pooling", "none", "mean or last (a sequence decoder that pools)")),
+        let (mode, l_output) = match cfg.pooling {
+            Pooling::Mean => ("pool", Some(0)),
+            Pooling::Last => ("last", Some(0)),
+            Pooling::None => ("last", None),
         };
         let mut layer = json!({
             "_name_": "s4", "mode": l.kernel.to_string(), "init": l.init.to_string(), "d_state": l.d_state,
@@ -579,6 +594,7 @@ impl SequenceModelSettings {
             n_tokens: cfg.vocab_size,
             d_input: cfg.vocab_size.is_none().then_some(cfg.d_input),
             d_output: Some(cfg.d_output),
+            l_output,
         })
     }
 }

@@ -191,3 +191,30 @@ fn sequence_models_match_the_official_code_and_round_trip() {
         assert_eq!(again.config(), model.config());
     }
 }
+
+/// A causal S4 language model crosses as a SequenceModel whose decoder keeps every position
+/// (`l_output` null), and comes back the same.
+#[test]
+fn a_causal_lm_exports_as_a_per_position_sequence_model() {
+    use s4::model::official::{export_sequence_model, import_sequence_model};
+    let mut cfg = S4ModelConfig::causal_lm(12);
+    cfg.n_layers = 2;
+    cfg.layer.d_model = 8;
+    cfg.layer.d_state = 4;
+    let lm = cfg.build().unwrap();
+    let (bytes, settings) = export_sequence_model(&lm).unwrap();
+    assert_eq!(settings.l_output, None);
+    let json = serde_json::to_value(&settings).unwrap();
+    assert!(json["l_output"].is_null(), "{json}");
+    let back: S4Model<f32> = import_sequence_model(&bytes, &case("lm", "exported"), &settings).unwrap();
+    let tokens = ndarray::Array2::from_shape_fn((2, 16), |(b, t)| ((b * 7 + t * 3) % 12) as u32);
+    assert_eq!(
+        back.forward(Input::Tokens(tokens.view()), None).unwrap(),
+        lm.forward(Input::Tokens(tokens.view()), None).unwrap()
+    );
+    // read from JSON, an absent l_output is the classification default (0): a pooling decoder
+    let mut pooled = json.clone();
+    pooled.as_object_mut().unwrap().remove("l_output");
+    let s = s4::model::official::SequenceModelSettings::from_json(&pooled).unwrap();
+    assert_eq!(s.model_config().unwrap().pooling, s4::model::Pooling::Last);
+}
