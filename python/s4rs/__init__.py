@@ -477,39 +477,47 @@ def _stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _merge(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def train(
     task: str,
     out: PathLike,
     preset: Optional[str] = None,
-    config: Optional[Dict[str, Any]] = None,
     data: Optional[PathLike] = None,
     sizes: Optional[Tuple[int, int, int]] = None,
     seed: int = 0,
     resume: bool = False,
     threads: Optional[int] = None,
     progress: Union[bool, Callable[[str], None]] = True,
+    **settings: Any,
 ) -> List[Dict[str, Any]]:
-    """Trains S4 on a long-range task (``adding``, ``listops``, ``pathfinder``, …) into folder ``out``,
-    as ``s4 train`` does: metrics.jsonl, curves.png, a checkpoint after every epoch.
+    """Trains S4 on a long-range task (``adding``, ``listops``, ``pathfinder``, ``acsf1``, ``digits``,
+    ``text``, ``retrieval``) into folder ``out``, as ``s4 train`` does: metrics.jsonl, curves.png, a
+    checkpoint after every epoch (``Model.load(out / "checkpoint")``).
 
-    ``preset`` (default: the task's CPU preset) or ``config`` (a whole training configuration as a
-    dict) sets the model and the optimizer; ``sizes`` (train, val, test) the generated splits.
-    Progress lines go to ``sys.stderr`` (so notebooks show them), or to ``progress`` if it is a
-    callable, or nowhere if False. Returns the metrics of every epoch.
+    The settings start from ``preset`` (default: the task's CPU preset; see ``s4 train --help``) and
+    ``settings`` override them by name, nested dicts merged: e.g. ``epochs=3, batch_size=16,
+    optim={"lr": 0.01}, model={"n_layers": 2, "layer": {"d_state": 32}}``. ``sizes`` (train, val,
+    test) sets the generated splits, ``data`` the folder of real data files. Progress lines go to
+    ``sys.stderr`` (so notebooks show them), or to ``progress`` if it is a callable, or nowhere if
+    False. ``resume`` continues the run in ``out``. Returns the metrics of every epoch.
     """
-    sink = _sink(progress)
-    config_json = None if config is None else json.dumps(config)
+    config = _merge(json.loads(_native.train_preset(preset, task)), settings)
     metrics = _native.train(
         task,
         os.fspath(out),
-        config_json=config_json,
-        preset=preset,
+        config_json=json.dumps(config),
         data=None if data is None else os.fspath(data),
         sizes=None if sizes is None else (int(sizes[0]), int(sizes[1]), int(sizes[2])),
         seed=seed,
         resume=resume,
         threads=threads,
-        progress=sink,
+        progress=_sink(progress),
     )
     return json.loads(metrics)
 

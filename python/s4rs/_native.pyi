@@ -14,6 +14,7 @@ __all__ = [
     "encode_text",
     "decode_text",
     "train",
+    "train_preset",
     "train_lm",
     "distill",
     "State",
@@ -64,6 +65,7 @@ def train(
     threads: Optional[int] = None,
     progress: Optional[Callable[[str], None]] = None,
 ) -> str: ...
+def train_preset(name: Optional[str] = None, task: Optional[str] = None) -> str: ...
 def train_lm(
     data: str,
     out: str,

@@ -860,6 +860,20 @@ fn decode_text(ids: Vec<u32>) -> PyResult<String> {
 // ---------------------------------------------------------------------------------------------
 // Training
 
+/// The training settings (JSON of a `TrainConfig`) of preset `name`, or of the task's default
+/// CPU preset when `name` is None and `task` is given.
+#[pyfunction]
+#[pyo3(signature = (name = None, task = None))]
+fn train_preset(name: Option<&str>, task: Option<&str>) -> PyResult<String> {
+    let name = match (name, task) {
+        (Some(n), _) => n,
+        (None, Some(t)) => s4::train::default_preset(t),
+        (None, None) => return Err(PyValueError::new_err("train_preset: give a preset name or a task")),
+    };
+    let cfg = s4::train::preset(name).py()?;
+    Ok(serde_json::to_string(&cfg).expect("a config serializes"))
+}
+
 /// Trains `task` into folder `out` with the settings of `config_json` (a whole `TrainConfig`, or
 /// None for the `preset`, or the task's default preset); `progress` receives each progress line.
 /// Returns the run's metrics as JSON (one object per epoch).
@@ -995,6 +1009,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_text, m)?)?;
     m.add_function(wrap_pyfunction!(decode_text, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
+    m.add_function(wrap_pyfunction!(train_preset, m)?)?;
     m.add_function(wrap_pyfunction!(train_lm, m)?)?;
     m.add_function(wrap_pyfunction!(distill, m)?)?;
     m.add_class::<State>()?;

@@ -251,14 +251,19 @@ def test_speculative_greedy_output_is_the_verifiers(tmp_path):
 
 def test_train_reports_progress_and_learns(tmp_path):
     lines = []
-    metrics = s4rs.train("adding", tmp_path / "run", preset="tiny", sizes=(256, 64, 64), progress=lines.append)
-    assert len(metrics) >= 1 and all(np.isfinite(m["train_loss"]) for m in metrics)
+    metrics = s4rs.train("adding", tmp_path / "run", preset="tiny", sizes=(256, 64, 64), progress=lines.append,
+                         epochs=2, optim={"lr": 0.005}, model={"n_layers": 1})
+    assert len(metrics) == 2 and all(np.isfinite(m["train_loss"]) for m in metrics)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert saved["optim"]["lr"] == 0.005 and saved["model"]["n_layers"] == 1 and saved["optim"]["lr_b"] == 0.001
     assert any(line.startswith("epoch") for line in lines)
     assert (tmp_path / "run" / "checkpoint" / "model.safetensors").exists()
     model = s4rs.Model.load(tmp_path / "run" / "checkpoint")
     assert model.config["d_output"] == 1
     with pytest.raises(ValueError, match="resume"):
         s4rs.train("adding", tmp_path / "run", preset="tiny", sizes=(256, 64, 64), progress=False)
+    with pytest.raises(ValueError, match="epoch"):
+        s4rs.train("adding", tmp_path / "run2", preset="tiny", epoch=3)  # a misspelt setting
 
 
 def test_whole_models_from_and_to_the_official_code(tmp_path):
