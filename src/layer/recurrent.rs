@@ -490,7 +490,8 @@ impl<T: Real> Recurrent<T> {
         crate::nn::simd::dot(&self.c2[(c * self.h + i) * m2..][..m2], x)
     }
 
-    fn check_state(&self, state: &State<T>, batch: usize) -> Result<()> {
+    /// Checks a state's shape (B, H, N/2) and its standard layout.
+    fn check_state_shape(&self, state: &State<T>, batch: usize) -> Result<()> {
         if state.x.dim() != (batch, self.h, self.m) {
             return Err(Error::shape(
                 "state",
@@ -498,9 +499,16 @@ impl<T: Real> Recurrent<T> {
                 state.x.shape(),
             ));
         }
-        let Some(xs) = state.x.as_slice() else {
+        if !state.x.is_standard_layout() {
             return Err(Error::invalid("state", "a non-contiguous array", "a standard-layout (B, H, N/2) array"));
-        };
+        }
+        Ok(())
+    }
+
+    /// Checks a state's shape and layout, and that its values are finite (one pass over it).
+    fn check_state(&self, state: &State<T>, batch: usize) -> Result<()> {
+        self.check_state_shape(state, batch)?;
+        let xs = state.x.as_slice().expect("checked standard layout");
         // SAFETY: as in `reals_mut`.
         let reals = unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<T>(), 2 * xs.len()) };
         if !all_finite(reals)
@@ -519,14 +527,15 @@ impl<T: Real> Recurrent<T> {
     /// linear (the packed few-row kernel shared with the transformer's decoding).
     ///
     /// # Errors
-    /// Wrong shapes of `u_t` or `state`, non-finite input or state, or an output that is not
-    /// finite (named by its position).
+    /// Wrong shapes of `u_t` or `state`, non-finite input or state (named; after a non-finite
+    /// state the other sequences' states may have advanced), or an output that is not finite
+    /// (named by its position).
     pub fn step(&self, state: &mut State<T>, u_t: ArrayView2<T>) -> Result<Array2<T>> {
         let (batch, h) = u_t.dim();
         if h != self.h || batch == 0 {
             return Err(Error::shape("u_t", format!("(B, H) with H = {}", self.h), u_t.shape()));
         }
-        self.check_state(state, batch)?;
+        self.check_state_shape(state, batch)?;
         let u = u_t.as_standard_layout();
         let us = u.as_slice().expect("standard layout");
         if !all_finite(us)
@@ -538,14 +547,31 @@ impl<T: Real> Recurrent<T> {
         let mut pre = Array2::<T>::zeros((batch, f));
         let xs = reals_mut(state.x.as_slice_mut().expect("checked standard layout"));
         let pres = pre.as_slice_mut().expect("a fresh array");
+        // Each sequence's state is checked finite right before its update, while it is brought
+        // into the cache for it (a separate pass over all B·H·N values first cost as much as the
+        // update itself at B = 32). A non-finite state is named; the other sequences' states may
+        // have advanced by then.
+        let row = |b: usize, x: &mut [T], p: &mut [T], u: &[T]| -> Result<()> {
+            if !all_finite(x) {
+                let k = x.iter().position(|v| !v.is_finite()).expect("a non-finite value") / 2;
+                let (i, j) = (k / self.m, k % self.m);
+                return Err(Error::invalid(format!("state[{b}, {i}, {j}]"), "non-finite", "finite values"));
+            }
+            ssm_step(self, u, x, p);
+            Ok(())
+        };
         if batch >= PARALLEL_MIN_BATCH {
-            xs.par_chunks_mut(h * m2)
+            let results: Vec<Result<()>> = xs
+                .par_chunks_mut(h * m2)
                 .zip(pres.par_chunks_mut(f))
                 .zip(us.par_chunks(h))
-                .for_each(|((x, p), u)| ssm_step(self, u, x, p));
+                .enumerate()
+                .map(|(b, ((x, p), u))| row(b, x, p, u))
+                .collect();
+            results.into_iter().collect::<Result<()>>()?;
         } else {
-            for ((x, p), u) in xs.chunks_mut(h * m2).zip(pres.chunks_mut(f)).zip(us.chunks(h)) {
-                ssm_step(self, u, x, p);
+            for (b, ((x, p), u)) in xs.chunks_mut(h * m2).zip(pres.chunks_mut(f)).zip(us.chunks(h)).enumerate() {
+                row(b, x, p, u)?;
             }
         }
         gelu_in_place(pres);
