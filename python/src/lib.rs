@@ -18,7 +18,7 @@ use s4::conv::FftConv;
 use s4::hippo::Measure;
 use s4::layer::{ForwardOptions, Recurrent, S4Layer, S4LayerConfig};
 use s4::model::checkpoint;
-use s4::model::{Input, ModelState, S4Model, S4ModelConfig, StepInput};
+use s4::model::{Input, ModelState, RecurrentModel, S4Model, S4ModelConfig, StepInput};
 use s4::scalar::{HalfPrecision, Real};
 use s4::speculative::{CausalModel, SpecConfig};
 use s4::ssm::{SsmInitConfig, SsmParams};
@@ -520,9 +520,37 @@ impl Layer {
 // ---------------------------------------------------------------------------------------------
 // Model
 
+/// A model with its recurrent form, built on the first step and kept: it owns a copy of the
+/// weights, so stepping costs one step, not a re-discretization of every layer.
+struct TypedModel<T: Real> {
+    model: S4Model<T>,
+    recurrent: OnceLock<RecurrentModel<'static, T>>,
+}
+
+impl<T: Real> TypedModel<T> {
+    fn new(model: S4Model<T>) -> Self {
+        TypedModel { model, recurrent: OnceLock::new() }
+    }
+
+    fn recurrent(&self) -> s4::Result<&RecurrentModel<'static, T>> {
+        if let Some(r) = self.recurrent.get() {
+            return Ok(r);
+        }
+        let r = self.model.clone().into_recurrent()?;
+        Ok(self.recurrent.get_or_init(|| r))
+    }
+}
+
+impl<T: Real> std::ops::Deref for TypedModel<T> {
+    type Target = S4Model<T>;
+    fn deref(&self) -> &S4Model<T> {
+        &self.model
+    }
+}
+
 enum ModelInner {
-    F32(S4Model<f32>),
-    F64(S4Model<f64>),
+    F32(TypedModel<f32>),
+    F64(TypedModel<f64>),
 }
 
 /// A deep S4 model (encoder, residual S4 blocks, decoder) in float32 or float64.
@@ -560,7 +588,7 @@ fn model_forward<'py, T: StateOf + numpy::Element>(
 
 fn model_step<'py, T: StateOf + numpy::Element>(
     py: Python<'py>,
-    m: &S4Model<T>,
+    m: &TypedModel<T>,
     state: &mut State,
     x: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray2<T>>> {
@@ -585,7 +613,11 @@ impl Model {
     fn from_config(py: Python<'_>, config_json: &str, double: bool) -> PyResult<Model> {
         let cfg: S4ModelConfig = serde_json::from_str(config_json).map_err(|e| json_err("model settings", e))?;
         let inner = py.detach(|| -> s4::Result<ModelInner> {
-            Ok(if double { ModelInner::F64(cfg.build_as()?) } else { ModelInner::F32(cfg.build_as()?) })
+            Ok(if double {
+                ModelInner::F64(TypedModel::new(cfg.build_as()?))
+            } else {
+                ModelInner::F32(TypedModel::new(cfg.build_as()?))
+            })
         });
         Ok(Model { inner: inner.py()? })
     }
@@ -602,9 +634,9 @@ impl Model {
     fn load(py: Python<'_>, path: PathBuf, double: bool) -> PyResult<Model> {
         let inner = py.detach(|| -> s4::Result<ModelInner> {
             Ok(if double {
-                ModelInner::F64(checkpoint::load(&path)?)
+                ModelInner::F64(TypedModel::new(checkpoint::load(&path)?))
             } else {
-                ModelInner::F32(checkpoint::load(&path)?)
+                ModelInner::F32(TypedModel::new(checkpoint::load(&path)?))
             })
         });
         Ok(Model { inner: inner.py()? })
@@ -638,9 +670,9 @@ impl Model {
                 }
             }
             Ok(if double {
-                ModelInner::F64(load(&bytes, &weights, &seq, &example)?)
+                ModelInner::F64(TypedModel::new(load(&bytes, &weights, &seq, &example)?))
             } else {
-                ModelInner::F32(load(&bytes, &weights, &seq, &example)?)
+                ModelInner::F32(TypedModel::new(load(&bytes, &weights, &seq, &example)?))
             })
         });
         Ok(Model { inner: inner.py()? })

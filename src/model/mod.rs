@@ -675,7 +675,17 @@ impl<T: Real> S4Model<T> {
     /// A bidirectional model, or a layer whose C̃ cannot be inverted.
     pub fn recurrent(&self) -> Result<RecurrentModel<'_, T>> {
         let layers = self.blocks.iter().map(|b| b.layer.recurrent()).collect::<Result<Vec<_>>>()?;
-        Ok(RecurrentModel { model: self, layers })
+        Ok(RecurrentModel { model: std::borrow::Cow::Borrowed(self), layers })
+    }
+
+    /// The model set up for recurrent mode, owning its weights: for holders that keep the
+    /// recurrent form across calls (a binding's model object, a server) without a borrow.
+    ///
+    /// # Errors
+    /// As [`recurrent`](Self::recurrent).
+    pub fn into_recurrent(self) -> Result<RecurrentModel<'static, T>> {
+        let layers = self.blocks.iter().map(|b| b.layer.recurrent()).collect::<Result<Vec<_>>>()?;
+        Ok(RecurrentModel { model: std::borrow::Cow::Owned(self), layers })
     }
 
     /// Streaming LM, step 1: runs a prompt (B, L) in convolutional mode and returns the logits of
@@ -693,14 +703,20 @@ impl<T: Real> S4Model<T> {
     }
 }
 
-/// A model in recurrent mode: borrows the weights, owns the discretized layers.
+/// A model in recurrent mode: borrows (or, from [`S4Model::into_recurrent`], owns) the weights,
+/// owns the discretized layers.
 #[derive(Clone, Debug)]
-pub struct RecurrentModel<'a, T> {
-    model: &'a S4Model<T>,
+pub struct RecurrentModel<'a, T: Clone> {
+    model: std::borrow::Cow<'a, S4Model<T>>,
     layers: Vec<Recurrent<T>>,
 }
 
 impl<T: Real> RecurrentModel<'_, T> {
+    /// The model it steps.
+    pub fn model(&self) -> &S4Model<T> {
+        &self.model
+    }
+
     /// A zero state for `batch` sequences.
     pub fn zero_state(&self, batch: usize) -> ModelState<T> {
         ModelState { layers: self.layers.iter().map(|l| l.zero_state(batch)).collect() }
@@ -712,7 +728,7 @@ impl<T: Real> RecurrentModel<'_, T> {
     /// # Errors
     /// Bad shapes or tokens, a pooling model, or a state of another batch size or depth.
     pub fn step(&self, state: &mut ModelState<T>, input: StepInput<T>) -> Result<Array2<T>> {
-        let m = self.model;
+        let m: &S4Model<T> = &self.model;
         if m.config.pooling != Pooling::None {
             return Err(Error::invalid("pooling", format!("{:?}", m.config.pooling), "none for recurrent mode"));
         }
