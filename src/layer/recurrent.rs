@@ -241,9 +241,9 @@ simd_dispatch! {
     fn ssm_step_generic(rec: &Recurrent<T>, u: &[T], xs: &mut [T], pre: &mut [T]) -> () = ssm_step_body
 }
 
-/// [`ssm_step_body`] with the widest vectors [`SimdLevel::current`] allows: in f32 with AVX2 +
-/// FMA (also on AVX-512 hosts: a channel's state is a few registers) by [`ssm_step_avx2`] when
-/// 2M is a multiple of 8 and the rank at most [`MAX_FAST_RANK`], otherwise generically.
+/// [`ssm_step_body`] with the widest vectors [`SimdLevel::current`] allows: in f32 with AVX-512
+/// ([`ssm_step_avx512`]) when M is a multiple of 8, with AVX2 + FMA ([`ssm_step_avx2`]) when it is
+/// a multiple of 4, the rank at most [`MAX_FAST_RANK`]; otherwise generically.
 fn ssm_step<T: Real>(rec: &Recurrent<T>, u: &[T], xs: &mut [T], pre: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     if SimdLevel::current() >= SimdLevel::Avx2Fma
@@ -252,133 +252,168 @@ fn ssm_step<T: Real>(rec: &Recurrent<T>, u: &[T], xs: &mut [T], pre: &mut [T]) {
         && let (Some(rec32), Some(u), Some(xs), Some(pre)) =
             ((rec as &dyn std::any::Any).downcast_ref::<Recurrent<f32>>(), as_f32(u), as_f32_mut(xs), as_f32_mut(pre))
     {
+        if SimdLevel::current() >= SimdLevel::Avx512 && rec.m.is_multiple_of(8) {
+            // SAFETY: the CPU supports AVX-512F (`current` never exceeds it); M and R checked above.
+            return unsafe { ssm_step_avx512(rec32, u, xs, pre) };
+        }
         // SAFETY: the CPU supports AVX2 and FMA (`current` never exceeds it); M and R checked above.
         return unsafe { ssm_step_avx2(rec32, u, xs, pre) };
     }
     ssm_step_generic(rec, u, xs, pre)
 }
 
-/// [`ssm_step_body`] for f32 with AVX2 + FMA intrinsics: four complex values per register; a
-/// complex product a ⊙ x is (Re a, Re a)·x ± (Im a, Im a)·swap(x), with the duplicated parts and
-/// the pair swap made by one shuffle each (`vmovsldup`, `vmovshdup`, `vpermilps`) and the sign by
-/// `vfmaddsub`; the dots 2·Re(·) are plain multiply–adds over the interleaved parts with one
-/// horizontal sum each.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; M a multiple of 4, rank ≤ [`MAX_FAST_RANK`]; `u` (H,),
-/// `xs` (H·2M), `pre` (channels·H).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn ssm_step_avx2(rec: &Recurrent<f32>, u: &[f32], xs: &mut [f32], pre: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let (h, m2, ch) = (rec.h, 2 * rec.m, rec.channels);
-    assert!(m2 % 8 == 0 && u.len() == h && xs.len() == h * m2 && pre.len() == ch * h);
-    let lanes = m2 / 8;
-    // SAFETY (all blocks below): every pointer offset stays inside a run of 2M values that the
-    // assertion above and the layout of `Recurrent` guarantee.
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-        }
-    }
-    /// Σ over the run of a[l]·x[l].
-    #[inline(always)]
-    unsafe fn dot(a: *const f32, x: *const f32, lanes: usize) -> f32 {
-        unsafe {
-            let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut l = 0;
-            while l + 2 <= lanes {
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(8 * l)), _mm256_loadu_ps(x.add(8 * l)), s0);
-                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(8 * l + 8)), _mm256_loadu_ps(x.add(8 * l + 8)), s1);
-                l += 2;
-            }
-            if l < lanes {
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(8 * l)), _mm256_loadu_ps(x.add(8 * l)), s0);
-            }
-            hsum(_mm256_add_ps(s0, s1))
-        }
-    }
-    /// a ⊙ x for four complex values, plus `acc`.
-    #[inline(always)]
-    unsafe fn cmul_add(a: __m256, x: __m256, acc: __m256) -> __m256 {
-        unsafe {
-            let im_x = _mm256_mul_ps(_mm256_movehdup_ps(a), _mm256_permute_ps::<0b1011_0001>(x));
-            // (Re a·Re x − Im a·Im x, Re a·Im x + Im a·Re x) = fmaddsub(Re a, x, swap term)
-            _mm256_add_ps(_mm256_fmaddsub_ps(_mm256_moveldup_ps(a), x, im_x), acc)
-        }
-    }
-    /// x ← a ⊙ x + b·u over the run (b null: no input term).
-    #[inline(always)]
-    unsafe fn scale_add(x: *mut f32, a: *const f32, b: *const f32, u: f32, lanes: usize) {
-        unsafe {
-            let uv = _mm256_set1_ps(u);
-            for l in 0..lanes {
-                let add =
-                    if b.is_null() { _mm256_setzero_ps() } else { _mm256_mul_ps(_mm256_loadu_ps(b.add(8 * l)), uv) };
-                let xv = _mm256_loadu_ps(x.add(8 * l));
-                _mm256_storeu_ps(x.add(8 * l), cmul_add(_mm256_loadu_ps(a.add(8 * l)), xv, add));
-            }
-        }
-    }
-    /// x ← x − s·(d ⊙ v) over the run (d null: v itself).
-    #[inline(always)]
-    unsafe fn sub_scaled(x: *mut f32, s: f32, d: *const f32, v: *const f32, lanes: usize) {
-        unsafe {
-            let sv = _mm256_set1_ps(s);
-            for l in 0..lanes {
-                let mut vv = _mm256_loadu_ps(v.add(8 * l));
-                if !d.is_null() {
-                    vv = cmul_add(_mm256_loadu_ps(d.add(8 * l)), vv, _mm256_setzero_ps());
+/// Defines an f32 SSM step kernel (see [`ssm_step_avx2`]) for one vector width: `$w` floats per
+/// register and the intrinsics of that width, so the AVX2 and AVX-512 kernels are one body.
+macro_rules! ssm_step_kernel {
+    (
+        $(#[$doc:meta])* $name:ident, $features:literal, $w:literal, $v:ty,
+        load: $load:ident, store: $store:ident, zero: $zero:ident, set1: $set1:ident, add: $add:ident,
+        mul: $mul:ident, fmadd: $fmadd:ident, fnmadd: $fnmadd:ident, fmaddsub: $fmaddsub:ident,
+        ldup: $ldup:ident, hdup: $hdup:ident, swap: $swap:expr, hsum: $hsum:expr
+    ) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(rec: &Recurrent<f32>, u: &[f32], xs: &mut [f32], pre: &mut [f32]) {
+            use std::arch::x86_64::*;
+            let (h, m2, ch) = (rec.h, 2 * rec.m, rec.channels);
+            assert!(m2 % $w == 0 && u.len() == h && xs.len() == h * m2 && pre.len() == ch * h);
+            let lanes = m2 / $w;
+            // SAFETY (all blocks below): every pointer offset stays inside a run of 2M values that the
+            // assertion above and the layout of `Recurrent` guarantee.
+            /// Σ over the run of a[l]·x[l].
+            #[inline(always)]
+            unsafe fn dot(a: *const f32, x: *const f32, lanes: usize) -> f32 {
+                unsafe {
+                    let (mut s0, mut s1) = ($zero(), $zero());
+                    let mut l = 0;
+                    while l + 2 <= lanes {
+                        s0 = $fmadd($load(a.add($w * l)), $load(x.add($w * l)), s0);
+                        s1 = $fmadd($load(a.add($w * l + $w)), $load(x.add($w * l + $w)), s1);
+                        l += 2;
+                    }
+                    if l < lanes {
+                        s0 = $fmadd($load(a.add($w * l)), $load(x.add($w * l)), s0);
+                    }
+                    ($hsum)($add(s0, s1))
                 }
-                let xv = _mm256_loadu_ps(x.add(8 * l));
-                _mm256_storeu_ps(x.add(8 * l), _mm256_fnmadd_ps(sv, vv, xv));
             }
-        }
-    }
-    unsafe {
-        let null = std::ptr::null();
-        for i in 0..h {
-            let x = xs.as_mut_ptr().add(i * m2);
-            let off = i * m2;
-            let ui = u[i];
-            match &rec.dynamics {
-                Dynamics::Diag { a_bar, b_bar } => {
-                    scale_add(x, a_bar.as_ptr().add(off), b_bar.as_ptr().add(off), ui, lanes);
+            /// a ⊙ x for a register of complex values, plus `acc`.
+            #[inline(always)]
+            unsafe fn cmul_add(a: $v, x: $v, acc: $v) -> $v {
+                unsafe {
+                    let im_x = $mul($hdup(a), ($swap)(x));
+                    // (Re a·Re x − Im a·Im x, Re a·Im x + Im a·Re x) = fmaddsub(Re a, x, swap term)
+                    $add($fmaddsub($ldup(a), x, im_x), acc)
                 }
-                Dynamics::Dplr { e, dinv, bd, p2, quarter_dt, s_inv, rank } => {
-                    let (r, q) = (*rank, quarter_dt[i]);
-                    let low = |k: usize| p2.as_ptr().add((i * r + k) * m2);
-                    let d = dinv.as_ptr().add(off);
-                    let (mut s, mut t) = ([0.0f32; MAX_FAST_RANK], [0.0f32; MAX_FAST_RANK]);
-                    for k in 0..r {
-                        s[k] = dot(low(k), x, lanes);
-                    }
-                    scale_add(x, e.as_ptr().add(off), bd.as_ptr().add(off), ui, lanes);
-                    for k in 0..r {
-                        sub_scaled(x, q * s[k], null, low(k), lanes);
-                    }
-                    scale_add(x, d, null, 0.0, lanes);
-                    for k in 0..r {
-                        t[k] = dot(low(k), x, lanes);
-                    }
-                    let si = &s_inv[i * r * r..][..r * r];
-                    for a in 0..r {
-                        s[a] = (0..r).fold(0.0, |acc, b| si[a * r + b].mul_add(t[b], acc));
-                    }
-                    for k in 0..r {
-                        sub_scaled(x, q * s[k], d, low(k), lanes);
+            }
+            /// x ← a ⊙ x + b·u over the run (b null: no input term).
+            #[inline(always)]
+            unsafe fn scale_add(x: *mut f32, a: *const f32, b: *const f32, u: f32, lanes: usize) {
+                unsafe {
+                    let uv = $set1(u);
+                    for l in 0..lanes {
+                        let add =
+                            if b.is_null() { $zero() } else { $mul($load(b.add($w * l)), uv) };
+                        let xv = $load(x.add($w * l));
+                        $store(x.add($w * l), cmul_add($load(a.add($w * l)), xv, add));
                     }
                 }
             }
-            for c in 0..ch {
-                let row = c * h + i;
-                pre[row] = rec.d[[c, i]].mul_add(ui, dot(rec.c2.as_ptr().add(row * m2), x, lanes));
+            /// x ← x − s·(d ⊙ v) over the run (d null: v itself).
+            #[inline(always)]
+            unsafe fn sub_scaled(x: *mut f32, s: f32, d: *const f32, v: *const f32, lanes: usize) {
+                unsafe {
+                    let sv = $set1(s);
+                    for l in 0..lanes {
+                        let mut vv = $load(v.add($w * l));
+                        if !d.is_null() {
+                            vv = cmul_add($load(d.add($w * l)), vv, $zero());
+                        }
+                        let xv = $load(x.add($w * l));
+                        $store(x.add($w * l), $fnmadd(sv, vv, xv));
+                    }
+                }
+            }
+            unsafe {
+                let null = std::ptr::null();
+                for i in 0..h {
+                    let x = xs.as_mut_ptr().add(i * m2);
+                    let off = i * m2;
+                    let ui = u[i];
+                    match &rec.dynamics {
+                        Dynamics::Diag { a_bar, b_bar } => {
+                            scale_add(x, a_bar.as_ptr().add(off), b_bar.as_ptr().add(off), ui, lanes);
+                        }
+                        Dynamics::Dplr { e, dinv, bd, p2, quarter_dt, s_inv, rank } => {
+                            let (r, q) = (*rank, quarter_dt[i]);
+                            let low = |k: usize| p2.as_ptr().add((i * r + k) * m2);
+                            let d = dinv.as_ptr().add(off);
+                            let (mut s, mut t) = ([0.0f32; MAX_FAST_RANK], [0.0f32; MAX_FAST_RANK]);
+                            for k in 0..r {
+                                s[k] = dot(low(k), x, lanes);
+                            }
+                            scale_add(x, e.as_ptr().add(off), bd.as_ptr().add(off), ui, lanes);
+                            for k in 0..r {
+                                sub_scaled(x, q * s[k], null, low(k), lanes);
+                            }
+                            scale_add(x, d, null, 0.0, lanes);
+                            for k in 0..r {
+                                t[k] = dot(low(k), x, lanes);
+                            }
+                            let si = &s_inv[i * r * r..][..r * r];
+                            for a in 0..r {
+                                s[a] = (0..r).fold(0.0, |acc, b| si[a * r + b].mul_add(t[b], acc));
+                            }
+                            for k in 0..r {
+                                sub_scaled(x, q * s[k], d, low(k), lanes);
+                            }
+                        }
+                    }
+                    for c in 0..ch {
+                        let row = c * h + i;
+                        pre[row] = rec.d[[c, i]].mul_add(ui, dot(rec.c2.as_ptr().add(row * m2), x, lanes));
+                    }
+                }
             }
         }
+    };
+}
+
+ssm_step_kernel! {
+    /// [`ssm_step_body`] for f32 with AVX2 + FMA intrinsics: four complex values per register; a
+    /// complex product a ⊙ x is (Re a, Re a)·x ± (Im a, Im a)·swap(x), with the duplicated parts and
+    /// the pair swap made by one shuffle each (`vmovsldup`, `vmovshdup`, `vpermilps`) and the sign by
+    /// `vfmaddsub`; the dots 2·Re(·) are plain multiply–adds over the interleaved parts with one
+    /// horizontal sum each.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; M a multiple of 4, rank ≤ [`MAX_FAST_RANK`]; `u` (H,),
+    /// `xs` (H·2M), `pre` (channels·H).
+    ssm_step_avx2, "avx2,fma", 8, __m256,
+    load: _mm256_loadu_ps, store: _mm256_storeu_ps, zero: _mm256_setzero_ps, set1: _mm256_set1_ps,
+    add: _mm256_add_ps, mul: _mm256_mul_ps, fmadd: _mm256_fmadd_ps, fnmadd: _mm256_fnmadd_ps,
+    fmaddsub: _mm256_fmaddsub_ps, ldup: _mm256_moveldup_ps, hdup: _mm256_movehdup_ps,
+    swap: |x| _mm256_permute_ps::<0b1011_0001>(x),
+    hsum: |v: __m256| {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
+}
+
+ssm_step_kernel! {
+    /// [`ssm_step_avx2`] with AVX-512F: eight complex values per register (M a multiple of 8).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; M a multiple of 8, rank ≤ [`MAX_FAST_RANK`]; `u` (H,),
+    /// `xs` (H·2M), `pre` (channels·H).
+    ssm_step_avx512, "avx512f", 16, __m512,
+    load: _mm512_loadu_ps, store: _mm512_storeu_ps, zero: _mm512_setzero_ps, set1: _mm512_set1_ps,
+    add: _mm512_add_ps, mul: _mm512_mul_ps, fmadd: _mm512_fmadd_ps, fnmadd: _mm512_fnmadd_ps,
+    fmaddsub: _mm512_fmaddsub_ps, ldup: _mm512_moveldup_ps, hdup: _mm512_movehdup_ps,
+    swap: |x| _mm512_permute_ps::<0b1011_0001>(x),
+    hsum: |v: __m512| _mm512_reduce_add_ps(v)
 }
 
 simd_dispatch! {
@@ -676,7 +711,9 @@ mod tests {
     #[test]
     fn step_equals_conv_at_every_simd_level() {
         for (kernel, init, d_state, channels) in [
+            // M = 8: the AVX-512 kernel; M = 12: the AVX2 kernel even at the AVX-512 level
             (KernelKind::Dplr, "legs", 16, 1),
+            (KernelKind::Dplr, "legs", 24, 1),
             (KernelKind::Dplr, "legt", 16, 2),
             (KernelKind::Dplr, "legs", 6, 1),
             (KernelKind::Diag, "diag-lin", 16, 2),
