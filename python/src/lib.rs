@@ -326,6 +326,8 @@ struct Layer {
 }
 
 trait StateOf: Real {
+    fn layer_ref(s: &StateInner) -> Option<&s4::layer::State<Self>>;
+    fn model_ref(s: &StateInner) -> Option<&ModelState<Self>>;
     fn wrap(s: s4::layer::State<Self>) -> StateInner;
     fn unwrap(s: &mut StateInner) -> Option<&mut s4::layer::State<Self>>;
     fn wrap_model(s: ModelState<Self>) -> StateInner;
@@ -333,6 +335,18 @@ trait StateOf: Real {
 }
 
 impl StateOf for f32 {
+    fn layer_ref(s: &StateInner) -> Option<&s4::layer::State<f32>> {
+        match s {
+            StateInner::Layer32(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn model_ref(s: &StateInner) -> Option<&ModelState<f32>> {
+        match s {
+            StateInner::Model32(s) => Some(s),
+            _ => None,
+        }
+    }
     fn wrap(s: s4::layer::State<f32>) -> StateInner {
         StateInner::Layer32(s)
     }
@@ -354,6 +368,18 @@ impl StateOf for f32 {
 }
 
 impl StateOf for f64 {
+    fn layer_ref(s: &StateInner) -> Option<&s4::layer::State<f64>> {
+        match s {
+            StateInner::Layer64(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn model_ref(s: &StateInner) -> Option<&ModelState<f64>> {
+        match s {
+            StateInner::Model64(s) => Some(s),
+            _ => None,
+        }
+    }
     fn wrap(s: s4::layer::State<f64>) -> StateInner {
         StateInner::Layer64(s)
     }
@@ -384,7 +410,7 @@ fn layer_forward<'py, T: StateOf + numpy::Element>(
 ) -> PyResult<(Bound<'py, PyArray3<T>>, Option<State>)> {
     let x: PyReadonlyArray3<'py, T> = x.extract()?;
     let initial_state = match state {
-        Some(s) => Some(T::unwrap(&mut s.inner.clone()).cloned().ok_or_else(|| wrong_state("this layer's dtype"))?),
+        Some(s) => Some(T::layer_ref(&s.inner).cloned().ok_or_else(|| wrong_state("this layer's dtype"))?),
         None => None,
     };
     let opts = ForwardOptions { lengths, initial_state, return_state, dropout_seed: None };
@@ -568,9 +594,7 @@ fn model_forward<'py, T: StateOf + numpy::Element>(
     return_state: bool,
 ) -> PyResult<(Bound<'py, PyArray3<T>>, Option<State>)> {
     let initial = match state {
-        Some(s) => {
-            Some(T::unwrap_model(&mut s.inner.clone()).cloned().ok_or_else(|| wrong_state("a model of this dtype"))?)
-        }
+        Some(s) => Some(T::model_ref(&s.inner).cloned().ok_or_else(|| wrong_state("a model of this dtype"))?),
         None => None,
     };
     let lengths = lengths.as_deref();
@@ -649,30 +673,19 @@ impl Model {
     #[staticmethod]
     #[pyo3(signature = (weights, config_json, double = false))]
     fn import_official(py: Python<'_>, weights: PathBuf, config_json: &str, double: bool) -> PyResult<Model> {
-        use s4::model::official::{import_example, import_sequence_model, ExampleS4Model, SequenceModelSettings};
+        use s4::model::official::{ExampleS4Model, OfficialModel};
         let v: serde_json::Value = serde_json::from_str(config_json).map_err(|e| json_err("official settings", e))?;
-        let sequence = v.get("module").and_then(|m| m.as_str()) == Some("SequenceModel")
-            || (v.get("module").is_none() && v.get("model").is_some() && v.get("decoder").is_some());
-        let seq = sequence.then(|| SequenceModelSettings::from_json(&v)).transpose().py()?;
-        let example = (!sequence).then(|| ExampleS4Model::from_json(&v)).transpose().py()?;
+        // a whole-model description, or else example.py's keyword arguments alone
+        let official = match OfficialModel::from_json(&v).py()? {
+            Some(o) => o,
+            None => OfficialModel::Example(ExampleS4Model::from_json(&v).py()?),
+        };
         let inner = py.detach(|| -> s4::Result<ModelInner> {
             let bytes = std::fs::read(&weights).map_err(|e| s4::Error::io(&weights, e))?;
-            fn load<T: Real>(
-                bytes: &[u8],
-                path: &std::path::Path,
-                seq: &Option<SequenceModelSettings>,
-                example: &Option<ExampleS4Model>,
-            ) -> s4::Result<S4Model<T>> {
-                match (seq, example) {
-                    (Some(s), _) => import_sequence_model(bytes, path, s),
-                    (None, Some(k)) => import_example(bytes, path, k),
-                    (None, None) => unreachable!("one of the two was parsed"),
-                }
-            }
             Ok(if double {
-                ModelInner::F64(TypedModel::new(load(&bytes, &weights, &seq, &example)?))
+                ModelInner::F64(TypedModel::new(official.import(&bytes, &weights)?))
             } else {
-                ModelInner::F32(TypedModel::new(load(&bytes, &weights, &seq, &example)?))
+                ModelInner::F32(TypedModel::new(official.import(&bytes, &weights)?))
             })
         });
         Ok(Model { inner: inner.py()? })
@@ -683,30 +696,23 @@ impl Model {
     /// `S4Model`). Returns the settings (JSON) that rebuild it.
     #[pyo3(signature = (weights, to = "sequence-model"))]
     fn export_official(&self, py: Python<'_>, weights: PathBuf, to: &str) -> PyResult<String> {
-        use s4::model::official::{export_example, export_sequence_model};
-        if !matches!(to, "sequence-model" | "example") {
-            return Err(PyValueError::new_err(format!(
-                "invalid to = {to:?}: expected \"sequence-model\" or \"example\""
-            )));
-        }
-        py.detach(|| -> s4::Result<String> {
-            fn export<T: Real>(m: &S4Model<T>, to: &str) -> s4::Result<(Vec<u8>, serde_json::Value)> {
-                Ok(if to == "example" {
-                    let (bytes, kwargs) = export_example(m)?;
-                    (bytes, serde_json::json!({"module": "S4Model", "kwargs": kwargs}))
-                } else {
-                    let (bytes, settings) = export_sequence_model(m)?;
-                    let mut v = serde_json::to_value(settings).expect("settings serialize");
-                    v["module"] = "SequenceModel".into();
-                    (bytes, v)
-                })
+        use s4::model::official::{export_official, OfficialTarget};
+        let target = match to {
+            "sequence-model" => OfficialTarget::SequenceModel,
+            "example" => OfficialTarget::Example,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "invalid to = {to:?}: expected \"sequence-model\" or \"example\""
+                )))
             }
-            let (bytes, settings) = match &self.inner {
-                ModelInner::F32(m) => export(m, to)?,
-                ModelInner::F64(m) => export(m, to)?,
+        };
+        py.detach(|| -> s4::Result<String> {
+            let (bytes, official) = match &self.inner {
+                ModelInner::F32(m) => export_official(m, target)?,
+                ModelInner::F64(m) => export_official(m, target)?,
             };
             s4::io::write_atomic(&weights, &bytes)?;
-            Ok(settings.to_string())
+            Ok(official.to_json().to_string())
         })
         .py()
     }

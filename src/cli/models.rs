@@ -83,17 +83,8 @@ pub struct ExportArgs {
     force: bool,
     /// The official module: `sequence-model` (the training repository's, any model this library
     /// builds with pooling) or `example` (example.py's S4Model: S4D layers, LayerNorm, no final norm).
-    #[arg(long, value_enum, default_value_t = OfficialTarget::SequenceModel)]
-    to: OfficialTarget,
-}
-
-/// Which official module `export-official` writes for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum OfficialTarget {
-    /// The training repository's SequenceModel with its task encoder and decoder.
-    SequenceModel,
-    /// example.py's S4Model.
-    Example,
+    #[arg(long, value_enum, default_value_t = s4::model::official::OfficialTarget::SequenceModel)]
+    to: s4::model::official::OfficialTarget,
 }
 
 /// Array layout of `s4 run`'s input and output.
@@ -153,26 +144,15 @@ fn cmd_import(a: &ImportArgs) -> Result<()> {
         ));
     }
     let config: serde_json::Value = s4::io::read_json(&a.config)?;
-    let whole = match config.get("module").and_then(|m| m.as_str()) {
-        Some("S4Model") => Some("example.py S4Model"),
-        Some("SequenceModel") => Some("SequenceModel"),
-        None if config.get("model").is_some() && config.get("decoder").is_some() => Some("SequenceModel"),
-        _ => None,
-    };
-    if let Some(from) = whole {
-        use s4::model::official::{import_example, import_sequence_model, ExampleS4Model, SequenceModelSettings};
+    if let Some(official) = s4::model::official::OfficialModel::from_json(&config)? {
         let bytes = std::fs::read(&a.model).map_err(|e| Error::io(&a.model, e))?;
-        let model = if from == "SequenceModel" {
-            import_sequence_model::<f32>(&bytes, &a.model, &SequenceModelSettings::from_json(&config)?)?
-        } else {
-            import_example::<f32>(&bytes, &a.model, &ExampleS4Model::from_json(&config)?)?
-        };
+        let model = official.import::<f32>(&bytes, &a.model)?;
         s4::io::write_folder_whole(out, |d| s4::model::checkpoint::save(&model, d))?;
         let c = model.config();
         println!(
             "{}",
-            json!({"out": out, "format": "s4-model", "from": from, "n_layers": c.n_layers, "d_model": c.d_model(),
-                   "kernel": c.layer.kernel.to_string(), "d_output": c.d_output})
+            json!({"out": out, "format": "s4-model", "from": official.name(), "n_layers": c.n_layers,
+                   "d_model": c.d_model(), "kernel": c.layer.kernel.to_string(), "d_output": c.d_output})
         );
         return Ok(());
     }
@@ -201,18 +181,8 @@ fn cmd_export(a: &ExportArgs) -> Result<()> {
         }
     }
     let model: s4::model::S4Model<f32> = s4::model::checkpoint::load(&a.dir)?;
-    let (bytes, config) = match a.to {
-        OfficialTarget::Example => {
-            let (bytes, kwargs) = s4::model::official::export_example(&model)?;
-            (bytes, json!({"module": "S4Model", "kwargs": kwargs}))
-        }
-        OfficialTarget::SequenceModel => {
-            let (bytes, settings) = s4::model::official::export_sequence_model(&model)?;
-            let mut v = serde_json::to_value(settings).expect("settings serialize");
-            v["module"] = json!("SequenceModel");
-            (bytes, v)
-        }
-    };
+    let (bytes, official) = s4::model::official::export_official(&model, a.to)?;
+    let config = official.to_json();
     s4::io::write_atomic(&a.out, &bytes)?;
     s4::io::write_atomic(&config_out, serde_json::to_string_pretty(&config).expect("JSON").as_bytes())?;
     println!("{}", json!({"out": a.out, "config_out": config_out, "settings": config}));

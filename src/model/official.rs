@@ -684,3 +684,90 @@ pub fn export_sequence_model<T: Real>(model: &S4Model<T>) -> Result<(Vec<u8>, Se
     out.to_f32();
     Ok((out.serialize(Path::new("the SequenceModel state dict"))?, settings))
 }
+
+/// The settings of a whole official model: which family, and what rebuilds it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OfficialModel {
+    /// `example.py`'s `S4Model` and its keyword arguments.
+    Example(ExampleS4Model),
+    /// The training repository's `SequenceModel` and its Hydra sections.
+    Sequence(SequenceModelSettings),
+}
+
+/// The official module an export is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum OfficialTarget {
+    /// The training repository's `SequenceModel` with its task encoder and decoder.
+    SequenceModel,
+    /// `example.py`'s `S4Model`.
+    Example,
+}
+
+impl OfficialModel {
+    /// The whole-model settings in `v`, or `None` if they describe a single layer: `"module":
+    /// "S4Model"` (keyword arguments) or `"SequenceModel"`, or no module but `model` and `decoder`
+    /// sections (a Hydra config dump).
+    ///
+    /// # Errors
+    /// Settings of a whole model that do not parse.
+    pub fn from_json(v: &serde_json::Value) -> Result<Option<Self>> {
+        match v.get("module").and_then(|m| m.as_str()) {
+            Some("S4Model") => Ok(Some(OfficialModel::Example(ExampleS4Model::from_json(v)?))),
+            Some("SequenceModel") => Ok(Some(OfficialModel::Sequence(SequenceModelSettings::from_json(v)?))),
+            None if v.get("model").is_some() && v.get("decoder").is_some() => {
+                Ok(Some(OfficialModel::Sequence(SequenceModelSettings::from_json(v)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The family's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OfficialModel::Example(_) => "example.py S4Model",
+            OfficialModel::Sequence(_) => "SequenceModel",
+        }
+    }
+
+    /// Imports a state dict (safetensors bytes; `path` names them in errors) with these settings.
+    ///
+    /// # Errors
+    /// As [`import_example`] and [`import_sequence_model`].
+    pub fn import<T: Real>(&self, bytes: &[u8], path: &Path) -> Result<S4Model<T>> {
+        match self {
+            OfficialModel::Example(k) => import_example(bytes, path, k),
+            OfficialModel::Sequence(s) => import_sequence_model(bytes, path, s),
+        }
+    }
+
+    /// The settings as JSON, with their `"module"`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            OfficialModel::Example(k) => serde_json::json!({"module": "S4Model", "kwargs": k}),
+            OfficialModel::Sequence(s) => {
+                let mut v = serde_json::to_value(s).expect("settings serialize");
+                v["module"] = "SequenceModel".into();
+                v
+            }
+        }
+    }
+}
+
+/// The state dict of `model` for `target` (safetensors bytes, float32) and the settings that
+/// rebuild it.
+///
+/// # Errors
+/// As [`export_example`] and [`export_sequence_model`].
+pub fn export_official<T: Real>(model: &S4Model<T>, target: OfficialTarget) -> Result<(Vec<u8>, OfficialModel)> {
+    Ok(match target {
+        OfficialTarget::Example => {
+            let (bytes, k) = export_example(model)?;
+            (bytes, OfficialModel::Example(k))
+        }
+        OfficialTarget::SequenceModel => {
+            let (bytes, s) = export_sequence_model(model)?;
+            (bytes, OfficialModel::Sequence(s))
+        }
+    })
+}

@@ -322,7 +322,7 @@ fn run_in_pool<J: Job>(
     let fresh =
         State { rounds_done: 0, step: 0, schedule_steps: total_steps, extensions: Vec::new(), key: job.resume_key() };
     // `extended`: an extension made by this invocation, recorded on the first round it runs
-    let (mut model, mut opt, mut state, mut lines, mut extended) = match out {
+    let (mut model, mut opt, mut state, lines, mut extended) = match out {
         None => {
             let opt = AdamW::new(&model, optim.clone())?;
             (model, opt, fresh, Vec::new(), None)
@@ -343,7 +343,10 @@ fn run_in_pool<J: Job>(
             }
         }
     };
-    let mut metrics: Vec<J::Metrics> = lines.iter().map(|l| l.metrics.clone()).collect();
+    // the rounds' metrics, and (round index, extension) for the lines that record one
+    let mut marks: Vec<(usize, Extended)> =
+        lines.iter().enumerate().filter_map(|(i, l)| l.extended.map(|e| (i, e))).collect();
+    let mut metrics: Vec<J::Metrics> = lines.into_iter().map(|l| l.metrics).collect();
     let last_round = opts.stop_after.map_or(job.rounds(), |s| (state.rounds_done + s).min(job.rounds()));
     let progress = Progress::new(opts.progress).with_sink(opts.progress_sink.clone());
     while state.rounds_done < last_round {
@@ -402,12 +405,14 @@ fn run_in_pool<J: Job>(
             e => e,
         })?;
         progress.line(&format!("{} {round}: {}", job.round_name(), job.describe(&m)));
-        metrics.push(m.clone());
-        lines.push(MetricsLine { metrics: m, extended: extended.take() });
+        if let Some(e) = extended.take() {
+            marks.push((metrics.len(), e));
+        }
+        metrics.push(m);
         state.rounds_done = round;
         if let Some(out) = out {
             // metrics first: a crash between the two leaves an extra line that resume truncates
-            write_metrics(out, &lines)?;
+            write_metrics(out, &metrics, &marks)?;
             save_checkpoint(out, &model, &mut opt, &state.to_json(job.round_name()))?;
             job.plot(&out.join(CURVES), &metrics)?;
         }
@@ -628,10 +633,12 @@ pub fn read_metrics<M: serde::de::DeserializeOwned>(out: &Path) -> Result<Vec<M>
         .collect()
 }
 
-fn write_metrics<M: serde::Serialize>(out: &Path, metrics: &[MetricsLine<M>]) -> Result<()> {
+/// Writes `metrics` as `metrics.jsonl`, line i carrying the extension `marks` gives for round i.
+fn write_metrics<M: serde::Serialize>(out: &Path, metrics: &[M], marks: &[(usize, Extended)]) -> Result<()> {
     let mut text = String::new();
-    for m in metrics {
-        text.push_str(&serde_json::to_string(m).expect("serializes"));
+    for (i, m) in metrics.iter().enumerate() {
+        let extended = marks.iter().find(|(r, _)| *r == i).map(|(_, e)| *e);
+        text.push_str(&serde_json::to_string(&MetricsLine { metrics: m, extended }).expect("serializes"));
         text.push('\n');
     }
     write_atomic(&out.join(METRICS), text.as_bytes())
