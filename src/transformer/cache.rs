@@ -67,6 +67,42 @@ impl<T> KvCache<T> {
         Ok(())
     }
 
+    /// Keeps the positions `start + keep[i]` (strictly increasing offsets) at `start + i` and
+    /// forgets every position after them: after a tree of draft tokens was scored
+    /// ([`Gpt::forward_tree`](super::Gpt::forward_tree)), the accepted path's keys and values
+    /// move next to the prefix, as if only that path had been consumed.
+    ///
+    /// # Errors
+    /// `start` beyond the cached length, or offsets not strictly increasing within it.
+    pub fn compact(&mut self, start: usize, keep: &[usize]) -> Result<()>
+    where
+        T: Copy,
+    {
+        let avail = self.len.checked_sub(start).ok_or_else(|| {
+            Error::invalid("KV cache compaction start", start, format!("<= the current cache length {}", self.len))
+        })?;
+        if let Some(i) = (0..keep.len()).find(|&i| keep[i] >= avail || (i > 0 && keep[i] <= keep[i - 1])) {
+            return Err(Error::invalid(
+                format!("kept offset {i}"),
+                keep[i],
+                format!("strictly increasing offsets below {avail} (the positions after {start})"),
+            ));
+        }
+        for (kt, v) in &mut self.layers {
+            for (i, &k) in keep.iter().enumerate().filter(|&(i, &k)| i != k) {
+                let (from, to) = (start + k, start + i);
+                let (b, h, d, _) = kt.dim();
+                for (bb, hh, dd) in (0..b).flat_map(|bb| (0..h).flat_map(move |hh| (0..d).map(move |dd| (bb, hh, dd))))
+                {
+                    kt[[bb, hh, dd, to]] = kt[[bb, hh, dd, from]];
+                    v[[bb, hh, to, dd]] = v[[bb, hh, from, dd]];
+                }
+            }
+        }
+        self.len = start + keep.len();
+        Ok(())
+    }
+
     /// Forgets every position (as `truncate(0)`).
     pub fn clear(&mut self) {
         self.len = 0;
@@ -153,10 +189,18 @@ impl<T: Real> KvCache<T> {
         }
     }
 
-    /// Causal attention of the T new queries per sequence (rows of `qkv`, already written into the
-    /// cache at `past ..`) over cache positions `0 ..= past + t`: (B·T, C), heads concatenated.
-    /// Heads and sequences run in parallel when the work is large enough.
-    pub(crate) fn attend(&self, layer: usize, qkv: ArrayView2<T>, t: usize, past: usize) -> Array2<T> {
+    /// Attention of the T new queries per sequence (rows of `qkv`, already written into the cache
+    /// at `past ..`) over cache positions `0 ..= past + t`, causal or masked by `visible` (see
+    /// [`attend_cached`]): (B·T, C), heads concatenated. Heads and sequences run in parallel when
+    /// the work is large enough.
+    pub(crate) fn attend(
+        &self,
+        layer: usize,
+        qkv: ArrayView2<T>,
+        t: usize,
+        past: usize,
+        visible: &[bool],
+    ) -> Array2<T> {
         let (h, d) = (self.n_head, self.head_dim);
         let (kt, v) = &self.layers[layer];
         let cap = self.capacity();
@@ -176,6 +220,7 @@ impl<T: Real> KvCache<T> {
                 cap,
                 past,
                 scale,
+                visible,
                 &mut scores,
                 out.as_slice_mut().expect("owned"),
             );

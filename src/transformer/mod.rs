@@ -87,6 +87,7 @@ mod weights;
 pub mod classifier;
 pub mod grad;
 
+pub use attention::TreeMask;
 pub use cache::KvCache;
 pub use classifier::{TransformerClassifier, TransformerClassifierConfig};
 
@@ -592,6 +593,34 @@ impl<T: Real> Gpt<T> {
     /// ≠ B, a cache made for another model shape, `cache.len() + T > n_positions`, non-finite
     /// logits (non-finite weights or an overflow).
     pub fn forward_cached(&self, cache: &mut KvCache<T>, ids: ArrayView2<u32>) -> Result<Array3<T>> {
+        self.forward_inner(cache, ids, None)
+    }
+
+    /// Appends a tree of new tokens to a batch-1 `cache` and returns their logits (T, V) in one
+    /// pass (SpecInfer's tree attention): token i attends to the cached positions and to its
+    /// ancestors in `tree` (and itself), at learned position `cache.len() + depth(i)`. Row i equals
+    /// the last row of a [`Gpt::forward_cached`] over the cache plus the tokens of i's path. All
+    /// T tokens stay in the cache afterwards, in tree order; [`KvCache::compact`] keeps one path.
+    ///
+    /// # Errors
+    /// As [`Gpt::forward_cached`]; `tokens.len()` ≠ the tree's size; a cache with batch ≠ 1.
+    pub fn forward_tree(&self, cache: &mut KvCache<T>, tokens: &[u32], tree: &TreeMask) -> Result<Array2<T>> {
+        if tokens.len() != tree.len() {
+            return Err(Error::invalid("tree tokens", tokens.len(), format!("one per tree position ({})", tree.len())));
+        }
+        let ids =
+            ArrayView2::from_shape((1, tokens.len()), tokens).map_err(|e| Error::numerical("tree", e.to_string()))?;
+        let logits = self.forward_inner(cache, ids, Some(tree))?;
+        Ok(logits.index_axis_move(Axis(0), 0))
+    }
+
+    /// [`Gpt::forward_cached`], with tree attention when `tree` is given (batch 1).
+    fn forward_inner(
+        &self,
+        cache: &mut KvCache<T>,
+        ids: ArrayView2<u32>,
+        tree: Option<&TreeMask>,
+    ) -> Result<Array3<T>> {
         self.check_ids(ids)?;
         let (b, t) = ids.dim();
         let cfg = &self.config;
@@ -604,6 +633,9 @@ impl<T: Real> Gpt<T> {
             ));
         }
         let past = cache.len();
+        if tree.is_some() && b != 1 {
+            return Err(Error::shape("tree tokens", "(1, T): tree attention scores one sequence", &[b, t]));
+        }
         if past + t > cfg.n_positions {
             return Err(Error::invalid(
                 "cache length + new tokens",
@@ -618,12 +650,23 @@ impl<T: Real> Gpt<T> {
             Some(p) => packed_linear(x.view(), &p[l][which], layer.bias.view()),
             None => linear(x.view(), layer.weight.view(), layer.bias.view()),
         };
-        let mut x = grad::embedding_forward(self.wte.view(), self.wpe.view(), ids, past);
+        let mut x = match tree {
+            Some(tree) => {
+                let mut x = Array2::<T>::zeros((t, cfg.n_embd));
+                for ((mut row, &id), &depth) in x.rows_mut().into_iter().zip(ids.iter()).zip(tree.depths()) {
+                    row.assign(&self.wte.row(id as usize));
+                    row += &self.wpe.row(past + depth);
+                }
+                x
+            }
+            None => grad::embedding_forward(self.wte.view(), self.wpe.view(), ids, past),
+        };
+        let visible = tree.map_or(&[][..], |tree| tree.visibility());
         for (l, blk) in self.blocks.iter().enumerate() {
             let h = crate::nn::norm::layer_norm(x.view(), blk.ln_1.weight.view(), blk.ln_1.bias.view(), eps);
             let qkv = linear(&h, &blk.c_attn, l, 0);
             cache.write(l, qkv.view(), t, past);
-            let att = cache.attend(l, qkv.view(), t, past);
+            let att = cache.attend(l, qkv.view(), t, past, visible);
             x += &linear(&att, &blk.attn_proj, l, 1);
             let h = crate::nn::norm::layer_norm(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), eps);
             let mut f = linear(&h, &blk.c_fc, l, 2);

@@ -10,7 +10,7 @@ use s4::nn::loss;
 use s4::train::lm::{train_lm, train_lm_run, LmTrainConfig};
 use s4::train::RunOptions;
 use s4::transformer::grad::{self, LmTarget};
-use s4::transformer::{Activation, Gpt, GptConfig, IGNORE};
+use s4::transformer::{Activation, Gpt, GptConfig, TreeMask, IGNORE};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
@@ -126,6 +126,69 @@ fn truncated_cache_continues_like_a_fresh_one() {
     assert!(worst < 1e-5, "{worst:e}");
     cache.clear();
     assert!(cache.is_empty());
+}
+
+/// One sequence as a (1, T) array.
+fn row(tokens: &[u32]) -> Array2<u32> {
+    Array2::from_shape_vec((1, tokens.len()), tokens.to_vec()).unwrap()
+}
+
+#[test]
+fn tree_attention_equals_a_pass_per_path_and_compaction_a_fresh_prefill() {
+    let model = Gpt::<f32>::load(&fixture_dir()).unwrap();
+    let prefix: Vec<u32> = fixture_ids().row(0).iter().take(6).copied().collect();
+    // the pending token (no parent), two children, grandchildren, and a second branch of depth 3
+    let parents = [None, Some(0), Some(0), Some(1), Some(1), Some(2), Some(5), Some(6), Some(0)];
+    let tree = TreeMask::new(&parents).unwrap();
+    let tokens: Vec<u32> = (0..parents.len() as u32).map(|i| (7 + 13 * i) % 100).collect();
+    let mut cache = model.new_cache(1);
+    model.forward_cached(&mut cache, row(&prefix).view()).unwrap();
+    let scored = model.forward_tree(&mut cache, &tokens, &tree).unwrap();
+    assert_eq!(cache.len(), prefix.len() + tokens.len());
+    let mut worst = 0.0f32;
+    for i in 0..tokens.len() {
+        let path: Vec<u32> = tree.path(i).iter().map(|&j| tokens[j]).collect();
+        let mut fresh = model.new_cache(1);
+        model.forward_cached(&mut fresh, row(&prefix).view()).unwrap();
+        let rows = model.forward_cached(&mut fresh, row(&path).view()).unwrap();
+        let last = rows.slice(s![0, path.len() - 1, ..]).to_owned();
+        worst = worst.max(max_abs_diff(&scored.row(i).to_owned(), &last));
+    }
+    println!("tree attention vs one pass per root-to-node path: max abs diff {worst:.2e}");
+    assert!(worst < 1e-5, "{worst:e}");
+    // keep the path 0 → 2 → 5 → 6 → 7: the cache equals a fresh prefill of prefix + that path
+    let keep = tree.path(7);
+    assert_eq!(keep, vec![0, 2, 5, 6, 7]);
+    cache.compact(prefix.len(), &keep).unwrap();
+    let mut text = prefix.clone();
+    text.extend(keep.iter().map(|&j| tokens[j]));
+    let mut fresh = model.new_cache(1);
+    model.forward_cached(&mut fresh, row(&text).view()).unwrap();
+    assert_eq!(cache.len(), fresh.len());
+    let mut worst = 0.0f32;
+    for l in 0..model.config().n_layer {
+        worst = worst.max(max_abs_diff(&cache.keys(l).unwrap().to_owned(), &fresh.keys(l).unwrap().to_owned()));
+        worst = worst.max(max_abs_diff(&cache.values(l).unwrap().to_owned(), &fresh.values(l).unwrap().to_owned()));
+    }
+    // and both continue alike
+    let next = [[42u32, 17]];
+    let a = model.forward_cached(&mut cache, ndarray::aview2(&next).view()).unwrap();
+    let b = model.forward_cached(&mut fresh, ndarray::aview2(&next).view()).unwrap();
+    worst = worst.max(max_abs_diff(&a, &b));
+    println!("compacted cache vs a fresh prefill of the kept path: max abs diff {worst:.2e} (K/V and next logits)");
+    assert!(worst < 1e-5, "{worst:e}");
+    // a chain is causal attention
+    let chain = model.forward_tree(&mut model.new_cache(1), &text, &TreeMask::chain(text.len()).unwrap()).unwrap();
+    let full = model.forward(row(&text).view()).unwrap();
+    assert!(max_abs_diff(&chain, &full.index_axis(Axis(0), 0).to_owned()) < 1e-5);
+    // errors
+    let mut c = model.new_cache(1);
+    assert!(model.forward_tree(&mut c, &tokens[..3], &tree).is_err());
+    assert!(c.compact(1, &[0]).is_err());
+    model.forward_cached(&mut c, ndarray::aview2(&[[1u32, 2, 3]]).view()).unwrap();
+    assert!(c.compact(1, &[1, 0]).is_err() && c.compact(1, &[2]).is_err());
+    c.compact(1, &[1]).unwrap();
+    assert_eq!(c.len(), 2);
 }
 
 // ---------------------------------------------------------------------------------------------
