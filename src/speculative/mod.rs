@@ -65,6 +65,7 @@ pub mod distill;
 pub mod gamma;
 pub mod models;
 pub mod sampling;
+pub mod tree;
 pub mod verify;
 
 use std::time::Instant;
@@ -77,9 +78,11 @@ use rayon::prelude::*;
 pub use gamma::{best_gamma, expected_tokens, predicted_speedup, CostFit, GammaController, GammaPolicy, PassCost};
 pub use models::{check_causal_lm, CausalModel, GptSession, S4Session};
 pub use sampling::Sampling;
+pub use tree::{draft_tree, verify_tree, TokenTree, TreeOutcome, TreeShape};
 
 use crate::budget::Estimate;
 use crate::error::{Error, Result};
+use crate::transformer::TreeMask;
 
 /// A causal model that drafts tokens for a verifier.
 ///
@@ -105,6 +108,35 @@ pub trait Drafter {
     /// # Errors
     /// `len` larger than [`len`](Drafter::len), or further back than the drafter can restore.
     fn rollback(&mut self, len: usize) -> Result<()>;
+
+    /// Tree drafting: steps from the state after tree node `parent` (`None`: the root, the state
+    /// after the first `root` consumed tokens) with the last token of `path` (the tokens from depth
+    /// 1 down to the new node); the new state is tree node `node`. Returns its next-token logits.
+    /// The default replays the path from the root (a rollback and an extend); an S4 drafter copies
+    /// the parent's state and takes one step.
+    ///
+    /// # Errors
+    /// As [`extend`](Drafter::extend) and [`rollback`](Drafter::rollback).
+    fn tree_step(&mut self, root: usize, node: usize, parent: Option<usize>, path: &[u32]) -> Result<Vec<f32>> {
+        let _ = (node, parent);
+        self.rollback(root)?;
+        self.extend(path)
+    }
+
+    /// Continues after tree node `node` (`None`: the root) whose tokens from depth 1 down are
+    /// `path`, as if the drafter had consumed the first `root` tokens and `path`; forgets the
+    /// tree. `node` must have been stepped ([`tree_step`](Drafter::tree_step)).
+    ///
+    /// # Errors
+    /// As [`extend`](Drafter::extend) and [`rollback`](Drafter::rollback).
+    fn tree_adopt(&mut self, root: usize, node: Option<usize>, path: &[u32]) -> Result<()> {
+        let _ = node;
+        self.rollback(root)?;
+        if !path.is_empty() {
+            self.extend(path)?;
+        }
+        Ok(())
+    }
 
     /// Consumes `pending` and drafts `gamma` tokens, each drawn from its distribution qᵢ (the
     /// logits warped by `sampling`, or the point mass at the arg-max when `argmax` is set).
@@ -171,6 +203,44 @@ pub trait Verifier {
     /// # Errors
     /// `len` larger than [`len`](Verifier::len).
     fn rollback(&mut self, len: usize) -> Result<()>;
+
+    /// Scores `tokens` arranged as `tree` in one pass (tree attention: each token sees the
+    /// consumed tokens and its ancestors in the tree): row i is the next-token distribution after
+    /// the consumed tokens and the path to i. Afterwards the verifier has consumed all of them;
+    /// [`keep`](Verifier::keep) selects one path. The default scores each path separately.
+    ///
+    /// # Errors
+    /// As [`score`](Verifier::score); `tokens.len()` ≠ the tree's size.
+    fn score_tree(&mut self, tokens: &[u32], tree: &TreeMask) -> Result<Array2<f32>> {
+        if tokens.len() != tree.len() {
+            return Err(Error::invalid("tree tokens", tokens.len(), format!("one per tree position ({})", tree.len())));
+        }
+        let base = self.len();
+        let mut out = Array2::zeros((tokens.len(), self.vocab_size()));
+        for i in 0..tokens.len() {
+            let path: Vec<u32> = tree.path(i).iter().map(|&j| tokens[j]).collect();
+            self.rollback(base)?;
+            let rows = self.score(&path)?;
+            out.row_mut(i).assign(&rows.row(rows.nrows() - 1));
+        }
+        Ok(out)
+    }
+
+    /// After [`score_tree`](Verifier::score_tree) from length `base`, keeps the scored positions
+    /// `base + positions[i]` (increasing offsets, whose tokens are `tokens`) as if only they had
+    /// been consumed. The default rolls back and scores them again; a transformer compacts its KV
+    /// cache.
+    ///
+    /// # Errors
+    /// As [`rollback`](Verifier::rollback) and [`score`](Verifier::score).
+    fn keep(&mut self, base: usize, positions: &[usize], tokens: &[u32]) -> Result<()> {
+        let _ = positions;
+        self.rollback(base)?;
+        if !tokens.is_empty() {
+            self.score(tokens)?;
+        }
+        Ok(())
+    }
 }
 
 /// How drafted tokens are accepted.
@@ -211,6 +281,9 @@ pub struct SpecConfig {
     pub stop_token: Option<u32>,
     /// Seed of the sampler's random stream.
     pub seed: u64,
+    /// Draft a token tree of this shape each round instead of a chain of γ tokens (see [`tree`];
+    /// `gamma` is then unused). Exact acceptance only.
+    pub tree: Option<TreeShape>,
 }
 
 impl Default for SpecConfig {
@@ -223,6 +296,7 @@ impl Default for SpecConfig {
             max_new: 64,
             stop_token: None,
             seed: 0,
+            tree: None,
         }
     }
 }
@@ -271,6 +345,13 @@ pub struct SpecStats {
     pub mean_gamma: f64,
     /// How many rounds kept exactly n drafted tokens, n = 0, 1, ….
     pub accepted_histogram: Vec<usize>,
+    /// Acceptance per depth d = 1, 2, …: of the rounds that kept d − 1 tokens and had a drafted
+    /// candidate at depth d, the share that kept one.
+    pub acceptance_by_depth: Vec<f64>,
+    /// Tree drafting: nodes drafted in all (the verifier scored them, plus the pending tokens).
+    pub tree_nodes: usize,
+    /// Tree drafting: mean nodes per round.
+    pub mean_tree_nodes: f64,
 }
 
 /// The result of a generation.
@@ -395,18 +476,17 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     check_prompt(prompt, vocab, verifier.max_len(), config.max_new)?;
     verifier.rollback(0)?;
     drafter.rollback(0)?;
+    if let Some(shape) = &config.tree {
+        return tree::speculate_tree(drafter, verifier, prompt, config, shape);
+    }
 
     let mut rng = Pcg64::seed_from_u64(config.seed);
     let greedy = config.sampling.is_greedy() && config.acceptance == Acceptance::Exact;
-    let start = Instant::now();
-    let mut stats = SpecStats::default();
+    let mut log = RoundLog::new();
     let mut control = GammaController::new(config.gamma);
     let mut out: Vec<u32> = Vec::with_capacity(config.max_new.min(4096) + 16);
     let mut pending_v: Vec<u32> = prompt.to_vec();
     let mut pending_d: Vec<u32> = prompt.to_vec();
-    let mut first_pass = true;
-    let (mut round_verify_seconds, mut gamma_sum) = (0.0, 0usize);
-    let mut fit = CostFit::default();
 
     'rounds: while out.len() < config.max_new {
         let remaining = config.max_new - out.len();
@@ -415,24 +495,19 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         let t = Instant::now();
         let draft = if gamma > 0 {
             let d = drafter.propose(&pending_d, gamma, &config.sampling, config.argmax_draft || greedy, &mut rng)?;
-            stats.draft_steps += pending_d.len() + gamma - 1;
-            fit.add_draft(pending_d.len() + gamma - 1, t.elapsed().as_secs_f64());
+            log.draft(pending_d.len() + gamma - 1, t.elapsed().as_secs_f64());
             pending_d.clear();
             d
         } else {
             Draft { tokens: vec![], dists: vec![] }
         };
-        let draft_seconds = t.elapsed().as_secs_f64();
-        stats.draft_seconds += draft_seconds;
         // verify: pending tokens and the draft in one pass
         let base = verifier.len();
         let t = Instant::now();
         let mut input = pending_v.clone();
         input.extend_from_slice(&draft.tokens);
         let logits = verifier.score(&input)?;
-        let verify_seconds = t.elapsed().as_secs_f64();
-        stats.verify_seconds += verify_seconds;
-        stats.verifier_calls += 1;
+        log.pass(input.len(), t.elapsed().as_secs_f64());
         let first = pending_v.len() - 1;
         let rows: Vec<&[f32]> = (first..first + gamma + 1)
             .map(|i| logits.row(i).to_slice().ok_or_else(|| Error::numerical("speculate", "non-contiguous logits")))
@@ -449,25 +524,10 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             }
         };
         let n = outcome.accepted;
-        // statistics
-        if first_pass {
-            first_pass = false;
-        } else {
-            round_verify_seconds += verify_seconds;
-            fit.add_pass(input.len(), verify_seconds);
-        }
         if gamma > 0 {
-            stats.rounds += 1;
-            stats.drafted += gamma;
-            stats.accepted += n;
-            stats.rejections += usize::from(n < gamma);
-            gamma_sum += gamma;
-            if stats.accepted_histogram.len() <= n {
-                stats.accepted_histogram.resize(n + 1, 0);
-            }
-            stats.accepted_histogram[n] += 1;
+            log.round(gamma, n, n < gamma);
         }
-        control.update(gamma, n, fit.cost());
+        control.update(gamma, n, log.fit.cost());
         // roll back and commit
         let kept = base + pending_v.len() + n;
         verifier.rollback(kept)?;
@@ -487,17 +547,108 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         pending_v = vec![outcome.next];
         pending_d.push(outcome.next);
     }
-    stats.emitted = out.len();
-    stats.total_seconds = start.elapsed().as_secs_f64();
-    stats.alpha = if stats.drafted > 0 { stats.accepted as f64 / stats.drafted as f64 } else { 0.0 };
-    let trials = stats.accepted + stats.rejections;
-    stats.alpha_iid = if trials > 0 { stats.accepted as f64 / trials as f64 } else { 0.0 };
-    stats.tau = out.len() as f64 / stats.verifier_calls.max(1) as f64;
-    stats.tokens_per_second = out.len() as f64 / stats.total_seconds.max(1e-12);
-    stats.cost_ratio = cost_ratio(&stats, round_verify_seconds).unwrap_or(0.0);
-    stats.cost = fit.cost().unwrap_or_default();
-    stats.mean_gamma = if stats.rounds > 0 { gamma_sum as f64 / stats.rounds as f64 } else { 0.0 };
-    Ok(Generation { tokens: out, stats })
+    Ok(Generation { stats: log.finish(out.len()), tokens: out })
+}
+
+/// The statistics of one speculative generation as its rounds go (chains and trees).
+#[derive(Debug)]
+struct RoundLog {
+    stats: SpecStats,
+    start: Instant,
+    fit: CostFit,
+    depths: DepthCounts,
+    /// Verifier seconds after the prompt's pass.
+    round_verify_seconds: f64,
+    /// Σ γ (or tree nodes) over rounds.
+    drafted_sum: usize,
+}
+
+impl RoundLog {
+    fn new() -> Self {
+        RoundLog {
+            stats: SpecStats::default(),
+            start: Instant::now(),
+            fit: CostFit::default(),
+            depths: DepthCounts::default(),
+            round_verify_seconds: 0.0,
+            drafted_sum: 0,
+        }
+    }
+
+    /// `steps` draft steps took `seconds`.
+    fn draft(&mut self, steps: usize, seconds: f64) {
+        self.stats.draft_steps += steps;
+        self.stats.draft_seconds += seconds;
+        self.fit.add_draft(steps, seconds);
+    }
+
+    /// A verifier pass over `positions` took `seconds` (the first one is the prompt's).
+    fn pass(&mut self, positions: usize, seconds: f64) {
+        self.stats.verify_seconds += seconds;
+        if self.stats.verifier_calls > 0 {
+            self.round_verify_seconds += seconds;
+            self.fit.add_pass(positions, seconds);
+        }
+        self.stats.verifier_calls += 1;
+    }
+
+    /// A round drafted `drafted` tokens and kept `accepted`; `tried_next`: it had a candidate
+    /// after the kept ones (a rejection).
+    fn round(&mut self, drafted: usize, accepted: usize, tried_next: bool) {
+        let s = &mut self.stats;
+        s.rounds += 1;
+        s.drafted += drafted;
+        s.accepted += accepted;
+        s.rejections += usize::from(tried_next);
+        self.drafted_sum += drafted;
+        if s.accepted_histogram.len() <= accepted {
+            s.accepted_histogram.resize(accepted + 1, 0);
+        }
+        s.accepted_histogram[accepted] += 1;
+        self.depths.record(accepted, tried_next);
+    }
+
+    fn finish(mut self, emitted: usize) -> SpecStats {
+        let s = &mut self.stats;
+        s.emitted = emitted;
+        s.total_seconds = self.start.elapsed().as_secs_f64();
+        s.alpha = if s.drafted > 0 { s.accepted as f64 / s.drafted as f64 } else { 0.0 };
+        let trials = s.accepted + s.rejections;
+        s.alpha_iid = if trials > 0 { s.accepted as f64 / trials as f64 } else { 0.0 };
+        s.tau = emitted as f64 / s.verifier_calls.max(1) as f64;
+        s.tokens_per_second = emitted as f64 / s.total_seconds.max(1e-12);
+        s.cost_ratio = cost_ratio(s, self.round_verify_seconds).unwrap_or(0.0);
+        s.cost = self.fit.cost().unwrap_or_default();
+        s.mean_gamma = if s.rounds > 0 { self.drafted_sum as f64 / s.rounds as f64 } else { 0.0 };
+        s.acceptance_by_depth = self.depths.rates();
+        self.stats
+    }
+}
+
+/// Counts for [`SpecStats::acceptance_by_depth`].
+#[derive(Debug, Default)]
+struct DepthCounts {
+    /// Rounds with a candidate at depth d + 1 after keeping d tokens.
+    tried: Vec<usize>,
+    /// Of those, rounds that kept one.
+    kept: Vec<usize>,
+}
+
+impl DepthCounts {
+    /// A round that kept `accepted` tokens; `tried_next`: it had a candidate at the next depth.
+    fn record(&mut self, accepted: usize, tried_next: bool) {
+        let depth = accepted + usize::from(tried_next);
+        if self.tried.len() < depth {
+            self.tried.resize(depth, 0);
+            self.kept.resize(depth, 0);
+        }
+        self.tried[..depth].iter_mut().for_each(|c| *c += 1);
+        self.kept[..accepted].iter_mut().for_each(|c| *c += 1);
+    }
+
+    fn rates(&self) -> Vec<f64> {
+        self.tried.iter().zip(&self.kept).map(|(&t, &k)| k as f64 / t.max(1) as f64).collect()
+    }
 }
 
 /// c = (draft seconds per step) / (verifier seconds per pass), excluding the prompt's pass.

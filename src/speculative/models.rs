@@ -53,7 +53,7 @@ use ndarray::{Array2, Axis};
 use super::{Drafter, Verifier};
 use crate::error::{Error, Result};
 use crate::model::{ModelState, Pooling, RecurrentModel, S4Model, S4ModelConfig};
-use crate::transformer::{Gpt, KvCache};
+use crate::transformer::{Gpt, KvCache, TreeMask};
 
 /// An S4 language model as a drafter (and, for tests and self-drafting, a verifier).
 ///
@@ -71,6 +71,8 @@ pub struct S4Session<'a> {
     /// (length, state after consuming `length` tokens), oldest first; the last entry is `state`.
     history: VecDeque<(usize, ModelState<f32>)>,
     window: usize,
+    /// Tree drafting: the state of each stepped tree node (index = node), grown from `state`.
+    tree: Vec<Option<ModelState<f32>>>,
 }
 
 /// Checks that an S4 model (`what` names it in the error, e.g. its folder) is a causal language
@@ -111,7 +113,7 @@ impl<'a> S4Session<'a> {
         }
         let rec = model.recurrent()?;
         let state = rec.zero_state(1);
-        Ok(S4Session { model, rec, state, len: 0, history: VecDeque::new(), window })
+        Ok(S4Session { model, rec, state, len: 0, history: VecDeque::new(), window, tree: vec![] })
     }
 
     /// The current recurrent state (batch 1).
@@ -157,6 +159,7 @@ impl<'a> S4Session<'a> {
     }
 
     fn restore(&mut self, len: usize) -> Result<()> {
+        self.tree.clear();
         if len > self.len {
             return Err(Error::invalid("rollback length", len, format!("at most the {} tokens consumed", self.len)));
         }
@@ -200,6 +203,48 @@ impl Drafter for S4Session<'_> {
     }
     fn rollback(&mut self, len: usize) -> Result<()> {
         self.restore(len)
+    }
+    /// A copy of the parent's state (or of the current state at the root) and one recurrent step.
+    fn tree_step(&mut self, root: usize, node: usize, parent: Option<usize>, path: &[u32]) -> Result<Vec<f32>> {
+        if root != self.len {
+            return Err(Error::invalid(
+                "tree root",
+                root,
+                format!("the session's length {} (the tree grows from the current state)", self.len),
+            ));
+        }
+        let token =
+            *path.last().ok_or_else(|| Error::invalid("tree path", "empty", "the tokens down to the new node"))?;
+        let mut state = match parent {
+            None => self.state.clone(),
+            Some(p) => self.tree.get(p).and_then(Option::as_ref).cloned().ok_or_else(|| {
+                Error::invalid("tree parent", p, "a node stepped before (parents are stepped before their children)")
+            })?,
+        };
+        let y = self.rec.step_tokens(&mut state, &[token])?;
+        if self.tree.len() <= node {
+            self.tree.resize(node + 1, None);
+        }
+        self.tree[node] = Some(state);
+        Ok(y.index_axis(Axis(0), 0).to_vec())
+    }
+    /// Takes the node's state (no step); the tree is forgotten.
+    fn tree_adopt(&mut self, root: usize, node: Option<usize>, path: &[u32]) -> Result<()> {
+        let tree = std::mem::take(&mut self.tree);
+        if root != self.len {
+            return Err(Error::invalid("tree root", root, format!("the session's length {}", self.len)));
+        }
+        if let Some(n) = node {
+            let state = tree
+                .into_iter()
+                .nth(n)
+                .flatten()
+                .ok_or_else(|| Error::invalid("adopted tree node", n, "a node stepped in this tree (tree_step)"))?;
+            self.state = state;
+            self.len = root + path.len();
+            self.remember();
+        }
+        Ok(())
     }
 }
 
@@ -261,6 +306,14 @@ impl Verifier for GptSession<'_> {
     }
     fn rollback(&mut self, len: usize) -> Result<()> {
         self.cache.truncate(len)
+    }
+    /// One pass with tree attention ([`Gpt::forward_tree`]).
+    fn score_tree(&mut self, tokens: &[u32], tree: &TreeMask) -> Result<Array2<f32>> {
+        self.model.forward_tree(&mut self.cache, tokens, tree)
+    }
+    /// Compacts the KV cache ([`KvCache::compact`]).
+    fn keep(&mut self, base: usize, positions: &[usize], _tokens: &[u32]) -> Result<()> {
+        self.cache.compact(base, positions)
     }
 }
 

@@ -6,8 +6,8 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 use s4::model::S4ModelConfig;
 use s4::speculative::{
-    generate, sampling::sample, speculate, speculate_batch, verify, Acceptance, Drafter, GammaPolicy, Sampling,
-    SpecConfig, Verifier,
+    draft_tree, generate, sampling::sample, speculate, speculate_batch, verify, verify_tree, Acceptance, Drafter,
+    GammaPolicy, Sampling, SpecConfig, TreeShape, Verifier,
 };
 use s4::speculative::{GptSession, S4Session};
 use s4::transformer::{Gpt, GptConfig};
@@ -446,4 +446,195 @@ fn batch_equals_one_by_one() {
         .unwrap();
         assert_eq!(batch[i].tokens, one.tokens);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token trees
+
+fn shapes() -> Vec<TreeShape> {
+    ["1x1x1", "3", "2x2", "3x2x1", "4x2x2x1,budget=9", "budget=12"].iter().map(|s| s.parse().unwrap()).collect()
+}
+
+/// Greedy tree decoding is token for token the verifier's greedy decoding: Markov pairs of every
+/// quality, several static and dynamic shapes.
+#[test]
+fn greedy_tree_is_the_verifiers_greedy_decoding_markov() {
+    for seed in 0..30u64 {
+        let mut ver = Markov::random(7, 300 + seed, 2.0);
+        let mut dr = Markov::random(7, 400 + seed, 2.0);
+        dr.table = &dr.table * (0.2 + 0.1 * (seed % 5) as f32) + &ver.table;
+        let prompt: Vec<u32> = (0..1 + seed as usize % 4).map(|i| ((seed as usize + 2 * i) % 7) as u32).collect();
+        let base = generate(
+            &mut ver,
+            &prompt,
+            &SpecConfig { sampling: Sampling::greedy(), max_new: 30, ..Default::default() },
+        )
+        .unwrap();
+        for tree in shapes() {
+            let cfg = SpecConfig {
+                tree: Some(tree.clone()),
+                sampling: Sampling::greedy(),
+                max_new: 30,
+                seed,
+                ..Default::default()
+            };
+            let spec = speculate(&mut dr, &mut ver, &prompt, &cfg).unwrap();
+            assert_eq!(spec.tokens, base.tokens, "seed {seed} tree {tree}");
+            assert!(spec.stats.tree_nodes > 0);
+        }
+    }
+}
+
+/// The same with the real pair: an S4 drafter forking its state and a transformer verifier with
+/// tree attention and KV-cache compaction.
+#[test]
+fn greedy_tree_identity_s4_draft_transformer_verifier() {
+    let v = 24;
+    let gpt = tiny_gpt(v, 3);
+    let lm = tiny_s4_lm(v, 4);
+    for seed in 0..12u64 {
+        let mut rng = Pcg64::seed_from_u64(seed);
+        let prompt: Vec<u32> = (0..1 + rng.random_range(0..12)).map(|_| rng.random_range(0..v as u32)).collect();
+        let greedy = SpecConfig { sampling: Sampling::greedy(), max_new: 40, seed, ..Default::default() };
+        let base = generate(&mut GptSession::new(&gpt), &prompt, &greedy).unwrap();
+        for tree in shapes() {
+            let cfg = SpecConfig { tree: Some(tree.clone()), ..greedy.clone() };
+            let spec =
+                speculate(&mut S4Session::new(&lm, 16).unwrap(), &mut GptSession::new(&gpt), &prompt, &cfg).unwrap();
+            assert_eq!(spec.tokens, base.tokens, "seed {seed} tree {tree}");
+        }
+    }
+    // self-drafting with a tree: the verifier's own arg-max is always the first child
+    let cfg = SpecConfig {
+        tree: Some("3x2x1x1".parse().unwrap()),
+        sampling: Sampling::greedy(),
+        max_new: 30,
+        ..Default::default()
+    };
+    let g =
+        speculate(&mut S4Session::new(&lm, 8).unwrap(), &mut S4Session::new(&lm, 8).unwrap(), &[1, 2], &cfg).unwrap();
+    assert!(g.stats.acceptance_by_depth.iter().all(|&a| a == 1.0), "{:?}", g.stats);
+}
+
+/// The first emitted token of one tree round follows the verifier's p: random p and q, trees of
+/// several shapes, candidates drawn without replacement or taken deterministically (top-k).
+#[test]
+fn tree_one_step_follows_the_verifier_chi_square() {
+    let n = 60_000;
+    let v = 6;
+    for (case, (shape, argmax)) in [("3", false), ("2x2", false), ("4x1", true), ("budget=5", false)].iter().enumerate()
+    {
+        let shape: TreeShape = shape.parse().unwrap();
+        let mut rng = Pcg64::seed_from_u64(70 + case as u64);
+        let ver = Markov::random(v, 80 + case as u64, 1.0);
+        let dr = Markov::random(v, 90 + case as u64, 1.0);
+        let p0 = Sampling::default().probs(&ver.row(2)).unwrap();
+        let mut counts = vec![0u64; v];
+        for _ in 0..n {
+            let mut d = dr.clone();
+            let tree = draft_tree(&mut d, &[2], &shape, &Sampling::default(), *argmax, &mut rng).unwrap();
+            let mut p = vec![p0.clone()];
+            p.extend(tree.tokens.iter().map(|&t| Sampling::default().probs(&ver.row(t)).unwrap()));
+            let o = verify_tree(&tree, &p, &mut rng).unwrap();
+            counts[o.path.first().map_or(o.next, |&i| tree.tokens[i]) as usize] += 1;
+        }
+        let (stat, df) = chi2(&counts, &p0);
+        println!("tree {shape} (deterministic {argmax}): chi2 {stat:.1} (df {df}, critical {:.1})", chi2_critical(df));
+        assert!(stat < chi2_critical(df), "tree {shape}: chi2 {stat}");
+    }
+}
+
+/// Power: SpecInfer's rule for candidates drawn independently (accept with min(1, p/q), residual
+/// (p − q)₊, the same q for every sibling) applied to candidates drawn without replacement biases
+/// the output, and the test sees it.
+#[test]
+fn tree_chi_square_detects_a_wrong_rule() {
+    let n = 60_000;
+    let v = 6;
+    let mut rng = Pcg64::seed_from_u64(5);
+    let ver = Markov::random(v, 6, 1.0);
+    let dr = Markov::random(v, 7, 1.0);
+    let p0 = Sampling::default().probs(&ver.row(1)).unwrap();
+    let q = Sampling::default().probs(&dr.row(1)).unwrap();
+    let shape: TreeShape = "3".parse().unwrap();
+    let mut counts = vec![0u64; v];
+    for _ in 0..n {
+        let mut d = dr.clone();
+        let tree = draft_tree(&mut d, &[1], &shape, &Sampling::default(), false, &mut rng).unwrap();
+        let mut target = p0.clone();
+        let mut emitted = None;
+        for &x in &tree.tokens {
+            if rng.random::<f64>() < target[x as usize] / q[x as usize] {
+                emitted = Some(x);
+                break;
+            }
+            target.iter_mut().zip(&q).for_each(|(t, qi)| *t = (*t - qi).max(0.0));
+            let z: f64 = target.iter().sum();
+            target.iter_mut().for_each(|t| *t /= z);
+        }
+        counts[emitted.unwrap_or_else(|| sample(&target, &mut rng)) as usize] += 1;
+    }
+    let (stat, df) = chi2(&counts, &p0);
+    println!("independent-draw rule on draws without replacement: chi2 {stat:.0} (critical {:.1})", chi2_critical(df));
+    assert!(stat > 10.0 * chi2_critical(df));
+}
+
+/// Whole generations with trees through the loop (state forks, KV compaction, pending leaves):
+/// the joint frequencies of 3 generated tokens match the verifier's exact joint.
+#[test]
+fn tree_joint_sequences_follow_the_verifier_chi_square() {
+    let v = 4;
+    let len = 3;
+    let verifier0 = Markov::random(v, 1, 1.0);
+    let drafter0 = Markov::random(v, 2, 1.0);
+    let runs = 30_000;
+    let cases = [
+        ("2x2", Sampling::default(), false),
+        ("3x1", Sampling { temperature: 0.8, top_k: Some(3), top_p: None }, false),
+        ("budget=6", Sampling::default(), false),
+        ("2x2", Sampling::default(), true),
+    ];
+    for (shape, warp, argmax) in cases {
+        let tree: TreeShape = shape.parse().unwrap();
+        let cfg =
+            SpecConfig { tree: Some(tree), sampling: warp, max_new: len, argmax_draft: argmax, ..Default::default() };
+        let expected = markov_joint(&verifier0, &warp, 3, len);
+        let mut counts = vec![0u64; v.pow(len as u32)];
+        let (mut ver, mut dr) = (verifier0.clone(), drafter0.clone());
+        let mut accepted = 0;
+        for seed in 0..runs {
+            let g = speculate(&mut dr, &mut ver, &[0, 3], &SpecConfig { seed, ..cfg.clone() }).unwrap();
+            assert_eq!(g.tokens.len(), len);
+            accepted += g.stats.accepted;
+            counts[g.tokens.iter().fold(0usize, |acc, &t| acc * v + t as usize)] += 1;
+        }
+        let (stat, df) = chi2(&counts, &expected);
+        println!(
+            "tree {shape}, {warp:?}, argmax {argmax}: chi2 {stat:.1} (df {df}, critical {:.1}); accepted {accepted}",
+            chi2_critical(df)
+        );
+        assert!(stat < chi2_critical(df), "tree {shape}: chi2 {stat}");
+    }
+}
+
+#[test]
+fn tree_shapes_parse_and_bad_ones_are_errors() {
+    let t: TreeShape = "4x2x2x1".parse().unwrap();
+    assert_eq!((t.widths.clone(), t.budget, t.nodes()), (vec![4, 2, 2, 1], None, 4 + 8 + 16 + 16));
+    assert_eq!(t.to_string(), "4x2x2x1");
+    let d: TreeShape = "budget=32".parse().unwrap();
+    assert_eq!((d.nodes(), d.to_string().parse::<TreeShape>().unwrap()), (32, d.clone()));
+    for bad in ["", "4x0", "budget=0", "budget=x", "9x9x9x9", "a"] {
+        let e = bad.parse::<TreeShape>().unwrap_err().to_string();
+        assert!(e.contains("tree"), "{bad}: {e}");
+    }
+    let mut ver = Markov::random(5, 1, 1.0);
+    let mut dr = Markov::random(5, 2, 1.0);
+    let cfg = SpecConfig {
+        tree: Some(t),
+        acceptance: Acceptance::Typical { epsilon: 0.09, delta: 0.3 },
+        max_new: 4,
+        ..Default::default()
+    };
+    assert!(speculate(&mut dr, &mut ver, &[1], &cfg).unwrap_err().to_string().contains("typical"));
 }

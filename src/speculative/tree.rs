@@ -1,0 +1,653 @@
+//! Token trees: the S4 draft proposes several continuations at once by forking its state, the
+//! verifier scores the whole tree in one pass (tree attention), and recursive rejection sampling
+//! keeps one root-to-node path plus one token of the verifier's own.
+//!
+//! ## Drafting (SpecInfer; EAGLE-2's dynamic trees)
+//!
+//! The root is the drafter's state after the committed tokens; a node is a drafted token whose
+//! state is its parent's state copied plus one recurrent step (for an S4 draft a copy of
+//! layers × H × N/2 numbers, never a replay). A node's value is its cumulative draft probability
+//! (the product of q along its path). Nodes are added best first under a budget: a heap holds
+//! *slots* (the next child of an expanded node, at priority value(parent) × the expected q of that
+//! child) and *expansions* (stepping a node to learn its q, at priority value(node), an upper bound
+//! of its children's values), so a node is stepped only if one of its children can still make the
+//! budget, and a leaf costs no draft step. With [`TreeShape::widths`] `[k₁, …, k_D]` every node at
+//! depth d − 1 may get k_d children; without a budget that is a static tree of Σ_d Π_{i≤d} k_i
+//! nodes, with a budget m the m best (EAGLE-2's rule: the top m by value, which is always a tree
+//! since a child's value never exceeds its parent's).
+//!
+//! Children are proposed in one of two ways, the order of siblings being the order of proposal:
+//! - **Deterministic** (greedy decoding, or `argmax_draft`): the k most likely tokens of the
+//!   draft's distribution, each proposal a point mass δ_x.
+//! - **Sampled without replacement** (otherwise): x₁ ~ q, x₂ ~ q restricted to V ∖ {x₁} and
+//!   renormalized, …; the j-th proposal is q_j = q·1[∉ {x₁…x_{j−1}}] / (1 − Σ_{i<j} q(xᵢ)). Whether
+//!   a slot is filled is decided (by its priority) before its token is drawn.
+//!
+//! ## Verification: recursive rejection sampling (Jeon et al. 2024; Yang et al. 2024)
+//!
+//! At the root, with the verifier's distribution p there, go through the children x₁, x₂, … in
+//! order: accept xⱼ with probability min(1, p(xⱼ)/qⱼ(xⱼ)); on a rejection replace p by the residual
+//! norm(max(0, p − qⱼ)) and try the next child. An accepted child becomes the new root with the
+//! verifier's p at that node; when every child is rejected (or there is none), emit a token drawn
+//! from the current p. [`verify_tree`] implements it; at temperature 0 p is a point mass and the
+//! rule follows the child equal to the verifier's arg-max, so greedy tree decoding is token for
+//! token the verifier's greedy decoding.
+//!
+//! **Why the emitted token follows p exactly.** Fix a node and condition on everything drafted
+//! before child j is proposed and on x₁…x_{j−1} having been rejected; call the verifier's current
+//! (residual) distribution pⱼ. Claim: the token emitted at this depth is distributed as pⱼ. If no
+//! j-th child exists, the token is drawn from pⱼ. Otherwise xⱼ ~ qⱼ is drawn independently of the
+//! verifier's uniforms, and one rejection step with proposal qⱼ and target pⱼ keeps xⱼ = x with
+//! probability qⱼ(x)·min(1, pⱼ(x)/qⱼ(x)) = min(pⱼ(x), qⱼ(x)) and rejects with probability
+//! 1 − Σ min(pⱼ, qⱼ) = Σ (pⱼ − qⱼ)₊, after which, by induction on the remaining children, the
+//! token follows p_{j+1} = (pⱼ − qⱼ)₊ / Σ (pⱼ − qⱼ)₊; the two parts add to pⱼ(x). At j = 1,
+//! p₁ = p. A rejected token gets p_{j+1}(xⱼ) = 0 (a rejection needs pⱼ(xⱼ) < qⱼ(xⱼ)), so a later
+//! sibling can never be accepted as a duplicate. The argument needs only that each qⱼ is the
+//! distribution xⱼ was drawn from given what came before: sampling without replacement, a point
+//! mass (then the rule is "draw y ~ p and follow the child equal to y"), and budgets that decide
+//! whether a slot exists before its token is drawn all qualify. Once a child is kept, the next
+//! depth uses the verifier's p conditional on exactly the kept path, so by induction over depths
+//! every emitted sequence has the verifier's probability, whatever the draft.
+//!
+//! ## Example
+//!
+//! ```
+//! use s4::model::S4ModelConfig;
+//! use s4::speculative::{generate, speculate, GptSession, S4Session, Sampling, SpecConfig, TreeShape};
+//! use s4::transformer::{Gpt, GptConfig};
+//!
+//! let verifier = Gpt::<f32>::new(GptConfig { vocab_size: 32, n_positions: 64, n_embd: 32, n_layer: 2, n_head: 2, ..Default::default() }, 0)?;
+//! let mut cfg = S4ModelConfig::causal_lm(32);
+//! cfg.layer.d_model = 16;
+//! cfg.layer.d_state = 8;
+//! let draft = cfg.build()?;
+//! // up to 3 children at the first depth, 2 at the second, 1 below, at most 12 nodes
+//! let tree: TreeShape = "3x2x1x1,budget=12".parse()?;
+//! let config = SpecConfig { tree: Some(tree), sampling: Sampling::greedy(), max_new: 20, ..Default::default() };
+//! let fast = speculate(&mut S4Session::new(&draft, 8)?, &mut GptSession::new(&verifier), &[1, 2, 3], &config)?;
+//! let slow = generate(&mut GptSession::new(&verifier), &[1, 2, 3], &config)?;
+//! assert_eq!(fast.tokens, slow.tokens);
+//! assert!(fast.stats.tree_nodes > 0);
+//! # Ok::<(), s4::Error>(())
+//! ```
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Instant;
+
+use rand::{RngExt, SeedableRng};
+use rand_pcg::Pcg64;
+
+use super::sampling::{sample, Sampling};
+use super::{Acceptance, Drafter, Generation, RoundLog, SpecConfig, Verifier};
+use crate::error::{Error, Result};
+use crate::transformer::TreeMask;
+
+/// The largest node budget of one tree.
+pub const MAX_TREE_NODES: usize = 512;
+
+/// The shape of the draft tree: how many children a node at each depth may get, and optionally a
+/// node budget (a dynamic tree: the budget's best nodes by cumulative draft probability).
+///
+/// Parsed from `"4x2x2x1"` (static: every node gets its children, 4 + 8 + 16 + 16 = 44 nodes),
+/// `"4x2x2x1,budget=16"` (the 16 best of those), or `"budget=32"` (dynamic, 4 children per node
+/// and depth up to 12).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeShape {
+    /// Children per node at depth 1, 2, … (the length is the tree's depth).
+    pub widths: Vec<usize>,
+    /// Most nodes in the tree (`None`: all the widths allow).
+    #[serde(default)]
+    pub budget: Option<usize>,
+}
+
+impl TreeShape {
+    /// A chain of γ tokens (one child per node).
+    pub fn chain(gamma: usize) -> Self {
+        TreeShape { widths: vec![1; gamma], budget: None }
+    }
+
+    /// A dynamic tree: up to `budget` nodes, 4 children per node, depth up to 12.
+    pub fn dynamic(budget: usize) -> Self {
+        TreeShape { widths: vec![4; 12], budget: Some(budget) }
+    }
+
+    /// Number of nodes of the tree (the budget, or the full static tree if smaller).
+    pub fn nodes(&self) -> usize {
+        let mut total = 0usize;
+        let mut level = 1usize;
+        for &w in &self.widths {
+            level = level.saturating_mul(w);
+            total = total.saturating_add(level);
+        }
+        self.budget.map_or(total, |b| b.min(total))
+    }
+
+    /// Checks the shape.
+    ///
+    /// # Errors
+    /// No depth, a width of 0, a budget of 0, or more than [`MAX_TREE_NODES`] nodes.
+    pub fn validate(&self) -> Result<()> {
+        if self.widths.is_empty() || self.widths.contains(&0) {
+            return Err(Error::invalid(
+                "tree widths",
+                format!("{:?}", self.widths),
+                "at least one depth, each with at least 1 child per node",
+            ));
+        }
+        if self.budget == Some(0) {
+            return Err(Error::invalid("tree budget", 0, "at least 1 node"));
+        }
+        if self.nodes() > MAX_TREE_NODES {
+            return Err(Error::invalid(
+                "tree size",
+                self.nodes(),
+                format!("at most {MAX_TREE_NODES} nodes (set a budget, e.g. \"4x4x4x4,budget=64\")"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for TreeShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let widths: Vec<String> = self.widths.iter().map(|w| w.to_string()).collect();
+        write!(f, "{}", widths.join("x"))?;
+        if let Some(b) = self.budget {
+            write!(f, ",budget={b}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for TreeShape {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |what: &str| {
+            Error::invalid(
+                "tree shape",
+                format!("{s:?} ({what})"),
+                "widths per depth like \"4x2x2x1\", optionally \",budget=N\"; or \"budget=N\" alone",
+            )
+        };
+        let mut shape = TreeShape { widths: vec![], budget: None };
+        for part in s.split(',').map(str::trim) {
+            if let Some(b) = part.strip_prefix("budget=") {
+                shape.budget = Some(b.parse().map_err(|_| bad("the budget is not a number"))?);
+            } else {
+                shape.widths = part
+                    .split('x')
+                    .map(|w| w.trim().parse::<usize>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| bad("a width is not a number"))?;
+            }
+        }
+        if shape.widths.is_empty() {
+            shape.widths = TreeShape::dynamic(0).widths;
+        }
+        shape.validate()?;
+        Ok(shape)
+    }
+}
+
+/// How a node's children were proposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proposal {
+    /// The most likely tokens of the draft, each a point mass.
+    Deterministic,
+    /// Drawn from the draft's (warped) distribution without replacement.
+    WithoutReplacement,
+}
+
+/// A drafted token tree: nodes in creation order (a parent before its children, siblings in the
+/// order they were proposed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenTree {
+    /// The token of each node.
+    pub tokens: Vec<u32>,
+    /// The parent of each node (`None`: a child of the root).
+    pub parents: Vec<Option<usize>>,
+    /// Cumulative draft probability of each node (the product of q along its path).
+    pub values: Vec<f64>,
+    /// How children were proposed.
+    pub proposal: Proposal,
+    /// The draft's distribution q at the root (index 0) and at each expanded node (`dist_of`).
+    dists: Vec<Vec<f64>>,
+    /// Index into `dists` of each node's q, when the node was expanded (stepped).
+    dist_of: Vec<Option<usize>>,
+}
+
+impl TokenTree {
+    /// A tree without nodes (verification then draws from the verifier's distribution at the
+    /// root: plain decoding).
+    pub fn empty() -> Self {
+        TokenTree {
+            tokens: vec![],
+            parents: vec![],
+            values: vec![],
+            proposal: Proposal::Deterministic,
+            dists: vec![vec![]],
+            dist_of: vec![],
+        }
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the tree has no node.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Whether the draft stepped node `i` (its state exists in the drafter).
+    pub fn stepped(&self, i: usize) -> bool {
+        self.dist_of[i].is_some()
+    }
+
+    /// The nodes from depth 1 down to `i`.
+    pub fn path(&self, i: usize) -> Vec<usize> {
+        let mut path = vec![i];
+        while let Some(p) = self.parents[*path.last().expect("not empty")] {
+            path.push(p);
+        }
+        path.reverse();
+        path
+    }
+
+    /// The depth of every node (1 for the root's children).
+    pub fn depths(&self) -> Vec<usize> {
+        let mut d: Vec<usize> = Vec::with_capacity(self.len());
+        for p in &self.parents {
+            d.push(p.map_or(1, |p| d[p] + 1));
+        }
+        d
+    }
+
+    /// The children of the root (`None`) or of a node, in the order they were proposed.
+    pub fn children(&self, of: Option<usize>) -> impl Iterator<Item = usize> + '_ {
+        self.parents.iter().enumerate().filter(move |(_, p)| **p == of).map(|(i, _)| i)
+    }
+
+    /// The attention mask of `pending` committed tokens (a chain) followed by the tree: the
+    /// root's children hang under the last pending token.
+    ///
+    /// # Errors
+    /// `pending = 0`, or too many positions for one pass.
+    pub fn mask(&self, pending: usize) -> Result<TreeMask> {
+        if pending == 0 {
+            return Err(Error::invalid("pending tokens", 0, "at least one (the root of the tree)"));
+        }
+        let parents: Vec<Option<usize>> = (0..pending)
+            .map(|i| i.checked_sub(1))
+            .chain(self.parents.iter().map(|p| Some(p.map_or(pending - 1, |p| pending + p))))
+            .collect();
+        TreeMask::new(&parents)
+    }
+}
+
+/// An entry of the drafting heap: fill the next child slot of a node, or step a node.
+#[derive(Debug)]
+struct Entry {
+    priority: f64,
+    order: usize,
+    /// `Ok(parent)` for a child slot (`None` = the root), `Err(node)` to expand a node.
+    what: std::result::Result<Option<usize>, usize>,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    /// Highest priority first; the earlier entry on ties.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority.total_cmp(&other.priority).then(other.order.cmp(&self.order))
+    }
+}
+
+/// The children proposed so far at one node.
+#[derive(Debug, Default)]
+struct Slots {
+    /// Proposed tokens.
+    taken: Vec<u32>,
+    /// Their total draft probability.
+    mass: f64,
+    /// Deterministic: the tokens by decreasing q.
+    ranked: Vec<u32>,
+}
+
+impl Slots {
+    fn new(q: &[f64], proposal: Proposal, width: usize) -> Self {
+        let ranked = match proposal {
+            Proposal::Deterministic => {
+                let mut order: Vec<u32> = (0..q.len() as u32).filter(|&x| q[x as usize] > 0.0).collect();
+                order.sort_by(|&a, &b| q[b as usize].total_cmp(&q[a as usize]).then(a.cmp(&b)));
+                order.truncate(width);
+                order
+            }
+            Proposal::WithoutReplacement => vec![],
+        };
+        Slots { taken: vec![], mass: 0.0, ranked }
+    }
+
+    /// The expected draft probability of the next child, or `None` when q has no token left.
+    fn next_value(&self, q: &[f64], proposal: Proposal) -> Option<f64> {
+        match proposal {
+            Proposal::Deterministic => self.ranked.get(self.taken.len()).map(|&x| q[x as usize]),
+            Proposal::WithoutReplacement => {
+                let left = 1.0 - self.mass;
+                let sq: f64 =
+                    q.iter().enumerate().filter(|(x, _)| !self.taken.contains(&(*x as u32))).map(|(_, v)| v * v).sum();
+                (left > 1e-12 && sq > 0.0).then(|| sq / left)
+            }
+        }
+    }
+
+    /// Proposes the next child: the next ranked token, or a draw from q without the taken ones.
+    fn propose(&mut self, q: &[f64], proposal: Proposal, rng: &mut Pcg64) -> u32 {
+        let x = match proposal {
+            Proposal::Deterministic => self.ranked[self.taken.len()],
+            Proposal::WithoutReplacement => {
+                let mut rest = q.to_vec();
+                for &t in &self.taken {
+                    rest[t as usize] = 0.0;
+                }
+                sample(&rest, rng)
+            }
+        };
+        self.taken.push(x);
+        self.mass += q[x as usize];
+        x
+    }
+}
+
+/// Drafts a token tree: the drafter consumes `pending` (the root), then nodes are added best first
+/// under `shape` (see the module docs), each expansion one [`Drafter::tree_step`] from its
+/// parent's state. `sampling` warps the draft's logits into q; with `deterministic` the children
+/// are the most likely tokens (of q, or of the unwarped softmax at temperature 0), otherwise
+/// draws from q without replacement.
+///
+/// # Errors
+/// An invalid shape, an empty `pending`, drafter failures.
+pub fn draft_tree<D: Drafter + ?Sized>(
+    drafter: &mut D,
+    pending: &[u32],
+    shape: &TreeShape,
+    sampling: &Sampling,
+    deterministic: bool,
+    rng: &mut Pcg64,
+) -> Result<TokenTree> {
+    shape.validate()?;
+    let proposal = if deterministic { Proposal::Deterministic } else { Proposal::WithoutReplacement };
+    // rank by the draft's own softmax at temperature 0, where the warped q is a point mass
+    let warp = if sampling.is_greedy() { Sampling::default() } else { *sampling };
+    let root_len = drafter.len() + pending.len();
+    let budget = shape.nodes();
+    let logits = drafter.extend(pending)?;
+    let mut tree = TokenTree {
+        tokens: vec![],
+        parents: vec![],
+        values: vec![],
+        proposal,
+        dists: vec![warp.probs(&logits)?],
+        dist_of: vec![],
+    };
+    let mut slots: Vec<Slots> = vec![Slots::new(&tree.dists[0], proposal, shape.widths[0])];
+    // slot index of each node's children (index 0 is the root's)
+    let mut slot_of: Vec<Option<usize>> = vec![];
+    let mut heap = BinaryHeap::new();
+    let mut order = 0usize;
+    let mut push = |heap: &mut BinaryHeap<Entry>, priority: f64, what| {
+        heap.push(Entry { priority, order, what });
+        order += 1;
+    };
+    if let Some(v) = slots[0].next_value(&tree.dists[0], proposal) {
+        push(&mut heap, v, Ok(None));
+    }
+    while tree.len() < budget {
+        let Some(entry) = heap.pop() else { break };
+        match entry.what {
+            Ok(parent) => {
+                let (s, q_index, depth, base) = match parent {
+                    None => (0, 0, 0, 1.0),
+                    Some(p) => (
+                        slot_of[p].expect("expanded"),
+                        tree.dist_of[p].expect("expanded"),
+                        tree.path(p).len(),
+                        tree.values[p],
+                    ),
+                };
+                let q = &tree.dists[q_index];
+                let x = slots[s].propose(q, proposal, rng);
+                let node = tree.len();
+                tree.tokens.push(x);
+                tree.parents.push(parent);
+                tree.values.push(base * q[x as usize]);
+                tree.dist_of.push(None);
+                slot_of.push(None);
+                if slots[s].taken.len() < shape.widths[depth] {
+                    if let Some(v) = slots[s].next_value(q, proposal) {
+                        push(&mut heap, base * v, Ok(parent));
+                    }
+                }
+                if depth + 1 < shape.widths.len() {
+                    push(&mut heap, tree.values[node], Err(node));
+                }
+            }
+            Err(node) => {
+                let path: Vec<u32> = tree.path(node).iter().map(|&i| tree.tokens[i]).collect();
+                let logits = drafter.tree_step(root_len, node, tree.parents[node], &path)?;
+                let q = warp.probs(&logits)?;
+                let depth = path.len();
+                slots.push(Slots::new(&q, proposal, shape.widths[depth]));
+                slot_of[node] = Some(slots.len() - 1);
+                tree.dists.push(q);
+                tree.dist_of[node] = Some(tree.dists.len() - 1);
+                let s = slots.len() - 1;
+                if let Some(v) = slots[s].next_value(&tree.dists[tree.dists.len() - 1], proposal) {
+                    push(&mut heap, tree.values[node] * v, Ok(Some(node)));
+                }
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// The result of verifying a tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeOutcome {
+    /// The accepted nodes, from depth 1 down.
+    pub path: Vec<usize>,
+    /// The token emitted after them (drawn from the verifier's residual distribution).
+    pub next: u32,
+}
+
+/// Recursive rejection sampling over a token tree (see the module docs): `p[0]` is the verifier's
+/// (warped) distribution at the root, `p[1 + i]` at node i. The emitted tokens follow the
+/// verifier's distribution exactly.
+///
+/// # Errors
+/// `p.len() != tree.len() + 1`, distributions of the wrong length, or a drafted token with draft
+/// probability 0 under its own proposal.
+pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng: &mut R) -> Result<TreeOutcome> {
+    if p.len() != tree.len() + 1 {
+        return Err(Error::invalid(
+            "verifier distributions",
+            p.len(),
+            format!("one at the root and one per tree node ({})", tree.len() + 1),
+        ));
+    }
+    let v = p[0].len();
+    if let Some(i) = p.iter().position(|r| r.len() != v) {
+        return Err(Error::invalid(format!("verifier distribution {i}"), p[i].len(), format!("length {v}")));
+    }
+    let mut path = vec![];
+    let mut at: Option<usize> = None;
+    let mut target = p[0].clone();
+    'depth: loop {
+        let q = match at {
+            None => Some(&tree.dists[0]),
+            Some(n) => tree.dist_of[n].map(|d| &tree.dists[d]),
+        };
+        let mut taken_mass = 0.0;
+        for c in tree.children(at) {
+            let x = tree.tokens[c] as usize;
+            let q =
+                q.ok_or_else(|| Error::numerical("tree verification", format!("node {c} has an unexpanded parent")))?;
+            if x >= v {
+                return Err(Error::invalid(format!("tree node {c}"), x, format!("a token id < vocabulary size {v}")));
+            }
+            // the proposal of this child: a point mass, or q without the earlier siblings
+            let left = 1.0 - taken_mass;
+            let qx = match tree.proposal {
+                Proposal::Deterministic => 1.0,
+                Proposal::WithoutReplacement => q[x] / left,
+            };
+            if !(qx > 0.0) {
+                return Err(Error::numerical(
+                    "tree verification",
+                    format!("node {c} (token {x}) has probability 0 under its own proposal"),
+                ));
+            }
+            let r: f64 = rng.random();
+            if r < target[x] / qx {
+                path.push(c);
+                at = Some(c);
+                target.clone_from(&p[1 + c]);
+                continue 'depth;
+            }
+            // the residual norm(max(0, p − q_j))
+            let before = target.clone();
+            match tree.proposal {
+                Proposal::Deterministic => target[x] = 0.0,
+                Proposal::WithoutReplacement => {
+                    let earlier: Vec<usize> =
+                        tree.children(at).take_while(|&s| s != c).map(|s| tree.tokens[s] as usize).collect();
+                    for (y, t) in target.iter_mut().enumerate() {
+                        let qy = if earlier.contains(&y) { 0.0 } else { q[y] / left };
+                        *t = (*t - qy).max(0.0);
+                    }
+                }
+            }
+            let total: f64 = target.iter().sum();
+            if total > 0.0 {
+                target.iter_mut().for_each(|t| *t /= total);
+            } else {
+                // rounding left nothing: p and q_j were equal (a rejection had probability 0)
+                target = before;
+            }
+            taken_mass += q[x];
+        }
+        return Ok(TreeOutcome { path, next: sample(&target, rng) });
+    }
+}
+
+/// [`speculate`](super::speculate) with a token tree per round (the models are reset and the
+/// settings checked by the caller): draft a tree from the drafter's state, score the pending
+/// tokens and the tree in one verifier pass, keep the path [`verify_tree`] accepts plus its token.
+pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
+    drafter: &mut D,
+    verifier: &mut V,
+    prompt: &[u32],
+    config: &SpecConfig,
+    shape: &TreeShape,
+) -> Result<Generation> {
+    shape.validate()?;
+    if config.acceptance != Acceptance::Exact {
+        return Err(Error::invalid(
+            "acceptance with a tree",
+            "typical",
+            "exact acceptance (typical acceptance is implemented for chains only)",
+        ));
+    }
+    let mut rng = Pcg64::seed_from_u64(config.seed);
+    let greedy = config.sampling.is_greedy();
+    let deterministic = greedy || config.argmax_draft;
+    let warp = if greedy { Sampling::greedy() } else { config.sampling };
+    let mut log = RoundLog::new();
+    let mut out: Vec<u32> = Vec::with_capacity(config.max_new.min(4096) + 16);
+    let mut pending_v: Vec<u32> = prompt.to_vec();
+    let mut pending_d: Vec<u32> = prompt.to_vec();
+    let mut nodes_total = 0usize;
+
+    'rounds: while out.len() < config.max_new {
+        // no deeper than the tokens still wanted, no wider than the verifier's context
+        let remaining = config.max_new - out.len();
+        let base = verifier.len();
+        let room = verifier.max_len().map_or(usize::MAX, |m| m.saturating_sub(base + pending_v.len()));
+        let mut round_shape = shape.clone();
+        round_shape.widths.truncate(remaining - 1);
+        round_shape.budget = Some(shape.nodes().min(room));
+        let t = Instant::now();
+        let (tree, root) = if round_shape.widths.is_empty() || room == 0 {
+            (TokenTree::empty(), None)
+        } else {
+            let root = drafter.len() + pending_d.len();
+            let steps_before = pending_d.len();
+            let tree = draft_tree(drafter, &pending_d, &round_shape, &config.sampling, deterministic, &mut rng)?;
+            let stepped = (0..tree.len()).filter(|&i| tree.stepped(i)).count();
+            log.draft(steps_before + stepped, t.elapsed().as_secs_f64());
+            pending_d.clear();
+            (tree, Some(root))
+        };
+        // one pass over the pending tokens and the tree
+        let t = Instant::now();
+        let mut input = pending_v.clone();
+        input.extend_from_slice(&tree.tokens);
+        let logits = verifier.score_tree(&input, &tree.mask(pending_v.len())?)?;
+        log.pass(input.len(), t.elapsed().as_secs_f64());
+        let first = pending_v.len() - 1;
+        let p = (first..input.len())
+            .map(|i| {
+                let row = logits.row(i);
+                warp.probs(row.as_slice().ok_or_else(|| Error::numerical("speculate", "non-contiguous logits"))?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let outcome = verify_tree(&tree, &p, &mut rng)?;
+        let n = outcome.path.len();
+        let last = outcome.path.last().copied();
+        if !tree.is_empty() {
+            nodes_total += tree.len();
+            log.round(tree.len(), n, tree.children(last).next().is_some());
+        }
+        // keep the pending tokens and the accepted path
+        let positions: Vec<usize> =
+            (0..pending_v.len()).chain(outcome.path.iter().map(|&i| pending_v.len() + i)).collect();
+        let kept: Vec<u32> = positions.iter().map(|&i| input[i]).collect();
+        verifier.keep(base, &positions, &kept)?;
+        let path_tokens: Vec<u32> = outcome.path.iter().map(|&i| tree.tokens[i]).collect();
+        if let Some(root) = root {
+            // the drafter continues from the deepest stepped node of the path (a leaf was never
+            // stepped: its token joins the pending ones)
+            let stepped = outcome.path.iter().take_while(|&&i| tree.stepped(i)).count();
+            let node = stepped.checked_sub(1).map(|i| outcome.path[i]);
+            drafter.tree_adopt(root, node, &path_tokens[..stepped])?;
+            pending_d.extend_from_slice(&path_tokens[stepped..]);
+        }
+        for &x in path_tokens.iter().chain(std::iter::once(&outcome.next)) {
+            out.push(x);
+            if config.stop_token == Some(x) || out.len() == config.max_new {
+                break 'rounds;
+            }
+        }
+        pending_v = vec![outcome.next];
+        pending_d.push(outcome.next);
+    }
+    let mut stats = log.finish(out.len());
+    stats.tree_nodes = nodes_total;
+    stats.mean_tree_nodes = if stats.rounds > 0 { nodes_total as f64 / stats.rounds as f64 } else { 0.0 };
+    Ok(Generation { tokens: out, stats })
+}
