@@ -438,10 +438,10 @@ pub fn draft_tree<D: Drafter + ?Sized>(
                 tree.values.push(base * q[x as usize]);
                 tree.dist_of.push(None);
                 slot_of.push(None);
-                if slots[s].taken.len() < shape.widths[depth] {
-                    if let Some(v) = slots[s].next_value(q, proposal) {
-                        push(&mut heap, base * v, Ok(parent));
-                    }
+                if slots[s].taken.len() < shape.widths[depth]
+                    && let Some(v) = slots[s].next_value(q, proposal)
+                {
+                    push(&mut heap, base * v, Ok(parent));
                 }
                 if depth + 1 < shape.widths.len() {
                     push(&mut heap, tree.values[node], Err(node));
@@ -516,7 +516,7 @@ pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng:
                 Proposal::Deterministic => 1.0,
                 Proposal::WithoutReplacement => q[x] / left,
             };
-            if !(qx > 0.0) {
+            if qx.is_nan() || qx <= 0.0 {
                 return Err(Error::numerical(
                     "tree verification",
                     format!("node {c} (token {x}) has probability 0 under its own proposal"),
