@@ -10,7 +10,7 @@ use s4::discretize::Discretization;
 use s4::kernel::{diag_kernel, DplrKernel};
 use s4::plot::{write_png, Panel, Series};
 use s4::speculative::CausalModel;
-use s4::speculative::{generate, predicted_speedup, speculate, GammaPolicy, PassCost, Sampling, SpecConfig};
+use s4::speculative::{generate, predicted_speedup, speculate, PassCost, Sampling, SpecConfig, TreeShape};
 use s4::ssm::{KernelKind, SsmInitConfig};
 use s4::{Error, Result};
 use serde_json::json;
@@ -167,6 +167,10 @@ pub struct BenchArgs {
     /// Draft lengths (numbers or `auto`).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,auto")]
     gammas: Vec<String>,
+    /// Token trees to measure beside the chains, separated by `;` (see `s4 speculate --tree`),
+    /// e.g. `2x2x1x1;budget=16`.
+    #[arg(long, value_delimiter = ';')]
+    trees: Vec<TreeShape>,
     /// Temperatures (0 = greedy).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     temperatures: Vec<f64>,
@@ -224,7 +228,14 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             BUILTIN_PROMPTS.iter().cycle().take(a.prompts).map(|p| shakespeare::encode(p)).collect()
         }
     };
-    let gammas: Vec<GammaPolicy> = a.gammas.iter().map(|g| parse_gamma(g)).collect::<Result<_>>()?;
+    // the drafting modes: chains of each γ, then each tree
+    let mut modes: Vec<(String, SpecConfig)> = Vec::new();
+    for g in &a.gammas {
+        modes.push((format!("gamma={g}"), SpecConfig { gamma: parse_gamma(g)?, ..Default::default() }));
+    }
+    for t in &a.trees {
+        modes.push((format!("tree={t}"), SpecConfig { tree: Some(t.clone()), ..Default::default() }));
+    }
     let mut rows = Vec::new();
     let mut panels = Vec::new();
     for &t in &a.temperatures {
@@ -240,13 +251,14 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
         }
         let base_tps = base_count as f64 / base_time;
         let (mut measured, mut predicted, mut predicted_cost) = (Vec::new(), Vec::new(), Vec::new());
-        for (gi, &gamma) in gammas.iter().enumerate() {
-            let cfg = SpecConfig { gamma, ..base_cfg.clone() };
+        for (label, mode) in &modes {
+            let cfg = SpecConfig { gamma: mode.gamma, tree: mode.tree.clone(), ..base_cfg.clone() };
             let (mut time, mut count, mut same) = (0.0, 0, true);
             let (mut drafted, mut accepted, mut calls, mut dsteps, mut rejections) = (0, 0, 0, 0, 0);
             let (mut dsec, mut vsec, mut gsum) = (0.0, 0.0, 0.0);
             let mut cost = PassCost::default();
             let mut histogram: Vec<usize> = Vec::new();
+            let mut by_depth: Vec<(f64, usize)> = Vec::new();
             for (i, p) in prompts.iter().enumerate() {
                 let g = speculate(
                     dr.drafter()?.as_mut(),
@@ -268,6 +280,9 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
                 let h = &g.stats.accepted_histogram;
                 histogram.resize(histogram.len().max(h.len()), 0);
                 histogram.iter_mut().zip(h).for_each(|(a, b)| *a += b);
+                let d = &g.stats.acceptance_by_depth;
+                by_depth.resize(by_depth.len().max(d.len()), (0.0, 0));
+                by_depth.iter_mut().zip(d).for_each(|(a, &r)| *a = (a.0 + r, a.1 + 1));
                 let (w, c) = (1.0 / prompts.len() as f64, g.stats.cost);
                 cost.fixed += w * c.fixed;
                 cost.per_position += w * c.per_position;
@@ -280,10 +295,10 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             let speedup = (count as f64 / time) / base_tps;
             let pred = predicted_speedup(alpha_iid, mean_gamma.round().max(1.0) as usize, c);
             let pred_cost = cost.speedup(alpha_iid, mean_gamma.round().max(1.0) as usize);
+            let by_depth: Vec<f64> = by_depth.iter().map(|&(s, n)| s / n.max(1) as f64).collect();
             eprintln!(
-                "T={t} gamma={:<9} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x  \
+                "T={t} {label:<22} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x  \
                  cost model {pred_cost:.2}x{}",
-                a.gammas[gi],
                 count as f64 / calls as f64,
                 if t == 0.0 { if same { "  identical output" } else { "  OUTPUT DIFFERS" } } else { "" }
             );
@@ -292,7 +307,9 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             measured.insert(at, (x, speedup));
             predicted.insert(at, (x, pred));
             predicted_cost.insert(at, (x, pred_cost));
-            rows.push(json!({"temperature": t, "gamma": a.gammas[gi], "mean_gamma": mean_gamma, "alpha": alpha,
+            rows.push(json!({"temperature": t, "mode": label, "gamma": cfg.tree.is_none().then_some(cfg.gamma),
+                             "tree": cfg.tree.as_ref().map(|t| t.to_string()),
+                             "mean_gamma": mean_gamma, "alpha": alpha, "acceptance_by_depth": by_depth,
                              "alpha_iid": alpha_iid,
                              "tau": count as f64 / calls as f64, "cost_ratio": c,
                              "tokens_per_second": count as f64 / time, "verifier_only_tokens_per_second": base_tps,
@@ -305,7 +322,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
         }
         panels.push(Panel {
             title: format!("speculative decoding speedup, temperature {t}"),
-            x_label: "gamma (mean draft length)".into(),
+            x_label: "drafted tokens per round (gamma, or tree nodes)".into(),
             y_label: "speedup over verifier alone".into(),
             series: vec![
                 Series { label: "measured".into(), points: measured },

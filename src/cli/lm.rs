@@ -12,6 +12,7 @@ use s4::model::{checkpoint, Input, S4ModelConfig};
 use s4::speculative::distill::{distill_run, DistillConfig};
 use s4::speculative::{
     generate, predicted_speedup, speculate, Acceptance, CausalModel, GammaPolicy, Generation, Sampling, SpecConfig,
+    TreeShape,
 };
 use s4::ssm::KernelKind;
 use s4::train::lm::{train_lm_run, LmTrainConfig};
@@ -112,7 +113,13 @@ pub struct SpeculateArgs {
     /// on full acceptance, shrink on rejection).
     #[arg(long, default_value = "auto")]
     gamma: String,
-    /// Draft by arg-max (q is the point mass at the drafted token).
+    /// Draft a token tree each round instead of a chain (then --gamma is unused): widths per
+    /// depth like `4x2x2x1` (a static tree), optionally `,budget=N` (its N best nodes by draft
+    /// probability), or `budget=N` alone (a dynamic tree, 4 children per node, depth up to 12).
+    #[arg(long)]
+    tree: Option<TreeShape>,
+    /// Draft by arg-max (q is the point mass at the drafted token; with --tree: the most likely
+    /// tokens as children instead of draws without replacement).
     #[arg(long)]
     argmax_draft: bool,
     /// LOSSY typical acceptance (Medusa) with EPSILON,DELTA, e.g. 0.09,0.3.
@@ -363,6 +370,7 @@ fn cmd_speculate(a: &SpeculateArgs) -> Result<()> {
         acceptance,
         max_new: fit_max_new(a.prompt.max_new, 200, tokens.len(), &[&ver, &dr], "--max-new")?,
         seed: a.sampling.seed,
+        tree: a.tree.clone(),
         ..Default::default()
     };
     let g = speculate(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), &tokens, &cfg)?;
@@ -427,6 +435,7 @@ fn spec_json(g: &Generation, base: Option<&Generation>, cfg: &SpecConfig, text: 
         "lossless": cfg.acceptance == Acceptance::Exact,
         "acceptance": cfg.acceptance,
         "gamma": cfg.gamma,
+        "tree": cfg.tree.as_ref().map(|t| t.to_string()),
         "sampling": cfg.sampling,
         "stats": s,
         "verifier_only": base.map(|b| json!({

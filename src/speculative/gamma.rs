@@ -245,6 +245,119 @@ impl GammaController {
     }
 }
 
+/// Plain rounds before the first probe after speculation was found not to pay; doubled after
+/// every probe that still does not pay, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: usize = 16;
+/// The longest stretch of plain rounds between probes.
+const MAX_BACKOFF: usize = 1024;
+
+/// The guard of the default policies: measures speculative rounds against plain ones (one
+/// verifier pass, one token) as they go and falls back to plain decoding where speculation does
+/// not pay.
+///
+/// Rounds 2–5 alternate speculative and plain (the first round carries the prompt's pass and is
+/// not measured). Afterwards a round speculates while the measured tokens per second of
+/// speculative rounds are at least those of plain rounds; otherwise the next
+/// 16, 32, …, 1024 rounds are plain, each stretch followed by one probing round, which first lets
+/// the drafter catch up on the skipped tokens (a draft step d each, charged to the probe). That
+/// catching up costs c = d / (plain round time) per skipped token, so when even a round keeping
+/// every drafted token would not beat plain decoding by 1 + c (best-case tokens over the measured
+/// round time), the guard never probes again.
+///
+/// ```
+/// use s4::speculative::gamma::PayoffGuard;
+/// // speculation at 3 tokens per 2 ms against 1 token per 1 ms: it pays
+/// let mut g = PayoffGuard::default();
+/// for _ in 0..8 {
+///     if g.speculate_now() { g.record_speculative(3, 2e-3, 5, 1e-4) } else { g.record_plain(1e-3) }
+/// }
+/// assert!(g.speculate_now());
+/// // a draft too slow to ever pay: plain for good
+/// let mut g = PayoffGuard::default();
+/// for _ in 0..8 {
+///     if g.speculate_now() { g.record_speculative(1, 4e-3, 3, 1e-3) } else { g.record_plain(1e-3) }
+/// }
+/// assert!(!g.speculate_now() && g.gave_up());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PayoffGuard {
+    rounds: usize,
+    spec_tokens: f64,
+    spec_seconds: f64,
+    spec_best_tokens: f64,
+    draft_step: f64,
+    plain_seconds: f64,
+    plain_rounds: usize,
+    plain_left: usize,
+    backoff: usize,
+    never: bool,
+}
+
+impl PayoffGuard {
+    /// Whether the next round should speculate.
+    pub fn speculate_now(&self) -> bool {
+        if self.never {
+            return false;
+        }
+        match self.rounds {
+            0..=1 => true,
+            2..=4 => self.rounds % 2 == 1,
+            _ => self.plain_left == 0,
+        }
+    }
+
+    /// Whether the guard concluded that speculation cannot pay for this pair.
+    pub fn gave_up(&self) -> bool {
+        self.never
+    }
+
+    /// Records a speculative round that emitted `tokens` in `seconds` and would have emitted
+    /// `best_tokens` had every drafted token been kept; `draft_step` is the measured time of one
+    /// draft step.
+    pub fn record_speculative(&mut self, tokens: usize, seconds: f64, best_tokens: usize, draft_step: f64) {
+        self.rounds += 1;
+        self.draft_step = draft_step;
+        if self.rounds > 1 {
+            // recent rounds weigh more: the acceptance drifts with the text
+            let keep = 0.9;
+            self.spec_tokens = keep * self.spec_tokens + tokens as f64;
+            self.spec_seconds = keep * self.spec_seconds + seconds;
+            self.spec_best_tokens = keep * self.spec_best_tokens + best_tokens as f64;
+        }
+        self.decide();
+    }
+
+    /// Records a plain round (one pass, one token) that took `seconds`.
+    pub fn record_plain(&mut self, seconds: f64) {
+        self.rounds += 1;
+        self.plain_seconds += seconds;
+        self.plain_rounds += 1;
+        if self.plain_left > 0 {
+            // a stretch of plain rounds ends with a probe, whatever the rates say
+            self.plain_left -= 1;
+        } else {
+            self.decide();
+        }
+    }
+
+    fn decide(&mut self) {
+        if self.rounds < 5 || self.plain_rounds == 0 || self.spec_seconds <= 0.0 {
+            return;
+        }
+        let plain_rate = self.plain_rounds as f64 / self.plain_seconds.max(1e-12);
+        let spec_rate = self.spec_tokens / self.spec_seconds;
+        let best_rate = self.spec_best_tokens / self.spec_seconds;
+        if best_rate < plain_rate * (1.0 + self.draft_step * plain_rate) {
+            self.never = true;
+        } else if spec_rate < plain_rate {
+            self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+            self.plain_left = self.backoff;
+        } else {
+            self.backoff = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,7 +75,9 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64;
 use rayon::prelude::*;
 
-pub use gamma::{best_gamma, expected_tokens, predicted_speedup, CostFit, GammaController, GammaPolicy, PassCost};
+pub use gamma::{
+    best_gamma, expected_tokens, predicted_speedup, CostFit, GammaController, GammaPolicy, PassCost, PayoffGuard,
+};
 pub use models::{check_causal_lm, CausalModel, GptSession, S4Session};
 pub use sampling::Sampling;
 pub use tree::{draft_tree, verify_tree, TokenTree, TreeOutcome, TreeShape};
@@ -484,13 +486,20 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let greedy = config.sampling.is_greedy() && config.acceptance == Acceptance::Exact;
     let mut log = RoundLog::new();
     let mut control = GammaController::new(config.gamma);
+    // the default policy falls back to plain decoding where speculation does not pay
+    let mut guard = matches!(config.gamma, GammaPolicy::Auto { .. }).then(PayoffGuard::default);
     let mut out: Vec<u32> = Vec::with_capacity(config.max_new.min(4096) + 16);
     let mut pending_v: Vec<u32> = prompt.to_vec();
     let mut pending_d: Vec<u32> = prompt.to_vec();
 
     'rounds: while out.len() < config.max_new {
         let remaining = config.max_new - out.len();
-        let gamma = control.gamma().min(remaining - 1);
+        let gamma =
+            if guard.as_ref().is_none_or(PayoffGuard::speculate_now) { control.gamma().min(remaining - 1) } else { 0 };
+        let round = Instant::now();
+        if gamma > 0 {
+            log.catch_up(drafter, &mut pending_d)?;
+        }
         // draft
         let t = Instant::now();
         let draft = if gamma > 0 {
@@ -528,6 +537,14 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             log.round(gamma, n, n < gamma);
         }
         control.update(gamma, n, log.fit.cost());
+        if let Some(g) = &mut guard {
+            let seconds = round.elapsed().as_secs_f64();
+            if gamma > 0 {
+                g.record_speculative(n + 1, seconds, gamma + 1, log.draft_step());
+            } else {
+                g.record_plain(seconds);
+            }
+        }
         // roll back and commit
         let kept = base + pending_v.len() + n;
         verifier.rollback(kept)?;
@@ -580,6 +597,26 @@ impl RoundLog {
         self.stats.draft_steps += steps;
         self.stats.draft_seconds += seconds;
         self.fit.add_draft(steps, seconds);
+    }
+
+    /// The mean time of one draft step so far.
+    fn draft_step(&self) -> f64 {
+        self.stats.draft_seconds / self.stats.draft_steps.max(1) as f64
+    }
+
+    /// Lets the drafter consume all but the last of `pending` (catching up after plain rounds;
+    /// the prompt is left whole) and returns the seconds it took.
+    fn catch_up<D: Drafter + ?Sized>(&mut self, drafter: &mut D, pending: &mut Vec<u32>) -> Result<f64> {
+        if pending.len() < 2 || drafter.is_empty() {
+            return Ok(0.0);
+        }
+        let t = Instant::now();
+        let last = pending.len() - 1;
+        drafter.extend(&pending[..last])?;
+        pending.drain(..last);
+        let seconds = t.elapsed().as_secs_f64();
+        self.draft(last, seconds);
+        Ok(seconds)
     }
 
     /// A verifier pass over `positions` took `seconds` (the first one is the prompt's).

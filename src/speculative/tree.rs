@@ -81,7 +81,7 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 
 use super::sampling::{sample, Sampling};
-use super::{Acceptance, Drafter, Generation, RoundLog, SpecConfig, Verifier};
+use super::{Acceptance, Drafter, Generation, PayoffGuard, RoundLog, SpecConfig, Verifier};
 use crate::error::{Error, Result};
 use crate::transformer::TreeMask;
 
@@ -582,17 +582,24 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let mut pending_v: Vec<u32> = prompt.to_vec();
     let mut pending_d: Vec<u32> = prompt.to_vec();
     let mut nodes_total = 0usize;
+    // a dynamic tree (a budget) falls back to plain decoding where speculation does not pay
+    let mut guard = shape.budget.is_some().then(PayoffGuard::default);
 
     'rounds: while out.len() < config.max_new {
         // no deeper than the tokens still wanted, no wider than the verifier's context
         let remaining = config.max_new - out.len();
+        let speculate_now = guard.as_ref().is_none_or(PayoffGuard::speculate_now);
+        let round = Instant::now();
+        if speculate_now {
+            log.catch_up(drafter, &mut pending_d)?;
+        }
         let base = verifier.len();
         let room = verifier.max_len().map_or(usize::MAX, |m| m.saturating_sub(base + pending_v.len()));
         let mut round_shape = shape.clone();
         round_shape.widths.truncate(remaining - 1);
         round_shape.budget = Some(shape.nodes().min(room));
         let t = Instant::now();
-        let (tree, root) = if round_shape.widths.is_empty() || room == 0 {
+        let (tree, root) = if round_shape.widths.is_empty() || room == 0 || !speculate_now {
             (TokenTree::empty(), None)
         } else {
             let root = drafter.len() + pending_d.len();
@@ -622,6 +629,19 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         if !tree.is_empty() {
             nodes_total += tree.len();
             log.round(tree.len(), n, tree.children(last).next().is_some());
+        }
+        if let Some(g) = &mut guard {
+            let seconds = round.elapsed().as_secs_f64();
+            if tree.is_empty() {
+                g.record_plain(seconds);
+            } else {
+                g.record_speculative(
+                    n + 1,
+                    seconds,
+                    tree.depths().into_iter().max().unwrap_or(0) + 1,
+                    log.draft_step(),
+                );
+            }
         }
         // keep the pending tokens and the accepted path
         let positions: Vec<usize> =
