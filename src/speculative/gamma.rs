@@ -255,8 +255,8 @@ const MAX_BACKOFF: usize = 1024;
 /// verifier pass, one token) as they go and falls back to plain decoding where speculation does
 /// not pay.
 ///
-/// Rounds 2–5 alternate speculative and plain (the first round carries the prompt's pass and is
-/// not measured). Afterwards a round speculates while the measured tokens per second of
+/// The first round is plain and carries the prompt's pass (not measured); rounds 2–5 alternate
+/// speculative and plain. Afterwards a round speculates while the measured tokens per second of
 /// speculative rounds are at least those of plain rounds; otherwise the next
 /// 16, 32, …, 1024 rounds are plain, each stretch followed by one probing round, which first lets
 /// the drafter catch up on the skipped tokens (a draft step d each, charged to the probe). That
@@ -300,8 +300,7 @@ impl PayoffGuard {
             return false;
         }
         match self.rounds {
-            0..=1 => true,
-            2..=4 => self.rounds % 2 == 1,
+            0..=4 => self.rounds % 2 == 1,
             _ => self.plain_left == 0,
         }
     }
@@ -317,19 +316,20 @@ impl PayoffGuard {
     pub fn record_speculative(&mut self, tokens: usize, seconds: f64, best_tokens: usize, draft_step: f64) {
         self.rounds += 1;
         self.draft_step = draft_step;
-        if self.rounds > 1 {
-            // recent rounds weigh more: the acceptance drifts with the text
-            let keep = 0.9;
-            self.spec_tokens = keep * self.spec_tokens + tokens as f64;
-            self.spec_seconds = keep * self.spec_seconds + seconds;
-            self.spec_best_tokens = keep * self.spec_best_tokens + best_tokens as f64;
-        }
+        // recent rounds weigh more: the acceptance drifts with the text
+        let keep = 0.9;
+        self.spec_tokens = keep * self.spec_tokens + tokens as f64;
+        self.spec_seconds = keep * self.spec_seconds + seconds;
+        self.spec_best_tokens = keep * self.spec_best_tokens + best_tokens as f64;
         self.decide();
     }
 
     /// Records a plain round (one pass, one token) that took `seconds`.
     pub fn record_plain(&mut self, seconds: f64) {
         self.rounds += 1;
+        if self.rounds == 1 {
+            return; // the prompt's pass
+        }
         self.plain_seconds += seconds;
         self.plain_rounds += 1;
         if self.plain_left > 0 {
@@ -341,7 +341,7 @@ impl PayoffGuard {
     }
 
     fn decide(&mut self) {
-        if self.rounds < 5 || self.plain_rounds == 0 || self.spec_seconds <= 0.0 {
+        if self.plain_rounds == 0 || self.spec_seconds <= 0.0 {
             return;
         }
         let plain_rate = self.plain_rounds as f64 / self.plain_seconds.max(1e-12);
@@ -349,10 +349,10 @@ impl PayoffGuard {
         let best_rate = self.spec_best_tokens / self.spec_seconds;
         if best_rate < plain_rate * (1.0 + self.draft_step * plain_rate) {
             self.never = true;
-        } else if spec_rate < plain_rate {
+        } else if self.rounds >= 5 && spec_rate < plain_rate {
             self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
             self.plain_left = self.backoff;
-        } else {
+        } else if self.rounds >= 5 {
             self.backoff = 0;
         }
     }
