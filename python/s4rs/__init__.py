@@ -399,6 +399,7 @@ def _spec_config(
     gamma: Union[int, str] = "auto",
     argmax_draft: bool = False,
     typical: Optional[Tuple[float, float]] = None,
+    tree: Optional[str] = None,
 ) -> str:
     if gamma == "auto":
         g: Any = {"auto": {"max": 16}}
@@ -418,6 +419,7 @@ def _spec_config(
             max_new=max_new,
             stop_token=stop_token,
             seed=seed,
+            tree=tree,
         )
     )
 
@@ -450,13 +452,17 @@ def speculate(
     stop_token: Optional[int] = None,
     argmax_draft: bool = False,
     typical: Optional[Tuple[float, float]] = None,
+    tree: Optional[str] = None,
 ) -> Generation:
     """Speculative decoding: ``draft`` (an S4 model stepping in recurrent mode) proposes ``gamma``
-    tokens per round (``"auto"``: chosen by the measured costs), ``verifier`` checks them in one
-    pass. Lossless: greedy output equals :func:`generate` with the verifier, and sampled output
-    follows the verifier's distribution exactly, unless ``typical=(epsilon, delta)`` (Medusa's
-    typical acceptance, lossy) is given."""
-    cfg = _spec_config(max_new, temperature, top_k, top_p, seed, stop_token, gamma, argmax_draft, typical)
+    tokens per round (``"auto"``: chosen by the measured costs, falling back to plain decoding
+    where speculation does not pay), ``verifier`` checks them in one pass. With ``tree`` (e.g.
+    ``"4x2x1x1"`` static, ``"budget=16"`` dynamic) the draft proposes a token tree by forking its
+    state and the verifier scores it in one pass with tree attention. Lossless: greedy output
+    equals :func:`generate` with the verifier, and sampled output follows the verifier's
+    distribution exactly, unless ``typical=(epsilon, delta)`` (Medusa's typical acceptance, lossy,
+    chains only) is given."""
+    cfg = _spec_config(max_new, temperature, top_k, top_p, seed, stop_token, gamma, argmax_draft, typical, tree)
     return Generation(_model(verifier)._native.speculate(_model(draft)._native, _prompt(prompt), cfg))
 
 

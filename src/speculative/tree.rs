@@ -94,14 +94,29 @@ pub const MAX_TREE_NODES: usize = 512;
 /// Parsed from `"4x2x2x1"` (static: every node gets its children, 4 + 8 + 16 + 16 = 44 nodes),
 /// `"4x2x2x1,budget=16"` (the 16 best of those), or `"budget=32"` (dynamic, 4 children per node
 /// and depth up to 12).
+///
+/// In JSON (settings files, reports) a shape is its string form.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(into = "String", try_from = "String")]
 pub struct TreeShape {
     /// Children per node at depth 1, 2, … (the length is the tree's depth).
     pub widths: Vec<usize>,
     /// Most nodes in the tree (`None`: all the widths allow).
-    #[serde(default)]
     pub budget: Option<usize>,
+}
+
+impl From<TreeShape> for String {
+    fn from(shape: TreeShape) -> String {
+        shape.to_string()
+    }
+}
+
+impl TryFrom<String> for TreeShape {
+    type Error = Error;
+
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
 }
 
 impl TreeShape {
