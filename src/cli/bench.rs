@@ -29,13 +29,124 @@ pub enum Command {
     /// Measures speculative decoding on a model pair for several γ and temperatures, beside the
     /// speedup Leviathan et al.'s formula predicts; prints JSON and a table, plots a PNG.
     BenchSpeculate(BenchArgs),
+    /// The cost curve t(k) of a transformer verifier's pass over k new positions after a cache of
+    /// fixed length: where it turns from reading the weights (flat) to arithmetic (linear), and
+    /// what a speculative round may score for about the price of one position. Prints JSON
+    /// (medians per k) and a table; plots a PNG.
+    BenchVerifier(VerifierBenchArgs),
 }
 
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Bench(a) => cmd_bench(&a),
         Command::BenchSpeculate(a) => cmd_bench_speculate(&a),
+        Command::BenchVerifier(a) => cmd_bench_verifier(&a),
     }
+}
+
+#[derive(Args, Debug)]
+pub struct VerifierBenchArgs {
+    /// A GPT-2 folder, or `demo` (the demo verifier's shape: 6 layers, width 384, 6 heads,
+    /// V = 256, 10.8M parameters) or `gpt2-small` (12 layers, width 768, 12 heads, V = 50257,
+    /// 124M parameters), both with random weights.
+    #[arg(long, default_value = "demo")]
+    verifier: String,
+    /// Cached positions before the scored ones.
+    #[arg(long, default_value_t = 192)]
+    cache: usize,
+    /// Largest k (every k from 1 is measured).
+    #[arg(long, default_value_t = 64)]
+    max_k: usize,
+    /// Timed repetitions per k (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    repeats: usize,
+    /// Write a PNG of t(k) and t(k)/t(1).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
+    use s4::speculative::{GptSession, Verifier};
+    use s4::transformer::{Gpt, GptConfig};
+    let config = |n_layer, n_embd, n_head, vocab_size| GptConfig {
+        vocab_size,
+        n_positions: (a.cache + a.max_k).max(1024),
+        n_embd,
+        n_layer,
+        n_head,
+        ..Default::default()
+    };
+    let gpt = match a.verifier.as_str() {
+        "demo" => Gpt::<f32>::new(config(6, 384, 6, 256), 0)?,
+        "gpt2-small" => Gpt::<f32>::new(config(12, 768, 12, 50257), 0)?,
+        dir => Gpt::<f32>::load(std::path::Path::new(dir))?,
+    };
+    let cfg = gpt.config().clone();
+    if a.max_k == 0 || a.cache + a.max_k > cfg.n_positions {
+        return Err(Error::invalid(
+            "--cache + --max-k",
+            format!("{} + {}", a.cache, a.max_k),
+            format!("1 <= max_k and at most the model's {} positions", cfg.n_positions),
+        ));
+    }
+    let vocab = cfg.vocab_size as u32;
+    let mut session = GptSession::new(&gpt);
+    let prefix: Vec<u32> = (0..a.cache as u32).map(|i| (i * 7 + 1) % vocab).collect();
+    if !prefix.is_empty() {
+        session.score(&prefix)?;
+    }
+    eprintln!(
+        "{} parameters, cache {}, median of {} (ms), {} threads",
+        gpt.num_params(),
+        a.cache,
+        a.repeats,
+        rayon::current_num_threads()
+    );
+    let mut points = Vec::with_capacity(a.max_k);
+    for k in 1..=a.max_k {
+        let tokens: Vec<u32> = (0..k as u32).map(|i| (i * 13 + 5) % vocab).collect();
+        let ms = median_ms(a.repeats, || {
+            session.score(&tokens)?;
+            Verifier::rollback(&mut session, a.cache)
+        })?;
+        points.push((k as f64, ms));
+    }
+    let t1 = points[0].1;
+    for &(k, ms) in &points {
+        if k <= 16.0 || (k as usize).is_power_of_two() || k as usize == a.max_k {
+            eprintln!("k = {k:>3}: {ms:8.3} ms  ({:5.2} x t(1))", ms / t1);
+        }
+    }
+    if let Some(p) = &a.plot {
+        let ratio: Vec<(f64, f64)> = points.iter().map(|&(k, ms)| (k, ms / t1)).collect();
+        write_png(
+            p,
+            &[
+                Panel {
+                    title: format!("verifier pass t(k), cache {}", a.cache),
+                    x_label: "k (positions scored)".into(),
+                    y_label: "ms".into(),
+                    series: vec![Series { label: "median".into(), points: points.clone() }],
+                },
+                Panel {
+                    title: "t(k) / t(1)".into(),
+                    x_label: "k".into(),
+                    y_label: "ratio".into(),
+                    series: vec![Series { label: "measured".into(), points: ratio }],
+                },
+            ],
+            900,
+            350,
+        )?;
+    }
+    println!(
+        "{}",
+        json!({"parameters": gpt.num_params(), "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
+               "cache": a.cache, "repeats": a.repeats, "threads": rayon::current_num_threads(),
+               "k": points.iter().map(|p| p.0 as usize).collect::<Vec<_>>(),
+               "median_ms": points.iter().map(|p| p.1).collect::<Vec<_>>()})
+    );
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +285,10 @@ pub struct BenchArgs {
     /// Temperatures (0 = greedy).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     temperatures: Vec<f64>,
+    /// Always speculate: `auto` and trees with a budget otherwise fall back to plain decoding where
+    /// speculation does not pay.
+    #[arg(long)]
+    no_fallback: bool,
     /// Write a PNG of measured vs predicted speedup.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -231,16 +346,16 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     // the drafting modes: chains of each γ, then each tree
     let mut modes: Vec<(String, SpecConfig)> = Vec::new();
     for g in &a.gammas {
-        modes.push((format!("gamma={g}"), SpecConfig { gamma: parse_gamma(g)?, ..Default::default() }));
+        modes.push((g.clone(), SpecConfig { gamma: parse_gamma(g)?, ..Default::default() }));
     }
     for t in &a.trees {
-        modes.push((format!("tree={t}"), SpecConfig { tree: Some(t.clone()), ..Default::default() }));
+        modes.push((t.to_string(), SpecConfig { tree: Some(t.clone()), ..Default::default() }));
     }
     let mut rows = Vec::new();
     let mut panels = Vec::new();
     for &t in &a.temperatures {
         let sampling = Sampling { temperature: t, ..Default::default() };
-        let base_cfg = SpecConfig { sampling, max_new, seed: a.seed, ..Default::default() };
+        let base_cfg = SpecConfig { sampling, max_new, seed: a.seed, fallback: !a.no_fallback, ..Default::default() };
         let mut base_tokens = Vec::new();
         let (mut base_time, mut base_count) = (0.0, 0);
         for (i, p) in prompts.iter().enumerate() {
@@ -297,18 +412,27 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             let pred_cost = cost.speedup(alpha_iid, mean_gamma.round().max(1.0) as usize);
             let by_depth: Vec<f64> = by_depth.iter().map(|&(s, n)| s / n.max(1) as f64).collect();
             eprintln!(
-                "T={t} {label:<22} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x  \
+                "T={t} {:<22} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x  \
                  cost model {pred_cost:.2}x{}",
+                if cfg.tree.is_some() { format!("tree={label}") } else { format!("gamma={label}") },
                 count as f64 / calls as f64,
-                if t == 0.0 { if same { "  identical output" } else { "  OUTPUT DIFFERS" } } else { "" }
+                if t == 0.0 {
+                    if same {
+                        "  identical output"
+                    } else {
+                        "  OUTPUT DIFFERS"
+                    }
+                } else {
+                    ""
+                }
             );
             let x = mean_gamma.max(1.0);
             let at = measured.partition_point(|&(m, _): &(f64, f64)| m < x);
             measured.insert(at, (x, speedup));
             predicted.insert(at, (x, pred));
             predicted_cost.insert(at, (x, pred_cost));
-            rows.push(json!({"temperature": t, "mode": label, "gamma": cfg.tree.is_none().then_some(cfg.gamma),
-                             "tree": cfg.tree.as_ref().map(|t| t.to_string()),
+            rows.push(json!({"temperature": t, "gamma": cfg.tree.is_none().then_some(label),
+                             "tree": cfg.tree.is_some().then_some(label),
                              "mean_gamma": mean_gamma, "alpha": alpha, "acceptance_by_depth": by_depth,
                              "alpha_iid": alpha_iid,
                              "tau": count as f64 / calls as f64, "cost_ratio": c,

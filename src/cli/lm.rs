@@ -125,6 +125,10 @@ pub struct SpeculateArgs {
     /// LOSSY typical acceptance (Medusa) with EPSILON,DELTA, e.g. 0.09,0.3.
     #[arg(long, value_delimiter = ',', num_args = 2)]
     typical: Option<Vec<f64>>,
+    /// Always speculate: `--gamma auto` and trees with a budget otherwise fall back to plain
+    /// decoding where speculation does not pay.
+    #[arg(long)]
+    no_fallback: bool,
     /// Skip the verifier-only run (no speedup in the output).
     #[arg(long)]
     no_baseline: bool,
@@ -371,6 +375,7 @@ fn cmd_speculate(a: &SpeculateArgs) -> Result<()> {
         max_new: fit_max_new(a.prompt.max_new, 200, tokens.len(), &[&ver, &dr], "--max-new")?,
         seed: a.sampling.seed,
         tree: a.tree.clone(),
+        fallback: !a.no_fallback,
         ..Default::default()
     };
     let g = speculate(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), &tokens, &cfg)?;

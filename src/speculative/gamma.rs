@@ -255,38 +255,51 @@ const MAX_BACKOFF: usize = 1024;
 /// verifier pass, one token) as they go and falls back to plain decoding where speculation does
 /// not pay.
 ///
-/// The first round is plain and carries the prompt's pass (not measured); rounds 2–5 alternate
-/// speculative and plain. Afterwards a round speculates while the measured tokens per second of
-/// speculative rounds are at least those of plain rounds; otherwise the next
-/// 16, 32, …, 1024 rounds are plain, each stretch followed by one probing round, which first lets
-/// the drafter catch up on the skipped tokens (a draft step d each, charged to the probe). That
-/// catching up costs c = d / (plain round time) per skipped token, so when even a round keeping
-/// every drafted token would not beat plain decoding by 1 + c (best-case tokens over the measured
-/// round time), the guard never probes again.
+/// The first three rounds are plain: the prompt's pass t(P) and one-token passes t(1) (the
+/// fastest plain round so far) give the
+/// verifier's cost per extra position b = (t(P) − t(1)) / (P − 1), and one draft step is timed
+/// (d). Before any speculative round the guard asks whether speculation could pay at all: with
+/// every drafted token kept, a round of γ tokens emits γ + 1 for t(1) + b·γ + d·γ, so the best
+/// speedup is S* = max_γ (γ + 1)·t(1) / (t(1) + (b + d)·γ); if S* ≤ 1, or if the time S* could save
+/// on the tokens still to come does not repay twice the drafter's catching up on the tokens it has
+/// not seen (d each), it stays plain. Otherwise rounds 4–6 alternate speculative and plain, and
+/// afterwards a round speculates while the measured tokens per second of speculative rounds
+/// (their catching up excluded) are at least those of plain rounds; otherwise the next
+/// 16, 32, …, 1024 rounds are plain, each stretch followed by one probing round that passes the
+/// same check first.
 ///
 /// ```
 /// use s4::speculative::gamma::PayoffGuard;
-/// // speculation at 3 tokens per 2 ms against 1 token per 1 ms: it pays
-/// let mut g = PayoffGuard::default();
-/// for _ in 0..8 {
-///     if g.speculate_now() { g.record_speculative(3, 2e-3, 5, 1e-4) } else { g.record_plain(1e-3) }
-/// }
-/// assert!(g.speculate_now());
-/// // a draft too slow to ever pay: plain for good
-/// let mut g = PayoffGuard::default();
-/// for _ in 0..8 {
-///     if g.speculate_now() { g.record_speculative(1, 4e-3, 3, 1e-3) } else { g.record_plain(1e-3) }
-/// }
-/// assert!(!g.speculate_now() && g.gave_up());
+/// let run = |pass_1: f64, per_position: f64, step: f64, spec: (usize, f64, usize)| {
+///     let mut g = PayoffGuard::default();
+///     g.record_prompt(32, pass_1 + 31.0 * per_position);
+///     for round in 0..8 {
+///         if g.needs_draft_step() {
+///             g.set_draft_step(step);
+///         }
+///         if g.speculate_now(100 - round, 1) {
+///             g.record_speculative(spec.0, spec.1, spec.2)
+///         } else {
+///             g.record_plain(pass_1)
+///         }
+///     }
+///     g
+/// };
+/// // a 1 ms pass, 0.05 ms per extra position, 0.1 ms draft steps; 3 tokens per 2 ms round: it pays
+/// assert!(run(1e-3, 5e-5, 1e-4, (3, 2e-3, 5)).speculate_now(90, 1));
+/// // a draft step as costly as the pass: even full acceptance cannot pay, so it never tries
+/// let g = run(1e-3, 5e-4, 1e-3, (1, 4e-3, 3));
+/// assert!(g.gave_up());
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct PayoffGuard {
     rounds: usize,
+    prompt: Option<(usize, f64)>,
     spec_tokens: f64,
     spec_seconds: f64,
-    spec_best_tokens: f64,
-    draft_step: f64,
+    draft_step: Option<f64>,
     plain_seconds: f64,
+    plain_fastest: Option<f64>,
     plain_rounds: usize,
     plain_left: usize,
     backoff: usize,
@@ -294,67 +307,94 @@ pub struct PayoffGuard {
 }
 
 impl PayoffGuard {
-    /// Whether the next round should speculate.
-    pub fn speculate_now(&self) -> bool {
-        if self.never {
-            return false;
-        }
-        match self.rounds {
-            0..=4 => self.rounds % 2 == 1,
-            _ => self.plain_left == 0,
-        }
+    /// Records the prompt's round: a plain pass over `positions` that took `seconds`.
+    pub fn record_prompt(&mut self, positions: usize, seconds: f64) {
+        self.rounds += 1;
+        self.prompt = Some((positions, seconds));
     }
 
-    /// Whether the guard concluded that speculation cannot pay for this pair.
+    /// Whether the loop should time one draft step ([`set_draft_step`](Self::set_draft_step))
+    /// before asking for the next round.
+    pub fn needs_draft_step(&self) -> bool {
+        !self.never && self.draft_step.is_none() && self.plain_rounds > 0
+    }
+
+    /// Sets the time of one draft step.
+    pub fn set_draft_step(&mut self, seconds: f64) {
+        self.draft_step = Some(seconds);
+    }
+
+    /// Whether the next round should speculate, with `remaining` tokens still to generate and the
+    /// drafter `catch_up` tokens behind.
+    pub fn speculate_now(&mut self, remaining: usize, catch_up: usize) -> bool {
+        if self.never || self.rounds < 3 || self.plain_left > 0 || self.rounds == 4 {
+            return false;
+        }
+        if self.hopeless(remaining, catch_up) {
+            // nothing measured later can change the bound but the tokens left, which only fall
+            self.never = true;
+            return false;
+        }
+        true
+    }
+
+    /// S* ≤ 1, or the best-case saving on `remaining` tokens does not repay `catch_up` draft steps.
+    fn hopeless(&self, remaining: usize, catch_up: usize) -> bool {
+        // the fastest plain round: the first ones carry first-use costs that flatter speculation
+        let (Some(d), Some(t1)) = (self.draft_step, self.plain_fastest) else { return false };
+        let b = match self.prompt {
+            Some((p, tp)) if p > 1 => ((tp - t1) / (p - 1) as f64).max(0.0),
+            _ => 0.0,
+        };
+        let best = (1..=32usize).map(|g| (g + 1) as f64 * t1 / (t1 + (b + d) * g as f64)).fold(0.0, f64::max);
+        // the saving assumes every drafted token kept: ask it to repay the catching up twice
+        best <= 1.0 || remaining as f64 * t1 * (1.0 - 1.0 / best) <= 2.0 * catch_up as f64 * d
+    }
+
+    fn plain_seconds_per_round(&self) -> Option<f64> {
+        (self.plain_rounds > 0).then(|| self.plain_seconds / self.plain_rounds as f64)
+    }
+
+    /// Tokens per second of plain rounds, once one was measured.
+    pub fn plain_rate(&self) -> Option<f64> {
+        self.plain_seconds_per_round().map(|t| 1.0 / t.max(1e-12))
+    }
+
+    /// Whether the guard concluded that speculation cannot pay for this generation.
     pub fn gave_up(&self) -> bool {
         self.never
     }
 
-    /// Records a speculative round that emitted `tokens` in `seconds` and would have emitted
-    /// `best_tokens` had every drafted token been kept; `draft_step` is the measured time of one
-    /// draft step.
-    pub fn record_speculative(&mut self, tokens: usize, seconds: f64, best_tokens: usize, draft_step: f64) {
+    /// Records a speculative round that emitted `tokens` in `seconds` (the drafter's catching up
+    /// excluded) and would have emitted `best_tokens` had every drafted token been kept.
+    pub fn record_speculative(&mut self, tokens: usize, seconds: f64, best_tokens: usize) {
         self.rounds += 1;
-        self.draft_step = draft_step;
         // recent rounds weigh more: the acceptance drifts with the text
         let keep = 0.9;
         self.spec_tokens = keep * self.spec_tokens + tokens as f64;
         self.spec_seconds = keep * self.spec_seconds + seconds;
-        self.spec_best_tokens = keep * self.spec_best_tokens + best_tokens as f64;
-        self.decide();
+        let Some(plain_rate) = self.plain_rate() else { return };
+        if best_tokens as f64 / seconds.max(1e-12) < plain_rate {
+            // even keeping everything, this round would have lost: the draft is too slow
+            self.never = true;
+        } else if self.rounds >= 6 {
+            if self.spec_tokens / self.spec_seconds.max(1e-12) < plain_rate {
+                self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+                self.plain_left = self.backoff;
+            } else {
+                self.backoff = 0;
+            }
+        }
     }
 
     /// Records a plain round (one pass, one token) that took `seconds`.
     pub fn record_plain(&mut self, seconds: f64) {
         self.rounds += 1;
-        if self.rounds == 1 {
-            return; // the prompt's pass
-        }
         self.plain_seconds += seconds;
+        self.plain_fastest = Some(self.plain_fastest.map_or(seconds, |f| f.min(seconds)));
         self.plain_rounds += 1;
-        if self.plain_left > 0 {
-            // a stretch of plain rounds ends with a probe, whatever the rates say
-            self.plain_left -= 1;
-        } else {
-            self.decide();
-        }
-    }
-
-    fn decide(&mut self) {
-        if self.plain_rounds == 0 || self.spec_seconds <= 0.0 {
-            return;
-        }
-        let plain_rate = self.plain_rounds as f64 / self.plain_seconds.max(1e-12);
-        let spec_rate = self.spec_tokens / self.spec_seconds;
-        let best_rate = self.spec_best_tokens / self.spec_seconds;
-        if best_rate < plain_rate * (1.0 + self.draft_step * plain_rate) {
-            self.never = true;
-        } else if self.rounds >= 5 && spec_rate < plain_rate {
-            self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
-            self.plain_left = self.backoff;
-        } else if self.rounds >= 5 {
-            self.backoff = 0;
-        }
+        // a stretch of plain rounds ends with a probe
+        self.plain_left = self.plain_left.saturating_sub(1);
     }
 }
 

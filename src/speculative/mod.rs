@@ -286,6 +286,10 @@ pub struct SpecConfig {
     /// Draft a token tree of this shape each round instead of a chain of γ tokens (see [`tree`];
     /// `gamma` is then unused). Exact acceptance only.
     pub tree: Option<TreeShape>,
+    /// Let the adaptive policies (`GammaPolicy::Auto`, a tree with a budget) fall back to plain
+    /// decoding where speculation does not pay ([`PayoffGuard`]); `false` always speculates
+    /// (measurements of the drafting itself, tests).
+    pub fallback: bool,
 }
 
 impl Default for SpecConfig {
@@ -299,6 +303,7 @@ impl Default for SpecConfig {
             stop_token: None,
             seed: 0,
             tree: None,
+            fallback: true,
         }
     }
 }
@@ -487,19 +492,20 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let mut log = RoundLog::new();
     let mut control = GammaController::new(config.gamma);
     // the default policy falls back to plain decoding where speculation does not pay
-    let mut guard = matches!(config.gamma, GammaPolicy::Auto { .. }).then(PayoffGuard::default);
+    let mut guard = (config.fallback && matches!(config.gamma, GammaPolicy::Auto { .. })).then(PayoffGuard::default);
     let mut out: Vec<u32> = Vec::with_capacity(config.max_new.min(4096) + 16);
     let mut pending_v: Vec<u32> = prompt.to_vec();
     let mut pending_d: Vec<u32> = prompt.to_vec();
 
     'rounds: while out.len() < config.max_new {
         let remaining = config.max_new - out.len();
-        let gamma =
-            if guard.as_ref().is_none_or(PayoffGuard::speculate_now) { control.gamma().min(remaining - 1) } else { 0 };
+        let gamma = if guarded_round(&mut guard, drafter, remaining, &pending_d)? {
+            control.gamma().min(remaining - 1)
+        } else {
+            0
+        };
         let round = Instant::now();
-        if gamma > 0 {
-            log.catch_up(drafter, &mut pending_d)?;
-        }
+        let catch_up = if gamma > 0 { log.catch_up(drafter, &mut pending_d)? } else { 0.0 };
         // draft
         let t = Instant::now();
         let draft = if gamma > 0 {
@@ -538,12 +544,7 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         }
         control.update(gamma, n, log.fit.cost());
         if let Some(g) = &mut guard {
-            let seconds = round.elapsed().as_secs_f64();
-            if gamma > 0 {
-                g.record_speculative(n + 1, seconds, gamma + 1, log.draft_step());
-            } else {
-                g.record_plain(seconds);
-            }
+            record_round(g, &log, input.len(), (gamma > 0).then_some((n + 1, gamma + 1)), round, catch_up);
         }
         // roll back and commit
         let kept = base + pending_v.len() + n;
@@ -565,6 +566,44 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         pending_d.push(outcome.next);
     }
     Ok(Generation { stats: log.finish(out.len()), tokens: out })
+}
+
+/// Asks the guard (if any) whether this round speculates, with the drafter `pending.len() − 1`
+/// tokens behind; times one draft step first (a step and a rollback) when the guard needs it.
+fn guarded_round<D: Drafter + ?Sized>(
+    guard: &mut Option<PayoffGuard>,
+    drafter: &mut D,
+    remaining: usize,
+    pending: &[u32],
+) -> Result<bool> {
+    let Some(g) = guard else { return Ok(true) };
+    if g.needs_draft_step() {
+        let len = drafter.len();
+        let t = Instant::now();
+        drafter.extend(&pending[..1])?;
+        g.set_draft_step(t.elapsed().as_secs_f64());
+        drafter.rollback(len)?;
+    }
+    Ok(g.speculate_now(remaining, pending.len().saturating_sub(1)))
+}
+
+/// Tells the guard how a round went: the prompt's pass (the first), a speculative round
+/// (`speculated`: tokens emitted, tokens had everything been kept) or a plain one; `catch_up`
+/// seconds of the round were the drafter catching up.
+fn record_round(
+    guard: &mut PayoffGuard,
+    log: &RoundLog,
+    positions: usize,
+    speculated: Option<(usize, usize)>,
+    round: Instant,
+    catch_up: f64,
+) {
+    let seconds = (round.elapsed().as_secs_f64() - catch_up).max(0.0);
+    match speculated {
+        _ if log.stats.verifier_calls == 1 => guard.record_prompt(positions, seconds),
+        Some((tokens, best)) => guard.record_speculative(tokens, seconds, best),
+        None => guard.record_plain(seconds),
+    }
 }
 
 /// The statistics of one speculative generation as its rounds go (chains and trees).
@@ -597,11 +636,6 @@ impl RoundLog {
         self.stats.draft_steps += steps;
         self.stats.draft_seconds += seconds;
         self.fit.add_draft(steps, seconds);
-    }
-
-    /// The mean time of one draft step so far.
-    fn draft_step(&self) -> f64 {
-        self.stats.draft_seconds / self.stats.draft_steps.max(1) as f64
     }
 
     /// Lets the drafter consume all but the last of `pending` (catching up after plain rounds;

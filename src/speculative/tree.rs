@@ -61,8 +61,8 @@
 //! cfg.layer.d_model = 16;
 //! cfg.layer.d_state = 8;
 //! let draft = cfg.build()?;
-//! // up to 3 children at the first depth, 2 at the second, 1 below, at most 12 nodes
-//! let tree: TreeShape = "3x2x1x1,budget=12".parse()?;
+//! // up to 3 children at the first depth, 2 at the second, 1 below: 3 + 6 + 6 + 6 = 21 nodes
+//! let tree: TreeShape = "3x2x1x1".parse()?;
 //! let config = SpecConfig { tree: Some(tree), sampling: Sampling::greedy(), max_new: 20, ..Default::default() };
 //! let fast = speculate(&mut S4Session::new(&draft, 8)?, &mut GptSession::new(&verifier), &[1, 2, 3], &config)?;
 //! let slow = generate(&mut GptSession::new(&verifier), &[1, 2, 3], &config)?;
@@ -81,12 +81,21 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 
 use super::sampling::{sample, Sampling};
-use super::{Acceptance, Drafter, Generation, PayoffGuard, RoundLog, SpecConfig, Verifier};
+use super::{
+    guarded_round, record_round, Acceptance, Drafter, Generation, PayoffGuard, RoundLog, SpecConfig, Verifier,
+};
 use crate::error::{Error, Result};
 use crate::transformer::TreeMask;
 
 /// The largest node budget of one tree.
 pub const MAX_TREE_NODES: usize = 512;
+/// Children per node of a tree given by its budget alone.
+const DYNAMIC_WIDTH: usize = 4;
+/// Depth of a tree given by its budget alone.
+const DYNAMIC_DEPTH: usize = 12;
+/// The budget a dynamic tree starts from (doubled while rounds beat plain decoding, halved
+/// while they do not).
+const FIRST_BUDGET: usize = 4;
 
 /// The shape of the draft tree: how many children a node at each depth may get, and optionally a
 /// node budget (a dynamic tree: the budget's best nodes by cumulative draft probability).
@@ -127,7 +136,7 @@ impl TreeShape {
 
     /// A dynamic tree: up to `budget` nodes, 4 children per node, depth up to 12.
     pub fn dynamic(budget: usize) -> Self {
-        TreeShape { widths: vec![4; 12], budget: Some(budget) }
+        TreeShape { widths: vec![DYNAMIC_WIDTH; DYNAMIC_DEPTH], budget: Some(budget) }
     }
 
     /// Number of nodes of the tree (the budget, or the full static tree if smaller).
@@ -169,12 +178,17 @@ impl TreeShape {
 
 impl fmt::Display for TreeShape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let widths: Vec<String> = self.widths.iter().map(|w| w.to_string()).collect();
-        write!(f, "{}", widths.join("x"))?;
-        if let Some(b) = self.budget {
-            write!(f, ",budget={b}")?;
+        match self.budget {
+            Some(b) if self.widths == [DYNAMIC_WIDTH; DYNAMIC_DEPTH] => write!(f, "budget={b}"),
+            budget => {
+                let widths: Vec<String> = self.widths.iter().map(|w| w.to_string()).collect();
+                write!(f, "{}", widths.join("x"))?;
+                if let Some(b) = budget {
+                    write!(f, ",budget={b}")?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 
@@ -597,22 +611,22 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let mut pending_v: Vec<u32> = prompt.to_vec();
     let mut pending_d: Vec<u32> = prompt.to_vec();
     let mut nodes_total = 0usize;
-    // a dynamic tree (a budget) falls back to plain decoding where speculation does not pay
-    let mut guard = shape.budget.is_some().then(PayoffGuard::default);
+    // a dynamic tree (a budget) adapts its budget and falls back to plain decoding where
+    // speculation does not pay
+    let mut guard = (config.fallback && shape.budget.is_some()).then(PayoffGuard::default);
+    let mut budget = if guard.is_some() { FIRST_BUDGET.min(shape.nodes()) } else { shape.nodes() };
 
     'rounds: while out.len() < config.max_new {
         // no deeper than the tokens still wanted, no wider than the verifier's context
         let remaining = config.max_new - out.len();
-        let speculate_now = guard.as_ref().is_none_or(PayoffGuard::speculate_now);
+        let speculate_now = guarded_round(&mut guard, drafter, remaining, &pending_d)?;
         let round = Instant::now();
-        if speculate_now {
-            log.catch_up(drafter, &mut pending_d)?;
-        }
+        let catch_up = if speculate_now { log.catch_up(drafter, &mut pending_d)? } else { 0.0 };
         let base = verifier.len();
         let room = verifier.max_len().map_or(usize::MAX, |m| m.saturating_sub(base + pending_v.len()));
         let mut round_shape = shape.clone();
         round_shape.widths.truncate(remaining - 1);
-        round_shape.budget = Some(shape.nodes().min(room));
+        round_shape.budget = Some(budget.min(room));
         let t = Instant::now();
         let (tree, root) = if round_shape.widths.is_empty() || room == 0 || !speculate_now {
             (TokenTree::empty(), None)
@@ -646,17 +660,17 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             log.round(tree.len(), n, tree.children(last).next().is_some());
         }
         if let Some(g) = &mut guard {
-            let seconds = round.elapsed().as_secs_f64();
-            if tree.is_empty() {
-                g.record_plain(seconds);
-            } else {
-                g.record_speculative(
-                    n + 1,
-                    seconds,
-                    tree.depths().into_iter().max().unwrap_or(0) + 1,
-                    log.draft_step(),
-                );
+            let depth = tree.depths().into_iter().max().unwrap_or(0);
+            let seconds = round.elapsed().as_secs_f64() - catch_up;
+            // grow the tree while its rounds beat plain decoding, shrink it while they do not
+            if let (false, Some(plain)) = (tree.is_empty(), g.plain_rate()) {
+                budget = if (n + 1) as f64 / seconds.max(1e-12) >= plain {
+                    (2 * budget).min(shape.nodes())
+                } else {
+                    (budget / 2).max(1)
+                };
             }
+            record_round(g, &log, input.len(), (!tree.is_empty()).then_some((n + 1, depth + 1)), round, catch_up);
         }
         // keep the pending tokens and the accepted path
         let positions: Vec<usize> =
