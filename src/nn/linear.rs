@@ -502,6 +502,54 @@ pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: A
     y
 }
 
+/// Weights of at least this many values (1 MB in f32) are split by columns across the threads by
+/// [`PackedColumns`]; smaller ones stay whole (a thread's wake-up would cost more than it saves).
+const SPLIT_VALUES: usize = 1 << 18;
+
+/// A weight matrix W (k, o) packed for decoding ([`PackedMatrix`]) in column parts, one per thread
+/// when W is large: a product with a few rows then reads the parts' weights on all cores at once
+/// (the pass is bound by reading the weights at one row and by the multiply–adds at a few dozen;
+/// both are spread). Each part's columns are a whole number of panels.
+#[derive(Clone, Debug)]
+pub(crate) struct PackedColumns<T> {
+    /// (first column, the part's packed columns).
+    parts: Vec<(usize, PackedMatrix<T>)>,
+    o: usize,
+}
+
+impl<T: Real> PackedColumns<T> {
+    /// Packs `w` (k, o) in as many parts as rayon has threads when it holds at least
+    /// [`SPLIT_VALUES`] values, else whole.
+    pub(crate) fn new(w: ArrayView2<T>) -> Self {
+        let (k, o) = w.dim();
+        let threads = if k * o >= SPLIT_VALUES { rayon::current_num_threads() } else { 1 };
+        let panels = o.div_ceil(PANEL);
+        let per_part = panels.div_ceil(threads.clamp(1, panels.max(1))).max(1) * PANEL;
+        let parts = (0..o)
+            .step_by(per_part)
+            .map(|c0| (c0, PackedMatrix::new(w.slice(ndarray::s![.., c0..(c0 + per_part).min(o)]))))
+            .collect();
+        PackedColumns { parts, o }
+    }
+
+    /// y = x·W + b: x (m, k), b (o,) → (m, o), the parts in parallel.
+    pub(crate) fn linear(&self, x: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
+        if let [(_, whole)] = &self.parts[..] {
+            return packed_linear(x, whole, b);
+        }
+        let ys: Vec<Array2<T>> = self
+            .parts
+            .par_iter()
+            .map(|(c0, part)| packed_linear(x, part, b.slice(ndarray::s![*c0..*c0 + part.o])))
+            .collect();
+        let mut y = Array2::<T>::zeros((x.nrows(), self.o));
+        for ((c0, part), yp) in self.parts.iter().zip(&ys) {
+            y.slice_mut(ndarray::s![.., *c0..*c0 + part.o]).assign(yp);
+        }
+        y
+    }
+}
+
 /// Backward of [`linear`]: dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ_rows dy. Returns (dx, dW, db).
 pub fn linear_backward<T: Real>(
     x: ArrayView2<T>,

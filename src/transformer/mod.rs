@@ -93,7 +93,7 @@ pub use classifier::{TransformerClassifier, TransformerClassifierConfig};
 
 use crate::budget::Estimate;
 use crate::error::{Error, Result};
-use crate::nn::linear::{linear, lm_head, packed_linear, PackedMatrix};
+use crate::nn::linear::{linear, lm_head, PackedColumns};
 use crate::nn::params::{ParamGroup, Parameters, TensorMut, Trainable};
 use crate::scalar::Real;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
@@ -297,7 +297,7 @@ const DECODE_ROWS: usize = 96;
 /// `benches/benches/speculative.rs`). Built on the first such pass (a copy of the weights: the model's
 /// memory doubles) and dropped by every method that can change the weights
 /// ([`Gpt::tensors_mut`]); not compared, cloned (a clone rebuilds it) or printed.
-struct DecodeWeights<T>(std::sync::OnceLock<Vec<[PackedMatrix<T>; 4]>>);
+struct DecodeWeights<T>(std::sync::OnceLock<Vec<[PackedColumns<T>; 4]>>);
 
 impl<T> Default for DecodeWeights<T> {
     fn default() -> Self {
@@ -647,7 +647,7 @@ impl<T: Real> Gpt<T> {
         let eps = cfg.layer_norm_epsilon;
         let packed = (b * t <= DECODE_ROWS).then(|| self.decode_weights());
         let linear = |x: &Array2<T>, layer: &Linear<T>, l: usize, which: usize| match packed {
-            Some(p) => packed_linear(x.view(), &p[l][which], layer.bias.view()),
+            Some(p) => p[l][which].linear(x.view(), layer.bias.view()),
             None => linear(x.view(), layer.weight.view(), layer.bias.view()),
         };
         let mut x = match tree {
@@ -700,11 +700,11 @@ impl<T: Real> Gpt<T> {
     }
 
     /// The packed decoding weights ([`DecodeWeights`]), built on first use.
-    fn decode_weights(&self) -> &[[PackedMatrix<T>; 4]] {
+    fn decode_weights(&self) -> &[[PackedColumns<T>; 4]] {
         self.decode.0.get_or_init(|| {
             self.blocks
                 .iter()
-                .map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj].map(|l| PackedMatrix::new(l.weight.view())))
+                .map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj].map(|l| PackedColumns::new(l.weight.view())))
                 .collect()
         })
     }
