@@ -8,7 +8,7 @@
 //! (`PackedMatrix`, `packed_linear`). The hot loops go through the SIMD dispatch of
 //! [`simd`](super::simd).
 
-use super::simd::{as_f32, as_f32_mut, axpy_body, dot_body, madd, simd_dispatch, SimdLevel};
+use super::simd::{as_f32, as_f32_mut, axpy_body, madd, simd_dispatch, SimdLevel};
 use crate::scalar::Real;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
@@ -106,34 +106,11 @@ pub fn linear<T: Real>(x: ArrayView2<T>, w: ArrayView2<T>, b: ArrayView1<T>) -> 
     y
 }
 
-/// out[r, v] = x_r·wte_v for a few rows: x (m, c), wte (V, c), out (m, V) row-major; `wte` is
-/// streamed once (token outer, rows inner).
-#[inline(always)]
-fn small_head_body<T: Real, const FMA: bool>(x: &[T], c: usize, wte: &[T], out: &mut [T]) {
-    let v = wte.len() / c;
-    for (k, wk) in wte.chunks_exact(c).enumerate() {
-        for (r, xr) in x.chunks_exact(c).enumerate() {
-            out[r * v + k] = dot_body::<T, FMA>(xr, wk);
-        }
-    }
-}
-
-simd_dispatch! {
-    /// [`small_head_body`] with the widest vectors the CPU has.
-    fn small_head(x: &[T], c: usize, wte: &[T], out: &mut [T]) -> () = small_head_body
-}
-
-/// logits = x·wteᵀ: x (N, C), wte (V, C) → (N, V); a few rows by dot products, more by gemm.
+/// logits = x·wteᵀ: x (N, C), wte (V, C) → (N, V), by gemm (decoding passes use a packed copy
+/// of wteᵀ instead: [`PackedColumns`]).
 pub(crate) fn lm_head<T: Real>(x: ArrayView2<T>, wte: ArrayView2<T>) -> Array2<T> {
-    let (n, c) = x.dim();
-    let mut y = Array2::<T>::zeros((n, wte.nrows()));
-    if n <= SMALL_ROWS && c > 0 && wte.is_standard_layout() {
-        let xs = x.as_standard_layout();
-        let ws = wte.as_slice().expect("standard layout");
-        small_head(xs.as_slice().expect("standard layout"), c, ws, y.as_slice_mut().expect("standard layout"));
-    } else {
-        matmul_acc(x, wte.t(), y.view_mut());
-    }
+    let mut y = Array2::<T>::zeros((x.nrows(), wte.nrows()));
+    matmul_acc(x, wte.t(), y.view_mut());
     y
 }
 

@@ -289,15 +289,22 @@ pub struct Gpt<T = f32> {
 /// machine the packed kernel is faster up to about 100 rows: gemm packs the weights on every call).
 const DECODE_ROWS: usize = 96;
 
-/// The four linear layers of every block (`c_attn`, `attn.c_proj`, `c_fc`, `mlp.c_proj`) packed in
-/// column panels for the passes of a few rows that decoding and speculative verification make:
+/// The four linear layers of every block (`c_attn`, `attn.c_proj`, `c_fc`, `mlp.c_proj`) and the
+/// tied head (wteᵀ, with a zero bias) packed in column panels for the passes of a few rows that decoding and speculative verification make:
 /// the product of a few rows with a row-major weight reads it at a stride, or packs it on every
 /// call (gemm); a panel-packed copy is read once, sequentially, and register tiles of up to 16
 /// rows make scoring γ + 1 draft positions cost little more than one position (see
 /// `benches/benches/speculative.rs`). Built on the first such pass (a copy of the weights: the model's
 /// memory doubles) and dropped by every method that can change the weights
 /// ([`Gpt::tensors_mut`]); not compared, cloned (a clone rebuilds it) or printed.
-struct DecodeWeights<T>(std::sync::OnceLock<Vec<[PackedColumns<T>; 4]>>);
+struct DecodeWeights<T>(std::sync::OnceLock<Packed<T>>);
+
+/// The contents of [`DecodeWeights`].
+struct Packed<T> {
+    blocks: Vec<[PackedColumns<T>; 4]>,
+    /// wteᵀ (C, V) and its zero bias.
+    head: (PackedColumns<T>, Array1<T>),
+}
 
 impl<T> Default for DecodeWeights<T> {
     fn default() -> Self {
@@ -647,7 +654,7 @@ impl<T: Real> Gpt<T> {
         let eps = cfg.layer_norm_epsilon;
         let packed = (b * t <= DECODE_ROWS).then(|| self.decode_weights());
         let linear = |x: &Array2<T>, layer: &Linear<T>, l: usize, which: usize| match packed {
-            Some(p) => p[l][which].linear(x.view(), layer.bias.view()),
+            Some(p) => p.blocks[l][which].linear(x.view(), layer.bias.view()),
             None => linear(x.view(), layer.weight.view(), layer.bias.view()),
         };
         let mut x = match tree {
@@ -675,7 +682,10 @@ impl<T: Real> Gpt<T> {
             x += &linear(&f, &blk.mlp_proj, l, 3);
         }
         let h = crate::nn::norm::layer_norm(x.view(), self.ln_f.weight.view(), self.ln_f.bias.view(), eps);
-        let logits = lm_head(h.view(), self.wte.view());
+        let logits = match packed {
+            Some(p) => p.head.0.linear(h.view(), p.head.1.view()),
+            None => lm_head(h.view(), self.wte.view()),
+        };
         if let Some(pos) = logits.rows().into_iter().position(|r| r.iter().any(|v| !v.is_finite())) {
             return Err(Error::numerical(
                 "GPT forward",
@@ -700,12 +710,14 @@ impl<T: Real> Gpt<T> {
     }
 
     /// The packed decoding weights ([`DecodeWeights`]), built on first use.
-    fn decode_weights(&self) -> &[[PackedColumns<T>; 4]] {
-        self.decode.0.get_or_init(|| {
-            self.blocks
+    fn decode_weights(&self) -> &Packed<T> {
+        self.decode.0.get_or_init(|| Packed {
+            blocks: self
+                .blocks
                 .iter()
                 .map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj].map(|l| PackedColumns::new(l.weight.view())))
-                .collect()
+                .collect(),
+            head: (PackedColumns::new(self.wte.t()), Array1::zeros(self.wte.nrows())),
         })
     }
 
