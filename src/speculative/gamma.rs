@@ -297,6 +297,8 @@ pub struct PayoffGuard {
     prompt: Option<(usize, f64)>,
     spec_tokens: f64,
     spec_seconds: f64,
+    spec_best_tokens: f64,
+    spec_rounds: usize,
     draft_step: Option<f64>,
     plain_seconds: f64,
     plain_fastest: Option<f64>,
@@ -373,9 +375,11 @@ impl PayoffGuard {
         let keep = 0.9;
         self.spec_tokens = keep * self.spec_tokens + tokens as f64;
         self.spec_seconds = keep * self.spec_seconds + seconds;
+        self.spec_best_tokens = keep * self.spec_best_tokens + best_tokens as f64;
+        self.spec_rounds += 1;
         let Some(plain_rate) = self.plain_rate() else { return };
-        if best_tokens as f64 / seconds.max(1e-12) < plain_rate {
-            // even keeping everything, this round would have lost: the draft is too slow
+        if self.spec_rounds >= 2 && self.spec_best_tokens / self.spec_seconds.max(1e-12) < plain_rate {
+            // even keeping everything, these rounds would have lost: the draft is too slow
             self.never = true;
         } else if self.rounds >= 6 {
             if self.spec_tokens / self.spec_seconds.max(1e-12) < plain_rate {
