@@ -14,7 +14,10 @@
 //! budget, and a leaf costs no draft step. With [`TreeShape::widths`] `[k₁, …, k_D]` every node at
 //! depth d − 1 may get k_d children; without a budget that is a static tree of Σ_d Π_{i≤d} k_i
 //! nodes, with a budget m the m best (EAGLE-2's rule: the top m by value, which is always a tree
-//! since a child's value never exceeds its parent's).
+//! since a child's value never exceeds its parent's). In [`speculate`](super::speculate) the value
+//! of a node's j-th child is not its draft probability but the measured odds that verification
+//! keeps a j-th child ([`SiblingOdds`]): with a draft whose first choice is nearly always kept the
+//! best tree is a chain, and the budget goes to siblings only where first choices get rejected.
 //!
 //! Children are proposed in one of two ways, the order of siblings being the order of proposal:
 //! - **Deterministic** (greedy decoding, or `argmax_draft`): the k most likely tokens of the
@@ -320,6 +323,41 @@ impl TokenTree {
     }
 }
 
+/// The measured odds that a node's j-th child is the one verification keeps, by sibling rank j:
+/// with a_j the rate at which the j-th child was kept when it was tried (all earlier siblings
+/// rejected), w_j = a_j·Π_{i<j}(1 − a_i) (each rate with one kept and one rejected trial as a
+/// prior). A tree built with these weights spends its nodes where verification has been keeping
+/// tokens: deep chains where the first child is nearly always kept, siblings where it is not
+/// (EAGLE-2's rule with measured rather than draft probabilities).
+#[derive(Clone, Debug, Default)]
+pub struct SiblingOdds {
+    tried: Vec<u64>,
+    kept: Vec<u64>,
+}
+
+impl SiblingOdds {
+    /// w_j (see the type's docs).
+    pub fn weight(&self, j: usize) -> f64 {
+        let rate = |i: usize| {
+            let (t, k) = (self.tried.get(i).copied().unwrap_or(0), self.kept.get(i).copied().unwrap_or(0));
+            (k as f64 + 1.0) / (t as f64 + 2.0)
+        };
+        (0..j).map(|i| 1.0 - rate(i)).product::<f64>() * rate(j)
+    }
+
+    /// Counts the children one verification tried.
+    pub fn record(&mut self, outcome: &TreeOutcome) {
+        for &(rank, kept) in &outcome.tried {
+            if self.tried.len() <= rank {
+                self.tried.resize(rank + 1, 0);
+                self.kept.resize(rank + 1, 0);
+            }
+            self.tried[rank] += 1;
+            self.kept[rank] += u64::from(kept);
+        }
+    }
+}
+
 /// An entry of the drafting heap: fill the next child slot of a node, or step a node.
 #[derive(Debug)]
 struct Entry {
@@ -417,6 +455,7 @@ pub fn draft_tree<D: Drafter + ?Sized>(
     shape: &TreeShape,
     sampling: &Sampling,
     deterministic: bool,
+    odds: Option<&SiblingOdds>,
     rng: &mut Pcg64,
 ) -> Result<TokenTree> {
     shape.validate()?;
@@ -443,7 +482,12 @@ pub fn draft_tree<D: Drafter + ?Sized>(
         heap.push(Entry { priority, order, what });
         order += 1;
     };
-    if let Some(v) = slots[0].next_value(&tree.dists[0], proposal) {
+    // the weight of a parent's next child: measured odds that it is the kept one, or its q
+    let weigh = |slots: &Slots, q: &[f64]| match odds {
+        Some(o) => (slots.taken.len() < q.iter().filter(|&&v| v > 0.0).count()).then(|| o.weight(slots.taken.len())),
+        None => slots.next_value(q, proposal),
+    };
+    if let Some(v) = weigh(&slots[0], &tree.dists[0]) {
         push(&mut heap, v, Ok(None));
     }
     while tree.len() < budget {
@@ -460,15 +504,16 @@ pub fn draft_tree<D: Drafter + ?Sized>(
                     ),
                 };
                 let q = &tree.dists[q_index];
+                let rank = slots[s].taken.len();
                 let x = slots[s].propose(q, proposal, rng);
                 let node = tree.len();
                 tree.tokens.push(x);
                 tree.parents.push(parent);
-                tree.values.push(base * q[x as usize]);
+                tree.values.push(base * odds.map_or(q[x as usize], |o| o.weight(rank)));
                 tree.dist_of.push(None);
                 slot_of.push(None);
                 if slots[s].taken.len() < shape.widths[depth]
-                    && let Some(v) = slots[s].next_value(q, proposal)
+                    && let Some(v) = weigh(&slots[s], q)
                 {
                     push(&mut heap, base * v, Ok(parent));
                 }
@@ -486,7 +531,7 @@ pub fn draft_tree<D: Drafter + ?Sized>(
                 tree.dists.push(q);
                 tree.dist_of[node] = Some(tree.dists.len() - 1);
                 let s = slots.len() - 1;
-                if let Some(v) = slots[s].next_value(&tree.dists[tree.dists.len() - 1], proposal) {
+                if let Some(v) = weigh(&slots[s], &tree.dists[tree.dists.len() - 1]) {
                     push(&mut heap, tree.values[node] * v, Ok(Some(node)));
                 }
             }
@@ -502,6 +547,8 @@ pub struct TreeOutcome {
     pub path: Vec<usize>,
     /// The token emitted after them (drawn from the verifier's residual distribution).
     pub next: u32,
+    /// Every child tried, in order: its rank among its siblings and whether it was kept.
+    pub tried: Vec<(usize, bool)>,
 }
 
 /// Recursive rejection sampling over a token tree (see the module docs): `p[0]` is the verifier's
@@ -524,6 +571,7 @@ pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng:
         return Err(Error::invalid(format!("verifier distribution {i}"), p[i].len(), format!("length {v}")));
     }
     let mut path = vec![];
+    let mut tried = vec![];
     let mut at: Option<usize> = None;
     let mut target = p[0].clone();
     'depth: loop {
@@ -532,7 +580,7 @@ pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng:
             Some(n) => tree.dist_of[n].map(|d| &tree.dists[d]),
         };
         let mut taken_mass = 0.0;
-        for c in tree.children(at) {
+        for (rank, c) in tree.children(at).enumerate() {
             let x = tree.tokens[c] as usize;
             let q =
                 q.ok_or_else(|| Error::numerical("tree verification", format!("node {c} has an unexpanded parent")))?;
@@ -552,6 +600,7 @@ pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng:
                 ));
             }
             let r: f64 = rng.random();
+            tried.push((rank, r < target[x] / qx));
             if r < target[x] / qx {
                 path.push(c);
                 at = Some(c);
@@ -580,7 +629,7 @@ pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng:
             }
             taken_mass += q[x];
         }
-        return Ok(TreeOutcome { path, next: sample(&target, rng) });
+        return Ok(TreeOutcome { path, next: sample(&target, rng), tried });
     }
 }
 
@@ -611,6 +660,7 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let mut pending_v: Vec<u32> = prompt.to_vec();
     let mut pending_d: Vec<u32> = prompt.to_vec();
     let mut nodes_total = 0usize;
+    let mut odds = SiblingOdds::default();
     // a dynamic tree (a budget) adapts its budget and falls back to plain decoding where
     // speculation does not pay
     let mut guard = (config.fallback && shape.budget.is_some()).then(PayoffGuard::default);
@@ -633,7 +683,8 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         } else {
             let root = drafter.len() + pending_d.len();
             let steps_before = pending_d.len();
-            let tree = draft_tree(drafter, &pending_d, &round_shape, &config.sampling, deterministic, &mut rng)?;
+            let tree =
+                draft_tree(drafter, &pending_d, &round_shape, &config.sampling, deterministic, Some(&odds), &mut rng)?;
             let stepped = (0..tree.len()).filter(|&i| tree.stepped(i)).count();
             log.draft(steps_before + stepped, t.elapsed().as_secs_f64());
             pending_d.clear();
@@ -653,6 +704,7 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             })
             .collect::<Result<Vec<_>>>()?;
         let outcome = verify_tree(&tree, &p, &mut rng)?;
+        odds.record(&outcome);
         let n = outcome.path.len();
         let last = outcome.path.last().copied();
         if !tree.is_empty() {

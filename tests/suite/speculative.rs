@@ -535,7 +535,7 @@ fn tree_one_step_follows_the_verifier_chi_square() {
         let mut counts = vec![0u64; v];
         for _ in 0..n {
             let mut d = dr.clone();
-            let tree = draft_tree(&mut d, &[2], &shape, &Sampling::default(), *argmax, &mut rng).unwrap();
+            let tree = draft_tree(&mut d, &[2], &shape, &Sampling::default(), *argmax, None, &mut rng).unwrap();
             let mut p = vec![p0.clone()];
             p.extend(tree.tokens.iter().map(|&t| Sampling::default().probs(&ver.row(t)).unwrap()));
             let o = verify_tree(&tree, &p, &mut rng).unwrap();
@@ -563,7 +563,7 @@ fn tree_chi_square_detects_a_wrong_rule() {
     let mut counts = vec![0u64; v];
     for _ in 0..n {
         let mut d = dr.clone();
-        let tree = draft_tree(&mut d, &[1], &shape, &Sampling::default(), false, &mut rng).unwrap();
+        let tree = draft_tree(&mut d, &[1], &shape, &Sampling::default(), false, None, &mut rng).unwrap();
         let mut target = p0.clone();
         let mut emitted = None;
         for &x in &tree.tokens {
