@@ -96,9 +96,6 @@ pub const MAX_TREE_NODES: usize = 512;
 const DYNAMIC_WIDTH: usize = 4;
 /// Depth of a tree given by its budget alone.
 const DYNAMIC_DEPTH: usize = 12;
-/// The budget a dynamic tree starts from (doubled while rounds beat plain decoding, halved
-/// while they do not).
-const FIRST_BUDGET: usize = 4;
 
 /// The shape of the draft tree: how many children a node at each depth may get, and optionally a
 /// node budget (a dynamic tree: the budget's best nodes by cumulative draft probability).
@@ -661,10 +658,8 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let mut pending_d: Vec<u32> = prompt.to_vec();
     let mut nodes_total = 0usize;
     let mut odds = SiblingOdds::default();
-    // a dynamic tree (a budget) adapts its budget and falls back to plain decoding where
-    // speculation does not pay
+    // a dynamic tree (a budget) falls back to plain decoding where speculation does not pay
     let mut guard = (config.fallback && shape.budget.is_some()).then(PayoffGuard::default);
-    let mut budget = if guard.is_some() { FIRST_BUDGET.min(shape.nodes()) } else { shape.nodes() };
 
     'rounds: while out.len() < config.max_new {
         // no deeper than the tokens still wanted, no wider than the verifier's context
@@ -676,7 +671,7 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         let room = verifier.max_len().map_or(usize::MAX, |m| m.saturating_sub(base + pending_v.len()));
         let mut round_shape = shape.clone();
         round_shape.widths.truncate(remaining - 1);
-        round_shape.budget = Some(budget.min(room));
+        round_shape.budget = Some(shape.nodes().min(room));
         let t = Instant::now();
         let (tree, root) = if round_shape.widths.is_empty() || room == 0 || !speculate_now {
             (TokenTree::empty(), None)
@@ -713,15 +708,6 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         }
         if let Some(g) = &mut guard {
             let depth = tree.depths().into_iter().max().unwrap_or(0);
-            let seconds = round.elapsed().as_secs_f64() - catch_up;
-            // grow the tree while its rounds beat plain decoding, shrink it while they do not
-            if let (false, Some(plain)) = (tree.is_empty(), g.plain_rate()) {
-                budget = if (n + 1) as f64 / seconds.max(1e-12) >= plain {
-                    (2 * budget).min(shape.nodes())
-                } else {
-                    (budget / 2).max(1)
-                };
-            }
             record_round(g, &log, input.len(), (!tree.is_empty()).then_some((n + 1, depth + 1)), round, catch_up);
         }
         // keep the pending tokens and the accepted path
