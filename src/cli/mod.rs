@@ -47,7 +47,8 @@ Commands, by task (s4 COMMAND --help for each, with defaults):
     distill          distill an S4 draft from a verifier
   Benchmarks
     bench            kernels and FFT convolution beside the official PyTorch numbers
-    bench-speculate  speculative decoding on a model pair, several draft lengths";
+    bench-speculate  speculative decoding on a model pair, several draft lengths and trees
+    bench-verifier   the verifier's pass time over k = 1, 2, ... positions (the cost curve t(k))";
 
 /// The parsed command line.
 #[derive(Parser, Debug)]

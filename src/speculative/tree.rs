@@ -281,12 +281,7 @@ impl TokenTree {
 
     /// The nodes from depth 1 down to `i`.
     pub fn path(&self, i: usize) -> Vec<usize> {
-        let mut path = vec![i];
-        while let Some(p) = self.parents[*path.last().expect("not empty")] {
-            path.push(p);
-        }
-        path.reverse();
-        path
+        TreeMask::path_in(&self.parents, i)
     }
 
     /// The depth of every node (1 for the root's children).

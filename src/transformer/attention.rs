@@ -218,8 +218,14 @@ impl TreeMask {
 
     /// The positions from the top of i's branch down to i.
     pub fn path(&self, i: usize) -> Vec<usize> {
+        Self::path_in(&self.parents, i)
+    }
+
+    /// The positions from the top of i's branch down to i in a forest given by its parents
+    /// (`parents[j] < j`).
+    pub fn path_in(parents: &[Option<usize>], i: usize) -> Vec<usize> {
         let mut path = vec![i];
-        while let Some(p) = self.parents[*path.last().expect("not empty")] {
+        while let Some(p) = parents[*path.last().expect("not empty")] {
             path.push(p);
         }
         path.reverse();

@@ -223,24 +223,28 @@ fn joint_sequences_follow_the_verifier_chi_square() {
     ];
     for (gamma, warp) in cases {
         let cfg = SpecConfig { gamma, sampling: warp, max_new: len, ..Default::default() };
-        let expected = markov_joint(&verifier0, &warp, 3, len);
-        let mut counts = vec![0u64; v.pow(len as u32)];
-        let (mut ver, mut dr) = (verifier0.clone(), drafter0.clone());
-        let mut accepted = 0;
-        for seed in 0..runs {
-            let g = speculate(&mut dr, &mut ver, &[0, 3], &SpecConfig { seed, ..cfg.clone() }).unwrap();
-            assert_eq!(g.tokens.len(), len);
-            accepted += g.stats.accepted;
-            let idx = g.tokens.iter().fold(0usize, |acc, &t| acc * v + t as usize);
-            counts[idx] += 1;
-        }
-        let (stat, df) = chi2(&counts, &expected);
-        println!(
-            "{gamma:?}, {warp:?}: chi2 {stat:.1} (df {df}, critical {:.1}); accepted {accepted}",
-            chi2_critical(df)
-        );
-        assert!(stat < chi2_critical(df), "{gamma:?}: chi2 {stat}");
+        check_joint(&format!("{gamma:?}, {warp:?}"), &verifier0, &drafter0, &cfg, runs);
     }
+}
+
+/// Generates `cfg.max_new` tokens after [0, 3] with seeds 0 .. `runs` and checks the joint
+/// frequencies against the verifier's exact joint by chi-square.
+fn check_joint(label: &str, verifier0: &Markov, drafter0: &Markov, cfg: &SpecConfig, runs: u64) {
+    let v = verifier0.table.nrows();
+    let len = cfg.max_new;
+    let expected = markov_joint(verifier0, &cfg.sampling, 3, len);
+    let mut counts = vec![0u64; v.pow(len as u32)];
+    let (mut ver, mut dr) = (verifier0.clone(), drafter0.clone());
+    let mut accepted = 0;
+    for seed in 0..runs {
+        let g = speculate(&mut dr, &mut ver, &[0, 3], &SpecConfig { seed, ..cfg.clone() }).unwrap();
+        assert_eq!(g.tokens.len(), len);
+        accepted += g.stats.accepted;
+        counts[g.tokens.iter().fold(0usize, |acc, &t| acc * v + t as usize)] += 1;
+    }
+    let (stat, df) = chi2(&counts, &expected);
+    println!("{label}: chi2 {stat:.1} (df {df}, critical {:.1}); accepted {accepted}", chi2_critical(df));
+    assert!(stat < chi2_critical(df), "{label}: chi2 {stat}");
 }
 
 #[test]
@@ -598,25 +602,15 @@ fn tree_joint_sequences_follow_the_verifier_chi_square() {
         ("2x2", Sampling::default(), true),
     ];
     for (shape, warp, argmax) in cases {
-        let tree: TreeShape = shape.parse().unwrap();
-        let cfg =
-            SpecConfig { tree: Some(tree), sampling: warp, max_new: len, argmax_draft: argmax, ..Default::default() };
-        let expected = markov_joint(&verifier0, &warp, 3, len);
-        let mut counts = vec![0u64; v.pow(len as u32)];
-        let (mut ver, mut dr) = (verifier0.clone(), drafter0.clone());
-        let mut accepted = 0;
-        for seed in 0..runs {
-            let g = speculate(&mut dr, &mut ver, &[0, 3], &SpecConfig { seed, ..cfg.clone() }).unwrap();
-            assert_eq!(g.tokens.len(), len);
-            accepted += g.stats.accepted;
-            counts[g.tokens.iter().fold(0usize, |acc, &t| acc * v + t as usize)] += 1;
-        }
-        let (stat, df) = chi2(&counts, &expected);
-        println!(
-            "tree {shape}, {warp:?}, argmax {argmax}: chi2 {stat:.1} (df {df}, critical {:.1}); accepted {accepted}",
-            chi2_critical(df)
-        );
-        assert!(stat < chi2_critical(df), "tree {shape}: chi2 {stat}");
+        let cfg = SpecConfig {
+            tree: Some(shape.parse().unwrap()),
+            sampling: warp,
+            max_new: len,
+            argmax_draft: argmax,
+            fallback: false,
+            ..Default::default()
+        };
+        check_joint(&format!("tree {shape}, {warp:?}, argmax {argmax}"), &verifier0, &drafter0, &cfg, runs);
     }
 }
 
