@@ -400,6 +400,7 @@ def _spec_config(
     argmax_draft: bool = False,
     typical: Optional[Tuple[float, float]] = None,
     tree: Optional[str] = None,
+    fallback: bool = True,
 ) -> str:
     if gamma == "auto":
         g: Any = {"auto": {"max": 16}}
@@ -420,6 +421,7 @@ def _spec_config(
             stop_token=stop_token,
             seed=seed,
             tree=tree,
+            fallback=fallback,
         )
     )
 
@@ -453,6 +455,7 @@ def speculate(
     argmax_draft: bool = False,
     typical: Optional[Tuple[float, float]] = None,
     tree: Optional[str] = None,
+    fallback: bool = True,
 ) -> Generation:
     """Speculative decoding: ``draft`` (an S4 model stepping in recurrent mode) proposes ``gamma``
     tokens per round (``"auto"``: chosen by the measured costs, falling back to plain decoding
@@ -461,8 +464,10 @@ def speculate(
     state and the verifier scores it in one pass with tree attention. Lossless: greedy output
     equals :func:`generate` with the verifier, and sampled output follows the verifier's
     distribution exactly, unless ``typical=(epsilon, delta)`` (Medusa's typical acceptance, lossy,
-    chains only) is given."""
-    cfg = _spec_config(max_new, temperature, top_k, top_p, seed, stop_token, gamma, argmax_draft, typical, tree)
+    chains only) is given. ``fallback=False`` makes ``"auto"`` and trees with a budget speculate
+    every round even where plain decoding would be faster."""
+    cfg = _spec_config(max_new, temperature, top_k, top_p, seed, stop_token, gamma, argmax_draft, typical, tree,
+                       fallback)
     return Generation(_model(verifier)._native.speculate(_model(draft)._native, _prompt(prompt), cfg))
 
 

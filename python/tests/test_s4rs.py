@@ -246,6 +246,9 @@ def test_speculative_greedy_output_is_the_verifiers(tmp_path):
         assert spec.stats["emitted"] == 24 and 0 <= spec.stats["alpha"] <= 1
     for tree in ("3x2x1", "budget=8"):
         spec = s4rs.speculate(verifier, tmp_path / "draft", "To be", max_new=24, tree=tree, temperature=0)
+        assert spec.ids == alone.ids
+        spec = s4rs.speculate(verifier, tmp_path / "draft", "To be", max_new=24, tree=tree, temperature=0,
+                              fallback=False)
         assert spec.ids == alone.ids and spec.stats["tree_nodes"] > 0
     with pytest.raises(ValueError, match="tree"):
         s4rs.speculate(verifier, verifier, "x", tree="3x0")
