@@ -225,6 +225,20 @@ fn bad_params_files_are_rejected_by_name() {
     assert_clear_error(&s4(&["kernel", "--params", p.to_str().unwrap(), "--length", "10"]), &["truncated.npz"]);
 }
 
+/// Runs `s4 import-official FIXTURE/model.safetensors --config FIXTURE/config.json --out OUT` and
+/// asserts it succeeded.
+fn import_official(fixture: &Path, out: &Path) {
+    let run = s4(&[
+        "import-official",
+        fixture.join("model.safetensors").to_str().unwrap(),
+        "--config",
+        fixture.join("config.json").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}: {}", fixture.display(), String::from_utf8_lossy(&run.stderr));
+}
+
 #[test]
 fn import_official_then_run_reproduces_the_official_outputs() {
     use ndarray::Array3;
@@ -233,15 +247,7 @@ fn import_official_then_run_reproduces_the_official_outputs() {
     for case in ["s4block-dplr-legs", "s4block-diag-inv", "s4block-dplr-bidirectional", "s4d-minimal"] {
         let dir = fixtures.join(case);
         let out_dir = tmp(&format!("imported-{case}"));
-        let st = s4(&[
-            "import-official",
-            dir.join("model.safetensors").to_str().unwrap(),
-            "--config",
-            dir.join("config.json").to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-        ]);
-        assert!(st.status.success(), "{case}: {}", String::from_utf8_lossy(&st.stderr));
+        import_official(&dir, &out_dir);
         let info = s4(&["info", out_dir.to_str().unwrap()]);
         let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         assert_eq!(v["format"], "s4-layer");
@@ -502,18 +508,10 @@ fn simd_cap_from_the_environment() {
 #[test]
 fn whole_official_models_in_and_out() {
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official-models/example-prenorm");
-    let (st, cfg) = (fixture.join("model.safetensors"), fixture.join("config.json"));
+    let st = fixture.join("model.safetensors");
     let dir = tmp("example-model");
     let _ = std::fs::remove_dir_all(&dir);
-    let out = s4(&[
-        "import-official",
-        st.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    import_official(&fixture, &dir);
     let info: serde_json::Value = serde_json::from_slice(&s4(&["info", dir.to_str().unwrap()]).stdout).unwrap();
     assert_eq!(info["format"], "s4-model", "{info}");
     let back = tmp("example-back.safetensors");
@@ -540,16 +538,7 @@ fn whole_official_models_in_and_out() {
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official-models/sequence-listops");
     let dir2 = tmp("sequence-model");
     let _ = std::fs::remove_dir_all(&dir2);
-    let (st, cfg) = (fixture.join("model.safetensors"), fixture.join("config.json"));
-    let out = s4(&[
-        "import-official",
-        st.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        dir2.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    import_official(&fixture, &dir2);
     let back2 = tmp("sequence-back.safetensors");
     let out = s4(&["export-official", dir2.to_str().unwrap(), "--out", back2.to_str().unwrap(), "--force"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
