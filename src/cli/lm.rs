@@ -378,6 +378,12 @@ fn cmd_speculate(a: &SpeculateArgs) -> Result<()> {
         fallback: !a.no_fallback,
         ..Default::default()
     };
+    if !a.no_baseline {
+        // first-use costs (the thread pool, the first touch of the weights and of a KV cache) would
+        // otherwise fall on whichever run comes first: a short untimed run pays them
+        let warm = SpecConfig { max_new: cfg.max_new.min(8), ..cfg.clone() };
+        generate(ver.verifier()?.as_mut(), &tokens, &warm)?;
+    }
     let g = speculate(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), &tokens, &cfg)?;
     let base = if a.no_baseline { None } else { Some(generate(ver.verifier()?.as_mut(), &tokens, &cfg)?) };
     let text = text_of(&g.tokens, ver.vocab());

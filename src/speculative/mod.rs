@@ -414,7 +414,27 @@ pub fn generate<V: Verifier + ?Sized>(verifier: &mut V, prompt: &[u32], config: 
     let start = Instant::now();
     let mut stats = SpecStats::default();
     let mut out = Vec::with_capacity(config.max_new.min(4096));
-    let mut pending: Vec<u32> = prompt.to_vec();
+    decode_plain(verifier, prompt.to_vec(), &mut out, config, &mut rng, &mut stats)?;
+    stats.emitted = out.len();
+    stats.total_seconds = start.elapsed().as_secs_f64();
+    stats.tau = 1.0;
+    stats.tokens_per_second = out.len() as f64 / stats.total_seconds.max(1e-12);
+    Ok(Generation { tokens: out, stats })
+}
+
+/// Plain decoding with the verifier alone, one pass per token: the verifier first reads `pending`
+/// (tokens it has not seen), then tokens are drawn from its warped distribution and appended to
+/// `out` until it holds `max_new` or the stop token. [`generate`] is this loop; the speculative
+/// loops hand over to it once their [`PayoffGuard`] concludes that drafting cannot pay, so that
+/// from then on a token costs exactly what it costs the verifier alone.
+fn decode_plain<V: Verifier + ?Sized>(
+    verifier: &mut V,
+    mut pending: Vec<u32>,
+    out: &mut Vec<u32>,
+    config: &SpecConfig,
+    rng: &mut Pcg64,
+    stats: &mut SpecStats,
+) -> Result<()> {
     while out.len() < config.max_new {
         let t = Instant::now();
         let logits = verifier.score(&pending)?;
@@ -422,18 +442,14 @@ pub fn generate<V: Verifier + ?Sized>(verifier: &mut V, prompt: &[u32], config: 
         stats.verifier_calls += 1;
         let row = logits.row(logits.nrows() - 1);
         let row = row.as_slice().ok_or_else(|| Error::numerical("generate", "non-contiguous logits"))?;
-        let y = sampling::sample(&config.sampling.probs(row)?, &mut rng);
+        let y = sampling::sample(&config.sampling.probs(row)?, rng);
         out.push(y);
         pending = vec![y];
         if config.stop_token == Some(y) {
             break;
         }
     }
-    stats.emitted = out.len();
-    stats.total_seconds = start.elapsed().as_secs_f64();
-    stats.tau = 1.0;
-    stats.tokens_per_second = out.len() as f64 / stats.total_seconds.max(1e-12);
-    Ok(Generation { tokens: out, stats })
+    Ok(())
 }
 
 /// Speculative decoding of one prompt: rounds of draft γ, verify once, keep n + 1 tokens (see the
@@ -499,6 +515,10 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
 
     'rounds: while out.len() < config.max_new {
         let remaining = config.max_new - out.len();
+        if guard.as_ref().is_some_and(PayoffGuard::gave_up) {
+            decode_plain(verifier, pending_v, &mut out, config, &mut rng, &mut log.stats)?;
+            break;
+        }
         let gamma = if guarded_round(&mut guard, drafter, remaining, &pending_d)? {
             control.gamma().min(remaining - 1)
         } else {

@@ -85,7 +85,8 @@ use rand_pcg::Pcg64;
 
 use super::sampling::{sample, Sampling};
 use super::{
-    guarded_round, record_round, Acceptance, Drafter, Generation, PayoffGuard, RoundLog, SpecConfig, Verifier,
+    decode_plain, guarded_round, record_round, Acceptance, Drafter, Generation, PayoffGuard, RoundLog, SpecConfig,
+    Verifier,
 };
 use crate::error::{Error, Result};
 use crate::transformer::TreeMask;
@@ -659,6 +660,10 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     'rounds: while out.len() < config.max_new {
         // no deeper than the tokens still wanted, no wider than the verifier's context
         let remaining = config.max_new - out.len();
+        if guard.as_ref().is_some_and(PayoffGuard::gave_up) {
+            decode_plain(verifier, pending_v, &mut out, config, &mut rng, &mut log.stats)?;
+            break;
+        }
         let speculate_now = guarded_round(&mut guard, drafter, remaining, &pending_d)?;
         let round = Instant::now();
         let catch_up = if speculate_now { log.catch_up(drafter, &mut pending_d)? } else { 0.0 };
