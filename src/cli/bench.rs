@@ -353,6 +353,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     }
     let mut rows = Vec::new();
     let mut panels = Vec::new();
+    let mut continuations = Vec::new();
     for &t in &a.temperatures {
         let sampling = Sampling { temperature: t, ..Default::default() };
         let base_cfg = SpecConfig { sampling, max_new, seed: a.seed, fallback: !a.no_fallback, ..Default::default() };
@@ -365,6 +366,15 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             base_tokens.push(g.tokens);
         }
         let base_tps = base_count as f64 / base_time;
+        let distinct: Vec<f64> = base_tokens.iter().map(|t| distinct_ngram_ratio(t, 4)).collect();
+        let (mean, min) =
+            (distinct.iter().sum::<f64>() / distinct.len() as f64, distinct.iter().copied().fold(1.0, f64::min));
+        eprintln!(
+            "T={t} verifier alone {base_tps:.1} tokens/s; its continuations' distinct-4-gram ratio {mean:.3} (mean over {}, min {min:.3})",
+            distinct.len()
+        );
+        continuations.push(json!({"temperature": t, "tokens_per_second": base_tps,
+                                  "distinct_4gram_ratio": mean, "distinct_4gram_ratio_min": min}));
         let (mut measured, mut predicted, mut predicted_cost) = (Vec::new(), Vec::new(), Vec::new());
         for (label, mode) in &modes {
             let cfg = SpecConfig { gamma: mode.gamma, tree: mode.tree.clone(), ..base_cfg.clone() };
@@ -461,7 +471,33 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     println!(
         "{}",
         json!({"prompts": prompts.len(), "prompt_len": a.prompt_len, "max_new": max_new, "rows": rows,
-               "draft_vocab": dr.vocab(), "verifier_vocab": ver.vocab()})
+               "verifier_alone": continuations, "draft_vocab": dr.vocab(), "verifier_vocab": ver.vocab()})
     );
     Ok(())
+}
+
+/// The share of distinct n-grams among the n-grams of `tokens` (1 when none repeats; text that
+/// loops on itself scores low). 1 for a sequence shorter than n.
+fn distinct_ngram_ratio(tokens: &[u32], n: usize) -> f64 {
+    let windows: Vec<&[u32]> = tokens.windows(n.max(1)).collect();
+    if windows.is_empty() {
+        return 1.0;
+    }
+    let distinct: std::collections::HashSet<&[u32]> = windows.iter().copied().collect();
+    distinct.len() as f64 / windows.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distinct_ngram_ratio;
+
+    #[test]
+    fn distinct_ngram_ratio_counts_repeats() {
+        // "abcabcab": 4-grams abca, bcab, cabc, abca, bcab: 3 distinct of 5
+        let t: Vec<u32> = "abcabcab".bytes().map(u32::from).collect();
+        assert!((distinct_ngram_ratio(&t, 4) - 3.0 / 5.0).abs() < 1e-12);
+        assert_eq!(distinct_ngram_ratio(&[1, 2, 3, 4, 5], 4), 1.0);
+        assert_eq!(distinct_ngram_ratio(&[1, 2], 4), 1.0);
+        assert_eq!(distinct_ngram_ratio(&[7; 10], 4), 1.0 / 7.0);
+    }
 }
