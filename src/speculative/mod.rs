@@ -80,7 +80,7 @@ pub use gamma::{
 };
 pub use models::{check_causal_lm, CausalModel, GptSession, S4Session};
 pub use sampling::Sampling;
-pub use tree::{draft_tree, verify_tree, SiblingOdds, TokenTree, TreeOutcome, TreeShape};
+pub use tree::{draft_tree, verify_tree, AcceptanceOdds, TokenTree, TreeOutcome, TreeShape};
 
 use crate::budget::Estimate;
 use crate::error::{Error, Result};

@@ -14,10 +14,12 @@
 //! budget, and a leaf costs no draft step. With [`TreeShape::widths`] `[k₁, …, k_D]` every node at
 //! depth d − 1 may get k_d children; without a budget that is a static tree of Σ_d Π_{i≤d} k_i
 //! nodes, with a budget m the m best (EAGLE-2's rule: the top m by value, which is always a tree
-//! since a child's value never exceeds its parent's). In [`speculate`](super::speculate) the value
-//! of a node's j-th child is not its draft probability but the measured odds that verification
-//! keeps a j-th child ([`SiblingOdds`]): with a draft whose first choice is nearly always kept the
-//! best tree is a chain, and the budget goes to siblings only where first choices get rejected.
+//! since a child's value never exceeds its parent's). In [`speculate`](super::speculate) a node's
+//! value is instead the estimated chance that verification keeps its whole path: each child's
+//! chance of being the kept one is the rate at which verification has kept children of its
+//! sibling rank and draft confidence in this generation ([`AcceptanceOdds`]), so the tree runs
+//! deep where the draft is confident and right, and spends siblings where first choices get
+//! rejected.
 //!
 //! Children are proposed in one of two ways, the order of siblings being the order of proposal:
 //! - **Deterministic** (greedy decoding, or `argmax_draft`): the k most likely tokens of the
@@ -241,8 +243,12 @@ pub struct TokenTree {
     pub tokens: Vec<u32>,
     /// The parent of each node (`None`: a child of the root).
     pub parents: Vec<Option<usize>>,
-    /// Cumulative draft probability of each node (the product of q along its path).
+    /// The value each node was added by: its cumulative draft probability (the product of q
+    /// along its path), or with [`AcceptanceOdds`] the estimated chance that verification keeps
+    /// its whole path.
     pub values: Vec<f64>,
+    /// Each node's sibling rank and the draft's confidence in its slot (see [`AcceptanceOdds`]).
+    slots: Vec<(usize, f64)>,
     /// How children were proposed.
     pub proposal: Proposal,
     /// The draft's distribution q at the root (index 0) and at each expanded node (`dist_of`).
@@ -259,6 +265,7 @@ impl TokenTree {
             tokens: vec![],
             parents: vec![],
             values: vec![],
+            slots: vec![],
             proposal: Proposal::Deterministic,
             dists: vec![vec![]],
             dist_of: vec![],
@@ -316,37 +323,45 @@ impl TokenTree {
     }
 }
 
-/// The measured odds that a node's j-th child is the one verification keeps, by sibling rank j:
-/// with a_j the rate at which the j-th child was kept when it was tried (all earlier siblings
-/// rejected), w_j = a_j·Π_{i<j}(1 − a_i) (each rate with one kept and one rejected trial as a
-/// prior). A tree built with these weights spends its nodes where verification has been keeping
-/// tokens: deep chains where the first child is nearly always kept, siblings where it is not
-/// (EAGLE-2's rule with measured rather than draft probabilities).
+/// Sibling ranks [`AcceptanceOdds`] counts apart (later ranks share the last).
+const ODDS_RANKS: usize = 4;
+/// Bins of draft confidence [`AcceptanceOdds`] counts apart.
+const ODDS_BINS: usize = 10;
+
+/// The measured rate at which verification keeps a child it tries, by the child's sibling rank j
+/// and by the draft's confidence c in it when its slot was filled (the expected draft probability
+/// of the next proposal: Σ q² / (1 − Σ_{taken} q) for draws without replacement, q(x) for the
+/// j-th most likely token), in 10 bins of c: r(j, c) = (kept + 2c) / (tried + 2), the draft's own
+/// confidence acting as two trials of prior. The value of a j-th child is then the chance that it
+/// is the kept one, r(j, cⱼ)·Π_{i<j}(1 − r(i, cᵢ)), times its parent's: a tree built on these
+/// values runs deep where the draft is confident and its first choices get kept, and spends
+/// siblings where they do not (EAGLE-2's rule, with the draft's confidence calibrated against
+/// what verification actually kept in this generation).
 #[derive(Clone, Debug, Default)]
-pub struct SiblingOdds {
-    tried: Vec<u64>,
-    kept: Vec<u64>,
+pub struct AcceptanceOdds {
+    tried: [[u64; ODDS_BINS]; ODDS_RANKS],
+    kept: [[u64; ODDS_BINS]; ODDS_RANKS],
 }
 
-impl SiblingOdds {
-    /// w_j (see the type's docs).
-    pub fn weight(&self, j: usize) -> f64 {
-        let rate = |i: usize| {
-            let (t, k) = (self.tried.get(i).copied().unwrap_or(0), self.kept.get(i).copied().unwrap_or(0));
-            (k as f64 + 1.0) / (t as f64 + 2.0)
-        };
-        (0..j).map(|i| 1.0 - rate(i)).product::<f64>() * rate(j)
+impl AcceptanceOdds {
+    fn cell(rank: usize, confidence: f64) -> (usize, usize) {
+        let bin = (confidence.clamp(0.0, 1.0) * ODDS_BINS as f64) as usize;
+        (rank.min(ODDS_RANKS - 1), bin.min(ODDS_BINS - 1))
     }
 
-    /// Counts the children one verification tried.
-    pub fn record(&mut self, outcome: &TreeOutcome) {
-        for &(rank, kept) in &outcome.tried {
-            if self.tried.len() <= rank {
-                self.tried.resize(rank + 1, 0);
-                self.kept.resize(rank + 1, 0);
-            }
-            self.tried[rank] += 1;
-            self.kept[rank] += u64::from(kept);
+    /// r(j, c) (see the type's docs).
+    pub fn rate(&self, rank: usize, confidence: f64) -> f64 {
+        let (j, b) = Self::cell(rank, confidence);
+        (self.kept[j][b] as f64 + 2.0 * confidence.clamp(0.0, 1.0)) / (self.tried[j][b] as f64 + 2.0)
+    }
+
+    /// Counts the children one verification of `tree` tried.
+    pub fn record(&mut self, tree: &TokenTree, outcome: &TreeOutcome) {
+        for &(node, kept) in &outcome.tried {
+            let Some(&(rank, confidence)) = tree.slots.get(node) else { continue };
+            let (j, b) = Self::cell(rank, confidence);
+            self.tried[j][b] += 1;
+            self.kept[j][b] += u64::from(kept);
         }
     }
 }
@@ -387,6 +402,8 @@ struct Slots {
     mass: f64,
     /// Deterministic: the tokens by decreasing q.
     ranked: Vec<u32>,
+    /// The estimated chance that verification rejects every child proposed so far.
+    miss: f64,
 }
 
 impl Slots {
@@ -400,7 +417,7 @@ impl Slots {
             }
             Proposal::WithoutReplacement => vec![],
         };
-        Slots { taken: vec![], mass: 0.0, ranked }
+        Slots { taken: vec![], mass: 0.0, ranked, miss: 1.0 }
     }
 
     /// The expected draft probability of the next child, or `None` when q has no token left.
@@ -448,7 +465,7 @@ pub fn draft_tree<D: Drafter + ?Sized>(
     shape: &TreeShape,
     sampling: &Sampling,
     deterministic: bool,
-    odds: Option<&SiblingOdds>,
+    odds: Option<&AcceptanceOdds>,
     rng: &mut Pcg64,
 ) -> Result<TokenTree> {
     shape.validate()?;
@@ -462,6 +479,7 @@ pub fn draft_tree<D: Drafter + ?Sized>(
         tokens: vec![],
         parents: vec![],
         values: vec![],
+        slots: vec![],
         proposal,
         dists: vec![warp.probs(&logits)?],
         dist_of: vec![],
@@ -475,12 +493,19 @@ pub fn draft_tree<D: Drafter + ?Sized>(
         heap.push(Entry { priority, order, what });
         order += 1;
     };
-    // the weight of a parent's next child: measured odds that it is the kept one, or its q
-    let weigh = |slots: &Slots, q: &[f64]| match odds {
-        Some(o) => (slots.taken.len() < q.iter().filter(|&&v| v > 0.0).count()).then(|| o.weight(slots.taken.len())),
-        None => slots.next_value(q, proposal),
+    // the weight of a parent's next child, with the draft's confidence in it and its estimated
+    // rate of being kept when tried: the chance that it is the kept one, or its expected q
+    let weigh = |slots: &Slots, q: &[f64]| {
+        let c = slots.next_value(q, proposal)?;
+        Some(match odds {
+            Some(o) => {
+                let r = o.rate(slots.taken.len(), c);
+                (slots.miss * r, c, r)
+            }
+            None => (c, c, c),
+        })
     };
-    if let Some(v) = weigh(&slots[0], &tree.dists[0]) {
+    if let Some((v, ..)) = weigh(&slots[0], &tree.dists[0]) {
         push(&mut heap, v, Ok(None));
     }
     while tree.len() < budget {
@@ -498,15 +523,18 @@ pub fn draft_tree<D: Drafter + ?Sized>(
                 };
                 let q = &tree.dists[q_index];
                 let rank = slots[s].taken.len();
+                let (weight, confidence, rate) = weigh(&slots[s], q).expect("a slot is queued only with a token left");
                 let x = slots[s].propose(q, proposal, rng);
+                slots[s].miss *= 1.0 - rate;
                 let node = tree.len();
                 tree.tokens.push(x);
                 tree.parents.push(parent);
-                tree.values.push(base * odds.map_or(q[x as usize], |o| o.weight(rank)));
+                tree.values.push(base * if odds.is_some() { weight } else { q[x as usize] });
+                tree.slots.push((rank, confidence));
                 tree.dist_of.push(None);
                 slot_of.push(None);
                 if slots[s].taken.len() < shape.widths[depth]
-                    && let Some(v) = weigh(&slots[s], q)
+                    && let Some((v, ..)) = weigh(&slots[s], q)
                 {
                     push(&mut heap, base * v, Ok(parent));
                 }
@@ -524,7 +552,7 @@ pub fn draft_tree<D: Drafter + ?Sized>(
                 tree.dists.push(q);
                 tree.dist_of[node] = Some(tree.dists.len() - 1);
                 let s = slots.len() - 1;
-                if let Some(v) = weigh(&slots[s], &tree.dists[tree.dists.len() - 1]) {
+                if let Some((v, ..)) = weigh(&slots[s], &tree.dists[tree.dists.len() - 1]) {
                     push(&mut heap, tree.values[node] * v, Ok(Some(node)));
                 }
             }
@@ -540,7 +568,7 @@ pub struct TreeOutcome {
     pub path: Vec<usize>,
     /// The token emitted after them (drawn from the verifier's residual distribution).
     pub next: u32,
-    /// Every child tried, in order: its rank among its siblings and whether it was kept.
+    /// Every child tried, in order: the node and whether it was kept.
     pub tried: Vec<(usize, bool)>,
 }
 
@@ -573,7 +601,7 @@ pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng:
             Some(n) => tree.dist_of[n].map(|d| &tree.dists[d]),
         };
         let mut taken_mass = 0.0;
-        for (rank, c) in tree.children(at).enumerate() {
+        for c in tree.children(at) {
             let x = tree.tokens[c] as usize;
             let q =
                 q.ok_or_else(|| Error::numerical("tree verification", format!("node {c} has an unexpanded parent")))?;
@@ -593,7 +621,7 @@ pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng:
                 ));
             }
             let r: f64 = rng.random();
-            tried.push((rank, r < target[x] / qx));
+            tried.push((c, r < target[x] / qx));
             if r < target[x] / qx {
                 path.push(c);
                 at = Some(c);
@@ -653,7 +681,7 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let mut pending_v: Vec<u32> = prompt.to_vec();
     let mut pending_d: Vec<u32> = prompt.to_vec();
     let mut nodes_total = 0usize;
-    let mut odds = SiblingOdds::default();
+    let mut odds = AcceptanceOdds::default();
     // a dynamic tree (a budget) falls back to plain decoding where speculation does not pay
     let mut guard = (config.fallback && shape.budget.is_some()).then(PayoffGuard::default);
 
@@ -699,7 +727,7 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             })
             .collect::<Result<Vec<_>>>()?;
         let outcome = verify_tree(&tree, &p, &mut rng)?;
-        odds.record(&outcome);
+        odds.record(&tree, &outcome);
         let n = outcome.path.len();
         let last = outcome.path.last().copied();
         if !tree.is_empty() {

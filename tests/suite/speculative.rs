@@ -6,8 +6,8 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 use s4::model::S4ModelConfig;
 use s4::speculative::{
-    draft_tree, generate, sampling::sample, speculate, speculate_batch, verify, verify_tree, Acceptance, Drafter,
-    GammaPolicy, Sampling, SpecConfig, TreeShape, Verifier,
+    draft_tree, generate, sampling::sample, speculate, speculate_batch, verify, verify_tree, Acceptance,
+    AcceptanceOdds, Drafter, GammaPolicy, Sampling, SpecConfig, TreeOutcome, TreeShape, Verifier,
 };
 use s4::speculative::{GptSession, S4Session};
 use s4::transformer::{Gpt, GptConfig};
@@ -549,6 +549,38 @@ fn tree_one_step_follows_the_verifier_chi_square() {
         println!("tree {shape} (deterministic {argmax}): chi2 {stat:.1} (df {df}, critical {:.1})", chi2_critical(df));
         assert!(stat < chi2_critical(df), "tree {shape}: chi2 {stat}");
     }
+}
+
+/// The measured acceptance odds start at the draft's own confidence, move with what verification
+/// kept, and decide the tree: a confident first choice that verification keeps only half the time
+/// earns a sibling, where the draft's own probabilities would have gone deeper.
+#[test]
+fn acceptance_odds_calibrate_the_draft_and_shape_the_tree() {
+    let mut dr = Markov::random(3, 0, 0.0);
+    // after token 0 the draft is sure of token 1 (q ≈ 0.9993); after 1 or 2 it is uniform
+    dr.table.row_mut(0).assign(&ndarray::arr1(&[0.0, 8.0, 0.0]));
+    let greedy = Sampling::greedy();
+    let mut rng = Pcg64::seed_from_u64(0);
+    let mut odds = AcceptanceOdds::default();
+    assert!((odds.rate(2, 0.4) - 0.4).abs() < 1e-12, "no trials: the draft's confidence");
+    let two = draft_tree(&mut dr.clone(), &[0], &"2".parse().unwrap(), &greedy, true, None, &mut rng).unwrap();
+    assert_eq!(two.tokens[0], 1);
+    for _ in 0..5 {
+        odds.record(&two, &TreeOutcome { path: vec![], next: 2, tried: vec![(0, false), (1, true)] });
+        odds.record(&two, &TreeOutcome { path: vec![0], next: 2, tried: vec![(0, true)] });
+    }
+    let q1 = two.values[0];
+    assert!(q1 > 0.999);
+    assert!((odds.rate(0, q1) - (5.0 + 2.0 * q1) / 12.0).abs() < 1e-12);
+    let q2 = two.values[1];
+    assert!((odds.rate(1, q2) - (5.0 + 2.0 * q2) / 7.0).abs() < 1e-12);
+    let shape: TreeShape = "2x1,budget=2".parse().unwrap();
+    let by_draft = draft_tree(&mut dr.clone(), &[0], &shape, &greedy, true, None, &mut rng).unwrap();
+    assert_eq!(by_draft.parents, vec![None, Some(0)], "the draft alone goes deep");
+    let by_odds = draft_tree(&mut dr.clone(), &[0], &shape, &greedy, true, Some(&odds), &mut rng).unwrap();
+    assert_eq!(by_odds.parents, vec![None, None], "measured odds give the first choice a sibling");
+    assert!((by_odds.values[0] - odds.rate(0, q1)).abs() < 1e-12);
+    assert!((by_odds.values[1] - (1.0 - odds.rate(0, q1)) * odds.rate(1, q2)).abs() < 1e-12);
 }
 
 /// Power: SpecInfer's rule for candidates drawn independently (accept with min(1, p/q), residual
