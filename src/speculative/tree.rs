@@ -331,8 +331,9 @@ const ODDS_BINS: usize = 10;
 /// The measured rate at which verification keeps a child it tries, by the child's sibling rank j
 /// and by the draft's confidence c in it when its slot was filled (the expected draft probability
 /// of the next proposal: Σ q² / (1 − Σ_{taken} q) for draws without replacement, q(x) for the
-/// j-th most likely token), in 10 bins of c: r(j, c) = (kept + 2c) / (tried + 2), the draft's own
-/// confidence acting as two trials of prior. The value of a j-th child is then the chance that it
+/// j-th most likely token), in 10 bins of c: r(j, c) = (kept + 2r̄ⱼ) / (tried + 2), where the
+/// prior r̄ⱼ = (kept at rank j + 2c) / (tried at rank j + 2) is the rate of the rank over all bins,
+/// itself starting from the draft's own confidence (two trials of prior each). The value of a j-th child is then the chance that it
 /// is the kept one, r(j, cⱼ)·Π_{i<j}(1 − r(i, cᵢ)), times its parent's: a tree built on these
 /// values runs deep where the draft is confident and its first choices get kept, and spends
 /// siblings where they do not (EAGLE-2's rule, with the draft's confidence calibrated against
@@ -352,7 +353,9 @@ impl AcceptanceOdds {
     /// r(j, c) (see the type's docs).
     pub fn rate(&self, rank: usize, confidence: f64) -> f64 {
         let (j, b) = Self::cell(rank, confidence);
-        (self.kept[j][b] as f64 + 2.0 * confidence.clamp(0.0, 1.0)) / (self.tried[j][b] as f64 + 2.0)
+        let (tried, kept) = (self.tried[j].iter().sum::<u64>(), self.kept[j].iter().sum::<u64>());
+        let rank_rate = (kept as f64 + 2.0 * confidence.clamp(0.0, 1.0)) / (tried as f64 + 2.0);
+        (self.kept[j][b] as f64 + 2.0 * rank_rate) / (self.tried[j][b] as f64 + 2.0)
     }
 
     /// Counts the children one verification of `tree` tried.

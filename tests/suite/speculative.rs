@@ -569,11 +569,16 @@ fn acceptance_odds_calibrate_the_draft_and_shape_the_tree() {
         odds.record(&two, &TreeOutcome { path: vec![], next: 2, tried: vec![(0, false), (1, true)] });
         odds.record(&two, &TreeOutcome { path: vec![0], next: 2, tried: vec![(0, true)] });
     }
+    // the bin's counts, with the rank's pooled rate (itself from the confidence) as prior
     let q1 = two.values[0];
     assert!(q1 > 0.999);
-    assert!((odds.rate(0, q1) - (5.0 + 2.0 * q1) / 12.0).abs() < 1e-12);
+    let pooled = (5.0 + 2.0 * q1) / 12.0;
+    assert!((odds.rate(0, q1) - (5.0 + 2.0 * pooled) / 12.0).abs() < 1e-12);
     let q2 = two.values[1];
-    assert!((odds.rate(1, q2) - (5.0 + 2.0 * q2) / 7.0).abs() < 1e-12);
+    let pooled = (5.0 + 2.0 * q2) / 7.0;
+    assert!((odds.rate(1, q2) - (5.0 + 2.0 * pooled) / 7.0).abs() < 1e-12);
+    // another bin of a counted rank starts from the rank's rate
+    assert!((odds.rate(0, 0.5) - (5.0 + 1.0) / 12.0).abs() < 1e-12);
     let shape: TreeShape = "2x1,budget=2".parse().unwrap();
     let by_draft = draft_tree(&mut dr.clone(), &[0], &shape, &greedy, true, None, &mut rng).unwrap();
     assert_eq!(by_draft.parents, vec![None, Some(0)], "the draft alone goes deep");
