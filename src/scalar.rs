@@ -108,6 +108,14 @@ impl HalfPrecision {
         }
     }
 
+    /// The name the command line and JSON use (`bf16`, `f16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            HalfPrecision::Bf16 => "bf16",
+            HalfPrecision::F16 => "f16",
+        }
+    }
+
     /// The 16-bit little-endian encoding of x.
     pub fn to_le_bytes(self, x: f32) -> [u8; 2] {
         match self {

@@ -9,6 +9,7 @@ use s4::data::shakespeare;
 use s4::discretize::Discretization;
 use s4::kernel::{diag_kernel, DplrKernel};
 use s4::plot::{write_png, Panel, Series};
+use s4::scalar::HalfPrecision;
 use s4::speculative::CausalModel;
 use s4::speculative::{generate, predicted_speedup, speculate, PassCost, Sampling, SpecConfig, TreeShape};
 use s4::ssm::{KernelKind, SsmInitConfig};
@@ -60,6 +61,10 @@ pub struct VerifierBenchArgs {
     /// Timed repetitions per k (the median is reported).
     #[arg(long, default_value_t = 7)]
     repeats: usize,
+    /// Keep the packed decoding weights in 16 bits (widened to f32 as they are loaded)
+    /// [default: f32].
+    #[arg(long, value_enum)]
+    weights: Option<HalfPrecision>,
     /// Write a PNG of t(k) and t(k)/t(1).
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -76,11 +81,12 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
         n_head,
         ..Default::default()
     };
-    let gpt = match a.verifier.as_str() {
+    let mut gpt = match a.verifier.as_str() {
         "demo" => Gpt::<f32>::new(config(6, 384, 6, 256), 0)?,
         "gpt2-small" => Gpt::<f32>::new(config(12, 768, 12, 50257), 0)?,
         dir => Gpt::<f32>::load(std::path::Path::new(dir))?,
     };
+    gpt.set_decoding_precision(a.weights)?;
     let cfg = gpt.config().clone();
     if a.max_k == 0 || a.cache + a.max_k > cfg.n_positions {
         return Err(Error::invalid(
@@ -95,12 +101,16 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
     if !prefix.is_empty() {
         session.score(&prefix)?;
     }
+    let packed_bytes = gpt.decoding_bytes().unwrap_or(0);
     eprintln!(
-        "{} parameters, cache {}, median of {} (ms), {} threads",
+        "{} parameters, packed decoding weights {:.1} MB ({}), cache {}, median of {} (ms), {} threads, {} kernels",
         gpt.num_params(),
+        packed_bytes as f64 / 1e6,
+        a.weights.map_or("f32", |p| p.name()),
         a.cache,
         a.repeats,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        s4::nn::simd::SimdLevel::current()
     );
     let mut points = Vec::with_capacity(a.max_k);
     for k in 1..=a.max_k {
@@ -143,6 +153,8 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
         "{}",
         json!({"parameters": gpt.num_params(), "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
                "cache": a.cache, "repeats": a.repeats, "threads": rayon::current_num_threads(),
+               "weights": a.weights.map_or("f32", |p| p.name()), "packed_bytes": packed_bytes,
+               "simd": s4::nn::simd::SimdLevel::current().name(),
                "k": points.iter().map(|p| p.0 as usize).collect::<Vec<_>>(),
                "median_ms": points.iter().map(|p| p.1).collect::<Vec<_>>()})
     );
@@ -285,6 +297,10 @@ pub struct BenchArgs {
     /// Temperatures (0 = greedy).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     temperatures: Vec<f64>,
+    /// Decode with the verifier's weights in 16 bits (see `s4 generate --weights`) [default: as
+    /// loaded].
+    #[arg(long, value_enum)]
+    weights: Option<HalfPrecision>,
     /// Always speculate: `auto` and trees with a budget otherwise fall back to plain decoding where
     /// speculation does not pay.
     #[arg(long)]
@@ -313,7 +329,8 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
         Some(path) => Some(shakespeare::load(path)?),
         None => shakespeare::load(std::path::Path::new("data")).ok(),
     };
-    let ver = CausalModel::load(&a.verifier)?;
+    let mut ver = CausalModel::load(&a.verifier)?;
+    ver.set_weights(a.weights)?;
     let dr = CausalModel::load(&a.draft)?;
     let max_new = fit_max_new(a.max_new, 128, a.prompt_len, &[&ver, &dr], "--max-new")?;
     // the prompts and every generated sequence, kept for the identity check against the verifier

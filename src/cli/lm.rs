@@ -9,6 +9,7 @@ use ndarray::{Array2, Array3, Ix2};
 use s4::data::shakespeare;
 use s4::io::{read_npy_any, write_npy_atomic, NpyArray};
 use s4::model::{checkpoint, Input, S4ModelConfig};
+use s4::scalar::HalfPrecision;
 use s4::speculative::distill::{distill_run, DistillConfig};
 use s4::speculative::{
     generate, predicted_speedup, speculate, Acceptance, CausalModel, GammaPolicy, Generation, Sampling, SpecConfig,
@@ -47,6 +48,10 @@ pub enum Command {
         prompt: PromptArgs,
         #[command(flatten)]
         sampling: SamplingArgs,
+        /// Decode with 16-bit weights (a transformer streams its packed weights in 16 bits and
+        /// computes in f32; an S4 model's weights are rounded) [default: as loaded].
+        #[arg(long, value_enum)]
+        weights: Option<HalfPrecision>,
         /// Print JSON (text, tokens, timing) instead of the text.
         #[arg(long)]
         json: bool,
@@ -129,6 +134,10 @@ pub struct SpeculateArgs {
     /// decoding where speculation does not pay.
     #[arg(long)]
     no_fallback: bool,
+    /// Decode with the verifier's weights in 16 bits (see `s4 generate --weights`) [default: as
+    /// loaded].
+    #[arg(long, value_enum)]
+    weights: Option<HalfPrecision>,
     /// Skip the verifier-only run (no speedup in the output).
     #[arg(long)]
     no_baseline: bool,
@@ -292,7 +301,9 @@ fn text_of(tokens: &[u32], vocab: usize) -> Option<String> {
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Logits { model, input_ids, out } => cmd_logits(&model, &input_ids, &out),
-        Command::Generate { model, prompt, sampling, json } => cmd_generate(&model, &prompt, &sampling, json),
+        Command::Generate { model, prompt, sampling, weights, json } => {
+            cmd_generate(&model, &prompt, &sampling, weights, json)
+        }
         Command::Speculate(a) => cmd_speculate(&a),
         Command::TrainLm(a) => cmd_train_lm(&a),
         Command::Distill(a) => cmd_distill(&a),
@@ -326,8 +337,15 @@ fn cmd_logits(model: &Path, ids: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cmd_generate(model: &Path, prompt: &PromptArgs, s: &SamplingArgs, as_json: bool) -> Result<()> {
-    let m = CausalModel::load(model)?;
+fn cmd_generate(
+    model: &Path,
+    prompt: &PromptArgs,
+    s: &SamplingArgs,
+    weights: Option<HalfPrecision>,
+    as_json: bool,
+) -> Result<()> {
+    let mut m = CausalModel::load(model)?;
+    m.set_weights(weights)?;
     let tokens = prompt_tokens(prompt, m.vocab())?;
     let max_new = fit_max_new(prompt.max_new, 200, tokens.len(), &[&m], "--max-new")?;
     let cfg = SpecConfig { sampling: s.sampling(), max_new, seed: s.seed, ..Default::default() };
@@ -360,7 +378,8 @@ pub(super) fn parse_gamma(s: &str) -> Result<GammaPolicy> {
 }
 
 fn cmd_speculate(a: &SpeculateArgs) -> Result<()> {
-    let ver = CausalModel::load(&a.verifier)?;
+    let mut ver = CausalModel::load(&a.verifier)?;
+    ver.set_weights(a.weights)?;
     let dr = CausalModel::load(&a.draft)?;
     let tokens = prompt_tokens(&a.prompt, ver.vocab())?;
     let acceptance = match &a.typical {

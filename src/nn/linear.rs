@@ -9,7 +9,7 @@
 //! [`simd`](super::simd).
 
 use super::simd::{as_f32, as_f32_mut, axpy_body, madd, simd_dispatch, SimdLevel};
-use crate::scalar::Real;
+use crate::scalar::{HalfPrecision, Real};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
 use rayon::prelude::*;
@@ -129,31 +129,156 @@ const PREFETCH_ROWS: usize = 32;
 /// Columns per panel of a [`PackedMatrix`] (one AVX-512 register of f32).
 pub(crate) const PANEL: usize = 16;
 
+/// A stored weight value, widened to the compute type as it is loaded: the compute type itself,
+/// or a 16-bit format ([`HalfPrecision`]) whose values the kernels widen to f32 in registers, so a
+/// pass streams half the bytes.
+pub(crate) trait Stored<T>: Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// Rounds a weight to this format.
+    fn store(x: T) -> Self;
+    /// The value in the compute type (exact).
+    fn widen(self) -> T;
+    /// 16 values at `p` as f32 lanes (AVX-512F).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; 16 values are readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    /// 8 values at `p` as f32 lanes (AVX2 + F16C).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and F16C; 8 values are readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl<T: Real> Stored<T> for T {
+    #[inline(always)]
+    fn store(x: T) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn widen(self) -> T {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        // only reached with T = f32 (the f64 kernels are the generic body)
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p.cast::<f32>()) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p.cast::<f32>()) }
+    }
+}
+
+impl<T: Real> Stored<T> for half::bf16 {
+    #[inline(always)]
+    fn store(x: T) -> Self {
+        half::bf16::from_f64(x.as_f64())
+    }
+    #[inline(always)]
+    fn widen(self) -> T {
+        // bf16 is the upper half of an f32
+        T::of(f32::from_bits(u32::from(self.to_bits()) << 16) as f64)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))) }
+    }
+}
+
+impl<T: Real> Stored<T> for half::f16 {
+    #[inline(always)]
+    fn store(x: T) -> Self {
+        half::f16::from_f64(x.as_f64())
+    }
+    #[inline(always)]
+    fn widen(self) -> T {
+        T::of(self.to_f64())
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
+
+/// The values of a [`PackedMatrix`]: in the compute type, or in 16 bits.
+#[derive(Clone, Debug)]
+enum Panels<T> {
+    Full(Vec<T>),
+    Bf16(Vec<half::bf16>),
+    F16(Vec<half::f16>),
+}
+
 /// A weight matrix W (k, o) stored for decoding: panels of [`PANEL`] consecutive columns, each
 /// panel k rows of `PANEL` contiguous values (`data[p·k·PANEL + i·PANEL + c] = W[i, p·PANEL + c]`,
 /// zero past column o). A product with a few rows then reads the weights in one sequential
-/// stream, where the row-major layout would read `PANEL` columns at a stride of o values.
+/// stream, where the row-major layout would read `PANEL` columns at a stride of o values. The
+/// values are kept in the compute type or, with a [`HalfPrecision`], in 16 bits (rounded to
+/// nearest even), which the kernels widen as they load them.
 #[derive(Clone, Debug)]
 pub(crate) struct PackedMatrix<T> {
     k: usize,
     o: usize,
-    data: Vec<T>,
+    panels: Panels<T>,
 }
 
 impl<T: Real> PackedMatrix<T> {
-    /// Packs `w` (k, o).
+    /// Packs `w` (k, o) in the compute type.
     pub(crate) fn new(w: ArrayView2<T>) -> Self {
-        let (k, o) = w.dim();
-        let panels = o.div_ceil(PANEL);
-        let mut data = vec![T::zero(); panels * k * PANEL];
-        for (i, row) in w.rows().into_iter().enumerate() {
-            let row = row.to_vec();
-            for (p, src) in row.chunks(PANEL).enumerate() {
-                data[(p * k + i) * PANEL..][..src.len()].copy_from_slice(src);
-            }
-        }
-        PackedMatrix { k, o, data }
+        Self::with_precision(w, None)
     }
+
+    /// Packs `w` (k, o), its values rounded to `precision` if given.
+    pub(crate) fn with_precision(w: ArrayView2<T>, precision: Option<HalfPrecision>) -> Self {
+        let (k, o) = w.dim();
+        let panels = match precision {
+            None => Panels::Full(pack(w)),
+            Some(HalfPrecision::Bf16) => Panels::Bf16(pack(w)),
+            Some(HalfPrecision::F16) => Panels::F16(pack(w)),
+        };
+        PackedMatrix { k, o, panels }
+    }
+
+    /// The bytes its values take.
+    pub(crate) fn bytes(&self) -> usize {
+        match &self.panels {
+            Panels::Full(d) => std::mem::size_of_val(&d[..]),
+            Panels::Bf16(d) => std::mem::size_of_val(&d[..]),
+            Panels::F16(d) => std::mem::size_of_val(&d[..]),
+        }
+    }
+}
+
+/// The panels of `w` (k, o) in the storage format S (see [`PackedMatrix`]).
+fn pack<T: Real, S: Stored<T>>(w: ArrayView2<T>) -> Vec<S> {
+    let (k, o) = w.dim();
+    let panels = o.div_ceil(PANEL);
+    let mut data = vec![S::store(T::zero()); panels * k * PANEL];
+    for (i, row) in w.rows().into_iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            data[((j / PANEL) * k + i) * PANEL + j % PANEL] = S::store(v);
+        }
+    }
+    data
 }
 
 /// `out[r0 + r, j0 .. j0 + n] += x_{r0+r} · W[:, j0 .. j0 + n]` for the `R` rows of a register tile
@@ -161,9 +286,10 @@ impl<T: Real> PackedMatrix<T> {
 /// registers for the whole sum over the k rows of the panel, and each panel row (one vector load)
 /// is applied to all R rows by fused multiply–adds with a broadcast of x_{r,i}.
 #[inline(always)]
-fn packed_tile_body<T: Real, const FMA: bool, const R: usize>(
+#[allow(clippy::too_many_arguments)]
+fn packed_tile_body<T: Real, S: Stored<T>, const FMA: bool, const R: usize>(
     x: &[T],
-    panel: &[T],
+    panel: &[S],
     k: usize,
     o: usize,
     out: &mut [T],
@@ -178,7 +304,7 @@ fn packed_tile_body<T: Real, const FMA: bool, const R: usize>(
     }
     let xs: [&[T]; R] = std::array::from_fn(|r| &x[(r0 + r) * k..][..k]);
     for (i, wi) in panel.chunks_exact(PANEL).enumerate() {
-        let wi: &[T; PANEL] = wi.try_into().expect("PANEL columns");
+        let wi: [T; PANEL] = std::array::from_fn(|l| wi[l].widen());
         for (a, xr) in acc.iter_mut().zip(&xs) {
             let xi = xr[i];
             for l in 0..PANEL {
@@ -191,21 +317,26 @@ fn packed_tile_body<T: Real, const FMA: bool, const R: usize>(
     }
 }
 
-/// `out += x·W` for m rows (x (m, k), out (m, o) row-major) with W packed: panel by panel, rows
-/// in register tiles of at most `MR` ([`packed_tile_body`]); a panel (k·[`PANEL`] values) read for
-/// the first tile is still in cache for the next.
+/// `out += x·W` for m rows (x (m, k), out (m, o) row-major) with W's panels `data` (k, o):
+/// panel by panel, rows in register tiles of at most `MR` ([`packed_tile_body`]); a panel
+/// (k·[`PANEL`] values) read for the first tile is still in cache for the next.
 #[inline(always)]
-fn packed_matmul_body<T: Real, const FMA: bool, const MR: usize>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
-    let (k, o) = (w.k, w.o);
+fn packed_matmul_body<T: Real, S: Stored<T>, const FMA: bool, const MR: usize>(
+    x: &[T],
+    data: &[S],
+    k: usize,
+    o: usize,
+    out: &mut [T],
+) {
     let m = out.len() / o.max(1);
-    for (p, panel) in w.data.chunks_exact(k * PANEL).enumerate() {
+    for (p, panel) in data.chunks_exact(k * PANEL).enumerate() {
         let mut r0 = 0;
         while r0 < m {
             let r = MR.min(m - r0);
             macro_rules! tiles {
                 ($($n:literal)*) => {
                     match r {
-                        $($n => packed_tile_body::<T, FMA, $n>(x, panel, k, o, out, r0, p * PANEL),)*
+                        $($n => packed_tile_body::<T, S, FMA, $n>(x, panel, k, o, out, r0, p * PANEL),)*
                         _ => unreachable!("register tiles have 1 to 16 rows"),
                     }
                 };
@@ -217,18 +348,19 @@ fn packed_matmul_body<T: Real, const FMA: bool, const MR: usize>(x: &[T], w: &Pa
 }
 
 /// [`packed_tile_body`] for f32 with AVX-512 intrinsics: one 16-lane register per accumulator
-/// row, each panel row loaded once and combined with every row by `vfmadd231ps` with an embedded
-/// broadcast of x_{r,i}. (Written out because the compiler's vectorization of the generic body
-/// varies with R.)
+/// row, each panel row loaded (and widened, for 16-bit weights) once and combined with every row
+/// by `vfmadd231ps` with a broadcast of x_{r,i}. (Written out because the compiler's
+/// vectorization of the generic body varies with R.)
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `x` holds rows `r0 .. r0 + R` of length k, `panel` k·16 values,
 /// `out` rows `r0 .. r0 + R` of length o ≥ j0 + 1.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn packed_tile_avx512<const R: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize>(
     x: &[f32],
-    panel: &[f32],
+    panel: &[S],
     k: usize,
     o: usize,
     out: &mut [f32],
@@ -249,7 +381,7 @@ unsafe fn packed_tile_avx512<const R: usize>(
         for i in 0..k {
             // the panel is one sequential stream: ask for it well ahead of its use
             _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((i + PREFETCH_ROWS) * PANEL).cast::<i8>());
-            let wi = _mm512_loadu_ps(w.add(i * PANEL));
+            let wi = S::load16(w.add(i * PANEL));
             for (r, a) in acc.iter_mut().enumerate() {
                 *a = _mm512_fmadd_ps(_mm512_set1_ps(*xs.add(r * k + i)), wi, *a);
             }
@@ -268,21 +400,20 @@ unsafe fn packed_tile_avx512<const R: usize>(
 /// The CPU must support AVX-512F; x (m, k) and out (m, o) row-major.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn packed_matmul_avx512(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]) {
+unsafe fn packed_matmul_avx512<S: Stored<f32>>(x: &[f32], data: &[S], k: usize, o: usize, out: &mut [f32]) {
     unsafe {
-        let (k, o) = (w.k, w.o);
         let m = out.len() / o.max(1);
-        assert!(x.len() >= m * k && out.len() == m * o && w.data.len() == o.div_ceil(PANEL) * k * PANEL);
+        assert!(x.len() >= m * k && out.len() == m * o && data.len() == o.div_ceil(PANEL) * k * PANEL);
         // as few tiles as 16-row tiles allow, of even sizes (17 rows: 9 + 8, not 16 + 1)
         let per_tile = m.div_ceil(m.div_ceil(16).max(1)).max(1);
-        for (p, panel) in w.data.chunks_exact(k * PANEL).enumerate() {
+        for (p, panel) in data.chunks_exact(k * PANEL).enumerate() {
             let mut r0 = 0;
             while r0 < m {
                 let r = per_tile.min(m - r0);
                 macro_rules! tiles {
                 ($($n:literal)*) => {
                     match r {
-                        $($n => packed_tile_avx512::<$n>(x, panel, k, o, out, r0, p * PANEL),)*
+                        $($n => packed_tile_avx512::<S, $n>(x, panel, k, o, out, r0, p * PANEL),)*
                         _ => unreachable!("register tiles have 1 to 16 rows"),
                     }
                 };
@@ -303,14 +434,14 @@ unsafe fn packed_matmul_avx512(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]
 /// rows are computed with it (and equals the AVX-512 kernel's).
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `x` holds rows `r0 .. r0 + R` of length k, `data` the whole
-/// packed matrix with panels `p0 .. p0 + P`, `out` rows `r0 .. r0 + R` of length o.
+/// The CPU must support AVX2, FMA and F16C; `x` holds rows `r0 .. r0 + R` of length k, `data`
+/// the whole packed matrix with panels `p0 .. p0 + P`, `out` rows `r0 .. r0 + R` of length o.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn packed_tile_avx2<const R: usize, const P: usize>(
+unsafe fn packed_tile_avx2<S: Stored<f32>, const R: usize, const P: usize>(
     x: &[f32],
-    data: &[f32],
+    data: &[S],
     k: usize,
     o: usize,
     out: &mut [f32],
@@ -346,7 +477,7 @@ unsafe fn packed_tile_avx2<const R: usize, const P: usize>(
                 let wq = w.add(q * k * PANEL + i * PANEL);
                 // each panel is one sequential stream: ask for it well ahead of its use
                 _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PREFETCH_ROWS * PANEL).cast::<i8>());
-                let (w0, w1) = (_mm256_loadu_ps(wq), _mm256_loadu_ps(wq.add(8)));
+                let (w0, w1) = (S::load8(wq), S::load8(wq.add(8)));
                 for r in 0..R {
                     lo[q][r] = _mm256_fmadd_ps(xb[r], w0, lo[q][r]);
                     hi[q][r] = _mm256_fmadd_ps(xb[r], w1, hi[q][r]);
@@ -375,15 +506,14 @@ unsafe fn packed_tile_avx2<const R: usize, const P: usize>(
 /// tile over [`packed_tile_avx2`] blocks of 4, 2 or 1 panels (more panels for fewer rows).
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; x (m, k) and out (m, o) row-major.
+/// The CPU must support AVX2, FMA and F16C; x (m, k) and out (m, o) row-major.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn packed_matmul_avx2(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn packed_matmul_avx2<S: Stored<f32>>(x: &[f32], data: &[S], k: usize, o: usize, out: &mut [f32]) {
     unsafe {
-        let (k, o) = (w.k, w.o);
         let m = out.len() / o.max(1);
         let panels = o.div_ceil(PANEL);
-        assert!(x.len() >= m * k && out.len() == m * o && w.data.len() == panels * k * PANEL);
+        assert!(x.len() >= m * k && out.len() == m * o && data.len() == panels * k * PANEL);
         let per_tile = m.div_ceil(m.div_ceil(6).max(1)).max(1);
         // panels per block: the tile's rows times 2·P accumulators stay within 12 registers
         let block = match per_tile {
@@ -391,7 +521,7 @@ unsafe fn packed_matmul_avx2(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]) 
             2 | 3 => 2,
             _ => 1,
         };
-        let d = &w.data[..];
+        let d = data;
         // block by block of panels (a block, block·k·64 bytes, stays in cache for every row tile)
         let mut p = 0;
         while p < panels {
@@ -400,22 +530,22 @@ unsafe fn packed_matmul_avx2(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]) 
             while r0 < m {
                 let r = per_tile.min(m - r0);
                 match (r, q) {
-                    (1, 4) => packed_tile_avx2::<1, 4>(x, d, k, o, out, r0, p),
+                    (1, 4) => packed_tile_avx2::<S, 1, 4>(x, d, k, o, out, r0, p),
                     (1..=3, 2) => match r {
-                        1 => packed_tile_avx2::<1, 2>(x, d, k, o, out, r0, p),
-                        2 => packed_tile_avx2::<2, 2>(x, d, k, o, out, r0, p),
-                        _ => packed_tile_avx2::<3, 2>(x, d, k, o, out, r0, p),
+                        1 => packed_tile_avx2::<S, 1, 2>(x, d, k, o, out, r0, p),
+                        2 => packed_tile_avx2::<S, 2, 2>(x, d, k, o, out, r0, p),
+                        _ => packed_tile_avx2::<S, 3, 2>(x, d, k, o, out, r0, p),
                     },
                     (_, _) => {
                         // one panel at a time (q = 1, or 3 panels left after blocks of 4)
                         for pp in p..p + q {
                             match r {
-                                1 => packed_tile_avx2::<1, 1>(x, d, k, o, out, r0, pp),
-                                2 => packed_tile_avx2::<2, 1>(x, d, k, o, out, r0, pp),
-                                3 => packed_tile_avx2::<3, 1>(x, d, k, o, out, r0, pp),
-                                4 => packed_tile_avx2::<4, 1>(x, d, k, o, out, r0, pp),
-                                5 => packed_tile_avx2::<5, 1>(x, d, k, o, out, r0, pp),
-                                6 => packed_tile_avx2::<6, 1>(x, d, k, o, out, r0, pp),
+                                1 => packed_tile_avx2::<S, 1, 1>(x, d, k, o, out, r0, pp),
+                                2 => packed_tile_avx2::<S, 2, 1>(x, d, k, o, out, r0, pp),
+                                3 => packed_tile_avx2::<S, 3, 1>(x, d, k, o, out, r0, pp),
+                                4 => packed_tile_avx2::<S, 4, 1>(x, d, k, o, out, r0, pp),
+                                5 => packed_tile_avx2::<S, 5, 1>(x, d, k, o, out, r0, pp),
+                                6 => packed_tile_avx2::<S, 6, 1>(x, d, k, o, out, r0, pp),
                                 _ => unreachable!("register tiles have 1 to 6 rows"),
                             }
                         }
@@ -432,40 +562,67 @@ unsafe fn packed_matmul_avx2(x: &[f32], w: &PackedMatrix<f32>, out: &mut [f32]) 
 /// tiles sized to its register file: in f32 by intrinsics, [`packed_matmul_avx512`] (up to 16
 /// rows per tile) or [`packed_matmul_avx2`] (up to 6); otherwise (f64, or the baseline target) the
 /// generic [`packed_matmul_body`] with tiles of up to 8 rows with AVX-512, 6 with AVX2 + FMA, 3 on
-/// the baseline target.
+/// the baseline target. 16-bit weights are widened as they are loaded, on every path.
 fn packed_matmul<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
+    let (k, o) = (w.k, w.o);
+    match &w.panels {
+        Panels::Full(d) => {
+            if let (Some(x), Some(d), Some(out)) = (as_f32(x), as_f32(d), as_f32_mut(&mut *out))
+                && packed_matmul_f32(x, d, k, o, out)
+            {
+                return;
+            }
+            packed_matmul_generic(x, d, k, o, out)
+        }
+        Panels::Bf16(d) => packed_matmul_half(x, d, k, o, out),
+        Panels::F16(d) => packed_matmul_half(x, d, k, o, out),
+    }
+}
+
+/// [`packed_matmul`] with 16-bit panels.
+fn packed_matmul_half<T: Real, S: Stored<T> + Stored<f32>>(x: &[T], d: &[S], k: usize, o: usize, out: &mut [T]) {
+    if let (Some(x), Some(out)) = (as_f32(x), as_f32_mut(&mut *out))
+        && packed_matmul_f32(x, d, k, o, out)
+    {
+        return;
+    }
+    packed_matmul_generic(x, d, k, o, out)
+}
+
+/// The f32 kernels by intrinsics, when [`SimdLevel::current`] has one; `false` otherwise.
+fn packed_matmul_f32<S: Stored<f32>>(x: &[f32], d: &[S], k: usize, o: usize, out: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    match SimdLevel::current() {
+        // SAFETY: the CPU supports AVX-512F (`current` never exceeds it); shapes asserted inside.
+        SimdLevel::Avx512 => unsafe { packed_matmul_avx512::<S>(x, d, k, o, out) },
+        // SAFETY: the CPU supports AVX2, FMA and F16C (`current` never exceeds it); shapes asserted inside.
+        SimdLevel::Avx2Fma => unsafe { packed_matmul_avx2::<S>(x, d, k, o, out) },
+        SimdLevel::Baseline => return false,
+    }
+    cfg!(target_arch = "x86_64")
+}
+
+/// The generic [`packed_matmul_body`], compiled for the level [`SimdLevel::current`] allows.
+fn packed_matmul_generic<T: Real, S: Stored<T>>(x: &[T], d: &[S], k: usize, o: usize, out: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     {
-        let w32 = (w as &dyn std::any::Any).downcast_ref::<PackedMatrix<f32>>();
+        #[target_feature(enable = "avx512f")]
+        fn avx512<T: Real, S: Stored<T>>(x: &[T], d: &[S], k: usize, o: usize, out: &mut [T]) {
+            packed_matmul_body::<T, S, true, 8>(x, d, k, o, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2_fma<T: Real, S: Stored<T>>(x: &[T], d: &[S], k: usize, o: usize, out: &mut [T]) {
+            packed_matmul_body::<T, S, true, 6>(x, d, k, o, out)
+        }
         match SimdLevel::current() {
-            SimdLevel::Avx512 => {
-                if let (Some(x), Some(w), Some(out)) = (as_f32(x), w32, as_f32_mut(out)) {
-                    // SAFETY: the CPU supports AVX-512F (`current` never exceeds it); shapes asserted inside.
-                    return unsafe { packed_matmul_avx512(x, w, out) };
-                }
-                #[target_feature(enable = "avx512f")]
-                fn avx512<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
-                    packed_matmul_body::<T, true, 8>(x, w, out)
-                }
-                // SAFETY: as above.
-                return unsafe { avx512::<T>(x, w, out) };
-            }
-            SimdLevel::Avx2Fma => {
-                if let (Some(x), Some(w), Some(out)) = (as_f32(x), w32, as_f32_mut(out)) {
-                    // SAFETY: the CPU supports AVX2 and FMA (`current` never exceeds it); shapes asserted inside.
-                    return unsafe { packed_matmul_avx2(x, w, out) };
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2_fma<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
-                    packed_matmul_body::<T, true, 6>(x, w, out)
-                }
-                // SAFETY: as above.
-                return unsafe { avx2_fma::<T>(x, w, out) };
-            }
+            // SAFETY: `current` never exceeds what the CPU supports.
+            SimdLevel::Avx512 => return unsafe { avx512::<T, S>(x, d, k, o, out) },
+            // SAFETY: as above.
+            SimdLevel::Avx2Fma => return unsafe { avx2_fma::<T, S>(x, d, k, o, out) },
             SimdLevel::Baseline => {}
         }
     }
-    packed_matmul_body::<T, false, 3>(x, w, out)
+    packed_matmul_body::<T, S, false, 3>(x, d, k, o, out)
 }
 
 /// y = x·W + b with W packed: x (m, k), b (o,) → (m, o); for the few rows of a decoding step
@@ -496,17 +653,25 @@ pub(crate) struct PackedColumns<T> {
 
 impl<T: Real> PackedColumns<T> {
     /// Packs `w` (k, o) in as many parts as rayon has threads when it holds at least
-    /// [`SPLIT_VALUES`] values, else whole.
-    pub(crate) fn new(w: ArrayView2<T>) -> Self {
+    /// [`SPLIT_VALUES`] values, else whole; the values rounded to `precision` if given.
+    pub(crate) fn with_precision(w: ArrayView2<T>, precision: Option<HalfPrecision>) -> Self {
         let (k, o) = w.dim();
         let threads = if k * o >= SPLIT_VALUES { rayon::current_num_threads() } else { 1 };
         let panels = o.div_ceil(PANEL);
         let per_part = panels.div_ceil(threads.clamp(1, panels.max(1))).max(1) * PANEL;
         let parts = (0..o)
             .step_by(per_part)
-            .map(|c0| (c0, PackedMatrix::new(w.slice(ndarray::s![.., c0..(c0 + per_part).min(o)]))))
+            .map(|c0| {
+                let part = w.slice(ndarray::s![.., c0..(c0 + per_part).min(o)]);
+                (c0, PackedMatrix::with_precision(part, precision))
+            })
             .collect();
         PackedColumns { parts, o }
+    }
+
+    /// The bytes its values take.
+    pub(crate) fn bytes(&self) -> usize {
+        self.parts.iter().map(|(_, p)| p.bytes()).sum()
     }
 
     /// y = x·W + b: x (m, k), b (o,) → (m, o), the parts in parallel.
@@ -652,30 +817,40 @@ mod tests {
     #[test]
     fn packed_linear_matches_direct_sums_for_every_row_count_and_level() {
         let (k, o) = (37, 45);
-        let w = Array2::from_shape_fn((k, o), |(i, j)| ((i * 31 + j * 17) % 23) as f32 / 11.5 - 1.0);
+        let w = Array2::from_shape_fn((k, o), |(i, j)| ((i * 31 + j * 17) % 23) as f32 / 11.7 - 1.0);
         let b = Array1::from_shape_fn(o, |j| j as f32 * 0.01);
-        let packed = PackedMatrix::new(w.view());
         let x = Array2::from_shape_fn((96, k), |(r, i)| ((r * 13 + i * 7) % 19) as f32 / 9.5 - 1.0);
-        for level in SimdLevel::available() {
-            with_simd_level(level, || {
-                let one_by_one: Vec<Array2<f32>> =
-                    (0..96).map(|r| packed_linear(x.slice(ndarray::s![r..r + 1, ..]), &packed, b.view())).collect();
-                for m in 1..=96 {
-                    let y = packed_linear(x.slice(ndarray::s![..m, ..]), &packed, b.view());
-                    for r in 0..m {
-                        for j in 0..o {
-                            let exact: f64 =
-                                b[j] as f64 + (0..k).map(|i| x[[r, i]] as f64 * w[[i, j]] as f64).sum::<f64>();
-                            assert!((y[[r, j]] as f64 - exact).abs() < 1e-4, "{level}, m = {m}, ({r}, {j})");
-                            assert_eq!(
-                                y[[r, j]].to_bits(),
-                                one_by_one[r][[0, j]].to_bits(),
-                                "{level}, m = {m}, ({r}, {j})"
-                            );
+        // 16-bit storage: the same sums over the weights rounded to the format
+        for precision in [None, Some(HalfPrecision::Bf16), Some(HalfPrecision::F16)] {
+            let packed = PackedMatrix::with_precision(w.view(), precision);
+            let stored = w.mapv(|v| precision.map_or(v, |p| p.round(v)));
+            if precision.is_some() {
+                assert!(stored != w, "the test weights are not all representable in 16 bits");
+                assert_eq!(packed.bytes(), o.div_ceil(PANEL) * PANEL * k * 2);
+            }
+            for level in SimdLevel::available() {
+                with_simd_level(level, || {
+                    let one_by_one: Vec<Array2<f32>> =
+                        (0..96).map(|r| packed_linear(x.slice(ndarray::s![r..r + 1, ..]), &packed, b.view())).collect();
+                    for m in 1..=96 {
+                        let y = packed_linear(x.slice(ndarray::s![..m, ..]), &packed, b.view());
+                        for r in 0..m {
+                            for j in 0..o {
+                                let exact: f64 =
+                                    b[j] as f64 + (0..k).map(|i| x[[r, i]] as f64 * stored[[i, j]] as f64).sum::<f64>();
+                                let at = format!("{precision:?}, {level}, m = {m}, ({r}, {j})");
+                                assert!((y[[r, j]] as f64 - exact).abs() < 1e-4, "{at}");
+                                assert_eq!(y[[r, j]].to_bits(), one_by_one[r][[0, j]].to_bits(), "{at}");
+                            }
                         }
                     }
-                }
-            });
+                });
+            }
+            // f64 passes over 16-bit weights (the generic kernel)
+            let (w64, x64, b64) = (w.mapv(f64::from), x.mapv(f64::from), b.mapv(f64::from));
+            let y = packed_linear(x64.view(), &PackedMatrix::with_precision(w64.view(), precision), b64.view());
+            let exact = x64.dot(&stored.mapv(f64::from)) + &b64;
+            assert!(y.iter().zip(&exact).all(|(a, e)| (a - e).abs() < 1e-12), "{precision:?} in f64");
         }
     }
 }

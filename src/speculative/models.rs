@@ -54,6 +54,7 @@ use ndarray::{Array2, Axis};
 use super::{Drafter, Verifier};
 use crate::error::{Error, Result};
 use crate::model::{ModelState, Pooling, RecurrentModel, S4Model, S4ModelConfig};
+use crate::scalar::HalfPrecision;
 use crate::transformer::{Gpt, KvCache, TreeMask};
 
 /// Prompts longer than this are consumed by one convolution ([`S4Model::prefill`]); shorter ones
@@ -365,6 +366,22 @@ impl CausalModel {
             check_causal_lm(m.config(), &format!("model {}", dir.display()))?;
             Ok(CausalModel::S4(Box::new(m)))
         }
+    }
+
+    /// Decodes with 16-bit weights (`Some`) or with the weights as loaded (`None`): a transformer keeps
+    /// the packed copy its decoding passes stream in 16 bits
+    /// ([`Gpt::set_decoding_precision`]: half the bytes, f32 arithmetic); an S4 model's weights
+    /// are rounded to the format ([`S4Model::with_half_weights`]; its dynamics stay f32).
+    ///
+    /// # Errors
+    /// A weight beyond the format's range.
+    pub fn set_weights(&mut self, precision: Option<HalfPrecision>) -> Result<()> {
+        match (self, precision) {
+            (CausalModel::Gpt(g), p) => g.set_decoding_precision(p)?,
+            (CausalModel::S4(m), Some(p)) => **m = m.with_half_weights(p)?,
+            (CausalModel::S4(_), None) => {}
+        }
+        Ok(())
     }
 
     /// The longest sequence the model takes (GPT-2's positions; an S4 model has no limit).

@@ -95,7 +95,7 @@ use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use crate::nn::linear::{linear, lm_head, PackedColumns};
 use crate::nn::params::{ParamGroup, Parameters, TensorMut, Trainable};
-use crate::scalar::Real;
+use crate::scalar::{HalfPrecision, Real};
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -297,7 +297,11 @@ const DECODE_ROWS: usize = 96;
 /// `benches/benches/speculative.rs`). Built on the first such pass (a copy of the weights: the model's
 /// memory doubles) and dropped by every method that can change the weights
 /// ([`Gpt::tensors_mut`]); not compared, cloned (a clone rebuilds it) or printed.
-struct DecodeWeights<T>(std::sync::OnceLock<Packed<T>>);
+struct DecodeWeights<T> {
+    packed: std::sync::OnceLock<Packed<T>>,
+    /// 16-bit storage of the packed copy ([`Gpt::set_decoding_precision`]), or the compute type.
+    precision: Option<HalfPrecision>,
+}
 
 /// The contents of [`DecodeWeights`].
 struct Packed<T> {
@@ -308,13 +312,13 @@ struct Packed<T> {
 
 impl<T> Default for DecodeWeights<T> {
     fn default() -> Self {
-        DecodeWeights(std::sync::OnceLock::new())
+        DecodeWeights { packed: std::sync::OnceLock::new(), precision: None }
     }
 }
 
 impl<T> Clone for DecodeWeights<T> {
     fn clone(&self) -> Self {
-        Self::default()
+        DecodeWeights { packed: std::sync::OnceLock::new(), precision: self.precision }
     }
 }
 
@@ -326,7 +330,7 @@ impl<T> PartialEq for DecodeWeights<T> {
 
 impl<T> std::fmt::Debug for DecodeWeights<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DecodeWeights {{ built: {} }}", self.0.get().is_some())
+        write!(f, "DecodeWeights {{ built: {}, precision: {:?} }}", self.packed.get().is_some(), self.precision)
     }
 }
 
@@ -514,7 +518,7 @@ impl<T: Real> Gpt<T> {
     /// As [`Gpt::tensors`], mutable (the values can change, the shapes cannot).
     pub fn tensors_mut(&mut self) -> Vec<(String, ArrayViewMutD<'_, T>)> {
         let Gpt { wte, wpe, blocks, ln_f, decode, .. } = self;
-        decode.0.take();
+        decode.packed.take();
         let mut out = vec![("wte.weight".to_string(), wte.view_mut().into_dyn())];
         out.push(("wpe.weight".to_string(), wpe.view_mut().into_dyn()));
         for (i, b) in blocks.iter_mut().enumerate() {
@@ -709,15 +713,51 @@ impl<T: Real> Gpt<T> {
         self.decode_weights();
     }
 
+    /// Keeps the packed copy that decoding passes read ([`Gpt::prepare_decoding`]) in 16 bits
+    /// (`Some`: half the bytes to stream per pass; the kernels widen each weight to f32 as they
+    /// load it, and accumulate in f32) or in the compute type (`None`, the default). Passes over
+    /// many positions (training, prefill beyond a few dozen tokens) keep using the full weights.
+    ///
+    /// # Errors
+    /// A weight of the packed layers beyond the format's range (|x| > 65504 in f16).
+    pub fn set_decoding_precision(&mut self, precision: Option<HalfPrecision>) -> Result<()> {
+        if let Some(p) = precision {
+            let packed = self.blocks.iter().flat_map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj]);
+            let mut weights = packed.map(|l| l.weight.view()).chain(std::iter::once(self.wte.view()));
+            if let Some(x) = weights.find_map(|w| w.iter().copied().find(|x| !p.round(x.as_f64() as f32).is_finite())) {
+                return Err(Error::invalid("decoding weight", x, format!("a value within {}'s range", p.name())));
+            }
+        }
+        if self.decode.precision != precision {
+            self.decode = DecodeWeights { packed: std::sync::OnceLock::new(), precision };
+        }
+        Ok(())
+    }
+
+    /// The storage of the decoding copy ([`Gpt::set_decoding_precision`]).
+    pub fn decoding_precision(&self) -> Option<HalfPrecision> {
+        self.decode.precision
+    }
+
+    /// The bytes of the packed decoding weights, once built ([`Gpt::prepare_decoding`]).
+    pub fn decoding_bytes(&self) -> Option<usize> {
+        self.decode
+            .packed
+            .get()
+            .map(|p| p.blocks.iter().flatten().map(PackedColumns::bytes).sum::<usize>() + p.head.0.bytes())
+    }
+
     /// The packed decoding weights ([`DecodeWeights`]), built on first use.
     fn decode_weights(&self) -> &Packed<T> {
-        self.decode.0.get_or_init(|| Packed {
+        let precision = self.decode.precision;
+        let pack = |w: ndarray::ArrayView2<T>| PackedColumns::with_precision(w, precision);
+        self.decode.packed.get_or_init(|| Packed {
             blocks: self
                 .blocks
                 .iter()
-                .map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj].map(|l| PackedColumns::new(l.weight.view())))
+                .map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj].map(|l| pack(l.weight.view())))
                 .collect(),
-            head: (PackedColumns::new(self.wte.t()), Array1::zeros(self.wte.nrows())),
+            head: (pack(self.wte.t()), Array1::zeros(self.wte.nrows())),
         })
     }
 

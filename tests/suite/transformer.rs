@@ -128,6 +128,45 @@ fn truncated_cache_continues_like_a_fresh_one() {
     assert!(cache.is_empty());
 }
 
+/// Decoding with 16-bit weights: the packed copy holds bf16 or f16 values and the kernels widen
+/// them as they load, so decoding equals f32 decoding of a model whose packed weights were rounded
+/// to the format, bit for bit; the copy takes half the bytes; an f16 overflow is an error.
+#[test]
+fn sixteen_bit_decoding_weights_equal_rounded_f32_weights() {
+    use s4::scalar::HalfPrecision;
+    let ids = fixture_ids();
+    for p in [HalfPrecision::Bf16, HalfPrecision::F16] {
+        // the weights the decoding copy packs (the four linears of each block and wte), rounded
+        let mut rounded = Gpt::<f32>::load(&fixture_dir()).unwrap();
+        for (name, mut t) in rounded.tensors_mut() {
+            if ["wte.weight", "c_attn.weight", "c_proj.weight", "c_fc.weight"].iter().any(|s| name.ends_with(s)) {
+                t.mapv_inplace(|v| p.round(v));
+            }
+        }
+        let mut half = rounded.clone();
+        half.set_decoding_precision(Some(p)).unwrap();
+        assert_eq!(half.decoding_precision(), Some(p));
+        let (mut c16, mut c32) = (half.new_cache(2), rounded.new_cache(2));
+        for range in [0..10, 10..15] {
+            let a = half.forward_cached(&mut c16, ids.slice(s![.., range.clone()])).unwrap();
+            let b = rounded.forward_cached(&mut c32, ids.slice(s![.., range])).unwrap();
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{p:?}");
+        }
+        let full = Gpt::<f32>::load(&fixture_dir()).unwrap();
+        full.prepare_decoding();
+        let (b32, b16) = (full.decoding_bytes().unwrap(), half.decoding_bytes().unwrap());
+        println!("{p:?}: packed decoding weights {b16} bytes against {b32} in f32");
+        assert!(b16 * 2 <= b32 + 64, "{b16} vs {b32}");
+    }
+    let mut big = Gpt::<f32>::load(&fixture_dir()).unwrap();
+    if let Some((_, mut t)) = big.tensors_mut().into_iter().find(|(n, _)| n.ends_with("c_fc.weight")) {
+        t[[0, 0]] = 1e6;
+    }
+    let e = big.set_decoding_precision(Some(HalfPrecision::F16)).unwrap_err().to_string();
+    assert!(e.contains("1000000") && e.contains("f16"), "{e}");
+    big.set_decoding_precision(Some(HalfPrecision::Bf16)).unwrap();
+}
+
 /// One sequence as a (1, T) array.
 fn row(tokens: &[u32]) -> Array2<u32> {
     Array2::from_shape_vec((1, tokens.len()), tokens.to_vec()).unwrap()
