@@ -52,8 +52,9 @@ pub(crate) fn small_matmul_body<T: Real, const FMA: bool>(
                 let xr = &x[r * k..][..k];
                 let (a0, a1, a2, a3) = (xr[i], xr[i + 1], xr[i + 2], xr[i + 3]);
                 let y = &mut out[r * o + j0..][..cb];
-                for ((((yj, &b0), &b1), &b2), &b3) in y.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
-                    *yj = madd(a3, b3, madd(a2, b2, madd(a1, b1, madd(a0, b0, *yj))));
+                // indices over equal lengths (a chain of four zips is not always inlined)
+                for j in 0..cb {
+                    y[j] = madd(a3, w3[j], madd(a2, w2[j], madd(a1, w1[j], madd(a0, w0[j], y[j]))));
                 }
             }
             i += 4;
@@ -629,8 +630,13 @@ fn packed_matmul_generic<T: Real, S: Stored<T>>(x: &[T], d: &[S], k: usize, o: u
 /// (any m works; beyond a few dozen rows gemm is faster).
 pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: ArrayView1<T>) -> Array2<T> {
     let m = x.nrows();
-    let mut y = Array2::<T>::zeros((m, w.o));
-    y.assign(&b.broadcast((m, w.o)).expect("bias of the output width"));
+    let bias = b.as_standard_layout();
+    let bias = bias.as_slice().expect("standard layout");
+    assert_eq!(bias.len(), w.o, "bias of the output width");
+    // row copies: an ndarray broadcast assignment costs more than the product at one row
+    let mut data = Vec::with_capacity(m * w.o);
+    (0..m).for_each(|_| data.extend_from_slice(bias));
+    let mut y = Array2::from_shape_vec((m, w.o), data).expect("m rows of o values");
     let xs = x.as_standard_layout();
     packed_matmul(xs.as_slice().expect("standard layout"), w, y.as_slice_mut().expect("standard layout"));
     y
@@ -686,7 +692,11 @@ impl<T: Real> PackedColumns<T> {
             .collect();
         let mut y = Array2::<T>::zeros((x.nrows(), self.o));
         for ((c0, part), yp) in self.parts.iter().zip(&ys) {
-            y.slice_mut(ndarray::s![.., *c0..*c0 + part.o]).assign(yp);
+            for (mut row, part_row) in y.rows_mut().into_iter().zip(yp.rows()) {
+                let (row, part_row) =
+                    (row.as_slice_mut().expect("standard layout"), part_row.to_slice().expect("owned"));
+                row[*c0..*c0 + part.o].copy_from_slice(part_row);
+            }
         }
         y
     }

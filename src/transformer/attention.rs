@@ -2,7 +2,7 @@
 //! against a KV cache: the transformer's own inner loops, over the shared vector kernels.
 
 use crate::nn::linear::small_matmul_body;
-use crate::nn::simd::{axpy_body, dot_body, simd_dispatch};
+use crate::nn::simd::{axpy_body, dot_body, exp_f32, simd_dispatch};
 use crate::scalar::Real;
 
 /// Causal attention of one query against key/value rows `0 .. n`: keys and values are row `j` at
@@ -81,16 +81,13 @@ fn attend_cached_body<T: Real, const FMA: bool>(
                 .iter()
                 .chain(row[past..].iter().zip(sees).filter(|(_, v)| **v).map(|(x, _)| x))
                 .fold(T::neg_infinity(), |m, &x| m.max(x));
-            let mut z = T::zero();
             for x in &mut row[..past] {
-                *x = ((*x - mx) * scale).exp();
-                z += *x;
+                *x = exp((*x - mx) * scale);
             }
             for (x, &v) in row[past..].iter_mut().zip(sees) {
-                *x = if v { ((*x - mx) * scale).exp() } else { T::zero() };
-                z += *x;
+                *x = if v { exp((*x - mx) * scale) } else { T::zero() };
             }
-            let inv = T::one() / z;
+            let inv = T::one() / sum(row);
             row.iter_mut().for_each(|x| *x *= inv);
         }
     }
@@ -109,14 +106,36 @@ simd_dispatch! {
 #[inline(always)]
 fn softmax_prefix<T: Real>(row: &mut [T], seen: usize, scale: T) {
     let mx = row[..seen].iter().fold(T::neg_infinity(), |m, &x| m.max(x));
-    let mut z = T::zero();
     for x in &mut row[..seen] {
-        *x = ((*x - mx) * scale).exp();
-        z += *x;
+        *x = exp((*x - mx) * scale);
     }
-    let inv = T::one() / z;
+    let inv = T::one() / sum(&row[..seen]);
     row[..seen].iter_mut().for_each(|x| *x *= inv);
     row[seen..].fill(T::zero());
+}
+
+/// e^x: the vectorizable [`exp_f32`] in f32 (relative error ≤ 2e-7), `exp` in f64.
+#[inline(always)]
+fn exp<T: Real>(x: T) -> T {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        T::of(f64::from(exp_f32(x.as_f64() as f32)))
+    } else {
+        x.exp()
+    }
+}
+
+/// Σ x with 8 partial sums (vectorizable, where one running sum is a chain of dependent adds).
+#[inline(always)]
+fn sum<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder().iter().fold(T::zero(), |a, &b| a + b);
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + rest
 }
 
 /// The shape of t new positions scored in one pass as a tree (SpecInfer's tree attention): each

@@ -177,14 +177,23 @@ impl<T: Real> KvCache<T> {
     pub(crate) fn write(&mut self, layer: usize, qkv: ArrayView2<T>, t: usize, past: usize) {
         let (h, d) = (self.n_head, self.head_dim);
         let c = h * d;
+        let cap = self.capacity();
         let (kt, v) = &mut self.layers[layer];
+        let qkv = qkv.as_standard_layout();
+        let qkv = qkv.as_slice().expect("standard layout");
+        let (kt, v) = (kt.as_slice_mut().expect("owned"), v.as_slice_mut().expect("owned"));
+        // plain index loops: ndarray's strided assignment costs more than these few values
         for b in 0..self.batch {
-            let rows = qkv.slice(s![b * t..(b + 1) * t, ..]);
             for hh in 0..h {
-                kt.slice_mut(s![b, hh, .., past..past + t])
-                    .assign(&rows.slice(s![.., c + hh * d..c + (hh + 1) * d]).t());
-                v.slice_mut(s![b, hh, past..past + t, ..])
-                    .assign(&rows.slice(s![.., 2 * c + hh * d..2 * c + (hh + 1) * d]));
+                let head = b * h + hh;
+                let (kh, vh) = (&mut kt[head * d * cap..][..d * cap], &mut v[head * cap * d..][..cap * d]);
+                for tt in 0..t {
+                    let row = &qkv[(b * t + tt) * 3 * c..][..3 * c];
+                    for (dd, &k) in row[c + hh * d..][..d].iter().enumerate() {
+                        kh[dd * cap + past + tt] = k;
+                    }
+                    vh[(past + tt) * d..][..d].copy_from_slice(&row[2 * c + hh * d..][..d]);
+                }
             }
         }
     }
@@ -227,8 +236,11 @@ impl<T: Real> KvCache<T> {
             out
         });
         let mut att = Array2::<T>::zeros((self.batch * t, h * d));
+        let out = att.as_slice_mut().expect("owned");
         for (&(b, hh), o) in tasks.iter().zip(&heads) {
-            att.slice_mut(s![b * t..(b + 1) * t, hh * d..(hh + 1) * d]).assign(o);
+            for (tt, src) in o.as_slice().expect("owned").chunks_exact(d).enumerate() {
+                out[(b * t + tt) * h * d + hh * d..][..d].copy_from_slice(src);
+            }
         }
         att
     }

@@ -632,6 +632,14 @@ impl<T: Real> Gpt<T> {
         ids: ArrayView2<u32>,
         tree: Option<&TreeMask>,
     ) -> Result<Array3<T>> {
+        // the whole pass on a worker of the thread pool: its parallel regions (split linears,
+        // attention heads) then start by work stealing, where a caller outside the pool would
+        // sleep on a latch and be woken for every one of them
+        rayon::scope(|_| self.forward_pass(cache, ids, tree))
+    }
+
+    /// [`Gpt::forward_inner`]'s pass.
+    fn forward_pass(&self, cache: &mut KvCache<T>, ids: ArrayView2<u32>, tree: Option<&TreeMask>) -> Result<Array3<T>> {
         self.check_ids(ids)?;
         let (b, t) = ids.dim();
         let cfg = &self.config;
