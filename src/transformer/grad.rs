@@ -96,7 +96,9 @@ pub fn embedding_backward<T: Real>(
 /// The MLP activation elementwise ([`Activation`]): `gelu_new` =
 /// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (HF `NewGELUActivation`), or exact `gelu` = x·Φ(x).
 pub fn activation_forward<T: Real>(x: ArrayView2<T>, act: Activation) -> Array2<T> {
-    x.mapv(|v| act.apply(v))
+    let mut y = x.as_standard_layout().into_owned();
+    act.apply_in_place(y.as_slice_mut().expect("standard layout"));
+    y
 }
 
 /// Backward of [`activation_forward`]: dx = dy·act′(x).

@@ -690,7 +690,7 @@ impl<T: Real> Gpt<T> {
             let h = crate::nn::norm::layer_norm(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), eps);
             let mut f = linear(&h, &blk.c_fc, l, 2);
             let act = self.activation;
-            f.mapv_inplace(|v| act.apply(v));
+            act.apply_in_place(f.as_slice_mut().expect("a fresh array"));
             x += &linear(&f, &blk.mlp_proj, l, 3);
         }
         let h = crate::nn::norm::layer_norm(x.view(), self.ln_f.weight.view(), self.ln_f.bias.view(), eps);
