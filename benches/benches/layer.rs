@@ -1,11 +1,13 @@
 //! The S4 layer at the official anchor's sizes (H = 256, N = 64): convolutional forward (B = 8,
-//! L = 4096) and one recurrent step at batch 1 and 32, DPLR and S4D, f32.
+//! L = 4096) and one recurrent step at batch 1 and 32, DPLR and S4D, f32 (and the step with its
+//! output linear in bf16).
 //!
 //! `cargo bench -p s4-bench --bench layer`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, Array3};
-use s4::layer::ForwardOptions;
+use s4::layer::{ForwardOptions, Recurrent};
+use s4::scalar::HalfPrecision;
 use s4::ssm::KernelKind;
 use s4_bench::{anchor_layer, H};
 use std::hint::black_box;
@@ -31,14 +33,17 @@ fn step(c: &mut Criterion) {
     for kernel in [KernelKind::Dplr, KernelKind::Diag] {
         let mut layer = anchor_layer(kernel, H).build().unwrap();
         layer.set_kernel_length(1024).unwrap();
-        let rec = layer.recurrent().unwrap();
-        for b in [1, 32] {
-            let u = Array2::from_shape_fn((b, 256), |(i, h)| ((i + h) % 7) as f32 / 3.5 - 1.0);
-            let mut state = rec.zero_state(b);
-            g.throughput(Throughput::Elements(b as u64));
-            g.bench_function(BenchmarkId::new(format!("{kernel}"), format!("b{b}")), |bench| {
-                bench.iter(|| black_box(rec.step(&mut state, u.view()).unwrap()))
-            });
+        // the output linear packed in f32 and in bf16 (16 bits in memory, widened as loaded)
+        for (label, weights) in [("", None), ("_bf16", Some(HalfPrecision::Bf16))] {
+            let rec = Recurrent::with_weights(&layer, weights).unwrap();
+            for b in [1, 32] {
+                let u = Array2::from_shape_fn((b, 256), |(i, h)| ((i + h) % 7) as f32 / 3.5 - 1.0);
+                let mut state = rec.zero_state(b);
+                g.throughput(Throughput::Elements(b as u64));
+                g.bench_function(BenchmarkId::new(format!("{kernel}{label}"), format!("b{b}")), |bench| {
+                    bench.iter(|| black_box(rec.step(&mut state, u.view()).unwrap()))
+                });
+            }
         }
     }
     g.finish();

@@ -61,7 +61,7 @@ use crate::kernel::recover_c;
 use crate::nn::linear::{packed_linear, PackedMatrix};
 use crate::nn::simd::{all_finite, as_f32, as_f32_mut, dot_body, madd, simd_dispatch, SimdLevel};
 use crate::nn::{gelu_in_place, glu_in_place};
-use crate::scalar::Real;
+use crate::scalar::{HalfPrecision, Real};
 use crate::ssm::KernelKind;
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 use num_complex::{Complex, Complex64};
@@ -141,7 +141,7 @@ pub struct Recurrent<T> {
     c2: Vec<T>,
     /// D (channels, H).
     d: Array2<T>,
-    /// Output linear Wᵀ (channels·H, 2H), packed for few-row products.
+    /// Output linear Wᵀ (channels·H, 2H), packed for few-row products (in f32 or 16 bits).
     w: PackedMatrix<T>,
     bias: ndarray::Array1<T>,
     h: usize,
@@ -427,6 +427,17 @@ impl<T: Real> Recurrent<T> {
     /// # Errors
     /// A bidirectional layer, or I − Ā^L singular in the C̃ recovery (Re Λ ≈ 0 with small ΔL).
     pub fn new(layer: &S4Layer<T>) -> Result<Self> {
+        Self::with_weights(layer, None)
+    }
+
+    /// [`Recurrent::new`] with the output linear, the step's largest weight, packed in a 16-bit
+    /// format (`Some`; half the bytes, widened to f32 as the kernel loads them, f32 arithmetic):
+    /// the step then equals the f32 step of the layer whose output linear was rounded to that
+    /// format ([`S4Layer::with_half_weights`] rounds it, and C and D, the same way).
+    ///
+    /// # Errors
+    /// As [`Recurrent::new`].
+    pub fn with_weights(layer: &S4Layer<T>, weights: Option<HalfPrecision>) -> Result<Self> {
         let cfg = layer.config();
         if cfg.bidirectional {
             return Err(Error::invalid("bidirectional", true, "a causal layer for recurrent mode"));
@@ -498,7 +509,7 @@ impl<T: Real> Recurrent<T> {
             dynamics,
             c2,
             d: w.d.clone(),
-            w: PackedMatrix::new(w.w.t()),
+            w: PackedMatrix::with_precision(w.w.t(), weights),
             bias: w.bias.clone(),
             h,
             m,
@@ -701,8 +712,10 @@ impl<T: Real> Recurrent<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::Recurrent;
     use crate::layer::S4LayerConfig;
     use crate::nn::simd::{with_simd_level, SimdLevel};
+    use crate::scalar::HalfPrecision;
     use crate::ssm::KernelKind;
     use ndarray::{s, Array3};
 
@@ -733,13 +746,31 @@ mod tests {
             let u = Array3::from_shape_fn((3, 5, len), |(b, h, t)| ((b * 7 + h * 3 + t * 5) % 11) as f32 / 5.5 - 1.0);
             let conv = layer.forward(u.view(), &Default::default()).unwrap().y;
             let rec = layer.recurrent().unwrap();
+            // 16-bit output weights: the f32 step of the layer with that linear rounded, bit for bit
+            let half: Vec<_> = [HalfPrecision::Bf16, HalfPrecision::F16]
+                .into_iter()
+                .map(|p| {
+                    let mut rounded = layer.clone();
+                    rounded.weights.w.mapv_inplace(|v| p.round(v));
+                    (p, Recurrent::with_weights(&layer, Some(p)).unwrap(), rounded.recurrent().unwrap())
+                })
+                .collect();
             for level in SimdLevel::available() {
                 with_simd_level(level, || {
                     let mut state = rec.zero_state(3);
+                    let mut states: Vec<_> = half.iter().map(|_| (rec.zero_state(3), rec.zero_state(3))).collect();
                     for t in 0..len {
-                        let y = rec.step(&mut state, u.slice(s![.., .., t])).unwrap();
+                        let ut = u.slice(s![.., .., t]);
+                        let y = rec.step(&mut state, ut).unwrap();
                         let err = (&y - &conv.slice(s![.., .., t])).iter().fold(0.0f32, |m, e| m.max(e.abs()));
                         assert!(err < 2e-5, "{kernel} {init} N={d_state} at {level}, t = {t}: {err}");
+                        for ((p, packed, rounded), (s16, s32)) in half.iter().zip(&mut states) {
+                            let (a, b) = (packed.step(s16, ut).unwrap(), rounded.step(s32, ut).unwrap());
+                            assert!(
+                                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                                "{p:?} at {level}, t = {t}"
+                            );
+                        }
                     }
                 });
             }

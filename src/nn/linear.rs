@@ -243,11 +243,6 @@ pub(crate) struct PackedMatrix<T> {
 }
 
 impl<T: Real> PackedMatrix<T> {
-    /// Packs `w` (k, o) in the compute type.
-    pub(crate) fn new(w: ArrayView2<T>) -> Self {
-        Self::with_precision(w, None)
-    }
-
     /// Packs `w` (k, o), its values rounded to `precision` if given.
     pub(crate) fn with_precision(w: ArrayView2<T>, precision: Option<HalfPrecision>) -> Self {
         let (k, o) = w.dim();
