@@ -401,6 +401,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             let mut cost = PassCost::default();
             let mut histogram: Vec<usize> = Vec::new();
             let mut by_depth: Vec<(f64, usize)> = Vec::new();
+            let mut by_rank: Vec<(f64, usize)> = Vec::new();
             for (i, p) in prompts.iter().enumerate() {
                 let g = speculate(
                     dr.drafter()?.as_mut(),
@@ -422,9 +423,12 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
                 let h = &g.stats.accepted_histogram;
                 histogram.resize(histogram.len().max(h.len()), 0);
                 histogram.iter_mut().zip(h).for_each(|(a, b)| *a += b);
-                let d = &g.stats.acceptance_by_depth;
-                by_depth.resize(by_depth.len().max(d.len()), (0.0, 0));
-                by_depth.iter_mut().zip(d).for_each(|(a, &r)| *a = (a.0 + r, a.1 + 1));
+                for (means, rates) in
+                    [(&mut by_depth, &g.stats.acceptance_by_depth), (&mut by_rank, &g.stats.acceptance_by_rank)]
+                {
+                    means.resize(means.len().max(rates.len()), (0.0, 0));
+                    means.iter_mut().zip(rates).for_each(|(a, &r)| *a = (a.0 + r, a.1 + 1));
+                }
                 let (w, c) = (1.0 / prompts.len() as f64, g.stats.cost);
                 cost.fixed += w * c.fixed;
                 cost.per_position += w * c.per_position;
@@ -438,6 +442,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             let pred = predicted_speedup(alpha_iid, mean_gamma.round().max(1.0) as usize, c);
             let pred_cost = cost.speedup(alpha_iid, mean_gamma.round().max(1.0) as usize);
             let by_depth: Vec<f64> = by_depth.iter().map(|&(s, n)| s / n.max(1) as f64).collect();
+            let by_rank: Vec<f64> = by_rank.iter().map(|&(s, n)| s / n.max(1) as f64).collect();
             eprintln!(
                 "T={t} {:<22} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x  \
                  cost model {pred_cost:.2}x{}",
@@ -461,6 +466,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             rows.push(json!({"temperature": t, "gamma": cfg.tree.is_none().then_some(label),
                              "tree": cfg.tree.is_some().then_some(label),
                              "mean_gamma": mean_gamma, "alpha": alpha, "acceptance_by_depth": by_depth,
+                             "acceptance_by_rank": by_rank,
                              "alpha_iid": alpha_iid,
                              "tau": count as f64 / calls as f64, "cost_ratio": c,
                              "tokens_per_second": count as f64 / time, "verifier_only_tokens_per_second": base_tps,

@@ -355,6 +355,9 @@ pub struct SpecStats {
     /// Acceptance per depth d = 1, 2, …: of the rounds that kept d − 1 tokens and had a drafted
     /// candidate at depth d, the share that kept one.
     pub acceptance_by_depth: Vec<f64>,
+    /// Tree drafting: acceptance per sibling rank j = 1, 2, …: of the j-th children verification
+    /// tried (every earlier sibling rejected), the share it kept.
+    pub acceptance_by_rank: Vec<f64>,
     /// Tree drafting: nodes drafted in all (the verifier scored them, plus the pending tokens).
     pub tree_nodes: usize,
     /// Tree drafting: mean nodes per round.

@@ -282,6 +282,11 @@ impl TokenTree {
         self.tokens.is_empty()
     }
 
+    /// Node `i`'s rank among its siblings (0 for the first child proposed).
+    pub fn sibling_rank(&self, i: usize) -> usize {
+        self.slots[i].0
+    }
+
     /// Whether the draft stepped node `i` (its state exists in the drafter).
     pub fn stepped(&self, i: usize) -> bool {
         self.dist_of[i].is_some()
@@ -685,6 +690,8 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let mut pending_d: Vec<u32> = prompt.to_vec();
     let mut nodes_total = 0usize;
     let mut odds = AcceptanceOdds::default();
+    // (tried, kept) per sibling rank
+    let mut by_rank: Vec<(usize, usize)> = vec![];
     // a dynamic tree (a budget) falls back to plain decoding where speculation does not pay
     let mut guard = (config.fallback && shape.budget.is_some()).then(PayoffGuard::default);
 
@@ -731,6 +738,14 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             .collect::<Result<Vec<_>>>()?;
         let outcome = verify_tree(&tree, &p, &mut rng)?;
         odds.record(&tree, &outcome);
+        for &(node, kept) in &outcome.tried {
+            let rank = tree.sibling_rank(node);
+            if by_rank.len() <= rank {
+                by_rank.resize(rank + 1, (0, 0));
+            }
+            by_rank[rank].0 += 1;
+            by_rank[rank].1 += usize::from(kept);
+        }
         let n = outcome.path.len();
         let last = outcome.path.last().copied();
         if !tree.is_empty() {
@@ -766,6 +781,7 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     }
     let mut stats = log.finish(out.len());
     stats.tree_nodes = nodes_total;
+    stats.acceptance_by_rank = by_rank.iter().map(|&(t, k)| k as f64 / t.max(1) as f64).collect();
     stats.mean_tree_nodes = if stats.rounds > 0 { nodes_total as f64 / stats.rounds as f64 } else { 0.0 };
     Ok(Generation { tokens: out, stats })
 }
