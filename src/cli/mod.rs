@@ -35,6 +35,7 @@ Commands, by task (s4 COMMAND --help for each, with defaults):
     import-official  import an official PyTorch state dict (S4Block, S4D, example.py's S4Model)
     export-official  export a model folder as the state dict of example.py's S4Model
     info             describe a folder s4 wrote: layer, model, GPT-2, or training run
+    convert          copy a model folder with 16-bit (bf16 or f16) weights
     run              run a saved layer or model on a .npy input (conv or step mode)
   Training
     train            train S4 (or the transformer baseline) on a long-range task

@@ -31,6 +31,10 @@ pub enum Command {
         /// The folder.
         dir: PathBuf,
     },
+    /// Copy a model folder with its weights stored in 16 bits (half the file): a GPT-2 folder
+    /// (every tensor) or an S4 model (every weight but the SSM dynamics Λ, P, B, Δ, which stay
+    /// f32). Loading reads the rounded values back; prints JSON (sizes before and after).
+    Convert(ConvertArgs),
     /// Run a saved layer or model on an input array (.npy) and write the output array (.npy).
     ///
     /// A layer takes (B, H, L) floats; a model takes (B, d_input, L) floats, or (B, L) integer token
@@ -45,6 +49,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::ImportOfficial(a) => cmd_import(&a),
         Command::ExportOfficial(a) => cmd_export(&a),
         Command::Info { dir } => cmd_info(&dir),
+        Command::Convert(a) => cmd_convert(&a),
         Command::Run(a) if a.f64 => cmd_run::<f64>(&a),
         Command::Run(a) => cmd_run::<f32>(&a),
     }
@@ -85,6 +90,22 @@ pub struct ExportArgs {
     /// builds with pooling) or `example` (example.py's S4Model: S4D layers, LayerNorm, no final norm).
     #[arg(long, value_enum, default_value_t = s4::model::official::OfficialTarget::SequenceModel)]
     to: s4::model::official::OfficialTarget,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The model folder (GPT-2 layout, or an S4 model).
+    dir: PathBuf,
+    /// Output folder (new or empty; see --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// The 16-bit format.
+    #[arg(long, value_enum, default_value = "bf16")]
+    weights: HalfPrecision,
+    /// Replace an --out folder that already holds files (the copy is written whole before the old
+    /// folder is removed).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Array layout of `s4 run`'s input and output.
@@ -165,6 +186,45 @@ fn cmd_import(a: &ImportArgs) -> Result<()> {
         json!({"out": out, "format": "s4-layer", "kernel": cfg.kernel.to_string(), "d_model": cfg.d_model,
                "d_state": cfg.d_state, "channels": cfg.channels, "bidirectional": cfg.bidirectional,
                "l_kernel": layer.weights().l_kernel})
+    );
+    Ok(())
+}
+
+fn cmd_convert(a: &ConvertArgs) -> Result<()> {
+    let out = &a.out;
+    let occupied = out.exists() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_some();
+    if occupied && !a.force {
+        return Err(Error::invalid(
+            "--out",
+            out.display(),
+            "a new or empty folder (it holds files; --force replaces it)",
+        ));
+    }
+    let config: serde_json::Value = s4::io::read_json(&a.dir.join("config.json"))?;
+    let p = Some(a.weights);
+    let format = if config.get("model_type").and_then(|m| m.as_str()) == Some("gpt2") || config.get("n_embd").is_some()
+    {
+        let gpt = s4::transformer::Gpt::<f32>::load(&a.dir)?;
+        s4::io::write_folder_whole(out, |d| gpt.save_as(d, p))?;
+        "gpt2"
+    } else {
+        match load_any::<f32>(&a.dir)? {
+            Saved::Model(m) => s4::io::write_folder_whole(out, |d| s4::model::checkpoint::save_as(&m, d, p))?,
+            Saved::Layer(_) => {
+                return Err(Error::invalid(
+                    "model folder",
+                    a.dir.display(),
+                    "a model (GPT-2 or S4 model), not a layer",
+                ));
+            }
+        }
+        "s4-model"
+    };
+    let bytes = |d: &Path| std::fs::metadata(d.join("model.safetensors")).map(|m| m.len()).map_err(|e| Error::io(d, e));
+    println!(
+        "{}",
+        json!({"out": out, "format": format, "weights": a.weights.name(),
+               "bytes_before": bytes(&a.dir)?, "bytes_after": bytes(out)?})
     );
     Ok(())
 }

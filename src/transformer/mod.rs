@@ -467,7 +467,24 @@ impl<T: Real> Gpt<T> {
     /// # Errors
     /// The folder or a file cannot be written.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        weights::save(self, dir)
+        weights::save(self, dir, None)
+    }
+
+    /// [`Gpt::save`] with every tensor stored in a 16-bit format (`Some`; half the file, which
+    /// [`Gpt::load`] reads back as the rounded values) or in the model's precision (`None`).
+    ///
+    /// # Errors
+    /// As [`Gpt::save`]; a weight beyond the format's range (|x| > 65504 in f16).
+    pub fn save_as(&self, dir: &Path, weights: Option<HalfPrecision>) -> Result<()> {
+        if let Some(p) = weights
+            && let Some((name, x)) = self
+                .tensors()
+                .iter()
+                .find_map(|(n, t)| t.iter().find(|x| !p.round(x.as_f64() as f32).is_finite()).map(|x| (n.clone(), *x)))
+        {
+            return Err(Error::invalid(format!("weight {name}"), x, format!("a value within {}'s range", p.name())));
+        }
+        weights::save(self, dir, weights)
     }
 
     /// The configuration.

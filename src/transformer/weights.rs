@@ -4,23 +4,32 @@ use super::{Gpt, GptConfig};
 use crate::error::{Error, Result};
 use crate::io::read_json;
 use crate::io::tensors::{write_folder, TensorReader, TensorWriter, CONFIG_FILE, WEIGHTS_FILE};
-use crate::scalar::Real;
+use crate::scalar::{HalfPrecision, Real};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The prefix of `GPT2LMHeadModel` state dicts.
 const PREFIX: &str = "transformer.";
 
-pub(super) fn save<T: Real>(model: &Gpt<T>, dir: &Path) -> Result<()> {
+pub(super) fn save<T: Real>(model: &Gpt<T>, dir: &Path, weights: Option<HalfPrecision>) -> Result<()> {
     let mut tensors = TensorWriter::new();
     for (name, t) in model.tensors() {
         tensors.view(&format!("{PREFIX}{name}"), t);
     }
+    if let Some(p) = weights {
+        tensors.to_half(p, |_| false);
+    }
+    let dtype = match weights {
+        Some(HalfPrecision::Bf16) => "bfloat16",
+        Some(HalfPrecision::F16) => "float16",
+        None if std::mem::size_of::<T>() == 4 => "float32",
+        None => "float64",
+    };
     let mut cfg = serde_json::to_value(model.config()).expect("the config serializes");
     if let Some(obj) = cfg.as_object_mut() {
         obj.insert("model_type".into(), "gpt2".into());
         obj.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"]));
-        obj.insert("dtype".into(), if std::mem::size_of::<T>() == 4 { "float32" } else { "float64" }.into());
+        obj.insert("dtype".into(), dtype.into());
     }
     write_folder(dir, tensors, &cfg)
 }

@@ -36,6 +36,7 @@ fn every_command_has_help() {
         vec!["reconstruct", "--help"],
         vec!["bench", "--help"],
         vec!["info", "--help"],
+        vec!["convert", "--help"],
         vec!["run", "--help"],
         vec!["import-official", "--help"],
         vec!["export-official", "--help"],
@@ -452,6 +453,41 @@ fn train_lm_and_distill_resume_exactly() {
     let r = distill(&dpart, &["--resume"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(bytes(&dpart), bytes(&dwhole), "resumed draft differs");
+
+    // both models copied with bf16 weights: half the bytes, and they still speculate losslessly
+    let (v16, d16) = (tmp("lm-bf16"), tmp("draft-bf16"));
+    for (from, to) in [(&whole, &v16), (&dwhole, &d16)] {
+        let _ = std::fs::remove_dir_all(to);
+        let r = s4(&["convert", from.to_str().unwrap(), "--out", to.to_str().unwrap()]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert_eq!(j["weights"], "bf16");
+        let (before, after) = (j["bytes_before"].as_u64().unwrap(), j["bytes_after"].as_u64().unwrap());
+        assert!(after * 10 < before * 6, "{before} -> {after}");
+        assert_clear_error(
+            &s4(&["convert", from.to_str().unwrap(), "--out", to.to_str().unwrap()]),
+            &["--out", "--force"],
+        );
+    }
+    let r = s4(&[
+        "speculate",
+        "--verifier",
+        v16.to_str().unwrap(),
+        "--draft",
+        d16.to_str().unwrap(),
+        "--prompt",
+        "to",
+        "--max-new",
+        "6",
+        "--temperature",
+        "0",
+        "--weights",
+        "bf16",
+        "--json",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(j["verifier_only"]["same_tokens"], true, "{j}");
 }
 
 /// The main job at a reduced size: the trained model beats predicting the mean by a wide margin,
