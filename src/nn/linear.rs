@@ -298,13 +298,18 @@ fn packed_tile_body<T: Real, S: Stored<T>, const FMA: bool, const R: usize>(
     for (r, a) in acc.iter_mut().enumerate() {
         a[..n].copy_from_slice(&out[(r0 + r) * o + j0..][..n]);
     }
-    let xs: [&[T]; R] = std::array::from_fn(|r| &x[(r0 + r) * k..][..k]);
+    // plain loops throughout: closures (`array::from_fn`) do not inherit the caller's target
+    // features and may stay out-of-line calls
+    let xs = &x[r0 * k..(r0 + R) * k];
+    let mut w = [T::zero(); PANEL];
     for (i, wi) in panel.chunks_exact(PANEL).enumerate() {
-        let wi: [T; PANEL] = std::array::from_fn(|l| wi[l].widen());
-        for (a, xr) in acc.iter_mut().zip(&xs) {
-            let xi = xr[i];
+        for l in 0..PANEL {
+            w[l] = wi[l].widen();
+        }
+        for (r, a) in acc.iter_mut().enumerate() {
+            let xi = xs[r * k + i];
             for l in 0..PANEL {
-                a[l] = madd(xi, wi[l], a[l]);
+                a[l] = madd(xi, w[l], a[l]);
             }
         }
     }
@@ -468,7 +473,12 @@ unsafe fn packed_tile_avx2<S: Stored<f32>, const R: usize, const P: usize>(
         }
         let w = data.as_ptr().add(p0 * k * PANEL);
         for i in 0..k {
-            let xb: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(*xs.add(r * k + i)));
+            // a plain loop: a closure (`array::from_fn`) does not inherit the target features
+            // and stays an out-of-line call per broadcast
+            let mut xb = [_mm256_setzero_ps(); R];
+            for (r, b) in xb.iter_mut().enumerate() {
+                *b = _mm256_set1_ps(*xs.add(r * k + i));
+            }
             for q in 0..P {
                 let wq = w.add(q * k * PANEL + i * PANEL);
                 // each panel is one sequential stream: ask for it well ahead of its use

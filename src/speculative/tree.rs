@@ -727,7 +727,12 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         let t = Instant::now();
         let mut input = pending_v.clone();
         input.extend_from_slice(&tree.tokens);
-        let logits = verifier.score_tree(&input, &tree.mask(pending_v.len())?)?;
+        // a round without a tree (the fall-back's plain rounds) is an ordinary causal pass
+        let logits = if tree.is_empty() {
+            verifier.score(&input)?
+        } else {
+            verifier.score_tree(&input, &tree.mask(pending_v.len())?)?
+        };
         log.pass(input.len(), t.elapsed().as_secs_f64());
         let first = pending_v.len() - 1;
         let p = (first..input.len())
@@ -760,7 +765,9 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         let positions: Vec<usize> =
             (0..pending_v.len()).chain(outcome.path.iter().map(|&i| pending_v.len() + i)).collect();
         let kept: Vec<u32> = positions.iter().map(|&i| input[i]).collect();
-        verifier.keep(base, &positions, &kept)?;
+        if !tree.is_empty() {
+            verifier.keep(base, &positions, &kept)?;
+        }
         let path_tokens: Vec<u32> = outcome.path.iter().map(|&i| tree.tokens[i]).collect();
         if let Some(root) = root {
             // the drafter continues from the deepest stepped node of the path (a leaf was never
