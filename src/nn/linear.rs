@@ -348,54 +348,70 @@ fn packed_matmul_body<T: Real, S: Stored<T>, const FMA: bool, const MR: usize>(
     }
 }
 
-/// [`packed_tile_body`] for f32 with AVX-512 intrinsics: one 16-lane register per accumulator
-/// row, each panel row loaded (and widened, for 16-bit weights) once and combined with every row
-/// by `vfmadd231ps` with a broadcast of x_{r,i}. (Written out because the compiler's
-/// vectorization of the generic body varies with R.)
+/// [`packed_tile_body`] for f32 with AVX-512 intrinsics, over R rows and P consecutive panels
+/// (from panel `p0`): one 16-lane register per row and panel, initialized from `out`; each panel
+/// row is loaded (and widened, for 16-bit weights) once and combined with every row by
+/// `vfmadd231ps` with a broadcast of x_{r,i}. Few rows take several panels, so that 4 or more
+/// independent multiply–add chains hide the instruction's latency (one row of one panel is a
+/// single dependent chain). Every output sums in the same order (out, then i = 0, …, k − 1)
+/// whatever the tile, so a row's result does not depend on the rows computed with it.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `x` holds rows `r0 .. r0 + R` of length k, `panel` k·16 values,
-/// `out` rows `r0 .. r0 + R` of length o ≥ j0 + 1.
+/// The CPU must support AVX-512F; `x` holds rows `r0 .. r0 + R` of length k, `data` the whole
+/// packed matrix with panels `p0 .. p0 + P`, `out` rows `r0 .. r0 + R` of length o.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize>(
+unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize, const P: usize>(
     x: &[f32],
-    panel: &[S],
+    data: &[S],
     k: usize,
     o: usize,
     out: &mut [f32],
     r0: usize,
-    j0: usize,
+    p0: usize,
 ) {
     unsafe {
         use std::arch::x86_64::*;
-        let n = PANEL.min(o - j0);
-        let mask: __mmask16 = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
         let xs = x.as_ptr().add(r0 * k);
-        let outp = out.as_mut_ptr().add(r0 * o + j0);
-        let mut acc = [_mm512_setzero_ps(); R];
-        for (r, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_maskz_loadu_ps(mask, outp.add(r * o));
-        }
-        let w = panel.as_ptr();
-        for i in 0..k {
-            // the panel is one sequential stream: ask for it well ahead of its use
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((i + PREFETCH_ROWS) * PANEL).cast::<i8>());
-            let wi = S::load16(w.add(i * PANEL));
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(*xs.add(r * k + i)), wi, *a);
+        let mut masks: [__mmask16; P] = [0xffff; P];
+        let mut acc = [[_mm512_setzero_ps(); R]; P];
+        for q in 0..P {
+            let j0 = (p0 + q) * PANEL;
+            let n = PANEL.min(o - j0);
+            masks[q] = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
+            for r in 0..R {
+                acc[q][r] = _mm512_maskz_loadu_ps(masks[q], out.as_ptr().add((r0 + r) * o + j0));
             }
         }
-        for (r, a) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(outp.add(r * o), mask, *a);
+        let w = data.as_ptr().add(p0 * k * PANEL);
+        for i in 0..k {
+            let mut xb = [_mm512_setzero_ps(); R];
+            for (r, b) in xb.iter_mut().enumerate() {
+                *b = _mm512_set1_ps(*xs.add(r * k + i));
+            }
+            for q in 0..P {
+                let wq = w.add(q * k * PANEL + i * PANEL);
+                // each panel is one sequential stream: ask for it well ahead of its use
+                _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PREFETCH_ROWS * PANEL).cast::<i8>());
+                let wi = S::load16(wq);
+                for r in 0..R {
+                    acc[q][r] = _mm512_fmadd_ps(xb[r], wi, acc[q][r]);
+                }
+            }
+        }
+        for q in 0..P {
+            let j0 = (p0 + q) * PANEL;
+            for r in 0..R {
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add((r0 + r) * o + j0), masks[q], acc[q][r]);
+            }
         }
     }
 }
 
-/// `out += x·W` in f32 with W packed, AVX-512: as [`packed_matmul_body`] with
-/// [`packed_tile_avx512`] tiles of up to 16 rows (16 of the 32 vector registers hold
-/// accumulators).
+/// `out += x·W` in f32 with W packed, AVX-512: rows in tiles of up to 16 (of even sizes), each
+/// tile over [`packed_tile_avx512`] blocks of 4, 2 or 1 panels (more panels for fewer rows; 16 of
+/// the 32 vector registers hold accumulators at most).
 ///
 /// # Safety
 /// The CPU must support AVX-512F; x (m, k) and out (m, o) row-major.
@@ -404,24 +420,45 @@ unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize>(
 unsafe fn packed_matmul_avx512<S: Stored<f32>>(x: &[f32], data: &[S], k: usize, o: usize, out: &mut [f32]) {
     unsafe {
         let m = out.len() / o.max(1);
-        assert!(x.len() >= m * k && out.len() == m * o && data.len() == o.div_ceil(PANEL) * k * PANEL);
+        let panels = o.div_ceil(PANEL);
+        assert!(x.len() >= m * k && out.len() == m * o && data.len() == panels * k * PANEL);
         // as few tiles as 16-row tiles allow, of even sizes (17 rows: 9 + 8, not 16 + 1)
         let per_tile = m.div_ceil(m.div_ceil(16).max(1)).max(1);
-        for (p, panel) in data.chunks_exact(k * PANEL).enumerate() {
+        let block = match per_tile {
+            1 | 2 => 4,
+            3 | 4 => 2,
+            _ => 1,
+        };
+        // block by block of panels (a block, block·k·64 bytes, stays in cache for every row tile)
+        let mut p = 0;
+        while p < panels {
+            let q = block.min(panels - p);
             let mut r0 = 0;
             while r0 < m {
                 let r = per_tile.min(m - r0);
-                macro_rules! tiles {
-                ($($n:literal)*) => {
-                    match r {
-                        $($n => packed_tile_avx512::<S, $n>(x, panel, k, o, out, r0, p * PANEL),)*
-                        _ => unreachable!("register tiles have 1 to 16 rows"),
+                match (r, q) {
+                    (1, 4) => packed_tile_avx512::<S, 1, 4>(x, data, k, o, out, r0, p),
+                    (2, 4) => packed_tile_avx512::<S, 2, 4>(x, data, k, o, out, r0, p),
+                    (3, 2) => packed_tile_avx512::<S, 3, 2>(x, data, k, o, out, r0, p),
+                    (4, 2) => packed_tile_avx512::<S, 4, 2>(x, data, k, o, out, r0, p),
+                    (_, _) => {
+                        // one panel at a time (larger tiles, or the panels left after blocks)
+                        for pp in p..p + q {
+                            macro_rules! tiles {
+                                ($($n:literal)*) => {
+                                    match r {
+                                        $($n => packed_tile_avx512::<S, $n, 1>(x, data, k, o, out, r0, pp),)*
+                                        _ => unreachable!("register tiles have 1 to 16 rows"),
+                                    }
+                                };
+                            }
+                            tiles!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+                        }
                     }
-                };
-            }
-                tiles!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+                }
                 r0 += r;
             }
+            p += q;
         }
     }
 }
