@@ -44,8 +44,9 @@
 //! 11. [`speculative`]: speculative decoding with an S4 draft stepping in recurrent mode and a
 //!     transformer verifier (greedy, rejection sampling, typical acceptance, adaptive γ), and the
 //!     distillation of the draft from the verifier.
-//! 12. [`nn`] (GELU, GLU, feature-axis linear), [`io`] (.npz/.npy), [`plot`] (PNG), and
-//!     [`budget`]: the memory budget every allocation sized by user input is checked against.
+//! 12. [`nn`] (GELU, GLU, feature-axis linear), [`io`] (.npz/.npy), [`plot`] (PNG),
+//!     [`budget`]: the memory budget every allocation sized by user input is checked against, and
+//!     [`allocator`]: keeping freed memory in the process (a fifth of a training step otherwise).
 //!
 //! ## Shape glossary
 //!
@@ -92,6 +93,7 @@
 //! Every public function that takes user input returns [`Result`]; the [`Error`] message names the
 //! value and what was expected (e.g. `invalid dt = -1: expected a finite step size > 0`).
 
+pub mod allocator;
 pub mod budget;
 pub mod conv;
 pub mod data;

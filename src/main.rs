@@ -4,6 +4,7 @@
 mod cli;
 
 fn main() {
+    s4::allocator::retain_freed_memory();
     if let Err(e) = cli::run(cli::parse()) {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -48,5 +48,9 @@ fn bidirectional(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, causal, bidirectional);
+criterion_group! {
+    name = benches;
+    config = s4_bench::criterion();
+    targets = causal, bidirectional
+}
 criterion_main!(benches);

@@ -64,5 +64,9 @@ fn s4d(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, dplr, s4d);
+criterion_group! {
+    name = benches;
+    config = s4_bench::criterion();
+    targets = dplr, s4d
+}
 criterion_main!(benches);

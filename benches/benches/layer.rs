@@ -49,5 +49,9 @@ fn step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, forward, step);
+criterion_group! {
+    name = benches;
+    config = s4_bench::criterion();
+    targets = forward, step
+}
 criterion_main!(benches);

@@ -77,5 +77,9 @@ fn end_to_end(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pieces, end_to_end);
+criterion_group! {
+    name = benches;
+    config = s4_bench::criterion();
+    targets = pieces, end_to_end
+}
 criterion_main!(benches);

@@ -61,5 +61,9 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, train_step);
+criterion_group! {
+    name = benches;
+    config = s4_bench::criterion();
+    targets = train_step
+}
 criterion_main!(benches);

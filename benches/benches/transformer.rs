@@ -61,5 +61,9 @@ fn prefill_and_train(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, prefill_and_train);
+criterion_group! {
+    name = benches;
+    config = s4_bench::criterion();
+    targets = decode, prefill_and_train
+}
 criterion_main!(benches);

@@ -17,3 +17,11 @@ pub fn anchor_layer(kernel: KernelKind, d_model: usize) -> S4LayerConfig {
     let init = if kernel == KernelKind::Dplr { "legs" } else { "diag-legs" };
     S4LayerConfig { d_model, d_state: N, kernel, init: init.parse().expect("a known init"), ..Default::default() }
 }
+
+/// The benchmarks' criterion settings, after [`s4::allocator::retain_freed_memory`] (as the `s4`
+/// command does first thing: freed activations stay in the process instead of being faulted in
+/// again every iteration).
+pub fn criterion() -> criterion::Criterion {
+    s4::allocator::retain_freed_memory();
+    criterion::Criterion::default()
+}
