@@ -288,17 +288,12 @@ pub fn diag_kernel_backward<T: Real>(
                 c: vec![Complex64::new(0.0, 0.0); m],
                 dt: 0.0,
             };
-            for j in 0..m {
-                let lam = c64(params.lambda[[ch, j]]);
+            let modes: Vec<_> = (0..m).map(|j| mode_derivatives(c64(params.lambda[[ch, j]]), dt, method)).collect();
+            // G0 = Σ g_l q^l, G1 = Σ l g_l q^{l−1} with q = conj(Ā), for every mode of the row
+            let q: Vec<Complex64> = modes.iter().map(|d| d[0].conj()).collect();
+            let sums = horner_sums(&g, &q);
+            for (j, (&[_, phi, de_dl, de_dt, dphi_dl, dphi_dt], (g0, g1))) in modes.iter().zip(sums).enumerate() {
                 let (bj, cj) = (c64(params.b[[ch, j]]), c64(params.c[[ch, j]]));
-                let [e, phi, de_dl, de_dt, dphi_dl, dphi_dt] = mode_derivatives(lam, dt, method);
-                // Horner: G0 = Σ g_l q^l, G1 = Σ l g_l q^{l−1}, q = conj(Ā)
-                let q = e.conj();
-                let (mut g0, mut g1) = (Complex64::new(0.0, 0.0), Complex64::new(0.0, 0.0));
-                for &gl in g.iter().rev() {
-                    g1 = g1 * q + g0;
-                    g0 = g0 * q + gl;
-                }
                 let a = cj * bj * phi;
                 let g_a = 2.0 * g0;
                 let g_e = 2.0 * a.conj() * g1;
@@ -312,4 +307,54 @@ pub fn diag_kernel_backward<T: Real>(
         })
         .collect();
     Ok(assemble(out, 0, m, false))
+}
+
+/// (G0, G1) = (Σ_l g_l q^l, Σ_l l·g_l·q^(l−1)) for each q of `q`, by Horner's rule from the last
+/// g_l: G1 ← G1·q + G0, then G0 ← G0·q + g_l. One mode's recurrence is a serial chain of complex
+/// multiplications (latency-bound); `LANES` modes run side by side in struct-of-arrays form so
+/// that their chains overlap. Each lane performs `Complex64`'s operations in its order, so the sums
+/// equal the one-mode recurrence bit for bit.
+fn horner_sums(g: &[f64], q: &[Complex64]) -> Vec<(Complex64, Complex64)> {
+    const LANES: usize = 8;
+    let mut out = Vec::with_capacity(q.len());
+    for block in q.chunks(LANES) {
+        let (mut qr, mut qi) = ([0.0; LANES], [0.0; LANES]);
+        for (k, z) in block.iter().enumerate() {
+            (qr[k], qi[k]) = (z.re, z.im);
+        }
+        let (mut g0r, mut g0i, mut g1r, mut g1i) = ([0.0; LANES], [0.0; LANES], [0.0; LANES], [0.0; LANES]);
+        for &gl in g.iter().rev() {
+            for k in 0..LANES {
+                let (r1, i1) = (g1r[k] * qr[k] - g1i[k] * qi[k], g1r[k] * qi[k] + g1i[k] * qr[k]);
+                let (r0, i0) = (g0r[k] * qr[k] - g0i[k] * qi[k], g0r[k] * qi[k] + g0i[k] * qr[k]);
+                (g1r[k], g1i[k]) = (r1 + g0r[k], i1 + g0i[k]);
+                (g0r[k], g0i[k]) = (r0 + gl, i0);
+            }
+        }
+        out.extend((0..block.len()).map(|k| (Complex64::new(g0r[k], g0i[k]), Complex64::new(g1r[k], g1i[k]))));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn horner_sums_equal_one_mode_at_a_time_and_the_power_sums() {
+        let g: Vec<f64> = (0..37).map(|l| ((l * 7 % 11) as f64 - 5.0) / 3.0).collect();
+        // 11 modes: a full block of 8 and a partial one
+        let q: Vec<Complex64> = (0..11).map(|j| Complex64::from_polar(0.9 - 0.03 * j as f64, 0.4 * j as f64)).collect();
+        for (z, (g0, g1)) in q.iter().zip(horner_sums(&g, &q)) {
+            let (mut h0, mut h1) = (Complex64::new(0.0, 0.0), Complex64::new(0.0, 0.0));
+            for &gl in g.iter().rev() {
+                h1 = h1 * z + h0;
+                h0 = h0 * z + gl;
+            }
+            assert_eq!((g0, g1), (h0, h1));
+            let p0: Complex64 = g.iter().enumerate().map(|(l, &gl)| gl * z.powu(l as u32)).sum();
+            let p1: Complex64 = g.iter().enumerate().skip(1).map(|(l, &gl)| gl * l as f64 * z.powu(l as u32 - 1)).sum();
+            assert!((g0 - p0).norm() < 1e-12 && (g1 - p1).norm() < 1e-11, "{g0} {p0} {g1} {p1}");
+        }
+    }
 }
