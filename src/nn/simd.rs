@@ -177,9 +177,9 @@ pub(crate) fn dot_body<T: Real, const FMA: bool>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [T::zero(); 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
+    // arrays of 8, not slices: the lane count is a constant and the loop below a vector loop
+    let ((ca, ra), (cb, rb)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    for (x, y) in ca.iter().zip(cb) {
         for k in 0..8 {
             acc[k] = madd::<T, FMA>(x[k], y[k], acc[k]);
         }
@@ -217,8 +217,7 @@ pub(crate) fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
 #[inline(always)]
 fn all_finite_body<T: Real, const FMA: bool>(xs: &[T]) -> bool {
     let mut acc = [T::zero(); 32];
-    let chunks = xs.chunks_exact(32);
-    let tail = chunks.remainder();
+    let (chunks, tail) = xs.as_chunks::<32>();
     for c in chunks {
         for k in 0..32 {
             acc[k] += c[k] * T::zero();

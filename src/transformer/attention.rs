@@ -128,8 +128,8 @@ fn exp<T: Real>(x: T) -> T {
 #[inline(always)]
 fn sum<T: Real>(x: &[T]) -> T {
     let mut acc = [T::zero(); 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder().iter().fold(T::zero(), |a, &b| a + b);
+    let (chunks, rest) = x.as_chunks::<8>();
+    let rest = rest.iter().fold(T::zero(), |a, &b| a + b);
     for c in chunks {
         for l in 0..8 {
             acc[l] += c[l];

@@ -219,7 +219,9 @@ fn check_ssm_grads(
 
 #[test]
 fn dplr_kernel_gradients() {
-    for (init, n, l_kernel, len) in [("legs", 8, 64, 64), ("legs", 8, 33, 20), ("legt", 6, 40, 40), ("fout", 8, 31, 31)]
+    // N = 20: 10 modes, a full vector block of 8 and a remainder in the Cauchy-node loop
+    for (init, n, l_kernel, len) in
+        [("legs", 8, 64, 64), ("legs", 8, 33, 20), ("legt", 6, 40, 40), ("fout", 8, 31, 31), ("legs", 20, 48, 48)]
     {
         let mut params =
             SsmInitConfig { d_state: n, channels: 2, init: init.parse().unwrap(), seed: 3, ..Default::default() }

@@ -47,6 +47,7 @@
 
 use crate::discretize::Discretization;
 use crate::error::{Error, Result};
+use crate::nn::simd;
 use crate::scalar::{cplx, Real};
 use crate::ssm::SsmParams;
 use ndarray::{Array1, Array2, Array3, ArrayView2};
@@ -148,54 +149,10 @@ pub fn dplr_kernel_backward<T: Real>(params: &SsmParams<T>, l_kernel: usize, gk:
                 .map(|(s, j)| left(s / r1n, j) * right(s % r1n, j))
                 .collect();
             let w: Vec<Complex64> = lam.iter().map(|&x| x * dt).collect();
-            let mut gv = vec![Complex64::new(0.0, 0.0); sums * m];
-            let mut gw = vec![Complex64::new(0.0, 0.0); m];
-            let mut r1 = vec![Complex64::new(0.0, 0.0); m];
-            let mut r2 = vec![Complex64::new(0.0, 0.0); m];
-            let mut s = vec![Complex64::new(0.0, 0.0); sums];
-            let mut gs = vec![Complex64::new(0.0, 0.0); sums];
+            let (gv, gw) = cauchy_adjoint::<f64>(&y, &gx, &w, &v, rank);
             let mut g_dt = 0.0;
             let mut g_ct = vec![Complex64::new(0.0, 0.0); m];
             let mut g_b = vec![Complex64::new(0.0, 0.0); m];
-            for k in 0..n_cauchy {
-                let z = Complex64::new(0.0, y[k]);
-                for j in 0..m {
-                    r1[j] = 1.0 / (z - w[j]);
-                    r2[j] = 1.0 / (z - w[j].conj());
-                }
-                for (si, sv) in s.iter_mut().enumerate() {
-                    *sv = (0..m).map(|j| v[si * m + j] * r1[j] + v[si * m + j].conj() * r2[j]).sum();
-                }
-                // 2. through X = (1 + z/2) W and the Woodbury identity
-                let g_w = Complex64::new(1.0, y[k] / 2.0).conj() * gx[k];
-                gs[0] = g_w;
-                let mmat: Vec<Complex64> = (0..rank * rank)
-                    .map(|i| {
-                        let (r, q) = (i / rank, i % rank);
-                        s[(1 + r) * r1n + 1 + q] + if r == q { 1.0 } else { 0.0 }
-                    })
-                    .collect();
-                let s0r: Vec<Complex64> = (0..rank).map(|r| s[1 + r]).collect();
-                let sr0: Vec<Complex64> = (0..rank).map(|r| s[(1 + r) * r1n]).collect();
-                let x = solve(&mmat, &sr0, rank, false);
-                let yv = solve(&mmat, &s0r, rank, true);
-                for r in 0..rank {
-                    gs[1 + r] = (-x[r]).conj() * g_w;
-                    gs[(1 + r) * r1n] = (-yv[r]).conj() * g_w;
-                    for q in 0..rank {
-                        gs[(1 + r) * r1n + 1 + q] = (yv[r] * x[q]).conj() * g_w;
-                    }
-                }
-                // 3. through the Cauchy sums
-                for (si, &g) in gs.iter().enumerate() {
-                    let gc = g.conj();
-                    for j in 0..m {
-                        let vj = v[si * m + j];
-                        gv[si * m + j] += g * r1[j].conj() + gc * r2[j];
-                        gw[j] += g * (vj * r1[j] * r1[j]).conj() + gc * vj.conj() * r2[j] * r2[j];
-                    }
-                }
-            }
             if has_nyquist {
                 // X = Δ Re Σ C̃_j B_j
                 let g = gx[nb - 1].re;
@@ -234,6 +191,125 @@ pub fn dplr_kernel_backward<T: Real>(params: &SsmParams<T>, l_kernel: usize, gk:
         })
         .collect();
     Ok(assemble(out, rank, m, true))
+}
+
+simd::simd_dispatch! {
+    /// Steps 2 and 3 of [`dplr_kernel_backward`] for one row: over the Cauchy nodes z_k = i·y_k
+    /// (k < `y.len()`), the sums S_ab(z_k), the Woodbury adjoint g_S from g_X, and the accumulated
+    /// (g_v, g_w). Returns g_v (`v.len()` = (1 + R)² · m, one block of m per sum) and g_w (m).
+    fn cauchy_adjoint(y: &[f64], gx: &[Complex64], w: &[Complex64], v: &[Complex64], rank: usize) -> (Vec<Complex64>, Vec<Complex64>) = cauchy_adjoint_body
+}
+
+/// [`cauchy_adjoint`] over struct-of-arrays f64 vectors, so that every loop over the m modes is a
+/// vector loop. With r1 = 1/(z − w) and r2 = 1/(z − w̄), a = Re(r1 + r2), b = Im(r2 − r1),
+/// c = Im(r1 + r2), d = Re(r1 − r2):
+/// - S = Σ_j v r1 + v̄ r2 = Σ_j (Re v·a + Im v·b) + i (Re v·c + Im v·d);
+/// - g_v += g·conj(r1) + conj(g)·r2 = (Re g·a + Im g·c) + i (Im g·d + Re g·b);
+/// - g_w += conj(r1)²·P + r2²·conj(Q), with P = Σ_S g_S·conj(v_S) and Q = Σ_S g_S·v_S
+///   (step 3 of the module docs, summed over the (1 + R)² sums before the products).
+#[inline(always)]
+#[allow(clippy::extra_unused_type_parameters)] // `simd_dispatch!` passes the scalar type; this body is f64
+fn cauchy_adjoint_body<T: Real, const FMA: bool>(
+    y: &[f64],
+    gx: &[Complex64],
+    w: &[Complex64],
+    v: &[Complex64],
+    rank: usize,
+) -> (Vec<Complex64>, Vec<Complex64>) {
+    use simd::{dot_body, madd};
+    let m = w.len();
+    let r1n = 1 + rank;
+    let sums = r1n * r1n;
+    let (wr, wi): (Vec<f64>, Vec<f64>) = w.iter().map(|z| (z.re, z.im)).unzip();
+    let (vr, vi): (Vec<f64>, Vec<f64>) = v.iter().map(|z| (z.re, z.im)).unzip();
+    let zeros = || vec![0.0; m];
+    let (mut a, mut b, mut c, mut d) = (zeros(), zeros(), zeros(), zeros());
+    let (mut e1r, mut e1i, mut e2r, mut e2i) = (zeros(), zeros(), zeros(), zeros());
+    let (mut pr, mut pi, mut qr, mut qi) = (zeros(), zeros(), zeros(), zeros());
+    let (mut gvr, mut gvi) = (vec![0.0; sums * m], vec![0.0; sums * m]);
+    let (mut gwr, mut gwi) = (zeros(), zeros());
+    let mut s = vec![Complex64::new(0.0, 0.0); sums];
+    let mut gs = vec![Complex64::new(0.0, 0.0); sums];
+    let (mut x, mut yv) = (vec![Complex64::new(0.0, 0.0); rank], vec![Complex64::new(0.0, 0.0); rank]);
+    for (&yk, &gxk) in y.iter().zip(gx) {
+        {
+            // every slice cut to m, so that the loop runs without bounds checks (as a vector loop)
+            let (wr, wi, a, b, c, d) = (&wr[..m], &wi[..m], &mut a[..m], &mut b[..m], &mut c[..m], &mut d[..m]);
+            let (e1r, e1i, e2r, e2i) = (&mut e1r[..m], &mut e1i[..m], &mut e2r[..m], &mut e2i[..m]);
+            for j in 0..m {
+                // z − w = −Re w + i (y − Im w), z − w̄ = −Re w + i (y + Im w); 1/u = ū/|u|²
+                let re = -wr[j];
+                let (im1, im2) = (yk - wi[j], yk + wi[j]);
+                let (n1, n2) = (1.0 / (re * re + im1 * im1), 1.0 / (re * re + im2 * im2));
+                let (r1r, r1i, r2r, r2i) = (re * n1, -im1 * n1, re * n2, -im2 * n2);
+                (a[j], b[j], c[j], d[j]) = (r1r + r2r, r2i - r1i, r1i + r2i, r1r - r2r);
+                // conj(r1)² = e1r − i·e1i, r2² = e2r + i·e2i
+                (e1r[j], e1i[j]) = (r1r * r1r - r1i * r1i, 2.0 * r1r * r1i);
+                (e2r[j], e2i[j]) = (r2r * r2r - r2i * r2i, 2.0 * r2r * r2i);
+            }
+        }
+        for (si, sv) in s.iter_mut().enumerate() {
+            let (xr, xi) = (&vr[si * m..(si + 1) * m], &vi[si * m..(si + 1) * m]);
+            *sv = Complex64::new(
+                dot_body::<f64, FMA>(xr, &a) + dot_body::<f64, FMA>(xi, &b),
+                dot_body::<f64, FMA>(xr, &c) + dot_body::<f64, FMA>(xi, &d),
+            );
+        }
+        // 2. through X = (1 + z/2) W and the Woodbury identity
+        let g_w = Complex64::new(1.0, yk / 2.0).conj() * gxk;
+        gs[0] = g_w;
+        if rank == 1 {
+            // M = 1 + S₁₁ is a number: no small system to set up (this runs once per node)
+            let m11 = s[3] + 1.0;
+            (x[0], yv[0]) = (s[2] / m11, s[1] / m11);
+        } else {
+            let mmat: Vec<Complex64> = (0..rank * rank)
+                .map(|i| {
+                    let (r, q) = (i / rank, i % rank);
+                    s[(1 + r) * r1n + 1 + q] + if r == q { 1.0 } else { 0.0 }
+                })
+                .collect();
+            let s0r: Vec<Complex64> = (0..rank).map(|r| s[1 + r]).collect();
+            let sr0: Vec<Complex64> = (0..rank).map(|r| s[(1 + r) * r1n]).collect();
+            (x, yv) = (solve(&mmat, &sr0, rank, false), solve(&mmat, &s0r, rank, true));
+        }
+        for r in 0..rank {
+            gs[1 + r] = (-x[r]).conj() * g_w;
+            gs[(1 + r) * r1n] = (-yv[r]).conj() * g_w;
+            for q in 0..rank {
+                gs[(1 + r) * r1n + 1 + q] = (yv[r] * x[q]).conj() * g_w;
+            }
+        }
+        // 3. through the Cauchy sums
+        for t in [&mut pr, &mut pi, &mut qr, &mut qi] {
+            t.fill(0.0);
+        }
+        for (si, g) in gs.iter().enumerate() {
+            let (xr, xi) = (&vr[si * m..(si + 1) * m], &vi[si * m..(si + 1) * m]);
+            let (hr, hi) = (&mut gvr[si * m..(si + 1) * m], &mut gvi[si * m..(si + 1) * m]);
+            let (a, b, c, d) = (&a[..m], &b[..m], &c[..m], &d[..m]);
+            let (pr, pi, qr, qi) = (&mut pr[..m], &mut pi[..m], &mut qr[..m], &mut qi[..m]);
+            let (gr, gi) = (g.re, g.im);
+            for j in 0..m {
+                hr[j] = madd::<f64, FMA>(gr, a[j], madd::<f64, FMA>(gi, c[j], hr[j]));
+                hi[j] = madd::<f64, FMA>(gi, d[j], madd::<f64, FMA>(gr, b[j], hi[j]));
+                // P += g·conj(v), Q += g·v
+                let (gvr_, gvi_, gv_r, gv_i) = (gr * xr[j], gi * xi[j], gi * xr[j], gr * xi[j]);
+                pr[j] += gvr_ + gvi_;
+                pi[j] += gv_r - gv_i;
+                qr[j] += gvr_ - gvi_;
+                qi[j] += gv_i + gv_r;
+            }
+        }
+        let (e1r, e1i, e2r, e2i) = (&e1r[..m], &e1i[..m], &e2r[..m], &e2i[..m]);
+        let (pr, pi, qr, qi, gwr, gwi) = (&pr[..m], &pi[..m], &qr[..m], &qi[..m], &mut gwr[..m], &mut gwi[..m]);
+        for j in 0..m {
+            gwr[j] += e1r[j] * pr[j] + e1i[j] * pi[j] + e2r[j] * qr[j] + e2i[j] * qi[j];
+            gwi[j] += e1r[j] * pi[j] - e1i[j] * pr[j] + e2i[j] * qr[j] - e2r[j] * qi[j];
+        }
+    }
+    let join = |re: &[f64], im: &[f64]| re.iter().zip(im).map(|(&r, &i)| Complex64::new(r, i)).collect();
+    (join(&gvr, &gvi), join(&gwr, &gwi))
 }
 
 /// Ā, φ = B̄/B and their derivatives (∂Ā/∂λ, ∂Ā/∂Δ, ∂φ/∂λ, ∂φ/∂Δ) for one mode.
