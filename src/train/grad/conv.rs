@@ -90,16 +90,18 @@ pub fn conv_backward<T: Real>(
             }
             fwd.process_with_scratch(&mut buf, &mut kspec, &mut scratch).expect("plan buffers");
             let mut gu = Array2::<T>::zeros((batch, len));
+            // signal rows copied into the zero-padded FFT buffer (row slices where the layout allows)
+            let load = |buf: &mut Vec<T>, row: ndarray::ArrayView1<T>| {
+                buf.fill(T::zero());
+                match row.as_slice() {
+                    Some(r) => buf[..len].copy_from_slice(r),
+                    None => buf.iter_mut().zip(row).for_each(|(d, &v)| *d = v),
+                }
+            };
             for b in 0..batch {
-                buf.fill(T::zero());
-                for t in 0..len {
-                    buf[t] = gy[[b, c, t]];
-                }
+                load(&mut buf, gy.slice(ndarray::s![b, c, ..]));
                 fwd.process_with_scratch(&mut buf, &mut gspec, &mut scratch).expect("plan buffers");
-                buf.fill(T::zero());
-                for t in 0..len {
-                    buf[t] = u[[b, c, t]];
-                }
+                load(&mut buf, u.slice(ndarray::s![b, c, ..]));
                 fwd.process_with_scratch(&mut buf, &mut uspec, &mut scratch).expect("plan buffers");
                 for f in 0..nb {
                     acc[f] += gspec[f] * uspec[f].conj();
@@ -112,8 +114,8 @@ pub fn conv_backward<T: Real>(
                     uspec[nb - 1].im = T::zero();
                 }
                 inv.process_with_scratch(&mut uspec, &mut out, &mut iscratch).expect("plan buffers");
-                for t in 0..len {
-                    gu[[b, t]] = out[t] * scale;
+                for (g, &o) in gu.row_mut(b).iter_mut().zip(&out[..len]) {
+                    *g = o * scale;
                 }
             }
             acc[0].im = T::zero();

@@ -264,17 +264,25 @@ fn layer_backward<T: Real>(
         let gy = ga.slice(s![.., c * h..(c + 1) * h, ..]);
         let kb = cfg.bidirectional.then(|| tape.kernel.index_axis(Axis(0), ch + c));
         let cg = conv_backward(tape.u.view(), tape.kernel.index_axis(Axis(0), c), kb, gy)?;
-        gu += &cg.input;
+        if c == 0 {
+            gu = cg.input;
+        } else {
+            gu += &cg.input;
+        }
         gk.slice_mut(s![c * h..(c + 1) * h, ..]).assign(&cg.k_fwd);
         if let Some(gkb) = cg.k_bwd {
             gk.slice_mut(s![(ch + c) * h..(ch + c + 1) * h, ..]).assign(&gkb);
         }
         // D skip: y += D ⊙ u
         for hh in 0..h {
-            let (gyh, uh) = (gy.index_axis(Axis(1), hh), tape.u.index_axis(Axis(1), hh));
             let d = w.d[[c, hh]];
-            g.d[[c, hh]] += Zip::from(&gyh).and(&uh).fold(T::zero(), |a, &x, &y| a + x * y);
-            Zip::from(gu.index_axis_mut(Axis(1), hh)).and(&gyh).for_each(|gv, &x| *gv += d * x);
+            let mut gd = T::zero();
+            for b in 0..batch {
+                let (gyr, ur) = (gy.slice(s![b, hh, ..]), tape.u.slice(s![b, hh, ..]));
+                gd = Zip::from(&gyr).and(&ur).fold(gd, |a, &x, &y| a + x * y);
+                Zip::from(gu.slice_mut(s![b, hh, ..])).and(&gyr).for_each(|gv, &x| *gv += d * x);
+            }
+            g.d[[c, hh]] += gd;
         }
     }
     let params = layer.ssm_params()?;
