@@ -37,16 +37,18 @@ pub mod simd;
 use crate::error::{Error, Result};
 use crate::scalar::Real;
 use ndarray::{Array2, Array3, ArrayView3};
+use rayon::prelude::*;
 
 /// The feature vectors of a (B, F, L) sequence as rows (B·L, F), row b·L + t = x[b, :, t].
 pub fn feature_rows<T: Real>(x: ArrayView3<T>) -> Array2<T> {
     let (b, f, l) = x.dim();
     let mut rows = Array2::<T>::zeros((b * l, f));
+    if rows.is_empty() {
+        return rows;
+    }
     match (x.as_slice(), rows.as_slice_mut()) {
         (Some(src), Some(dst)) => {
-            for (s, d) in src.chunks_exact(f * l).zip(dst.chunks_exact_mut(l * f)) {
-                transpose(s, f, l, d);
-            }
+            src.par_chunks_exact(f * l).zip(dst.par_chunks_exact_mut(l * f)).for_each(|(s, d)| transpose(s, f, l, d));
         }
         _ => {
             for (i, seq) in x.outer_iter().enumerate() {
@@ -61,11 +63,12 @@ pub fn feature_rows<T: Real>(x: ArrayView3<T>) -> Array2<T> {
 pub fn from_feature_rows<T: Real>(rows: Array2<T>, b: usize, l: usize) -> Array3<T> {
     let f = rows.ncols();
     let mut x = Array3::<T>::zeros((b, f, l));
+    if x.is_empty() {
+        return x;
+    }
     match (rows.as_slice(), x.as_slice_mut()) {
         (Some(src), Some(dst)) => {
-            for (s, d) in src.chunks_exact(l * f).zip(dst.chunks_exact_mut(f * l)) {
-                transpose(s, l, f, d);
-            }
+            src.par_chunks_exact(l * f).zip(dst.par_chunks_exact_mut(f * l)).for_each(|(s, d)| transpose(s, l, f, d));
         }
         _ => {
             for (i, mut seq) in x.outer_iter_mut().enumerate() {

@@ -100,18 +100,28 @@ pub fn layer_norm_backward<T: Real>(
     let mut dw = Array1::<T>::zeros(c);
     let mut db = Array1::<T>::zeros(c);
     let mut g = vec![T::zero(); c];
-    for r in 0..n {
-        let (xh, gy, rs) = (cache.xhat.row(r), dy.row(r), cache.rstd[r]);
+    let (dy, w) = (dy.as_standard_layout(), w.to_vec());
+    let (dws, dbs) = (dw.as_slice_mut().expect("a fresh array"), db.as_slice_mut().expect("a fresh array"));
+    let c1 = c.max(1);
+    let rows = cache
+        .xhat
+        .as_slice()
+        .expect("standard layout")
+        .chunks_exact(c1)
+        .zip(dy.as_slice().expect("standard layout").chunks_exact(c1));
+    let out = dx.as_slice_mut().expect("a fresh array").chunks_exact_mut(c1).zip(cache.rstd.iter());
+    let (g, w, dws, dbs) = (&mut g[..c], &w[..c], &mut dws[..c], &mut dbs[..c]);
+    for ((xh, gy), (dxr, &rs)) in rows.zip(out) {
+        let (xh, gy, dxr) = (&xh[..c], &gy[..c], &mut dxr[..c]);
         let (mut m1, mut m2) = (T::zero(), T::zero());
         for j in 0..c {
             g[j] = gy[j] * w[j];
             m1 += g[j];
             m2 += g[j] * xh[j];
-            dw[j] += gy[j] * xh[j];
-            db[j] += gy[j];
+            dws[j] += gy[j] * xh[j];
+            dbs[j] += gy[j];
         }
         let (m1, m2) = (m1 / cn, m2 / cn);
-        let mut dxr = dx.row_mut(r);
         for j in 0..c {
             dxr[j] = (g[j] - m1 - xh[j] * m2) * rs;
         }
