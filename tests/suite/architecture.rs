@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Modules bottom to top. Within a layer, a module may import only from the modules listed
 /// before it (so the order inside a row matters too).
 const LAYERS: [(&str, &[&str]); 8] = [
-    ("foundations", &["error", "budget", "scalar", "io", "plot", "nn", "data"]),
+    ("foundations", &["error", "allocator", "budget", "scalar", "io", "plot", "nn", "data"]),
     ("S4 maths", &["discretize", "hippo", "ssm"]),
     ("kernels", &["kernel", "conv"]),
     ("layer", &["layer"]),
