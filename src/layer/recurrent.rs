@@ -11,6 +11,13 @@
 //!   v = (1 + Δ/2·Λ) ⊙ x − Δ/2 · P s(x) + Δ B u,  s(x) = 2·Re(P* x)
 //!   s' = (I + Δ/2·M)⁻¹ · 2·Re(P* D v),  x' = D ⊙ (v − Δ/2 · P s').
 //!
+//!   The step folds the two passes this suggests into one read and one write of x: t = 2·Re(P* D v)
+//!   is linear in x, t = 2·Re((D (1 + Δ/2·Λ) P)* x) + u·2·Re(P* D Δ B) − Δ/2·M s, so the R dots
+//!   s and the R dots of t come from one pass over x, then (with Ā_Λ = D (1 + Δ/2·Λ) the bilinear
+//!   diagonal part and B̄_Λ = D Δ B)
+//!
+//!   x' = Ā_Λ ⊙ x + B̄_Λ u − Δ/2 · (D P)(s + s').
+//!
 //!   The output needs the plain C, recovered from the trained C̃ as C = C̃ (I − Ā^L)⁻¹
 //!   ([`recover_c`]).
 //!
@@ -116,16 +123,20 @@ pub(crate) enum Dynamics<T> {
         b_bar: Vec<T>,
     },
     Dplr {
-        /// 1 + Δ/2·Λ.
-        e: Vec<T>,
-        /// D = (1 − Δ/2·Λ)⁻¹.
-        dinv: Vec<T>,
-        /// Δ·B.
-        bd: Vec<T>,
+        /// Ā_Λ = D ⊙ (1 + Δ/2·Λ) with D = (1 − Δ/2·Λ)⁻¹.
+        a_bar: Vec<T>,
+        /// B̄_Λ = D ⊙ Δ·B.
+        b_bar: Vec<T>,
         /// 2·P, run k of channel i at (i·R + k)·2M: the dot with x is s = 2·Re(P* x).
         p2: Vec<T>,
-        /// Δ/4 per channel: Δ/2·P = Δ/4·(2·P).
-        quarter_dt: Vec<T>,
+        /// 2·P ⊙ conj(Ā_Λ) (runs as `p2`): the dot with x is 2·Re(P* D (1 + Δ/2·Λ) x).
+        pa: Vec<T>,
+        /// Δ/4 · D ⊙ 2·P (runs as `p2`): x' = … − Σ_k (s_k + s'_k) · pd_k.
+        pd: Vec<T>,
+        /// 2·Re(P_k* D Δ B), [i·R + k]: the input's part of t.
+        pb: Vec<T>,
+        /// Δ/2·M with M = 2·Re(P* D P), [i·R² + a·R + b]: the part of t from s.
+        half_m: Vec<T>,
         /// (I + Δ/2·M)⁻¹, [i·R² + a·R + b].
         s_inv: Vec<T>,
         /// Rank R.
@@ -161,24 +172,41 @@ fn scale_add<T: Real, const FMA: bool>(x: &mut [T], a: &[T], b: Option<&[T]>, u:
     }
 }
 
-/// x ← x − s·(d ⊙ v) (complex d ⊙ v; d = None for v itself).
+/// x ← x − s·v.
 #[inline(always)]
-fn sub_scaled<T: Real, const FMA: bool>(x: &mut [T], s: T, d: Option<&[T]>, v: &[T]) {
-    let madd = madd::<T, FMA>;
-    for (j, (xp, vp)) in x.chunks_exact_mut(2).zip(v.chunks_exact(2)).enumerate() {
-        let (vr, vi) = match d {
-            Some(d) => (d[2 * j] * vp[0] - d[2 * j + 1] * vp[1], d[2 * j] * vp[1] + d[2 * j + 1] * vp[0]),
-            None => (vp[0], vp[1]),
-        };
-        xp[0] = madd(-s, vr, xp[0]);
-        xp[1] = madd(-s, vi, xp[1]);
+fn sub_scaled<T: Real, const FMA: bool>(x: &mut [T], s: T, v: &[T]) {
+    for (xv, &vv) in x.iter_mut().zip(v) {
+        *xv = madd::<T, FMA>(-s, vv, *xv);
     }
 }
 
-/// Advances channel i's half state x (2M interleaved reals) by one input u (module docs): with
-/// q = Δ/4 and s = 2·Re(P* x),
-/// v = (1 + Δ/2·Λ) ⊙ x + Δ B u − q·s·(2P);  w = D ⊙ v;  t = 2·Re(P* w);  s' = (I + Δ/2·M)⁻¹ t;
-/// x' = w − q·Σ s'·(D ⊙ 2P)  (= D (v − Δ/2·P s')).
+/// The low-rank scalars of one DPLR step of channel i (module docs): from the dots s_k = 2·Re(P_k* x)
+/// and a_k = 2·Re((Ā_Λ P_k)* x) and the input u, t = a + u·pb − Δ/2·M s and s' = (I + Δ/2·M)⁻¹ t;
+/// returns s + s' in `s` (`a` is scratch).
+#[inline(always)]
+fn low_rank_coefficients<T: Real, const FMA: bool>(
+    pb: &[T],
+    half_m: &[T],
+    s_inv: &[T],
+    i: usize,
+    u: T,
+    s: &mut [T],
+    a: &mut [T],
+) {
+    let r = s.len();
+    let madd = madd::<T, FMA>;
+    let (hm, si) = (&half_m[i * r * r..][..r * r], &s_inv[i * r * r..][..r * r]);
+    for k in 0..r {
+        a[k] = (0..r).fold(madd(u, pb[i * r + k], a[k]), |acc, b| madd(-hm[k * r + b], s[b], acc));
+    }
+    for k in 0..r {
+        s[k] = (0..r).fold(s[k], |acc, b| madd(si[k * r + b], a[b], acc));
+    }
+}
+
+/// Advances channel i's half state x (2M interleaved reals) by one input u (module docs):
+/// s = 2·Re(P* x), t = 2·Re((Ā_Λ P)* x) + u·2·Re(P* D Δ B) − Δ/2·M s, s' = (I + Δ/2·M)⁻¹ t,
+/// x' = Ā_Λ ⊙ x + B̄_Λ u − Σ_k (s_k + s'_k)·(Δ/4 · D ⊙ 2P_k).
 #[inline(always)]
 fn advance_body<T: Real, const FMA: bool>(dynamics: &Dynamics<T>, i: usize, x: &mut [T], u: T) {
     let m2 = x.len();
@@ -188,9 +216,9 @@ fn advance_body<T: Real, const FMA: bool>(dynamics: &Dynamics<T>, i: usize, x: &
     let run = |v| part(v, i * m2, m2);
     match dynamics {
         Dynamics::Diag { a_bar, b_bar } => scale_add::<T, FMA>(x, run(a_bar), Some(run(b_bar)), u),
-        Dynamics::Dplr { e, dinv, bd, p2, quarter_dt, s_inv, rank } => {
-            let (r, q) = (*rank, quarter_dt[i]);
-            let low = |k: usize| part(p2, (i * r + k) * m2, m2);
+        Dynamics::Dplr { a_bar, b_bar, p2, pa, pd, pb, half_m, s_inv, rank } => {
+            let r = *rank;
+            let low = |v, k: usize| part(v, (i * r + k) * m2, m2);
             let mut fast = [T::zero(); 2 * MAX_FAST_RANK];
             let mut heap = Vec::new();
             let st: &mut [T] = if r <= MAX_FAST_RANK {
@@ -199,24 +227,15 @@ fn advance_body<T: Real, const FMA: bool>(dynamics: &Dynamics<T>, i: usize, x: &
                 heap.resize(2 * r, T::zero());
                 &mut heap
             };
-            let (s, t) = st.split_at_mut(r);
+            let (s, a) = st.split_at_mut(r);
             for k in 0..r {
-                s[k] = dot_body::<T, FMA>(low(k), x);
+                s[k] = dot_body::<T, FMA>(low(p2, k), x);
+                a[k] = dot_body::<T, FMA>(low(pa, k), x);
             }
-            scale_add::<T, FMA>(x, run(e), Some(run(bd)), u);
+            low_rank_coefficients::<T, FMA>(pb, half_m, s_inv, i, u, s, a);
+            scale_add::<T, FMA>(x, run(a_bar), Some(run(b_bar)), u);
             for k in 0..r {
-                sub_scaled::<T, FMA>(x, q * s[k], None, low(k));
-            }
-            scale_add::<T, FMA>(x, run(dinv), None, T::zero());
-            for k in 0..r {
-                t[k] = dot_body::<T, FMA>(low(k), x);
-            }
-            let si = &s_inv[i * r * r..][..r * r];
-            for a in 0..r {
-                s[a] = (0..r).fold(T::zero(), |acc, b| madd::<T, FMA>(si[a * r + b], t[b], acc));
-            }
-            for k in 0..r {
-                sub_scaled::<T, FMA>(x, q * s[k], Some(run(dinv)), low(k));
+                sub_scaled::<T, FMA>(x, s[k], low(pd, k));
             }
         }
     }
@@ -307,67 +326,51 @@ macro_rules! ssm_step_kernel {
                     $add($fmaddsub($ldup(a), x, im_x), acc)
                 }
             }
-            /// x ← a ⊙ x + b·u over the run (b null: no input term).
+            /// x ← a ⊙ x + b·u − Σ_k c_k·v_k over the run, with `low` = (v₀, the distance between
+            /// the runs v_k, the coefficients c_k).
             #[inline(always)]
-            unsafe fn scale_add(x: *mut f32, a: *const f32, b: *const f32, u: f32, lanes: usize) {
+            unsafe fn update(
+                x: *mut f32,
+                a: *const f32,
+                b: *const f32,
+                u: f32,
+                low: (*const f32, usize, &[f32]),
+                lanes: usize,
+            ) {
                 unsafe {
                     let uv = $set1(u);
                     for l in 0..lanes {
-                        let add =
-                            if b.is_null() { $zero() } else { $mul($load(b.add($w * l)), uv) };
                         let xv = $load(x.add($w * l));
-                        $store(x.add($w * l), cmul_add($load(a.add($w * l)), xv, add));
-                    }
-                }
-            }
-            /// x ← x − s·(d ⊙ v) over the run (d null: v itself).
-            #[inline(always)]
-            unsafe fn sub_scaled(x: *mut f32, s: f32, d: *const f32, v: *const f32, lanes: usize) {
-                unsafe {
-                    let sv = $set1(s);
-                    for l in 0..lanes {
-                        let mut vv = $load(v.add($w * l));
-                        if !d.is_null() {
-                            vv = cmul_add($load(d.add($w * l)), vv, $zero());
+                        let mut y = cmul_add($load(a.add($w * l)), xv, $mul($load(b.add($w * l)), uv));
+                        let (v, stride, c) = low;
+                        for (k, &ck) in c.iter().enumerate() {
+                            y = $fnmadd($set1(ck), $load(v.add(k * stride + $w * l)), y);
                         }
-                        let xv = $load(x.add($w * l));
-                        $store(x.add($w * l), $fnmadd(sv, vv, xv));
+                        $store(x.add($w * l), y);
                     }
                 }
             }
             unsafe {
-                let null = std::ptr::null();
                 for i in 0..h {
                     let x = xs.as_mut_ptr().add(i * m2);
                     let off = i * m2;
                     let ui = u[i];
                     match &rec.dynamics {
                         Dynamics::Diag { a_bar, b_bar } => {
-                            scale_add(x, a_bar.as_ptr().add(off), b_bar.as_ptr().add(off), ui, lanes);
+                            let (a, b) = (a_bar.as_ptr().add(off), b_bar.as_ptr().add(off));
+                            update(x, a, b, ui, (std::ptr::null(), 0, &[]), lanes);
                         }
-                        Dynamics::Dplr { e, dinv, bd, p2, quarter_dt, s_inv, rank } => {
-                            let (r, q) = (*rank, quarter_dt[i]);
-                            let low = |k: usize| p2.as_ptr().add((i * r + k) * m2);
-                            let d = dinv.as_ptr().add(off);
+                        Dynamics::Dplr { a_bar, b_bar, p2, pa, pd, pb, half_m, s_inv, rank } => {
+                            let r = *rank;
+                            let low = |v: &[f32], k: usize| v.as_ptr().add((i * r + k) * m2);
                             let (mut s, mut t) = ([0.0f32; MAX_FAST_RANK], [0.0f32; MAX_FAST_RANK]);
                             for k in 0..r {
-                                s[k] = dot(low(k), x, lanes);
+                                s[k] = dot(low(p2, k), x, lanes);
+                                t[k] = dot(low(pa, k), x, lanes);
                             }
-                            scale_add(x, e.as_ptr().add(off), bd.as_ptr().add(off), ui, lanes);
-                            for k in 0..r {
-                                sub_scaled(x, q * s[k], null, low(k), lanes);
-                            }
-                            scale_add(x, d, null, 0.0, lanes);
-                            for k in 0..r {
-                                t[k] = dot(low(k), x, lanes);
-                            }
-                            let si = &s_inv[i * r * r..][..r * r];
-                            for a in 0..r {
-                                s[a] = (0..r).fold(0.0, |acc, b| si[a * r + b].mul_add(t[b], acc));
-                            }
-                            for k in 0..r {
-                                sub_scaled(x, q * s[k], d, low(k), lanes);
-                            }
+                            low_rank_coefficients::<f32, true>(pb, half_m, s_inv, i, ui, &mut s[..r], &mut t[..r]);
+                            let (a, b) = (a_bar.as_ptr().add(off), b_bar.as_ptr().add(off));
+                            update(x, a, b, ui, (low(pd, 0), m2, &s[..r]), lanes);
                         }
                     }
                     for c in 0..ch {
@@ -469,27 +472,35 @@ impl<T: Real> Recurrent<T> {
             KernelKind::Dplr => {
                 let p = params.p.as_ref().expect("DPLR has P");
                 let r = p.shape()[0];
-                let (mut e, mut dinv, mut bd, mut p2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                let (mut quarter_dt, mut s_inv) = (Vec::new(), Vec::new());
+                let (mut a_bar, mut b_bar, mut p2, mut pa, mut pd) = (vec![], vec![], vec![], vec![], vec![]);
+                let (mut pb, mut half_m, mut s_inv) = (vec![], vec![], vec![]);
                 for i in 0..h {
                     let half = params.dt[i] / 2.0;
-                    quarter_dt.push(T::of(half / 2.0));
-                    let di: Vec<Complex64> = (0..m).map(|j| 1.0 / (1.0 - params.lambda[[i, j]] * half)).collect();
+                    let lam = |j: usize| params.lambda[[i, j]];
+                    let di: Vec<Complex64> = (0..m).map(|j| 1.0 / (1.0 - lam(j) * half)).collect();
+                    let a_i: Vec<Complex64> = (0..m).map(|j| di[j] * (1.0 + lam(j) * half)).collect();
+                    let bd: Vec<Complex64> = (0..m).map(|j| params.b[[i, j]] * params.dt[i]).collect();
                     for j in 0..m {
-                        push_complex(&mut e, 1.0 + params.lambda[[i, j]] * half);
-                        push_complex(&mut dinv, di[j]);
-                        push_complex(&mut bd, params.b[[i, j]] * params.dt[i]);
+                        push_complex(&mut a_bar, a_i[j]);
+                        push_complex(&mut b_bar, di[j] * bd[j]);
                     }
+                    let pk = |k: usize, j: usize| p[[k, i, j]];
                     for k in 0..r {
                         for j in 0..m {
-                            push_complex(&mut p2, 2.0 * p[[k, i, j]]);
+                            push_complex(&mut p2, 2.0 * pk(k, j));
+                            push_complex(&mut pa, 2.0 * pk(k, j) * a_i[j].conj());
+                            push_complex(&mut pd, half / 2.0 * di[j] * 2.0 * pk(k, j));
                         }
+                        let s: Complex64 = (0..m).map(|j| pk(k, j).conj() * di[j] * bd[j]).sum();
+                        pb.push(T::of(2.0 * s.re));
                     }
+                    // I + Δ/2·M, M = 2·Re(P* D P)
                     let mut mat = nalgebra::DMatrix::<f64>::identity(r, r);
                     for a in 0..r {
                         for b in 0..r {
-                            let s: Complex64 = (0..m).map(|j| p[[a, i, j]].conj() * di[j] * p[[b, i, j]]).sum();
+                            let s: Complex64 = (0..m).map(|j| pk(a, j).conj() * di[j] * pk(b, j)).sum();
                             mat[(a, b)] += half * 2.0 * s.re;
+                            half_m.push(T::of(half * 2.0 * s.re));
                         }
                     }
                     let inv = mat.try_inverse().ok_or_else(|| {
@@ -501,7 +512,7 @@ impl<T: Real> Recurrent<T> {
                         }
                     }
                 }
-                Dynamics::Dplr { e, dinv, bd, p2, quarter_dt, s_inv, rank: r }
+                Dynamics::Dplr { a_bar, b_bar, p2, pa, pd, pb, half_m, s_inv, rank: r }
             }
         };
         let w = layer.weights();
