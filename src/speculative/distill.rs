@@ -72,9 +72,7 @@ use crate::nn::loss::softmax;
 use crate::plot::{write_png, Panel, Series};
 use crate::train::grad::{forward_backward, TrainOptions};
 use crate::train::optim::OptimConfig;
-use crate::train::trainer::{
-    self, fingerprint, interval_rounds, interval_steps, step_seed, Job, Progress, RoundTraining, RunOptions,
-};
+use crate::train::trainer::{self, fingerprint, interval_steps, step_seed, Job, Progress, RoundTraining, RunOptions};
 use crate::transformer::Gpt;
 use std::path::Path;
 
@@ -275,12 +273,12 @@ impl Job for DistillJob<'_> {
     type Batch = Array2<u32>;
     type Metrics = DistillEval;
 
-    fn rounds(&self) -> usize {
-        interval_rounds(self.cfg.steps, self.cfg.eval_every)
+    fn total_steps(&self) -> u64 {
+        self.cfg.steps as u64
     }
 
-    fn steps_in_round(&self, round: usize) -> u64 {
-        interval_steps(self.cfg.steps, self.cfg.eval_every, round)
+    fn steps_in_round(&self, _round: usize, first_step: u64) -> u64 {
+        interval_steps(self.cfg.steps, self.cfg.eval_every, first_step)
     }
 
     /// The windows of each step: `corpus_fraction` of the batch from the corpus, the rest from
@@ -289,7 +287,7 @@ impl Job for DistillJob<'_> {
         let need = self.cfg.window + 1;
         let n_corpus = ((self.cfg.batch_size as f64) * self.cfg.corpus_fraction).round() as usize;
         let gen_refs: Vec<&[u32]> = self.generated.iter().map(|g| g.as_slice()).collect();
-        (first_step..first_step + self.steps_in_round(round))
+        (first_step..first_step + self.steps_in_round(round, first_step))
             .map(|s| {
                 let mut rng = Pcg64::seed_from_u64(step_seed(self.cfg.seed ^ 0x0D15_7111, s));
                 let w = windows_from(&[self.corpus], n_corpus, need, &mut rng, |_| 0);

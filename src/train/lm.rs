@@ -25,7 +25,7 @@
 //! ```
 
 use super::optim::{OptimConfig, Schedule};
-use super::trainer::{self, fingerprint, interval_rounds, interval_steps, step_seed, Job, RoundTraining, RunOptions};
+use super::trainer::{self, fingerprint, interval_steps, step_seed, Job, RoundTraining, RunOptions};
 use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use crate::model::LossStats;
@@ -226,16 +226,16 @@ impl Job for LmJob<'_> {
     type Batch = (Array2<u32>, Array2<u32>);
     type Metrics = LmEval;
 
-    fn rounds(&self) -> usize {
-        interval_rounds(self.cfg.steps, self.cfg.eval_every)
+    fn total_steps(&self) -> u64 {
+        self.cfg.steps as u64
     }
 
-    fn steps_in_round(&self, round: usize) -> u64 {
-        interval_steps(self.cfg.steps, self.cfg.eval_every, round)
+    fn steps_in_round(&self, _round: usize, first_step: u64) -> u64 {
+        interval_steps(self.cfg.steps, self.cfg.eval_every, first_step)
     }
 
     fn batches(&self, round: usize, first_step: u64) -> Result<Vec<Self::Batch>> {
-        Ok((first_step..first_step + self.steps_in_round(round))
+        Ok((first_step..first_step + self.steps_in_round(round, first_step))
             .map(|s| {
                 let mut rng = rand_pcg::Pcg64::seed_from_u64(step_seed(self.cfg.seed, s));
                 windows(self.train, self.cfg.context, self.cfg.batch_size, &mut rng)

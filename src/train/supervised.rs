@@ -517,15 +517,15 @@ impl<M: TrainModel> Job for TaskJob<'_, M> {
     type Batch = Vec<usize>;
     type Metrics = EpochMetrics;
 
-    fn rounds(&self) -> usize {
-        self.cfg.epochs
+    fn total_steps(&self) -> u64 {
+        self.cfg.epochs as u64 * self.steps_per_epoch()
     }
 
     fn batches(&self, round: usize, _first_step: u64) -> Result<Vec<Vec<usize>>> {
         Ok(epoch_batches(&self.task.train, self.cfg.batch_size, self.cfg.seed, round))
     }
 
-    fn steps_in_round(&self, _round: usize) -> u64 {
+    fn steps_in_round(&self, _round: usize, _first_step: u64) -> u64 {
         self.steps_per_epoch()
     }
 

@@ -47,8 +47,8 @@ pub trait Job: Sync {
     /// One round's record (a line of `metrics.jsonl`).
     type Metrics: Clone + std::fmt::Debug + Send + serde::Serialize + serde::de::DeserializeOwned;
 
-    /// Rounds of the run (epochs, or evaluation intervals).
-    fn rounds(&self) -> usize;
+    /// Optimizer steps of the whole run (the learning-rate schedule's length).
+    fn total_steps(&self) -> u64;
 
     /// The batches of 1-based `round`, drawn from the job's seed and the round alone (so a resume
     /// replays them exactly); `first_step` is the global 0-based step of the first one.
@@ -57,8 +57,10 @@ pub trait Job: Sync {
     /// Data that do not fit the model.
     fn batches(&self, round: usize, first_step: u64) -> Result<Vec<Self::Batch>>;
 
-    /// Optimizer steps in 1-based `round` (the length of [`batches`](Self::batches)).
-    fn steps_in_round(&self, round: usize) -> u64;
+    /// Optimizer steps in 1-based `round`, which starts at the global 0-based step `first_step`
+    /// (the length of [`batches`](Self::batches)). Evaluation intervals end at multiples of the
+    /// interval, so a run extended from a length that was not one keeps that grid.
+    fn steps_in_round(&self, round: usize, first_step: u64) -> u64;
 
     /// The training loss statistics and the gradients (a model of the same shape) of one batch at
     /// 0-based global `step`.
@@ -318,7 +320,7 @@ fn run_in_pool<J: Job>(
     out: Option<&Path>,
     opts: &RunOptions,
 ) -> Result<(Vec<J::Metrics>, J::Model)> {
-    let total_steps: u64 = (1..=job.rounds()).map(|r| job.steps_in_round(r)).sum();
+    let total_steps = job.total_steps();
     let fresh =
         State { rounds_done: 0, step: 0, schedule_steps: total_steps, extensions: Vec::new(), key: job.resume_key() };
     // `extended`: an extension made by this invocation, recorded on the first round it runs
@@ -347,12 +349,13 @@ fn run_in_pool<J: Job>(
     let mut marks: Vec<(usize, Extended)> =
         lines.iter().enumerate().filter_map(|(i, l)| l.extended.map(|e| (i, e))).collect();
     let mut metrics: Vec<J::Metrics> = lines.into_iter().map(|l| l.metrics).collect();
-    let last_round = opts.stop_after.map_or(job.rounds(), |s| (state.rounds_done + s).min(job.rounds()));
+    let rounds = state.rounds_done + rounds_left(job, state.rounds_done, state.step, total_steps);
+    let last_round = opts.stop_after.map_or(rounds, |s| (state.rounds_done + s).min(rounds));
     let progress = Progress::new(opts.progress).with_sink(opts.progress_sink.clone());
     while state.rounds_done < last_round {
         let round = state.rounds_done + 1;
         let batches = job.batches(round, state.step)?;
-        let mut bar = progress.bar(batches.len() as u64, &format!("{} {round}/{}", job.round_name(), job.rounds()));
+        let mut bar = progress.bar(batches.len() as u64, &format!("{} {round}/{rounds}", job.round_name()));
         let t0 = Instant::now();
         let mut seen = LossStats::default();
         let (mut loss_sum, mut gn_sum, mut lr_factor) = (0.0, 0.0, 0.0);
@@ -772,14 +775,23 @@ pub fn fingerprint(values: impl IntoIterator<Item = u64>) -> String {
     format!("{h:016x}")
 }
 
-/// The rounds of a run of `steps` steps evaluated every `every` steps (0: once, after the last):
-/// how many there are.
-pub fn interval_rounds(steps: usize, every: usize) -> usize {
-    steps.div_ceil(if every == 0 { steps } else { every.min(steps) }.max(1))
+/// The steps of the round starting at global step `first_step` of a run of `steps` steps evaluated
+/// every `every` steps (0: once, after the last): up to the next multiple of `every`, or the end.
+pub fn interval_steps(steps: usize, every: usize, first_step: u64) -> u64 {
+    let per = if every == 0 { steps } else { every.min(steps) }.max(1) as u64;
+    (per - first_step % per).min((steps as u64).saturating_sub(first_step))
 }
 
-/// The steps of 1-based `round` of [`interval_rounds`] (the last round may be shorter).
-pub fn interval_steps(steps: usize, every: usize, round: usize) -> u64 {
-    let per = if every == 0 { steps } else { every.min(steps) };
-    per.min(steps.saturating_sub((round - 1) * per)) as u64
+/// The rounds a run still has from global step `step` (after `rounds_done` rounds) to `total`.
+fn rounds_left<J: Job>(job: &J, rounds_done: usize, mut step: u64, total: u64) -> usize {
+    let mut rounds = 0;
+    while step < total {
+        let n = job.steps_in_round(rounds_done + rounds + 1, step);
+        if n == 0 {
+            break;
+        }
+        step += n;
+        rounds += 1;
+    }
+    rounds
 }

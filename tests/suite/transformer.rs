@@ -772,6 +772,14 @@ fn training_resumes_exactly_and_extends() {
     assert_eq!(marks[3], Some(serde_json::json!({"from_steps": 6, "to_steps": 8})));
     let config = std::fs::read_to_string(out.join("config.json")).unwrap();
     assert!(config.contains("\"steps\": 6"), "{config}");
+    // a run whose length was not a multiple of the interval, extended, reaches its new length on
+    // the same grid of evaluations
+    let out = temp_dir("lm-extend-grid");
+    let five = LmTrainConfig { steps: 5, ..tc.clone() };
+    let mut m = Gpt::<f32>::new(cfg.clone(), 1).unwrap();
+    train_lm_run(&mut m, &train, &val, &five, Some(&out), &RunOptions::default()).unwrap();
+    let ext = train_lm_run(&mut m, &train, &val, &longer, Some(&out), &extend).unwrap();
+    assert_eq!(ext.evals.iter().map(|e| e.step).collect::<Vec<_>>(), [2, 4, 5, 6, 8]);
     println!("train-lm: resumed = uninterrupted over {} evaluations; extended to 8 steps", rest.evals.len());
 }
 
