@@ -668,8 +668,16 @@ fn packed_matmul_generic<T: Real, S: Stored<T>>(x: &[T], d: &[S], k: usize, o: u
     packed_matmul_body::<T, S, false, 3>(x, d, k, o, out)
 }
 
+/// Products of at least this many rows and [`PAR_ROWS_WORK`] multiply–adds split their rows
+/// across the threads (each thread then reads all the weights, from its own cache).
+const PAR_ROWS: usize = 32;
+/// See [`PAR_ROWS`]: 8·[`PAR_WORK`], where a thread's share outweighs its wake-up many times.
+const PAR_ROWS_WORK: usize = 8 * PAR_WORK;
+
 /// y = x·W + b with W packed: x (m, k), b (o,) → (m, o); for the few rows of a decoding step
-/// (any m works; beyond a few dozen rows gemm is faster).
+/// (any m works; beyond a few dozen rows gemm is faster). From [`PAR_ROWS`] rows and
+/// [`PAR_ROWS_WORK`] multiply–adds, blocks of rows (multiples of 8) run on the threads; each
+/// row's sums are the same in any block, so the result does not depend on the thread count.
 pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: ArrayView1<T>) -> Array2<T> {
     let m = x.nrows();
     let bias = b.as_standard_layout();
@@ -680,7 +688,14 @@ pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: A
     (0..m).for_each(|_| data.extend_from_slice(bias));
     let mut y = Array2::from_shape_vec((m, w.o), data).expect("m rows of o values");
     let xs = x.as_standard_layout();
-    packed_matmul(xs.as_slice().expect("standard layout"), w, y.as_slice_mut().expect("standard layout"));
+    let (xs, ys) = (xs.as_slice().expect("standard layout"), y.as_slice_mut().expect("standard layout"));
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m >= PAR_ROWS && m * w.k * w.o >= PAR_ROWS_WORK {
+        let rows = m.div_ceil(threads).next_multiple_of(8);
+        xs.par_chunks(rows * w.k).zip(ys.par_chunks_mut(rows * w.o)).for_each(|(x, y)| packed_matmul(x, w, y));
+    } else {
+        packed_matmul(xs, w, ys);
+    }
     y
 }
 
@@ -688,21 +703,40 @@ pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: A
 /// [`PackedColumns`]; smaller ones stay whole (a thread's wake-up would cost more than it saves).
 const SPLIT_VALUES: usize = 1 << 18;
 
-/// A weight matrix W (k, o) packed for decoding ([`PackedMatrix`]) in column parts, one per thread
-/// when W is large: a product with a few rows then reads the parts' weights on all cores at once
-/// (the pass is bound by reading the weights at one row and by the multiply–adds at a few dozen;
-/// both are spread). Each part's columns are a whole number of panels.
+/// A weight matrix W (k, o) packed for decoding, the kernel behind the transformer's decoding passes
+/// and the S4 step's output linear: column panels of 16 (one AVX-512 register of f32) stored
+/// k rows deep, in f32 or 16 bits (widened as loaded), in column parts, one per thread when W is
+/// large: a product with a few rows then reads the parts' weights on all cores at once (the pass
+/// is bound by reading the weights at one row and by the multiply–adds at a few dozen; both are
+/// spread). Each part's columns are a whole number of panels. For 1 to 96 rows it is faster than
+/// matrixmultiply and the `gemm` crate (`cargo bench -p s4-bench --bench gemm`).
+///
+/// ```
+/// use ndarray::{Array1, Array2};
+/// use s4::nn::linear::{linear, PackedColumns};
+/// use s4::scalar::HalfPrecision;
+///
+/// let w = Array2::from_shape_fn((64, 40), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 5.5 - 1.0);
+/// let (x, b) = (Array2::from_elem((3, 64), 0.5f32), Array1::from_elem(40, 0.1f32));
+/// let packed = PackedColumns::with_precision(w.view(), None);
+/// let y = packed.linear(x.view(), b.view()); // (3, 40)
+/// let reference = linear(x.view(), w.view(), b.view());
+/// assert!(y.iter().zip(&reference).all(|(a, r)| (a - r).abs() < 1e-5));
+/// // bf16 panels take half the bytes of f32 ones
+/// let half = PackedColumns::with_precision(w.view(), Some(HalfPrecision::Bf16));
+/// assert_eq!(2 * half.bytes(), packed.bytes());
+/// ```
 #[derive(Clone, Debug)]
-pub(crate) struct PackedColumns<T> {
+pub struct PackedColumns<T> {
     /// (first column, the part's packed columns).
     parts: Vec<(usize, PackedMatrix<T>)>,
     o: usize,
 }
 
 impl<T: Real> PackedColumns<T> {
-    /// Packs `w` (k, o) in as many parts as rayon has threads when it holds at least
-    /// [`SPLIT_VALUES`] values, else whole; the values rounded to `precision` if given.
-    pub(crate) fn with_precision(w: ArrayView2<T>, precision: Option<HalfPrecision>) -> Self {
+    /// Packs `w` (k, o) in as many parts as rayon has threads when it holds at least 2¹⁸ values
+    /// (1 MB in f32), else whole; the values rounded to `precision` if given.
+    pub fn with_precision(w: ArrayView2<T>, precision: Option<HalfPrecision>) -> Self {
         let (k, o) = w.dim();
         let threads = if k * o >= SPLIT_VALUES { rayon::current_num_threads() } else { 1 };
         let panels = o.div_ceil(PANEL);
@@ -718,12 +752,12 @@ impl<T: Real> PackedColumns<T> {
     }
 
     /// The bytes its values take.
-    pub(crate) fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.parts.iter().map(|(_, p)| p.bytes()).sum()
     }
 
     /// y = x·W + b: x (m, k), b (o,) → (m, o), the parts in parallel.
-    pub(crate) fn linear(&self, x: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
+    pub fn linear(&self, x: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
         if let [(_, whole)] = &self.parts[..] {
             return packed_linear(x, whole, b);
         }
@@ -903,6 +937,42 @@ mod tests {
             let y = packed_linear(x64.view(), &PackedMatrix::with_precision(w64.view(), precision), b64.view());
             let exact = x64.dot(&stored.mapv(f64::from)) + &b64;
             assert!(y.iter().zip(&exact).all(|(a, e)| (a - e).abs() < 1e-12), "{precision:?} in f64");
+        }
+    }
+
+    /// Products large enough to split their rows across threads give each row bit-identical to
+    /// the row computed alone, at every row count around the split and in a one-thread pool.
+    #[test]
+    fn packed_linear_row_split_is_bit_identical() {
+        let (k, o) = (256, 150);
+        let w = Array2::from_shape_fn((k, o), |(i, j)| ((i * 31 + j * 17) % 23) as f32 / 11.7 - 1.0);
+        let b = Array1::from_shape_fn(o, |j| j as f32 * 0.01);
+        let x = Array2::from_shape_fn((45, k), |(r, i)| ((r * 13 + i * 7) % 19) as f32 / 9.5 - 1.0);
+        for precision in [None, Some(HalfPrecision::Bf16)] {
+            let packed = PackedMatrix::with_precision(w.view(), precision);
+            let alone: Vec<Array2<f32>> =
+                (0..45).map(|r| packed_linear(x.slice(ndarray::s![r..r + 1, ..]), &packed, b.view())).collect();
+            let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            for m in [PAR_ROWS - 1, PAR_ROWS, 33, 40, 45] {
+                assert!(m < PAR_ROWS || m * k * o >= PAR_ROWS_WORK, "m = {m} does not split");
+                let xm = x.slice(ndarray::s![..m, ..]);
+                let split = packed_linear(xm, &packed, b.view());
+                let whole = one_thread.install(|| packed_linear(xm, &packed, b.view()));
+                for r in 0..m {
+                    for j in 0..o {
+                        assert_eq!(
+                            split[[r, j]].to_bits(),
+                            alone[r][[0, j]].to_bits(),
+                            "{precision:?} m = {m} ({r}, {j})"
+                        );
+                        assert_eq!(
+                            whole[[r, j]].to_bits(),
+                            split[[r, j]].to_bits(),
+                            "{precision:?} m = {m} ({r}, {j})"
+                        );
+                    }
+                }
+            }
         }
     }
 }
