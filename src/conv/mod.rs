@@ -159,7 +159,47 @@ impl<T: Real> FftConv<T> {
         let (fwd, inv) = self.plans(n);
         // kernel placed at 0..klen
         let spectra = kernel_spectra(&fwd, lay.channels, n, |h, buf| buf[..klen].copy_from_slice(&row(k, h)[..klen]));
-        Ok(apply(u, &spectra, d, &fwd, &inv))
+        Ok(apply(u, &spectra, d, &fwd, &inv, None))
+    }
+
+    /// [`causal`](Self::causal) (`k_bwd` `None`) or [`bidirectional`](Self::bidirectional), also
+    /// returning the spectra of the zero-padded input, which the backward pass
+    /// (`s4::train::grad::conv_backward`) would otherwise compute again (one of
+    /// its three FFTs per sequence and channel; PyTorch's autograd keeps them the same way). They
+    /// take (B, H, n/2 + 1) complex values, about twice the input's bytes.
+    ///
+    /// # Errors
+    /// As [`causal`](Self::causal) and [`bidirectional`](Self::bidirectional).
+    pub fn convolve_keeping_input_spectra(
+        &mut self,
+        u: ArrayView3<T>,
+        k_fwd: ArrayView2<T>,
+        k_bwd: Option<ArrayView2<T>>,
+        d: Option<ArrayView1<T>>,
+    ) -> Result<(Array3<T>, InputSpectra<T>)> {
+        let kernels: Vec<ArrayView2<T>> = std::iter::once(k_fwd).chain(k_bwd).collect();
+        let lay = check_inputs(u, &kernels, d)?;
+        let klen = lay.klen.min(lay.len);
+        let n = if k_bwd.is_some() { fast_len(lay.len + klen) } else { fast_len(lay.len + klen - 1) };
+        let (b, h, _) = u.dim();
+        Estimate::new(format!("FFT convolution of (B, H, L) = {:?} keeping its input spectra", u.dim()))
+            .array::<T>(&[b, h, lay.len])
+            .array::<Complex<T>>(&[b, h, n / 2 + 1])
+            .array::<Complex<T>>(&[h, n / 2 + 1])
+            .check()?;
+        let (fwd, inv) = self.plans(n);
+        let spectra = kernel_spectra(&fwd, lay.channels, n, |c, buf| {
+            buf[..klen].copy_from_slice(&row(k_fwd, c)[..klen]);
+            if let Some(kb) = k_bwd {
+                let kb = row(kb, c);
+                for s in 0..klen {
+                    buf[n - 1 - s] = kb[s];
+                }
+            }
+        });
+        let mut kept = Array3::from_elem((b, h, n / 2 + 1), Complex::new(T::zero(), T::zero()));
+        let y = apply(u, &spectra, d, &fwd, &inv, Some(&mut kept));
+        Ok((y, InputSpectra { n, spectra: kept }))
     }
 
     /// Bidirectional convolution: causal k_fwd (H, L_k) and anticausal k_bwd (H, L_k), plus D ⊙ u;
@@ -188,8 +228,18 @@ impl<T: Real> FftConv<T> {
                 buf[n - 1 - s] = kb[s];
             }
         });
-        Ok(apply(u, &spectra, d, &fwd, &inv))
+        Ok(apply(u, &spectra, d, &fwd, &inv, None))
     }
+}
+
+/// The spectra of a convolution's zero-padded input rows, rfft(u[b, h] padded to n), (B, H, n/2 + 1):
+/// what [`FftConv::convolve_keeping_input_spectra`] keeps for the backward pass.
+#[derive(Clone, Debug)]
+pub struct InputSpectra<T> {
+    /// The FFT size n.
+    pub n: usize,
+    /// (B, H, n/2 + 1).
+    pub spectra: Array3<Complex<T>>,
 }
 
 /// Checks the memory of a convolution of u (B, H, L) at FFT size n against the budget: the output,
@@ -229,13 +279,15 @@ fn kernel_spectra<T: Real>(
     spectra
 }
 
-/// y[b, h] = irfft(rfft(u[b, h], n) · spectra[h])[..L] + D[h] u[b, h], in parallel over (b, h).
+/// y[b, h] = irfft(rfft(u[b, h], n) · spectra[h])[..L] + D[h] u[b, h], in parallel over (b, h);
+/// rfft(u[b, h], n) copied to `keep` (B, H, n/2 + 1) if given.
 fn apply<T: Real>(
     u: ArrayView3<T>,
     spectra: &Array2<Complex<T>>,
     d: Option<ArrayView1<T>>,
     fwd: &Arc<dyn RealToComplex<T>>,
     inv: &Arc<dyn ComplexToReal<T>>,
+    keep: Option<&mut Array3<Complex<T>>>,
 ) -> Array3<T> {
     let (batch, channels, len) = u.dim();
     let mut y = Array3::<T>::zeros((batch, channels, len));
@@ -244,13 +296,23 @@ fn apply<T: Real>(
     let mut y2 = y.view_mut().into_shape_with_order((batch * channels, len)).expect("fresh array is contiguous");
     let u_std = u.as_standard_layout();
     let u2 = u_std.view().into_shape_with_order((batch * channels, len)).expect("standard layout");
-    y2.axis_iter_mut(Axis(0)).into_par_iter().zip(u2.axis_iter(Axis(0))).enumerate().for_each_init(
+    let nb = fwd.len() / 2 + 1;
+    let mut no_keep = Array2::from_elem((batch * channels, 0), Complex::new(T::zero(), T::zero()));
+    let mut keep2 = match keep {
+        Some(k) => k.view_mut().into_shape_with_order((batch * channels, nb)).expect("a fresh (B, H, n/2 + 1) array"),
+        None => no_keep.view_mut(),
+    };
+    let rows = y2.axis_iter_mut(Axis(0)).into_par_iter().zip(keep2.axis_iter_mut(Axis(0)));
+    rows.zip(u2.axis_iter(Axis(0))).enumerate().for_each_init(
         || (fwd.make_input_vec(), fwd.make_output_vec(), vec![Complex::new(T::zero(), T::zero()); scratch_len]),
-        |(buf, spec, scratch), (row, (mut out, inp))| {
+        |(buf, spec, scratch), (row, ((mut out, mut kept), inp))| {
             let h = row % channels;
             buf[..len].copy_from_slice(inp.as_slice().expect("standard layout rows are contiguous"));
             buf[len..].fill(T::zero());
             fwd.process_with_scratch(buf, spec, scratch).expect("buffers come from the plan");
+            if let Some(k) = kept.as_slice_mut().filter(|k| !k.is_empty()) {
+                k.copy_from_slice(spec);
+            }
             for (s, k) in spec.iter_mut().zip(spectra.row(h).iter()) {
                 *s *= *k;
             }

@@ -154,8 +154,22 @@ fn fft_convolution_gradients() {
                 c.causal(u.view(), kf.view(), None).unwrap()
             }
         };
-        let g = grad::conv_backward(u.view(), kf.view(), bidir.then_some(kb.view()), r.view()).unwrap();
+        let kbv = bidir.then_some(kb.view());
+        let g = grad::conv_backward(u.view(), kf.view(), kbv, r.view(), None).unwrap();
         let tag = format!("conv L={len} Lk={klen} bidirectional={bidir}");
+        // the forward that keeps its input spectra gives the same output, and the backward given
+        // them the same gradients, bit for bit; spectra of another size are refused
+        let (yk, spectra) =
+            FftConv::<f64>::new().convolve_keeping_input_spectra(u.view(), kf.view(), kbv, None).unwrap();
+        assert!(yk.iter().zip(&y(&u, &kf, &kb)).all(|(a, b)| a.to_bits() == b.to_bits()), "{tag}: forward");
+        let gk = grad::conv_backward(u.view(), kf.view(), kbv, r.view(), Some(&spectra)).unwrap();
+        let bits = |a: &Array3<f64>, b: &Array3<f64>| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(bits(&g.input, &gk.input) && g.k_fwd == gk.k_fwd && g.k_bwd == gk.k_bwd, "{tag}: with spectra");
+        let one = u.slice(ndarray::s![..1, .., ..]).to_owned();
+        let (_, other) =
+            FftConv::<f64>::new().convolve_keeping_input_spectra(one.view(), kf.view(), kbv, None).unwrap();
+        let err = grad::conv_backward(u.view(), kf.view(), kbv, r.view(), Some(&other)).unwrap_err().to_string();
+        assert!(err.contains("input spectra") && err.contains("(B, H, n/2 + 1)"), "{err}");
         check(&format!("{tag} input"), g.input.as_slice().unwrap(), u.len(), |i, d| {
             let mut up = u.clone();
             up.as_slice_mut().unwrap()[i] += d;

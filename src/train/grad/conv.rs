@@ -20,12 +20,12 @@
 //! let k = Array2::from_shape_fn((2, 7), |(h, l)| (-(l as f64) / (2.0 + h as f64)).exp());
 //! let gy = Array3::from_shape_fn((1, 2, 7), |(_, h, l)| ((h + 2 * l) as f64 * 0.3).cos());
 //! let y = s4::conv::causal_conv_direct(u.view(), k.view(), None)?;
-//! let g = conv_backward(u.view(), k.view(), None, gy.view())?;
+//! let g = conv_backward(u.view(), k.view(), None, gy.view(), None)?;
 //! assert!(((&gy * &y).sum() - (&g.input * &u).sum()).abs() < 1e-10);
 //! # Ok::<(), s4::Error>(())
 //! ```
 
-use crate::conv::fast_len;
+use crate::conv::{fast_len, InputSpectra};
 use crate::error::{Error, Result};
 use crate::scalar::Real;
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
@@ -45,15 +45,19 @@ pub struct ConvGrads<T> {
 }
 
 /// Backward of `FftConv::causal` (without D) when `k_bwd` is `None`, of
-/// `FftConv::bidirectional` otherwise. u (B, H, L), kernels (H, L_k), gy (B, H, L).
+/// `FftConv::bidirectional` otherwise. u (B, H, L), kernels (H, L_k), gy (B, H, L);
+/// `input_spectra`, the forward's spectra of u
+/// ([`FftConv::convolve_keeping_input_spectra`](crate::conv::FftConv::convolve_keeping_input_spectra)),
+/// saves one FFT per sequence and channel (the result is bit-identical).
 ///
 /// # Errors
-/// Empty or mismatched shapes, or non-finite values.
+/// Empty or mismatched shapes, or non-finite values; input spectra of another shape or FFT size.
 pub fn conv_backward<T: Real>(
     u: ArrayView3<T>,
     k_fwd: ArrayView2<T>,
     k_bwd: Option<ArrayView2<T>>,
     gy: ArrayView3<T>,
+    input_spectra: Option<&InputSpectra<T>>,
 ) -> Result<ConvGrads<T>> {
     let kernels: Vec<ArrayView2<T>> = std::iter::once(k_fwd).chain(k_bwd).collect();
     crate::conv::check_inputs(u, &kernels, None)?;
@@ -66,6 +70,15 @@ pub fn conv_backward<T: Real>(
     let mut planner = RealFftPlanner::<T>::new();
     let (fwd, inv) = (planner.plan_fft_forward(n), planner.plan_fft_inverse(n));
     let nb = n / 2 + 1;
+    if let Some(sp) = input_spectra
+        && (sp.n != n || sp.spectra.dim() != (batch, h, nb))
+    {
+        return Err(Error::invalid(
+            "input spectra",
+            format!("{:?} at FFT size {}", sp.spectra.shape(), sp.n),
+            format!("(B, H, n/2 + 1) = ({batch}, {h}, {nb}) at FFT size n = {n}"),
+        ));
+    }
     let scale = T::of(1.0 / n as f64);
     let zero = Complex::new(T::zero(), T::zero());
     let per_channel: Vec<(Array2<T>, Vec<T>)> = (0..h)
@@ -101,8 +114,15 @@ pub fn conv_backward<T: Real>(
             for b in 0..batch {
                 load(&mut buf, gy.slice(ndarray::s![b, c, ..]));
                 fwd.process_with_scratch(&mut buf, &mut gspec, &mut scratch).expect("plan buffers");
-                load(&mut buf, u.slice(ndarray::s![b, c, ..]));
-                fwd.process_with_scratch(&mut buf, &mut uspec, &mut scratch).expect("plan buffers");
+                match input_spectra {
+                    Some(sp) => {
+                        uspec.iter_mut().zip(sp.spectra.slice(ndarray::s![b, c, ..])).for_each(|(d, &z)| *d = z)
+                    }
+                    None => {
+                        load(&mut buf, u.slice(ndarray::s![b, c, ..]));
+                        fwd.process_with_scratch(&mut buf, &mut uspec, &mut scratch).expect("plan buffers");
+                    }
+                }
                 for f in 0..nb {
                     acc[f] += gspec[f] * uspec[f].conj();
                     uspec[f] = gspec[f] * kspec[f].conj();

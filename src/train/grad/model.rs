@@ -39,7 +39,7 @@
 use super::conv::conv_backward;
 use super::kernel::{diag_kernel_backward, dplr_kernel_backward, SsmGrads};
 use super::ops::{batch_norm_backward, batch_norm_forward, dropout_mask, embedding_backward, glu_backward, NormCache};
-use crate::conv::FftConv;
+use crate::conv::{FftConv, InputSpectra};
 use crate::error::{Error, Result};
 use crate::layer::{S4Layer, Weights};
 use crate::model::loss::{check_lengths, check_target};
@@ -146,6 +146,9 @@ struct LayerTape<T> {
     u: Array3<T>,
     /// Kernel (C'', H, L_k).
     kernel: Array3<T>,
+    /// The spectra of the zero-padded u, kept by the first channel's convolution for every
+    /// channel's backward.
+    u_spectra: InputSpectra<T>,
     /// SSM output before GELU (B, channels·H, L).
     y: Array3<T>,
     /// Dropout mask after GELU, if active.
@@ -186,15 +189,22 @@ fn layer_forward<T: Real>(
     let ch = cfg.channels;
     let mut conv = FftConv::<T>::new();
     let mut y = Array3::<T>::zeros((batch, ch * h, len));
+    let mut u_spectra = None;
     for c in 0..ch {
-        let d = layer.weights.d.row(c);
-        let yc = if cfg.bidirectional {
-            conv.bidirectional(u.view(), kernel.index_axis(Axis(0), c), kernel.index_axis(Axis(0), ch + c), Some(d))?
-        } else {
-            conv.causal(u.view(), kernel.index_axis(Axis(0), c), Some(d))?
+        let d = Some(layer.weights.d.row(c));
+        let (kf, kb) = (kernel.index_axis(Axis(0), c), cfg.bidirectional.then(|| kernel.index_axis(Axis(0), ch + c)));
+        let yc = match (c, kb) {
+            (0, _) => {
+                let (yc, sp) = conv.convolve_keeping_input_spectra(u.view(), kf, kb, d)?;
+                u_spectra = Some(sp);
+                yc
+            }
+            (_, Some(kb)) => conv.bidirectional(u.view(), kf, kb, d)?,
+            (_, None) => conv.causal(u.view(), kf, d)?,
         };
         y.slice_mut(s![.., c * h..(c + 1) * h, ..]).assign(&yc);
     }
+    let u_spectra = u_spectra.ok_or_else(|| Error::invalid("channels", 0, "at least one SSM channel"))?;
     let mut a = y.clone();
     gelu_in_place(a.as_slice_mut().expect("a fresh array"));
     let drop = drop_seed.filter(|_| cfg.dropout > 0.0).map(|seed| dropout_mask::<T>(a.dim(), cfg.dropout, seed));
@@ -204,7 +214,7 @@ fn layer_forward<T: Real>(
     let z = linear_features(a.view(), layer.weights.w.view(), layer.weights.bias.view());
     let mut out = glu_features(z.view());
     mask_lengths(&mut out, lengths);
-    Ok((out, LayerTape { u, kernel, y, drop, a, z }))
+    Ok((out, LayerTape { u, kernel, u_spectra, y, drop, a, z }))
 }
 
 /// Maps the gradients of the per-row SSM parameters back to the layer's stored tensors.
@@ -263,7 +273,7 @@ fn layer_backward<T: Real>(
     for c in 0..ch {
         let gy = ga.slice(s![.., c * h..(c + 1) * h, ..]);
         let kb = cfg.bidirectional.then(|| tape.kernel.index_axis(Axis(0), ch + c));
-        let cg = conv_backward(tape.u.view(), tape.kernel.index_axis(Axis(0), c), kb, gy)?;
+        let cg = conv_backward(tape.u.view(), tape.kernel.index_axis(Axis(0), c), kb, gy, Some(&tape.u_spectra))?;
         if c == 0 {
             gu = cg.input;
         } else {
