@@ -267,8 +267,9 @@ const MAX_BACKOFF: usize = 1024;
 /// every drafted token kept, a round of γ tokens emits γ + 1 for t(1) + b·γ + d·γ, so the best
 /// speedup is S* = max_γ (γ + 1)·t(1) / (t(1) + (b + d)·γ); if S* ≤ 1, or if the time S* could save
 /// on the tokens still to come does not repay twice the drafter's catching up on the tokens it has
-/// not seen (d each), it stays plain. Otherwise the fifth round is plain and the others speculate;
-/// once six speculative rounds are measured, a round speculates while the measured tokens per second of speculative rounds
+/// not seen (d each), it stays plain. Otherwise the fifth round is plain and the others speculate.
+/// The first speculative round is not measured (it carries the first use of the draft's stepping
+/// and of the verifier's pass over several positions); once six more are measured, a round speculates while the measured tokens per second of speculative rounds
 /// (their catching up excluded) are at least those of plain rounds; otherwise the next
 /// 16, 32, …, 1024 rounds are plain, each stretch followed by one probing round that passes the
 /// same check first.
@@ -304,6 +305,7 @@ pub struct PayoffGuard {
     spec_seconds: f64,
     spec_best_tokens: f64,
     spec_rounds: usize,
+    warmed_up: bool,
     draft_step: Option<f64>,
     plain_seconds: f64,
     plain_fastest: Option<f64>,
@@ -376,6 +378,12 @@ impl PayoffGuard {
     /// excluded) and would have emitted `best_tokens` had every drafted token been kept.
     pub fn record_speculative(&mut self, tokens: usize, seconds: f64, best_tokens: usize) {
         self.rounds += 1;
+        if !self.warmed_up {
+            // the first speculative round pays the first use of the draft's stepping and of the
+            // verifier's pass over several positions (up to 5× a later round here): not a sample
+            self.warmed_up = true;
+            return;
+        }
         // recent rounds weigh more: the acceptance drifts with the text
         let keep = 0.9;
         self.spec_tokens = keep * self.spec_tokens + tokens as f64;
