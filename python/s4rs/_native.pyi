@@ -17,6 +17,7 @@ __all__ = [
     "train_preset",
     "train_lm",
     "distill",
+    "retain_freed_memory",
     "State",
     "Layer",
     "Model",
@@ -51,6 +52,7 @@ def ssm_kernel_naive(
 def fft_conv(
     u: np.ndarray, k: np.ndarray, k_bwd: Optional[np.ndarray] = None, d: Optional[np.ndarray] = None, double: bool = False
 ) -> np.ndarray: ...
+def retain_freed_memory() -> bool: ...
 def encode_text(text: str) -> List[int]: ...
 def decode_text(ids: List[int]) -> str: ...
 def train(

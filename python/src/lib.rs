@@ -1036,6 +1036,12 @@ fn distill(
     .py()
 }
 
+/// `s4::allocator::retain_freed_memory`: glibc keeps freed memory for reuse (whether it took effect).
+#[pyfunction]
+fn retain_freed_memory() -> bool {
+    s4::allocator::retain_freed_memory()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hippo, m)?)?;
@@ -1050,6 +1056,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train_preset, m)?)?;
     m.add_function(wrap_pyfunction!(train_lm, m)?)?;
     m.add_function(wrap_pyfunction!(distill, m)?)?;
+    m.add_function(wrap_pyfunction!(retain_freed_memory, m)?)?;
     m.add_class::<State>()?;
     m.add_class::<Layer>()?;
     m.add_class::<Model>()?;
