@@ -152,14 +152,7 @@ impl<T: Real> FftConv<T> {
     /// # Errors
     /// Empty or mismatched shapes (k must have H rows, D length H), or non-finite input.
     pub fn causal(&mut self, u: ArrayView3<T>, k: ArrayView2<T>, d: Option<ArrayView1<T>>) -> Result<Array3<T>> {
-        let lay = check_inputs(u, &[k], d)?;
-        let klen = lay.klen.min(lay.len);
-        let n = fast_len(lay.len + klen - 1);
-        estimate::<T>(u.dim(), n)?;
-        let (fwd, inv) = self.plans(n);
-        // kernel placed at 0..klen
-        let spectra = kernel_spectra(&fwd, lay.channels, n, |h, buf| buf[..klen].copy_from_slice(&row(k, h)[..klen]));
-        Ok(apply(u, &spectra, d, &fwd, &inv, None))
+        Ok(self.convolve(u, k, None, d, false)?.0)
     }
 
     /// [`causal`](Self::causal) (`k_bwd` `None`) or [`bidirectional`](Self::bidirectional), also
@@ -177,29 +170,8 @@ impl<T: Real> FftConv<T> {
         k_bwd: Option<ArrayView2<T>>,
         d: Option<ArrayView1<T>>,
     ) -> Result<(Array3<T>, InputSpectra<T>)> {
-        let kernels: Vec<ArrayView2<T>> = std::iter::once(k_fwd).chain(k_bwd).collect();
-        let lay = check_inputs(u, &kernels, d)?;
-        let klen = lay.klen.min(lay.len);
-        let n = if k_bwd.is_some() { fast_len(lay.len + klen) } else { fast_len(lay.len + klen - 1) };
-        let (b, h, _) = u.dim();
-        Estimate::new(format!("FFT convolution of (B, H, L) = {:?} keeping its input spectra", u.dim()))
-            .array::<T>(&[b, h, lay.len])
-            .array::<Complex<T>>(&[b, h, n / 2 + 1])
-            .array::<Complex<T>>(&[h, n / 2 + 1])
-            .check()?;
-        let (fwd, inv) = self.plans(n);
-        let spectra = kernel_spectra(&fwd, lay.channels, n, |c, buf| {
-            buf[..klen].copy_from_slice(&row(k_fwd, c)[..klen]);
-            if let Some(kb) = k_bwd {
-                let kb = row(kb, c);
-                for s in 0..klen {
-                    buf[n - 1 - s] = kb[s];
-                }
-            }
-        });
-        let mut kept = Array3::from_elem((b, h, n / 2 + 1), Complex::new(T::zero(), T::zero()));
-        let y = apply(u, &spectra, d, &fwd, &inv, Some(&mut kept));
-        Ok((y, InputSpectra { n, spectra: kept }))
+        let (y, kept) = self.convolve(u, k_fwd, k_bwd, d, true)?;
+        Ok((y, kept.expect("kept on request")))
     }
 
     /// Bidirectional convolution: causal k_fwd (H, L_k) and anticausal k_bwd (H, L_k), plus D ⊙ u;
@@ -214,21 +186,41 @@ impl<T: Real> FftConv<T> {
         k_bwd: ArrayView2<T>,
         d: Option<ArrayView1<T>>,
     ) -> Result<Array3<T>> {
-        let lay = check_inputs(u, &[k_fwd, k_bwd], d)?;
+        Ok(self.convolve(u, k_fwd, Some(k_bwd), d, false)?.0)
+    }
+
+    /// The one implementation behind the three above: causal without `k_bwd`, bidirectional with
+    /// it; the input spectra kept if `keep`.
+    fn convolve(
+        &mut self,
+        u: ArrayView3<T>,
+        k_fwd: ArrayView2<T>,
+        k_bwd: Option<ArrayView2<T>>,
+        d: Option<ArrayView1<T>>,
+        keep: bool,
+    ) -> Result<(Array3<T>, Option<InputSpectra<T>>)> {
+        let kernels: Vec<ArrayView2<T>> = std::iter::once(k_fwd).chain(k_bwd).collect();
+        let lay = check_inputs(u, &kernels, d)?;
         let klen = lay.klen.min(lay.len);
-        // u[t+1+s] for s < klen reaches t + klen: n >= L + klen keeps every wrap in the zero padding
-        let n = fast_len(lay.len + klen);
-        estimate::<T>(u.dim(), n)?;
+        // bidirectional: u[t+1+s] for s < klen reaches t + klen, so n >= L + klen keeps every
+        // wrap in the zero padding
+        let n = if k_bwd.is_some() { fast_len(lay.len + klen) } else { fast_len(lay.len + klen - 1) };
+        estimate::<T>(u.dim(), n, keep)?;
         let (fwd, inv) = self.plans(n);
+        // the causal kernel at 0..klen; tap s of the backward kernel at lag −(s+1), index n−1−s
         let spectra = kernel_spectra(&fwd, lay.channels, n, |h, buf| {
             buf[..klen].copy_from_slice(&row(k_fwd, h)[..klen]);
-            let kb = row(k_bwd, h);
-            // tap s of the backward kernel sits at lag -(s+1), i.e. index n-1-s
-            for s in 0..klen {
-                buf[n - 1 - s] = kb[s];
+            if let Some(kb) = k_bwd {
+                let kb = row(kb, h);
+                for s in 0..klen {
+                    buf[n - 1 - s] = kb[s];
+                }
             }
         });
-        Ok(apply(u, &spectra, d, &fwd, &inv, None))
+        let (b, h, _) = u.dim();
+        let mut kept = keep.then(|| Array3::from_elem((b, h, n / 2 + 1), Complex::new(T::zero(), T::zero())));
+        let y = apply(u, &spectra, d, &fwd, &inv, kept.as_mut());
+        Ok((y, kept.map(|spectra| InputSpectra { n, spectra })))
     }
 }
 
@@ -243,11 +235,13 @@ pub struct InputSpectra<T> {
 }
 
 /// Checks the memory of a convolution of u (B, H, L) at FFT size n against the budget: the output,
-/// the kernels' spectra (H, n/2 + 1), and per thread a padded signal, its spectrum and scratch.
-fn estimate<T: Real>((b, h, l): (usize, usize, usize), n: usize) -> Result<u64> {
+/// the kernels' spectra (H, n/2 + 1), the kept input spectra (B, H, n/2 + 1) if `keep`, and per
+/// thread a padded signal, its spectrum and scratch.
+fn estimate<T: Real>((b, h, l): (usize, usize, usize), n: usize, keep: bool) -> Result<u64> {
     Estimate::new(format!("FFT convolution of (B, H, L) = ({b}, {h}, {l})"))
         .array::<T>(&[b, h, l])
         .array::<Complex<T>>(&[h, n / 2 + 1])
+        .arrays::<Complex<T>>(usize::from(keep), &[b, h, n / 2 + 1])
         .arrays::<Complex<T>>(2 * rayon::current_num_threads(), &[n])
         .check()
 }

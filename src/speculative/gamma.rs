@@ -269,8 +269,9 @@ const MAX_BACKOFF: usize = 1024;
 /// on the tokens still to come does not repay twice the drafter's catching up on the tokens it has
 /// not seen (d each), it stays plain. Otherwise the fifth round is plain and the others speculate.
 /// The first speculative round is not measured (it carries the first use of the draft's stepping
-/// and of the verifier's pass over several positions); once six more are measured, a round speculates while the measured tokens per second of speculative rounds
-/// (their catching up excluded) are at least those of plain rounds; otherwise the next
+/// and of the verifier's pass over several positions); once six more are measured, a round
+/// speculates while the measured tokens per second of speculative rounds (their catching up
+/// excluded) are at least those of plain rounds; otherwise the next
 /// 16, 32, …, 1024 rounds are plain, each stretch followed by one probing round that passes the
 /// same check first.
 ///
