@@ -1,5 +1,6 @@
 //! The pieces of a speculative-decoding round at the demo pair's sizes (random weights): one S4
-//! draft step (4 layers, H = 128, N = 64, V = 256), the transformer verifier (6 layers,
+//! draft step (4 layers, H = 128, N = 64, V = 256) through the session, the bare model step with
+//! k = 1…16 sequences at once (the cost of stepping k tree nodes in one batch), the transformer verifier (6 layers,
 //! n_embd = 384, 6 heads, V = 256) scoring k = 1…32 positions at cache length 192 (the cost
 //! curve t(k)), and whole
 //! greedy generations of 64 tokens by the verifier alone and speculatively with γ = 4 (with
@@ -41,6 +42,15 @@ fn pieces(c: &mut Criterion) {
             Drafter::rollback(&mut s4, l).unwrap();
         })
     });
+    // one step of k sequences at once: the cost of stepping k tree nodes in one batch
+    let rec = lm.recurrent().unwrap();
+    for k in [1usize, 2, 4, 8, 16] {
+        let mut state = rec.zero_state(k);
+        let tokens: Vec<u32> = (0..k as u32).map(|i| 65 + i).collect();
+        g.bench_function(BenchmarkId::new("s4_draft_step_batch", k), |b| {
+            b.iter(|| black_box(rec.step_tokens(&mut state, &tokens).unwrap()))
+        });
+    }
     let mut v = GptSession::new(&gpt);
     v.score(&prompt).unwrap();
     // the cost curve t(k): every k from 1 to 32 (short measurements: 32 points)

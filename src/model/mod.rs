@@ -20,6 +20,7 @@ pub use norm::{Norm, NormKind};
 use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use crate::layer::{ForwardOptions, Recurrent, S4Layer, S4LayerConfig, State};
+use crate::nn::linear::{packed_linear, PackedMatrix};
 use crate::scalar::Real;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, Axis};
 use rand::SeedableRng;
@@ -675,7 +676,8 @@ impl<T: Real> S4Model<T> {
     /// A bidirectional model, or a layer whose C̃ cannot be inverted.
     pub fn recurrent(&self) -> Result<RecurrentModel<'_, T>> {
         let layers = self.blocks.iter().map(|b| b.layer.recurrent()).collect::<Result<Vec<_>>>()?;
-        Ok(RecurrentModel { model: std::borrow::Cow::Borrowed(self), layers })
+        let decoder = PackedMatrix::with_precision(self.decoder_w.t(), None);
+        Ok(RecurrentModel { model: std::borrow::Cow::Borrowed(self), layers, decoder })
     }
 
     /// The model set up for recurrent mode, owning its weights: for holders that keep the
@@ -685,7 +687,8 @@ impl<T: Real> S4Model<T> {
     /// As [`recurrent`](Self::recurrent).
     pub fn into_recurrent(self) -> Result<RecurrentModel<'static, T>> {
         let layers = self.blocks.iter().map(|b| b.layer.recurrent()).collect::<Result<Vec<_>>>()?;
-        Ok(RecurrentModel { model: std::borrow::Cow::Owned(self), layers })
+        let decoder = PackedMatrix::with_precision(self.decoder_w.t(), None);
+        Ok(RecurrentModel { model: std::borrow::Cow::Owned(self), layers, decoder })
     }
 
     /// Streaming LM, step 1: runs a prompt (B, L) in convolutional mode and returns the logits of
@@ -704,11 +707,13 @@ impl<T: Real> S4Model<T> {
 }
 
 /// A model in recurrent mode: borrows (or, from [`S4Model::into_recurrent`], owns) the weights,
-/// owns the discretized layers.
+/// owns the discretized layers and the decoder packed for few-row products (a step's one row
+/// through a general gemm spent more time packing the decoder than multiplying).
 #[derive(Clone, Debug)]
 pub struct RecurrentModel<'a, T: Clone> {
     model: std::borrow::Cow<'a, S4Model<T>>,
     layers: Vec<Recurrent<T>>,
+    decoder: PackedMatrix<T>,
 }
 
 impl<T: Real> RecurrentModel<'_, T> {
@@ -775,7 +780,7 @@ impl<T: Real> RecurrentModel<'_, T> {
         if let Some(n) = &m.final_norm {
             x = n.forward_step(x.view());
         }
-        Ok(x.dot(&m.decoder_w.t()) + &m.decoder_b)
+        Ok(packed_linear(x.view(), &self.decoder, m.decoder_b.view()))
     }
 
     /// Streaming LM, step 2: feeds one token per sequence and returns the next-token logits
