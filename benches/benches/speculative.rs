@@ -1,5 +1,5 @@
 //! The pieces of a speculative-decoding round at the demo pair's sizes (random weights): one S4
-//! draft step (4 layers, H = 128, N = 64, V = 256) through the session, the bare model step with
+//! draft step (4 S4D layers, H = 128, N = 64, V = 256, as `s4 distill` makes them) through the session, the bare model step with
 //! k = 1…16 sequences at once (the cost of stepping k tree nodes in one batch), the transformer verifier (6 layers,
 //! n_embd = 384, 6 heads, V = 256) scoring k = 1…32 positions at cache length 192 (the cost
 //! curve t(k)), and whole
@@ -14,6 +14,7 @@ use s4::model::S4ModelConfig;
 use s4::speculative::{
     generate, speculate, Drafter, GammaPolicy, GptSession, S4Session, Sampling, SpecConfig, Verifier,
 };
+use s4::ssm::KernelKind;
 use s4::transformer::{Gpt, GptConfig};
 use std::hint::black_box;
 
@@ -23,9 +24,12 @@ fn models() -> (Gpt<f32>, s4::model::S4Model<f32>) {
         0,
     )
     .unwrap();
+    // the draft `s4 distill` makes by default: S4D (diagonal, S4D-Lin init)
     let mut cfg = S4ModelConfig::causal_lm(256);
     cfg.layer.d_model = 128;
     cfg.layer.d_state = 64;
+    cfg.layer.kernel = KernelKind::Diag;
+    cfg.layer.init = "diag-lin".parse().unwrap();
     (gpt, cfg.build().unwrap())
 }
 

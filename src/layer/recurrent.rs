@@ -76,8 +76,11 @@ use rayon::prelude::*;
 
 /// Ranks up to this keep the step's low-rank scratch on the stack.
 const MAX_FAST_RANK: usize = 4;
-/// Steps of at least this many sequences split their sequences across threads.
-const PARALLEL_MIN_BATCH: usize = 8;
+/// Steps over at least this many state values (B·H·N/2 complex numbers) split their sequences
+/// across threads: from B = 16 at H = 256, N = 64. Below it a thread's wake-up (10–20 µs on a
+/// shared 2-core host) costs more than half the work saves: the demo draft (H = 128) took 217 µs
+/// for B = 8 split against 74 µs for B = 4 whole.
+const PARALLEL_MIN_STATE: usize = 1 << 17;
 
 /// The recurrent state of one layer: (B, H, N/2) complex, the kept half of each conjugate pair.
 ///
@@ -580,7 +583,7 @@ impl<T: Real> Recurrent<T> {
     /// output y_t (B, H), equal to column t of the convolutional output (see the module docs).
     ///
     /// Work: O(B·H·(N + channels·N)) for the SSMs (one fused, vectorized pass per channel, sequences
-    /// split across threads from 8 sequences on) and O(B·channels·H·2H) for the output
+    /// split across threads from 2¹⁷ state values on) and O(B·channels·H·2H) for the output
     /// linear (the packed few-row kernel shared with the transformer's decoding).
     ///
     /// # Errors
@@ -617,7 +620,7 @@ impl<T: Real> Recurrent<T> {
             ssm_step(self, u, x, p);
             Ok(())
         };
-        if batch >= PARALLEL_MIN_BATCH {
+        if batch > 1 && batch * h * self.m >= PARALLEL_MIN_STATE {
             let results: Vec<Result<()>> = xs
                 .par_chunks_mut(h * m2)
                 .zip(pres.par_chunks_mut(f))
