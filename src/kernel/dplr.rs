@@ -33,6 +33,7 @@ use super::cauchy::CauchyTile;
 use super::check_finite;
 use crate::budget::Estimate;
 use crate::error::{check_len, Error, Result};
+use crate::nn::simd::{madd, simd_dispatch};
 use crate::scalar::Real;
 use crate::ssm::{KernelKind, SsmParams};
 use nalgebra::DMatrix;
@@ -359,11 +360,15 @@ impl<T: Real> DplrKernel<T> {
                 while start < n_cauchy {
                     let end = (start + TILE).min(n_cauchy);
                     tile.evaluate(v, w, &y[start..end]);
-                    for k in start..end {
-                        let kk = k - start;
-                        let wood = woodbury(tile, kk, rank);
-                        let z_half = Complex::new(T::one(), y[k] * T::of(0.5));
-                        spec[k] = z_half * wood;
+                    if rank == 1 {
+                        let k = |s| tile.sum(s);
+                        spectrum_rank1([k(0), k(1), k(2), k(3)], &y[start..end], &mut spec[start..end]);
+                    } else {
+                        for k in start..end {
+                            let wood = woodbury(tile, k - start, rank);
+                            let z_half = Complex::new(T::one(), y[k] * T::of(0.5));
+                            spec[k] = z_half * wood;
+                        }
                     }
                     start = end;
                 }
@@ -381,6 +386,32 @@ impl<T: Real> DplrKernel<T> {
         check_finite(&out, "S4 kernel")?;
         Ok(out)
     }
+}
+
+/// The spectrum at a tile's nodes for rank 1: (1 + z/2)·(k00 − k01·k10/(1 + k11)) with
+/// z = i·y, from the four Cauchy sums as (real parts, imaginary parts) over the nodes — the
+/// rank-1 case of [`woodbury`], written over the parts so that it runs in vector registers.
+#[inline(always)]
+fn spectrum_rank1_body<T: Real, const FMA: bool>(sums: [(&[T], &[T]); 4], y: &[T], out: &mut [Complex<T>]) {
+    let madd = madd::<T, FMA>;
+    let [(r00, i00), (r01, i01), (r10, i10), (r11, i11)] = sums;
+    let half = T::of(0.5);
+    for k in 0..out.len().min(y.len()).min(r00.len()) {
+        let (a1, b1, a2, b2) = (r01[k], i01[k], r10[k], i10[k]);
+        // k01·k10, over 1 + k11
+        let (nr, ni) = (madd(a1, a2, -b1 * b2), madd(a1, b2, b1 * a2));
+        let (dr, di) = (r11[k] + T::one(), i11[k]);
+        let inv = T::one() / madd(dr, dr, di * di);
+        let (qr, qi) = (madd(nr, dr, ni * di) * inv, madd(ni, dr, -nr * di) * inv);
+        let (wr, wi) = (r00[k] - qr, i00[k] - qi);
+        let yh = y[k] * half;
+        out[k] = Complex::new(madd(-wi, yh, wr), madd(wr, yh, wi));
+    }
+}
+
+simd_dispatch! {
+    /// [`spectrum_rank1_body`] with the widest vectors the CPU has.
+    fn spectrum_rank1(sums: [(&[T], &[T]); 4], y: &[T], out: &mut [Complex<T>]) -> () = spectrum_rank1_body
 }
 
 /// k00 − k01 (I + k11)⁻¹ k10 at node `k` of the tile, for rank R (sums laid out (1+R) × (1+R)).
