@@ -19,25 +19,118 @@
 //! assert!(((f(h) - f(-h)) / (2.0 * h) - gx[[0, 1]]).abs() < 1e-8);
 //! ```
 
+use super::simd::{dot_body, madd, simd_dispatch};
 use crate::scalar::Real;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 /// LayerNorm of one row: writes x̂ = (x − μ)·rstd into `xhat` (if given) and y = x̂·w + b into
 /// `y`; returns rstd = 1/√(σ² + ε).
 #[inline]
-pub fn layer_norm_row<T: Real>(x: &[T], w: &[T], b: &[T], eps: T, y: &mut [T], mut xhat: Option<&mut [T]>) -> T {
-    let n = T::of(x.len() as f64);
-    let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
-    let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
-    let rstd = T::one() / (var + eps).sqrt();
-    for j in 0..x.len() {
-        let xh = (x[j] - mean) * rstd;
-        if let Some(h) = xhat.as_deref_mut() {
-            h[j] = xh;
+pub fn layer_norm_row<T: Real>(x: &[T], w: &[T], b: &[T], eps: T, y: &mut [T], xhat: Option<&mut [T]>) -> T {
+    layer_norm_row_simd(x, w, b, eps, y, xhat)
+}
+
+/// Σ x with 8 partial sums (a vector loop; one running sum is a chain of dependent adds).
+#[inline(always)]
+fn sum8<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (chunks, rest) = x.as_chunks::<8>();
+    for ch in chunks {
+        for l in 0..8 {
+            acc[l] += ch[l];
         }
-        y[j] = xh * w[j] + b[j];
+    }
+    let rest = rest.iter().fold(T::zero(), |a, &v| a + v);
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + rest
+}
+
+/// Σ (x − c)² with 8 partial sums.
+#[inline(always)]
+fn squares8<T: Real, const FMA: bool>(x: &[T], c: T) -> T {
+    let mut acc = [T::zero(); 8];
+    let (chunks, rest) = x.as_chunks::<8>();
+    for ch in chunks {
+        for l in 0..8 {
+            let d = ch[l] - c;
+            acc[l] = madd::<T, FMA>(d, d, acc[l]);
+        }
+    }
+    let rest = rest.iter().fold(T::zero(), |a, &v| a + (v - c) * (v - c));
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + rest
+}
+
+/// [`layer_norm_row`]'s body: the mean and the variance as sums of 8 lanes, the row in vector
+/// loops.
+#[inline(always)]
+fn layer_norm_row_body<T: Real, const FMA: bool>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    eps: T,
+    y: &mut [T],
+    xhat: Option<&mut [T]>,
+) -> T {
+    let c = x.len();
+    let (w, b, y) = (&w[..c], &b[..c], &mut y[..c]);
+    let n = T::of(c as f64);
+    let mean = sum8(x) / n;
+    let var = squares8::<T, FMA>(x, mean) / n;
+    let rstd = T::one() / (var + eps).sqrt();
+    match xhat {
+        Some(h) => {
+            let h = &mut h[..c];
+            for j in 0..c {
+                let xh = (x[j] - mean) * rstd;
+                h[j] = xh;
+                y[j] = madd::<T, FMA>(xh, w[j], b[j]);
+            }
+        }
+        None => {
+            for j in 0..c {
+                y[j] = madd::<T, FMA>((x[j] - mean) * rstd, w[j], b[j]);
+            }
+        }
     }
     rstd
+}
+
+simd_dispatch! {
+    /// [`layer_norm_row_body`] with the widest vectors the CPU has.
+    fn layer_norm_row_simd(x: &[T], w: &[T], b: &[T], eps: T, y: &mut [T], xhat: Option<&mut [T]>) -> T = layer_norm_row_body
+}
+
+/// One row of [`layer_norm_backward`]: ĝ = dy·w, dx = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))·rstd, and
+/// dy·x̂ and dy added into dw and db; `g` is scratch of the row's length.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn layer_norm_backward_row_body<T: Real, const FMA: bool>(
+    xh: &[T],
+    gy: &[T],
+    w: &[T],
+    rstd: T,
+    g: &mut [T],
+    dw: &mut [T],
+    db: &mut [T],
+    dx: &mut [T],
+) {
+    let c = xh.len();
+    let (gy, w, g, dw, db, dx) = (&gy[..c], &w[..c], &mut g[..c], &mut dw[..c], &mut db[..c], &mut dx[..c]);
+    for j in 0..c {
+        g[j] = gy[j] * w[j];
+        dw[j] = madd::<T, FMA>(gy[j], xh[j], dw[j]);
+        db[j] += gy[j];
+    }
+    let cn = T::of(c as f64);
+    let (m1, m2) = (sum8(g) / cn, dot_body::<T, FMA>(g, xh) / cn);
+    for j in 0..c {
+        dx[j] = (g[j] - m1 - xh[j] * m2) * rstd;
+    }
+}
+
+simd_dispatch! {
+    /// [`layer_norm_backward_row_body`] with the widest vectors the CPU has.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_backward_row(xh: &[T], gy: &[T], w: &[T], rstd: T, g: &mut [T], dw: &mut [T], db: &mut [T], dx: &mut [T]) -> () = layer_norm_backward_row_body
 }
 
 /// LayerNorm of every row of x (N, C), keeping nothing (inference).
@@ -95,7 +188,6 @@ pub fn layer_norm_backward<T: Real>(
     dy: ArrayView2<T>,
 ) -> (Array2<T>, Array1<T>, Array1<T>) {
     let (n, c) = dy.dim();
-    let cn = T::of(c as f64);
     let mut dx = Array2::<T>::zeros((n, c));
     let mut dw = Array1::<T>::zeros(c);
     let mut db = Array1::<T>::zeros(c);
@@ -110,21 +202,8 @@ pub fn layer_norm_backward<T: Real>(
         .chunks_exact(c1)
         .zip(dy.as_slice().expect("standard layout").chunks_exact(c1));
     let out = dx.as_slice_mut().expect("a fresh array").chunks_exact_mut(c1).zip(cache.rstd.iter());
-    let (g, w, dws, dbs) = (&mut g[..c], &w[..c], &mut dws[..c], &mut dbs[..c]);
     for ((xh, gy), (dxr, &rs)) in rows.zip(out) {
-        let (xh, gy, dxr) = (&xh[..c], &gy[..c], &mut dxr[..c]);
-        let (mut m1, mut m2) = (T::zero(), T::zero());
-        for j in 0..c {
-            g[j] = gy[j] * w[j];
-            m1 += g[j];
-            m2 += g[j] * xh[j];
-            dws[j] += gy[j] * xh[j];
-            dbs[j] += gy[j];
-        }
-        let (m1, m2) = (m1 / cn, m2 / cn);
-        for j in 0..c {
-            dxr[j] = (g[j] - m1 - xh[j] * m2) * rs;
-        }
+        layer_norm_backward_row(xh, gy, &w, rs, &mut g, dws, dbs, dxr);
     }
     (dx, dw, db)
 }
