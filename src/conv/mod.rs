@@ -26,6 +26,7 @@ pub use direct::{bidirectional_conv_direct, causal_conv_direct};
 
 use crate::budget::Estimate;
 use crate::error::{Error, Result};
+use crate::nn::simd::{madd, simd_dispatch};
 use crate::scalar::Real;
 use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis};
 use num_complex::Complex;
@@ -307,9 +308,7 @@ fn apply<T: Real>(
             if let Some(k) = kept.as_slice_mut().filter(|k| !k.is_empty()) {
                 k.copy_from_slice(spec);
             }
-            for (s, k) in spec.iter_mut().zip(spectra.row(h).iter()) {
-                *s *= *k;
-            }
+            multiply_spectra(spec, spectra.row(h).as_slice().expect("a row of a fresh array"));
             // imaginary parts of DC and Nyquist are zero up to rounding; realfft wants them exactly zero
             spec[0].im = T::zero();
             if let Some(last) = spec.last_mut() {
@@ -323,6 +322,50 @@ fn apply<T: Real>(
         },
     );
     y
+}
+
+/// s ← s·k elementwise (complex), over the common length.
+#[inline(always)]
+fn multiply_spectra_body<T: Real, const FMA: bool>(s: &mut [Complex<T>], k: &[Complex<T>]) {
+    let n = s.len().min(k.len());
+    let (s, k) = (&mut s[..n], &k[..n]);
+    for j in 0..n {
+        let (a, b, c, d) = (s[j].re, s[j].im, k[j].re, k[j].im);
+        s[j] = Complex::new(madd::<T, FMA>(a, c, -b * d), madd::<T, FMA>(a, d, b * c));
+    }
+}
+
+simd_dispatch! {
+    /// [`multiply_spectra_body`] with the widest vectors the CPU has (`Complex`'s own `*=`
+    /// compiled to 2-lane SSE code and was not always inlined).
+    fn multiply_spectra(s: &mut [Complex<T>], k: &[Complex<T>]) -> () = multiply_spectra_body
+}
+
+/// The frequency bins of the FFT convolution's backward for one sequence and channel, given the
+/// spectra g of the output gradient, u of the input and k of the kernel:
+/// acc ← acc + g·conj(u) (the kernel's gradient, summed over the batch) and u ← g·conj(k) (the
+/// input's gradient, in place).
+#[inline(always)]
+fn backward_bins_body<T: Real, const FMA: bool>(
+    acc: &mut [Complex<T>],
+    g: &[Complex<T>],
+    u: &mut [Complex<T>],
+    k: &[Complex<T>],
+) {
+    let n = acc.len().min(g.len()).min(u.len()).min(k.len());
+    let (acc, g, u, k) = (&mut acc[..n], &g[..n], &mut u[..n], &k[..n]);
+    let madd = madd::<T, FMA>;
+    for j in 0..n {
+        let (gr, gi, ur, ui, kr, ki) = (g[j].re, g[j].im, u[j].re, u[j].im, k[j].re, k[j].im);
+        // g·conj(u) = (gr ur + gi ui) + i (gi ur − gr ui)
+        acc[j] = Complex::new(acc[j].re + madd(gr, ur, gi * ui), acc[j].im + madd(gi, ur, -gr * ui));
+        u[j] = Complex::new(madd(gr, kr, gi * ki), madd(gi, kr, -gr * ki));
+    }
+}
+
+simd_dispatch! {
+    /// [`backward_bins_body`] with the widest vectors the CPU has.
+    fn backward_bins(acc: &mut [Complex<T>], g: &[Complex<T>], u: &mut [Complex<T>], k: &[Complex<T>]) -> () = backward_bins_body
 }
 
 #[cfg(test)]

@@ -123,10 +123,7 @@ pub fn conv_backward<T: Real>(
                         fwd.process_with_scratch(&mut buf, &mut uspec, &mut scratch).expect("plan buffers");
                     }
                 }
-                for f in 0..nb {
-                    acc[f] += gspec[f] * uspec[f].conj();
-                    uspec[f] = gspec[f] * kspec[f].conj();
-                }
+                crate::conv::backward_bins(&mut acc, &gspec, &mut uspec, &kspec);
                 // the inverse real FFT ignores the imaginary parts of the DC and Nyquist bins, which
                 // are exactly zero for the spectra of real signals
                 uspec[0].im = T::zero();
