@@ -391,6 +391,21 @@ pub fn diag_kernel_backward<T: Real>(
 /// that their chains overlap. Each lane performs `Complex64`'s operations in its order, so the sums
 /// equal the one-mode recurrence bit for bit.
 fn horner_sums(g: &[f64], q: &[Complex64]) -> Vec<(Complex64, Complex64)> {
+    horner_sums_simd::<f64>(g, q)
+}
+
+simd::simd_dispatch! {
+    /// [`horner_sums_body`] compiled for the widest vectors the CPU has: one AVX-512 register per
+    /// array of 8 lanes (4 SSE registers in the baseline build). The body has no `mul_add`, so
+    /// every level computes the same values bit for bit.
+    fn horner_sums_simd(g: &[f64], q: &[Complex64]) -> Vec<(Complex64, Complex64)> = horner_sums_body
+}
+
+/// [`horner_sums`]' body (`T` and `FMA` unused: f64, plain products and sums; the parameters are
+/// the dispatch macro's).
+#[inline(always)]
+#[allow(clippy::extra_unused_type_parameters)]
+fn horner_sums_body<T, const FMA: bool>(g: &[f64], q: &[Complex64]) -> Vec<(Complex64, Complex64)> {
     const LANES: usize = 8;
     let mut out = Vec::with_capacity(q.len());
     for block in q.chunks(LANES) {
@@ -421,7 +436,12 @@ mod tests {
         let g: Vec<f64> = (0..37).map(|l| ((l * 7 % 11) as f64 - 5.0) / 3.0).collect();
         // 11 modes: a full block of 8 and a partial one
         let q: Vec<Complex64> = (0..11).map(|j| Complex64::from_polar(0.9 - 0.03 * j as f64, 0.4 * j as f64)).collect();
-        for (z, (g0, g1)) in q.iter().zip(horner_sums(&g, &q)) {
+        // the same bits at every vector width
+        let sums = horner_sums(&g, &q);
+        for level in crate::nn::simd::SimdLevel::available() {
+            assert_eq!(crate::nn::simd::with_simd_level(level, || horner_sums(&g, &q)), sums, "{level}");
+        }
+        for (z, (g0, g1)) in q.iter().zip(sums) {
             let (mut h0, mut h1) = (Complex64::new(0.0, 0.0), Complex64::new(0.0, 0.0));
             for &gl in g.iter().rev() {
                 h1 = h1 * z + h0;
