@@ -414,15 +414,13 @@ simd_dispatch! {
     fn spectrum_rank1(sums: [(&[T], &[T]); 4], y: &[T], out: &mut [Complex<T>]) -> () = spectrum_rank1_body
 }
 
-/// k00 − k01 (I + k11)⁻¹ k10 at node `k` of the tile, for rank R (sums laid out (1+R) × (1+R)).
+/// k00 − k01 (I + k11)⁻¹ k10 at node `k` of the tile, for rank R (sums laid out (1+R) × (1+R)):
+/// closed form at R = 2, a small solve otherwise (rank 1 goes through [`spectrum_rank1`], which
+/// the tests check against this).
 fn woodbury<T: Real>(tile: &CauchyTile<T>, k: usize, rank: usize) -> Complex<T> {
     let r1 = 1 + rank;
     let k00 = tile.get(0, k);
     match rank {
-        1 => {
-            let (k01, k10, k11) = (tile.get(1, k), tile.get(r1, k), tile.get(r1 + 1, k));
-            k00 - k01 * k10 / (k11 + T::one())
-        }
         2 => {
             let k01 = [tile.get(1, k), tile.get(2, k)];
             let k10 = [tile.get(r1, k), tile.get(2 * r1, k)];
@@ -504,6 +502,29 @@ impl<T: Real> TotalCmpReal for T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::simd::{with_simd_level, SimdLevel};
+
+    #[test]
+    fn rank1_spectrum_matches_the_general_woodbury_at_every_level() {
+        let m = 6;
+        let w: Vec<Complex<f32>> = (0..m).map(|j| Complex::new(-0.05 - 0.01 * j as f32, 0.7 * j as f32)).collect();
+        let v: Vec<Complex<f32>> =
+            (0..4 * m).map(|i| Complex::new((i as f32 * 0.37).sin(), (i as f32 * 0.91).cos() * 0.5)).collect();
+        let y: Vec<f32> = (0..37).map(|k| 2.0 * (std::f64::consts::PI * k as f64 / 80.0).tan() as f32).collect();
+        let mut tile = CauchyTile::<f32>::new(4, 64);
+        tile.evaluate(&v, &w, &y);
+        for level in SimdLevel::available() {
+            let mut fast = vec![Complex::new(0.0f32, 0.0); y.len()];
+            with_simd_level(level, || {
+                let k = |s| tile.sum(s);
+                spectrum_rank1([k(0), k(1), k(2), k(3)], &y, &mut fast);
+            });
+            for (k, f) in fast.iter().enumerate() {
+                let slow = Complex::new(1.0, y[k] * 0.5) * woodbury(&tile, k, 1);
+                assert!((f - slow).norm() <= 1e-5 * (1.0 + slow.norm()), "{level} node {k}: {f} vs {slow}");
+            }
+        }
+    }
 
     #[test]
     fn small_solver_matches_2x2_closed_form() {
