@@ -19,7 +19,7 @@
 //! assert!(((f(h) - f(-h)) / (2.0 * h) - gx[[0, 1]]).abs() < 1e-8);
 //! ```
 
-use super::simd::{dot_body, madd, simd_dispatch};
+use super::simd::{dot_body, madd, simd_dispatch, sum_body, total8};
 use crate::scalar::Real;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
@@ -28,20 +28,6 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 #[inline]
 pub fn layer_norm_row<T: Real>(x: &[T], w: &[T], b: &[T], eps: T, y: &mut [T], xhat: Option<&mut [T]>) -> T {
     layer_norm_row_simd(x, w, b, eps, y, xhat)
-}
-
-/// Σ x with 8 partial sums (a vector loop; one running sum is a chain of dependent adds).
-#[inline(always)]
-fn sum8<T: Real>(x: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let (chunks, rest) = x.as_chunks::<8>();
-    for ch in chunks {
-        for l in 0..8 {
-            acc[l] += ch[l];
-        }
-    }
-    let rest = rest.iter().fold(T::zero(), |a, &v| a + v);
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + rest
 }
 
 /// Σ (x − c)² with 8 partial sums.
@@ -55,8 +41,7 @@ fn squares8<T: Real, const FMA: bool>(x: &[T], c: T) -> T {
             acc[l] = madd::<T, FMA>(d, d, acc[l]);
         }
     }
-    let rest = rest.iter().fold(T::zero(), |a, &v| a + (v - c) * (v - c));
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + rest
+    total8(acc) + rest.iter().fold(T::zero(), |a, &v| a + (v - c) * (v - c))
 }
 
 /// [`layer_norm_row`]'s body: the mean and the variance as sums of 8 lanes, the row in vector
@@ -73,7 +58,7 @@ fn layer_norm_row_body<T: Real, const FMA: bool>(
     let c = x.len();
     let (w, b, y) = (&w[..c], &b[..c], &mut y[..c]);
     let n = T::of(c as f64);
-    let mean = sum8(x) / n;
+    let mean = sum_body(x) / n;
     let var = squares8::<T, FMA>(x, mean) / n;
     let rstd = T::one() / (var + eps).sqrt();
     match xhat {
@@ -121,7 +106,7 @@ fn layer_norm_backward_row_body<T: Real, const FMA: bool>(
         db[j] += gy[j];
     }
     let cn = T::of(c as f64);
-    let (m1, m2) = (sum8(g) / cn, dot_body::<T, FMA>(g, xh) / cn);
+    let (m1, m2) = (sum_body(g) / cn, dot_body::<T, FMA>(g, xh) / cn);
     for j in 0..c {
         dx[j] = (g[j] - m1 - xh[j] * m2) * rstd;
     }

@@ -171,6 +171,26 @@ pub(crate) fn madd<T: Real, const FMA: bool>(a: T, b: T, c: T) -> T {
     }
 }
 
+/// The total of 8 partial sums, pairwise: ((a₀ + a₄) + (a₁ + a₅)) + ((a₂ + a₆) + (a₃ + a₇)).
+#[inline(always)]
+pub(crate) fn total8<T: Real>(acc: [T; 8]) -> T {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// Σ x with 8 partial sums (vectorizable, where one running sum is a chain of dependent adds);
+/// the elements past the last multiple of 8 are summed in order and added last.
+#[inline(always)]
+pub(crate) fn sum_body<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (chunks, rest) = x.as_chunks::<8>();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    total8(acc) + rest.iter().fold(T::zero(), |a, &b| a + b)
+}
+
 /// Σ a_i b_i over the common length, with 8 independent partial sums (vectorizable).
 #[inline(always)]
 pub(crate) fn dot_body<T: Real, const FMA: bool>(a: &[T], b: &[T]) -> T {
@@ -184,7 +204,7 @@ pub(crate) fn dot_body<T: Real, const FMA: bool>(a: &[T], b: &[T]) -> T {
             acc[k] = madd::<T, FMA>(x[k], y[k], acc[k]);
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = total8(acc);
     for (x, y) in ra.iter().zip(rb) {
         s = madd::<T, FMA>(*x, *y, s);
     }

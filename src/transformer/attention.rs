@@ -2,7 +2,7 @@
 //! against a KV cache: the transformer's own inner loops, over the shared vector kernels.
 
 use crate::nn::linear::small_matmul_body;
-use crate::nn::simd::{axpy_body, dot_body, exp_f32, simd_dispatch};
+use crate::nn::simd::{axpy_body, dot_body, exp_f32, simd_dispatch, sum_body};
 use crate::scalar::Real;
 
 /// Causal attention of one query against key/value rows `0 .. n`: keys and values are row `j` at
@@ -87,7 +87,7 @@ fn attend_cached_body<T: Real, const FMA: bool>(
             for (x, &v) in row[past..].iter_mut().zip(sees) {
                 *x = if v { exp((*x - mx) * scale) } else { T::zero() };
             }
-            let inv = T::one() / sum(row);
+            let inv = T::one() / sum_body(row);
             row.iter_mut().for_each(|x| *x *= inv);
         }
     }
@@ -109,7 +109,7 @@ fn softmax_prefix<T: Real>(row: &mut [T], seen: usize, scale: T) {
     for x in &mut row[..seen] {
         *x = exp((*x - mx) * scale);
     }
-    let inv = T::one() / sum(&row[..seen]);
+    let inv = T::one() / sum_body(&row[..seen]);
     row[..seen].iter_mut().for_each(|x| *x *= inv);
     row[seen..].fill(T::zero());
 }
@@ -122,20 +122,6 @@ fn exp<T: Real>(x: T) -> T {
     } else {
         x.exp()
     }
-}
-
-/// Σ x with 8 partial sums (vectorizable, where one running sum is a chain of dependent adds).
-#[inline(always)]
-fn sum<T: Real>(x: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let (chunks, rest) = x.as_chunks::<8>();
-    let rest = rest.iter().fold(T::zero(), |a, &b| a + b);
-    for c in chunks {
-        for l in 0..8 {
-            acc[l] += c[l];
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + rest
 }
 
 /// The shape of t new positions scored in one pass as a tree (SpecInfer's tree attention): each
