@@ -163,23 +163,29 @@ pub struct Recurrent<T> {
     channels: usize,
 }
 
-/// x ← a ⊙ x + b·u (complex, interleaved; b = None for zero).
+/// x ← a ⊙ x + b·u (complex, interleaved). Index loops over slices cut to x's length: zipped
+/// chunk iterators stayed out-of-line calls per element inside the dispatched functions.
 #[inline(always)]
-fn scale_add<T: Real, const FMA: bool>(x: &mut [T], a: &[T], b: Option<&[T]>, u: T) {
+fn scale_add<T: Real, const FMA: bool>(x: &mut [T], a: &[T], b: &[T], u: T) {
     let madd = madd::<T, FMA>;
-    for (j, (xp, ap)) in x.chunks_exact_mut(2).zip(a.chunks_exact(2)).enumerate() {
-        let (re, im) = (xp[0], xp[1]);
-        let (br, bi) = b.map_or((T::zero(), T::zero()), |b| (b[2 * j] * u, b[2 * j + 1] * u));
-        xp[0] = madd(ap[0], re, madd(-ap[1], im, br));
-        xp[1] = madd(ap[0], im, madd(ap[1], re, bi));
+    let n = x.len() / 2;
+    let (x, a, b) = (&mut x[..2 * n], &a[..2 * n], &b[..2 * n]);
+    for j in 0..n {
+        let (re, im) = (x[2 * j], x[2 * j + 1]);
+        let (ar, ai) = (a[2 * j], a[2 * j + 1]);
+        let (br, bi) = (b[2 * j] * u, b[2 * j + 1] * u);
+        x[2 * j] = madd(ar, re, madd(-ai, im, br));
+        x[2 * j + 1] = madd(ar, im, madd(ai, re, bi));
     }
 }
 
 /// x ← x − s·v.
 #[inline(always)]
 fn sub_scaled<T: Real, const FMA: bool>(x: &mut [T], s: T, v: &[T]) {
-    for (xv, &vv) in x.iter_mut().zip(v) {
-        *xv = madd::<T, FMA>(-s, vv, *xv);
+    let n = x.len();
+    let v = &v[..n];
+    for j in 0..n {
+        x[j] = madd::<T, FMA>(-s, v[j], x[j]);
     }
 }
 
@@ -218,7 +224,7 @@ fn advance_body<T: Real, const FMA: bool>(dynamics: &Dynamics<T>, i: usize, x: &
     }
     let run = |v| part(v, i * m2, m2);
     match dynamics {
-        Dynamics::Diag { a_bar, b_bar } => scale_add::<T, FMA>(x, run(a_bar), Some(run(b_bar)), u),
+        Dynamics::Diag { a_bar, b_bar } => scale_add::<T, FMA>(x, run(a_bar), run(b_bar), u),
         Dynamics::Dplr { a_bar, b_bar, p2, pa, pd, pb, half_m, s_inv, rank } => {
             let r = *rank;
             let low = |v, k: usize| part(v, (i * r + k) * m2, m2);
@@ -236,11 +242,19 @@ fn advance_body<T: Real, const FMA: bool>(dynamics: &Dynamics<T>, i: usize, x: &
                 a[k] = dot_body::<T, FMA>(low(pa, k), x);
             }
             low_rank_coefficients::<T, FMA>(pb, half_m, s_inv, i, u, s, a);
-            scale_add::<T, FMA>(x, run(a_bar), Some(run(b_bar)), u);
+            scale_add::<T, FMA>(x, run(a_bar), run(b_bar), u);
             for k in 0..r {
                 sub_scaled::<T, FMA>(x, s[k], low(pd, k));
             }
         }
+    }
+}
+
+/// Advances channel i's half state x by the inputs u₀, u₁, … in turn ([`advance_body`] each).
+#[inline(always)]
+fn advance_run_body<T: Real, const FMA: bool>(dynamics: &Dynamics<T>, i: usize, x: &mut [T], inputs: &[T]) {
+    for &u in inputs {
+        advance_body::<T, FMA>(dynamics, i, x, u);
     }
 }
 
@@ -423,8 +437,8 @@ ssm_step_kernel! {
 }
 
 simd_dispatch! {
-    /// [`advance_body`] with the widest vectors the CPU has.
-    fn advance(dynamics: &Dynamics<T>, i: usize, x: &mut [T], u: T) -> () = advance_body
+    /// [`advance_run_body`] with the widest vectors the CPU has: one call per channel and sequence.
+    fn advance_run(dynamics: &Dynamics<T>, i: usize, x: &mut [T], inputs: &[T]) -> () = advance_run_body
 }
 
 impl<T: Real> Recurrent<T> {
@@ -666,7 +680,7 @@ impl<T: Real> Recurrent<T> {
                 let x = reals_mut(&mut x);
                 let mut out = vec![T::zero(); self.channels * n];
                 for t in 0..n {
-                    advance(&self.dynamics, i, x, T::zero());
+                    advance_run(&self.dynamics, i, x, &[T::zero()]);
                     for c in 0..self.channels {
                         out[c * n + t] = self.read_out(c, i, x);
                     }
@@ -707,10 +721,8 @@ impl<T: Real> Recurrent<T> {
                 let (b, i) = (bi / h, bi % h);
                 let n = lengths.map_or(len, |l| l[b]);
                 let mut x: Vec<Complex<T>> = state.x.slice(ndarray::s![b, i, ..]).to_vec();
-                let xr = reals_mut(&mut x);
-                for t in 0..n {
-                    advance(&self.dynamics, i, xr, u[[b, i, t]]);
-                }
+                let inputs: Vec<T> = u.slice(ndarray::s![b, i, ..n]).to_vec();
+                advance_run(&self.dynamics, i, reals_mut(&mut x), &inputs);
                 x
             })
             .collect();
