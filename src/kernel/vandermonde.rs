@@ -59,11 +59,13 @@ pub fn diag_kernel<T: Real>(params: &SsmParams<T>, len: usize, method: Discretiz
     let (h, m) = params.lambda.dim();
     Estimate::new(format!("S4D kernel (H, L) = ({h}, {len})")).array::<T>(&[h, len]).check()?;
     let mut out = Array2::<T>::zeros((h, len));
+    // powers per block: no more than the kernel's length (a short kernel is a prefill's)
+    let block = BLOCK.min(len);
     out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
         || {
             (
-                vec![T::zero(); m * BLOCK],
-                vec![T::zero(); m * BLOCK],
+                vec![T::zero(); m * block],
+                vec![T::zero(); m * block],
                 vec![Complex64::new(0.0, 0.0); m],
                 vec![Complex64::new(0.0, 0.0); m],
             )
@@ -77,21 +79,21 @@ pub fn diag_kernel<T: Real>(params: &SsmParams<T>, len: usize, method: Discretiz
                 let c = Complex64::new(params.c[[ch, j]].re.as_f64(), params.c[[ch, j]].im.as_f64());
                 anchor[j] = c * fb * b;
                 let mut pw = Complex64::new(1.0, 0.0);
-                for mm in 0..BLOCK {
+                for mm in 0..block {
                     // powers below the cutoff are flushed to zero: they change nothing visible and
                     // would otherwise become subnormal numbers, which are ~100x slower to multiply
                     let keep = pw.norm_sqr() >= CUTOFF * CUTOFF; // |z|² avoids a hypot per entry
-                    pr[j * BLOCK + mm] = if keep { T::of(pw.re) } else { T::zero() };
-                    pi[j * BLOCK + mm] = if keep { T::of(pw.im) } else { T::zero() };
+                    pr[j * block + mm] = if keep { T::of(pw.re) } else { T::zero() };
+                    pi[j * block + mm] = if keep { T::of(pw.im) } else { T::zero() };
                     pw *= ab;
                 }
-                step[j] = pw; // Ā_j^BLOCK
+                step[j] = pw; // Ā_j^block
             }
             // a decaying mode (|Ā| < 1) whose anchor fell below CUTOFF · max |C B̄| only decays further
             let floor2 = CUTOFF * CUTOFF * anchor.iter().fold(0.0f64, |mx, z| mx.max(z.norm_sqr()));
             let decays: Vec<bool> = step.iter().map(|s| s.norm_sqr() < 1.0).collect();
             let row = row.as_slice_mut().expect("rows of a standard-layout array are contiguous");
-            for out_blk in row.chunks_mut(BLOCK) {
+            for out_blk in row.chunks_mut(block) {
                 let bs = out_blk.len();
                 let mut active = 0;
                 for j in 0..m {
@@ -101,7 +103,7 @@ pub fn diag_kernel<T: Real>(params: &SsmParams<T>, len: usize, method: Discretiz
                     }
                     active += 1;
                     let (sr, si) = (T::of(anchor[j].re), T::of(anchor[j].im));
-                    let (tr, ti) = (&pr[j * BLOCK..j * BLOCK + bs], &pi[j * BLOCK..j * BLOCK + bs]);
+                    let (tr, ti) = (&pr[j * block..j * block + bs], &pi[j * block..j * block + bs]);
                     for mm in 0..bs {
                         out_blk[mm] = out_blk[mm] + sr * tr[mm] - si * ti[mm];
                     }
