@@ -11,7 +11,7 @@ use s4::kernel::{diag_kernel, DplrKernel};
 use s4::plot::{write_png, Panel, Series};
 use s4::scalar::HalfPrecision;
 use s4::speculative::CausalModel;
-use s4::speculative::{generate, predicted_speedup, speculate, PassCost, Sampling, SpecConfig, TreeShape};
+use s4::speculative::{generate, predicted_speedup, speculate, Generation, PassCost, Sampling, SpecConfig, TreeShape};
 use s4::ssm::{KernelKind, SsmInitConfig};
 use s4::{Error, Result};
 use serde_json::json;
@@ -374,13 +374,30 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     for &t in &a.temperatures {
         let sampling = Sampling { temperature: t, ..Default::default() };
         let base_cfg = SpecConfig { sampling, max_new, seed: a.seed, fallback: !a.no_fallback, ..Default::default() };
+        // One untimed generation of each kind first (the first use of the weights, the caches and
+        // the threads), then per prompt the verifier alone and every mode in turn: each mode is
+        // compared with verifier-alone runs of the same minutes, not of the start of the run.
+        if let Some(p) = prompts.first() {
+            let warm = SpecConfig { max_new: max_new.min(16), ..base_cfg.clone() };
+            generate(ver.verifier()?.as_mut(), p, &warm)?;
+            for (_, mode) in &modes {
+                let cfg = SpecConfig { gamma: mode.gamma, tree: mode.tree.clone(), ..warm.clone() };
+                speculate(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), p, &cfg)?;
+            }
+        }
         let mut base_tokens = Vec::new();
         let (mut base_time, mut base_count) = (0.0, 0);
+        let mut tallies: Vec<Vec<Generation>> = vec![Vec::new(); modes.len()];
         for (i, p) in prompts.iter().enumerate() {
-            let g = generate(ver.verifier()?.as_mut(), p, &SpecConfig { seed: a.seed + i as u64, ..base_cfg.clone() })?;
+            let seed = a.seed + i as u64;
+            let g = generate(ver.verifier()?.as_mut(), p, &SpecConfig { seed, ..base_cfg.clone() })?;
             base_time += g.stats.total_seconds;
             base_count += g.tokens.len();
             base_tokens.push(g.tokens);
+            for ((_, mode), tally) in modes.iter().zip(&mut tallies) {
+                let cfg = SpecConfig { gamma: mode.gamma, tree: mode.tree.clone(), seed, ..base_cfg.clone() };
+                tally.push(speculate(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), p, &cfg)?);
+            }
         }
         let base_tps = base_count as f64 / base_time;
         let distinct: Vec<f64> = base_tokens.iter().map(|t| distinct_ngram_ratio(t, 4)).collect();
@@ -393,7 +410,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
         continuations.push(json!({"temperature": t, "tokens_per_second": base_tps,
                                   "distinct_4gram_ratio": mean, "distinct_4gram_ratio_min": min}));
         let (mut measured, mut predicted, mut predicted_cost) = (Vec::new(), Vec::new(), Vec::new());
-        for (label, mode) in &modes {
+        for ((label, mode), tally) in modes.iter().zip(&tallies) {
             let cfg = SpecConfig { gamma: mode.gamma, tree: mode.tree.clone(), ..base_cfg.clone() };
             let (mut time, mut count, mut same) = (0.0, 0, true);
             let (mut drafted, mut accepted, mut calls, mut dsteps, mut rejections) = (0, 0, 0, 0, 0);
@@ -402,13 +419,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             let mut histogram: Vec<usize> = Vec::new();
             let mut by_depth: Vec<(f64, usize)> = Vec::new();
             let mut by_rank: Vec<(f64, usize)> = Vec::new();
-            for (i, p) in prompts.iter().enumerate() {
-                let g = speculate(
-                    dr.drafter()?.as_mut(),
-                    ver.verifier()?.as_mut(),
-                    p,
-                    &SpecConfig { seed: a.seed + i as u64, ..cfg.clone() },
-                )?;
+            for (i, g) in tally.iter().enumerate() {
                 time += g.stats.total_seconds;
                 count += g.tokens.len();
                 same &= g.tokens == base_tokens[i];
