@@ -69,7 +69,7 @@ use crate::nn::linear::{packed_linear, PackedMatrix};
 use crate::nn::simd::{all_finite, as_f32, as_f32_mut, dot_body, madd, simd_dispatch, SimdLevel};
 use crate::nn::{gelu_in_place, glu_in_place};
 use crate::scalar::{HalfPrecision, Real};
-use crate::ssm::KernelKind;
+use crate::ssm::{KernelKind, SsmParams};
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 use num_complex::{Complex, Complex64};
 use rayon::prelude::*;
@@ -145,6 +145,77 @@ pub(crate) enum Dynamics<T> {
         /// Rank R.
         rank: usize,
     },
+}
+
+impl<T: Real> Dynamics<T> {
+    /// Discretizes the layer's SSMs (`params`, in f64) and stores the step's tables as `T`. The
+    /// state dynamics depend on the channel only: the rows of head 0 are used.
+    ///
+    /// # Errors
+    /// I + Δ/2·M singular for a channel (DPLR).
+    fn new(layer: &S4Layer<T>, params: &SsmParams<f64>) -> Result<Self> {
+        let cfg = layer.config();
+        let (h, m) = (cfg.d_model, cfg.d_state / 2);
+        let disc = cfg.discretization();
+        Ok(match cfg.kernel {
+            KernelKind::Diag => {
+                let (mut a_bar, mut b_bar) = (Vec::with_capacity(2 * h * m), Vec::with_capacity(2 * h * m));
+                for i in 0..h {
+                    for j in 0..m {
+                        let (a, f) = discretize_mode(params.lambda[[i, j]], params.dt[i], disc);
+                        push_complex(&mut a_bar, a);
+                        push_complex(&mut b_bar, f * params.b[[i, j]]);
+                    }
+                }
+                Dynamics::Diag { a_bar, b_bar }
+            }
+            KernelKind::Dplr => {
+                let p = params.p.as_ref().expect("DPLR has P");
+                let r = p.shape()[0];
+                let (mut a_bar, mut b_bar, mut p2, mut pa, mut pd) = (vec![], vec![], vec![], vec![], vec![]);
+                let (mut pb, mut half_m, mut s_inv) = (vec![], vec![], vec![]);
+                for i in 0..h {
+                    let half = params.dt[i] / 2.0;
+                    let lam = |j: usize| params.lambda[[i, j]];
+                    let di: Vec<Complex64> = (0..m).map(|j| 1.0 / (1.0 - lam(j) * half)).collect();
+                    let a_i: Vec<Complex64> = (0..m).map(|j| di[j] * (1.0 + lam(j) * half)).collect();
+                    let bd: Vec<Complex64> = (0..m).map(|j| params.b[[i, j]] * params.dt[i]).collect();
+                    for j in 0..m {
+                        push_complex(&mut a_bar, a_i[j]);
+                        push_complex(&mut b_bar, di[j] * bd[j]);
+                    }
+                    let pk = |k: usize, j: usize| p[[k, i, j]];
+                    for k in 0..r {
+                        for j in 0..m {
+                            push_complex(&mut p2, 2.0 * pk(k, j));
+                            push_complex(&mut pa, 2.0 * pk(k, j) * a_i[j].conj());
+                            push_complex(&mut pd, half / 2.0 * di[j] * 2.0 * pk(k, j));
+                        }
+                        let s: Complex64 = (0..m).map(|j| pk(k, j).conj() * di[j] * bd[j]).sum();
+                        pb.push(T::of(2.0 * s.re));
+                    }
+                    // I + Δ/2·M, M = 2·Re(P* D P)
+                    let mut mat = nalgebra::DMatrix::<f64>::identity(r, r);
+                    for a in 0..r {
+                        for b in 0..r {
+                            let s: Complex64 = (0..m).map(|j| pk(a, j).conj() * di[j] * pk(b, j)).sum();
+                            mat[(a, b)] += half * 2.0 * s.re;
+                            half_m.push(T::of(half * 2.0 * s.re));
+                        }
+                    }
+                    let inv = mat.try_inverse().ok_or_else(|| {
+                        Error::numerical("recurrent setup", format!("I + Δ/2·M is singular for channel {i}"))
+                    })?;
+                    for a in 0..r {
+                        for b in 0..r {
+                            s_inv.push(T::of(inv[(a, b)]));
+                        }
+                    }
+                }
+                Dynamics::Dplr { a_bar, b_bar, p2, pa, pd, pb, half_m, s_inv, rank: r }
+            }
+        })
+    }
 }
 
 /// A layer set up for stepping (discretized once, C recovered from C̃).
@@ -464,7 +535,6 @@ impl<T: Real> Recurrent<T> {
         }
         let params = layer.ssm_params()?.cast::<f64>();
         let (h, m, ch) = (cfg.d_model, cfg.d_state / 2, cfg.channels);
-        let disc = cfg.discretization();
         let c_plain = match (cfg.kernel, layer.weights().l_kernel) {
             (KernelKind::Dplr, l) if l > 0 => recover_c(&params, l)?,
             _ => params.c.clone(),
@@ -473,65 +543,7 @@ impl<T: Real> Recurrent<T> {
         for &z in c_plain.iter() {
             push_complex(&mut c2, 2.0 * z.conj());
         }
-        // the state dynamics depend on the channel only: use the rows of head 0
-        let dynamics = match cfg.kernel {
-            KernelKind::Diag => {
-                let (mut a_bar, mut b_bar) = (Vec::with_capacity(2 * h * m), Vec::with_capacity(2 * h * m));
-                for i in 0..h {
-                    for j in 0..m {
-                        let (a, f) = discretize_mode(params.lambda[[i, j]], params.dt[i], disc);
-                        push_complex(&mut a_bar, a);
-                        push_complex(&mut b_bar, f * params.b[[i, j]]);
-                    }
-                }
-                Dynamics::Diag { a_bar, b_bar }
-            }
-            KernelKind::Dplr => {
-                let p = params.p.as_ref().expect("DPLR has P");
-                let r = p.shape()[0];
-                let (mut a_bar, mut b_bar, mut p2, mut pa, mut pd) = (vec![], vec![], vec![], vec![], vec![]);
-                let (mut pb, mut half_m, mut s_inv) = (vec![], vec![], vec![]);
-                for i in 0..h {
-                    let half = params.dt[i] / 2.0;
-                    let lam = |j: usize| params.lambda[[i, j]];
-                    let di: Vec<Complex64> = (0..m).map(|j| 1.0 / (1.0 - lam(j) * half)).collect();
-                    let a_i: Vec<Complex64> = (0..m).map(|j| di[j] * (1.0 + lam(j) * half)).collect();
-                    let bd: Vec<Complex64> = (0..m).map(|j| params.b[[i, j]] * params.dt[i]).collect();
-                    for j in 0..m {
-                        push_complex(&mut a_bar, a_i[j]);
-                        push_complex(&mut b_bar, di[j] * bd[j]);
-                    }
-                    let pk = |k: usize, j: usize| p[[k, i, j]];
-                    for k in 0..r {
-                        for j in 0..m {
-                            push_complex(&mut p2, 2.0 * pk(k, j));
-                            push_complex(&mut pa, 2.0 * pk(k, j) * a_i[j].conj());
-                            push_complex(&mut pd, half / 2.0 * di[j] * 2.0 * pk(k, j));
-                        }
-                        let s: Complex64 = (0..m).map(|j| pk(k, j).conj() * di[j] * bd[j]).sum();
-                        pb.push(T::of(2.0 * s.re));
-                    }
-                    // I + Δ/2·M, M = 2·Re(P* D P)
-                    let mut mat = nalgebra::DMatrix::<f64>::identity(r, r);
-                    for a in 0..r {
-                        for b in 0..r {
-                            let s: Complex64 = (0..m).map(|j| pk(a, j).conj() * di[j] * pk(b, j)).sum();
-                            mat[(a, b)] += half * 2.0 * s.re;
-                            half_m.push(T::of(half * 2.0 * s.re));
-                        }
-                    }
-                    let inv = mat.try_inverse().ok_or_else(|| {
-                        Error::numerical("recurrent setup", format!("I + Δ/2·M is singular for channel {i}"))
-                    })?;
-                    for a in 0..r {
-                        for b in 0..r {
-                            s_inv.push(T::of(inv[(a, b)]));
-                        }
-                    }
-                }
-                Dynamics::Dplr { a_bar, b_bar, p2, pa, pd, pb, half_m, s_inv, rank: r }
-            }
-        };
+        let dynamics = Dynamics::new(layer, &params)?;
         let w = layer.weights();
         Ok(Recurrent {
             dynamics,
@@ -706,34 +718,65 @@ impl<T: Real> Recurrent<T> {
         u: ArrayView3<T>,
         lengths: Option<&[usize]>,
     ) -> Result<State<T>> {
-        let (batch, h, len) = u.dim();
-        let mut state = match initial {
+        let state = match initial {
             Some(s) => {
-                self.check_state(s, batch)?;
+                self.check_state(s, u.dim().0)?;
                 s.clone()
             }
-            None => self.zero_state(batch),
+            None => self.zero_state(u.dim().0),
         };
-        let m = self.m;
-        let rows: Vec<Vec<Complex<T>>> = (0..batch * h)
-            .into_par_iter()
-            .map(|bi| {
-                let (b, i) = (bi / h, bi % h);
-                let n = lengths.map_or(len, |l| l[b]);
-                let mut x: Vec<Complex<T>> = state.x.slice(ndarray::s![b, i, ..]).to_vec();
-                let inputs: Vec<T> = u.slice(ndarray::s![b, i, ..n]).to_vec();
-                advance_run(&self.dynamics, i, reals_mut(&mut x), &inputs);
-                x
-            })
-            .collect();
-        for (bi, x) in rows.into_iter().enumerate() {
-            let (b, i) = (bi / h, bi % h);
-            for j in 0..m {
-                state.x[[b, i, j]] = x[j];
-            }
-        }
-        Ok(state)
+        Ok(advance_states(&self.dynamics, state, u, lengths))
     }
+}
+
+/// The state after each sequence's inputs u (B, H, L) (up to its length), from zero: what
+/// [`Recurrent::final_state`] gives, from the layer's discretized dynamics alone (no C recovery,
+/// which costs O(H·N³·log L) for DPLR, and no packed output linear).
+///
+/// # Errors
+/// A bidirectional layer, or I + Δ/2·M singular for a channel (DPLR).
+pub(crate) fn state_after<T: Real>(
+    layer: &S4Layer<T>,
+    u: ArrayView3<T>,
+    lengths: Option<&[usize]>,
+) -> Result<State<T>> {
+    let cfg = layer.config();
+    if cfg.bidirectional {
+        return Err(Error::invalid("bidirectional", true, "a causal layer for recurrent mode"));
+    }
+    let dynamics = Dynamics::new(layer, &layer.ssm_params()?.cast::<f64>())?;
+    let state = State::zeros(u.dim().0, cfg.d_model, cfg.d_state / 2);
+    Ok(advance_states(&dynamics, state, u, lengths))
+}
+
+/// Advances each sequence's state (B, H, N/2) by its inputs u (B, H, L) (up to its length): one
+/// dispatched run per sequence and channel, in parallel.
+fn advance_states<T: Real>(
+    dynamics: &Dynamics<T>,
+    mut state: State<T>,
+    u: ArrayView3<T>,
+    lengths: Option<&[usize]>,
+) -> State<T> {
+    let (batch, h, len) = u.dim();
+    let m = state.x.dim().2;
+    let rows: Vec<Vec<Complex<T>>> = (0..batch * h)
+        .into_par_iter()
+        .map(|bi| {
+            let (b, i) = (bi / h, bi % h);
+            let n = lengths.map_or(len, |l| l[b]);
+            let mut x: Vec<Complex<T>> = state.x.slice(ndarray::s![b, i, ..]).to_vec();
+            let inputs: Vec<T> = u.slice(ndarray::s![b, i, ..n]).to_vec();
+            advance_run(dynamics, i, reals_mut(&mut x), &inputs);
+            x
+        })
+        .collect();
+    for (bi, x) in rows.into_iter().enumerate() {
+        let (b, i) = (bi / h, bi % h);
+        for j in 0..m {
+            state.x[[b, i, j]] = x[j];
+        }
+    }
+    state
 }
 
 #[cfg(test)]
