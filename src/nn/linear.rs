@@ -699,9 +699,20 @@ pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: A
     y
 }
 
-/// Weights of at least this many values (1 MB in f32) are split by columns across the threads by
-/// [`PackedColumns`]; smaller ones stay whole (a thread's wake-up would cost more than it saves).
+/// Weights of at least this many values (1 MB in f32) are packed in column parts, one per thread,
+/// by [`PackedColumns`]; smaller ones stay whole.
 const SPLIT_VALUES: usize = 1 << 18;
+/// A product runs the parts on the threads when it has at least this many multiply–adds
+/// (rows × k × o) or its weights take at least [`SPLIT_BYTES`]; otherwise the calling thread runs
+/// them in turn, where a thread's wake-up would cost more than its share saves. Measured on the
+/// 2-vCPU host of the README: the committed demo verifier (f32 weights of at most 1 MiB) decoded
+/// 1025–1124 tokens/s alone with its parts always on the threads and 1224–1385 with these
+/// thresholds; the 10.8M demo shape (weights of 4.4·10⁵ and 5.9·10⁵ values) took 1.6 ms over 3
+/// positions split against 2.0 ms whole; GPT-2 small's pass over one position took 15.9–16.4 ms
+/// with its 2.4 MB attention projection split, 17.4–17.6 ms with it whole.
+const SPLIT_WORK: usize = 1 << 20;
+/// See [`SPLIT_WORK`]: weights this large are read faster by both cores even for one row.
+const SPLIT_BYTES: usize = 2 << 20;
 
 /// A weight matrix W (k, o) packed for decoding, the kernel behind the transformer's decoding passes
 /// and the S4 step's output linear: column panels of 16 (one AVX-512 register of f32) stored
@@ -756,16 +767,19 @@ impl<T: Real> PackedColumns<T> {
         self.parts.iter().map(|(_, p)| p.bytes()).sum()
     }
 
-    /// y = x·W + b: x (m, k), b (o,) → (m, o), the parts in parallel.
+    /// y = x·W + b: x (m, k), b (o,) → (m, o), the parts in parallel for large products or
+    /// weights ([`SPLIT_WORK`]), else in turn (each row's sums are the same either way).
     pub fn linear(&self, x: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
         if let [(_, whole)] = &self.parts[..] {
             return packed_linear(x, whole, b);
         }
-        let ys: Vec<Array2<T>> = self
-            .parts
-            .par_iter()
-            .map(|(c0, part)| packed_linear(x, part, b.slice(ndarray::s![*c0..*c0 + part.o])))
-            .collect();
+        let part_linear =
+            |(c0, part): &(usize, PackedMatrix<T>)| packed_linear(x, part, b.slice(ndarray::s![*c0..*c0 + part.o]));
+        let ys: Vec<Array2<T>> = if x.nrows() * x.ncols() * self.o >= SPLIT_WORK || self.bytes() >= SPLIT_BYTES {
+            self.parts.par_iter().map(part_linear).collect()
+        } else {
+            self.parts.iter().map(part_linear).collect()
+        };
         let mut y = Array2::<T>::zeros((x.nrows(), self.o));
         for ((c0, part), yp) in self.parts.iter().zip(&ys) {
             for (mut row, part_row) in y.rows_mut().into_iter().zip(yp.rows()) {
