@@ -234,7 +234,9 @@ enum Panels<T> {
 /// zero past column o). A product with a few rows then reads the weights in one sequential
 /// stream, where the row-major layout would read `PANEL` columns at a stride of o values. The
 /// values are kept in the compute type or, with a [`HalfPrecision`], in 16 bits (rounded to
-/// nearest even), which the kernels widen as they load them.
+/// nearest even), which the kernels widen as they load them. Weights whose every value is a bf16
+/// value (as read from a bf16 checkpoint) are kept in bf16 without being asked: the same products
+/// bit for bit, from half the bytes.
 #[derive(Clone, Debug)]
 pub(crate) struct PackedMatrix<T> {
     k: usize,
@@ -247,6 +249,7 @@ impl<T: Real> PackedMatrix<T> {
     pub(crate) fn with_precision(w: ArrayView2<T>, precision: Option<HalfPrecision>) -> Self {
         let (k, o) = w.dim();
         let panels = match precision {
+            None if bf16_values(w) => Panels::Bf16(pack(w)),
             None => Panels::Full(pack(w)),
             Some(HalfPrecision::Bf16) => Panels::Bf16(pack(w)),
             Some(HalfPrecision::F16) => Panels::F16(pack(w)),
@@ -262,6 +265,14 @@ impl<T: Real> PackedMatrix<T> {
             Panels::F16(d) => std::mem::size_of_val(&d[..]),
         }
     }
+}
+
+/// Whether every value of `w` is a bf16 value, so that bf16 panels hold it exactly.
+fn bf16_values<T: Real>(w: ArrayView2<T>) -> bool {
+    w.iter().all(|v| {
+        let (f, s) = (v.as_f64(), v.as_f64() as f32);
+        f64::from(s) == f && half::bf16::from_f32(s).to_f32() == s
+    })
 }
 
 /// The panels of `w` (k, o) in the storage format S (see [`PackedMatrix`]).
@@ -952,6 +963,34 @@ mod tests {
             let exact = x64.dot(&stored.mapv(f64::from)) + &b64;
             assert!(y.iter().zip(&exact).all(|(a, e)| (a - e).abs() < 1e-12), "{precision:?} in f64");
         }
+    }
+
+    /// Weights whose values are all bf16 values are packed in bf16 unasked: half the bytes, and
+    /// every product bit-identical to f32 panels of the same values at every SIMD level; one value
+    /// off the bf16 grid keeps f32 panels.
+    #[test]
+    fn bf16_valued_weights_are_packed_in_bf16_losslessly() {
+        let (k, o) = (37, 45);
+        let w = Array2::from_shape_fn((k, o), |(i, j)| {
+            HalfPrecision::Bf16.round(((i * 31 + j * 17) % 23) as f32 / 11.7 - 1.0)
+        });
+        let x = Array2::from_shape_fn((9, k), |(r, i)| ((r * 13 + i * 7) % 19) as f32 / 9.5 - 1.0);
+        let b = Array1::from_shape_fn(o, |j| j as f32 * 0.01);
+        let auto = PackedMatrix::with_precision(w.view(), None);
+        assert_eq!(auto.bytes(), o.div_ceil(PANEL) * PANEL * k * 2);
+        let full = PackedMatrix { k, o, panels: Panels::Full(pack(w.view())) };
+        for level in SimdLevel::available() {
+            with_simd_level(level, || {
+                for m in 1..=9 {
+                    let xm = x.slice(ndarray::s![..m, ..]);
+                    let (a, f) = (packed_linear(xm, &auto, b.view()), packed_linear(xm, &full, b.view()));
+                    assert!(a.iter().zip(&f).all(|(a, f)| a.to_bits() == f.to_bits()), "{level}, m = {m}");
+                }
+            });
+        }
+        let mut off = w.clone();
+        off[[3, 4]] += 1e-3;
+        assert_eq!(PackedMatrix::with_precision(off.view(), None).bytes(), o.div_ceil(PANEL) * PANEL * k * 4);
     }
 
     /// Products large enough to split their rows across threads give each row bit-identical to
