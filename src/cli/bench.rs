@@ -456,18 +456,15 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             let by_rank: Vec<f64> = by_rank.iter().map(|&(s, n)| s / n.max(1) as f64).collect();
             eprintln!(
                 "T={t} {:<22} alpha {alpha:.3}  tau {:.2}  c {c:.3}  speedup {speedup:.2}x  predicted {pred:.2}x  \
-                 cost model {pred_cost:.2}x{}",
+                 cost model {pred_cost:.2}x{}{}",
                 if cfg.tree.is_some() { format!("tree={label}") } else { format!("gamma={label}") },
                 count as f64 / calls as f64,
-                if t == 0.0 {
-                    if same {
-                        "  identical output"
-                    } else {
-                        "  OUTPUT DIFFERS"
-                    }
-                } else {
-                    ""
-                }
+                match (t == 0.0, same) {
+                    (true, true) => "  identical output",
+                    (true, false) => "  OUTPUT DIFFERS",
+                    _ => "",
+                },
+                if speedup < 1.0 { "  (slower than the verifier alone)" } else { "" }
             );
             let x = mean_gamma.max(1.0);
             let at = measured.partition_point(|&(m, _): &(f64, f64)| m < x);
@@ -481,7 +478,8 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
                              "alpha_iid": alpha_iid,
                              "tau": count as f64 / calls as f64, "cost_ratio": c,
                              "tokens_per_second": count as f64 / time, "verifier_only_tokens_per_second": base_tps,
-                             "speedup": speedup, "predicted_speedup": pred,
+                             "speedup": speedup, "slower_than_verifier_alone": speedup < 1.0,
+                             "predicted_speedup": pred,
                              "predicted_speedup_cost_model": pred_cost,
                              "verifier_pass_seconds": {"fixed": cost.fixed, "per_position": cost.per_position},
                              "draft_step_seconds": cost.draft_step,
