@@ -716,14 +716,15 @@ const SPLIT_VALUES: usize = 1 << 18;
 /// A product runs the parts on the threads when it has at least this many multiply–adds
 /// (rows × k × o) or its weights take at least [`SPLIT_BYTES`]; otherwise the calling thread runs
 /// them in turn, where a thread's wake-up would cost more than its share saves. Measured on the
-/// 2-vCPU host of the README: the committed demo verifier (f32 weights of at most 1 MiB) decoded
-/// 1025–1124 tokens/s alone with its parts always on the threads and 1224–1385 with these
-/// thresholds; the 10.8M demo shape (weights of 4.4·10⁵ and 5.9·10⁵ values) took 1.6 ms over 3
-/// positions split against 2.0 ms whole; GPT-2 small's pass over one position took 15.9–16.4 ms
-/// with its 2.4 MB attention projection split, 17.4–17.6 ms with it whole.
+/// 2-vCPU host of the README: the committed demo verifier with f32 panels (weights of at most
+/// 1 MiB) decoded 1025–1124 tokens/s alone with its parts always on the threads and 1224–1385 with
+/// them in turn below 2²⁰ multiply–adds; the 10.8M demo shape (f32 weights of 1.7–2.4 MB) took
+/// 1.6 ms over 3 positions split against 2.0 ms whole, and over 2 positions 1.8–2.0 ms whole
+/// against 1.8 ms split; GPT-2 small's pass over one position took 15.9–16.4 ms with its 2.4 MB
+/// attention projection split, 17.4–17.6 ms with it whole.
 const SPLIT_WORK: usize = 1 << 20;
-/// See [`SPLIT_WORK`]: weights this large are read faster by both cores even for one row.
-const SPLIT_BYTES: usize = 2 << 20;
+/// See [`SPLIT_WORK`]: weights this large (1.5 MiB) are read faster by both cores even for one row.
+const SPLIT_BYTES: usize = 3 << 19;
 
 /// A weight matrix W (k, o) packed for decoding, the kernel behind the transformer's decoding passes
 /// and the S4 step's output linear: column panels of 16 (one AVX-512 register of f32) stored
