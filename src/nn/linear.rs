@@ -719,9 +719,10 @@ const SPLIT_VALUES: usize = 1 << 18;
 /// 2-vCPU host of the README: the committed demo verifier with f32 panels (weights of at most
 /// 1 MiB) decoded 1025–1124 tokens/s alone with its parts always on the threads and 1224–1385 with
 /// them in turn below 2²⁰ multiply–adds; the 10.8M demo shape (f32 weights of 1.7–2.4 MB) took
-/// 1.6 ms over 3 positions split against 2.0 ms whole, and over 2 positions 1.8–2.0 ms whole
-/// against 1.8 ms split; GPT-2 small's pass over one position took 15.9–16.4 ms with its 2.4 MB
-/// attention projection split, 17.4–17.6 ms with it whole.
+/// 1.6 ms over 3 positions split against 2.0 ms whole, and over 2 positions 1.85–2.01 ms with
+/// its 1.8 MB query/key/value weights whole against 1.79–1.82 ms split; GPT-2 small's pass over
+/// one position took 15.9–16.4 ms with its 2.4 MB attention projection split, 17.4–17.6 ms with
+/// it whole.
 const SPLIT_WORK: usize = 1 << 20;
 /// See [`SPLIT_WORK`]: weights this large (1.5 MiB) are read faster by both cores even for one row.
 const SPLIT_BYTES: usize = 3 << 19;
