@@ -780,8 +780,9 @@ impl<T: Real> PackedColumns<T> {
         self.parts.iter().map(|(_, p)| p.bytes()).sum()
     }
 
-    /// y = x·W + b: x (m, k), b (o,) → (m, o), the parts in parallel for large products or
-    /// weights ([`SPLIT_WORK`]), else in turn (each row's sums are the same either way).
+    /// y = x·W + b: x (m, k), b (o,) → (m, o), the parts in parallel for products of 2²⁰ or more
+    /// multiply–adds or weights of 1.5 MiB or more, else in turn (each row's sums are the same
+    /// either way).
     pub fn linear(&self, x: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
         if let [(_, whole)] = &self.parts[..] {
             return packed_linear(x, whole, b);
