@@ -134,9 +134,9 @@ impl<'a> S4Session<'a> {
         let v = self.model.config().d_output;
         let mut out = Array2::zeros((if all_rows { tokens.len() } else { 1 }, v));
         // Stepping, whatever the length: at batch 1 it costs less than a convolutional prefill
-        // (S4Model::prefill) up to 8192 tokens at least (the demo draft: 0.80 against 6.7 ms for
-        // 32 tokens, 204 against 227 ms for 8192), whose kernels and discretization alone cost
-        // 1.5 ms per layer. Snapshots are kept for the positions a rollback can reach only.
+        // (S4Model::prefill) up to 8192 tokens at least (the demo draft: 0.81 against 5.3 ms for
+        // 32 tokens, 206 against 216 ms for 8192; a prefill's kernels and discretization alone
+        // cost about 0.8 ms per layer). Snapshots are kept for the positions a rollback can reach.
         let first_kept = tokens.len().saturating_sub(self.window + 1);
         for (i, &t) in tokens.iter().enumerate() {
             let y = self.rec.step_tokens(&mut self.state, &[t])?;
