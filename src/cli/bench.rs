@@ -368,6 +368,12 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     for t in &a.trees {
         modes.push((t.to_string(), SpecConfig { tree: Some(t.clone()), ..Default::default() }));
     }
+    // a mode's drafting (γ policy or tree) on top of a temperature's settings
+    let with_mode = |mode: &SpecConfig, base: &SpecConfig| SpecConfig {
+        gamma: mode.gamma,
+        tree: mode.tree.clone(),
+        ..base.clone()
+    };
     let mut rows = Vec::new();
     let mut panels = Vec::new();
     let mut continuations = Vec::new();
@@ -381,8 +387,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             let warm = SpecConfig { max_new: max_new.min(16), ..base_cfg.clone() };
             generate(ver.verifier()?.as_mut(), p, &warm)?;
             for (_, mode) in &modes {
-                let cfg = SpecConfig { gamma: mode.gamma, tree: mode.tree.clone(), ..warm.clone() };
-                speculate(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), p, &cfg)?;
+                speculate(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), p, &with_mode(mode, &warm))?;
             }
         }
         let mut base_tokens = Vec::new();
@@ -395,7 +400,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             base_count += g.tokens.len();
             base_tokens.push(g.tokens);
             for ((_, mode), tally) in modes.iter().zip(&mut tallies) {
-                let cfg = SpecConfig { gamma: mode.gamma, tree: mode.tree.clone(), seed, ..base_cfg.clone() };
+                let cfg = with_mode(mode, &SpecConfig { seed, ..base_cfg.clone() });
                 tally.push(speculate(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), p, &cfg)?);
             }
         }
@@ -411,7 +416,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
                                   "distinct_4gram_ratio": mean, "distinct_4gram_ratio_min": min}));
         let (mut measured, mut predicted, mut predicted_cost) = (Vec::new(), Vec::new(), Vec::new());
         for ((label, mode), tally) in modes.iter().zip(&tallies) {
-            let cfg = SpecConfig { gamma: mode.gamma, tree: mode.tree.clone(), ..base_cfg.clone() };
+            let cfg = with_mode(mode, &base_cfg);
             let (mut time, mut count, mut same) = (0.0, 0, true);
             let (mut drafted, mut accepted, mut calls, mut dsteps, mut rejections) = (0, 0, 0, 0, 0);
             let (mut dsec, mut vsec, mut gsum) = (0.0, 0.0, 0.0);

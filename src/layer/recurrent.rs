@@ -152,9 +152,13 @@ impl<T: Real> Dynamics<T> {
     /// state dynamics depend on the channel only: the rows of head 0 are used.
     ///
     /// # Errors
-    /// I + Δ/2·M singular for a channel (DPLR).
+    /// A bidirectional layer (it has no recurrent state), or I + Δ/2·M singular for a channel
+    /// (DPLR).
     fn new(layer: &S4Layer<T>, params: &SsmParams<f64>) -> Result<Self> {
         let cfg = layer.config();
+        if cfg.bidirectional {
+            return Err(Error::invalid("bidirectional", true, "a causal layer for recurrent mode"));
+        }
         let (h, m) = (cfg.d_model, cfg.d_state / 2);
         let disc = cfg.discretization();
         Ok(match cfg.kernel {
@@ -530,10 +534,8 @@ impl<T: Real> Recurrent<T> {
     /// As [`Recurrent::new`].
     pub fn with_weights(layer: &S4Layer<T>, weights: Option<HalfPrecision>) -> Result<Self> {
         let cfg = layer.config();
-        if cfg.bidirectional {
-            return Err(Error::invalid("bidirectional", true, "a causal layer for recurrent mode"));
-        }
         let params = layer.ssm_params()?.cast::<f64>();
+        let dynamics = Dynamics::new(layer, &params)?;
         let (h, m, ch) = (cfg.d_model, cfg.d_state / 2, cfg.channels);
         let c_plain = match (cfg.kernel, layer.weights().l_kernel) {
             (KernelKind::Dplr, l) if l > 0 => recover_c(&params, l)?,
@@ -543,7 +545,6 @@ impl<T: Real> Recurrent<T> {
         for &z in c_plain.iter() {
             push_complex(&mut c2, 2.0 * z.conj());
         }
-        let dynamics = Dynamics::new(layer, &params)?;
         let w = layer.weights();
         Ok(Recurrent {
             dynamics,
@@ -741,9 +742,6 @@ pub(crate) fn state_after<T: Real>(
     lengths: Option<&[usize]>,
 ) -> Result<State<T>> {
     let cfg = layer.config();
-    if cfg.bidirectional {
-        return Err(Error::invalid("bidirectional", true, "a causal layer for recurrent mode"));
-    }
     let dynamics = Dynamics::new(layer, &layer.ssm_params()?.cast::<f64>())?;
     let state = State::zeros(u.dim().0, cfg.d_model, cfg.d_state / 2);
     Ok(advance_states(&dynamics, state, u, lengths))
