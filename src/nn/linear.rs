@@ -435,9 +435,11 @@ unsafe fn packed_matmul_avx512<S: Stored<f32>>(x: &[f32], data: &[S], k: usize, 
         assert!(x.len() >= m * k && out.len() == m * o && data.len() == panels * k * PANEL);
         // as few tiles as 16-row tiles allow, of even sizes (17 rows: 9 + 8, not 16 + 1)
         let per_tile = m.div_ceil(m.div_ceil(16).max(1)).max(1);
+        // panels per block: at least 8 independent accumulators (an FMA's latency times the two
+        // FMA ports) and at most 16
         let block = match per_tile {
-            1 | 2 => 4,
-            3 | 4 => 2,
+            1..=4 => 4,
+            5..=12 => 2,
             _ => 1,
         };
         // block by block of panels (a block, block·k·64 bytes, stays in cache for every row tile)
@@ -450,8 +452,16 @@ unsafe fn packed_matmul_avx512<S: Stored<f32>>(x: &[f32], data: &[S], k: usize, 
                 match (r, q) {
                     (1, 4) => packed_tile_avx512::<S, 1, 4>(x, data, k, o, out, r0, p),
                     (2, 4) => packed_tile_avx512::<S, 2, 4>(x, data, k, o, out, r0, p),
-                    (3, 2) => packed_tile_avx512::<S, 3, 2>(x, data, k, o, out, r0, p),
-                    (4, 2) => packed_tile_avx512::<S, 4, 2>(x, data, k, o, out, r0, p),
+                    (3, 4) => packed_tile_avx512::<S, 3, 4>(x, data, k, o, out, r0, p),
+                    (4, 4) => packed_tile_avx512::<S, 4, 4>(x, data, k, o, out, r0, p),
+                    (5, 2) => packed_tile_avx512::<S, 5, 2>(x, data, k, o, out, r0, p),
+                    (6, 2) => packed_tile_avx512::<S, 6, 2>(x, data, k, o, out, r0, p),
+                    (7, 2) => packed_tile_avx512::<S, 7, 2>(x, data, k, o, out, r0, p),
+                    (8, 2) => packed_tile_avx512::<S, 8, 2>(x, data, k, o, out, r0, p),
+                    (9, 2) => packed_tile_avx512::<S, 9, 2>(x, data, k, o, out, r0, p),
+                    (10, 2) => packed_tile_avx512::<S, 10, 2>(x, data, k, o, out, r0, p),
+                    (11, 2) => packed_tile_avx512::<S, 11, 2>(x, data, k, o, out, r0, p),
+                    (12, 2) => packed_tile_avx512::<S, 12, 2>(x, data, k, o, out, r0, p),
                     (_, _) => {
                         // one panel at a time (larger tiles, or the panels left after blocks)
                         for pp in p..p + q {
@@ -681,7 +691,7 @@ fn packed_matmul_generic<T: Real, S: Stored<T>>(x: &[T], d: &[S], k: usize, o: u
 
 /// Products of at least this many rows and [`PAR_ROWS_WORK`] multiply–adds split their rows
 /// across the threads (each thread then reads all the weights, from its own cache).
-const PAR_ROWS: usize = 32;
+pub(crate) const PAR_ROWS: usize = 32;
 /// See [`PAR_ROWS`]: 8·[`PAR_WORK`], where a thread's share outweighs its wake-up many times.
 const PAR_ROWS_WORK: usize = 8 * PAR_WORK;
 
@@ -710,21 +720,18 @@ pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: A
     y
 }
 
-/// Weights of at least this many values (1 MB in f32) are packed in column parts, one per thread,
-/// by [`PackedColumns`]; smaller ones stay whole.
-const SPLIT_VALUES: usize = 1 << 18;
-/// A product runs the parts on the threads when it has at least this many multiply–adds
-/// (rows × k × o) or its weights take at least [`SPLIT_BYTES`]; otherwise the calling thread runs
-/// them in turn, where a thread's wake-up would cost more than its share saves. Measured on the
-/// 2-vCPU host of the README: the committed demo verifier with f32 panels (weights of at most
-/// 1 MiB) decoded 1025–1124 tokens/s alone with its parts always on the threads and 1224–1385 with
-/// them in turn below 2²⁰ multiply–adds; the 10.8M demo shape (f32 weights of 1.7–2.4 MB) took
-/// 1.6 ms over 3 positions split against 2.0 ms whole, and over 2 positions 1.85–2.01 ms with
-/// its 1.8 MB query/key/value weights whole against 1.79–1.82 ms split; GPT-2 small's pass over
-/// one position took 15.9–16.4 ms with its 2.4 MB attention projection split, 17.4–17.6 ms with
-/// it whole.
+/// Weights of at least this many values (256 KB in f32) are packed in column parts, one per
+/// thread, by [`PackedColumns`]; smaller ones stay whole. With two threads the parts run by
+/// [`crate::nn::pair`], whose wake-up costs well under a microsecond: on the 2-vCPU host of the
+/// README the committed demo verifier's pass took 0.35 / 0.87 ms over 1 / 9 positions with its
+/// 256 × 256 and 256 × 768 weights split, 0.37 / 0.94 ms with them whole.
+const SPLIT_VALUES: usize = 1 << 16;
+/// With more than two threads, a product runs the parts on rayon's threads when it has at least
+/// this many multiply–adds (rows × k × o) or its weights take at least [`SPLIT_BYTES`]; otherwise
+/// the calling thread runs them in turn, where a rayon worker's wake-up (20–50 µs on the host of
+/// the README) would cost more than its share saves.
 const SPLIT_WORK: usize = 1 << 20;
-/// See [`SPLIT_WORK`]: weights this large (1.5 MiB) are read faster by both cores even for one row.
+/// See [`SPLIT_WORK`]: weights this large (1.5 MiB) are read faster by all cores even for one row.
 const SPLIT_BYTES: usize = 3 << 19;
 
 /// A weight matrix W (k, o) packed for decoding, the kernel behind the transformer's decoding passes
@@ -758,8 +765,8 @@ pub struct PackedColumns<T> {
 }
 
 impl<T: Real> PackedColumns<T> {
-    /// Packs `w` (k, o) in as many parts as rayon has threads when it holds at least 2¹⁸ values
-    /// (1 MB in f32), else whole; the values rounded to `precision` if given.
+    /// Packs `w` (k, o) in as many parts as rayon has threads when it holds at least 2¹⁶ values
+    /// (256 KB in f32), else whole; the values rounded to `precision` if given.
     pub fn with_precision(w: ArrayView2<T>, precision: Option<HalfPrecision>) -> Self {
         let (k, o) = w.dim();
         let threads = if k * o >= SPLIT_VALUES { rayon::current_num_threads() } else { 1 };
@@ -780,7 +787,8 @@ impl<T: Real> PackedColumns<T> {
         self.parts.iter().map(|(_, p)| p.bytes()).sum()
     }
 
-    /// y = x·W + b: x (m, k), b (o,) → (m, o), the parts in parallel for products of 2²⁰ or more
+    /// y = x·W + b: x (m, k), b (o,) → (m, o). Two parts run side by side by
+    /// [`crate::nn::pair::join`]; more parts run on rayon's threads for products of 2²⁰ or more
     /// multiply–adds or weights of 1.5 MiB or more, else in turn (each row's sums are the same
     /// either way).
     pub fn linear(&self, x: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
@@ -789,7 +797,9 @@ impl<T: Real> PackedColumns<T> {
         }
         let part_linear =
             |(c0, part): &(usize, PackedMatrix<T>)| packed_linear(x, part, b.slice(ndarray::s![*c0..*c0 + part.o]));
-        let ys: Vec<Array2<T>> = if x.nrows() * x.ncols() * self.o >= SPLIT_WORK || self.bytes() >= SPLIT_BYTES {
+        let ys: Vec<Array2<T>> = if self.parts.len() == 2 {
+            crate::nn::pair::map(&self.parts, part_linear)
+        } else if x.nrows() * x.ncols() * self.o >= SPLIT_WORK || self.bytes() >= SPLIT_BYTES {
             self.parts.par_iter().map(part_linear).collect()
         } else {
             self.parts.iter().map(part_linear).collect()

@@ -31,6 +31,7 @@
 pub mod linear;
 pub mod loss;
 pub mod norm;
+pub(crate) mod pair;
 pub mod params;
 pub mod simd;
 

@@ -216,7 +216,7 @@ impl<T: Real> KvCache<T> {
         let scale = T::one() / T::of(d as f64).sqrt();
         let tasks: Vec<(usize, usize)> = (0..self.batch).flat_map(|b| (0..h).map(move |hh| (b, hh))).collect();
         let work = tasks.len() * t * (past + t) * d;
-        let heads = maybe_par_map(&tasks, tasks.len() > 1 && work >= PAR_WORK, |&(b, hh)| {
+        let head = |&(b, hh): &(usize, usize)| {
             let kts = kt.slice(s![b, hh, .., ..]);
             let vs = v.slice(s![b, hh, .., ..]);
             let q = qkv.slice(s![b * t..(b + 1) * t, hh * d..(hh + 1) * d]).to_owned();
@@ -234,7 +234,12 @@ impl<T: Real> KvCache<T> {
                 out.as_slice_mut().expect("owned"),
             );
             out
-        });
+        };
+        let heads = if rayon::current_num_threads() == 2 && tasks.len() > 1 {
+            crate::nn::pair::map(&tasks, head)
+        } else {
+            maybe_par_map(&tasks, tasks.len() > 1 && work >= PAR_WORK, head)
+        };
         let mut att = Array2::<T>::zeros((self.batch * t, h * d));
         let out = att.as_slice_mut().expect("owned");
         for (&(b, hh), o) in tasks.iter().zip(&heads) {
