@@ -84,11 +84,21 @@ const PARALLEL_MIN_STATE: usize = 1 << 17;
 
 /// The recurrent state of one layer: (B, H, N/2) complex, the kept half of each conjugate pair.
 ///
-/// A plain value: `clone()` is a snapshot, assignment is a restore.
-#[derive(Clone, Debug, PartialEq)]
+/// A plain value: `clone()` is a snapshot, assignment is a restore; `clone_from` copies into the
+/// existing buffer.
+#[derive(Debug, PartialEq)]
 pub struct State<T> {
     /// (B, H, N/2).
     pub x: Array3<Complex<T>>,
+}
+
+impl<T: Clone> Clone for State<T> {
+    fn clone(&self) -> Self {
+        State { x: self.x.clone() }
+    }
+    fn clone_from(&mut self, source: &Self) {
+        self.x.clone_from(&source.x);
+    }
 }
 
 impl<T: Real> State<T> {

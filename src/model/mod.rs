@@ -378,11 +378,21 @@ pub struct S4Model<T> {
     pub(crate) decoder_b: Array1<T>,
 }
 
-/// The recurrent state of a whole model: one [`State`] per layer. Clone to snapshot.
-#[derive(Clone, Debug, PartialEq)]
+/// The recurrent state of a whole model: one [`State`] per layer. Clone to snapshot; `clone_from`
+/// copies into the existing buffers.
+#[derive(Debug, PartialEq)]
 pub struct ModelState<T> {
     /// Per layer, (B, H, N/2).
     pub layers: Vec<State<T>>,
+}
+
+impl<T: Clone> Clone for ModelState<T> {
+    fn clone(&self) -> Self {
+        ModelState { layers: self.layers.clone() }
+    }
+    fn clone_from(&mut self, source: &Self) {
+        self.layers.clone_from(&source.layers);
+    }
 }
 
 impl<T: Real> S4Model<T> {
