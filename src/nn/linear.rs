@@ -691,7 +691,7 @@ fn packed_matmul_generic<T: Real, S: Stored<T>>(x: &[T], d: &[S], k: usize, o: u
 
 /// Products of at least this many rows and [`PAR_ROWS_WORK`] multiply–adds split their rows
 /// across the threads (each thread then reads all the weights, from its own cache).
-pub(crate) const PAR_ROWS: usize = 32;
+const PAR_ROWS: usize = 32;
 /// See [`PAR_ROWS`]: 8·[`PAR_WORK`], where a thread's share outweighs its wake-up many times.
 const PAR_ROWS_WORK: usize = 8 * PAR_WORK;
 
@@ -713,7 +713,13 @@ pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: A
     let threads = rayon::current_num_threads();
     if threads > 1 && m >= PAR_ROWS && m * w.k * w.o >= PAR_ROWS_WORK {
         let rows = m.div_ceil(threads).next_multiple_of(8);
-        xs.par_chunks(rows * w.k).zip(ys.par_chunks_mut(rows * w.o)).for_each(|(x, y)| packed_matmul(x, w, y));
+        if threads == 2 {
+            let (x0, x1) = xs.split_at(rows * w.k);
+            let (y0, y1) = ys.split_at_mut(rows * w.o);
+            crate::nn::pair::join(|| packed_matmul(x0, w, y0), || packed_matmul(x1, w, y1));
+        } else {
+            xs.par_chunks(rows * w.k).zip(ys.par_chunks_mut(rows * w.o)).for_each(|(x, y)| packed_matmul(x, w, y));
+        }
     } else {
         packed_matmul(xs, w, ys);
     }

@@ -93,7 +93,7 @@ pub use classifier::{TransformerClassifier, TransformerClassifierConfig};
 
 use crate::budget::Estimate;
 use crate::error::{Error, Result};
-use crate::nn::linear::{linear, lm_head, PackedColumns, PAR_ROWS};
+use crate::nn::linear::{linear, lm_head, PackedColumns};
 use crate::nn::params::{ParamGroup, Parameters, TensorMut, Trainable};
 use crate::scalar::{HalfPrecision, Real};
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
@@ -649,12 +649,12 @@ impl<T: Real> Gpt<T> {
         ids: ArrayView2<u32>,
         tree: Option<&TreeMask>,
     ) -> Result<Array3<T>> {
-        // With two threads, a pass over fewer than `PAR_ROWS` positions splits its work by
-        // `nn::pair` (the halves of each weight, of the attention heads), which starts without a
-        // wake-up on the calling thread. Other passes run whole on a worker of rayon's pool: their
-        // parallel regions then start by work stealing, where a caller outside the pool would
-        // sleep on a latch and be woken for every one of them.
-        if rayon::current_num_threads() == 2 && ids.len() < PAR_ROWS {
+        // With two threads, a pass over the packed decoding weights splits its work by
+        // `nn::pair` (the halves of each weight or of its rows, of the attention heads), which
+        // starts without a wake-up on the calling thread. Other passes run whole on a worker of
+        // rayon's pool: their parallel regions then start by work stealing, where a caller
+        // outside the pool would sleep on a latch and be woken for every one of them.
+        if rayon::current_num_threads() == 2 && ids.len() <= DECODE_ROWS {
             return self.forward_pass(cache, ids, tree);
         }
         rayon::scope(|_| self.forward_pass(cache, ids, tree))
