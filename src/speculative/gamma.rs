@@ -255,6 +255,8 @@ const FIRST_BACKOFF: usize = 16;
 const JUDGED_ROUNDS: usize = 6;
 /// The longest stretch of plain rounds between probes.
 const MAX_BACKOFF: usize = 1024;
+/// Plain rounds whose median is the guard's plain cost.
+const PLAIN_SAMPLES: usize = 64;
 
 /// The guard of the default policies: measures speculative rounds against plain ones (one
 /// verifier pass, one token) as they go and falls back to plain decoding where speculation does
@@ -271,7 +273,7 @@ const MAX_BACKOFF: usize = 1024;
 /// The first speculative round is not measured (it carries the first use of the draft's stepping
 /// and of the verifier's pass over several positions); once six more are measured, a round
 /// speculates while the measured tokens per second of speculative rounds (their catching up
-/// excluded) are at least those of plain rounds; otherwise the next
+/// excluded) are at least those of plain rounds (the median of the last 64); otherwise the next
 /// 16, 32, …, 1024 rounds are plain, each stretch followed by one probing round that passes the
 /// same check first.
 ///
@@ -308,7 +310,8 @@ pub struct PayoffGuard {
     spec_rounds: usize,
     warmed_up: bool,
     draft_step: Option<f64>,
-    plain_seconds: f64,
+    /// The most recent plain rounds' seconds (at most [`PLAIN_SAMPLES`]).
+    plain_seconds: std::collections::VecDeque<f64>,
     plain_fastest: Option<f64>,
     plain_rounds: usize,
     plain_left: usize,
@@ -361,8 +364,13 @@ impl PayoffGuard {
         best <= 1.0 || remaining as f64 * t1 * (1.0 - 1.0 / best) <= 2.0 * catch_up as f64 * d
     }
 
+    /// The median of the recent plain rounds: the first ones carry first-use costs (the first
+    /// one-position pass after the prompt's took twice a later one on the tiny pair), which
+    /// made a mean flatter speculation.
     fn plain_seconds_per_round(&self) -> Option<f64> {
-        (self.plain_rounds > 0).then(|| self.plain_seconds / self.plain_rounds as f64)
+        let mut t: Vec<f64> = self.plain_seconds.iter().copied().collect();
+        t.sort_by(f64::total_cmp);
+        t.get(t.len() / 2).copied()
     }
 
     /// Tokens per second of plain rounds, once one was measured.
@@ -408,7 +416,10 @@ impl PayoffGuard {
     /// Records a plain round (one pass, one token) that took `seconds`.
     pub fn record_plain(&mut self, seconds: f64) {
         self.rounds += 1;
-        self.plain_seconds += seconds;
+        if self.plain_seconds.len() == PLAIN_SAMPLES {
+            self.plain_seconds.pop_front();
+        }
+        self.plain_seconds.push_back(seconds);
         self.plain_fastest = Some(self.plain_fastest.map_or(seconds, |f| f.min(seconds)));
         self.plain_rounds += 1;
         // a stretch of plain rounds ends with a probe
