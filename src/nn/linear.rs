@@ -794,7 +794,7 @@ impl<T: Real> PackedColumns<T> {
     }
 
     /// y = x·W + b: x (m, k), b (o,) → (m, o). Two parts run side by side by
-    /// [`crate::nn::pair::join`]; more parts run on rayon's threads for products of 2²⁰ or more
+    /// the crate's `nn::pair` fork–join; more parts run on rayon's threads for products of 2²⁰ or more
     /// multiply–adds or weights of 1.5 MiB or more, else in turn (each row's sums are the same
     /// either way).
     pub fn linear(&self, x: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
