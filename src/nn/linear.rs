@@ -713,7 +713,7 @@ pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: A
     let threads = rayon::current_num_threads();
     if threads > 1 && m >= PAR_ROWS && m * w.k * w.o >= PAR_ROWS_WORK {
         let rows = m.div_ceil(threads).next_multiple_of(8);
-        if threads == 2 {
+        if crate::nn::pair::replaces_pool() {
             let (x0, x1) = xs.split_at(rows * w.k);
             let (y0, y1) = ys.split_at_mut(rows * w.o);
             crate::nn::pair::join(|| packed_matmul(x0, w, y0), || packed_matmul(x1, w, y1));

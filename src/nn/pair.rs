@@ -190,6 +190,14 @@ pub(crate) fn join<A, B: Send, FB: FnOnce() -> B + Send>(a: impl FnOnce() -> A, 
     (ra, rb)
 }
 
+/// Whether the decoding kernels split their work on the helper instead of rayon's pool: with
+/// exactly two threads in the pool (the host of the README), where the two halves of a split
+/// match the pool and a rayon worker's wake-up costs more than a region saves; with more threads
+/// rayon's wider split is kept.
+pub(crate) fn replaces_pool() -> bool {
+    rayon::current_num_threads() == 2
+}
+
 /// `items.map(f)` in order, the second half of the items on the helper ([`join`]).
 pub(crate) fn map<I: Sync, R: Send>(items: &[I], f: impl Fn(&I) -> R + Sync) -> Vec<R> {
     let (left, right) = items.split_at(items.len() / 2);

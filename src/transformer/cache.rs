@@ -235,7 +235,7 @@ impl<T: Real> KvCache<T> {
             );
             out
         };
-        let heads = if rayon::current_num_threads() == 2 && tasks.len() > 1 {
+        let heads = if crate::nn::pair::replaces_pool() && tasks.len() > 1 {
             crate::nn::pair::map(&tasks, head)
         } else {
             maybe_par_map(&tasks, tasks.len() > 1 && work >= PAR_WORK, head)

@@ -654,7 +654,7 @@ impl<T: Real> Gpt<T> {
         // starts without a wake-up on the calling thread. Other passes run whole on a worker of
         // rayon's pool: their parallel regions then start by work stealing, where a caller
         // outside the pool would sleep on a latch and be woken for every one of them.
-        if rayon::current_num_threads() == 2 && ids.len() <= DECODE_ROWS {
+        if crate::nn::pair::replaces_pool() && ids.len() <= DECODE_ROWS {
             return self.forward_pass(cache, ids, tree);
         }
         rayon::scope(|_| self.forward_pass(cache, ids, tree))
