@@ -181,6 +181,20 @@ impl CostFit {
     }
 }
 
+/// The acceptance rate [`GammaController::start_from`] assumes before any is measured (the demo
+/// pair's per-token rates are 0.7–0.95).
+pub const PRIOR_ALPHA: f64 = 0.7;
+
+/// The weight of [`PRIOR_ALPHA`] in [`PayoffGuard::alpha_estimate`], in samples.
+const PRIOR_WEIGHT: f64 = 4.0;
+/// The cost model's best speedup (with [`PayoffGuard::alpha_estimate`]) a guard asks for before a
+/// speculative round: the model leaves out the rounds' bookkeeping and sampling, so a pair it
+/// gives 1.1× only breaks even (the tiny pair of the README).
+const TRY_GAIN: f64 = 1.15;
+/// Agreement samples after which a predicted speedup below [`TRY_GAIN`] ends speculation for the
+/// generation (α̂ within about ±0.1), so that the drafter stops working beside the passes.
+const CONFIDENT_AGREEMENTS: usize = 16;
+
 /// Rounds spent on the heuristic before [`GammaPolicy::Auto`] trusts its estimates.
 const AUTO_WARMUP_ROUNDS: usize = 4;
 
@@ -203,6 +217,17 @@ impl GammaController {
             GammaPolicy::Auto { max } => 4.min(max),
         };
         GammaController { policy, current, rounds: 0, accepted: 0, trials: 0 }
+    }
+
+    /// Before the first round: starts [`GammaPolicy::Auto`] at the γ its cost model prefers on
+    /// `cost` (measured in plain rounds, [`PayoffGuard::plain_cost`]) with the acceptance rate
+    /// `alpha` ([`PayoffGuard::alpha_estimate`]), instead of 4: a verifier whose extra positions cost much against its pass
+    /// (the tiny pair: b ≈ 0.2·t(1)) starts at γ = 1 rather than paying for four drafted tokens
+    /// before any acceptance is measured; the heuristic grows γ from there while drafts are kept.
+    pub fn start_from(&mut self, cost: PassCost, alpha: f64) {
+        if let (GammaPolicy::Auto { max }, 0) = (self.policy, self.rounds) {
+            self.current = cost.best_gamma(alpha.min(0.999), max);
+        }
     }
 
     /// The γ for the next round.
@@ -253,6 +278,10 @@ const FIRST_BACKOFF: usize = 16;
 /// verdict from two or three rounds falls back on pairs where speculation pays (the demo pair at
 /// T = 1: 0.99× with a verdict after two rounds, against 1.62× for a fixed γ = 4).
 const JUDGED_ROUNDS: usize = 6;
+/// How much faster than plain rounds measured speculative rounds must be to go on: a pair that
+/// only breaks even gains nothing from speculating but the noise of its verdicts (and the
+/// speculative rounds' spread), so it decodes plainly.
+const REQUIRED_GAIN: f64 = 1.05;
 /// The longest stretch of plain rounds between probes.
 const MAX_BACKOFF: usize = 1024;
 /// Plain rounds whose median is the guard's plain cost.
@@ -263,19 +292,30 @@ const PLAIN_SAMPLES: usize = 64;
 /// not pay.
 ///
 /// The first three rounds are plain: the prompt's pass t(P) and one-token passes t(1) (the
-/// fastest plain round so far) give the
-/// verifier's cost per extra position b = (t(P) − t(1)) / (P − 1), and one draft step is timed
-/// (d). Before any speculative round the guard asks whether speculation could pay at all: with
-/// every drafted token kept, a round of γ tokens emits γ + 1 for t(1) + b·γ + d·γ, so the best
-/// speedup is S* = max_γ (γ + 1)·t(1) / (t(1) + (b + d)·γ); if S* ≤ 1, or if the time S* could save
-/// on the tokens still to come does not repay twice the drafter's catching up on the tokens it has
-/// not seen (d each), it stays plain. Otherwise the fifth round is plain and the others speculate.
+/// fastest plain round so far) give the verifier's cost per extra position
+/// b = (t(P) − t(1)) / (P − 1), and one draft step is timed (d). From then on, while rounds are
+/// plain, the drafter catches up beside each pass on the other core
+/// ([`background_chunk`](Self::background_chunk)), and wherever a plain round emitted a token it
+/// measures how likely its draft would have been kept there
+/// ([`record_agreement`](Self::record_agreement)): the guard knows α̂ before it risks a
+/// speculative round.
+///
+/// Before each speculative round the guard asks two questions. Could speculation pay at all?
+/// With every drafted token kept, a round of γ tokens emits γ + 1 for t(1) + b·γ + d·γ, so the
+/// best speedup is S* = max_γ (γ + 1)·t(1) / (t(1) + (b + d)·γ); if S* ≤ 1, or if the time S*
+/// could save on the tokens still to come does not repay twice the drafter's catching up on the
+/// tokens it has not seen (d each), it gives up. Does it pay at the measured acceptance? The cost
+/// model [`PassCost::speedup`] with [`alpha_estimate`](Self::alpha_estimate) (the prior
+/// [`PRIOR_ALPHA`] until measured) must reach 1.15 (the model leaves out the rounds'
+/// bookkeeping); below it the round is plain, and after 16 samples the guard gives up. The fifth round is plain, and a
+/// speculative round waits for the drafter to be within one background chunk.
+///
 /// The first speculative round is not measured (it carries the first use of the draft's stepping
 /// and of the verifier's pass over several positions); once six more are measured, a round
 /// speculates while the measured tokens per second of speculative rounds (their catching up
-/// excluded) are at least those of plain rounds (the median of the last 64); otherwise the next
-/// 16, 32, …, 1024 rounds are plain, each stretch followed by one probing round that passes the
-/// same check first.
+/// excluded) are at least 1.05 times those of plain rounds (the lower quartile of
+/// the last 64); otherwise the next 16, 32, …, 1024 rounds are plain, each stretch followed by
+/// one probing round that passes the same checks first.
 ///
 /// ```
 /// use s4::speculative::gamma::PayoffGuard;
@@ -317,6 +357,10 @@ pub struct PayoffGuard {
     plain_left: usize,
     backoff: usize,
     never: bool,
+    /// Σ and count of [`record_agreement`](Self::record_agreement)'s samples.
+    agreement_sum: f64,
+    agreements: usize,
+    background_step: Option<f64>,
 }
 
 impl PayoffGuard {
@@ -348,29 +392,98 @@ impl PayoffGuard {
             self.never = true;
             return false;
         }
-        true
+        // the cost model with the acceptance rate measured so far (the prior until measured)
+        if let Some(cost) = self.plain_cost() {
+            let predicted = (1..=32usize).map(|g| cost.speedup(self.alpha_estimate(), g)).fold(0.0, f64::max);
+            if predicted < TRY_GAIN {
+                if self.agreements >= CONFIDENT_AGREEMENTS {
+                    self.never = true;
+                }
+                return false;
+            }
+        }
+        // while plain rounds let the drafter catch up beside the verifier's pass, wait for it
+        // (the hopeless check above already asked the tokens left to repay the catching up)
+        catch_up <= self.background_chunk(usize::MAX)
+    }
+
+    /// Sets the time of one draft step taken beside a plain round's pass
+    /// ([`background_chunk`](Self::background_chunk)).
+    pub fn set_background_step(&mut self, seconds: f64) {
+        self.background_step = Some(seconds);
+    }
+
+    /// Records how likely a drafted token would have been kept at one position of a plain round:
+    /// min(1, q(y)/p(y)) for the token y the verifier emitted with probability p(y) there, q the
+    /// draft's (warped) distribution at the same position, computed when the drafter caught up
+    /// beside a later pass. Over y ~ p its mean is Σ_y min(p(y), q(y)) = α, the acceptance rate
+    /// of speculative sampling (Leviathan et al. 2023, §3.1); at temperature 0 (p and q point
+    /// masses) it is 1 where the draft's arg-max is y. So the guard knows α before it risks a
+    /// speculative round.
+    pub fn record_agreement(&mut self, value: f64) {
+        self.agreement_sum += value.clamp(0.0, 1.0);
+        self.agreements += 1;
+    }
+
+    /// α measured in plain rounds ([`record_agreement`](Self::record_agreement)), shrunk toward
+    /// [`PRIOR_ALPHA`] as if the prior were 4 samples.
+    pub fn alpha_estimate(&self) -> f64 {
+        (PRIOR_ALPHA * PRIOR_WEIGHT + self.agreement_sum) / (PRIOR_WEIGHT + self.agreements as f64)
+    }
+
+    /// How many of the `behind` tokens the drafter has not seen it should consume during a plain
+    /// round's one-position pass, on the other core ([`crate::speculative`]'s plain rounds): as
+    /// many draft steps as fit in that pass, k = t(1)/d, at least 2 (the round adds one token to
+    /// catch up on), at most `behind`. 0 before t(1) and d are measured, once the guard gave up,
+    /// and early in a stretch of plain rounds: the drafter starts catching up when the stretch's
+    /// rounds left, k − 1 tokens each, just cover `behind` (a drafter working beside the pass
+    /// slows it a little, 5% on the tiny pair, so it works only when a probe will need it).
+    pub fn background_chunk(&self, behind: usize) -> usize {
+        match (self.draft_step, self.plain_fastest) {
+            (Some(_), Some(t1)) if !self.never => {
+                // two steps until a chunk measured them beside a pass (the timed step alone
+                // ran at half that cost on the tiny pair)
+                let k = self.background_step.map_or(2, |d| ((t1 / d.max(1e-12)) as usize).clamp(2, 1 << 20));
+                if self.plain_left.saturating_sub(1) * (k - 1) >= behind {
+                    0
+                } else {
+                    k.min(behind)
+                }
+            }
+            _ => 0,
+        }
+    }
+
+    /// The costs measured before any speculative round: t(1) the fastest plain round (the first
+    /// ones carry first-use costs that flatter speculation), b = (t(P) − t(1)) / (P − 1) from the
+    /// prompt's pass over P positions, d the timed draft step; `None` until all are measured.
+    pub fn plain_cost(&self) -> Option<PassCost> {
+        let (Some(d), Some(t1)) = (self.draft_step, self.plain_fastest) else { return None };
+        let b = match self.prompt {
+            Some((p, tp)) if p > 1 => ((tp - t1) / (p - 1) as f64).clamp(0.0, t1),
+            _ => 0.0,
+        };
+        Some(PassCost { fixed: t1 - b, per_position: b, draft_step: d })
     }
 
     /// S* ≤ 1, or the best-case saving on `remaining` tokens does not repay `catch_up` draft steps.
     fn hopeless(&self, remaining: usize, catch_up: usize) -> bool {
-        // the fastest plain round: the first ones carry first-use costs that flatter speculation
-        let (Some(d), Some(t1)) = (self.draft_step, self.plain_fastest) else { return false };
-        let b = match self.prompt {
-            Some((p, tp)) if p > 1 => ((tp - t1) / (p - 1) as f64).max(0.0),
-            _ => 0.0,
-        };
-        let best = (1..=32usize).map(|g| (g + 1) as f64 * t1 / (t1 + (b + d) * g as f64)).fold(0.0, f64::max);
+        let Some(cost) = self.plain_cost() else { return false };
+        let (t1, d) = (cost.fixed + cost.per_position, cost.draft_step);
+        let best = (1..=32usize).map(|g| cost.speedup(1.0, g)).fold(0.0, f64::max);
         // the saving assumes every drafted token kept: ask it to repay the catching up twice
         best <= 1.0 || remaining as f64 * t1 * (1.0 - 1.0 / best) <= 2.0 * catch_up as f64 * d
     }
 
-    /// The median of the recent plain rounds: the first ones carry first-use costs (the first
-    /// one-position pass after the prompt's took twice a later one on the tiny pair), which
-    /// made a mean flatter speculation.
+    /// The lower quartile of the recent plain rounds. The first ones carry first-use costs (the
+    /// first one-position pass after the prompt's took twice a later one on the tiny pair) and
+    /// are most of the samples early in a generation: a mean, and even a median of those few,
+    /// flattered speculation (the tiny pair at T = 1 judged 25k tokens/s of plain rounds that ran
+    /// at 28–32k).
     fn plain_seconds_per_round(&self) -> Option<f64> {
         let mut t: Vec<f64> = self.plain_seconds.iter().copied().collect();
         t.sort_by(f64::total_cmp);
-        t.get(t.len() / 2).copied()
+        t.get(t.len() / 4).copied()
     }
 
     /// Tokens per second of plain rounds, once one was measured.
@@ -404,7 +517,7 @@ impl PayoffGuard {
             // even keeping everything, these rounds would have lost: the draft is too slow
             self.never = true;
         } else if self.spec_rounds >= JUDGED_ROUNDS {
-            if self.spec_tokens / self.spec_seconds.max(1e-12) < plain_rate {
+            if self.spec_tokens / self.spec_seconds.max(1e-12) < REQUIRED_GAIN * plain_rate {
                 self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
                 self.plain_left = self.backoff;
             } else {
@@ -459,6 +572,45 @@ mod tests {
             a.update(a.gamma(), 0, Some(cost));
         }
         assert_eq!(a.gamma(), 1);
+    }
+
+    #[test]
+    fn measured_acceptance_decides_before_any_speculative_round() {
+        // t(1) = 30 µs, 6 µs per extra position, 10 µs draft steps: with the prior α = 0.7 the
+        // model's best is 1.7·30 / (24 + 12 + 10) ≈ 1.11 (γ = 1), short of 1.15
+        let measured = || {
+            let mut g = PayoffGuard::default();
+            g.record_prompt(32, 30e-6 + 31.0 * 6e-6);
+            g.record_plain(30e-6);
+            g.set_draft_step(10e-6);
+            g.record_plain(31e-6);
+            g
+        };
+        let mut g = measured();
+        assert!((g.alpha_estimate() - PRIOR_ALPHA).abs() < 1e-12);
+        assert!(!g.speculate_now(90, 1) && !g.gave_up(), "waits for α̂, plain");
+        // the drafter catches up two steps per pass until a chunk measured its steps
+        assert_eq!(g.background_chunk(40), 2);
+        g.set_background_step(10e-6);
+        assert_eq!(g.background_chunk(40), 3);
+        assert_eq!(g.background_chunk(1), 1);
+        // a draft that agrees: E[L] = 3.71 tokens at γ = 3 for 78 µs, 1.43× → speculate
+        for _ in 0..16 {
+            g.record_agreement(0.95);
+        }
+        assert!((g.alpha_estimate() - (0.7 * 4.0 + 0.95 * 16.0) / 20.0).abs() < 1e-12);
+        assert!(g.speculate_now(90, 1));
+        // the drafter far behind: plain rounds until it caught up beside them
+        assert!(!g.speculate_now(90, 10) && !g.gave_up());
+        // a draft that agrees half the time: plain, then given up once measured
+        let mut g = measured();
+        for i in 0..CONFIDENT_AGREEMENTS {
+            assert!(!g.speculate_now(90, 1));
+            assert!(!g.gave_up(), "{i} samples");
+            g.record_agreement(0.5);
+        }
+        assert!(!g.speculate_now(90, 1) && g.gave_up());
+        assert_eq!(g.background_chunk(40), 0);
     }
 
     #[test]

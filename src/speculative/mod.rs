@@ -68,6 +68,7 @@ pub mod sampling;
 pub mod tree;
 pub mod verify;
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use ndarray::Array2;
@@ -463,7 +464,7 @@ fn decode_plain<V: Verifier + ?Sized>(
 /// # Errors
 /// Different vocabularies, an empty prompt, unknown tokens, a prompt + `max_new` beyond the
 /// verifier's context, a fixed γ of 0, bad sampling values, model failures.
-pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
+pub fn speculate<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
     drafter: &mut D,
     verifier: &mut V,
     prompt: &[u32],
@@ -515,6 +516,7 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let mut out: Vec<u32> = Vec::with_capacity(config.max_new.min(4096) + 16);
     let mut pending_v: Vec<u32> = prompt.to_vec();
     let mut pending_d: Vec<u32> = prompt.to_vec();
+    let mut emitted = Emitted::default();
 
     'rounds: while out.len() < config.max_new {
         let remaining = config.max_new - out.len();
@@ -523,6 +525,11 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             break;
         }
         let gamma = if guarded_round(&mut guard, drafter, remaining, &pending_d)? {
+            if let Some(g) = &guard
+                && let Some(cost) = g.plain_cost()
+            {
+                control.start_from(cost, g.alpha_estimate());
+            }
             control.gamma().min(remaining - 1)
         } else {
             0
@@ -544,23 +551,32 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         let t = Instant::now();
         let mut input = pending_v.clone();
         input.extend_from_slice(&draft.tokens);
-        let logits = verifier.score(&input)?;
-        log.pass(input.len(), t.elapsed().as_secs_f64());
+        let (logits, waited) = if gamma > 0 {
+            (verifier.score(&input)?, 0.0)
+        } else {
+            let draft_warp = if config.argmax_draft || greedy { Sampling::greedy() } else { config.sampling };
+            let observe = Observe { emitted: &mut emitted, draft_warp };
+            plain_pass(verifier, drafter, &input, &mut pending_d, guard.as_mut(), observe, &mut log)?
+        };
+        log.pass(input.len(), t.elapsed().as_secs_f64() - waited);
+        let catch_up = catch_up + waited;
         let first = pending_v.len() - 1;
         let rows: Vec<&[f32]> = (first..first + gamma + 1)
             .map(|i| logits.row(i).to_slice().ok_or_else(|| Error::numerical("speculate", "non-contiguous logits")))
             .collect::<Result<_>>()?;
-        let outcome = match config.acceptance {
-            Acceptance::Exact if greedy => verify::greedy(&rows, &draft.tokens)?,
-            Acceptance::Exact => {
-                let p = rows.iter().map(|r| config.sampling.probs(r)).collect::<Result<Vec<_>>>()?;
-                verify::rejection_sampling(&p, &draft.dists, &draft.tokens, &mut rng)?
-            }
-            Acceptance::Typical { epsilon, delta } => {
-                let p = rows.iter().map(|r| config.sampling.probs(r)).collect::<Result<Vec<_>>>()?;
-                verify::typical(&p, &draft.tokens, epsilon, delta, &mut rng)?
+        let p =
+            (!greedy).then(|| rows.iter().map(|r| config.sampling.probs(r)).collect::<Result<Vec<_>>>()).transpose()?;
+        let outcome = match (&p, config.acceptance) {
+            (None, _) => verify::greedy(&rows, &draft.tokens)?,
+            (Some(p), Acceptance::Exact) => verify::rejection_sampling(p, &draft.dists, &draft.tokens, &mut rng)?,
+            (Some(p), Acceptance::Typical { epsilon, delta }) => {
+                verify::typical(p, &draft.tokens, epsilon, delta, &mut rng)?
             }
         };
+        if gamma == 0 {
+            // a greedy verifier emits its arg-max: probability 1
+            emitted.push(base + pending_v.len(), outcome.next, p.as_ref().map_or(1.0, |p| p[0][outcome.next as usize]));
+        }
         let n = outcome.accepted;
         if gamma > 0 {
             log.round(gamma, n, n < gamma);
@@ -589,6 +605,88 @@ pub fn speculate<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         pending_d.push(outcome.next);
     }
     Ok(Generation { stats: log.finish(out.len()), tokens: out })
+}
+
+/// The tokens plain rounds emitted, by position, with the verifier's probability of each: what
+/// the draft's distribution at the same position is compared with once the drafter gets there
+/// ([`PayoffGuard::record_agreement`]).
+#[derive(Debug, Default)]
+pub(super) struct Emitted(VecDeque<(usize, u32, f64)>);
+
+impl Emitted {
+    /// The verifier emitted `token` at sequence position `position` with probability `p`.
+    pub(super) fn push(&mut self, position: usize, token: u32, p: f64) {
+        self.0.push_back((position, token, p));
+    }
+
+    /// The token emitted at `position` and its probability, if a plain round emitted it.
+    fn at(&self, position: usize) -> Option<(u32, f64)> {
+        self.0.binary_search_by_key(&position, |e| e.0).ok().map(|i| (self.0[i].1, self.0[i].2))
+    }
+
+    /// Forgets the positions up to `position`.
+    fn forget_through(&mut self, position: usize) {
+        while self.0.front().is_some_and(|e| e.0 <= position) {
+            self.0.pop_front();
+        }
+    }
+}
+
+/// What a plain round's drafter compares its distributions with: the emitted tokens and the warp
+/// its drafts are drawn with.
+pub(super) struct Observe<'a> {
+    pub(super) emitted: &'a mut Emitted,
+    pub(super) draft_warp: Sampling,
+}
+
+/// A plain round's verifier pass over `input`. When the guard has measured the costs, the
+/// drafter meanwhile consumes the next [`PayoffGuard::background_chunk`] of the tokens it has not
+/// seen (all of `pending_d` but the last) on the other core ([`crate::nn::pair::join`]), so that
+/// a later speculative round, or a probe after a stretch of plain rounds, finds it caught up
+/// instead of paying for it; at each position a plain round emitted, its distribution tells the
+/// guard how likely a drafted token would have been kept there. Returns the logits and the
+/// seconds the round waited for the drafter after the verifier was done.
+fn plain_pass<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
+    verifier: &mut V,
+    drafter: &mut D,
+    input: &[u32],
+    pending_d: &mut Vec<u32>,
+    guard: Option<&mut PayoffGuard>,
+    observe: Observe<'_>,
+    log: &mut RoundLog,
+) -> Result<(Array2<f32>, f64)> {
+    let Some(guard) = guard else { return Ok((verifier.score(input)?, 0.0)) };
+    observe.emitted.forget_through(drafter.len());
+    let chunk = guard.background_chunk(pending_d.len().saturating_sub(1));
+    if chunk == 0 {
+        return Ok((verifier.score(input)?, 0.0));
+    }
+    let start = Instant::now();
+    let (head, seen) = (&pending_d[..chunk], drafter.len());
+    let (emitted, warp) = (&*observe.emitted, observe.draft_warp);
+    let ((logits, verified), drafted) = crate::nn::pair::join(
+        || (verifier.score(input), start.elapsed().as_secs_f64()),
+        || -> Result<(f64, Vec<f64>)> {
+            let t = Instant::now();
+            let mut agreements = Vec::new();
+            for (i, x) in head.iter().enumerate() {
+                // the logits after position seen + i predict position seen + i + 1
+                let q = drafter.extend(std::slice::from_ref(x))?;
+                if let Some((y, p)) = emitted.at(seen + i + 1) {
+                    agreements.push(warp.probs(&q)?[y as usize] / p);
+                }
+            }
+            Ok((t.elapsed().as_secs_f64(), agreements))
+        },
+    );
+    let waited = (start.elapsed().as_secs_f64() - verified).max(0.0);
+    let (logits, (draft_seconds, agreements)) = (logits?, drafted?);
+    log.draft(chunk, draft_seconds);
+    guard.set_background_step(draft_seconds / chunk as f64);
+    agreements.into_iter().for_each(|a| guard.record_agreement(a));
+    observe.emitted.forget_through(seen + chunk);
+    pending_d.drain(..chunk);
+    Ok((logits, waited))
 }
 
 /// Asks the guard (if any) whether this round speculates, with the drafter `pending.len() − 1`
@@ -760,7 +858,7 @@ fn cost_ratio(stats: &SpecStats, round_verify_seconds: f64) -> Option<f64> {
 /// The first error of any prompt (as [`speculate`]), or of `sessions`.
 pub fn speculate_batch<D, V, F>(sessions: F, prompts: &[Vec<u32>], config: &SpecConfig) -> Result<Vec<Generation>>
 where
-    D: Drafter,
+    D: Drafter + Send,
     V: Verifier,
     F: Fn() -> Result<(D, V)> + Sync,
 {

@@ -415,7 +415,7 @@ impl CausalModel {
     ///
     /// # Errors
     /// An S4 model that cannot step (see [`S4Session::new`]).
-    pub fn drafter(&self) -> Result<Box<dyn Drafter + '_>> {
+    pub fn drafter(&self) -> Result<Box<dyn Drafter + Send + '_>> {
         Ok(match self {
             CausalModel::Gpt(g) => Box::new(GptSession::new(g)),
             CausalModel::S4(m) => Box::new(S4Session::new(m, 64)?),

@@ -87,8 +87,8 @@ use rand_pcg::Pcg64;
 
 use super::sampling::{sample, Sampling};
 use super::{
-    decode_plain, guarded_round, record_round, Acceptance, Drafter, Generation, PayoffGuard, RoundLog, SpecConfig,
-    Verifier,
+    decode_plain, guarded_round, plain_pass, record_round, Acceptance, Drafter, Emitted, Generation, Observe,
+    PayoffGuard, RoundLog, SpecConfig, Verifier,
 };
 use crate::error::{Error, Result};
 use crate::transformer::TreeMask;
@@ -665,7 +665,7 @@ pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng:
 /// [`speculate`](super::speculate) with a token tree per round (the models are reset and the
 /// settings checked by the caller): draft a tree from the drafter's state, score the pending
 /// tokens and the tree in one verifier pass, keep the path [`verify_tree`] accepts plus its token.
-pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
+pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
     drafter: &mut D,
     verifier: &mut V,
     prompt: &[u32],
@@ -688,6 +688,7 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
     let mut out: Vec<u32> = Vec::with_capacity(config.max_new.min(4096) + 16);
     let mut pending_v: Vec<u32> = prompt.to_vec();
     let mut pending_d: Vec<u32> = prompt.to_vec();
+    let mut emitted = Emitted::default();
     let mut nodes_total = 0usize;
     let mut odds = AcceptanceOdds::default();
     // (tried, kept) per sibling rank
@@ -728,12 +729,15 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
         let mut input = pending_v.clone();
         input.extend_from_slice(&tree.tokens);
         // a round without a tree (the fall-back's plain rounds) is an ordinary causal pass
-        let logits = if tree.is_empty() {
-            verifier.score(&input)?
+        let (logits, waited) = if tree.is_empty() {
+            let observe =
+                Observe { emitted: &mut emitted, draft_warp: if deterministic { Sampling::greedy() } else { warp } };
+            plain_pass(verifier, drafter, &input, &mut pending_d, guard.as_mut(), observe, &mut log)?
         } else {
-            verifier.score_tree(&input, &tree.mask(pending_v.len())?)?
+            (verifier.score_tree(&input, &tree.mask(pending_v.len())?)?, 0.0)
         };
-        log.pass(input.len(), t.elapsed().as_secs_f64());
+        log.pass(input.len(), t.elapsed().as_secs_f64() - waited);
+        let catch_up = catch_up + waited;
         let first = pending_v.len() - 1;
         let p = (first..input.len())
             .map(|i| {
@@ -742,6 +746,9 @@ pub(super) fn speculate_tree<D: Drafter + ?Sized, V: Verifier + ?Sized>(
             })
             .collect::<Result<Vec<_>>>()?;
         let outcome = verify_tree(&tree, &p, &mut rng)?;
+        if tree.is_empty() {
+            emitted.push(base + pending_v.len(), outcome.next, p[0][outcome.next as usize]);
+        }
         odds.record(&tree, &outcome);
         for &(node, kept) in &outcome.tried {
             let rank = tree.sibling_rank(node);
