@@ -181,8 +181,8 @@ impl CostFit {
     }
 }
 
-/// The acceptance rate [`GammaController::start_from`] assumes before any is measured (the demo
-/// pair's per-token rates are 0.7–0.95).
+/// The acceptance rate [`PayoffGuard::alpha_estimate`] starts from before any is measured (the
+/// demo pair's per-token rates are 0.7–0.95).
 pub const PRIOR_ALPHA: f64 = 0.7;
 
 /// The weight of [`PRIOR_ALPHA`] in [`PayoffGuard::alpha_estimate`], in samples.
@@ -221,9 +221,10 @@ impl GammaController {
 
     /// Before the first round: starts [`GammaPolicy::Auto`] at the γ its cost model prefers on
     /// `cost` (measured in plain rounds, [`PayoffGuard::plain_cost`]) with the acceptance rate
-    /// `alpha` ([`PayoffGuard::alpha_estimate`]), instead of 4: a verifier whose extra positions cost much against its pass
-    /// (the tiny pair: b ≈ 0.2·t(1)) starts at γ = 1 rather than paying for four drafted tokens
-    /// before any acceptance is measured; the heuristic grows γ from there while drafts are kept.
+    /// `alpha` ([`PayoffGuard::alpha_estimate`]), instead of 4: a verifier whose extra positions
+    /// cost much against its pass (the tiny pair: b ≈ 0.2·t(1)) starts at γ = 1 rather than
+    /// paying for four drafted tokens before any is kept; the heuristic grows γ from there while
+    /// drafts are kept.
     pub fn start_from(&mut self, cost: PassCost, alpha: f64) {
         if let (GammaPolicy::Auto { max }, 0) = (self.policy, self.rounds) {
             self.current = cost.best_gamma(alpha.min(0.999), max);
