@@ -431,7 +431,10 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             let mut histogram: Vec<usize> = Vec::new();
             let mut by_depth: Vec<(f64, usize)> = Vec::new();
             let mut by_rank: Vec<(f64, usize)> = Vec::new();
+            let (mut plain_agree, mut plain_samples) = (0.0, 0usize);
             for (i, g) in tally.iter().enumerate() {
+                plain_agree += g.stats.plain_alpha.unwrap_or(0.0) * g.stats.plain_alpha_samples as f64;
+                plain_samples += g.stats.plain_alpha_samples;
                 time += g.stats.total_seconds;
                 count += g.tokens.len();
                 same &= g.tokens == base_tokens[i];
@@ -496,6 +499,8 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
                              "verifier_pass_seconds": {"fixed": cost.fixed, "per_position": cost.per_position},
                              "draft_step_seconds": cost.draft_step,
                              "accepted_histogram": histogram,
+                             "plain_alpha": (plain_samples > 0).then(|| plain_agree / plain_samples as f64),
+                             "plain_alpha_samples": plain_samples,
                              "identical_to_verifier_greedy": (t == 0.0).then_some(same)}));
         }
         panels.push(Panel {

@@ -424,6 +424,12 @@ impl PayoffGuard {
         self.agreements += 1;
     }
 
+    /// The mean of the [`record_agreement`](Self::record_agreement) samples and their number
+    /// (`None` before the first).
+    pub fn measured_alpha(&self) -> Option<(f64, usize)> {
+        (self.agreements > 0).then(|| (self.agreement_sum / self.agreements as f64, self.agreements))
+    }
+
     /// α measured in plain rounds ([`record_agreement`](Self::record_agreement)), shrunk toward
     /// [`PRIOR_ALPHA`] as if the prior were 4 samples.
     pub fn alpha_estimate(&self) -> f64 {

@@ -363,6 +363,22 @@ pub struct SpecStats {
     pub tree_nodes: usize,
     /// Tree drafting: mean nodes per round.
     pub mean_tree_nodes: f64,
+    /// The draft's acceptance rate the default policy's guard measured in plain rounds, before or
+    /// between speculative ones ([`PayoffGuard::record_agreement`]: the mean of min(1, q(y)/p(y))
+    /// over the positions scored; at T = 0 the share where the draft's arg-max is the verifier's
+    /// token), and the number of positions; `None` without a guard or a position scored.
+    pub plain_alpha: Option<f64>,
+    /// The positions behind [`plain_alpha`](Self::plain_alpha).
+    pub plain_alpha_samples: usize,
+}
+
+impl SpecStats {
+    /// Copies what the guard (if any) measured in plain rounds.
+    fn record_guard(&mut self, guard: Option<&PayoffGuard>) {
+        if let Some((alpha, samples)) = guard.and_then(PayoffGuard::measured_alpha) {
+            (self.plain_alpha, self.plain_alpha_samples) = (Some(alpha), samples);
+        }
+    }
 }
 
 /// The result of a generation.
@@ -604,7 +620,9 @@ pub fn speculate<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
         pending_v = vec![outcome.next];
         pending_d.push(outcome.next);
     }
-    Ok(Generation { stats: log.finish(out.len()), tokens: out })
+    let mut stats = log.finish(out.len());
+    stats.record_guard(guard.as_ref());
+    Ok(Generation { stats, tokens: out })
 }
 
 /// The tokens plain rounds emitted, by position, with the verifier's probability of each: what
@@ -871,4 +889,111 @@ where
             speculate(&mut d, &mut v, prompt, &cfg)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Markov model over 4 tokens whose arg-max after token x is `next[x]` (as drafter and as
+    /// verifier: one row of logits per consumed token).
+    struct Markov {
+        next: [u32; 4],
+        len: usize,
+    }
+
+    impl Markov {
+        fn logits(&self, x: u32) -> Vec<f32> {
+            (0..4u32).map(|y| if y == self.next[x as usize] { 3.0 } else { 0.0 }).collect()
+        }
+    }
+
+    impl Drafter for Markov {
+        fn vocab_size(&self) -> usize {
+            4
+        }
+        fn len(&self) -> usize {
+            self.len
+        }
+        fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+            self.len += tokens.len();
+            Ok(self.logits(*tokens.last().expect("a token")))
+        }
+        fn rollback(&mut self, len: usize) -> Result<()> {
+            self.len = len;
+            Ok(())
+        }
+    }
+
+    impl Verifier for Markov {
+        fn vocab_size(&self) -> usize {
+            4
+        }
+        fn max_len(&self) -> Option<usize> {
+            None
+        }
+        fn len(&self) -> usize {
+            self.len
+        }
+        fn score(&mut self, tokens: &[u32]) -> Result<Array2<f32>> {
+            self.len += tokens.len();
+            let rows: Vec<f32> = tokens.iter().flat_map(|&x| self.logits(x)).collect();
+            Ok(Array2::from_shape_vec((tokens.len(), 4), rows).expect("4 logits per token"))
+        }
+        fn rollback(&mut self, len: usize) -> Result<()> {
+            self.len = len;
+            Ok(())
+        }
+    }
+
+    /// Plain rounds with the drafter catching up beside them score, at each position a plain
+    /// round emitted, the draft's arg-max against the verifier's token: the draft agrees after
+    /// tokens 0 and 1 only, so the agreements counted are exactly those of the emitted tokens
+    /// that follow a 0 or a 1, position by position.
+    #[test]
+    fn plain_rounds_measure_the_drafts_agreement_at_the_emitted_positions() {
+        let mut verifier = Markov { next: [1, 2, 3, 0], len: 0 };
+        let mut drafter = Markov { next: [1, 2, 0, 1], len: 0 };
+        let mut guard = PayoffGuard::default();
+        guard.record_prompt(4, 4e-3);
+        guard.record_plain(1e-3);
+        guard.set_draft_step(1e-4);
+        guard.record_plain(1e-3);
+        let mut log = RoundLog::new();
+        let mut emitted = Emitted::default();
+        let prompt = vec![2u32, 3, 0, 1];
+        let (mut pending_v, mut pending_d) = (prompt.clone(), prompt.clone());
+        let mut sequence = prompt.clone();
+        for _ in 0..30 {
+            let observe = Observe { emitted: &mut emitted, draft_warp: Sampling::greedy() };
+            let base = Verifier::len(&verifier);
+            let (logits, _) = plain_pass(
+                &mut verifier,
+                &mut drafter,
+                &pending_v,
+                &mut pending_d,
+                Some(&mut guard),
+                observe,
+                &mut log,
+            )
+            .unwrap();
+            let y = sampling::argmax(logits.row(logits.nrows() - 1).as_slice().unwrap()) as u32;
+            emitted.push(base + pending_v.len(), y, 1.0);
+            sequence.push(y);
+            pending_v = vec![y];
+            pending_d.push(y);
+        }
+        // the drafter caught up beside the passes (to all but the last pending token before the
+        // last pass, which emitted one more) and scored every emitted position p it passed (from
+        // 4: the prompt's tokens were not emitted), with its logits after token p − 1
+        assert_eq!(drafter.len, sequence.len() - 2);
+        let (mut n, mut agree) = (0usize, 0usize);
+        for p in (prompt.len()..sequence.len()).filter(|&p| p <= drafter.len) {
+            n += 1;
+            agree += usize::from(sequence[p - 1] < 2);
+        }
+        assert!(n >= 20, "{n} positions scored");
+        let want = (gamma::PRIOR_ALPHA * 4.0 + agree as f64) / (4.0 + n as f64);
+        assert!((guard.alpha_estimate() - want).abs() < 1e-12, "{} against {want}", guard.alpha_estimate());
+    }
 }

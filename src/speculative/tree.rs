@@ -794,6 +794,7 @@ pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
         pending_d.push(outcome.next);
     }
     let mut stats = log.finish(out.len());
+    stats.record_guard(guard.as_ref());
     stats.tree_nodes = nodes_total;
     stats.acceptance_by_rank = by_rank.iter().map(|&(t, k)| k as f64 / t.max(1) as f64).collect();
     stats.mean_tree_nodes = if stats.rounds > 0 { nodes_total as f64 / stats.rounds as f64 } else { 0.0 };
