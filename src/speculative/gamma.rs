@@ -283,6 +283,8 @@ const JUDGED_ROUNDS: usize = 6;
 /// only breaks even gains nothing from speculating but the noise of its verdicts (and the
 /// speculative rounds' spread), so it decodes plainly.
 const REQUIRED_GAIN: f64 = 1.05;
+/// The longest draft the guard's predictions consider.
+const LONGEST_DRAFT: usize = 32;
 /// The longest stretch of plain rounds between probes.
 const MAX_BACKOFF: usize = 1024;
 /// Plain rounds whose median is the guard's plain cost.
@@ -395,7 +397,8 @@ impl PayoffGuard {
         }
         // the cost model with the acceptance rate measured so far (the prior until measured)
         if let Some(cost) = self.plain_cost() {
-            let predicted = (1..=32usize).map(|g| cost.speedup(self.alpha_estimate(), g)).fold(0.0, f64::max);
+            let alpha = self.alpha_estimate();
+            let predicted = cost.speedup(alpha, cost.best_gamma(alpha, LONGEST_DRAFT));
             if predicted < TRY_GAIN {
                 if self.agreements >= CONFIDENT_AGREEMENTS {
                     self.never = true;
@@ -478,7 +481,7 @@ impl PayoffGuard {
     fn hopeless(&self, remaining: usize, catch_up: usize) -> bool {
         let Some(cost) = self.plain_cost() else { return false };
         let (t1, d) = (cost.fixed + cost.per_position, cost.draft_step);
-        let best = (1..=32usize).map(|g| cost.speedup(1.0, g)).fold(0.0, f64::max);
+        let best = cost.speedup(1.0, cost.best_gamma(1.0, LONGEST_DRAFT));
         // the saving assumes every drafted token kept: ask it to repay the catching up twice
         best <= 1.0 || remaining as f64 * t1 * (1.0 - 1.0 / best) <= 2.0 * catch_up as f64 * d
     }
