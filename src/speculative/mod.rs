@@ -112,6 +112,13 @@ pub trait Drafter {
     /// `len` larger than [`len`](Drafter::len), or further back than the drafter can restore.
     fn rollback(&mut self, len: usize) -> Result<()>;
 
+    /// A promise that no later [`rollback`](Drafter::rollback) goes below `len` tokens: the
+    /// drafter may forget what it kept to restore shorter lengths. The speculative loops call it
+    /// after every round with the committed length. The default keeps everything.
+    fn commit(&mut self, len: usize) {
+        let _ = len;
+    }
+
     /// Tree drafting: steps from the state after tree node `parent` (`None`: the root, the state
     /// after the first `root` consumed tokens) with the last token of `path` (the tokens from depth
     /// 1 down to the new node); the new state is tree node `node`. Returns its next-token logits.
@@ -611,6 +618,7 @@ pub fn speculate<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
                 pending_d.push(draft.tokens[gamma - 1]);
             }
         }
+        drafter.commit(kept.min(drafter.len()));
         for &x in draft.tokens[..n].iter().chain(std::iter::once(&outcome.next)) {
             out.push(x);
             if config.stop_token == Some(x) || out.len() == config.max_new {

@@ -72,7 +72,8 @@ pub struct S4Session<'a> {
     /// Tree drafting: the state of each stepped tree node (index = node), grown from `state`.
     tree: Vec<Option<ModelState<f32>>>,
     /// Snapshots rolled back or forgotten, whose buffers the next ones reuse (a fresh state per
-    /// step cost about a fifth of the demo draft's step in allocation and page faults).
+    /// step cost about a fifth of the demo draft's step in allocation and page faults), last
+    /// freed first: the buffers in use stay the few of the current round, warm in the cache.
     spare: Vec<ModelState<f32>>,
 }
 
@@ -164,16 +165,27 @@ impl<'a> S4Session<'a> {
         Ok(out)
     }
 
+    /// Rolls back to `len` tokens; on error nothing changes.
     fn restore(&mut self, len: usize) -> Result<()> {
-        self.tree.clear();
         if len > self.len {
             return Err(Error::invalid("rollback length", len, format!("at most the {} tokens consumed", self.len)));
         }
+        self.tree.clear();
         if len == 0 {
             self.state = self.rec.zero_state(1);
             self.len = 0;
             self.history.clear();
             return Ok(());
+        }
+        if !self.history.iter().any(|(l, _)| *l == len) {
+            return Err(Error::invalid(
+                "rollback length",
+                len,
+                format!(
+                    "one of the last {} positions, not below the last commit (or 0): the snapshots before are gone",
+                    self.window
+                ),
+            ));
         }
         while let Some((l, _)) = self.history.back() {
             if *l > len {
@@ -183,18 +195,10 @@ impl<'a> S4Session<'a> {
                 break;
             }
         }
-        match self.history.back() {
-            Some((l, s)) if *l == len => {
-                self.state.clone_from(s);
-                self.len = len;
-                Ok(())
-            }
-            _ => Err(Error::invalid(
-                "rollback length",
-                len,
-                format!("one of the last {} positions (or 0): the snapshots before are gone", self.window),
-            )),
-        }
+        let (_, s) = self.history.back().expect("the snapshot of length len, found above");
+        self.state.clone_from(s);
+        self.len = len;
+        Ok(())
     }
 }
 
@@ -210,6 +214,15 @@ impl Drafter for S4Session<'_> {
     }
     fn rollback(&mut self, len: usize) -> Result<()> {
         self.restore(len)
+    }
+    /// Forgets the snapshots of lengths below `len`, so that the buffers in use stay those of
+    /// the current round (a few, warm in the cache) instead of cycling through the whole window:
+    /// with the demo pair a draft step right after a verifier pass took 30 µs instead of 36–40.
+    fn commit(&mut self, len: usize) {
+        while self.history.len() > 1 && self.history.front().is_some_and(|(l, _)| *l < len) {
+            let (_, s) = self.history.pop_front().expect("a snapshot");
+            self.spare.push(s);
+        }
     }
     /// A copy of the parent's state (or of the current state at the root) and one recurrent step.
     fn tree_step(&mut self, root: usize, node: usize, parent: Option<usize>, path: &[u32]) -> Result<Vec<f32>> {

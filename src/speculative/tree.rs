@@ -784,6 +784,7 @@ pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
             drafter.tree_adopt(root, node, &path_tokens[..stepped])?;
             pending_d.extend_from_slice(&path_tokens[stepped..]);
         }
+        drafter.commit(drafter.len());
         for &x in path_tokens.iter().chain(std::iter::once(&outcome.next)) {
             out.push(x);
             if config.stop_token == Some(x) || out.len() == config.max_new {

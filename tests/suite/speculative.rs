@@ -430,6 +430,16 @@ fn rollback_equals_a_fresh_run() {
     Drafter::extend(&mut s, &prompt).unwrap();
     Drafter::extend(&mut s, &drafted).unwrap();
     assert!(Drafter::rollback(&mut s, prompt.len()).is_err());
+    // after a commit, rollbacks reach the committed length but not below it
+    let mut s = S4Session::new(&lm, 8).unwrap();
+    Drafter::extend(&mut s, &prompt).unwrap();
+    s.commit(prompt.len());
+    Drafter::extend(&mut s, &drafted).unwrap();
+    assert!(Drafter::rollback(&mut s, prompt.len() - 1).is_err());
+    Drafter::rollback(&mut s, prompt.len()).unwrap();
+    let mut fresh = S4Session::new(&lm, 8).unwrap();
+    Drafter::extend(&mut fresh, &prompt).unwrap();
+    assert_eq!(s.state(), fresh.state());
 }
 
 #[test]
