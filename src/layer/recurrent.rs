@@ -114,6 +114,11 @@ impl<T: Real> State<T> {
 }
 
 /// Complex values as their interleaved (re, im) parts.
+fn reals<T: Real>(x: &[Complex<T>]) -> &[T] {
+    // SAFETY: as in `reals_mut`.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<T>(), 2 * x.len()) }
+}
+
 fn reals_mut<T: Real>(x: &mut [Complex<T>]) -> &mut [T] {
     // SAFETY: `Complex<T>` is `#[repr(C)]` { re, im }, so n complex values are 2n values of T.
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<T>(), 2 * x.len()) }
@@ -346,8 +351,17 @@ fn advance_run_body<T: Real, const FMA: bool>(dynamics: &Dynamics<T>, i: usize, 
 /// One step of the SSM part for the H channels of one sequence: advances its state xs (H·2M
 /// interleaved reals) by u (H,) and writes the pre-activations pre[c·H + i] = 2·Re(C_c x_i) + D_c,i·u_i.
 #[inline(always)]
-fn ssm_step_body<T: Real, const FMA: bool>(rec: &Recurrent<T>, u: &[T], xs: &mut [T], pre: &mut [T]) {
+fn ssm_step_body<T: Real, const FMA: bool>(
+    rec: &Recurrent<T>,
+    u: &[T],
+    src: Option<&[T]>,
+    xs: &mut [T],
+    pre: &mut [T],
+) {
     let (h, m2) = (rec.h, 2 * rec.m);
+    if let Some(src) = src {
+        xs.copy_from_slice(src);
+    }
     for (i, x) in xs.chunks_exact_mut(m2).enumerate() {
         advance_body::<T, FMA>(&rec.dynamics, i, x, u[i]);
         for c in 0..rec.channels {
@@ -359,28 +373,34 @@ fn ssm_step_body<T: Real, const FMA: bool>(rec: &Recurrent<T>, u: &[T], xs: &mut
 
 simd_dispatch! {
     /// [`ssm_step_body`] compiled for the widest vectors the CPU has.
-    fn ssm_step_generic(rec: &Recurrent<T>, u: &[T], xs: &mut [T], pre: &mut [T]) -> () = ssm_step_body
+    fn ssm_step_generic(rec: &Recurrent<T>, u: &[T], src: Option<&[T]>, xs: &mut [T], pre: &mut [T]) -> () = ssm_step_body
 }
 
 /// [`ssm_step_body`] with the widest vectors [`SimdLevel::current`] allows: in f32 with AVX-512
 /// ([`ssm_step_avx512`]) when M is a multiple of 8, with AVX2 + FMA ([`ssm_step_avx2`]) when it is
-/// a multiple of 4, the rank at most [`MAX_FAST_RANK`]; otherwise generically.
-fn ssm_step<T: Real>(rec: &Recurrent<T>, u: &[T], xs: &mut [T], pre: &mut [T]) {
+/// a multiple of 4, the rank at most [`MAX_FAST_RANK`]; otherwise generically. The state advances
+/// from `src` into `xs` when `src` is given (the same length; `src` is left as it was), else in
+/// place.
+fn ssm_step<T: Real>(rec: &Recurrent<T>, u: &[T], src: Option<&[T]>, xs: &mut [T], pre: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     if SimdLevel::current() >= SimdLevel::Avx2Fma
         && rec.m.is_multiple_of(4)
         && rec.rank() <= MAX_FAST_RANK
+        && src.is_none_or(|s| s.len() == xs.len())
         && let (Some(rec32), Some(u), Some(xs), Some(pre)) =
             ((rec as &dyn std::any::Any).downcast_ref::<Recurrent<f32>>(), as_f32(u), as_f32_mut(xs), as_f32_mut(pre))
     {
+        let src = src.map(|s| as_f32(s).expect("the same type as xs"));
         if SimdLevel::current() >= SimdLevel::Avx512 && rec.m.is_multiple_of(8) {
-            // SAFETY: the CPU supports AVX-512F (`current` never exceeds it); M and R checked above.
-            return unsafe { ssm_step_avx512(rec32, u, xs, pre) };
+            // SAFETY: the CPU supports AVX-512F (`current` never exceeds it); M, R and the
+            // source's length checked above.
+            return unsafe { ssm_step_avx512(rec32, u, src, xs, pre) };
         }
-        // SAFETY: the CPU supports AVX2 and FMA (`current` never exceeds it); M and R checked above.
-        return unsafe { ssm_step_avx2(rec32, u, xs, pre) };
+        // SAFETY: the CPU supports AVX2 and FMA (`current` never exceeds it); M, R and the
+        // source's length checked above.
+        return unsafe { ssm_step_avx2(rec32, u, src, xs, pre) };
     }
-    ssm_step_generic(rec, u, xs, pre)
+    ssm_step_generic(rec, u, src, xs, pre)
 }
 
 /// Defines an f32 SSM step kernel (see [`ssm_step_avx2`]) for one vector width: `$w` floats per
@@ -395,10 +415,14 @@ macro_rules! ssm_step_kernel {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name(rec: &Recurrent<f32>, u: &[f32], xs: &mut [f32], pre: &mut [f32]) {
+        unsafe fn $name(rec: &Recurrent<f32>, u: &[f32], src: Option<&[f32]>, xs: &mut [f32], pre: &mut [f32]) {
             use std::arch::x86_64::*;
             let (h, m2, ch) = (rec.h, 2 * rec.m, rec.channels);
             assert!(m2 % $w == 0 && u.len() == h && xs.len() == h * m2 && pre.len() == ch * h);
+            assert!(src.is_none_or(|s| s.len() == xs.len()));
+            // the state is read from `input` and written to `output` (the same buffer in place)
+            let output = xs.as_mut_ptr();
+            let input = src.map_or(output.cast_const(), <[f32]>::as_ptr);
             let lanes = m2 / $w;
             // SAFETY (all blocks below): every pointer offset stays inside a run of 2M values that the
             // assertion above and the layout of `Recurrent` guarantee.
@@ -428,11 +452,13 @@ macro_rules! ssm_step_kernel {
                     $add($fmaddsub($ldup(a), x, im_x), acc)
                 }
             }
-            /// x ← a ⊙ x + b·u − Σ_k c_k·v_k over the run, with `low` = (v₀, the distance between
-            /// the runs v_k, the coefficients c_k).
+            /// y = a ⊙ x + b·u − Σ_k c_k·v_k over the run (y may be x), with `low` = (v₀, the
+            /// distance between the runs v_k, the coefficients c_k).
             #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn update(
-                x: *mut f32,
+                x: *const f32,
+                out: *mut f32,
                 a: *const f32,
                 b: *const f32,
                 u: f32,
@@ -448,19 +474,19 @@ macro_rules! ssm_step_kernel {
                         for (k, &ck) in c.iter().enumerate() {
                             y = $fnmadd($set1(ck), $load(v.add(k * stride + $w * l)), y);
                         }
-                        $store(x.add($w * l), y);
+                        $store(out.add($w * l), y);
                     }
                 }
             }
             unsafe {
                 for i in 0..h {
-                    let x = xs.as_mut_ptr().add(i * m2);
                     let off = i * m2;
+                    let (x, out) = (input.add(off), output.add(off));
                     let ui = u[i];
                     match &rec.dynamics {
                         Dynamics::Diag { a_bar, b_bar } => {
                             let (a, b) = (a_bar.as_ptr().add(off), b_bar.as_ptr().add(off));
-                            update(x, a, b, ui, (std::ptr::null(), 0, &[]), lanes);
+                            update(x, out, a, b, ui, (std::ptr::null(), 0, &[]), lanes);
                         }
                         Dynamics::Dplr { a_bar, b_bar, p2, pa, pd, pb, half_m, s_inv, rank } => {
                             let r = *rank;
@@ -472,12 +498,12 @@ macro_rules! ssm_step_kernel {
                             }
                             low_rank_coefficients::<f32, true>(pb, half_m, s_inv, i, ui, &mut s[..r], &mut t[..r]);
                             let (a, b) = (a_bar.as_ptr().add(off), b_bar.as_ptr().add(off));
-                            update(x, a, b, ui, (low(pd, 0), m2, &s[..r]), lanes);
+                            update(x, out, a, b, ui, (low(pd, 0), m2, &s[..r]), lanes);
                         }
                     }
                     for c in 0..ch {
                         let row = c * h + i;
-                        pre[row] = rec.d[[c, i]].mul_add(ui, dot(rec.c2.as_ptr().add(row * m2), x, lanes));
+                        pre[row] = rec.d[[c, i]].mul_add(ui, dot(rec.c2.as_ptr().add(row * m2), out, lanes));
                     }
                 }
             }
@@ -628,11 +654,27 @@ impl<T: Real> Recurrent<T> {
     /// state the other sequences' states may have advanced), or an output that is not finite
     /// (named by its position).
     pub fn step(&self, state: &mut State<T>, u_t: ArrayView2<T>) -> Result<Array2<T>> {
+        self.advance(None, state, u_t)
+    }
+
+    /// [`step`](Self::step) from the state `from` into `to` (of the same shape, whatever it
+    /// held), leaving `from` as it was: what a caller that keeps the state before the step (a
+    /// snapshot for a rollback) would otherwise copy first.
+    ///
+    /// # Errors
+    /// As [`step`](Self::step), for either state.
+    pub fn step_into(&self, from: &State<T>, to: &mut State<T>, u_t: ArrayView2<T>) -> Result<Array2<T>> {
+        self.check_state_shape(from, u_t.nrows())?;
+        self.advance(Some(from), to, u_t)
+    }
+
+    /// [`step`](Self::step) in place (`from` = `None`) or from `from` into `to`.
+    fn advance(&self, from: Option<&State<T>>, to: &mut State<T>, u_t: ArrayView2<T>) -> Result<Array2<T>> {
         let (batch, h) = u_t.dim();
         if h != self.h || batch == 0 {
             return Err(Error::shape("u_t", format!("(B, H) with H = {}", self.h), u_t.shape()));
         }
-        self.check_state_shape(state, batch)?;
+        self.check_state_shape(to, batch)?;
         let u = u_t.as_standard_layout();
         let us = u.as_slice().expect("standard layout");
         if !all_finite(us)
@@ -642,33 +684,44 @@ impl<T: Real> Recurrent<T> {
         }
         let (m2, f) = (2 * self.m, self.channels * h);
         let mut pre = Array2::<T>::zeros((batch, f));
-        let xs = reals_mut(state.x.as_slice_mut().expect("checked standard layout"));
+        let parallel = batch > 1 && batch * h * self.m >= PARALLEL_MIN_STATE;
+        let src = match from {
+            // sequences split across threads advance in place, from a copy
+            Some(from) if parallel => {
+                to.x.assign(&from.x);
+                None
+            }
+            Some(from) => Some(reals(from.x.as_slice().expect("checked standard layout"))),
+            None => None,
+        };
+        let xs = reals_mut(to.x.as_slice_mut().expect("checked standard layout"));
         let pres = pre.as_slice_mut().expect("a fresh array");
         // Each sequence's state is checked finite right before its update, while it is brought
         // into the cache for it (a separate pass over all B·H·N values first cost as much as the
         // update itself at B = 32). A non-finite state is named; the other sequences' states may
         // have advanced by then.
-        let row = |b: usize, x: &mut [T], p: &mut [T], u: &[T]| -> Result<()> {
-            if !all_finite(x) {
-                let k = x.iter().position(|v| !v.is_finite()).expect("a non-finite value") / 2;
+        let row = |b: usize, src: Option<&[T]>, x: &mut [T], p: &mut [T], u: &[T]| -> Result<()> {
+            let before = src.unwrap_or(x);
+            if !all_finite(before) {
+                let k = before.iter().position(|v| !v.is_finite()).expect("a non-finite value") / 2;
                 let (i, j) = (k / self.m, k % self.m);
                 return Err(Error::invalid(format!("state[{b}, {i}, {j}]"), "non-finite", "finite values"));
             }
-            ssm_step(self, u, x, p);
+            ssm_step(self, u, src, x, p);
             Ok(())
         };
-        if batch > 1 && batch * h * self.m >= PARALLEL_MIN_STATE {
+        if parallel {
             let results: Vec<Result<()>> = xs
                 .par_chunks_mut(h * m2)
                 .zip(pres.par_chunks_mut(f))
                 .zip(us.par_chunks(h))
                 .enumerate()
-                .map(|(b, ((x, p), u))| row(b, x, p, u))
+                .map(|(b, ((x, p), u))| row(b, None, x, p, u))
                 .collect();
             results.into_iter().collect::<Result<()>>()?;
         } else {
             for (b, ((x, p), u)) in xs.chunks_mut(h * m2).zip(pres.chunks_mut(f)).zip(us.chunks(h)).enumerate() {
-                row(b, x, p, u)?;
+                row(b, src.map(|s| &s[b * h * m2..][..h * m2]), x, p, u)?;
             }
         }
         gelu_in_place(pres);
@@ -835,10 +888,18 @@ mod tests {
             for level in SimdLevel::available() {
                 with_simd_level(level, || {
                     let mut state = rec.zero_state(3);
+                    // one sequence stepped out of place: the same bits, its source left as it was
+                    let (mut from, mut to) = (rec.zero_state(1), rec.zero_state(1));
                     let mut states: Vec<_> = half.iter().map(|_| (rec.zero_state(3), rec.zero_state(3))).collect();
                     for t in 0..len {
                         let ut = u.slice(s![.., .., t]);
                         let y = rec.step(&mut state, ut).unwrap();
+                        let before = from.clone();
+                        let y1 = rec.step_into(&from, &mut to, u.slice(s![1..2, .., t])).unwrap();
+                        assert_eq!(from, before);
+                        assert!(y1.iter().zip(y.row(1)).all(|(a, b)| a.to_bits() == b.to_bits()), "{level}, t = {t}");
+                        assert!(to.x.iter().zip(state.x.slice(s![1, .., ..])).all(|(a, b)| a == b));
+                        std::mem::swap(&mut from, &mut to);
                         let err = (&y - &conv.slice(s![.., .., t])).iter().fold(0.0f32, |m, e| m.max(e.abs()));
                         assert!(err < 2e-5, "{kernel} {init} N={d_state} at {level}, t = {t}: {err}");
                         for ((p, packed, rounded), (s16, s32)) in half.iter().zip(&mut states) {

@@ -743,16 +743,38 @@ impl<T: Real> RecurrentModel<'_, T> {
     /// # Errors
     /// Bad shapes or tokens, a pooling model, or a state of another batch size or depth.
     pub fn step(&self, state: &mut ModelState<T>, input: StepInput<T>) -> Result<Array2<T>> {
+        self.advance(None, state, input)
+    }
+
+    /// [`step`](Self::step) from the state `from` into `to` (of the same shapes, whatever it
+    /// held), leaving `from` as it was: a snapshot of the state before the step without a copy
+    /// ([`crate::speculative::S4Session`] keeps its rollback snapshots so).
+    ///
+    /// # Errors
+    /// As [`step`](Self::step), for either state.
+    pub fn step_into(&self, from: &ModelState<T>, to: &mut ModelState<T>, input: StepInput<T>) -> Result<Array2<T>> {
+        self.advance(Some(from), to, input)
+    }
+
+    /// [`step`](Self::step) in place (`from` = `None`) or from `from` into `to`.
+    fn advance(
+        &self,
+        from: Option<&ModelState<T>>,
+        state: &mut ModelState<T>,
+        input: StepInput<T>,
+    ) -> Result<Array2<T>> {
         let m: &S4Model<T> = &self.model;
         if m.config.pooling != Pooling::None {
             return Err(Error::invalid("pooling", format!("{:?}", m.config.pooling), "none for recurrent mode"));
         }
-        if state.layers.len() != self.layers.len() {
-            return Err(Error::invalid(
-                "state",
-                format!("{} layers", state.layers.len()),
-                format!("{} layers", self.layers.len()),
-            ));
+        for s in from.into_iter().chain(std::iter::once(&*state)) {
+            if s.layers.len() != self.layers.len() {
+                return Err(Error::invalid(
+                    "state",
+                    format!("{} layers", s.layers.len()),
+                    format!("{} layers", self.layers.len()),
+                ));
+            }
         }
         let h = m.config.d_model();
         let mut x: Array2<T> = match (&m.encoder, input) {
@@ -777,13 +799,17 @@ impl<T: Real> RecurrentModel<'_, T> {
                 ))
             }
         };
-        for ((blk, rec), st) in m.blocks.iter().zip(&self.layers).zip(state.layers.iter_mut()) {
+        for (l, ((blk, rec), st)) in m.blocks.iter().zip(&self.layers).zip(state.layers.iter_mut()).enumerate() {
+            let mut layer_step = |u: ArrayView2<T>| match from {
+                Some(from) => rec.step_into(&from.layers[l], st, u),
+                None => rec.step(st, u),
+            };
             if m.config.prenorm {
                 let z = blk.norm.forward_step(x.view());
-                let y = rec.step(st, z.view())?;
+                let y = layer_step(z.view())?;
                 x += &y;
             } else {
-                let y = rec.step(st, x.view())?;
+                let y = layer_step(x.view())?;
                 x = blk.norm.forward_step((x + &y).view());
             }
         }
@@ -800,6 +826,14 @@ impl<T: Real> RecurrentModel<'_, T> {
     /// As [`step`](Self::step).
     pub fn step_tokens(&self, state: &mut ModelState<T>, tokens: &[u32]) -> Result<Array2<T>> {
         self.step(state, StepInput::Tokens(tokens))
+    }
+
+    /// [`step_tokens`](Self::step_tokens) from `from` into `to` (see [`step_into`](Self::step_into)).
+    ///
+    /// # Errors
+    /// As [`step_into`](Self::step_into).
+    pub fn step_tokens_into(&self, from: &ModelState<T>, to: &mut ModelState<T>, tokens: &[u32]) -> Result<Array2<T>> {
+        self.step_into(from, to, StepInput::Tokens(tokens))
     }
 }
 

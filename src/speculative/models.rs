@@ -56,24 +56,28 @@ use crate::transformer::{Gpt, KvCache, TreeMask};
 /// An S4 language model as a drafter (and, for tests and self-drafting, a verifier).
 ///
 /// Every token, the prompt's too, is consumed by a recurrent step: at batch 1 that costs less
-/// than a convolutional prefill ([`S4Model::prefill`]) up to 8192 tokens at least. The state after
-/// each of the last `window` + 1 positions is kept as a snapshot, so rolling back to any of the last
-/// `window` lengths is a pick, not a replay. A state is layers × H × N/2 complex numbers (e.g.
-/// 4 × 256 × 32 × 8 bytes = 256 KB).
+/// than a convolutional prefill ([`S4Model::prefill`]) up to 8192 tokens at least. The states
+/// after each of the last `window` lengths before the current one are kept as snapshots, so
+/// rolling back to any of them is a pick, not a replay. A state is layers × H × N/2 complex
+/// numbers (e.g. 4 × 256 × 32 × 8 bytes = 256 KB); a step that keeps a snapshot writes the new
+/// state into a spare buffer ([`RecurrentModel::step_tokens_into`]) and keeps the old one, so
+/// neither a step nor a rollback copies a state.
 #[derive(Debug)]
 pub struct S4Session<'a> {
     model: &'a S4Model<f32>,
     rec: RecurrentModel<'a, f32>,
+    /// The state after the `len` tokens consumed.
     state: ModelState<f32>,
     len: usize,
-    /// (length, state after consuming `length` tokens), oldest first; the last entry is `state`.
+    /// (length, state after consuming `length` tokens) for up to `window` lengths below `len`,
+    /// oldest first.
     history: VecDeque<(usize, ModelState<f32>)>,
     window: usize,
     /// Tree drafting: the state of each stepped tree node (index = node), grown from `state`.
     tree: Vec<Option<ModelState<f32>>>,
-    /// Snapshots rolled back or forgotten, whose buffers the next ones reuse (a fresh state per
-    /// step cost about a fifth of the demo draft's step in allocation and page faults), last
-    /// freed first: the buffers in use stay the few of the current round, warm in the cache.
+    /// State buffers no longer in use, for the next steps to write into (a fresh state per step
+    /// cost about a fifth of the demo draft's step in allocation and page faults), last freed
+    /// first: the buffers in use stay the few of the current round, warm in the cache.
     spare: Vec<ModelState<f32>>,
 }
 
@@ -123,19 +127,18 @@ impl<'a> S4Session<'a> {
         &self.state
     }
 
-    fn remember(&mut self) {
-        if self.history.len() == self.window + 1 {
+    /// A state buffer to step into (its values are overwritten).
+    fn buffer(&mut self) -> ModelState<f32> {
+        self.spare.pop().unwrap_or_else(|| self.rec.zero_state(1))
+    }
+
+    /// Keeps `state` as the snapshot of length `len`, forgetting the oldest beyond the window.
+    fn keep_snapshot(&mut self, len: usize, state: ModelState<f32>) {
+        if self.history.len() == self.window {
             let (_, oldest) = self.history.pop_front().expect("a full history");
             self.spare.push(oldest);
         }
-        let snapshot = match self.spare.pop() {
-            Some(mut s) => {
-                s.clone_from(&self.state);
-                s
-            }
-            None => self.state.clone(),
-        };
-        self.history.push_back((self.len, snapshot));
+        self.history.push_back((len, state));
     }
 
     /// Consumes `tokens` and returns the logits after each of them, (tokens.len(), V).
@@ -148,14 +151,26 @@ impl<'a> S4Session<'a> {
         // Stepping, whatever the length: at batch 1 it costs less than a convolutional prefill
         // (S4Model::prefill) up to 8192 tokens at least (the demo draft: 0.81 against 5.3 ms for
         // 32 tokens, 206 against 216 ms for 8192; a prefill's kernels and discretization alone
-        // cost about 0.8 ms per layer). Snapshots are kept for the positions a rollback can reach.
-        let first_kept = tokens.len().saturating_sub(self.window + 1);
+        // cost about 0.8 ms per layer). The states before the last `window` steps become snapshots.
+        let first_kept = tokens.len().saturating_sub(self.window);
         for (i, &t) in tokens.iter().enumerate() {
-            let y = self.rec.step_tokens(&mut self.state, &[t])?;
+            let y = if i >= first_kept {
+                let mut next = self.buffer();
+                match self.rec.step_tokens_into(&self.state, &mut next, &[t]) {
+                    Ok(y) => {
+                        let before = std::mem::replace(&mut self.state, next);
+                        self.keep_snapshot(self.len, before);
+                        y
+                    }
+                    Err(e) => {
+                        self.spare.push(next);
+                        return Err(e);
+                    }
+                }
+            } else {
+                self.rec.step_tokens(&mut self.state, &[t])?
+            };
             self.len += 1;
-            if i >= first_kept {
-                self.remember();
-            }
             if all_rows {
                 out.row_mut(i).assign(&y.index_axis(Axis(0), 0));
             } else if i + 1 == tokens.len() {
@@ -170,14 +185,7 @@ impl<'a> S4Session<'a> {
         if len > self.len {
             return Err(Error::invalid("rollback length", len, format!("at most the {} tokens consumed", self.len)));
         }
-        self.tree.clear();
-        if len == 0 {
-            self.state = self.rec.zero_state(1);
-            self.len = 0;
-            self.history.clear();
-            return Ok(());
-        }
-        if !self.history.iter().any(|(l, _)| *l == len) {
+        if len > 0 && len < self.len && !self.history.iter().any(|(l, _)| *l == len) {
             return Err(Error::invalid(
                 "rollback length",
                 len,
@@ -187,18 +195,30 @@ impl<'a> S4Session<'a> {
                 ),
             ));
         }
-        while let Some((l, _)) = self.history.back() {
-            if *l > len {
-                let (_, s) = self.history.pop_back().expect("a snapshot");
-                self.spare.push(s);
-            } else {
-                break;
-            }
+        self.recycle_tree();
+        if len == self.len {
+            return Ok(());
         }
-        let (_, s) = self.history.back().expect("the snapshot of length len, found above");
-        self.state.clone_from(s);
-        self.len = len;
-        Ok(())
+        if len == 0 {
+            self.spare.extend(self.history.drain(..).map(|(_, s)| s));
+            self.state = self.rec.zero_state(1);
+            self.len = 0;
+            return Ok(());
+        }
+        while let Some((l, s)) = self.history.pop_back() {
+            if l == len {
+                self.spare.push(std::mem::replace(&mut self.state, s));
+                self.len = len;
+                return Ok(());
+            }
+            self.spare.push(s);
+        }
+        unreachable!("the snapshot of length {len} was found above")
+    }
+
+    /// Returns the tree's states to the spare buffers.
+    fn recycle_tree(&mut self) {
+        self.spare.extend(self.tree.drain(..).flatten());
     }
 }
 
@@ -219,12 +239,13 @@ impl Drafter for S4Session<'_> {
     /// the current round (a few, warm in the cache) instead of cycling through the whole window:
     /// with the demo pair a draft step right after a verifier pass took 30 µs instead of 36–40.
     fn commit(&mut self, len: usize) {
-        while self.history.len() > 1 && self.history.front().is_some_and(|(l, _)| *l < len) {
+        while self.history.front().is_some_and(|(l, _)| *l < len) {
             let (_, s) = self.history.pop_front().expect("a snapshot");
             self.spare.push(s);
         }
     }
-    /// A copy of the parent's state (or of the current state at the root) and one recurrent step.
+    /// One recurrent step from the parent's state (or from the current state at the root) into
+    /// a spare buffer.
     fn tree_step(&mut self, root: usize, node: usize, parent: Option<usize>, path: &[u32]) -> Result<Vec<f32>> {
         if root != self.len {
             return Err(Error::invalid(
@@ -235,35 +256,45 @@ impl Drafter for S4Session<'_> {
         }
         let token =
             *path.last().ok_or_else(|| Error::invalid("tree path", "empty", "the tokens down to the new node"))?;
-        let mut state = match parent {
-            None => self.state.clone(),
-            Some(p) => self.tree.get(p).and_then(Option::as_ref).cloned().ok_or_else(|| {
+        let from = match parent {
+            None => &self.state,
+            Some(p) => self.tree.get(p).and_then(Option::as_ref).ok_or_else(|| {
                 Error::invalid("tree parent", p, "a node stepped before (parents are stepped before their children)")
             })?,
         };
-        let y = self.rec.step_tokens(&mut state, &[token])?;
+        let mut next = self.spare.pop().unwrap_or_else(|| self.rec.zero_state(1));
+        let y = match self.rec.step_tokens_into(from, &mut next, &[token]) {
+            Ok(y) => y,
+            Err(e) => {
+                self.spare.push(next);
+                return Err(e);
+            }
+        };
         if self.tree.len() <= node {
-            self.tree.resize(node + 1, None);
+            self.tree.resize_with(node + 1, || None);
         }
-        self.tree[node] = Some(state);
+        if let Some(old) = self.tree[node].replace(next) {
+            self.spare.push(old);
+        }
         Ok(y.index_axis(Axis(0), 0).to_vec())
     }
-    /// Takes the node's state (no step); the tree is forgotten.
+    /// Takes the node's state (no step; the state at the root becomes a snapshot); the tree is
+    /// forgotten.
     fn tree_adopt(&mut self, root: usize, node: Option<usize>, path: &[u32]) -> Result<()> {
-        let tree = std::mem::take(&mut self.tree);
         if root != self.len {
             return Err(Error::invalid("tree root", root, format!("the session's length {}", self.len)));
         }
         if let Some(n) = node {
-            let state = tree
-                .into_iter()
-                .nth(n)
-                .flatten()
+            let state = self
+                .tree
+                .get_mut(n)
+                .and_then(Option::take)
                 .ok_or_else(|| Error::invalid("adopted tree node", n, "a node stepped in this tree (tree_step)"))?;
-            self.state = state;
+            let root_state = std::mem::replace(&mut self.state, state);
+            self.keep_snapshot(root, root_state);
             self.len = root + path.len();
-            self.remember();
         }
+        self.recycle_tree();
         Ok(())
     }
 }
