@@ -357,9 +357,12 @@ fn ssm_step_body<T: Real, const FMA: bool>(
     src: Option<&[T]>,
     xs: &mut [T],
     pre: &mut [T],
-) {
+) -> bool {
     let (h, m2) = (rec.h, 2 * rec.m);
     if let Some(src) = src {
+        if !all_finite(src) {
+            return false;
+        }
         xs.copy_from_slice(src);
     }
     for (i, x) in xs.chunks_exact_mut(m2).enumerate() {
@@ -369,19 +372,22 @@ fn ssm_step_body<T: Real, const FMA: bool>(
             pre[row] = madd::<T, FMA>(rec.d[[c, i]], u[i], dot_body::<T, FMA>(&rec.c2[row * m2..][..m2], x));
         }
     }
+    true
 }
 
 simd_dispatch! {
     /// [`ssm_step_body`] compiled for the widest vectors the CPU has.
-    fn ssm_step_generic(rec: &Recurrent<T>, u: &[T], src: Option<&[T]>, xs: &mut [T], pre: &mut [T]) -> () = ssm_step_body
+    fn ssm_step_generic(rec: &Recurrent<T>, u: &[T], src: Option<&[T]>, xs: &mut [T], pre: &mut [T]) -> bool = ssm_step_body
 }
 
 /// [`ssm_step_body`] with the widest vectors [`SimdLevel::current`] allows: in f32 with AVX-512
 /// ([`ssm_step_avx512`]) when M is a multiple of 8, with AVX2 + FMA ([`ssm_step_avx2`]) when it is
 /// a multiple of 4, the rank at most [`MAX_FAST_RANK`]; otherwise generically. The state advances
 /// from `src` into `xs` when `src` is given (the same length; `src` is left as it was), else in
-/// place.
-fn ssm_step<T: Real>(rec: &Recurrent<T>, u: &[T], src: Option<&[T]>, xs: &mut [T], pre: &mut [T]) {
+/// place. Returns false if `src` holds a value that is not finite (then `xs` and `pre` are
+/// unspecified); an in-place state is not checked.
+#[must_use]
+fn ssm_step<T: Real>(rec: &Recurrent<T>, u: &[T], src: Option<&[T]>, xs: &mut [T], pre: &mut [T]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if SimdLevel::current() >= SimdLevel::Avx2Fma
         && rec.m.is_multiple_of(4)
@@ -415,7 +421,7 @@ macro_rules! ssm_step_kernel {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name(rec: &Recurrent<f32>, u: &[f32], src: Option<&[f32]>, xs: &mut [f32], pre: &mut [f32]) {
+        unsafe fn $name(rec: &Recurrent<f32>, u: &[f32], src: Option<&[f32]>, xs: &mut [f32], pre: &mut [f32]) -> bool {
             use std::arch::x86_64::*;
             let (h, m2, ch) = (rec.h, 2 * rec.m, rec.channels);
             assert!(m2 % $w == 0 && u.len() == h && xs.len() == h * m2 && pre.len() == ch * h);
@@ -453,7 +459,8 @@ macro_rules! ssm_step_kernel {
                 }
             }
             /// y = a ⊙ x + b·u − Σ_k c_k·v_k over the run (y may be x), with `low` = (v₀, the
-            /// distance between the runs v_k, the coefficients c_k).
+            /// distance between the runs v_k, the coefficients c_k); `poison` += 0·x, which turns
+            /// NaN once x holds a value that is not finite.
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             unsafe fn update(
@@ -464,11 +471,13 @@ macro_rules! ssm_step_kernel {
                 u: f32,
                 low: (*const f32, usize, &[f32]),
                 lanes: usize,
+                poison: &mut $v,
             ) {
                 unsafe {
                     let uv = $set1(u);
                     for l in 0..lanes {
                         let xv = $load(x.add($w * l));
+                        *poison = $fmadd(xv, $zero(), *poison);
                         let mut y = cmul_add($load(a.add($w * l)), xv, $mul($load(b.add($w * l)), uv));
                         let (v, stride, c) = low;
                         for (k, &ck) in c.iter().enumerate() {
@@ -479,6 +488,7 @@ macro_rules! ssm_step_kernel {
                 }
             }
             unsafe {
+                let mut poison = $zero();
                 for i in 0..h {
                     let off = i * m2;
                     let (x, out) = (input.add(off), output.add(off));
@@ -486,7 +496,7 @@ macro_rules! ssm_step_kernel {
                     match &rec.dynamics {
                         Dynamics::Diag { a_bar, b_bar } => {
                             let (a, b) = (a_bar.as_ptr().add(off), b_bar.as_ptr().add(off));
-                            update(x, out, a, b, ui, (std::ptr::null(), 0, &[]), lanes);
+                            update(x, out, a, b, ui, (std::ptr::null(), 0, &[]), lanes, &mut poison);
                         }
                         Dynamics::Dplr { a_bar, b_bar, p2, pa, pd, pb, half_m, s_inv, rank } => {
                             let r = *rank;
@@ -498,7 +508,7 @@ macro_rules! ssm_step_kernel {
                             }
                             low_rank_coefficients::<f32, true>(pb, half_m, s_inv, i, ui, &mut s[..r], &mut t[..r]);
                             let (a, b) = (a_bar.as_ptr().add(off), b_bar.as_ptr().add(off));
-                            update(x, out, a, b, ui, (low(pd, 0), m2, &s[..r]), lanes);
+                            update(x, out, a, b, ui, (low(pd, 0), m2, &s[..r]), lanes, &mut poison);
                         }
                     }
                     for c in 0..ch {
@@ -506,6 +516,7 @@ macro_rules! ssm_step_kernel {
                         pre[row] = rec.d[[c, i]].mul_add(ui, dot(rec.c2.as_ptr().add(row * m2), out, lanes));
                     }
                 }
+                ($hsum)(poison) == 0.0
             }
         }
     };
@@ -696,19 +707,25 @@ impl<T: Real> Recurrent<T> {
         };
         let xs = reals_mut(to.x.as_slice_mut().expect("checked standard layout"));
         let pres = pre.as_slice_mut().expect("a fresh array");
-        // Each sequence's state is checked finite right before its update, while it is brought
-        // into the cache for it (a separate pass over all B·H·N values first cost as much as the
+        // Each sequence's state is checked finite right before or as it is updated, while it is
+        // in the cache for it (a separate pass over all B·H·N values first cost as much as the
         // update itself at B = 32). A non-finite state is named; the other sequences' states may
         // have advanced by then.
+        let non_finite = |b: usize, state: &[T]| {
+            let k = state.iter().position(|v| !v.is_finite()).expect("a non-finite value") / 2;
+            let (i, j) = (k / self.m, k % self.m);
+            Error::invalid(format!("state[{b}, {i}, {j}]"), "non-finite", "finite values")
+        };
+        // A state stepped out of place is checked by the kernel as it reads it; one in place
+        // before (the kernel's check comes after the state is overwritten)
         let row = |b: usize, src: Option<&[T]>, x: &mut [T], p: &mut [T], u: &[T]| -> Result<()> {
-            let before = src.unwrap_or(x);
-            if !all_finite(before) {
-                let k = before.iter().position(|v| !v.is_finite()).expect("a non-finite value") / 2;
-                let (i, j) = (k / self.m, k % self.m);
-                return Err(Error::invalid(format!("state[{b}, {i}, {j}]"), "non-finite", "finite values"));
+            if src.is_none() && !all_finite(x) {
+                return Err(non_finite(b, x));
             }
-            ssm_step(self, u, src, x, p);
-            Ok(())
+            match (ssm_step(self, u, src, x, p), src) {
+                (false, Some(src)) => Err(non_finite(b, src)),
+                _ => Ok(()),
+            }
         };
         if parallel {
             let results: Vec<Result<()>> = xs

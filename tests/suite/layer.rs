@@ -172,7 +172,7 @@ fn padding_never_leaks() {
 
 #[test]
 fn bad_configs_and_inputs_are_errors() {
-    let base = S4LayerConfig { d_model: 4, d_state: 8, ..Default::default() };
+    let base = S4LayerConfig { d_model: 4, d_state: 16, ..Default::default() };
     let e = S4LayerConfig { d_state: 7, ..base.clone() }.build().unwrap_err().to_string();
     assert!(e.contains("N = 7"), "{e}");
     let e = S4LayerConfig { n_ssm: Some(3), ..base.clone() }.build().unwrap_err().to_string();
@@ -202,6 +202,16 @@ fn bad_configs_and_inputs_are_errors() {
     st.x[[0, 1, 2]].re = f32::NAN;
     let e = rec.step(&mut st, Array2::<f32>::zeros((1, 4)).view()).unwrap_err().to_string();
     assert!(e.contains("state[0, 1, 2]"), "{e}");
+    // stepped out of place, the kernel finds it as it reads the state, which stays as it was
+    let mut st = rec.zero_state(1);
+    st.x[[0, 1, 2]].im = f32::INFINITY;
+    let before = st.clone();
+    let mut to = rec.zero_state(1);
+    let e = rec.step_into(&st, &mut to, Array2::<f32>::zeros((1, 4)).view()).unwrap_err().to_string();
+    assert!(e.contains("state[0, 1, 2]"), "{e}");
+    assert_eq!(st, before);
+    let e = rec.step_into(&st, &mut rec.zero_state(2), Array2::<f32>::zeros((1, 4)).view()).unwrap_err().to_string();
+    assert!(e.contains("state"), "{e}");
     let capped = S4LayerConfig { l_max: Some(5), ..base.clone() }.build().unwrap();
     let opts = ForwardOptions { return_state: true, ..Default::default() };
     let e = capped.forward(Array3::<f32>::zeros((1, 4, 10)).view(), &opts).unwrap_err().to_string();
