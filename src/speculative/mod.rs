@@ -112,9 +112,10 @@ pub trait Drafter {
     /// `len` larger than [`len`](Drafter::len), or further back than the drafter can restore.
     fn rollback(&mut self, len: usize) -> Result<()>;
 
-    /// A promise that no later [`rollback`](Drafter::rollback) goes below `len` tokens: the
-    /// drafter may forget what it kept to restore shorter lengths. The speculative loops call it
-    /// after every round with the committed length. The default keeps everything.
+    /// A promise that no later [`rollback`](Drafter::rollback) goes below `len` tokens, except
+    /// to 0 (a fresh start), until the next commit: the drafter may forget, or not keep, what
+    /// it would need to restore shorter lengths. The speculative loops commit the prompt before
+    /// it is consumed and the committed length after every round. The default keeps everything.
     fn commit(&mut self, len: usize) {
         let _ = len;
     }
@@ -526,6 +527,8 @@ pub fn speculate<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
     check_prompt(prompt, vocab, verifier.max_len(), config.max_new)?;
     verifier.rollback(0)?;
     drafter.rollback(0)?;
+    // no round rolls back into the prompt
+    drafter.commit(prompt.len());
     if let Some(shape) = &config.tree {
         return tree::speculate_tree(drafter, verifier, prompt, config, shape);
     }

@@ -73,6 +73,8 @@ pub struct S4Session<'a> {
     /// oldest first.
     history: VecDeque<(usize, ModelState<f32>)>,
     window: usize,
+    /// No rollback goes below this length ([`Drafter::commit`]): shorter states are not kept.
+    committed: usize,
     /// Tree drafting: the state of each stepped tree node (index = node), grown from `state`.
     tree: Vec<Option<ModelState<f32>>>,
     /// State buffers no longer in use, for the next steps to write into (a fresh state per step
@@ -119,7 +121,17 @@ impl<'a> S4Session<'a> {
         }
         let rec = model.recurrent()?;
         let state = rec.zero_state(1);
-        Ok(S4Session { model, rec, state, len: 0, history: VecDeque::new(), window, tree: vec![], spare: vec![] })
+        Ok(S4Session {
+            model,
+            rec,
+            state,
+            len: 0,
+            history: VecDeque::new(),
+            window,
+            committed: 0,
+            tree: vec![],
+            spare: vec![],
+        })
     }
 
     /// The current recurrent state (batch 1).
@@ -154,7 +166,7 @@ impl<'a> S4Session<'a> {
         // cost about 0.8 ms per layer). The states before the last `window` steps become snapshots.
         let first_kept = tokens.len().saturating_sub(self.window);
         for (i, &t) in tokens.iter().enumerate() {
-            let y = if i >= first_kept {
+            let y = if i >= first_kept && self.len >= self.committed {
                 let mut next = self.buffer();
                 match self.rec.step_tokens_into(&self.state, &mut next, &[t]) {
                     Ok(y) => {
@@ -236,9 +248,12 @@ impl Drafter for S4Session<'_> {
         self.restore(len)
     }
     /// Forgets the snapshots of lengths below `len`, so that the buffers in use stay those of
-    /// the current round (a few, warm in the cache) instead of cycling through the whole window:
-    /// with the demo pair a draft step right after a verifier pass took 30 µs instead of 36–40.
+    /// the current round (a few, warm in the cache) instead of cycling through the whole window
+    /// (with the demo pair a draft step right after a verifier pass took 30 µs instead of 36–40),
+    /// and keeps none below `len` from now on (a prompt committed before it is consumed is
+    /// stepped in place).
     fn commit(&mut self, len: usize) {
+        self.committed = len;
         while self.history.front().is_some_and(|(l, _)| *l < len) {
             let (_, s) = self.history.pop_front().expect("a snapshot");
             self.spare.push(s);
