@@ -798,11 +798,21 @@ impl<T: Real> PackedColumns<T> {
     /// multiply–adds or weights of 1.5 MiB or more, else in turn (each row's sums are the same
     /// either way).
     pub fn linear(&self, x: ArrayView2<T>, b: ArrayView1<T>) -> Array2<T> {
-        if let [(_, whole)] = &self.parts[..] {
-            return packed_linear(x, whole, b);
+        self.linear_then(x, b, |_| {})
+    }
+
+    /// [`linear`](Self::linear) followed by an elementwise function `then` (e.g. the activation
+    /// after a transformer's first MLP linear), applied to each part's rows on the thread that
+    /// computed them (its argument: some output rows of some columns, row-major).
+    pub fn linear_then(&self, x: ArrayView2<T>, b: ArrayView1<T>, then: impl Fn(&mut [T]) + Sync) -> Array2<T> {
+        let part_linear = |(c0, part): &(usize, PackedMatrix<T>)| {
+            let mut y = packed_linear(x, part, b.slice(ndarray::s![*c0..*c0 + part.o]));
+            then(y.as_slice_mut().expect("a fresh array"));
+            y
+        };
+        if let [whole] = &self.parts[..] {
+            return part_linear(whole);
         }
-        let part_linear =
-            |(c0, part): &(usize, PackedMatrix<T>)| packed_linear(x, part, b.slice(ndarray::s![*c0..*c0 + part.o]));
         let ys: Vec<Array2<T>> = if self.parts.len() == 2 {
             crate::nn::pair::map(&self.parts, part_linear)
         } else if x.nrows() * x.ncols() * self.o >= SPLIT_WORK || self.bytes() >= SPLIT_BYTES {

@@ -710,9 +710,16 @@ impl<T: Real> Gpt<T> {
             let att = cache.attend(l, qkv.view(), t, past, visible);
             x += &linear(&att, &blk.attn_proj, l, 1);
             let h = crate::nn::norm::layer_norm(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), eps);
-            let mut f = linear(&h, &blk.c_fc, l, 2);
             let act = self.activation;
-            act.apply_in_place(f.as_slice_mut().expect("a fresh array"));
+            let f = match packed {
+                // the activation on each part's thread
+                Some(p) => p.blocks[l][2].linear_then(h.view(), blk.c_fc.bias.view(), |y| act.apply_in_place(y)),
+                None => {
+                    let mut f = linear(&h, &blk.c_fc, l, 2);
+                    act.apply_in_place(f.as_slice_mut().expect("a fresh array"));
+                    f
+                }
+            };
             x += &linear(&f, &blk.mlp_proj, l, 3);
         }
         let h = crate::nn::norm::layer_norm(x.view(), self.ln_f.weight.view(), self.ln_f.bias.view(), eps);
