@@ -191,6 +191,20 @@ pub(crate) fn sum_body<T: Real>(x: &[T]) -> T {
     total8(acc) + rest.iter().fold(T::zero(), |a, &b| a + b)
 }
 
+/// The largest value of `x` (−∞ if empty), NaN ignored, with 8 independent running maxima
+/// (vectorizable, where one running maximum is a chain of dependent comparisons).
+#[inline(always)]
+pub(crate) fn max_body<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let (chunks, rest) = x.as_chunks::<8>();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    acc.iter().chain(rest).fold(T::neg_infinity(), |m, &v| if v > m { v } else { m })
+}
+
 /// Σ a_i b_i over the common length, with 8 independent partial sums (vectorizable).
 #[inline(always)]
 pub(crate) fn dot_body<T: Real, const FMA: bool>(a: &[T], b: &[T]) -> T {

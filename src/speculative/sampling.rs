@@ -115,7 +115,7 @@ impl Sampling {
         }
         // e^{(x − max)/τ} in f32 by a vectorized exp (one pass over V: the sampling of a
         // token costs about a tenth of libm's f64 exp), summed and normalized in f64
-        let m = max_finite(logits);
+        let m = crate::nn::simd::max_body(logits);
         let scale = 1.0 / self.temperature;
         let mut p: Vec<f64> = if scale < f64::from(f32::MAX) {
             let mut e = logits.to_vec();
@@ -152,18 +152,6 @@ impl Sampling {
         }
         Ok(p)
     }
-}
-
-/// The largest of finite values, over 8 lanes (vectorizable).
-fn max_finite(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let (chunks, rest) = x.as_chunks::<8>();
-    for c in chunks {
-        for l in 0..8 {
-            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
-        }
-    }
-    acc.iter().chain(rest).copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// x ← e^{(x − shift)·scale} in f32 ([`crate::nn::simd::exp_f32`], relative error ≤ 2e-7 plus

@@ -1,7 +1,9 @@
 //! The causal attention of one query against a run of keys and values, and of a few new queries
 //! against a KV cache: the transformer's own inner loops, over the shared vector kernels.
 
-use crate::nn::simd::{as_f32, as_f32_mut, axpy_body, dot_body, exp_f32, madd, simd_dispatch, sum_body, SimdLevel};
+use crate::nn::simd::{
+    as_f32, as_f32_mut, axpy_body, dot_body, exp_f32, madd, max_body, simd_dispatch, sum_body, SimdLevel,
+};
 use crate::scalar::Real;
 
 /// Causal attention of one query against key/value rows `0 .. n`: keys and values are row `j` at
@@ -75,10 +77,8 @@ fn attend_cached_body<T: Real, const FMA: bool>(
             softmax_prefix(row, past + i + 1, scale);
         } else {
             let sees = &visible[i * t..(i + 1) * t];
-            let mx = row[..past]
-                .iter()
-                .chain(row[past..].iter().zip(sees).filter(|(_, v)| **v).map(|(x, _)| x))
-                .fold(T::neg_infinity(), |m, &x| m.max(x));
+            let mx =
+                row[past..].iter().zip(sees).filter(|(_, v)| **v).fold(max_body(&row[..past]), |m, (&x, _)| m.max(x));
             for x in &mut row[..past] {
                 *x = exp((*x - mx) * scale);
             }
@@ -293,7 +293,7 @@ simd_dispatch! {
 /// zeroed.
 #[inline(always)]
 fn softmax_prefix<T: Real>(row: &mut [T], seen: usize, scale: T) {
-    let mx = row[..seen].iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+    let mx = max_body(&row[..seen]);
     for x in &mut row[..seen] {
         *x = exp((*x - mx) * scale);
     }
