@@ -822,14 +822,25 @@ impl<T: Real> PackedColumns<T> {
         if let [whole] = &self.parts[..] {
             return part_linear(whole);
         }
-        let ys: Vec<Array2<T>> = if self.parts.len() == 2 {
-            crate::nn::pair::map(&self.parts, part_linear)
-        } else if x.nrows() * x.ncols() * self.o >= SPLIT_WORK || self.bytes() >= SPLIT_BYTES {
+        let mut y = Array2::<T>::zeros((x.nrows(), self.o));
+        // each part's thread copies its columns into the output, while they are in its cache
+        let into = |part: &(usize, PackedMatrix<T>), mut cols: ndarray::ArrayViewMut2<T>| {
+            for (mut row, part_row) in cols.rows_mut().into_iter().zip(part_linear(part).rows()) {
+                row.as_slice_mut()
+                    .expect("a row of contiguous columns")
+                    .copy_from_slice(part_row.to_slice().expect("owned"));
+            }
+        };
+        if let [first, second] = &self.parts[..] {
+            let (left, right) = y.view_mut().split_at(Axis(1), second.0);
+            crate::nn::pair::join(|| into(first, left), || into(second, right));
+            return y;
+        }
+        let ys: Vec<Array2<T>> = if x.nrows() * x.ncols() * self.o >= SPLIT_WORK || self.bytes() >= SPLIT_BYTES {
             self.parts.par_iter().map(part_linear).collect()
         } else {
             self.parts.iter().map(part_linear).collect()
         };
-        let mut y = Array2::<T>::zeros((x.nrows(), self.o));
         for ((c0, part), yp) in self.parts.iter().zip(&ys) {
             for (mut row, part_row) in y.rows_mut().into_iter().zip(yp.rows()) {
                 let (row, part_row) =
