@@ -198,14 +198,6 @@ pub(crate) fn replaces_pool() -> bool {
     rayon::current_num_threads() == 2
 }
 
-/// `items.map(f)` in order, the second half of the items on the helper ([`join`]).
-pub(crate) fn map<I: Sync, R: Send>(items: &[I], f: impl Fn(&I) -> R + Sync) -> Vec<R> {
-    let (left, right) = items.split_at(items.len() / 2);
-    let (mut out, rest) = join(|| left.iter().map(&f).collect::<Vec<R>>(), || right.iter().map(&f).collect::<Vec<R>>());
-    out.extend(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,8 +208,6 @@ mod tests {
             let (a, b) = join(|| n * 2, || n * 3);
             assert_eq!((a, b), (n * 2, n * 3));
         }
-        let squares = map(&(0..37).collect::<Vec<u64>>(), |&i| i * i);
-        assert_eq!(squares, (0..37).map(|i| i * i).collect::<Vec<u64>>());
     }
 
     #[test]

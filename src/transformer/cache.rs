@@ -1,11 +1,11 @@
 //! The key/value cache of incremental decoding.
 
 use super::attention::attend_cached;
-use super::maybe_par_map;
 use crate::error::{Error, Result};
 use crate::nn::linear::PAR_WORK;
 use crate::scalar::Real;
-use ndarray::{s, Array2, Array4, ArrayView2, ArrayView4};
+use ndarray::{s, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
+use rayon::prelude::*;
 
 /// Keys and values of the positions seen so far, for every layer (HF's `past_key_values`, per
 /// layer `(B, n_head, L, head_dim)`); the first [`len`](KvCache::len) positions are valid, and all
@@ -172,81 +172,109 @@ impl<T: Real> KvCache<T> {
         }
     }
 
-    /// Stores the keys and values of T new positions per sequence at `past ..`, from the rows of
-    /// `qkv` (B·T, 3C) (q | k | v, heads contiguous within each).
-    pub(crate) fn write(&mut self, layer: usize, qkv: ArrayView2<T>, t: usize, past: usize) {
-        let (h, d) = (self.n_head, self.head_dim);
-        let c = h * d;
-        let cap = self.capacity();
-        let (kt, v) = &mut self.layers[layer];
-        let qkv = qkv.as_standard_layout();
-        let qkv = qkv.as_slice().expect("standard layout");
-        let (kt, v) = (kt.as_slice_mut().expect("owned"), v.as_slice_mut().expect("owned"));
-        // plain index loops: ndarray's strided assignment costs more than these few values
-        for b in 0..self.batch {
-            for hh in 0..h {
-                let head = b * h + hh;
-                let (kh, vh) = (&mut kt[head * d * cap..][..d * cap], &mut v[head * cap * d..][..cap * d]);
-                for tt in 0..t {
-                    let row = &qkv[(b * t + tt) * 3 * c..][..3 * c];
-                    for (dd, &k) in row[c + hh * d..][..d].iter().enumerate() {
-                        kh[dd * cap + past + tt] = k;
-                    }
-                    vh[(past + tt) * d..][..d].copy_from_slice(&row[2 * c + hh * d..][..d]);
-                }
-            }
-        }
-    }
-
-    /// Attention of the T new queries per sequence (rows of `qkv`, already written into the cache
-    /// at `past ..`) over cache positions `0 ..= past + t`, causal or masked by `visible` (see
-    /// [`attend_cached`]): (B·T, C), heads concatenated. Heads and sequences run in parallel when
-    /// the work is large enough.
-    pub(crate) fn attend(
-        &self,
+    /// Stores the keys and values of the T new positions per sequence at `past ..` (from the rows
+    /// of `qkv` (B·T, 3C): q | k | v, heads contiguous within each) and returns the attention of
+    /// their queries over cache positions `0 ..= past + t`, causal or masked by `visible` (see
+    /// [`attend_cached`]): (B·T, C), heads concatenated. Each head is written and attended by one
+    /// task ([`head_step`]); with two threads and one sequence the two halves of the heads run
+    /// on [`crate::nn::pair`] and write their outputs in place, otherwise the heads run in
+    /// parallel when the work is large enough.
+    pub(crate) fn write_attend(
+        &mut self,
         layer: usize,
         qkv: ArrayView2<T>,
         t: usize,
         past: usize,
         visible: &[bool],
     ) -> Array2<T> {
-        let (h, d) = (self.n_head, self.head_dim);
-        let (kt, v) = &self.layers[layer];
+        let (batch, h, d) = (self.batch, self.n_head, self.head_dim);
         let cap = self.capacity();
-        let scale = T::one() / T::of(d as f64).sqrt();
-        let tasks: Vec<(usize, usize)> = (0..self.batch).flat_map(|b| (0..h).map(move |hh| (b, hh))).collect();
-        let work = tasks.len() * t * (past + t) * d;
-        let head = |&(b, hh): &(usize, usize)| {
-            let kts = kt.slice(s![b, hh, .., ..]);
-            let vs = v.slice(s![b, hh, .., ..]);
-            let q = qkv.slice(s![b * t..(b + 1) * t, hh * d..(hh + 1) * d]).to_owned();
-            let mut scores = vec![T::zero(); t * (past + t)];
-            let mut out = Array2::<T>::zeros((t, d));
-            attend_cached(
-                q.as_slice().expect("owned"),
-                kts.as_slice().expect("contiguous head"),
-                vs.as_slice().expect("contiguous head"),
-                cap,
-                past,
-                scale,
-                visible,
-                &mut scores,
-                out.as_slice_mut().expect("owned"),
-            );
-            out
-        };
-        let heads = if crate::nn::pair::replaces_pool() && tasks.len() > 1 {
-            crate::nn::pair::map(&tasks, head)
+        let qkv = qkv.as_standard_layout();
+        let qkv = qkv.as_slice().expect("standard layout");
+        let step = HeadStep { qkv, t, past, visible, n_head: h, head_dim: d, cap };
+        let (kt, v) = &mut self.layers[layer];
+        let mut att = Array2::<T>::zeros((batch * t, h * d));
+        if crate::nn::pair::replaces_pool() && batch == 1 && h > 1 {
+            let (kt, v) = (kt.index_axis_mut(Axis(0), 0), v.index_axis_mut(Axis(0), 0));
+            let half = h / 2;
+            let ((kt0, kt1), (v0, v1)) = (kt.split_at(Axis(0), half), v.split_at(Axis(0), half));
+            let (att0, att1) = att.view_mut().split_at(Axis(1), half * d);
+            let heads = |h0: usize, mut kt: ArrayViewMut3<T>, mut v: ArrayViewMut3<T>, mut att: ArrayViewMut2<T>| {
+                for (j, (kh, vh)) in kt.outer_iter_mut().zip(v.outer_iter_mut()).enumerate() {
+                    let out = step.run(0, h0 + j, kh, vh);
+                    att.slice_mut(s![.., j * d..(j + 1) * d]).assign(&out);
+                }
+            };
+            crate::nn::pair::join(|| heads(0, kt0, v0, att0), || heads(half, kt1, v1, att1));
+            return att;
+        }
+        let work = batch * h * t * (past + t) * d;
+        let mut kt = kt.view_mut().into_shape_with_order((batch * h, d, cap)).expect("a standard-layout cache");
+        let mut v = v.view_mut().into_shape_with_order((batch * h, cap, d)).expect("a standard-layout cache");
+        // (sequence, head, its cached keys, its cached values)
+        type Task<'a, T> = (usize, usize, ArrayViewMut2<'a, T>, ArrayViewMut2<'a, T>);
+        let tasks: Vec<Task<T>> =
+            kt.outer_iter_mut().zip(v.outer_iter_mut()).enumerate().map(|(i, (k, v))| (i / h, i % h, k, v)).collect();
+        let run = |(b, hh, kh, vh): Task<T>| ((b, hh), step.run(b, hh, kh, vh));
+        let heads: Vec<_> = if tasks.len() > 1 && work >= PAR_WORK {
+            tasks.into_par_iter().map(run).collect()
         } else {
-            maybe_par_map(&tasks, tasks.len() > 1 && work >= PAR_WORK, head)
+            tasks.into_iter().map(run).collect()
         };
-        let mut att = Array2::<T>::zeros((self.batch * t, h * d));
-        let out = att.as_slice_mut().expect("owned");
-        for (&(b, hh), o) in tasks.iter().zip(&heads) {
-            for (tt, src) in o.as_slice().expect("owned").chunks_exact(d).enumerate() {
-                out[(b * t + tt) * h * d + hh * d..][..d].copy_from_slice(src);
-            }
+        for ((b, hh), o) in heads {
+            att.slice_mut(s![b * t..(b + 1) * t, hh * d..(hh + 1) * d]).assign(&o);
         }
         att
+    }
+}
+
+/// One head's part of [`KvCache::write_attend`]: the new positions' rows of `qkv` (B·T, 3C) and
+/// where they go.
+struct HeadStep<'a, T> {
+    qkv: &'a [T],
+    t: usize,
+    past: usize,
+    visible: &'a [bool],
+    n_head: usize,
+    head_dim: usize,
+    cap: usize,
+}
+
+impl<T: Real> HeadStep<'_, T> {
+    /// Writes head `hh` of sequence `b` into its cached keys `kt` (head_dim, cap) and values `v`
+    /// (cap, head_dim) at `past ..` and returns its attention output (T, head_dim).
+    fn run(&self, b: usize, hh: usize, mut kt: ArrayViewMut2<T>, mut v: ArrayViewMut2<T>) -> Array2<T> {
+        let (t, past, d, cap) = (self.t, self.past, self.head_dim, self.cap);
+        let c = self.n_head * d;
+        let q = {
+            let kts = kt.as_slice_mut().expect("a contiguous head");
+            let vs = v.as_slice_mut().expect("a contiguous head");
+            let mut q = Vec::with_capacity(t * d);
+            // plain index loops: ndarray's strided assignment costs more than these few values
+            for tt in 0..t {
+                let row = &self.qkv[(b * t + tt) * 3 * c..][..3 * c];
+                q.extend_from_slice(&row[hh * d..][..d]);
+                for (dd, &k) in row[c + hh * d..][..d].iter().enumerate() {
+                    kts[dd * cap + past + tt] = k;
+                }
+                vs[(past + tt) * d..][..d].copy_from_slice(&row[2 * c + hh * d..][..d]);
+            }
+            q
+        };
+        let scale = T::one() / T::of(d as f64).sqrt();
+        let mut scores = vec![T::zero(); t * (past + t)];
+        let mut out = Array2::<T>::zeros((t, d));
+        attend_cached(
+            &q,
+            kt.as_slice().expect("a contiguous head"),
+            v.as_slice().expect("a contiguous head"),
+            cap,
+            past,
+            scale,
+            self.visible,
+            &mut scores,
+            out.as_slice_mut().expect("owned"),
+        );
+        out
     }
 }

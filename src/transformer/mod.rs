@@ -706,8 +706,7 @@ impl<T: Real> Gpt<T> {
         for (l, blk) in self.blocks.iter().enumerate() {
             let h = crate::nn::norm::layer_norm(x.view(), blk.ln_1.weight.view(), blk.ln_1.bias.view(), eps);
             let qkv = linear(&h, &blk.c_attn, l, 0);
-            cache.write(l, qkv.view(), t, past);
-            let att = cache.attend(l, qkv.view(), t, past, visible);
+            let att = cache.write_attend(l, qkv.view(), t, past, visible);
             x += &linear(&att, &blk.attn_proj, l, 1);
             let h = crate::nn::norm::layer_norm(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), eps);
             let act = self.activation;
