@@ -215,6 +215,14 @@ pub trait Verifier {
     /// `len` larger than [`len`](Verifier::len).
     fn rollback(&mut self, len: usize) -> Result<()>;
 
+    /// A hint that the sequence will grow to `total` tokens (at most [`max_len`](Verifier::max_len)):
+    /// a transformer makes room in its KV cache at once, instead of growing it in the middle of
+    /// a generation. [`generate`] and [`speculate`] give the prompt's length plus `max_new`. The
+    /// default does nothing.
+    fn reserve(&mut self, total: usize) {
+        let _ = total;
+    }
+
     /// Scores `tokens` arranged as `tree` in one pass (tree attention: each token sees the
     /// consumed tokens and its ancestors in the tree): row i is the next-token distribution after
     /// the consumed tokens and the path to i. Afterwards the verifier has consumed all of them;
@@ -438,6 +446,7 @@ pub fn generate<V: Verifier + ?Sized>(verifier: &mut V, prompt: &[u32], config: 
     config.sampling.validate()?;
     check_prompt(prompt, verifier.vocab_size(), verifier.max_len(), config.max_new)?;
     verifier.rollback(0)?;
+    verifier.reserve(prompt.len() + config.max_new);
     let mut rng = Pcg64::seed_from_u64(config.seed);
     let start = Instant::now();
     let mut stats = SpecStats::default();
@@ -526,6 +535,7 @@ pub fn speculate<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
     }
     check_prompt(prompt, vocab, verifier.max_len(), config.max_new)?;
     verifier.rollback(0)?;
+    verifier.reserve(prompt.len() + config.max_new);
     drafter.rollback(0)?;
     // no round rolls back into the prompt
     drafter.commit(prompt.len());
