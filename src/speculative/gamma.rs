@@ -137,7 +137,7 @@ const FIT_SAMPLES: usize = 16;
 
 /// Online fit of the verifier's pass time against the positions it scored, and the mean
 /// draft-step time: the inputs of [`PassCost`]. The line is the least-squares fit through the
-/// median time at each number of positions (of its last [`FIT_SAMPLES`] passes), weighted by
+/// median time at each number of positions (of its last 16 passes), weighted by
 /// their counts: in the loop one pass in a few dozen takes 1–2 ms more than the others (a first
 /// use of that many positions, the host taking the core), and one such pass bent a plain
 /// least-squares slope enough that `--gamma auto` drafted 2–3 tokens where 8 pay more.

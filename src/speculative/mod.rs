@@ -737,7 +737,9 @@ fn guarded_round<D: Drafter + ?Sized>(
     pending: &[u32],
 ) -> Result<bool> {
     let Some(g) = guard else { return Ok(true) };
-    if g.needs_draft_step() {
+    // (the drafter is still at the start then: the prompt is committed, and only length 0 is
+    // restorable below it)
+    if g.needs_draft_step() && drafter.is_empty() {
         let len = drafter.len();
         let t = Instant::now();
         drafter.extend(&pending[..1])?;

@@ -176,7 +176,7 @@ impl<T: Real> KvCache<T> {
     /// of `qkv` (B·T, 3C): q | k | v, heads contiguous within each) and returns the attention of
     /// their queries over cache positions `0 ..= past + t`, causal or masked by `visible` (see
     /// [`attend_cached`]): (B·T, C), heads concatenated. Each head is written and attended by one
-    /// task ([`head_step`]); with two threads and one sequence the two halves of the heads run
+    /// task ([`HeadStep::run`]); with two threads and one sequence the two halves of the heads run
     /// on [`crate::nn::pair`] and write their outputs in place, otherwise the heads run in
     /// parallel when the work is large enough.
     pub(crate) fn write_attend(
