@@ -123,8 +123,8 @@ pub trait Drafter {
     /// Tree drafting: steps from the state after tree node `parent` (`None`: the root, the state
     /// after the first `root` consumed tokens) with the last token of `path` (the tokens from depth
     /// 1 down to the new node); the new state is tree node `node`. Returns its next-token logits.
-    /// The default replays the path from the root (a rollback and an extend); an S4 drafter copies
-    /// the parent's state and takes one step.
+    /// The default replays the path from the root (a rollback and an extend); an S4 drafter takes
+    /// one step from the parent's state into a buffer of the node's own.
     ///
     /// # Errors
     /// As [`extend`](Drafter::extend) and [`rollback`](Drafter::rollback).

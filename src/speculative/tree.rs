@@ -5,8 +5,8 @@
 //! ## Drafting (SpecInfer; EAGLE-2's dynamic trees)
 //!
 //! The root is the drafter's state after the committed tokens; a node is a drafted token whose
-//! state is its parent's state copied plus one recurrent step (for an S4 draft a copy of
-//! layers × H × N/2 numbers, never a replay). A node's value is its cumulative draft probability
+//! state is its parent's state advanced by one recurrent step (for an S4 draft a step from the
+//! parent's layers × H × N/2 numbers into a buffer of the child's own: no copy, never a replay). A node's value is its cumulative draft probability
 //! (the product of q along its path). Nodes are added best first under a budget: a heap holds
 //! *slots* (the next child of an expanded node, at priority value(parent) × the expected q of that
 //! child) and *expansions* (stepping a node to learn its q, at priority value(node), an upper bound
