@@ -831,22 +831,23 @@ impl<T: Real> PackedColumns<T> {
                     .copy_from_slice(part_row.to_slice().expect("owned"));
             }
         };
-        if let [first, second] = &self.parts[..] {
-            let (left, right) = y.view_mut().split_at(Axis(1), second.0);
-            crate::nn::pair::join(|| into(first, left), || into(second, right));
-            return y;
+        // the output's columns, one view per part
+        let mut views = Vec::with_capacity(self.parts.len());
+        let mut rest = y.view_mut();
+        for (_, part) in &self.parts[..self.parts.len() - 1] {
+            let (cols, after) = rest.split_at(Axis(1), part.o);
+            views.push(cols);
+            rest = after;
         }
-        let ys: Vec<Array2<T>> = if x.nrows() * x.ncols() * self.o >= SPLIT_WORK || self.bytes() >= SPLIT_BYTES {
-            self.parts.par_iter().map(part_linear).collect()
+        views.push(rest);
+        let mut jobs: Vec<_> = self.parts.iter().zip(views).collect();
+        if let [(first, left), (second, right)] = &mut jobs[..] {
+            let (left, right) = (left.view_mut(), right.view_mut());
+            crate::nn::pair::join(|| into(first, left), || into(second, right));
+        } else if x.nrows() * x.ncols() * self.o >= SPLIT_WORK || self.bytes() >= SPLIT_BYTES {
+            jobs.into_par_iter().for_each(|(part, cols)| into(part, cols));
         } else {
-            self.parts.iter().map(part_linear).collect()
-        };
-        for ((c0, part), yp) in self.parts.iter().zip(&ys) {
-            for (mut row, part_row) in y.rows_mut().into_iter().zip(yp.rows()) {
-                let (row, part_row) =
-                    (row.as_slice_mut().expect("standard layout"), part_row.to_slice().expect("owned"));
-                row[*c0..*c0 + part.o].copy_from_slice(part_row);
-            }
+            jobs.into_iter().for_each(|(part, cols)| into(part, cols));
         }
         y
     }

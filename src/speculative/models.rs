@@ -271,13 +271,20 @@ impl Drafter for S4Session<'_> {
         }
         let token =
             *path.last().ok_or_else(|| Error::invalid("tree path", "empty", "the tokens down to the new node"))?;
+        if let Some(p) = parent
+            && self.tree.get(p).is_none_or(Option::is_none)
+        {
+            return Err(Error::invalid(
+                "tree parent",
+                p,
+                "a node stepped before (parents are stepped before their children)",
+            ));
+        }
+        let mut next = self.buffer();
         let from = match parent {
             None => &self.state,
-            Some(p) => self.tree.get(p).and_then(Option::as_ref).ok_or_else(|| {
-                Error::invalid("tree parent", p, "a node stepped before (parents are stepped before their children)")
-            })?,
+            Some(p) => self.tree[p].as_ref().expect("checked above"),
         };
-        let mut next = self.spare.pop().unwrap_or_else(|| self.rec.zero_state(1));
         let y = match self.rec.step_tokens_into(from, &mut next, &[token]) {
             Ok(y) => y,
             Err(e) => {
