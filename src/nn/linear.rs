@@ -397,17 +397,20 @@ unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize, const P: usize>(
         }
         let w = data.as_ptr().add(p0 * k * PANEL);
         for i in 0..k {
-            let mut xb = [_mm512_setzero_ps(); R];
-            for (r, b) in xb.iter_mut().enumerate() {
-                *b = _mm512_set1_ps(*xs.add(r * k + i));
-            }
-            for q in 0..P {
+            // the P panel rows first, then one broadcast of x_{r,i} at a time: R·P accumulators,
+            // P weights and one broadcast fit the 32 registers for every tile (all R broadcasts
+            // held at once did not from 10 rows of 2 panels or 16 of one on, and spilled)
+            let mut wi = [_mm512_setzero_ps(); P];
+            for (q, v) in wi.iter_mut().enumerate() {
                 let wq = w.add(q * k * PANEL + i * PANEL);
                 // each panel is one sequential stream: ask for it well ahead of its use
                 _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PREFETCH_ROWS * PANEL).cast::<i8>());
-                let wi = S::load16(wq);
-                for r in 0..R {
-                    acc[q][r] = _mm512_fmadd_ps(xb[r], wi, acc[q][r]);
+                *v = S::load16(wq);
+            }
+            for r in 0..R {
+                let xb = _mm512_set1_ps(*xs.add(r * k + i));
+                for q in 0..P {
+                    acc[q][r] = _mm512_fmadd_ps(xb, wi[q], acc[q][r]);
                 }
             }
         }
@@ -421,8 +424,9 @@ unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize, const P: usize>(
 }
 
 /// `out += x·W` in f32 with W packed, AVX-512: rows in tiles of up to 16 (of even sizes), each
-/// tile over [`packed_tile_avx512`] blocks of 4, 2 or 1 panels (more panels for fewer rows; 16 of
-/// the 32 vector registers hold accumulators at most).
+/// tile over [`packed_tile_avx512`] blocks of 4, 2 or 1 panels (more panels for fewer rows; at
+/// most 24 of the 32 vector registers hold accumulators, beside the panels' weights and one
+/// broadcast).
 ///
 /// # Safety
 /// The CPU must support AVX-512F; x (m, k) and out (m, o) row-major.
@@ -531,8 +535,23 @@ unsafe fn packed_tile_avx2<S: Stored<f32>, const R: usize, const P: usize>(
         }
         let w = data.as_ptr().add(p0 * k * PANEL);
         for i in 0..k {
-            // a plain loop: a closure (`array::from_fn`) does not inherit the target features
-            // and stays an out-of-line call per broadcast
+            if P == 1 {
+                // one panel: its row first, then one broadcast at a time (2·R accumulators, two
+                // weights and one broadcast fit the 16 registers up to 6 rows; all R broadcasts
+                // held at once did not)
+                let wq = w.add(i * PANEL);
+                _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PREFETCH_ROWS * PANEL).cast::<i8>());
+                let (w0, w1) = (S::load8(wq), S::load8(wq.add(8)));
+                for r in 0..R {
+                    let xb = _mm256_set1_ps(*xs.add(r * k + i));
+                    lo[0][r] = _mm256_fmadd_ps(xb, w0, lo[0][r]);
+                    hi[0][r] = _mm256_fmadd_ps(xb, w1, hi[0][r]);
+                }
+                continue;
+            }
+            // several panels (at most 3 rows): the broadcasts once, then panel by panel
+            // (a plain loop: a closure (`array::from_fn`) does not inherit the target features
+            // and stays an out-of-line call per broadcast)
             let mut xb = [_mm256_setzero_ps(); R];
             for (r, b) in xb.iter_mut().enumerate() {
                 *b = _mm256_set1_ps(*xs.add(r * k + i));
