@@ -451,14 +451,20 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
     };
     let whole = tmp("kill-whole");
     let _ = std::fs::remove_dir_all(&whole);
+    let start = std::time::Instant::now();
     assert!(run_to(&whole).status().unwrap().success());
+    let duration = start.elapsed();
 
+    // kills at growing fractions of the uninterrupted run's time (fixed delays let a fast host
+    // finish before the third kill): no attempt gets further than its delay, and the first three
+    // add up to 0.3 of the run, so at least three attempts are killed even if the uninterrupted
+    // run was 3x slower than the attempts (tests run side by side)
     let killed = tmp("kill-killed");
     let _ = std::fs::remove_dir_all(&killed);
     let mut kills = 0;
-    for delay_ms in [150, 350, 550, 750, 950, 1150, 1350] {
+    for twentieths in 1..=7 {
         let mut child = run_to(&killed).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        std::thread::sleep(duration * twentieths / 20);
         if child.try_wait().unwrap().is_some() {
             break; // finished before the kill
         }
