@@ -339,11 +339,11 @@ const PLAIN_SAMPLES: usize = 64;
 /// round is plain.
 ///
 /// The first speculative round is not measured (it carries the first use of the draft's stepping
-/// and of the verifier's pass over several positions); once six more are measured, a round
-/// speculates while the measured tokens per second of speculative rounds (their catching up
-/// excluded) are at least 1.05 times those of plain rounds (the lower quartile of
-/// the last 64); otherwise the next 16, 32, …, 1024 rounds are plain, each stretch followed by
-/// one probing round that passes the same checks first.
+/// and of the verifier's pass over several positions); after every six more, their tokens per
+/// second (their catching up excluded) must be at least 1.05 times those of plain rounds (the
+/// lower quartile of the last 64); otherwise the next 16, 32, …, 1024 rounds are plain, each
+/// stretch followed by a probe (speculative rounds that pass the same checks first) judged on
+/// six rounds of its own.
 ///
 /// ```
 /// use s4::speculative::gamma::PayoffGuard;
@@ -542,11 +542,13 @@ impl PayoffGuard {
             self.warmed_up = true;
             return;
         }
-        // recent rounds weigh more: the acceptance drifts with the text
-        let keep = 0.9;
-        self.spec_tokens = keep * self.spec_tokens + tokens as f64;
-        self.spec_seconds = keep * self.spec_seconds + seconds;
-        self.spec_best_tokens = keep * self.spec_best_tokens + best_tokens as f64;
+        // a window of rounds, judged once it holds JUDGED_ROUNDS and then started afresh: each
+        // verdict rests on rounds no earlier verdict saw (a moving average judged after every
+        // round kept the rounds that caused a back-off, so the probe after the stretch failed
+        // on them again, and one unlucky stretch made the rest of a generation plain)
+        self.spec_tokens += tokens as f64;
+        self.spec_seconds += seconds;
+        self.spec_best_tokens += best_tokens as f64;
         self.spec_rounds += 1;
         let Some(plain_rate) = self.plain_rate() else { return };
         if self.spec_rounds >= 2 && self.spec_best_tokens / self.spec_seconds.max(1e-12) < plain_rate {
@@ -559,6 +561,7 @@ impl PayoffGuard {
             } else {
                 self.backoff = 0;
             }
+            (self.spec_tokens, self.spec_seconds, self.spec_best_tokens, self.spec_rounds) = (0.0, 0.0, 0.0, 0);
         }
     }
 
@@ -608,6 +611,46 @@ mod tests {
             a.update(a.gamma(), 0, Some(cost));
         }
         assert_eq!(a.gamma(), 1);
+    }
+
+    /// After a stretch of plain rounds, a probe is judged on its own rounds: rounds that pay
+    /// resume speculation at once. (A moving average over all speculative rounds still held the
+    /// losing rounds that caused the back-off, failed the probe on them and doubled the stretch.)
+    #[test]
+    fn a_probe_is_judged_on_its_own_rounds() {
+        let mut g = PayoffGuard::default();
+        g.record_prompt(32, 1e-3 + 31.0 * 5e-5);
+        g.record_plain(1e-3);
+        g.set_draft_step(1e-4);
+        for _ in 0..16 {
+            g.record_agreement(0.9);
+        }
+        // a round: speculative ones emit `tokens` in 2 ms, plain ones 1 token in 1 ms
+        let round = |g: &mut PayoffGuard, tokens: usize| {
+            let spec = g.speculate_now(10_000, 1);
+            if spec {
+                g.record_speculative(tokens, 2e-3, 5)
+            } else {
+                g.record_plain(1e-3)
+            }
+            spec
+        };
+        // losing rounds (half the plain rate) until the guard backs off: a warm-up round and six
+        // judged ones, then a plain round
+        let mut speculative = 0;
+        for _ in 0..40 {
+            let spec = round(&mut g, 1);
+            if speculative >= 7 && !spec {
+                break;
+            }
+            speculative += usize::from(spec);
+        }
+        assert!(speculative == 7 && !g.gave_up(), "it speculated 7 rounds ({speculative}), then backed off");
+        // rounds that pay (2.5× the plain rate): the first stretch of 16 and one probe of six
+        // judged rounds, then speculation goes on
+        let spec: Vec<bool> = (0..60).map(|_| round(&mut g, 5)).collect();
+        assert!(spec[..15].iter().all(|s| !s), "the stretch is plain: {spec:?}");
+        assert!(spec[20..].iter().all(|&s| s), "the probe's own rounds resume speculation: {spec:?}");
     }
 
     #[test]
