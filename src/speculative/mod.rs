@@ -594,7 +594,7 @@ pub fn speculate<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
             let observe = Observe { emitted: &mut emitted, draft_warp };
             plain_pass(verifier, drafter, &input, &mut pending_d, guard.as_mut(), observe, &mut log)?
         };
-        log.pass(input.len(), t.elapsed().as_secs_f64() - waited);
+        log.pass(input.len(), t.elapsed().as_secs_f64() - waited, gamma > 0);
         let catch_up = catch_up + waited;
         let first = pending_v.len() - 1;
         let rows: Vec<&[f32]> = (first..first + gamma + 1)
@@ -815,12 +815,19 @@ impl RoundLog {
         Ok(seconds)
     }
 
-    /// A verifier pass over `positions` took `seconds` (the first one is the prompt's).
-    fn pass(&mut self, positions: usize, seconds: f64) {
+    /// A verifier pass over `positions` took `seconds` (the first one is the prompt's);
+    /// `speculative`: a speculative round's pass, the only kind the cost fit takes. A plain
+    /// round's pass often runs beside the drafter catching up on the other core, so on one
+    /// thread: fitted beside the speculative passes, its one position made the line's intercept
+    /// too high and its slope too low, and `--gamma auto` drafted 5–6 tokens at T = 1 where 3 pay
+    /// most.
+    fn pass(&mut self, positions: usize, seconds: f64, speculative: bool) {
         self.stats.verify_seconds += seconds;
         if self.stats.verifier_calls > 0 {
             self.round_verify_seconds += seconds;
-            self.fit.add_pass(positions, seconds);
+            if speculative {
+                self.fit.add_pass(positions, seconds);
+            }
         }
         self.stats.verifier_calls += 1;
     }

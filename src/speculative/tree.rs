@@ -736,7 +736,7 @@ pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
         } else {
             (verifier.score_tree(&input, &tree.mask(pending_v.len())?)?, 0.0)
         };
-        log.pass(input.len(), t.elapsed().as_secs_f64() - waited);
+        log.pass(input.len(), t.elapsed().as_secs_f64() - waited, !tree.is_empty());
         let catch_up = catch_up + waited;
         let first = pending_v.len() - 1;
         let p = (first..input.len())
