@@ -62,12 +62,39 @@ pub struct VerifierBenchArgs {
     #[arg(long, default_value_t = 7)]
     repeats: usize,
     /// Keep the packed decoding weights in 16 bits (widened to f32 as they are loaded)
-    /// [default: f32].
+    /// [default: f32, or bf16 when every weight is a bf16 value (a model saved in bf16)].
     #[arg(long, value_enum)]
     weights: Option<HalfPrecision>,
     /// Write a PNG of t(k) and t(k)/t(1).
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+/// The host a benchmark ran on, for its JSON: the CPU's name (from /proc/cpuinfo, where there is
+/// one), the instruction sets the kernels can use, the level they use (`S4_SIMD` may cap it) and
+/// the threads. Hosts of one machine kind differ (some have AVX-512, some only AVX2 + FMA), and
+/// the ratios move with them.
+fn host() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|n| n.trim().to_string())
+    });
+    #[cfg(target_arch = "x86_64")]
+    let features: Vec<&str> = [
+        ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+        ("fma", std::arch::is_x86_feature_detected!("fma")),
+        ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+        ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+        ("avx512bw", std::arch::is_x86_feature_detected!("avx512bw")),
+        ("avx512vl", std::arch::is_x86_feature_detected!("avx512vl")),
+        ("avx512bf16", std::arch::is_x86_feature_detected!("avx512bf16")),
+    ]
+    .into_iter()
+    .filter_map(|(name, present)| present.then_some(name))
+    .collect();
+    #[cfg(not(target_arch = "x86_64"))]
+    let features: Vec<&str> = Vec::new();
+    json!({"cpu": cpu, "features": features, "kernels": s4::nn::simd::SimdLevel::current().name(),
+           "threads": rayon::current_num_threads()})
 }
 
 fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
@@ -102,11 +129,19 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
         session.score(&prefix)?;
     }
     let packed_bytes = gpt.decoding_bytes().unwrap_or(0);
+    // weights whose values are all bf16 values are packed in bf16 unasked: the label follows the
+    // bytes (the four matrices of a block, 12·C² values, and the head's C·V)
+    let values = cfg.n_layer * 12 * cfg.n_embd * cfg.n_embd + cfg.n_embd * cfg.vocab_size;
+    let storage = match a.weights {
+        Some(p) => p.name(),
+        None if packed_bytes < 3 * values => "bf16, its values all bf16 values",
+        None => "f32",
+    };
     eprintln!(
         "{} parameters, packed decoding weights {:.1} MB ({}), cache {}, median of {} (ms), {} threads, {} kernels",
         gpt.num_params(),
         packed_bytes as f64 / 1e6,
-        a.weights.map_or("f32", |p| p.name()),
+        storage,
         a.cache,
         a.repeats,
         rayon::current_num_threads(),
@@ -160,8 +195,8 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
         "{}",
         json!({"parameters": gpt.num_params(), "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
                "cache": a.cache, "repeats": a.repeats, "threads": rayon::current_num_threads(),
-               "weights": a.weights.map_or("f32", |p| p.name()), "packed_bytes": packed_bytes,
-               "simd": s4::nn::simd::SimdLevel::current().name(),
+               "weights": storage, "packed_bytes": packed_bytes,
+               "simd": s4::nn::simd::SimdLevel::current().name(), "host": host(),
                "k": points.iter().map(|p| p.0 as usize).collect::<Vec<_>>(),
                "median_ms": points.iter().map(|p| p.1).collect::<Vec<_>>()})
     );
@@ -381,6 +416,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
         tree: mode.tree.clone(),
         ..base.clone()
     };
+    eprintln!("host: {}", host());
     let mut rows = Vec::new();
     let mut panels = Vec::new();
     let mut continuations = Vec::new();
@@ -520,7 +556,8 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     println!(
         "{}",
         json!({"prompts": prompts.len(), "prompt_len": a.prompt_len, "max_new": max_new, "rows": rows,
-               "verifier_alone": continuations, "draft_vocab": dr.vocab(), "verifier_vocab": ver.vocab()})
+               "verifier_alone": continuations, "draft_vocab": dr.vocab(), "verifier_vocab": ver.vocab(),
+               "host": host()})
     );
     Ok(())
 }
