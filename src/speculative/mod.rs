@@ -1026,4 +1026,27 @@ mod tests {
         let want = (gamma::PRIOR_ALPHA * 4.0 + agree as f64) / (4.0 + n as f64);
         assert!((guard.alpha_estimate() - want).abs() < 1e-12, "{} against {want}", guard.alpha_estimate());
     }
+
+    /// The cost fit behind `--gamma auto` takes only speculative rounds' passes: a plain round's
+    /// pass, slower beside the drafter on the other core, moves neither its intercept nor its
+    /// slope (fitted in, the slow one-position points flattened the line and auto drafted more).
+    #[test]
+    fn plain_passes_stay_out_of_the_cost_fit() {
+        let mut log = RoundLog::new();
+        log.draft(4, 4e-5);
+        // the prompt's pass, then speculative passes on t(k) = 1 ms + 0.1 ms·k
+        log.pass(32, 5e-3, false);
+        for k in [3, 4, 5, 3, 4, 5] {
+            log.pass(k, 1e-3 + 1e-4 * k as f64, true);
+        }
+        let before = log.fit.cost().expect("passes and draft steps");
+        assert!((before.fixed - 1e-3).abs() < 1e-12 && (before.per_position - 1e-4).abs() < 1e-12, "{before:?}");
+        // plain one-position passes at twice their cost: counted, not fitted
+        for _ in 0..8 {
+            log.pass(1, 2.2e-3, false);
+        }
+        assert_eq!(log.fit.cost(), Some(before));
+        assert_eq!(log.stats.verifier_calls, 15);
+        assert!((log.stats.verify_seconds - (5e-3 + 8.4e-3 + 8.0 * 2.2e-3)).abs() < 1e-12);
+    }
 }
