@@ -549,7 +549,7 @@ unsafe fn packed_tile_avx2<S: Stored<f32>, const R: usize, const P: usize>(
                 }
                 continue;
             }
-            // several panels (at most 3 rows): the broadcasts once, then panel by panel
+            // several panels (1 or 2 rows): the broadcasts once, then panel by panel
             // (a plain loop: a closure (`array::from_fn`) does not inherit the target features
             // and stays an out-of-line call per broadcast)
             let mut xb = [_mm256_setzero_ps(); R];
@@ -599,9 +599,10 @@ unsafe fn packed_matmul_avx2<S: Stored<f32>>(x: &[f32], data: &[S], k: usize, o:
         assert!(x.len() >= m * k && out.len() == m * o && data.len() == panels * k * PANEL);
         let per_tile = m.div_ceil(m.div_ceil(6).max(1)).max(1);
         // panels per block: the tile's rows times 2·P accumulators stay within 12 registers
+        // (3 rows over 2 panels needed 17 of the 16 registers and spilled: t(3) was 1.1× t(4))
         let block = match per_tile {
             1 => 4,
-            2 | 3 => 2,
+            2 => 2,
             _ => 1,
         };
         let d = data;
@@ -614,11 +615,8 @@ unsafe fn packed_matmul_avx2<S: Stored<f32>>(x: &[f32], data: &[S], k: usize, o:
                 let r = per_tile.min(m - r0);
                 match (r, q) {
                     (1, 4) => packed_tile_avx2::<S, 1, 4>(x, d, k, o, out, r0, p),
-                    (1..=3, 2) => match r {
-                        1 => packed_tile_avx2::<S, 1, 2>(x, d, k, o, out, r0, p),
-                        2 => packed_tile_avx2::<S, 2, 2>(x, d, k, o, out, r0, p),
-                        _ => packed_tile_avx2::<S, 3, 2>(x, d, k, o, out, r0, p),
-                    },
+                    (1, 2) => packed_tile_avx2::<S, 1, 2>(x, d, k, o, out, r0, p),
+                    (2, 2) => packed_tile_avx2::<S, 2, 2>(x, d, k, o, out, r0, p),
                     (_, _) => {
                         // one panel at a time (q = 1, or 3 panels left after blocks of 4)
                         for pp in p..p + q {
