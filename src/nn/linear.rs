@@ -830,9 +830,10 @@ impl<T: Real> PackedColumns<T> {
     /// after a transformer's first MLP linear), applied to each part's rows on the thread that
     /// computed them (its argument: some output rows of some columns, row-major).
     pub fn linear_then(&self, x: ArrayView2<T>, b: ArrayView1<T>, then: impl Fn(&mut [T]) + Sync) -> Array2<T> {
-        let whole = self.parts.len() == 1;
+        // a lone part may split its rows across the threads; parts beside each other may not
+        let single_part = self.parts.len() == 1;
         let part_linear = |(c0, part): &(usize, PackedMatrix<T>)| {
-            let mut y = packed_linear_rows(x, part, b.slice(ndarray::s![*c0..*c0 + part.o]), whole);
+            let mut y = packed_linear_rows(x, part, b.slice(ndarray::s![*c0..*c0 + part.o]), single_part);
             then(y.as_slice_mut().expect("a fresh array"));
             y
         };

@@ -380,13 +380,13 @@ impl Verifier for GptSession<'_> {
     fn rollback(&mut self, len: usize) -> Result<()> {
         self.cache.truncate(len)
     }
-    /// One pass with tree attention ([`Gpt::forward_tree`]).
     /// Grows the KV cache to `total` positions now (capped at the model's context), so that no
     /// pass of the generation pays for growing it (zeroing and copying a few MB for the demo
     /// verifier, 1–2 ms on that pass).
     fn reserve(&mut self, total: usize) {
         self.cache.reserve(total.min(self.model.config().n_positions));
     }
+    /// One pass with tree attention ([`Gpt::forward_tree`]).
     fn score_tree(&mut self, tokens: &[u32], tree: &TreeMask) -> Result<Array2<f32>> {
         self.model.forward_tree(&mut self.cache, tokens, tree)
     }

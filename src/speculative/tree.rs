@@ -6,20 +6,20 @@
 //!
 //! The root is the drafter's state after the committed tokens; a node is a drafted token whose
 //! state is its parent's state advanced by one recurrent step (for an S4 draft a step from the
-//! parent's layers × H × N/2 numbers into a buffer of the child's own: no copy, never a replay). A node's value is its cumulative draft probability
-//! (the product of q along its path). Nodes are added best first under a budget: a heap holds
-//! *slots* (the next child of an expanded node, at priority value(parent) × the expected q of that
-//! child) and *expansions* (stepping a node to learn its q, at priority value(node), an upper bound
-//! of its children's values), so a node is stepped only if one of its children can still make the
-//! budget, and a leaf costs no draft step. With [`TreeShape::widths`] `[k₁, …, k_D]` every node at
-//! depth d − 1 may get k_d children; without a budget that is a static tree of Σ_d Π_{i≤d} k_i
-//! nodes, with a budget m the m best (EAGLE-2's rule: the top m by value, which is always a tree
-//! since a child's value never exceeds its parent's). In [`speculate`](super::speculate) a node's
-//! value is instead the estimated chance that verification keeps its whole path: each child's
-//! chance of being the kept one is the rate at which verification has kept children of its
-//! sibling rank and draft confidence in this generation ([`AcceptanceOdds`]), so the tree runs
-//! deep where the draft is confident and right, and spends siblings where first choices get
-//! rejected.
+//! parent's layers × H × N/2 numbers into a buffer of the child's own: no copy, never a replay). A
+//! node's value is its cumulative draft probability (the product of q along its path). Nodes are
+//! added best first under a budget: a heap holds *slots* (the next child of an expanded node, at
+//! priority value(parent) × the expected q of that child) and *expansions* (stepping a node to
+//! learn its q, at priority value(node), an upper bound of its children's values), so a node is
+//! stepped only if one of its children can still make the budget, and a leaf costs no draft step.
+//! With [`TreeShape::widths`] `[k₁, …, k_D]` every node at depth d − 1 may get k_d children;
+//! without a budget that is a static tree of Σ_d Π_{i≤d} k_i nodes, with a budget m the m best
+//! (EAGLE-2's rule: the top m by value, which is always a tree since a child's value never exceeds
+//! its parent's). In [`speculate`](super::speculate) a node's value is instead the estimated chance
+//! that verification keeps its whole path: each child's chance of being the kept one is the rate at
+//! which verification has kept children of its sibling rank and draft confidence in this generation
+//! ([`AcceptanceOdds`]), so the tree runs deep where the draft is confident and right, and spends
+//! siblings where first choices get rejected.
 //!
 //! Children are proposed in one of two ways, the order of siblings being the order of proposal:
 //! - **Deterministic** (greedy decoding, or `argmax_draft`): the k most likely tokens of the
