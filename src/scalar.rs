@@ -125,6 +125,34 @@ impl HalfPrecision {
     }
 }
 
+/// The arithmetic of the decoding products (PyTorch's `torch.set_float32_matmul_precision`, of
+/// whose settings these are two): `highest` multiplies f32 activations by the weights (widened
+/// exactly from 16-bit storage), `medium` rounds the activations and the weights to bf16 and sums
+/// the exact products in f32, two at a time (x₂ᵢ₊₁·w₂ᵢ₊₁ first, then x₂ᵢ·w₂ᵢ: the order of the
+/// AVX512-BF16 instruction `vdpbf16ps`, which does 32 multiply–adds where `vfmadd231ps` does 16).
+/// `medium` is lossy against `highest`: the activations keep 8 significant bits (ε = 2⁻⁸ relative
+/// rounding error per product).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum MatmulPrecision {
+    /// f32 activations times the weights as stored (exact widening), f32 sums.
+    #[default]
+    Highest,
+    /// bf16 activations times bf16 weights, f32 sums of pairs of exact products.
+    Medium,
+}
+
+impl MatmulPrecision {
+    /// The name the command line and JSON use (`highest`, `medium`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulPrecision::Highest => "highest",
+            MatmulPrecision::Medium => "medium",
+        }
+    }
+}
+
 impl std::str::FromStr for HalfPrecision {
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for anything but `bf16` or `f16`.
     type Err = crate::Error;

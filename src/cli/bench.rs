@@ -9,7 +9,7 @@ use s4::data::shakespeare;
 use s4::discretize::Discretization;
 use s4::kernel::{diag_kernel, DplrKernel};
 use s4::plot::{write_png, Panel, Series};
-use s4::scalar::HalfPrecision;
+use s4::scalar::{HalfPrecision, MatmulPrecision};
 use s4::speculative::CausalModel;
 use s4::speculative::{generate, predicted_speedup, speculate, Generation, PassCost, Sampling, SpecConfig, TreeShape};
 use s4::ssm::{KernelKind, SsmInitConfig};
@@ -65,6 +65,12 @@ pub struct VerifierBenchArgs {
     /// [default: f32, or bf16 when every weight is a bf16 value (a model saved in bf16)].
     #[arg(long, value_enum)]
     weights: Option<HalfPrecision>,
+    /// Arithmetic of the verifier's decoding products, as PyTorch's `torch.set_float32_matmul_precision`:
+    /// `medium` rounds activations and weights to bf16 and sums the products in f32 (AVX512-BF16
+    /// `vdpbf16ps` where the CPU has it: passes over many positions cost less); LOSSY against
+    /// `highest`, and speculative output stays exactly the verifier's in either.
+    #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
+    matmul_precision: MatmulPrecision,
     /// Write a PNG of t(k) and t(k)/t(1).
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -114,6 +120,7 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
         dir => Gpt::<f32>::load(std::path::Path::new(dir))?,
     };
     gpt.set_decoding_precision(a.weights)?;
+    gpt.set_matmul_precision(a.matmul_precision)?;
     let cfg = gpt.config().clone();
     if a.max_k == 0 || a.cache + a.max_k > cfg.n_positions {
         return Err(Error::invalid(
@@ -343,6 +350,12 @@ pub struct BenchArgs {
     /// loaded].
     #[arg(long, value_enum)]
     weights: Option<HalfPrecision>,
+    /// Arithmetic of the verifier's decoding products, as PyTorch's `torch.set_float32_matmul_precision`:
+    /// `medium` rounds activations and weights to bf16 and sums the products in f32 (AVX512-BF16
+    /// `vdpbf16ps` where the CPU has it: passes over many positions cost less); LOSSY against
+    /// `highest`, and speculative output stays exactly the verifier's in either.
+    #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
+    matmul_precision: MatmulPrecision,
     /// Always speculate: `auto` and trees with a budget otherwise fall back to plain decoding where
     /// speculation does not pay.
     #[arg(long)]
@@ -373,6 +386,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     };
     let mut ver = CausalModel::load(&a.verifier)?;
     ver.set_weights(a.weights)?;
+    ver.set_matmul_precision(a.matmul_precision)?;
     let dr = CausalModel::load(&a.draft)?;
     let max_new = fit_max_new(a.max_new, 128, a.prompt_len, &[&ver, &dr], "--max-new")?;
     // the prompts and every generated sequence, kept for the identity check against the verifier

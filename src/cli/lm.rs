@@ -9,7 +9,7 @@ use ndarray::{Array2, Array3, Ix2};
 use s4::data::shakespeare;
 use s4::io::{read_npy_any, write_npy_atomic, NpyArray};
 use s4::model::{checkpoint, Input, S4ModelConfig};
-use s4::scalar::HalfPrecision;
+use s4::scalar::{HalfPrecision, MatmulPrecision};
 use s4::speculative::distill::{distill_run, DistillConfig};
 use s4::speculative::{
     generate, predicted_speedup, speculate, Acceptance, CausalModel, GammaPolicy, Generation, Sampling, SpecConfig,
@@ -52,6 +52,12 @@ pub enum Command {
         /// computes in f32; an S4 model's weights are rounded) [default: as loaded].
         #[arg(long, value_enum)]
         weights: Option<HalfPrecision>,
+        /// Arithmetic of the model's decoding products, as PyTorch's `torch.set_float32_matmul_precision`:
+        /// `medium` rounds activations and weights to bf16 and sums the products in f32 (AVX512-BF16
+        /// `vdpbf16ps` where the CPU has it: passes over many positions cost less); LOSSY against
+        /// `highest`, and speculative output stays exactly the verifier's in either.
+        #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
+        matmul_precision: MatmulPrecision,
         /// Print JSON (text, tokens, timing) instead of the text.
         #[arg(long)]
         json: bool,
@@ -138,6 +144,12 @@ pub struct SpeculateArgs {
     /// loaded].
     #[arg(long, value_enum)]
     weights: Option<HalfPrecision>,
+    /// Arithmetic of the verifier's decoding products, as PyTorch's `torch.set_float32_matmul_precision`:
+    /// `medium` rounds activations and weights to bf16 and sums the products in f32 (AVX512-BF16
+    /// `vdpbf16ps` where the CPU has it: passes over many positions cost less); LOSSY against
+    /// `highest`, and speculative output stays exactly the verifier's in either.
+    #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
+    matmul_precision: MatmulPrecision,
     /// Skip the verifier-only run (no speedup in the output).
     #[arg(long)]
     no_baseline: bool,
@@ -301,8 +313,8 @@ fn text_of(tokens: &[u32], vocab: usize) -> Option<String> {
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Logits { model, input_ids, out } => cmd_logits(&model, &input_ids, &out),
-        Command::Generate { model, prompt, sampling, weights, json } => {
-            cmd_generate(&model, &prompt, &sampling, weights, json)
+        Command::Generate { model, prompt, sampling, weights, matmul_precision, json } => {
+            cmd_generate(&model, &prompt, &sampling, weights, matmul_precision, json)
         }
         Command::Speculate(a) => cmd_speculate(&a),
         Command::TrainLm(a) => cmd_train_lm(&a),
@@ -342,10 +354,12 @@ fn cmd_generate(
     prompt: &PromptArgs,
     s: &SamplingArgs,
     weights: Option<HalfPrecision>,
+    matmul: MatmulPrecision,
     as_json: bool,
 ) -> Result<()> {
     let mut m = CausalModel::load(model)?;
     m.set_weights(weights)?;
+    m.set_matmul_precision(matmul)?;
     let tokens = prompt_tokens(prompt, m.vocab())?;
     let max_new = fit_max_new(prompt.max_new, 200, tokens.len(), &[&m], "--max-new")?;
     let cfg = SpecConfig { sampling: s.sampling(), max_new, seed: s.seed, ..Default::default() };
@@ -380,6 +394,7 @@ pub(super) fn parse_gamma(s: &str) -> Result<GammaPolicy> {
 fn cmd_speculate(a: &SpeculateArgs) -> Result<()> {
     let mut ver = CausalModel::load(&a.verifier)?;
     ver.set_weights(a.weights)?;
+    ver.set_matmul_precision(a.matmul_precision)?;
     let dr = CausalModel::load(&a.draft)?;
     let tokens = prompt_tokens(&a.prompt, ver.vocab())?;
     let acceptance = match &a.typical {

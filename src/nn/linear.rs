@@ -9,7 +9,7 @@
 //! [`simd`](super::simd).
 
 use super::simd::{as_f32, as_f32_mut, axpy_body, madd, simd_dispatch, SimdLevel};
-use crate::scalar::{HalfPrecision, Real};
+use crate::scalar::{HalfPrecision, MatmulPrecision, Real};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
 use rayon::prelude::*;
@@ -221,12 +221,17 @@ impl<T: Real> Stored<T> for half::f16 {
     }
 }
 
-/// The values of a [`PackedMatrix`]: in the compute type, or in 16 bits.
+/// The values of a [`PackedMatrix`]: in the compute type, in 16 bits, or in bf16 pairs for
+/// [`MatmulPrecision::Medium`] products.
 #[derive(Clone, Debug)]
 enum Panels<T> {
     Full(Vec<T>),
     Bf16(Vec<half::bf16>),
     F16(Vec<half::f16>),
+    /// Rows 2i and 2i + 1 of a panel column in one word, W[2i, j] in the low half and
+    /// W[2i + 1, j] in the high half (`data[(p·⌈k/2⌉ + i)·PANEL + c]`, zero past row k and column
+    /// o): one 64-byte panel row holds 16 columns × 2 rows, the operand of `vdpbf16ps`.
+    Bf16Pairs(Vec<u32>),
 }
 
 /// A weight matrix W (k, o) stored for decoding: panels of [`PANEL`] consecutive columns, each
@@ -263,8 +268,116 @@ impl<T: Real> PackedMatrix<T> {
             Panels::Full(d) => std::mem::size_of_val(&d[..]),
             Panels::Bf16(d) => std::mem::size_of_val(&d[..]),
             Panels::F16(d) => std::mem::size_of_val(&d[..]),
+            Panels::Bf16Pairs(d) => std::mem::size_of_val(&d[..]),
         }
     }
+
+    /// Packs `w` (k, o) for the arithmetic `matmul`: as [`with_precision`](Self::with_precision)
+    /// for [`MatmulPrecision::Highest`], in bf16 pairs (the values rounded to bf16 whatever
+    /// `precision` says) for [`MatmulPrecision::Medium`].
+    pub(crate) fn with_matmul(w: ArrayView2<T>, precision: Option<HalfPrecision>, matmul: MatmulPrecision) -> Self {
+        match matmul {
+            MatmulPrecision::Highest => Self::with_precision(w, precision),
+            MatmulPrecision::Medium => {
+                let (k, o) = w.dim();
+                PackedMatrix { k, o, panels: Panels::Bf16Pairs(pack_pairs(w)) }
+            }
+        }
+    }
+}
+
+/// x rounded to bf16 (to nearest, ties to even), its 16 bits; a subnormal result becomes a zero
+/// of its sign, as `vdpbf16ps` reads it (its inputs are treated as zeros, "DAZ"), so that every
+/// path computes with the same values.
+#[inline(always)]
+fn bf16_bits(x: f32) -> u32 {
+    // branch-free (the activations' conversion is vectorized): `half::bf16::from_f32`'s rounding
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let r = if b & 0x7fff_ffff > 0x7f80_0000 { (b >> 16) | 0x40 } else { rounded };
+    if r & 0x7f80 == 0 {
+        r & 0x8000
+    } else {
+        r
+    }
+}
+
+/// The bf16 pairs of `w` (k, o) (see [`Panels::Bf16Pairs`]).
+fn pack_pairs<T: Real>(w: ArrayView2<T>) -> Vec<u32> {
+    let (k, o) = w.dim();
+    let (panels, pairs) = (o.div_ceil(PANEL), k.div_ceil(2));
+    let mut data = vec![0u32; panels * pairs * PANEL];
+    for (i, row) in w.rows().into_iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            data[((j / PANEL) * pairs + i / 2) * PANEL + j % PANEL] |= bf16_bits(v.as_f64() as f32) << (16 * (i % 2));
+        }
+    }
+    data
+}
+
+/// The rows of x (m, k) in bf16 pairs: word i of row r holds x[r, 2i] (low half) and
+/// x[r, 2i + 1] (high half, zero past k). Every product reads its activations this way, so the
+/// conversion must cost far less than a multiply–add per value: 16 values per few instructions
+/// at the AVX-512 level ([`bf16_halves_avx512`]).
+fn pair_rows<T: Real>(x: &[T], m: usize, k: usize) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let mut out = vec![0u32; m * pairs];
+    #[cfg(all(target_arch = "x86_64", target_endian = "little"))]
+    if let Some(x) = as_f32(x)
+        && SimdLevel::current() == SimdLevel::Avx512
+    {
+        // SAFETY: u16 halves of the u32 words (little-endian: half 2i is word i's low half).
+        let halves = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u16>(), 2 * out.len()) };
+        for (row, h) in x.chunks_exact(k.max(1)).take(m).zip(halves.chunks_exact_mut(2 * pairs.max(1))) {
+            // SAFETY: the CPU supports AVX-512F (`current` never exceeds it).
+            unsafe { bf16_halves_avx512(row, &mut h[..k]) };
+        }
+        return out;
+    }
+    for (row, words) in x.chunks_exact(k.max(1)).take(m).zip(out.chunks_exact_mut(pairs.max(1))) {
+        for (i, &v) in row.iter().enumerate() {
+            words[i / 2] |= bf16_bits(v.as_f64() as f32) << (16 * (i % 2));
+        }
+    }
+    out
+}
+
+/// `out[i]` = [`bf16_bits`]`(x[i])` for equal lengths, 16 values at a time.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bf16_halves_avx512(x: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    assert_eq!(x.len(), out.len());
+    let n = x.len();
+    let mut i = 0;
+    while i < n {
+        let mask: __mmask16 = if n - i >= 16 { 0xffff } else { (1u16 << (n - i)) - 1 };
+        // SAFETY: the masked lanes are within x and out.
+        unsafe {
+            let b = _mm512_maskz_loadu_epi32(mask, x.as_ptr().add(i).cast());
+            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+            let rounded =
+                _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))));
+            let magnitude = _mm512_and_si512(b, _mm512_set1_epi32(0x7fff_ffff));
+            let nan = _mm512_cmpgt_epi32_mask(magnitude, _mm512_set1_epi32(0x7f80_0000));
+            let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+            let r = _mm512_mask_blend_epi32(nan, rounded, quiet);
+            // a zero exponent (subnormal or zero): the sign alone
+            let tiny = _mm512_testn_epi32_mask(r, _mm512_set1_epi32(0x7f80));
+            let r = _mm512_mask_blend_epi32(tiny, r, _mm512_and_si512(r, _mm512_set1_epi32(0x8000)));
+            _mm512_mask_cvtepi32_storeu_epi16(out.as_mut_ptr().add(i).cast(), mask, r);
+        }
+        i += 16;
+    }
+}
+
+/// The low (even) and high (odd) bf16 of a pair word as values.
+#[inline(always)]
+fn unpair<T: Real>(word: u32) -> (T, T) {
+    (T::of(f32::from_bits(word << 16) as f64), T::of(f32::from_bits(word & 0xffff_0000) as f64))
 }
 
 /// Whether every value of `w` is a bf16 value, so that bf16 panels hold it exactly.
@@ -288,40 +401,96 @@ fn pack<T: Real, S: Stored<T>>(w: ArrayView2<T>) -> Vec<S> {
     data
 }
 
+/// What varies between the kinds of panels in the generic kernel: the activation a row of x
+/// holds per panel row (`X`), the stored panel row (`D`), the panel row as loaded (`Row`), and
+/// how one activation and one loaded panel row update a row's [`PANEL`] accumulators.
+trait PanelRows<T: Real> {
+    type X: Copy;
+    type D: Copy;
+    type Row: Copy;
+    /// A panel row ([`PANEL`] stored values) as the kernel combines it.
+    fn load(w: &[Self::D]) -> Self::Row;
+    /// `acc += x · row`, lane by lane, in the kind's order of operations.
+    fn madd_row<const FMA: bool>(x: Self::X, row: &Self::Row, acc: &mut [T; PANEL]);
+}
+
+/// Panels of one weight per column and panel row ([`Stored`] values, widened exactly).
+struct Widened<S>(std::marker::PhantomData<S>);
+
+impl<T: Real, S: Stored<T>> PanelRows<T> for Widened<S> {
+    type X = T;
+    type D = S;
+    type Row = [T; PANEL];
+    #[inline(always)]
+    fn load(w: &[S]) -> [T; PANEL] {
+        // plain loops throughout: closures (`array::from_fn`) do not inherit the caller's target
+        // features and may stay out-of-line calls
+        let mut row = [T::zero(); PANEL];
+        for l in 0..PANEL {
+            row[l] = w[l].widen();
+        }
+        row
+    }
+    #[inline(always)]
+    fn madd_row<const FMA: bool>(x: T, row: &[T; PANEL], acc: &mut [T; PANEL]) {
+        for l in 0..PANEL {
+            acc[l] = madd::<T, FMA>(x, row[l], acc[l]);
+        }
+    }
+}
+
+/// Panels of bf16 pairs ([`MatmulPrecision::Medium`]) with activations in bf16 pairs: each
+/// column sums as `vdpbf16ps` does, acc ← (acc + x₂ᵢ₊₁·w₂ᵢ₊₁) + x₂ᵢ·w₂ᵢ. A product of two bf16
+/// values is exact in f32 (8 + 8 significant bits of 24), so a fused and a plain multiply–add give
+/// the instruction's bits in f32 (in f64 the sums round as f64).
+struct Pairs;
+
+impl<T: Real> PanelRows<T> for Pairs {
+    type X = u32;
+    type D = u32;
+    type Row = ([T; PANEL], [T; PANEL]);
+    #[inline(always)]
+    fn load(w: &[u32]) -> Self::Row {
+        let (mut even, mut odd) = ([T::zero(); PANEL], [T::zero(); PANEL]);
+        for l in 0..PANEL {
+            (even[l], odd[l]) = unpair(w[l]);
+        }
+        (even, odd)
+    }
+    #[inline(always)]
+    fn madd_row<const FMA: bool>(x: u32, (even, odd): &Self::Row, acc: &mut [T; PANEL]) {
+        let (xe, xo) = unpair::<T>(x);
+        for l in 0..PANEL {
+            acc[l] = madd::<T, FMA>(xe, even[l], madd::<T, FMA>(xo, odd[l], acc[l]));
+        }
+    }
+}
+
 /// `out[r0 + r, j0 .. j0 + n] += x_{r0+r} · W[:, j0 .. j0 + n]` for the `R` rows of a register tile
 /// (n = the panel's valid columns, j0 = panel·[`PANEL`]): the R × [`PANEL`] accumulators stay in
-/// registers for the whole sum over the k rows of the panel, and each panel row (one vector load)
-/// is applied to all R rows by fused multiply–adds with a broadcast of x_{r,i}.
+/// registers for the whole sum over the `depth` rows of the panel, and each panel row (loaded
+/// once) is applied to all R rows by multiply–adds with a broadcast of x's activation.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn packed_tile_body<T: Real, S: Stored<T>, const FMA: bool, const R: usize>(
-    x: &[T],
-    panel: &[S],
-    k: usize,
+fn packed_tile_body<T: Real, K: PanelRows<T>, const FMA: bool, const R: usize>(
+    x: &[K::X],
+    panel: &[K::D],
+    depth: usize,
     o: usize,
     out: &mut [T],
     r0: usize,
     j0: usize,
 ) {
-    let madd = madd::<T, FMA>;
     let n = PANEL.min(o - j0);
     let mut acc = [[T::zero(); PANEL]; R];
     for (r, a) in acc.iter_mut().enumerate() {
         a[..n].copy_from_slice(&out[(r0 + r) * o + j0..][..n]);
     }
-    // plain loops throughout: closures (`array::from_fn`) do not inherit the caller's target
-    // features and may stay out-of-line calls
-    let xs = &x[r0 * k..(r0 + R) * k];
-    let mut w = [T::zero(); PANEL];
+    let xs = &x[r0 * depth..(r0 + R) * depth];
     for (i, wi) in panel.chunks_exact(PANEL).enumerate() {
-        for l in 0..PANEL {
-            w[l] = wi[l].widen();
-        }
+        let row = K::load(wi);
         for (r, a) in acc.iter_mut().enumerate() {
-            let xi = xs[r * k + i];
-            for l in 0..PANEL {
-                a[l] = madd(xi, w[l], a[l]);
-            }
+            K::madd_row::<FMA>(xs[r * depth + i], &row, a);
         }
     }
     for (r, a) in acc.iter().enumerate() {
@@ -329,26 +498,26 @@ fn packed_tile_body<T: Real, S: Stored<T>, const FMA: bool, const R: usize>(
     }
 }
 
-/// `out += x·W` for m rows (x (m, k), out (m, o) row-major) with W's panels `data` (k, o):
-/// panel by panel, rows in register tiles of at most `MR` ([`packed_tile_body`]); a panel
-/// (k·[`PANEL`] values) read for the first tile is still in cache for the next.
+/// `out += x·W` for m rows (x (m, depth), out (m, o) row-major) with W's panels `data` (depth
+/// panel rows each): panel by panel, rows in register tiles of at most `MR`
+/// ([`packed_tile_body`]); a panel read for the first tile is still in cache for the next.
 #[inline(always)]
-fn packed_matmul_body<T: Real, S: Stored<T>, const FMA: bool, const MR: usize>(
-    x: &[T],
-    data: &[S],
-    k: usize,
+fn packed_matmul_body<T: Real, K: PanelRows<T>, const FMA: bool, const MR: usize>(
+    x: &[K::X],
+    data: &[K::D],
+    depth: usize,
     o: usize,
     out: &mut [T],
 ) {
     let m = out.len() / o.max(1);
-    for (p, panel) in data.chunks_exact(k * PANEL).enumerate() {
+    for (p, panel) in data.chunks_exact(depth * PANEL).enumerate() {
         let mut r0 = 0;
         while r0 < m {
             let r = MR.min(m - r0);
             macro_rules! tiles {
                 ($($n:literal)*) => {
                     match r {
-                        $($n => packed_tile_body::<T, S, FMA, $n>(x, panel, k, o, out, r0, p * PANEL),)*
+                        $($n => packed_tile_body::<T, K, FMA, $n>(x, panel, depth, o, out, r0, p * PANEL),)*
                         _ => unreachable!("register tiles have 1 to 16 rows"),
                     }
                 };
@@ -423,16 +592,136 @@ unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize, const P: usize>(
     }
 }
 
+/// [`packed_tile_avx512`] for bf16 pairs ([`MatmulPrecision::Medium`]) with the AVX512-BF16
+/// instruction `vdpbf16ps`: each 64-byte panel row holds two weight rows of 16 columns, each
+/// broadcast word two activations of a row, and one instruction adds both products to 16
+/// accumulators (32 multiply–adds, against 16 for `vfmadd231ps`), with no widening of the
+/// weights. Sums as [`Pairs`] does, so a row's result is the generic kernel's, whatever the tile.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX512-BF16; `x` holds rows `r0 .. r0 + R` of `pairs` words,
+/// `data` the whole packed matrix with panels `p0 .. p0 + P`, `out` rows `r0 .. r0 + R` of length o.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_tile_bf16_avx512<const R: usize, const P: usize>(
+    x: &[u32],
+    data: &[u32],
+    pairs: usize,
+    o: usize,
+    out: &mut [f32],
+    r0: usize,
+    p0: usize,
+) {
+    unsafe {
+        use std::arch::x86_64::*;
+        let xs = x.as_ptr().add(r0 * pairs);
+        let mut masks: [__mmask16; P] = [0xffff; P];
+        let mut acc = [[_mm512_setzero_ps(); R]; P];
+        for q in 0..P {
+            let j0 = (p0 + q) * PANEL;
+            let n = PANEL.min(o - j0);
+            masks[q] = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
+            for r in 0..R {
+                acc[q][r] = _mm512_maskz_loadu_ps(masks[q], out.as_ptr().add((r0 + r) * o + j0));
+            }
+        }
+        let w = data.as_ptr().add(p0 * pairs * PANEL);
+        for i in 0..pairs {
+            // the P panel rows first, then one broadcast at a time (as in `packed_tile_avx512`)
+            let mut wi = [_mm512_setzero_si512(); P];
+            for (q, v) in wi.iter_mut().enumerate() {
+                let wq = w.add(q * pairs * PANEL + i * PANEL);
+                _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PREFETCH_ROWS * PANEL).cast::<i8>());
+                *v = _mm512_loadu_si512(wq.cast());
+            }
+            for r in 0..R {
+                let xb: __m512bh = std::mem::transmute(_mm512_set1_epi32(*xs.add(r * pairs + i) as i32));
+                for q in 0..P {
+                    acc[q][r] = _mm512_dpbf16_ps(acc[q][r], xb, std::mem::transmute::<__m512i, __m512bh>(wi[q]));
+                }
+            }
+        }
+        for q in 0..P {
+            let j0 = (p0 + q) * PANEL;
+            for r in 0..R {
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add((r0 + r) * o + j0), masks[q], acc[q][r]);
+            }
+        }
+    }
+}
+
+/// An AVX-512 register tile of R rows over P panels: the one part of [`packed_matmul_avx512`]
+/// that differs between widened weights ([`Widened`]: [`packed_tile_avx512`]) and bf16 pairs
+/// ([`Pairs`]: [`packed_tile_bf16_avx512`]).
+#[cfg(target_arch = "x86_64")]
+trait Avx512Tile {
+    type X: Copy;
+    type D: Copy;
+    /// The tile at rows `r0 ..` and panels `p0 ..` (x rows and panels `depth` deep).
+    ///
+    /// # Safety
+    /// The CPU supports the tile's instructions; shapes as the tile functions require.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize, const P: usize>(
+        x: &[Self::X],
+        data: &[Self::D],
+        depth: usize,
+        o: usize,
+        out: &mut [f32],
+        r0: usize,
+        p0: usize,
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<S: Stored<f32>> Avx512Tile for Widened<S> {
+    type X = f32;
+    type D = S;
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const P: usize>(
+        x: &[f32],
+        data: &[S],
+        depth: usize,
+        o: usize,
+        out: &mut [f32],
+        r0: usize,
+        p0: usize,
+    ) {
+        // SAFETY: forwarded from the caller (AVX-512F).
+        unsafe { packed_tile_avx512::<S, R, P>(x, data, depth, o, out, r0, p0) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx512Tile for Pairs {
+    type X = u32;
+    type D = u32;
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const P: usize>(
+        x: &[u32],
+        data: &[u32],
+        depth: usize,
+        o: usize,
+        out: &mut [f32],
+        r0: usize,
+        p0: usize,
+    ) {
+        // SAFETY: forwarded from the caller (AVX-512F and AVX512-BF16).
+        unsafe { packed_tile_bf16_avx512::<R, P>(x, data, depth, o, out, r0, p0) }
+    }
+}
+
 /// `out += x·W` in f32 with W packed, AVX-512: rows in tiles of up to 16 (of even sizes), each
-/// tile over [`packed_tile_avx512`] blocks of 4, 2 or 1 panels (more panels for fewer rows; at
+/// tile over blocks of 4, 2 or 1 panels of the tile kind K (more panels for fewer rows; at
 /// most 24 of the 32 vector registers hold accumulators, beside the panels' weights and one
 /// broadcast).
 ///
 /// # Safety
-/// The CPU must support AVX-512F; x (m, k) and out (m, o) row-major.
+/// The CPU must support AVX-512F and K's instructions; x (m, depth) and out (m, o) row-major.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn packed_matmul_avx512<S: Stored<f32>>(x: &[f32], data: &[S], k: usize, o: usize, out: &mut [f32]) {
+unsafe fn packed_matmul_avx512<K: Avx512Tile>(x: &[K::X], data: &[K::D], k: usize, o: usize, out: &mut [f32]) {
     unsafe {
         let m = out.len() / o.max(1);
         let panels = o.div_ceil(PANEL);
@@ -454,25 +743,25 @@ unsafe fn packed_matmul_avx512<S: Stored<f32>>(x: &[f32], data: &[S], k: usize, 
             while r0 < m {
                 let r = per_tile.min(m - r0);
                 match (r, q) {
-                    (1, 4) => packed_tile_avx512::<S, 1, 4>(x, data, k, o, out, r0, p),
-                    (2, 4) => packed_tile_avx512::<S, 2, 4>(x, data, k, o, out, r0, p),
-                    (3, 4) => packed_tile_avx512::<S, 3, 4>(x, data, k, o, out, r0, p),
-                    (4, 4) => packed_tile_avx512::<S, 4, 4>(x, data, k, o, out, r0, p),
-                    (5, 2) => packed_tile_avx512::<S, 5, 2>(x, data, k, o, out, r0, p),
-                    (6, 2) => packed_tile_avx512::<S, 6, 2>(x, data, k, o, out, r0, p),
-                    (7, 2) => packed_tile_avx512::<S, 7, 2>(x, data, k, o, out, r0, p),
-                    (8, 2) => packed_tile_avx512::<S, 8, 2>(x, data, k, o, out, r0, p),
-                    (9, 2) => packed_tile_avx512::<S, 9, 2>(x, data, k, o, out, r0, p),
-                    (10, 2) => packed_tile_avx512::<S, 10, 2>(x, data, k, o, out, r0, p),
-                    (11, 2) => packed_tile_avx512::<S, 11, 2>(x, data, k, o, out, r0, p),
-                    (12, 2) => packed_tile_avx512::<S, 12, 2>(x, data, k, o, out, r0, p),
+                    (1, 4) => K::tile::<1, 4>(x, data, k, o, out, r0, p),
+                    (2, 4) => K::tile::<2, 4>(x, data, k, o, out, r0, p),
+                    (3, 4) => K::tile::<3, 4>(x, data, k, o, out, r0, p),
+                    (4, 4) => K::tile::<4, 4>(x, data, k, o, out, r0, p),
+                    (5, 2) => K::tile::<5, 2>(x, data, k, o, out, r0, p),
+                    (6, 2) => K::tile::<6, 2>(x, data, k, o, out, r0, p),
+                    (7, 2) => K::tile::<7, 2>(x, data, k, o, out, r0, p),
+                    (8, 2) => K::tile::<8, 2>(x, data, k, o, out, r0, p),
+                    (9, 2) => K::tile::<9, 2>(x, data, k, o, out, r0, p),
+                    (10, 2) => K::tile::<10, 2>(x, data, k, o, out, r0, p),
+                    (11, 2) => K::tile::<11, 2>(x, data, k, o, out, r0, p),
+                    (12, 2) => K::tile::<12, 2>(x, data, k, o, out, r0, p),
                     (_, _) => {
                         // one panel at a time (larger tiles, or the panels left after blocks)
                         for pp in p..p + q {
                             macro_rules! tiles {
                                 ($($n:literal)*) => {
                                     match r {
-                                        $($n => packed_tile_avx512::<S, $n, 1>(x, data, k, o, out, r0, pp),)*
+                                        $($n => K::tile::<$n, 1>(x, data, k, o, out, r0, pp),)*
                                         _ => unreachable!("register tiles have 1 to 16 rows"),
                                     }
                                 };
@@ -653,11 +942,31 @@ fn packed_matmul<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
             {
                 return;
             }
-            packed_matmul_generic(x, d, k, o, out)
+            packed_matmul_generic::<T, Widened<T>>(x, d, k, o, out)
         }
         Panels::Bf16(d) => packed_matmul_half(x, d, k, o, out),
         Panels::F16(d) => packed_matmul_half(x, d, k, o, out),
+        Panels::Bf16Pairs(d) => packed_matmul_pairs(x, d, k, o, out),
     }
+}
+
+/// [`packed_matmul`] with bf16 pairs ([`MatmulPrecision::Medium`]): x's rows rounded to bf16
+/// pairs, then `vdpbf16ps` ([`packed_tile_bf16_avx512`]) at the AVX-512 level on a CPU with
+/// AVX512-BF16, else the generic kernel's same sums ([`Pairs`]).
+fn packed_matmul_pairs<T: Real>(x: &[T], d: &[u32], k: usize, o: usize, out: &mut [T]) {
+    let pairs = k.div_ceil(2);
+    let xp = pair_rows(x, out.len() / o.max(1), k);
+    #[cfg(target_arch = "x86_64")]
+    if SimdLevel::current() == SimdLevel::Avx512
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+        && let Some(out) = as_f32_mut(&mut *out)
+    {
+        // SAFETY: the CPU supports AVX-512F (`current` never exceeds it) and AVX512-BF16
+        // (detected); shapes asserted inside.
+        unsafe { packed_matmul_avx512::<Pairs>(&xp, d, pairs, o, out) };
+        return;
+    }
+    packed_matmul_generic::<T, Pairs>(&xp, d, pairs, o, out)
 }
 
 /// [`packed_matmul`] with 16-bit panels.
@@ -667,7 +976,7 @@ fn packed_matmul_half<T: Real, S: Stored<T> + Stored<f32>>(x: &[T], d: &[S], k: 
     {
         return;
     }
-    packed_matmul_generic(x, d, k, o, out)
+    packed_matmul_generic::<T, Widened<S>>(x, d, k, o, out)
 }
 
 /// The f32 kernels by intrinsics, when [`SimdLevel::current`] has one; `false` otherwise.
@@ -675,7 +984,7 @@ fn packed_matmul_f32<S: Stored<f32>>(x: &[f32], d: &[S], k: usize, o: usize, out
     #[cfg(target_arch = "x86_64")]
     match SimdLevel::current() {
         // SAFETY: the CPU supports AVX-512F (`current` never exceeds it); shapes asserted inside.
-        SimdLevel::Avx512 => unsafe { packed_matmul_avx512::<S>(x, d, k, o, out) },
+        SimdLevel::Avx512 => unsafe { packed_matmul_avx512::<Widened<S>>(x, d, k, o, out) },
         // SAFETY: the CPU supports AVX2, FMA and F16C (`current` never exceeds it); shapes asserted inside.
         SimdLevel::Avx2Fma => unsafe { packed_matmul_avx2::<S>(x, d, k, o, out) },
         SimdLevel::Baseline => return false,
@@ -683,27 +992,28 @@ fn packed_matmul_f32<S: Stored<f32>>(x: &[f32], d: &[S], k: usize, o: usize, out
     cfg!(target_arch = "x86_64")
 }
 
-/// The generic [`packed_matmul_body`], compiled for the level [`SimdLevel::current`] allows.
-fn packed_matmul_generic<T: Real, S: Stored<T>>(x: &[T], d: &[S], k: usize, o: usize, out: &mut [T]) {
+/// The generic [`packed_matmul_body`] for panels of kind K (x (m, depth)), compiled for the level
+/// [`SimdLevel::current`] allows.
+fn packed_matmul_generic<T: Real, K: PanelRows<T>>(x: &[K::X], d: &[K::D], depth: usize, o: usize, out: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        fn avx512<T: Real, S: Stored<T>>(x: &[T], d: &[S], k: usize, o: usize, out: &mut [T]) {
-            packed_matmul_body::<T, S, true, 8>(x, d, k, o, out)
+        fn avx512<T: Real, K: PanelRows<T>>(x: &[K::X], d: &[K::D], depth: usize, o: usize, out: &mut [T]) {
+            packed_matmul_body::<T, K, true, 8>(x, d, depth, o, out)
         }
         #[target_feature(enable = "avx2,fma")]
-        fn avx2_fma<T: Real, S: Stored<T>>(x: &[T], d: &[S], k: usize, o: usize, out: &mut [T]) {
-            packed_matmul_body::<T, S, true, 6>(x, d, k, o, out)
+        fn avx2_fma<T: Real, K: PanelRows<T>>(x: &[K::X], d: &[K::D], depth: usize, o: usize, out: &mut [T]) {
+            packed_matmul_body::<T, K, true, 6>(x, d, depth, o, out)
         }
         match SimdLevel::current() {
             // SAFETY: `current` never exceeds what the CPU supports.
-            SimdLevel::Avx512 => return unsafe { avx512::<T, S>(x, d, k, o, out) },
+            SimdLevel::Avx512 => return unsafe { avx512::<T, K>(x, d, depth, o, out) },
             // SAFETY: as above.
-            SimdLevel::Avx2Fma => return unsafe { avx2_fma::<T, S>(x, d, k, o, out) },
+            SimdLevel::Avx2Fma => return unsafe { avx2_fma::<T, K>(x, d, depth, o, out) },
             SimdLevel::Baseline => {}
         }
     }
-    packed_matmul_body::<T, S, false, 3>(x, d, k, o, out)
+    packed_matmul_body::<T, K, false, 3>(x, d, depth, o, out)
 }
 
 /// Products of at least this many rows and [`PAR_ROWS_WORK`] multiply–adds split their rows
@@ -799,6 +1109,28 @@ impl<T: Real> PackedColumns<T> {
     /// Packs `w` (k, o) in as many parts as rayon has threads when it holds at least 2¹⁶ values
     /// (256 KB in f32), else whole; the values rounded to `precision` if given.
     pub fn with_precision(w: ArrayView2<T>, precision: Option<HalfPrecision>) -> Self {
+        Self::with_matmul(w, precision, MatmulPrecision::Highest)
+    }
+
+    /// [`with_precision`](Self::with_precision) for products in the arithmetic `matmul`:
+    /// [`MatmulPrecision::Medium`] stores bf16 pairs (whatever `precision` says) and rounds the
+    /// activations to bf16 too.
+    ///
+    /// ```
+    /// use ndarray::{Array1, Array2};
+    /// use s4::nn::linear::{linear, PackedColumns};
+    /// use s4::scalar::MatmulPrecision;
+    ///
+    /// let w = Array2::from_shape_fn((64, 40), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 5.5 - 1.0);
+    /// let (x, b) = (Array2::from_elem((3, 64), 0.3f32), Array1::zeros(40));
+    /// let medium = PackedColumns::with_matmul(w.view(), None, MatmulPrecision::Medium);
+    /// let y = medium.linear(x.view(), b.view());
+    /// // bf16 activations and weights: within a few 2⁻⁸ of the f32 products
+    /// let exact = linear(x.view(), w.view(), b.view());
+    /// assert!(y.iter().zip(&exact).all(|(a, e)| (a - e).abs() < 0.1));
+    /// assert_eq!(2 * medium.bytes(), 64 * 48 * 4); // 16-bit values (40 columns in 3 panels of 16)
+    /// ```
+    pub fn with_matmul(w: ArrayView2<T>, precision: Option<HalfPrecision>, matmul: MatmulPrecision) -> Self {
         let (k, o) = w.dim();
         let threads = if k * o >= SPLIT_VALUES { rayon::current_num_threads() } else { 1 };
         let panels = o.div_ceil(PANEL);
@@ -807,7 +1139,7 @@ impl<T: Real> PackedColumns<T> {
             .step_by(per_part)
             .map(|c0| {
                 let part = w.slice(ndarray::s![.., c0..(c0 + per_part).min(o)]);
-                (c0, PackedMatrix::with_precision(part, precision))
+                (c0, PackedMatrix::with_matmul(part, precision, matmul))
             })
             .collect();
         PackedColumns { parts, o }
@@ -1031,6 +1363,49 @@ mod tests {
             let exact = x64.dot(&stored.mapv(f64::from)) + &b64;
             assert!(y.iter().zip(&exact).all(|(a, e)| (a - e).abs() < 1e-12), "{precision:?} in f64");
         }
+    }
+
+    /// [`MatmulPrecision::Medium`] products at every SIMD level this CPU runs (`vdpbf16ps` at the
+    /// AVX-512 level where the CPU has AVX512-BF16), for every row count from 1 to 96, an odd k and
+    /// partial panels: bit-identical to the instruction's sums written out in scalar f32
+    /// (acc + x₂ᵢ₊₁·w₂ᵢ₊₁, then + x₂ᵢ·w₂ᵢ, bf16 inputs, subnormal inputs as zeros), whatever the rows
+    /// computed with it; in f64, within rounding of the exact sums of the bf16 values.
+    #[test]
+    fn bf16_products_sum_as_vdpbf16ps_at_every_level_and_row_count() {
+        let (k, o) = (37, 45);
+        let w = Array2::from_shape_fn((k, o), |(i, j)| ((i * 31 + j * 17) % 23) as f32 / 11.7 - 1.0);
+        let b = Array1::from_shape_fn(o, |j| j as f32 * 0.01);
+        let mut x = Array2::from_shape_fn((96, k), |(r, i)| ((r * 13 + i * 7) % 19) as f32 / 9.5 - 1.0);
+        x[[5, 3]] = 3e-39; // a bf16 subnormal: read as zero
+        x[[6, 4]] = -1e-40;
+        let packed = PackedMatrix::with_matmul(w.view(), None, MatmulPrecision::Medium);
+        assert_eq!(packed.bytes(), o.div_ceil(PANEL) * PANEL * k.div_ceil(2) * 4);
+        let bf = |v: f32| f32::from_bits(bf16_bits(v) << 16);
+        assert_eq!(bf(3e-39), 0.0);
+        let reference = |r: usize, j: usize| {
+            let (xr, wj) = (
+                |i: usize| if i < k { bf(x[[r, i]]) } else { 0.0 },
+                |i: usize| if i < k { bf(w[[i, j]]) } else { 0.0 },
+            );
+            (0..k.div_ceil(2)).fold(b[j], |acc, i| (acc + xr(2 * i + 1) * wj(2 * i + 1)) + xr(2 * i) * wj(2 * i))
+        };
+        for level in SimdLevel::available() {
+            with_simd_level(level, || {
+                for m in 1..=96 {
+                    let y = packed_linear(x.slice(ndarray::s![..m, ..]), &packed, b.view());
+                    for r in 0..m {
+                        for j in 0..o {
+                            assert_eq!(y[[r, j]].to_bits(), reference(r, j).to_bits(), "{level}, m = {m}, ({r}, {j})");
+                        }
+                    }
+                }
+            });
+        }
+        let (w64, x64, b64) = (w.mapv(f64::from), x.mapv(f64::from), b.mapv(f64::from));
+        let packed64 = PackedMatrix::with_matmul(w64.view(), None, MatmulPrecision::Medium);
+        let y = packed_linear(x64.view(), &packed64, b64.view());
+        let exact = x.mapv(|v| f64::from(bf(v))).dot(&w.mapv(|v| f64::from(bf(v)))) + &b64;
+        assert!(y.iter().zip(&exact).all(|(a, e)| (a - e).abs() < 1e-12), "f64 sums of bf16 values");
     }
 
     /// Weights whose values are all bf16 values are packed in bf16 unasked: half the bytes, and

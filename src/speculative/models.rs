@@ -50,7 +50,7 @@ use ndarray::{Array2, Axis};
 use super::{Drafter, Verifier};
 use crate::error::{Error, Result};
 use crate::model::{ModelState, Pooling, RecurrentModel, S4Model, S4ModelConfig};
-use crate::scalar::HalfPrecision;
+use crate::scalar::{HalfPrecision, MatmulPrecision};
 use crate::transformer::{Gpt, KvCache, TreeMask};
 
 /// An S4 language model as a drafter (and, for tests and self-drafting, a verifier).
@@ -454,6 +454,23 @@ impl CausalModel {
             (CausalModel::S4(_), None) => {}
         }
         Ok(())
+    }
+
+    /// Sets the arithmetic of a transformer's decoding products ([`Gpt::set_matmul_precision`]).
+    ///
+    /// # Errors
+    /// [`MatmulPrecision::Medium`] for an S4 model (its step keeps f32 products), or a transformer
+    /// weight beyond bf16's range.
+    pub fn set_matmul_precision(&mut self, matmul: MatmulPrecision) -> Result<()> {
+        match (self, matmul) {
+            (CausalModel::Gpt(g), m) => g.set_matmul_precision(m),
+            (CausalModel::S4(_), MatmulPrecision::Highest) => Ok(()),
+            (CausalModel::S4(_), MatmulPrecision::Medium) => Err(Error::invalid(
+                "matmul precision",
+                "medium for an S4 model",
+                "a GPT-2 model (S4 steps keep f32 products)",
+            )),
+        }
     }
 
     /// The longest sequence the model takes (GPT-2's positions; an S4 model has no limit).

@@ -95,7 +95,7 @@ use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use crate::nn::linear::{linear, lm_head, PackedColumns};
 use crate::nn::params::{ParamGroup, Parameters, TensorMut, Trainable};
-use crate::scalar::{HalfPrecision, Real};
+use crate::scalar::{HalfPrecision, MatmulPrecision, Real};
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -301,6 +301,8 @@ struct DecodeWeights<T> {
     packed: std::sync::OnceLock<Packed<T>>,
     /// 16-bit storage of the packed copy ([`Gpt::set_decoding_precision`]), or the compute type.
     precision: Option<HalfPrecision>,
+    /// The arithmetic of its products ([`Gpt::set_matmul_precision`]).
+    matmul: MatmulPrecision,
 }
 
 /// The contents of [`DecodeWeights`].
@@ -312,13 +314,13 @@ struct Packed<T> {
 
 impl<T> Default for DecodeWeights<T> {
     fn default() -> Self {
-        DecodeWeights { packed: std::sync::OnceLock::new(), precision: None }
+        DecodeWeights { packed: std::sync::OnceLock::new(), precision: None, matmul: MatmulPrecision::Highest }
     }
 }
 
 impl<T> Clone for DecodeWeights<T> {
     fn clone(&self) -> Self {
-        DecodeWeights { packed: std::sync::OnceLock::new(), precision: self.precision }
+        DecodeWeights { packed: std::sync::OnceLock::new(), precision: self.precision, matmul: self.matmul }
     }
 }
 
@@ -330,7 +332,13 @@ impl<T> PartialEq for DecodeWeights<T> {
 
 impl<T> std::fmt::Debug for DecodeWeights<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DecodeWeights {{ built: {}, precision: {:?} }}", self.packed.get().is_some(), self.precision)
+        write!(
+            f,
+            "DecodeWeights {{ built: {}, precision: {:?}, matmul: {:?} }}",
+            self.packed.get().is_some(),
+            self.precision,
+            self.matmul
+        )
     }
 }
 
@@ -758,16 +766,49 @@ impl<T: Real> Gpt<T> {
     /// A weight of the packed layers beyond the format's range (|x| > 65504 in f16).
     pub fn set_decoding_precision(&mut self, precision: Option<HalfPrecision>) -> Result<()> {
         if let Some(p) = precision {
-            let packed = self.blocks.iter().flat_map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj]);
-            let mut weights = packed.map(|l| l.weight.view()).chain(std::iter::once(self.wte.view()));
-            if let Some(x) = weights.find_map(|w| w.iter().copied().find(|x| !p.round(x.as_f64() as f32).is_finite())) {
-                return Err(Error::invalid("decoding weight", x, format!("a value within {}'s range", p.name())));
-            }
+            self.check_decoding_range(p)?;
         }
         if self.decode.precision != precision {
-            self.decode = DecodeWeights { packed: std::sync::OnceLock::new(), precision };
+            self.decode = DecodeWeights { packed: std::sync::OnceLock::new(), precision, matmul: self.decode.matmul };
         }
         Ok(())
+    }
+
+    /// Sets the arithmetic of the decoding passes' products (PyTorch's
+    /// `torch.set_float32_matmul_precision`): [`MatmulPrecision::Medium`] keeps the packed copy in
+    /// bf16 pairs and rounds each product's activations to bf16, summing exact products in f32
+    /// (`vdpbf16ps` on CPUs with AVX512-BF16: twice the multiply–adds per instruction, so passes
+    /// over many positions cost less; the same sums by FMA elsewhere, bit for bit). Each position's
+    /// result still does not depend on the positions scored with it, so speculative decoding stays
+    /// exactly this model's output. Lossy against `Highest` (the default): see
+    /// [`MatmulPrecision`]. The attention and the passes over many positions keep f32.
+    ///
+    /// # Errors
+    /// `Medium` with a weight of the packed layers beyond bf16's range.
+    pub fn set_matmul_precision(&mut self, matmul: MatmulPrecision) -> Result<()> {
+        if matmul == MatmulPrecision::Medium {
+            self.check_decoding_range(HalfPrecision::Bf16)?;
+        }
+        if self.decode.matmul != matmul {
+            self.decode =
+                DecodeWeights { packed: std::sync::OnceLock::new(), precision: self.decode.precision, matmul };
+        }
+        Ok(())
+    }
+
+    /// The arithmetic of the decoding products ([`Gpt::set_matmul_precision`]).
+    pub fn matmul_precision(&self) -> MatmulPrecision {
+        self.decode.matmul
+    }
+
+    /// An error naming the first weight of the packed layers that `p` rounds to infinity.
+    fn check_decoding_range(&self, p: HalfPrecision) -> Result<()> {
+        let packed = self.blocks.iter().flat_map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj]);
+        let mut weights = packed.map(|l| l.weight.view()).chain(std::iter::once(self.wte.view()));
+        match weights.find_map(|w| w.iter().copied().find(|x| !p.round(x.as_f64() as f32).is_finite())) {
+            Some(x) => Err(Error::invalid("decoding weight", x, format!("a value within {}'s range", p.name()))),
+            None => Ok(()),
+        }
     }
 
     /// The storage of the decoding copy ([`Gpt::set_decoding_precision`]).
@@ -785,8 +826,8 @@ impl<T: Real> Gpt<T> {
 
     /// The packed decoding weights ([`DecodeWeights`]), built on first use.
     fn decode_weights(&self) -> &Packed<T> {
-        let precision = self.decode.precision;
-        let pack = |w: ndarray::ArrayView2<T>| PackedColumns::with_precision(w, precision);
+        let (precision, matmul) = (self.decode.precision, self.decode.matmul);
+        let pack = |w: ndarray::ArrayView2<T>| PackedColumns::with_matmul(w, precision, matmul);
         self.decode.packed.get_or_init(|| Packed {
             blocks: self
                 .blocks

@@ -5,6 +5,7 @@ use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 use s4::model::S4ModelConfig;
+use s4::scalar::MatmulPrecision;
 use s4::speculative::{
     draft_tree, generate, sampling::sample, speculate, speculate_batch, verify, verify_tree, Acceptance,
     AcceptanceOdds, Drafter, GammaPolicy, Sampling, SpecConfig, TreeOutcome, TreeShape, Verifier,
@@ -351,14 +352,21 @@ fn distillation_resumes_exactly() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// Both arithmetics of the verifier's products, each with seeds 0..n.
+fn matmuls_and_seeds(n: u64) -> impl Iterator<Item = (MatmulPrecision, u64)> {
+    [MatmulPrecision::Highest, MatmulPrecision::Medium].into_iter().flat_map(move |m| (0..n).map(move |s| (m, s)))
+}
+
 /// Greedy identity with the real model pair: an S4 drafter and a transformer verifier (random
 /// weights; the verifier's logits are sharpened by its large init so that greedy paths vary).
 #[test]
 fn greedy_identity_s4_draft_transformer_verifier() {
     let v = 24;
-    let gpt = tiny_gpt(v, 3);
+    let mut gpt = tiny_gpt(v, 3);
     let lm = tiny_s4_lm(v, 4);
-    for seed in 0..20u64 {
+    // both arithmetics of the verifier's products: with bf16 products the output is that verifier's
+    for (matmul, seed) in matmuls_and_seeds(10) {
+        gpt.set_matmul_precision(matmul).unwrap();
         let mut rng = Pcg64::seed_from_u64(seed);
         let prompt: Vec<u32> = (0..1 + rng.random_range(0..12)).map(|_| rng.random_range(0..v as u32)).collect();
         for gamma in [GammaPolicy::Fixed(1), GammaPolicy::Fixed(4), GammaPolicy::Auto { max: 8 }] {
@@ -367,7 +375,7 @@ fn greedy_identity_s4_draft_transformer_verifier() {
             let mut dr = S4Session::new(&lm, 16).unwrap();
             let spec = speculate(&mut dr, &mut ver, &prompt, &cfg).unwrap();
             let base = generate(&mut GptSession::new(&gpt), &prompt, &cfg).unwrap();
-            assert_eq!(spec.tokens, base.tokens, "seed {seed} {gamma:?}");
+            assert_eq!(spec.tokens, base.tokens, "seed {seed} {gamma:?} {matmul:?}");
         }
     }
 }
@@ -509,9 +517,10 @@ fn greedy_tree_is_the_verifiers_greedy_decoding_markov() {
 #[test]
 fn greedy_tree_identity_s4_draft_transformer_verifier() {
     let v = 24;
-    let gpt = tiny_gpt(v, 3);
+    let mut gpt = tiny_gpt(v, 3);
     let lm = tiny_s4_lm(v, 4);
-    for seed in 0..12u64 {
+    for (matmul, seed) in matmuls_and_seeds(6) {
+        gpt.set_matmul_precision(matmul).unwrap();
         let mut rng = Pcg64::seed_from_u64(seed);
         let prompt: Vec<u32> = (0..1 + rng.random_range(0..12)).map(|_| rng.random_range(0..v as u32)).collect();
         let greedy = SpecConfig { sampling: Sampling::greedy(), max_new: 40, seed, ..Default::default() };
@@ -520,7 +529,7 @@ fn greedy_tree_identity_s4_draft_transformer_verifier() {
             let cfg = SpecConfig { tree: Some(tree.clone()), fallback: false, ..greedy.clone() };
             let spec =
                 speculate(&mut S4Session::new(&lm, 16).unwrap(), &mut GptSession::new(&gpt), &prompt, &cfg).unwrap();
-            assert_eq!(spec.tokens, base.tokens, "seed {seed} tree {tree}");
+            assert_eq!(spec.tokens, base.tokens, "seed {seed} tree {tree} {matmul:?}");
         }
     }
     // self-drafting with a tree: the verifier's own arg-max is always the first child

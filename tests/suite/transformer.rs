@@ -167,6 +167,42 @@ fn sixteen_bit_decoding_weights_equal_rounded_f32_weights() {
     big.set_decoding_precision(Some(HalfPrecision::Bf16)).unwrap();
 }
 
+/// Decoding with bf16 products ([`MatmulPrecision::Medium`]): every position's logits are the
+/// same bits whether it is scored alone or with others (what speculative decoding relies on), and
+/// stay within the rounding of bf16 activations of the f32 products' logits.
+#[test]
+fn bf16_products_score_each_position_as_alone_and_near_f32() {
+    use s4::scalar::MatmulPrecision;
+    let ids = fixture_ids();
+    let full = Gpt::<f32>::load(&fixture_dir()).unwrap();
+    let mut medium = full.clone();
+    medium.set_matmul_precision(MatmulPrecision::Medium).unwrap();
+    assert_eq!(medium.matmul_precision(), MatmulPrecision::Medium);
+    let (t, v) = (ids.ncols(), full.config().vocab_size);
+    let (mut together, mut one_by_one, mut exact) = (medium.new_cache(2), medium.new_cache(2), full.new_cache(2));
+    let all = medium.forward_cached(&mut together, ids.view()).unwrap();
+    let reference = full.forward_cached(&mut exact, ids.view()).unwrap();
+    let (mut worst, mut scale) = (0f32, 0f32);
+    for i in 0..t {
+        let alone = medium.forward_cached(&mut one_by_one, ids.slice(s![.., i..i + 1])).unwrap();
+        for b in 0..ids.nrows() {
+            for j in 0..v {
+                assert_eq!(alone[[b, 0, j]].to_bits(), all[[b, i, j]].to_bits(), "position {i}, row {b}, logit {j}");
+                worst = worst.max((all[[b, i, j]] - reference[[b, i, j]]).abs());
+                scale = scale.max(reference[[b, i, j]].abs());
+            }
+        }
+    }
+    println!("bf16 products: logits within {worst:.3e} of f32 products (largest |logit| {scale:.2})");
+    assert!(worst > 0.0 && worst < 2e-2 * scale.max(1.0), "{worst} vs {scale}");
+    let mut big = full.clone();
+    if let Some((_, mut w)) = big.tensors_mut().into_iter().find(|(n, _)| n.ends_with("c_fc.weight")) {
+        w[[0, 0]] = f32::MAX;
+    }
+    let e = big.set_matmul_precision(MatmulPrecision::Medium).unwrap_err().to_string();
+    assert!(e.contains("bf16"), "{e}");
+}
+
 /// One sequence as a (1, T) array.
 fn row(tokens: &[u32]) -> Array2<u32> {
     Array2::from_shape_vec((1, tokens.len()), tokens.to_vec()).unwrap()
