@@ -528,6 +528,60 @@ fn packed_matmul_body<T: Real, K: PanelRows<T>, const FMA: bool, const MR: usize
     }
 }
 
+/// The R × P accumulators of an AVX-512 register tile, loaded from rows `r0 ..` and panels
+/// `p0 ..` of `out` (o columns), and each panel's mask of the columns below o.
+///
+/// # Safety
+/// The CPU must support AVX-512F (the callers' target features); `out` holds the rows.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load_tile<const R: usize, const P: usize>(
+    out: &[f32],
+    o: usize,
+    r0: usize,
+    p0: usize,
+) -> ([[std::arch::x86_64::__m512; R]; P], [std::arch::x86_64::__mmask16; P]) {
+    use std::arch::x86_64::*;
+    let mut masks: [__mmask16; P] = [0xffff; P];
+    // SAFETY: AVX-512F as the caller guarantees; the masked lanes lie within the rows of `out`.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); R]; P];
+        for q in 0..P {
+            let j0 = (p0 + q) * PANEL;
+            let n = PANEL.min(o - j0);
+            masks[q] = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
+            for r in 0..R {
+                acc[q][r] = _mm512_maskz_loadu_ps(masks[q], out.as_ptr().add((r0 + r) * o + j0));
+            }
+        }
+        (acc, masks)
+    }
+}
+
+/// Stores a tile's accumulators ([`load_tile`]) back into `out`.
+///
+/// # Safety
+/// As [`load_tile`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_tile<const R: usize, const P: usize>(
+    acc: &[[std::arch::x86_64::__m512; R]; P],
+    masks: &[std::arch::x86_64::__mmask16; P],
+    out: &mut [f32],
+    o: usize,
+    r0: usize,
+    p0: usize,
+) {
+    use std::arch::x86_64::*;
+    for q in 0..P {
+        let j0 = (p0 + q) * PANEL;
+        for r in 0..R {
+            // SAFETY: as in `load_tile`.
+            unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add((r0 + r) * o + j0), masks[q], acc[q][r]) };
+        }
+    }
+}
+
 /// [`packed_tile_body`] for f32 with AVX-512 intrinsics, over R rows and P consecutive panels
 /// (from panel `p0`): one 16-lane register per row and panel, initialized from `out`; each panel
 /// row is loaded (and widened, for 16-bit weights) once and combined with every row by
@@ -554,16 +608,7 @@ unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize, const P: usize>(
     unsafe {
         use std::arch::x86_64::*;
         let xs = x.as_ptr().add(r0 * k);
-        let mut masks: [__mmask16; P] = [0xffff; P];
-        let mut acc = [[_mm512_setzero_ps(); R]; P];
-        for q in 0..P {
-            let j0 = (p0 + q) * PANEL;
-            let n = PANEL.min(o - j0);
-            masks[q] = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
-            for r in 0..R {
-                acc[q][r] = _mm512_maskz_loadu_ps(masks[q], out.as_ptr().add((r0 + r) * o + j0));
-            }
-        }
+        let (mut acc, masks) = load_tile::<R, P>(out, o, r0, p0);
         let w = data.as_ptr().add(p0 * k * PANEL);
         for i in 0..k {
             // the P panel rows first, then one broadcast of x_{r,i} at a time: R·P accumulators,
@@ -583,12 +628,7 @@ unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize, const P: usize>(
                 }
             }
         }
-        for q in 0..P {
-            let j0 = (p0 + q) * PANEL;
-            for r in 0..R {
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add((r0 + r) * o + j0), masks[q], acc[q][r]);
-            }
-        }
+        store_tile::<R, P>(&acc, &masks, out, o, r0, p0);
     }
 }
 
@@ -616,16 +656,7 @@ unsafe fn packed_tile_bf16_avx512<const R: usize, const P: usize>(
     unsafe {
         use std::arch::x86_64::*;
         let xs = x.as_ptr().add(r0 * pairs);
-        let mut masks: [__mmask16; P] = [0xffff; P];
-        let mut acc = [[_mm512_setzero_ps(); R]; P];
-        for q in 0..P {
-            let j0 = (p0 + q) * PANEL;
-            let n = PANEL.min(o - j0);
-            masks[q] = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
-            for r in 0..R {
-                acc[q][r] = _mm512_maskz_loadu_ps(masks[q], out.as_ptr().add((r0 + r) * o + j0));
-            }
-        }
+        let (mut acc, masks) = load_tile::<R, P>(out, o, r0, p0);
         let w = data.as_ptr().add(p0 * pairs * PANEL);
         for i in 0..pairs {
             // the P panel rows first, then one broadcast at a time (as in `packed_tile_avx512`)
@@ -642,12 +673,7 @@ unsafe fn packed_tile_bf16_avx512<const R: usize, const P: usize>(
                 }
             }
         }
-        for q in 0..P {
-            let j0 = (p0 + q) * PANEL;
-            for r in 0..R {
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add((r0 + r) * o + j0), masks[q], acc[q][r]);
-            }
-        }
+        store_tile::<R, P>(&acc, &masks, out, o, r0, p0);
     }
 }
 
