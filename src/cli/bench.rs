@@ -139,10 +139,11 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
     // weights whose values are all bf16 values are packed in bf16 unasked: the label follows the
     // bytes (the four matrices of a block, 12·C² values, and the head's C·V)
     let values = cfg.n_layer * 12 * cfg.n_embd * cfg.n_embd + cfg.n_embd * cfg.vocab_size;
-    let storage = match a.weights {
-        Some(p) => p.name(),
-        None if packed_bytes < 3 * values => "bf16, its values all bf16 values",
-        None => "f32",
+    let storage = match (a.matmul_precision, a.weights) {
+        (MatmulPrecision::Medium, _) => "bf16 pairs, for bf16 products",
+        (_, Some(p)) => p.name(),
+        (_, None) if packed_bytes < 3 * values => "bf16, its values all bf16 values",
+        (_, None) => "f32",
     };
     eprintln!(
         "{} parameters, packed decoding weights {:.1} MB ({}), cache {}, median of {} (ms), {} threads, {} kernels",
@@ -203,6 +204,7 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
         json!({"parameters": gpt.num_params(), "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
                "cache": a.cache, "repeats": a.repeats, "threads": rayon::current_num_threads(),
                "weights": storage, "packed_bytes": packed_bytes,
+               "matmul_precision": a.matmul_precision.name(),
                "simd": s4::nn::simd::SimdLevel::current().name(), "host": host(),
                "k": points.iter().map(|p| p.0 as usize).collect::<Vec<_>>(),
                "median_ms": points.iter().map(|p| p.1).collect::<Vec<_>>()})
@@ -430,7 +432,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
         tree: mode.tree.clone(),
         ..base.clone()
     };
-    eprintln!("host: {}", host());
+    eprintln!("host: {}; matmul precision: {}", host(), a.matmul_precision.name());
     let mut rows = Vec::new();
     let mut panels = Vec::new();
     let mut continuations = Vec::new();
@@ -571,7 +573,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
         "{}",
         json!({"prompts": prompts.len(), "prompt_len": a.prompt_len, "max_new": max_new, "rows": rows,
                "verifier_alone": continuations, "draft_vocab": dr.vocab(), "verifier_vocab": ver.vocab(),
-               "host": host()})
+               "matmul_precision": a.matmul_precision.name(), "host": host()})
     );
     Ok(())
 }
