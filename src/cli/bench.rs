@@ -1,7 +1,7 @@
 //! Benchmarks: the kernels against the official PyTorch numbers, and speculative decoding on a
 //! model pair.
 
-use super::lm::{fit_max_new, parse_gamma};
+use super::lm::{fit_max_new, parse_gamma, MatmulArgs};
 use clap::{Args, Subcommand};
 use ndarray::Array3;
 use s4::conv::FftConv;
@@ -65,12 +65,8 @@ pub struct VerifierBenchArgs {
     /// [default: f32, or bf16 when every weight is a bf16 value (a model saved in bf16)].
     #[arg(long, value_enum)]
     weights: Option<HalfPrecision>,
-    /// Arithmetic of the verifier's decoding products, as PyTorch's `torch.set_float32_matmul_precision`:
-    /// `medium` rounds activations and weights to bf16 and sums the products in f32 (AVX512-BF16
-    /// `vdpbf16ps` where the CPU has it: passes over many positions cost less); LOSSY against
-    /// `highest`, and speculative output stays exactly the verifier's in either.
-    #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
-    matmul_precision: MatmulPrecision,
+    #[command(flatten)]
+    matmul: MatmulArgs,
     /// Write a PNG of t(k) and t(k)/t(1).
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -120,7 +116,7 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
         dir => Gpt::<f32>::load(std::path::Path::new(dir))?,
     };
     gpt.set_decoding_precision(a.weights)?;
-    gpt.set_matmul_precision(a.matmul_precision)?;
+    gpt.set_matmul_precision(a.matmul.matmul_precision)?;
     let cfg = gpt.config().clone();
     if a.max_k == 0 || a.cache + a.max_k > cfg.n_positions {
         return Err(Error::invalid(
@@ -139,7 +135,7 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
     // weights whose values are all bf16 values are packed in bf16 unasked: the label follows the
     // bytes (the four matrices of a block, 12·C² values, and the head's C·V)
     let values = cfg.n_layer * 12 * cfg.n_embd * cfg.n_embd + cfg.n_embd * cfg.vocab_size;
-    let storage = match (a.matmul_precision, a.weights) {
+    let storage = match (a.matmul.matmul_precision, a.weights) {
         (MatmulPrecision::Medium, _) => "bf16 pairs, for bf16 products",
         (_, Some(p)) => p.name(),
         (_, None) if packed_bytes < 3 * values => "bf16, its values all bf16 values",
@@ -204,7 +200,7 @@ fn cmd_bench_verifier(a: &VerifierBenchArgs) -> Result<()> {
         json!({"parameters": gpt.num_params(), "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
                "cache": a.cache, "repeats": a.repeats, "threads": rayon::current_num_threads(),
                "weights": storage, "packed_bytes": packed_bytes,
-               "matmul_precision": a.matmul_precision.name(),
+               "matmul_precision": a.matmul.matmul_precision.name(),
                "simd": s4::nn::simd::SimdLevel::current().name(), "host": host(),
                "k": points.iter().map(|p| p.0 as usize).collect::<Vec<_>>(),
                "median_ms": points.iter().map(|p| p.1).collect::<Vec<_>>()})
@@ -352,12 +348,8 @@ pub struct BenchArgs {
     /// loaded].
     #[arg(long, value_enum)]
     weights: Option<HalfPrecision>,
-    /// Arithmetic of the verifier's decoding products, as PyTorch's `torch.set_float32_matmul_precision`:
-    /// `medium` rounds activations and weights to bf16 and sums the products in f32 (AVX512-BF16
-    /// `vdpbf16ps` where the CPU has it: passes over many positions cost less); LOSSY against
-    /// `highest`, and speculative output stays exactly the verifier's in either.
-    #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
-    matmul_precision: MatmulPrecision,
+    #[command(flatten)]
+    matmul: MatmulArgs,
     /// Always speculate: `auto` and trees with a budget otherwise fall back to plain decoding where
     /// speculation does not pay.
     #[arg(long)]
@@ -388,7 +380,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
     };
     let mut ver = CausalModel::load(&a.verifier)?;
     ver.set_weights(a.weights)?;
-    ver.set_matmul_precision(a.matmul_precision)?;
+    ver.set_matmul_precision(a.matmul.matmul_precision)?;
     let dr = CausalModel::load(&a.draft)?;
     let max_new = fit_max_new(a.max_new, 128, a.prompt_len, &[&ver, &dr], "--max-new")?;
     // the prompts and every generated sequence, kept for the identity check against the verifier
@@ -432,7 +424,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
         tree: mode.tree.clone(),
         ..base.clone()
     };
-    eprintln!("host: {}; matmul precision: {}", host(), a.matmul_precision.name());
+    eprintln!("host: {}; matmul precision: {}", host(), a.matmul.matmul_precision.name());
     let mut rows = Vec::new();
     let mut panels = Vec::new();
     let mut continuations = Vec::new();
@@ -573,7 +565,7 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
         "{}",
         json!({"prompts": prompts.len(), "prompt_len": a.prompt_len, "max_new": max_new, "rows": rows,
                "verifier_alone": continuations, "draft_vocab": dr.vocab(), "verifier_vocab": ver.vocab(),
-               "matmul_precision": a.matmul_precision.name(), "host": host()})
+               "matmul_precision": a.matmul.matmul_precision.name(), "host": host()})
     );
     Ok(())
 }

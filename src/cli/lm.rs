@@ -52,12 +52,8 @@ pub enum Command {
         /// computes in f32; an S4 model's weights are rounded) [default: as loaded].
         #[arg(long, value_enum)]
         weights: Option<HalfPrecision>,
-        /// Arithmetic of the model's decoding products, as PyTorch's `torch.set_float32_matmul_precision`:
-        /// `medium` rounds activations and weights to bf16 and sums the products in f32 (AVX512-BF16
-        /// `vdpbf16ps` where the CPU has it: passes over many positions cost less); LOSSY against
-        /// `highest`, and speculative output stays exactly the verifier's in either.
-        #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
-        matmul_precision: MatmulPrecision,
+        #[command(flatten)]
+        matmul: MatmulArgs,
         /// Print JSON (text, tokens, timing) instead of the text.
         #[arg(long)]
         json: bool,
@@ -83,6 +79,18 @@ pub struct PromptArgs {
     /// Tokens to generate [default: 200, or what the models' context leaves after the prompt].
     #[arg(long)]
     max_new: Option<usize>,
+}
+
+/// The arithmetic of a transformer's decoding products (generation, speculation, benchmarks).
+#[derive(Args, Debug, Clone)]
+pub struct MatmulArgs {
+    /// Arithmetic of the transformer's decoding products, as PyTorch's
+    /// `torch.set_float32_matmul_precision`: `medium` rounds activations and weights to bf16 and
+    /// sums the products in f32 (AVX512-BF16 `vdpbf16ps` where the CPU has it: passes over many
+    /// positions cost less); LOSSY against `highest`, and speculative output stays exactly the
+    /// verifier's in either.
+    #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
+    pub matmul_precision: MatmulPrecision,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -144,12 +152,8 @@ pub struct SpeculateArgs {
     /// loaded].
     #[arg(long, value_enum)]
     weights: Option<HalfPrecision>,
-    /// Arithmetic of the verifier's decoding products, as PyTorch's `torch.set_float32_matmul_precision`:
-    /// `medium` rounds activations and weights to bf16 and sums the products in f32 (AVX512-BF16
-    /// `vdpbf16ps` where the CPU has it: passes over many positions cost less); LOSSY against
-    /// `highest`, and speculative output stays exactly the verifier's in either.
-    #[arg(long, value_enum, default_value_t = MatmulPrecision::Highest)]
-    matmul_precision: MatmulPrecision,
+    #[command(flatten)]
+    matmul: MatmulArgs,
     /// Skip the verifier-only run (no speedup in the output).
     #[arg(long)]
     no_baseline: bool,
@@ -313,8 +317,8 @@ fn text_of(tokens: &[u32], vocab: usize) -> Option<String> {
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Logits { model, input_ids, out } => cmd_logits(&model, &input_ids, &out),
-        Command::Generate { model, prompt, sampling, weights, matmul_precision, json } => {
-            cmd_generate(&model, &prompt, &sampling, weights, matmul_precision, json)
+        Command::Generate { model, prompt, sampling, weights, matmul, json } => {
+            cmd_generate(&model, &prompt, &sampling, weights, matmul.matmul_precision, json)
         }
         Command::Speculate(a) => cmd_speculate(&a),
         Command::TrainLm(a) => cmd_train_lm(&a),
@@ -394,7 +398,7 @@ pub(super) fn parse_gamma(s: &str) -> Result<GammaPolicy> {
 fn cmd_speculate(a: &SpeculateArgs) -> Result<()> {
     let mut ver = CausalModel::load(&a.verifier)?;
     ver.set_weights(a.weights)?;
-    ver.set_matmul_precision(a.matmul_precision)?;
+    ver.set_matmul_precision(a.matmul.matmul_precision)?;
     let dr = CausalModel::load(&a.draft)?;
     let tokens = prompt_tokens(&a.prompt, ver.vocab())?;
     let acceptance = match &a.typical {

@@ -528,166 +528,35 @@ fn packed_matmul_body<T: Real, K: PanelRows<T>, const FMA: bool, const MR: usize
     }
 }
 
-/// The R × P accumulators of an AVX-512 register tile, loaded from rows `r0 ..` and panels
-/// `p0 ..` of `out` (o columns), and each panel's mask of the columns below o.
-///
-/// # Safety
-/// The CPU must support AVX-512F (the callers' target features); `out` holds the rows.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn load_tile<const R: usize, const P: usize>(
-    out: &[f32],
-    o: usize,
-    r0: usize,
-    p0: usize,
-) -> ([[std::arch::x86_64::__m512; R]; P], [std::arch::x86_64::__mmask16; P]) {
-    use std::arch::x86_64::*;
-    let mut masks: [__mmask16; P] = [0xffff; P];
-    // SAFETY: AVX-512F as the caller guarantees; the masked lanes lie within the rows of `out`.
-    unsafe {
-        let mut acc = [[_mm512_setzero_ps(); R]; P];
-        for q in 0..P {
-            let j0 = (p0 + q) * PANEL;
-            let n = PANEL.min(o - j0);
-            masks[q] = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
-            for r in 0..R {
-                acc[q][r] = _mm512_maskz_loadu_ps(masks[q], out.as_ptr().add((r0 + r) * o + j0));
-            }
-        }
-        (acc, masks)
-    }
-}
-
-/// Stores a tile's accumulators ([`load_tile`]) back into `out`.
-///
-/// # Safety
-/// As [`load_tile`].
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn store_tile<const R: usize, const P: usize>(
-    acc: &[[std::arch::x86_64::__m512; R]; P],
-    masks: &[std::arch::x86_64::__mmask16; P],
-    out: &mut [f32],
-    o: usize,
-    r0: usize,
-    p0: usize,
-) {
-    use std::arch::x86_64::*;
-    for q in 0..P {
-        let j0 = (p0 + q) * PANEL;
-        for r in 0..R {
-            // SAFETY: as in `load_tile`.
-            unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add((r0 + r) * o + j0), masks[q], acc[q][r]) };
-        }
-    }
-}
-
-/// [`packed_tile_body`] for f32 with AVX-512 intrinsics, over R rows and P consecutive panels
-/// (from panel `p0`): one 16-lane register per row and panel, initialized from `out`; each panel
-/// row is loaded (and widened, for 16-bit weights) once and combined with every row by
-/// `vfmadd231ps` with a broadcast of x_{r,i}. Few rows take several panels, so that 4 or more
-/// independent multiply–add chains hide the instruction's latency (one row of one panel is a
-/// single dependent chain). Every output sums in the same order (out, then i = 0, …, k − 1)
-/// whatever the tile, so a row's result does not depend on the rows computed with it.
-///
-/// # Safety
-/// The CPU must support AVX-512F; `x` holds rows `r0 .. r0 + R` of length k, `data` the whole
-/// packed matrix with panels `p0 .. p0 + P`, `out` rows `r0 .. r0 + R` of length o.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize, const P: usize>(
-    x: &[f32],
-    data: &[S],
-    k: usize,
-    o: usize,
-    out: &mut [f32],
-    r0: usize,
-    p0: usize,
-) {
-    unsafe {
-        use std::arch::x86_64::*;
-        let xs = x.as_ptr().add(r0 * k);
-        let (mut acc, masks) = load_tile::<R, P>(out, o, r0, p0);
-        let w = data.as_ptr().add(p0 * k * PANEL);
-        for i in 0..k {
-            // the P panel rows first, then one broadcast of x_{r,i} at a time: R·P accumulators,
-            // P weights and one broadcast fit the 32 registers for every tile (all R broadcasts
-            // held at once did not from 10 rows of 2 panels or 16 of one on, and spilled)
-            let mut wi = [_mm512_setzero_ps(); P];
-            for (q, v) in wi.iter_mut().enumerate() {
-                let wq = w.add(q * k * PANEL + i * PANEL);
-                // each panel is one sequential stream: ask for it well ahead of its use
-                _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PREFETCH_ROWS * PANEL).cast::<i8>());
-                *v = S::load16(wq);
-            }
-            for r in 0..R {
-                let xb = _mm512_set1_ps(*xs.add(r * k + i));
-                for q in 0..P {
-                    acc[q][r] = _mm512_fmadd_ps(xb, wi[q], acc[q][r]);
-                }
-            }
-        }
-        store_tile::<R, P>(&acc, &masks, out, o, r0, p0);
-    }
-}
-
-/// [`packed_tile_avx512`] for bf16 pairs ([`MatmulPrecision::Medium`]) with the AVX512-BF16
-/// instruction `vdpbf16ps`: each 64-byte panel row holds two weight rows of 16 columns, each
-/// broadcast word two activations of a row, and one instruction adds both products to 16
-/// accumulators (32 multiply–adds, against 16 for `vfmadd231ps`), with no widening of the
-/// weights. Sums as [`Pairs`] does, so a row's result is the generic kernel's, whatever the tile.
-///
-/// # Safety
-/// The CPU must support AVX-512F and AVX512-BF16; `x` holds rows `r0 .. r0 + R` of `pairs` words,
-/// `data` the whole packed matrix with panels `p0 .. p0 + P`, `out` rows `r0 .. r0 + R` of length o.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn packed_tile_bf16_avx512<const R: usize, const P: usize>(
-    x: &[u32],
-    data: &[u32],
-    pairs: usize,
-    o: usize,
-    out: &mut [f32],
-    r0: usize,
-    p0: usize,
-) {
-    unsafe {
-        use std::arch::x86_64::*;
-        let xs = x.as_ptr().add(r0 * pairs);
-        let (mut acc, masks) = load_tile::<R, P>(out, o, r0, p0);
-        let w = data.as_ptr().add(p0 * pairs * PANEL);
-        for i in 0..pairs {
-            // the P panel rows first, then one broadcast at a time (as in `packed_tile_avx512`)
-            let mut wi = [_mm512_setzero_si512(); P];
-            for (q, v) in wi.iter_mut().enumerate() {
-                let wq = w.add(q * pairs * PANEL + i * PANEL);
-                _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PREFETCH_ROWS * PANEL).cast::<i8>());
-                *v = _mm512_loadu_si512(wq.cast());
-            }
-            for r in 0..R {
-                let xb: __m512bh = std::mem::transmute(_mm512_set1_epi32(*xs.add(r * pairs + i) as i32));
-                for q in 0..P {
-                    acc[q][r] = _mm512_dpbf16_ps(acc[q][r], xb, std::mem::transmute::<__m512i, __m512bh>(wi[q]));
-                }
-            }
-        }
-        store_tile::<R, P>(&acc, &masks, out, o, r0, p0);
-    }
-}
-
-/// An AVX-512 register tile of R rows over P panels: the one part of [`packed_matmul_avx512`]
-/// that differs between widened weights ([`Widened`]: [`packed_tile_avx512`]) and bf16 pairs
-/// ([`Pairs`]: [`packed_tile_bf16_avx512`]).
+/// What the AVX-512 register tiles of widened weights ([`Widened`]) and of bf16 pairs
+/// ([`Pairs`]) differ in: the activation a row of x holds per panel row (`X`), the stored panel
+/// value (`D`), the register a panel row or a broadcast activation is (`V`), and the
+/// multiply–add; [`packed_tile_avx512_body`] is the tile itself.
 #[cfg(target_arch = "x86_64")]
 trait Avx512Tile {
     type X: Copy;
     type D: Copy;
-    /// The tile at rows `r0 ..` and panels `p0 ..` (x rows and panels `depth` deep).
+    type V: Copy;
+    /// One panel row ([`PANEL`] columns) at `p`.
     ///
     /// # Safety
-    /// The CPU supports the tile's instructions; shapes as the tile functions require.
+    /// The CPU supports the kind's instructions; the row is readable at `p`.
+    unsafe fn load(p: *const Self::D) -> Self::V;
+    /// An activation in every lane.
+    ///
+    /// # Safety
+    /// As [`load`](Self::load).
+    unsafe fn broadcast(x: Self::X) -> Self::V;
+    /// `acc` plus the products of a broadcast activation and a panel row, lane by lane.
+    ///
+    /// # Safety
+    /// As [`load`](Self::load).
+    unsafe fn madd(acc: std::arch::x86_64::__m512, x: Self::V, w: Self::V) -> std::arch::x86_64::__m512;
+    /// The tile at rows `r0 ..` and panels `p0 ..` (x rows and panels `depth` deep), compiled with
+    /// the kind's target features.
+    ///
+    /// # Safety
+    /// The CPU supports the kind's instructions; shapes as [`packed_tile_avx512_body`] requires.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const R: usize, const P: usize>(
         x: &[Self::X],
@@ -700,10 +569,140 @@ trait Avx512Tile {
     );
 }
 
+/// [`packed_tile_body`] with AVX-512 intrinsics, over R rows and P consecutive panels (from panel
+/// `p0`): one 16-lane accumulator per row and panel, initialized from `out` (the columns past o
+/// masked off); each panel row is loaded once (and widened, for 16-bit weights) and combined with
+/// every row by the kind's multiply–add with a broadcast of the row's activation. Few rows take
+/// several panels, so that 4 or more independent multiply–add chains hide the instruction's
+/// latency (one row of one panel is a single dependent chain). Every output sums in the same
+/// order (out, then the panel rows in order) whatever the tile, so a row's result does not depend
+/// on the rows computed with it.
+///
+/// # Safety
+/// The CPU supports K's instructions (the caller's target features); `x` holds rows `r0 .. r0 + R`
+/// of `depth` activations, `data` the whole packed matrix with panels `p0 .. p0 + P`, each
+/// `depth` rows deep, `out` rows `r0 .. r0 + R` of length o.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_tile_avx512_body<K: Avx512Tile, const R: usize, const P: usize>(
+    x: &[K::X],
+    data: &[K::D],
+    depth: usize,
+    o: usize,
+    out: &mut [f32],
+    r0: usize,
+    p0: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (the block): the caller's target features; every offset stays within the rows and
+    // panels the caller guarantees, and the masked lanes within the rows of `out`.
+    unsafe {
+        let xs = x.as_ptr().add(r0 * depth);
+        let mut masks: [__mmask16; P] = [0xffff; P];
+        let mut acc = [[_mm512_setzero_ps(); R]; P];
+        for q in 0..P {
+            let j0 = (p0 + q) * PANEL;
+            let n = PANEL.min(o - j0);
+            masks[q] = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
+            for r in 0..R {
+                acc[q][r] = _mm512_maskz_loadu_ps(masks[q], out.as_ptr().add((r0 + r) * o + j0));
+            }
+        }
+        let w = data.as_ptr().add(p0 * depth * PANEL);
+        for i in 0..depth {
+            // the P panel rows first, then one broadcast at a time: R·P accumulators, P weights
+            // and one broadcast fit the 32 registers for every tile (all R broadcasts held at
+            // once did not from 10 rows of 2 panels or 16 of one on, and spilled)
+            // (initialized with the first panel's row, loaded again below: one load after CSE)
+            let mut wi = [K::load(w.add(i * PANEL)); P];
+            for (q, v) in wi.iter_mut().enumerate() {
+                let wq = w.add(q * depth * PANEL + i * PANEL);
+                // each panel is one sequential stream: ask for it well ahead of its use
+                _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PREFETCH_ROWS * PANEL).cast::<i8>());
+                *v = K::load(wq);
+            }
+            for r in 0..R {
+                let xb = K::broadcast(*xs.add(r * depth + i));
+                for q in 0..P {
+                    acc[q][r] = K::madd(acc[q][r], xb, wi[q]);
+                }
+            }
+        }
+        for q in 0..P {
+            let j0 = (p0 + q) * PANEL;
+            for r in 0..R {
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add((r0 + r) * o + j0), masks[q], acc[q][r]);
+            }
+        }
+    }
+}
+
+/// [`packed_tile_avx512_body`] for f32 activations and widened weights: `vfmadd231ps`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; shapes as [`packed_tile_avx512_body`] requires.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_tile_avx512<S: Stored<f32>, const R: usize, const P: usize>(
+    x: &[f32],
+    data: &[S],
+    k: usize,
+    o: usize,
+    out: &mut [f32],
+    r0: usize,
+    p0: usize,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { packed_tile_avx512_body::<Widened<S>, R, P>(x, data, k, o, out, r0, p0) }
+}
+
+/// [`packed_tile_avx512_body`] for bf16 pairs ([`MatmulPrecision::Medium`]) with the AVX512-BF16
+/// instruction `vdpbf16ps`: each 64-byte panel row holds two weight rows of 16 columns, each
+/// broadcast word two activations of a row, and one instruction adds both products to 16
+/// accumulators (32 multiply–adds, against 16 for `vfmadd231ps`), with no widening of the
+/// weights. Sums as [`Pairs`] does, so a row's result is the generic kernel's, whatever the tile.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX512-BF16; shapes as [`packed_tile_avx512_body`] requires
+/// (x rows and panels `pairs` words deep).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_tile_bf16_avx512<const R: usize, const P: usize>(
+    x: &[u32],
+    data: &[u32],
+    pairs: usize,
+    o: usize,
+    out: &mut [f32],
+    r0: usize,
+    p0: usize,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { packed_tile_avx512_body::<Pairs, R, P>(x, data, pairs, o, out, r0, p0) }
+}
+
 #[cfg(target_arch = "x86_64")]
 impl<S: Stored<f32>> Avx512Tile for Widened<S> {
     type X = f32;
     type D = S;
+    type V = std::arch::x86_64::__m512;
+    #[inline(always)]
+    unsafe fn load(p: *const S) -> Self::V {
+        // SAFETY: forwarded from the caller (AVX-512F).
+        unsafe { S::load16(p) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(x: f32) -> Self::V {
+        // SAFETY: AVX-512F, as the caller guarantees.
+        unsafe { std::arch::x86_64::_mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn madd(acc: Self::V, x: Self::V, w: Self::V) -> Self::V {
+        // SAFETY: AVX-512F, as the caller guarantees.
+        unsafe { std::arch::x86_64::_mm512_fmadd_ps(x, w, acc) }
+    }
     #[inline(always)]
     unsafe fn tile<const R: usize, const P: usize>(
         x: &[f32],
@@ -723,6 +722,25 @@ impl<S: Stored<f32>> Avx512Tile for Widened<S> {
 impl Avx512Tile for Pairs {
     type X = u32;
     type D = u32;
+    type V = std::arch::x86_64::__m512bh;
+    #[inline(always)]
+    unsafe fn load(p: *const u32) -> Self::V {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX-512F, as the caller guarantees; 16 words readable at `p`. A bf16 vector is
+        // the same 64 bytes as the integer one.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(x: u32) -> Self::V {
+        use std::arch::x86_64::*;
+        // SAFETY: as in `load`.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(x as i32)) }
+    }
+    #[inline(always)]
+    unsafe fn madd(acc: std::arch::x86_64::__m512, x: Self::V, w: Self::V) -> std::arch::x86_64::__m512 {
+        // SAFETY: AVX-512F and AVX512-BF16, as the caller guarantees.
+        unsafe { std::arch::x86_64::_mm512_dpbf16_ps(acc, x, w) }
+    }
     #[inline(always)]
     unsafe fn tile<const R: usize, const P: usize>(
         x: &[u32],
@@ -972,6 +990,8 @@ fn packed_matmul<T: Real>(x: &[T], w: &PackedMatrix<T>, out: &mut [T]) {
         }
         Panels::Bf16(d) => packed_matmul_half(x, d, k, o, out),
         Panels::F16(d) => packed_matmul_half(x, d, k, o, out),
+        // each column part of a product converts x for itself: the parts run at once on the two
+        // cores, and one conversion before them (serial) measured no faster
         Panels::Bf16Pairs(d) => packed_matmul_pairs(x, d, k, o, out),
     }
 }
