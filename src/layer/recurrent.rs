@@ -416,7 +416,7 @@ macro_rules! ssm_step_kernel {
         $(#[$doc:meta])* $name:ident, $features:literal, $w:literal, $v:ty,
         load: $load:ident, store: $store:ident, zero: $zero:ident, set1: $set1:ident, add: $add:ident,
         mul: $mul:ident, fmadd: $fmadd:ident, fnmadd: $fnmadd:ident, fmaddsub: $fmaddsub:ident,
-        ldup: $ldup:ident, hdup: $hdup:ident, swap: $swap:expr, hsum: $hsum:expr
+        ldup: $ldup:ident, hdup: $hdup:ident, swap: $swap:expr, hsum: $hsum:expr, hsums: $hsums:expr
     ) => {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
@@ -432,9 +432,9 @@ macro_rules! ssm_step_kernel {
             let lanes = m2 / $w;
             // SAFETY (all blocks below): every pointer offset stays inside a run of 2M values that the
             // assertion above and the layout of `Recurrent` guarantee.
-            /// Σ over the run of a[l]·x[l].
+            /// The lanes of Σ_l a[l]·x[l] over the run's registers: their sum is the dot product.
             #[inline(always)]
-            unsafe fn dot(a: *const f32, x: *const f32, lanes: usize) -> f32 {
+            unsafe fn products(a: *const f32, x: *const f32, lanes: usize) -> $v {
                 unsafe {
                     let (mut s0, mut s1) = ($zero(), $zero());
                     let mut l = 0;
@@ -446,8 +446,13 @@ macro_rules! ssm_step_kernel {
                     if l < lanes {
                         s0 = $fmadd($load(a.add($w * l)), $load(x.add($w * l)), s0);
                     }
-                    ($hsum)($add(s0, s1))
+                    $add(s0, s1)
                 }
+            }
+            /// Σ over the run of a[l]·x[l].
+            #[inline(always)]
+            unsafe fn dot(a: *const f32, x: *const f32, lanes: usize) -> f32 {
+                unsafe { ($hsum)(products(a, x, lanes)) }
             }
             /// a ⊙ x for a register of complex values, plus `acc`.
             #[inline(always)]
@@ -489,31 +494,59 @@ macro_rules! ssm_step_kernel {
             }
             unsafe {
                 let mut poison = $zero();
-                for i in 0..h {
-                    let off = i * m2;
-                    let (x, out) = (input.add(off), output.add(off));
-                    let ui = u[i];
-                    match &rec.dynamics {
-                        Dynamics::Diag { a_bar, b_bar } => {
-                            let (a, b) = (a_bar.as_ptr().add(off), b_bar.as_ptr().add(off));
-                            update(x, out, a, b, ui, (std::ptr::null(), 0, &[]), lanes, &mut poison);
-                        }
-                        Dynamics::Dplr { a_bar, b_bar, p2, pa, pd, pb, half_m, s_inv, rank } => {
-                            let r = *rank;
-                            let low = |v: &[f32], k: usize| v.as_ptr().add((i * r + k) * m2);
-                            let (mut s, mut t) = ([0.0f32; MAX_FAST_RANK], [0.0f32; MAX_FAST_RANK]);
-                            for k in 0..r {
-                                s[k] = dot(low(p2, k), x, lanes);
-                                t[k] = dot(low(pa, k), x, lanes);
+                let d = rec.d.as_slice().expect("D in standard layout");
+                // channels in groups of $w: the states advance, then each output row's $w dot
+                // products are summed across in one transposed reduction (`hsums`), where a
+                // horizontal sum per channel cost more than the channel's update at M = 8
+                let mut sums = [[0.0f32; $w]; $w];
+                for i0 in (0..h).step_by($w) {
+                    let group = $w.min(h - i0);
+                    for i in i0..i0 + group {
+                        let off = i * m2;
+                        let (x, out) = (input.add(off), output.add(off));
+                        let ui = u[i];
+                        match &rec.dynamics {
+                            Dynamics::Diag { a_bar, b_bar } => {
+                                let (a, b) = (a_bar.as_ptr().add(off), b_bar.as_ptr().add(off));
+                                update(x, out, a, b, ui, (std::ptr::null(), 0, &[]), lanes, &mut poison);
                             }
-                            low_rank_coefficients::<f32, true>(pb, half_m, s_inv, i, ui, &mut s[..r], &mut t[..r]);
-                            let (a, b) = (a_bar.as_ptr().add(off), b_bar.as_ptr().add(off));
-                            update(x, out, a, b, ui, (low(pd, 0), m2, &s[..r]), lanes, &mut poison);
+                            Dynamics::Dplr { a_bar, b_bar, p2, pa, pd, pb, half_m, s_inv, rank } => {
+                                let r = *rank;
+                                let low = |v: &[f32], k: usize| v.as_ptr().add((i * r + k) * m2);
+                                let (mut s, mut t) = ([0.0f32; MAX_FAST_RANK], [0.0f32; MAX_FAST_RANK]);
+                                for k in 0..r {
+                                    s[k] = dot(low(p2, k), x, lanes);
+                                    t[k] = dot(low(pa, k), x, lanes);
+                                }
+                                low_rank_coefficients::<f32, true>(pb, half_m, s_inv, i, ui, &mut s[..r], &mut t[..r]);
+                                let (a, b) = (a_bar.as_ptr().add(off), b_bar.as_ptr().add(off));
+                                update(x, out, a, b, ui, (low(pd, 0), m2, &s[..r]), lanes, &mut poison);
+                            }
                         }
                     }
+                    // pre[c·H + i] = D_c,i·u_i + 2·Re(C_c x_i), $w channels at a time
                     for c in 0..ch {
-                        let row = c * h + i;
-                        pre[row] = rec.d[[c, i]].mul_add(ui, dot(rec.c2.as_ptr().add(row * m2), out, lanes));
+                        for (j, row) in sums.iter_mut().enumerate() {
+                            let v = if j < group {
+                                let i = i0 + j;
+                                products(rec.c2.as_ptr().add((c * h + i) * m2), output.add(i * m2), lanes)
+                            } else {
+                                $zero()
+                            };
+                            $store(row.as_mut_ptr(), v);
+                        }
+                        let dots = ($hsums)(sums.as_ptr().cast::<f32>());
+                        let row = c * h + i0;
+                        if group == $w {
+                            let y = $fmadd($load(d.as_ptr().add(row)), $load(u.as_ptr().add(i0)), dots);
+                            $store(pre.as_mut_ptr().add(row), y);
+                        } else {
+                            let mut tail = [0.0f32; $w];
+                            $store(tail.as_mut_ptr(), dots);
+                            for j in 0..group {
+                                pre[row + j] = d[row + j].mul_add(u[i0 + j], tail[j]);
+                            }
+                        }
                     }
                 }
                 ($hsum)(poison) == 0.0
@@ -526,8 +559,9 @@ ssm_step_kernel! {
     /// [`ssm_step_body`] for f32 with AVX2 + FMA intrinsics: four complex values per register; a
     /// complex product a ⊙ x is (Re a, Re a)·x ± (Im a, Im a)·swap(x), with the duplicated parts and
     /// the pair swap made by one shuffle each (`vmovsldup`, `vmovshdup`, `vpermilps`) and the sign by
-    /// `vfmaddsub`; the dots 2·Re(·) are plain multiply–adds over the interleaved parts with one
-    /// horizontal sum each.
+    /// `vfmaddsub`; the dots 2·Re(·) are plain multiply–adds over the interleaved parts, the
+    /// lanes of 8 channels' dots summed in one transposed reduction (15 shuffles and 7 additions
+    /// where 8 horizontal sums take 48 operations).
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; M a multiple of 4, rank ≤ [`MAX_FAST_RANK`]; `u` (H,),
@@ -541,6 +575,21 @@ ssm_step_kernel! {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    },
+    // the sums of 8 registers (row j at p + 8j) in one: halves, then pairs, then neighbours;
+    // lane 4L + e ends up holding register 2e + L, which the last permutation puts in place
+    hsums: |p: *const f32| {
+        let v = |j: usize| _mm256_loadu_ps(p.add(8 * j));
+        let halves = |j: usize| {
+            let (a, b) = (v(2 * j), v(2 * j + 1));
+            _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
+        };
+        let pairs = |u: __m256, w: __m256| {
+            _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(u, w), _mm256_shuffle_ps::<0b11_10_11_10>(u, w))
+        };
+        let (x, y) = (pairs(halves(0), halves(1)), pairs(halves(2), halves(3)));
+        let s = _mm256_add_ps(_mm256_shuffle_ps::<0b10_00_10_00>(x, y), _mm256_shuffle_ps::<0b11_01_11_01>(x, y));
+        _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 }
 
@@ -555,7 +604,27 @@ ssm_step_kernel! {
     add: _mm512_add_ps, mul: _mm512_mul_ps, fmadd: _mm512_fmadd_ps, fnmadd: _mm512_fnmadd_ps,
     fmaddsub: _mm512_fmaddsub_ps, ldup: _mm512_moveldup_ps, hdup: _mm512_movehdup_ps,
     swap: |x| _mm512_permute_ps::<0b1011_0001>(x),
-    hsum: |v: __m512| _mm512_reduce_add_ps(v)
+    hsum: |v: __m512| _mm512_reduce_add_ps(v),
+    // the sums of 16 registers (row j at p + 16j) in one: 128-bit quarters, then quarter pairs,
+    // then pairs, then neighbours; lane 4q + e ends up holding register 4e + q, which the last
+    // permutation puts in place
+    hsums: |p: *const f32| {
+        let v = |j: usize| _mm512_loadu_ps(p.add(16 * j));
+        let quarters = |j: usize| {
+            let (a, b) = (v(2 * j), v(2 * j + 1));
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+        };
+        let halves = |j: usize| {
+            let (s, t) = (quarters(2 * j), quarters(2 * j + 1));
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(s, t), _mm512_shuffle_f32x4::<0b11_01_11_01>(s, t))
+        };
+        let pairs = |u: __m512, w: __m512| {
+            _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(u, w), _mm512_shuffle_ps::<0b11_10_11_10>(u, w))
+        };
+        let (x, y) = (pairs(halves(0), halves(1)), pairs(halves(2), halves(3)));
+        let s = _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(x, y), _mm512_shuffle_ps::<0b11_01_11_01>(x, y));
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), s)
+    }
 }
 
 simd_dispatch! {
@@ -870,17 +939,19 @@ mod tests {
     /// body otherwise, at every level this CPU runs) gives the convolution's outputs.
     #[test]
     fn step_equals_conv_at_every_simd_level() {
-        for (kernel, init, d_state, channels) in [
+        // H = 5 and 21: the kernels' groups of 16 or 8 channels, whole and partial
+        for (kernel, init, d_state, channels, h) in [
             // M = 8: the AVX-512 kernel; M = 12: the AVX2 kernel even at the AVX-512 level
-            (KernelKind::Dplr, "legs", 16, 1),
-            (KernelKind::Dplr, "legs", 24, 1),
-            (KernelKind::Dplr, "legt", 16, 2),
-            (KernelKind::Dplr, "legs", 6, 1),
-            (KernelKind::Diag, "diag-lin", 16, 2),
-            (KernelKind::Diag, "diag-legs", 10, 1),
+            (KernelKind::Dplr, "legs", 16, 1, 5),
+            (KernelKind::Dplr, "legs", 24, 1, 21),
+            (KernelKind::Dplr, "legt", 16, 2, 21),
+            (KernelKind::Dplr, "legs", 6, 1, 5),
+            (KernelKind::Diag, "diag-lin", 16, 2, 21),
+            (KernelKind::Diag, "diag-lin", 16, 1, 5),
+            (KernelKind::Diag, "diag-legs", 10, 1, 5),
         ] {
             let cfg = S4LayerConfig {
-                d_model: 5,
+                d_model: h,
                 d_state,
                 channels,
                 kernel,
@@ -890,7 +961,7 @@ mod tests {
             let mut layer = cfg.build().unwrap();
             let len = 48;
             layer.set_kernel_length(len).unwrap();
-            let u = Array3::from_shape_fn((3, 5, len), |(b, h, t)| ((b * 7 + h * 3 + t * 5) % 11) as f32 / 5.5 - 1.0);
+            let u = Array3::from_shape_fn((3, h, len), |(b, i, t)| ((b * 7 + i * 3 + t * 5) % 11) as f32 / 5.5 - 1.0);
             let conv = layer.forward(u.view(), &Default::default()).unwrap().y;
             let rec = layer.recurrent().unwrap();
             // 16-bit output weights: the f32 step of the layer with that linear rounded, bit for bit
