@@ -27,7 +27,7 @@
 pub mod official;
 pub mod recurrent;
 
-pub use recurrent::{Recurrent, State};
+pub use recurrent::{Recurrent, State, StepBuffers};
 
 use crate::conv::FftConv;
 use crate::discretize::Discretization;

@@ -65,7 +65,7 @@ use super::S4Layer;
 use crate::discretize::discretize_mode;
 use crate::error::{Error, Result};
 use crate::kernel::recover_c;
-use crate::nn::linear::{packed_linear, PackedMatrix};
+use crate::nn::linear::{packed_linear_into, PackedMatrix};
 use crate::nn::simd::{all_finite, as_f32, as_f32_mut, dot_body, madd, simd_dispatch, SimdLevel};
 use crate::nn::{gelu_in_place, glu_in_place};
 use crate::scalar::{HalfPrecision, Real};
@@ -251,6 +251,15 @@ pub struct Recurrent<T> {
     h: usize,
     m: usize,
     channels: usize,
+}
+
+/// The intermediate values of a recurrent step (the SSM's pre-activations, the output linear's
+/// 2H values per sequence), kept between steps by a caller that steps many times so that a
+/// step allocates nothing.
+#[derive(Clone, Debug, Default)]
+pub struct StepBuffers<T> {
+    pre: Vec<T>,
+    z: Vec<T>,
 }
 
 /// x ← a ⊙ x + b·u (complex, interleaved). Index loops over slices cut to x's length: zipped
@@ -744,7 +753,6 @@ impl<T: Real> Recurrent<T> {
     /// # Errors
     /// As [`step`](Self::step), for either state.
     pub fn step_into(&self, from: &State<T>, to: &mut State<T>, u_t: ArrayView2<T>) -> Result<Array2<T>> {
-        self.check_state_shape(from, u_t.nrows())?;
         self.advance(Some(from), to, u_t)
     }
 
@@ -754,16 +762,45 @@ impl<T: Real> Recurrent<T> {
         if h != self.h || batch == 0 {
             return Err(Error::shape("u_t", format!("(B, H) with H = {}", self.h), u_t.shape()));
         }
-        self.check_state_shape(to, batch)?;
         let u = u_t.as_standard_layout();
-        let us = u.as_slice().expect("standard layout");
+        let mut y = Array2::<T>::zeros((batch, h));
+        let ys = y.as_slice_mut().expect("a fresh array");
+        self.advance_rows(from, to, u.as_slice().expect("standard layout"), ys, &mut StepBuffers::default())?;
+        Ok(y)
+    }
+
+    /// The step on row-major slices: u and y (B·H), `buffers` for the intermediate values (a
+    /// caller that steps many times keeps them; [`crate::model::RecurrentModel::step_with`]).
+    pub(crate) fn advance_rows(
+        &self,
+        from: Option<&State<T>>,
+        to: &mut State<T>,
+        us: &[T],
+        ys: &mut [T],
+        buffers: &mut StepBuffers<T>,
+    ) -> Result<()> {
+        let h = self.h;
+        let batch = us.len() / h;
+        if us.len() != batch * h || ys.len() != us.len() || batch == 0 {
+            return Err(Error::invalid(
+                "step input and output lengths",
+                format!("{} and {}", us.len(), ys.len()),
+                format!("equal, a positive multiple of H = {h}"),
+            ));
+        }
+        if let Some(from) = from {
+            self.check_state_shape(from, batch)?;
+        }
+        self.check_state_shape(to, batch)?;
         if !all_finite(us)
-            && let Some(((b, i), _)) = u_t.indexed_iter().find(|(_, x)| !x.is_finite())
+            && let Some(k) = us.iter().position(|x| !x.is_finite())
         {
-            return Err(Error::invalid(format!("u_t[{b}, {i}]"), "non-finite", "finite values"));
+            return Err(Error::invalid(format!("u_t[{}, {}]", k / h, k % h), "non-finite", "finite values"));
         }
         let (m2, f) = (2 * self.m, self.channels * h);
-        let mut pre = Array2::<T>::zeros((batch, f));
+        let pres = &mut buffers.pre;
+        pres.clear();
+        pres.resize(batch * f, T::zero());
         let parallel = batch > 1 && batch * h * self.m >= PARALLEL_MIN_STATE;
         let src = match from {
             // sequences split across threads advance in place, from a copy
@@ -775,7 +812,6 @@ impl<T: Real> Recurrent<T> {
             None => None,
         };
         let xs = reals_mut(to.x.as_slice_mut().expect("checked standard layout"));
-        let pres = pre.as_slice_mut().expect("a fresh array");
         // Each sequence's state is checked finite right before or as it is updated, while it is
         // in the cache for it (a separate pass over all B·H·N values first cost as much as the
         // update itself at B = 32). A non-finite state is named; the other sequences' states may
@@ -811,20 +847,26 @@ impl<T: Real> Recurrent<T> {
             }
         }
         gelu_in_place(pres);
-        let z = packed_linear(pre.view(), &self.w, self.bias.view());
-        let mut y = Array2::<T>::zeros((batch, h));
-        for (zb, yb) in z.outer_iter().zip(y.outer_iter_mut()) {
-            let zs = zb.to_slice().expect("a row of a fresh array");
-            glu_in_place(&zs[..h], &zs[h..], yb.into_slice().expect("a row of a fresh array"));
+        let z = &mut buffers.z;
+        z.clear();
+        z.resize(batch * 2 * h, T::zero());
+        packed_linear_into(pres, &self.w, self.bias.as_slice().expect("a bias vector"), z, true);
+        for (zb, yb) in z.chunks_exact(2 * h).zip(ys.chunks_exact_mut(h)) {
+            glu_in_place(&zb[..h], &zb[h..], yb);
         }
-        if !all_finite(y.as_slice().expect("a fresh array")) {
-            let ((b, i), v) = y.indexed_iter().find(|(_, v)| !v.is_finite()).expect("a non-finite value");
+        if !all_finite(ys) {
+            let k = ys.iter().position(|v| !v.is_finite()).expect("a non-finite value");
             return Err(Error::numerical(
                 "recurrent step",
-                format!("output y_t[{b}, {i}] = {v}: the layer overflowed (inputs or state too large)"),
+                format!(
+                    "output y_t[{}, {}] = {}: the layer overflowed (inputs or state too large)",
+                    k / h,
+                    k % h,
+                    ys[k]
+                ),
             ));
         }
-        Ok(y)
+        Ok(())
     }
 
     /// Adds the response to an initial state to the pre-activation outputs y (B, channels·H, L):

@@ -20,7 +20,7 @@ pub use norm::{Norm, NormKind};
 use crate::budget::Estimate;
 use crate::error::{Error, Result};
 use crate::layer::{ForwardOptions, Recurrent, S4Layer, S4LayerConfig, State};
-use crate::nn::linear::{packed_linear, PackedMatrix};
+use crate::nn::linear::{packed_linear_into, PackedMatrix};
 use crate::scalar::Real;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, Axis};
 use rand::SeedableRng;
@@ -716,6 +716,18 @@ impl<T: Real> S4Model<T> {
     }
 }
 
+/// The intermediate values of [`RecurrentModel::step_with`]: the residual stream, a layer's
+/// normalized input and output, the layers' own buffers and the outputs. Empty when created;
+/// the first step sizes it.
+#[derive(Clone, Debug, Default)]
+pub struct StepWorkspace<T> {
+    x: Vec<T>,
+    z: Vec<T>,
+    y: Vec<T>,
+    layer: crate::layer::StepBuffers<T>,
+    out: Vec<T>,
+}
+
 /// A model in recurrent mode: borrows (or, from [`S4Model::into_recurrent`], owns) the weights,
 /// owns the discretized layers and the decoder packed for few-row products (a step's one row
 /// through a general gemm spent more time packing the decoder than multiplying).
@@ -756,13 +768,40 @@ impl<T: Real> RecurrentModel<'_, T> {
         self.advance(Some(from), to, input)
     }
 
-    /// [`step`](Self::step) in place (`from` = `None`) or from `from` into `to`.
-    fn advance(
+    /// [`step`](Self::step) with the intermediate values in `workspace`, which a caller that
+    /// steps many times keeps: the step then allocates nothing (a draft's step, H = 96, 4 layers:
+    /// 4.7 µs against 5.7 µs with fresh buffers). Returns the outputs (B, d_output), a view into
+    /// the workspace; the state advances in place (`from` = `None`) or from `from` into `state`
+    /// (see [`step_into`](Self::step_into)).
+    ///
+    /// ```
+    /// use s4::model::{S4ModelConfig, StepInput, StepWorkspace};
+    /// let model = S4ModelConfig::causal_lm(32).build()?;
+    /// let rec = model.recurrent()?;
+    /// let mut workspace = StepWorkspace::default();
+    /// // one workspace for every step, whatever the batch: the same outputs as fresh buffers
+    /// for batch in [1usize, 3, 1] {
+    ///     let (mut a, mut b) = (rec.zero_state(batch), rec.zero_state(batch));
+    ///     for t in 0..4u32 {
+    ///         let tokens: Vec<u32> = (0..batch as u32).map(|i| (7 * t + i) % 32).collect();
+    ///         let fresh = rec.step(&mut a, StepInput::Tokens(&tokens))?;
+    ///         let kept = rec.step_with(None, &mut b, StepInput::Tokens(&tokens), &mut workspace)?;
+    ///         assert_eq!(fresh, kept);
+    ///     }
+    ///     assert_eq!(a, b);
+    /// }
+    /// # Ok::<(), s4::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`step`](Self::step).
+    pub fn step_with<'w>(
         &self,
         from: Option<&ModelState<T>>,
         state: &mut ModelState<T>,
         input: StepInput<T>,
-    ) -> Result<Array2<T>> {
+        workspace: &'w mut StepWorkspace<T>,
+    ) -> Result<ArrayView2<'w, T>> {
         let m: &S4Model<T> = &self.model;
         if m.config.pooling != Pooling::None {
             return Err(Error::invalid("pooling", format!("{:?}", m.config.pooling), "none for recurrent mode"));
@@ -777,19 +816,27 @@ impl<T: Real> RecurrentModel<'_, T> {
             }
         }
         let h = m.config.d_model();
-        let mut x: Array2<T> = match (&m.encoder, input) {
+        let StepWorkspace { x, z, y, layer, out } = workspace;
+        let batch = match (&m.encoder, input) {
             (Encoder::Linear { w, b }, StepInput::Features(u)) => {
                 if u.ncols() != w.ncols() {
                     return Err(Error::shape("input", format!("(B, d_input) with d_input = {}", w.ncols()), u.shape()));
                 }
-                u.dot(&w.t()) + b
+                let e = u.dot(&w.t()) + b;
+                x.clear();
+                x.extend(e.iter().copied());
+                u.nrows()
             }
             (Encoder::Embedding { table }, StepInput::Tokens(tok)) => {
                 let v = table.nrows();
                 if let Some((i, &bad)) = tok.iter().enumerate().find(|&(_, &k)| k as usize >= v) {
                     return Err(Error::invalid(format!("tokens[{i}]"), bad, format!("a token id < vocab_size = {v}")));
                 }
-                Array2::from_shape_fn((tok.len(), h), |(i, j)| table[[tok[i] as usize, j]])
+                x.clear();
+                for &t in tok {
+                    x.extend(table.row(t as usize).iter().copied());
+                }
+                tok.len()
             }
             _ => {
                 return Err(Error::invalid(
@@ -799,24 +846,40 @@ impl<T: Real> RecurrentModel<'_, T> {
                 ))
             }
         };
+        if batch == 0 {
+            return Err(Error::invalid("batch", 0, "at least one sequence"));
+        }
+        z.clear();
+        z.resize(batch * h, T::zero());
+        y.clear();
+        y.resize(batch * h, T::zero());
         for (l, ((blk, rec), st)) in m.blocks.iter().zip(&self.layers).zip(state.layers.iter_mut()).enumerate() {
-            let mut layer_step = |u: ArrayView2<T>| match from {
-                Some(from) => rec.step_into(&from.layers[l], st, u),
-                None => rec.step(st, u),
-            };
+            let from = from.map(|f| &f.layers[l]);
             if m.config.prenorm {
-                let z = blk.norm.forward_step(x.view());
-                let y = layer_step(z.view())?;
-                x += &y;
+                blk.norm.forward_rows(x, z);
+                rec.advance_rows(from, st, z, y, layer)?;
+                x.iter_mut().zip(y.iter()).for_each(|(a, b)| *a += *b);
             } else {
-                let y = layer_step(x.view())?;
-                x = blk.norm.forward_step((x + &y).view());
+                rec.advance_rows(from, st, x, y, layer)?;
+                x.iter_mut().zip(y.iter()).for_each(|(a, b)| *a += *b);
+                blk.norm.forward_rows(x, z);
+                std::mem::swap(x, z);
             }
         }
         if let Some(n) = &m.final_norm {
-            x = n.forward_step(x.view());
+            n.forward_rows(x, z);
+            std::mem::swap(x, z);
         }
-        Ok(packed_linear(x.view(), &self.decoder, m.decoder_b.view()))
+        let o = m.decoder_b.len();
+        out.clear();
+        out.resize(batch * o, T::zero());
+        packed_linear_into(x, &self.decoder, m.decoder_b.as_slice().expect("a bias vector"), out, true);
+        Ok(ArrayView2::from_shape((batch, o), &out[..]).expect("B rows of d_output values"))
+    }
+
+    /// [`step`](Self::step) in place (`from` = `None`) or from `from` into `to`.
+    fn advance(&self, from: Option<&ModelState<T>>, to: &mut ModelState<T>, input: StepInput<T>) -> Result<Array2<T>> {
+        Ok(self.step_with(from, to, input, &mut StepWorkspace::default())?.to_owned())
     }
 
     /// Streaming LM, step 2: feeds one token per sequence and returns the next-token logits

@@ -36,7 +36,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::nn::norm::layer_norm;
+use crate::nn::norm::layer_norm_row;
 use crate::nn::{feature_rows, from_feature_rows};
 use crate::scalar::Real;
 use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3};
@@ -119,21 +119,34 @@ impl<T: Real> Norm<T> {
     }
 
     /// Normalizes feature vectors given as rows (N, H): one step's features (B, H), or every
-    /// position of [`forward`](Self::forward). LayerNorm is [`layer_norm`]; BatchNorm (evaluation
+    /// position of [`forward`](Self::forward). LayerNorm is [`crate::nn::norm::layer_norm`]; BatchNorm (evaluation
     /// mode) (x − running mean)/√(running var + ε)·w + b.
     pub fn forward_step(&self, x: ArrayView2<T>) -> Array2<T> {
+        let x = x.as_standard_layout();
+        let mut y = Array2::<T>::zeros(x.dim());
+        self.forward_rows(x.as_slice().expect("standard layout"), y.as_slice_mut().expect("a fresh array"));
+        y
+    }
+
+    /// [`forward_step`](Self::forward_step) on row-major slices x and y (N·H), into a buffer the
+    /// caller keeps.
+    pub(crate) fn forward_rows(&self, x: &[T], y: &mut [T]) {
+        let h = self.weight.len().max(1);
+        assert!(x.len() == y.len() && x.len().is_multiple_of(h), "rows of {h} features");
+        let (w, b) = (self.weight.as_slice().expect("a weight vector"), self.bias.as_slice().expect("a bias vector"));
         match self.kind {
-            NormKind::Layer => layer_norm(x, self.weight.view(), self.bias.view(), EPS),
+            NormKind::Layer => {
+                for (xr, yr) in x.chunks_exact(h).zip(y.chunks_exact_mut(h)) {
+                    layer_norm_row(xr, w, b, T::of(EPS), yr, None);
+                }
+            }
             NormKind::Batch => {
                 let eps = T::of(EPS);
-                let mut out = x.to_owned();
-                for mut row in out.outer_iter_mut() {
-                    for (i, v) in row.iter_mut().enumerate() {
-                        *v = (*v - self.running_mean[i]) / (self.running_var[i] + eps).sqrt() * self.weight[i]
-                            + self.bias[i];
+                for (xr, yr) in x.chunks_exact(h).zip(y.chunks_exact_mut(h)) {
+                    for (i, (v, out)) in xr.iter().zip(yr.iter_mut()).enumerate() {
+                        *out = (*v - self.running_mean[i]) / (self.running_var[i] + eps).sqrt() * w[i] + b[i];
                     }
                 }
-                out
             }
         }
     }

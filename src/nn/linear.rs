@@ -5,7 +5,7 @@
 //! once in order (`small_matmul_body`), which is what a memory-bound pass needs; with more rows
 //! they use matrixmultiply's gemm (ndarray's `general_mat_mul`), in blocks of rows run in
 //! parallel; decoding passes of up to 96 rows read weights packed in column panels
-//! (`PackedMatrix`, `packed_linear`). The hot loops go through the SIMD dispatch of
+//! (`PackedMatrix`, `packed_linear_into`). The hot loops go through the SIMD dispatch of
 //! [`simd`](super::simd).
 
 use super::simd::{as_f32, as_f32_mut, axpy_body, madd, simd_dispatch, SimdLevel};
@@ -1068,29 +1068,42 @@ const PAR_ROWS: usize = 32;
 /// See [`PAR_ROWS`]: 8·[`PAR_WORK`], where a thread's share outweighs its wake-up many times.
 const PAR_ROWS_WORK: usize = 8 * PAR_WORK;
 
-/// y = x·W + b with W packed: x (m, k), b (o,) → (m, o); for the few rows of a decoding step
-/// (any m works; beyond a few dozen rows gemm is faster). From [`PAR_ROWS`] rows and
-/// [`PAR_ROWS_WORK`] multiply–adds, blocks of rows (multiples of 8) run on the threads; each
-/// row's sums are the same in any block, so the result does not depend on the thread count.
+/// [`packed_linear_into`] on arrays, its rows split across threads.
+#[cfg(test)]
 pub(crate) fn packed_linear<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: ArrayView1<T>) -> Array2<T> {
     packed_linear_rows(x, w, b, true)
 }
 
-/// [`packed_linear`], whose rows split across threads only if `split_rows` is set: a column part
+/// [`packed_linear_into`] on arrays, its rows split across threads only if `split_rows` is set: a column part
 /// of a [`PackedColumns`] product already runs beside the other parts, and a split inside it
 /// would run its blocks in turn (nested `nn::pair` calls do), each a pass over the part's
 /// weights (the demo verifier over 40 positions: 5.3 ms with, 3.1 ms without).
 fn packed_linear_rows<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: ArrayView1<T>, split_rows: bool) -> Array2<T> {
     let m = x.nrows();
     let bias = b.as_standard_layout();
-    let bias = bias.as_slice().expect("standard layout");
-    assert_eq!(bias.len(), w.o, "bias of the output width");
-    // row copies: an ndarray broadcast assignment costs more than the product at one row
-    let mut data = Vec::with_capacity(m * w.o);
-    (0..m).for_each(|_| data.extend_from_slice(bias));
-    let mut y = Array2::from_shape_vec((m, w.o), data).expect("m rows of o values");
     let xs = x.as_standard_layout();
-    let (xs, ys) = (xs.as_slice().expect("standard layout"), y.as_slice_mut().expect("standard layout"));
+    let mut y = vec![T::zero(); m * w.o];
+    packed_linear_into(
+        xs.as_slice().expect("standard layout"),
+        w,
+        bias.as_slice().expect("standard layout"),
+        &mut y,
+        split_rows,
+    );
+    Array2::from_shape_vec((m, w.o), y).expect("m rows of o values")
+}
+
+/// y = x·W + b with W packed: x (m, k), b (o,) → y (m, o), row-major slices, y a buffer the
+/// caller may keep (a recurrent step's, reused from step to step); for the few rows of a
+/// decoding step (any m works; beyond a few dozen rows gemm is faster). With `split_rows`, from
+/// [`PAR_ROWS`] rows and [`PAR_ROWS_WORK`] multiply–adds, blocks of rows (multiples of 8) run on
+/// the threads; each row's sums are the same in any block, so the result does not depend on the
+/// thread count.
+pub(crate) fn packed_linear_into<T: Real>(xs: &[T], w: &PackedMatrix<T>, bias: &[T], ys: &mut [T], split_rows: bool) {
+    let m = xs.len() / w.k.max(1);
+    assert!(bias.len() == w.o && xs.len() == m * w.k && ys.len() == m * w.o, "x (m, k), bias (o) and y (m, o)");
+    // row copies: an ndarray broadcast assignment costs more than the product at one row
+    ys.chunks_exact_mut(w.o.max(1)).for_each(|row| row.copy_from_slice(bias));
     let threads = rayon::current_num_threads();
     if split_rows && threads > 1 && m >= PAR_ROWS && m * w.k * w.o >= PAR_ROWS_WORK {
         let rows = m.div_ceil(threads).next_multiple_of(8);
@@ -1104,7 +1117,6 @@ fn packed_linear_rows<T: Real>(x: ArrayView2<T>, w: &PackedMatrix<T>, b: ArrayVi
     } else {
         packed_matmul(xs, w, ys);
     }
-    y
 }
 
 /// Weights of at least this many values (256 KB in f32) are packed in column parts, one per

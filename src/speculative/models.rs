@@ -49,7 +49,7 @@ use ndarray::{Array2, Axis};
 
 use super::{Drafter, Verifier};
 use crate::error::{Error, Result};
-use crate::model::{ModelState, Pooling, RecurrentModel, S4Model, S4ModelConfig};
+use crate::model::{ModelState, Pooling, RecurrentModel, S4Model, S4ModelConfig, StepInput, StepWorkspace};
 use crate::scalar::{HalfPrecision, MatmulPrecision};
 use crate::transformer::{Gpt, KvCache, TreeMask};
 
@@ -60,7 +60,7 @@ use crate::transformer::{Gpt, KvCache, TreeMask};
 /// after each of the last `window` lengths before the current one are kept as snapshots, so
 /// rolling back to any of them is a pick, not a replay. A state is layers × H × N/2 complex
 /// numbers (e.g. 4 × 256 × 32 × 8 bytes = 256 KB); a step that keeps a snapshot writes the new
-/// state into a spare buffer ([`RecurrentModel::step_tokens_into`]) and keeps the old one, so
+/// state into a spare buffer ([`RecurrentModel::step_with`]) and keeps the old one, so
 /// neither a step nor a rollback copies a state.
 #[derive(Debug)]
 pub struct S4Session<'a> {
@@ -81,6 +81,8 @@ pub struct S4Session<'a> {
     /// cost about a fifth of the demo draft's step in allocation and page faults), last freed
     /// first: the buffers in use stay the few of the current round, warm in the cache.
     spare: Vec<ModelState<f32>>,
+    /// The steps' intermediate values, kept so that a step allocates nothing.
+    workspace: StepWorkspace<f32>,
 }
 
 /// Checks that an S4 model (`what` names it in the error, e.g. its folder) is a causal language
@@ -131,6 +133,7 @@ impl<'a> S4Session<'a> {
             committed: 0,
             tree: vec![],
             spare: vec![],
+            workspace: StepWorkspace::default(),
         })
     }
 
@@ -166,28 +169,26 @@ impl<'a> S4Session<'a> {
         // cost about 0.8 ms per layer). The states before the last `window` steps become snapshots.
         let first_kept = tokens.len().saturating_sub(self.window);
         for (i, &t) in tokens.iter().enumerate() {
-            let y = if i >= first_kept && self.len >= self.committed {
-                let mut next = self.buffer();
-                match self.rec.step_tokens_into(&self.state, &mut next, &[t]) {
-                    Ok(y) => {
-                        let before = std::mem::replace(&mut self.state, next);
-                        self.keep_snapshot(self.len, before);
-                        y
-                    }
-                    Err(e) => {
-                        self.spare.push(next);
-                        return Err(e);
-                    }
-                }
-            } else {
-                self.rec.step_tokens(&mut self.state, &[t])?
+            let input = StepInput::Tokens(std::slice::from_ref(&t));
+            let mut next = (i >= first_kept && self.len >= self.committed).then(|| self.buffer());
+            let stepped = match next.as_mut() {
+                Some(next) => self.rec.step_with(Some(&self.state), next, input, &mut self.workspace),
+                None => self.rec.step_with(None, &mut self.state, input, &mut self.workspace),
             };
-            self.len += 1;
-            if all_rows {
-                out.row_mut(i).assign(&y.index_axis(Axis(0), 0));
-            } else if i + 1 == tokens.len() {
-                out.row_mut(0).assign(&y.index_axis(Axis(0), 0));
+            match stepped {
+                Ok(y) if all_rows => out.row_mut(i).assign(&y.index_axis(Axis(0), 0)),
+                Ok(y) if i + 1 == tokens.len() => out.row_mut(0).assign(&y.index_axis(Axis(0), 0)),
+                Ok(_) => {}
+                Err(e) => {
+                    self.spare.extend(next);
+                    return Err(e);
+                }
             }
+            if let Some(next) = next {
+                let before = std::mem::replace(&mut self.state, next);
+                self.keep_snapshot(self.len, before);
+            }
+            self.len += 1;
         }
         Ok(out)
     }
@@ -285,7 +286,7 @@ impl Drafter for S4Session<'_> {
             None => &self.state,
             Some(p) => self.tree[p].as_ref().expect("checked above"),
         };
-        let y = match self.rec.step_tokens_into(from, &mut next, &[token]) {
+        let y = match self.rec.step_with(Some(from), &mut next, StepInput::Tokens(&[token]), &mut self.workspace) {
             Ok(y) => y,
             Err(e) => {
                 self.spare.push(next);
