@@ -72,6 +72,12 @@ fn attend_cached_body<T: Real, const FMA: bool>(
     let n = past + t;
     let s = &mut s[..t * n];
     tiled_product::<T, FMA>(q, d, kt, cap, n, s);
+    // a tree position's weights, the ones it sees packed into a prefix (the cached positions,
+    // then its ancestors and itself in depth order): its sum then adds them in the lanes of
+    // `softmax_prefix` over a pass along its path alone, so that its probabilities, and so its
+    // logits, are the same bits (summed in place, between the zeros of the positions it does not
+    // see, they differed in the last bit, enough to flip a near-tie after bf16 rounding)
+    let mut seen = if visible.is_empty() { vec![] } else { vec![T::zero(); n] };
     for (i, row) in s.chunks_exact_mut(n).enumerate() {
         if visible.is_empty() {
             softmax_prefix(row, past + i + 1, scale);
@@ -85,7 +91,13 @@ fn attend_cached_body<T: Real, const FMA: bool>(
             for (x, &v) in row[past..].iter_mut().zip(sees) {
                 *x = if v { exp((*x - mx) * scale) } else { T::zero() };
             }
-            let inv = T::one() / sum_body(row);
+            seen[..past].copy_from_slice(&row[..past]);
+            let mut len = past;
+            for (&x, _) in row[past..].iter().zip(sees).filter(|(_, v)| **v) {
+                seen[len] = x;
+                len += 1;
+            }
+            let inv = T::one() / sum_body(&seen[..len]);
             row.iter_mut().for_each(|x| *x *= inv);
         }
     }
