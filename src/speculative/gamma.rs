@@ -304,10 +304,16 @@ const FIRST_BACKOFF: usize = 16;
 /// verdict from two or three rounds falls back on pairs where speculation pays (the demo pair at
 /// T = 1: 0.99× with a verdict after two rounds, against 1.62× for a fixed γ = 4).
 const JUDGED_ROUNDS: usize = 6;
-/// How much faster than plain rounds measured speculative rounds must be to go on: a pair that
-/// only breaks even gains nothing from speculating but the noise of its verdicts (and the
-/// speculative rounds' spread), so it decodes plainly.
+/// How much faster than plain rounds the first window of speculative rounds (after the start or
+/// a back-off) must be: a pair that only breaks even gains nothing from speculating but the noise
+/// of its verdicts (and the speculative rounds' spread), so it decodes plainly.
 const REQUIRED_GAIN: f64 = 1.05;
+/// How fast, against plain rounds, the later windows of a stretch must be to go on. Each switch
+/// to plain rounds costs (the drafter then catches up beside their passes, which slows them: the
+/// tiny pair's plain rounds ran 11% slower than the verifier alone), so a stretch that still at
+/// least breaks even goes on: with the start's 1.05 for every window, the tiny pair, whose
+/// speculation gains 2–8%, switched back and forth and ran at 0.93–0.94 times the verifier alone.
+const KEEP_GAIN: f64 = 1.0;
 /// The longest draft the guard's predictions consider.
 const LONGEST_DRAFT: usize = 32;
 /// The longest stretch of plain rounds between probes.
@@ -341,9 +347,9 @@ const PLAIN_SAMPLES: usize = 64;
 /// The first speculative round is not measured (it carries the first use of the draft's stepping
 /// and of the verifier's pass over several positions); after every six more, their tokens per
 /// second (their catching up excluded) must be at least 1.05 times those of plain rounds (the
-/// lower quartile of the last 64); otherwise the next 16, 32, …, 1024 rounds are plain, each
-/// stretch followed by a probe (speculative rounds that pass the same checks first) judged on
-/// six rounds of its own.
+/// lower quartile of the last 64) in the first window of a stretch, and at least as many in the
+/// later ones; otherwise the next 16, 32, …, 1024 rounds are plain, each stretch followed by a
+/// probe (speculative rounds that pass the same checks first) judged on six rounds of its own.
 ///
 /// ```
 /// use s4::speculative::gamma::PayoffGuard;
@@ -384,6 +390,8 @@ pub struct PayoffGuard {
     plain_rounds: usize,
     plain_left: usize,
     backoff: usize,
+    /// Windows of speculative rounds judged to pay since the last back-off (or the start).
+    paying_windows: usize,
     never: bool,
     /// Σ and count of [`record_agreement`](Self::record_agreement)'s samples.
     agreement_sum: f64,
@@ -555,11 +563,14 @@ impl PayoffGuard {
             // even keeping everything, these rounds would have lost: the draft is too slow
             self.never = true;
         } else if self.spec_rounds >= JUDGED_ROUNDS {
-            if self.spec_tokens / self.spec_seconds.max(1e-12) < REQUIRED_GAIN * plain_rate {
+            let required = if self.paying_windows == 0 { REQUIRED_GAIN } else { KEEP_GAIN };
+            if self.spec_tokens / self.spec_seconds.max(1e-12) < required * plain_rate {
                 self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
                 self.plain_left = self.backoff;
+                self.paying_windows = 0;
             } else {
                 self.backoff = 0;
+                self.paying_windows += 1;
             }
             (self.spec_tokens, self.spec_seconds, self.spec_best_tokens, self.spec_rounds) = (0.0, 0.0, 0.0, 0);
         }
@@ -651,6 +662,44 @@ mod tests {
         let spec: Vec<bool> = (0..60).map(|_| round(&mut g, 5)).collect();
         assert!(spec[..15].iter().all(|s| !s), "the stretch is plain: {spec:?}");
         assert!(spec[20..].iter().all(|&s| s), "the probe's own rounds resume speculation: {spec:?}");
+    }
+
+    /// A stretch starts only at 1.05 times the plain rate and goes on while it at least breaks
+    /// even: a window at 1.02 ends no established stretch, but cannot start one.
+    #[test]
+    fn a_stretch_starts_at_a_gain_and_goes_on_while_it_breaks_even() {
+        let guard = || {
+            let mut g = PayoffGuard::default();
+            g.record_prompt(32, 1e-3 + 31.0 * 5e-5);
+            g.record_plain(1e-3);
+            g.set_draft_step(1e-4);
+            for _ in 0..16 {
+                g.record_agreement(0.9);
+            }
+            // the first rounds: plain ones and the unmeasured first speculative round
+            while g.rounds < 5 {
+                if g.speculate_now(10_000, 1) {
+                    g.record_speculative(2, 1e-3, 5);
+                } else {
+                    g.record_plain(1e-3);
+                }
+            }
+            g
+        };
+        // windows of six judged speculative rounds, each emitting `rate` times the plain rate
+        // (1 token per ms); then whether the guard still speculates
+        let run = |g: &mut PayoffGuard, rates: &[f64]| {
+            for (w, &rate) in rates.iter().enumerate() {
+                for _ in 0..JUDGED_ROUNDS {
+                    assert!(g.speculate_now(10_000, 1), "window {w} speculates");
+                    g.record_speculative(2, 2e-3 / rate, 5);
+                }
+            }
+            g.speculate_now(10_000, 1)
+        };
+        assert!(run(&mut guard(), &[1.2, 1.02, 1.02]), "an established stretch goes on at 1.02");
+        assert!(!run(&mut guard(), &[1.02]), "a stretch does not start at 1.02");
+        assert!(!run(&mut guard(), &[1.2, 0.97]), "a stretch that loses stops");
     }
 
     #[test]
