@@ -1,5 +1,6 @@
 //! The pieces of a speculative-decoding round at the demo pair's sizes (random weights): one S4
-//! draft step (4 S4D layers, H = 128, N = 64, V = 256, as `s4 distill` makes them) through the session, the bare model step with
+//! draft step (4 S4D layers, H = 128, N = 64, V = 256, as `s4 distill` makes them; and H = 96,
+//! N = 16, the committed demo draft's shape) through the session, the bare model step with
 //! k = 1…16 sequences at once (the cost of stepping k tree nodes in one batch), the transformer verifier (6 layers,
 //! n_embd = 384, 6 heads, V = 256) scoring k = 1…32 positions at cache length 192 (the cost
 //! curve t(k)), and whole
@@ -44,6 +45,19 @@ fn pieces(c: &mut Criterion) {
             let l = Drafter::len(&s4);
             black_box(Drafter::extend(&mut s4, &[65]).unwrap());
             Drafter::rollback(&mut s4, l).unwrap();
+        })
+    });
+    // the committed demo draft's shape (H = 96, N = 16; README, `assets/demo-pair/draft`)
+    let mut cfg = lm.config().clone();
+    (cfg.layer.d_model, cfg.layer.d_state) = (96, 16);
+    let small = cfg.build().unwrap();
+    let mut s4_small = S4Session::new(&small, 16).unwrap();
+    Drafter::extend(&mut s4_small, &prompt).unwrap();
+    g.bench_function("s4_draft_step_h96_n16", |b| {
+        b.iter(|| {
+            let l = Drafter::len(&s4_small);
+            black_box(Drafter::extend(&mut s4_small, &[65]).unwrap());
+            Drafter::rollback(&mut s4_small, l).unwrap();
         })
     });
     // one step of k sequences at once: the cost of stepping k tree nodes in one batch
