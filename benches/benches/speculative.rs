@@ -1,6 +1,7 @@
 //! The pieces of a speculative-decoding round at the demo pair's sizes (random weights): one S4
-//! draft step (4 S4D layers, H = 128, N = 64, V = 256, as `s4 distill` makes them; and H = 96,
-//! N = 16, the committed demo draft's shape) through the session, the bare model step with
+//! draft step (4 S4D layers, H = 128, N = 64, V = 256, `s4 distill`'s shape until 2026-12-06; and
+//! H = 96, N = 16, its default since and the committed demo draft's shape) through the session,
+//! the bare model step with
 //! k = 1…16 sequences at once (the cost of stepping k tree nodes in one batch), the transformer verifier (6 layers,
 //! n_embd = 384, 6 heads, V = 256) scoring k = 1…32 positions at cache length 192 (the cost
 //! curve t(k)), and whole
@@ -25,7 +26,7 @@ fn models() -> (Gpt<f32>, s4::model::S4Model<f32>) {
         0,
     )
     .unwrap();
-    // the draft `s4 distill` makes by default: S4D (diagonal, S4D-Lin init)
+    // an S4D draft (diagonal, S4D-Lin init) of `s4 distill`'s earlier default shape
     let mut cfg = S4ModelConfig::causal_lm(256);
     cfg.layer.d_model = 128;
     cfg.layer.d_state = 64;
@@ -47,7 +48,7 @@ fn pieces(c: &mut Criterion) {
             Drafter::rollback(&mut s4, l).unwrap();
         })
     });
-    // the committed demo draft's shape (H = 96, N = 16; README, `assets/demo-pair/draft`)
+    // `s4 distill`'s default shape, the committed demo draft's (H = 96, N = 16)
     let mut cfg = lm.config().clone();
     (cfg.layer.d_model, cfg.layer.d_state) = (96, 16);
     let small = cfg.build().unwrap();
