@@ -1261,6 +1261,97 @@ impl<T: Real> PackedColumns<T> {
     }
 }
 
+/// A two-layer MLP y = f(x·W₁ + b₁)·W₂ + b₂ (f elementwise) packed for decoding, its hidden units
+/// split in two halves as Megatron-LM splits them across devices (Shoeybi et al. 2019, §3): part
+/// t holds W₁'s columns and W₂'s rows of its hidden units, so its thread computes its hidden values
+/// and their share of y from its own cache. One fork–join covers the MLP, where splitting each
+/// linear by output columns ([`PackedColumns`]) takes two and passes every hidden value from one
+/// core to the other (with bf16 products the conversion of those values, the first to touch
+/// them, took 10% of a demo verifier's pass over 8 positions). y = (b₂ + part 0's share) + part
+/// 1's share, whatever the number of threads (one thread runs the parts in turn), so a row's
+/// result depends neither on the rows beside it nor on the threads. An MLP whose W₁ holds fewer
+/// than 2¹⁶ values stays whole, as [`PackedColumns`] does.
+#[derive(Clone, Debug)]
+pub struct PackedMlp<T> {
+    /// (first hidden unit, W₁'s columns, W₂'s rows) per part.
+    parts: Vec<(usize, PackedMatrix<T>, PackedMatrix<T>)>,
+    o: usize,
+}
+
+impl<T: Real> PackedMlp<T> {
+    /// Packs W₁ (k, hidden) and W₂ (hidden, o) for products in the arithmetic `matmul`, the values
+    /// rounded to `precision` if given (as [`PackedColumns::with_matmul`]).
+    ///
+    /// # Panics
+    /// If W₂ does not have W₁'s hidden width as rows.
+    pub fn with_matmul(
+        w1: ArrayView2<T>,
+        w2: ArrayView2<T>,
+        precision: Option<HalfPrecision>,
+        matmul: MatmulPrecision,
+    ) -> Self {
+        let (k, hidden) = w1.dim();
+        assert_eq!(w2.nrows(), hidden, "W2 has the hidden width as rows");
+        // halves at a panel boundary (an even row of W2, as bf16 pairs need)
+        let cut = (hidden / 2).next_multiple_of(PANEL);
+        let bounds = if k * hidden >= SPLIT_VALUES && cut < hidden { vec![0, cut, hidden] } else { vec![0, hidden] };
+        let parts = bounds
+            .windows(2)
+            .map(|r| {
+                let (a, b) = (r[0], r[1]);
+                let first = PackedMatrix::with_matmul(w1.slice(ndarray::s![.., a..b]), precision, matmul);
+                let second = PackedMatrix::with_matmul(w2.slice(ndarray::s![a..b, ..]), precision, matmul);
+                (a, first, second)
+            })
+            .collect();
+        PackedMlp { parts, o: w2.ncols() }
+    }
+
+    /// The bytes its values take.
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(|(_, a, b)| a.bytes() + b.bytes()).sum()
+    }
+
+    /// y = f(x·W₁ + b₁)·W₂ + b₂: x (m, k), b₁ (hidden,), b₂ (o,) → (m, o), `f` applied in place to
+    /// each part's hidden values (rows of its units, row-major) on the part's thread.
+    pub fn forward(
+        &self,
+        x: ArrayView2<T>,
+        b1: ArrayView1<T>,
+        b2: ArrayView1<T>,
+        f: impl Fn(&mut [T]) + Sync,
+    ) -> Array2<T> {
+        let m = x.nrows();
+        let (x, b1, b2) = (x.as_standard_layout(), b1.as_standard_layout(), b2.as_standard_layout());
+        let (xs, b1, b2) = (
+            x.as_slice().expect("standard layout"),
+            b1.as_slice().expect("standard layout"),
+            b2.as_slice().expect("standard layout"),
+        );
+        let zeros = vec![T::zero(); self.o];
+        let whole = self.parts.len() == 1;
+        // part t's share of y, b2 the first part's initial value
+        let share = |(a, first, second): &(usize, PackedMatrix<T>, PackedMatrix<T>)| {
+            let mut hidden = vec![T::zero(); m * first.o];
+            packed_linear_into(xs, first, &b1[*a..*a + first.o], &mut hidden, whole);
+            f(&mut hidden);
+            let mut y = vec![T::zero(); m * self.o];
+            packed_linear_into(&hidden, second, if *a == 0 { b2 } else { &zeros }, &mut y, whole);
+            y
+        };
+        let y = match &self.parts[..] {
+            [only] => share(only),
+            [first, second] => {
+                let (mut y, other) = crate::nn::pair::join(|| share(first), || share(second));
+                y.iter_mut().zip(&other).for_each(|(a, &b)| *a += b);
+                y
+            }
+            _ => unreachable!("one or two parts"),
+        };
+        Array2::from_shape_vec((m, self.o), y).expect("m rows of o values")
+    }
+}
+
 /// Backward of [`linear`]: dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ_rows dy. Returns (dx, dW, db).
 pub fn linear_backward<T: Real>(
     x: ArrayView2<T>,
@@ -1492,6 +1583,39 @@ mod tests {
         let mut off = w.clone();
         off[[3, 4]] += 1e-3;
         assert_eq!(PackedMatrix::with_precision(off.view(), None).bytes(), o.div_ceil(PANEL) * PANEL * k * 4);
+    }
+
+    /// The MLP split by hidden units: two parts at these sizes, the direct sums (f64) with f32
+    /// products, each row's bits whatever the rows beside it and in a one-thread pool, with both
+    /// arithmetics of the products.
+    #[test]
+    fn packed_mlp_halves_equal_the_direct_sums_row_by_row() {
+        let (k, hidden, o) = (64, 1040, 40);
+        let w1 = Array2::from_shape_fn((k, hidden), |(i, j)| ((i * 31 + j * 17) % 23) as f32 / 46.0 - 0.25);
+        let w2 = Array2::from_shape_fn((hidden, o), |(i, j)| ((i * 13 + j * 29) % 19) as f32 / 76.0 - 0.125);
+        let b1 = Array1::from_shape_fn(hidden, |j| (j % 7) as f32 * 0.01 - 0.03);
+        let b2 = Array1::from_shape_fn(o, |j| j as f32 * 0.01);
+        let x = Array2::from_shape_fn((9, k), |(r, i)| ((r * 13 + i * 7) % 19) as f32 / 9.5 - 1.0);
+        let f = |v: &mut [f32]| v.iter_mut().for_each(|y| *y = y.tanh());
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for matmul in [MatmulPrecision::Highest, MatmulPrecision::Medium] {
+            let mlp = PackedMlp::with_matmul(w1.view(), w2.view(), None, matmul);
+            assert_eq!(mlp.parts.len(), 2);
+            let y = mlp.forward(x.view(), b1.view(), b2.view(), f);
+            for r in 0..9 {
+                let alone = mlp.forward(x.slice(ndarray::s![r..r + 1, ..]), b1.view(), b2.view(), f);
+                assert!(alone.iter().zip(y.row(r)).all(|(a, b)| a.to_bits() == b.to_bits()), "{matmul:?} row {r}");
+            }
+            let serial = one_thread.install(|| mlp.forward(x.view(), b1.view(), b2.view(), f));
+            assert!(serial.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{matmul:?}: threads");
+            // the direct sums
+            let x64 = x.mapv(f64::from);
+            let h = (x64.dot(&w1.mapv(f64::from)) + b1.mapv(f64::from)).mapv(f64::tanh);
+            let exact = h.dot(&w2.mapv(f64::from)) + b2.mapv(f64::from);
+            let worst = y.iter().zip(&exact).fold(0.0f64, |m, (&a, &e)| m.max((f64::from(a) - e).abs()));
+            let bound = if matmul == MatmulPrecision::Highest { 1e-4 } else { 0.2 };
+            assert!(worst < bound, "{matmul:?}: {worst}");
+        }
     }
 
     /// Products large enough to split their rows across threads give each row bit-identical to

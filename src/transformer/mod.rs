@@ -93,7 +93,7 @@ pub use classifier::{TransformerClassifier, TransformerClassifierConfig};
 
 use crate::budget::Estimate;
 use crate::error::{Error, Result};
-use crate::nn::linear::{linear, lm_head, PackedColumns};
+use crate::nn::linear::{linear, lm_head, PackedColumns, PackedMlp};
 use crate::nn::params::{ParamGroup, Parameters, TensorMut, Trainable};
 use crate::scalar::{HalfPrecision, MatmulPrecision, Real};
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
@@ -307,7 +307,10 @@ struct DecodeWeights<T> {
 
 /// The contents of [`DecodeWeights`].
 struct Packed<T> {
-    blocks: Vec<[PackedColumns<T>; 4]>,
+    /// c_attn and attn_proj of each block.
+    blocks: Vec<[PackedColumns<T>; 2]>,
+    /// c_fc and mlp_proj of each block, split by hidden units.
+    mlps: Vec<PackedMlp<T>>,
     /// wteᵀ (C, V) and its zero bias.
     head: (PackedColumns<T>, Array1<T>),
 }
@@ -718,16 +721,18 @@ impl<T: Real> Gpt<T> {
             x += &linear(&att, &blk.attn_proj, l, 1);
             let h = crate::nn::norm::layer_norm(x.view(), blk.ln_2.weight.view(), blk.ln_2.bias.view(), eps);
             let act = self.activation;
-            let f = match packed {
+            match packed {
                 // the activation on each part's thread
-                Some(p) => p.blocks[l][2].linear_then(h.view(), blk.c_fc.bias.view(), |y| act.apply_in_place(y)),
+                Some(p) => {
+                    let (b1, b2) = (blk.c_fc.bias.view(), blk.mlp_proj.bias.view());
+                    x += &p.mlps[l].forward(h.view(), b1, b2, |y| act.apply_in_place(y));
+                }
                 None => {
                     let mut f = linear(&h, &blk.c_fc, l, 2);
                     act.apply_in_place(f.as_slice_mut().expect("a fresh array"));
-                    f
+                    x += &linear(&f, &blk.mlp_proj, l, 3);
                 }
-            };
-            x += &linear(&f, &blk.mlp_proj, l, 3);
+            }
         }
         let h = crate::nn::norm::layer_norm(x.view(), self.ln_f.weight.view(), self.ln_f.bias.view(), eps);
         let logits = match packed {
@@ -818,10 +823,11 @@ impl<T: Real> Gpt<T> {
 
     /// The bytes of the packed decoding weights, once built ([`Gpt::prepare_decoding`]).
     pub fn decoding_bytes(&self) -> Option<usize> {
-        self.decode
-            .packed
-            .get()
-            .map(|p| p.blocks.iter().flatten().map(PackedColumns::bytes).sum::<usize>() + p.head.0.bytes())
+        self.decode.packed.get().map(|p| {
+            p.blocks.iter().flatten().map(PackedColumns::bytes).sum::<usize>()
+                + p.mlps.iter().map(PackedMlp::bytes).sum::<usize>()
+                + p.head.0.bytes()
+        })
     }
 
     /// The packed decoding weights ([`DecodeWeights`]), built on first use.
@@ -829,10 +835,11 @@ impl<T: Real> Gpt<T> {
         let (precision, matmul) = (self.decode.precision, self.decode.matmul);
         let pack = |w: ndarray::ArrayView2<T>| PackedColumns::with_matmul(w, precision, matmul);
         self.decode.packed.get_or_init(|| Packed {
-            blocks: self
+            blocks: self.blocks.iter().map(|b| [&b.c_attn, &b.attn_proj].map(|l| pack(l.weight.view()))).collect(),
+            mlps: self
                 .blocks
                 .iter()
-                .map(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj].map(|l| pack(l.weight.view())))
+                .map(|b| PackedMlp::with_matmul(b.c_fc.weight.view(), b.mlp_proj.weight.view(), precision, matmul))
                 .collect(),
             head: (pack(self.wte.t()), Array1::zeros(self.wte.nrows())),
         })
