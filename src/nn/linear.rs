@@ -1189,8 +1189,13 @@ impl<T: Real> PackedColumns<T> {
     /// assert_eq!(2 * medium.bytes(), 64 * 48 * 4); // 16-bit values (40 columns in 3 panels of 16)
     /// ```
     pub fn with_matmul(w: ArrayView2<T>, precision: Option<HalfPrecision>, matmul: MatmulPrecision) -> Self {
+        Self::in_parts(w, precision, matmul, rayon::current_num_threads())
+    }
+
+    /// [`with_matmul`](Self::with_matmul) in at most `threads` parts (one below [`SPLIT_VALUES`]).
+    fn in_parts(w: ArrayView2<T>, precision: Option<HalfPrecision>, matmul: MatmulPrecision, threads: usize) -> Self {
         let (k, o) = w.dim();
-        let threads = if k * o >= SPLIT_VALUES { rayon::current_num_threads() } else { 1 };
+        let threads = if k * o >= SPLIT_VALUES { threads } else { 1 };
         let panels = o.div_ceil(PANEL);
         let per_part = panels.div_ceil(threads.clamp(1, panels.max(1))).max(1) * PANEL;
         let parts = (0..o)
@@ -1274,7 +1279,7 @@ impl<T: Real> PackedColumns<T> {
 #[derive(Clone, Debug)]
 pub struct PackedMlp<T> {
     /// (first hidden unit, W₁'s columns, W₂'s rows) per part.
-    parts: Vec<(usize, PackedMatrix<T>, PackedMatrix<T>)>,
+    parts: Vec<(usize, PackedColumns<T>, PackedColumns<T>)>,
     o: usize,
 }
 
@@ -1295,12 +1300,14 @@ impl<T: Real> PackedMlp<T> {
         // halves at a panel boundary (an even row of W2, as bf16 pairs need)
         let cut = (hidden / 2).next_multiple_of(PANEL);
         let bounds = if k * hidden >= SPLIT_VALUES && cut < hidden { vec![0, cut, hidden] } else { vec![0, hidden] };
+        // the threads shared between the halves, each half's products split by columns among its own
+        let threads = rayon::current_num_threads().div_ceil(bounds.len() - 1);
         let parts = bounds
             .windows(2)
             .map(|r| {
                 let (a, b) = (r[0], r[1]);
-                let first = PackedMatrix::with_matmul(w1.slice(ndarray::s![.., a..b]), precision, matmul);
-                let second = PackedMatrix::with_matmul(w2.slice(ndarray::s![a..b, ..]), precision, matmul);
+                let first = PackedColumns::in_parts(w1.slice(ndarray::s![.., a..b]), precision, matmul, threads);
+                let second = PackedColumns::in_parts(w2.slice(ndarray::s![a..b, ..]), precision, matmul, threads);
                 (a, first, second)
             })
             .collect();
@@ -1313,7 +1320,8 @@ impl<T: Real> PackedMlp<T> {
     }
 
     /// y = f(x·W₁ + b₁)·W₂ + b₂: x (m, k), b₁ (hidden,), b₂ (o,) → (m, o), `f` applied in place to
-    /// each part's hidden values (rows of its units, row-major) on the part's thread.
+    /// each part's hidden values (some rows of some of its units, row-major) on the thread that
+    /// computed them.
     pub fn forward(
         &self,
         x: ArrayView2<T>,
@@ -1321,34 +1329,20 @@ impl<T: Real> PackedMlp<T> {
         b2: ArrayView1<T>,
         f: impl Fn(&mut [T]) + Sync,
     ) -> Array2<T> {
-        let m = x.nrows();
-        let (x, b1, b2) = (x.as_standard_layout(), b1.as_standard_layout(), b2.as_standard_layout());
-        let (xs, b1, b2) = (
-            x.as_slice().expect("standard layout"),
-            b1.as_slice().expect("standard layout"),
-            b2.as_slice().expect("standard layout"),
-        );
-        let zeros = vec![T::zero(); self.o];
-        let whole = self.parts.len() == 1;
+        let zeros = Array1::<T>::zeros(self.o);
         // part t's share of y, b2 the first part's initial value
-        let share = |(a, first, second): &(usize, PackedMatrix<T>, PackedMatrix<T>)| {
-            let mut hidden = vec![T::zero(); m * first.o];
-            packed_linear_into(xs, first, &b1[*a..*a + first.o], &mut hidden, whole);
-            f(&mut hidden);
-            let mut y = vec![T::zero(); m * self.o];
-            packed_linear_into(&hidden, second, if *a == 0 { b2 } else { &zeros }, &mut y, whole);
-            y
+        let share = |(a, first, second): &(usize, PackedColumns<T>, PackedColumns<T>)| {
+            let hidden = first.linear_then(x, b1.slice(ndarray::s![*a..*a + first.o]), &f);
+            second.linear(hidden.view(), if *a == 0 { b2 } else { zeros.view() })
         };
-        let y = match &self.parts[..] {
+        match &self.parts[..] {
             [only] => share(only),
             [first, second] => {
-                let (mut y, other) = crate::nn::pair::join(|| share(first), || share(second));
-                y.iter_mut().zip(&other).for_each(|(a, &b)| *a += b);
-                y
+                let (y, other) = crate::nn::pair::join(|| share(first), || share(second));
+                y + other
             }
             _ => unreachable!("one or two parts"),
-        };
-        Array2::from_shape_vec((m, self.o), y).expect("m rows of o values")
+        }
     }
 }
 
@@ -1586,11 +1580,11 @@ mod tests {
     }
 
     /// The MLP split by hidden units: two parts at these sizes, the direct sums (f64) with f32
-    /// products, each row's bits whatever the rows beside it and in a one-thread pool, with both
-    /// arithmetics of the products.
+    /// products, each row's bits whatever the rows beside it and in pools of one and four threads
+    /// (where each half splits its products by columns), with both arithmetics of the products.
     #[test]
     fn packed_mlp_halves_equal_the_direct_sums_row_by_row() {
-        let (k, hidden, o) = (64, 1040, 40);
+        let (k, hidden, o) = (128, 1040, 136);
         let w1 = Array2::from_shape_fn((k, hidden), |(i, j)| ((i * 31 + j * 17) % 23) as f32 / 46.0 - 0.25);
         let w2 = Array2::from_shape_fn((hidden, o), |(i, j)| ((i * 13 + j * 29) % 19) as f32 / 76.0 - 0.125);
         let b1 = Array1::from_shape_fn(hidden, |j| (j % 7) as f32 * 0.01 - 0.03);
@@ -1598,6 +1592,7 @@ mod tests {
         let x = Array2::from_shape_fn((9, k), |(r, i)| ((r * 13 + i * 7) % 19) as f32 / 9.5 - 1.0);
         let f = |v: &mut [f32]| v.iter_mut().for_each(|y| *y = y.tanh());
         let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let four_threads = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
         for matmul in [MatmulPrecision::Highest, MatmulPrecision::Medium] {
             let mlp = PackedMlp::with_matmul(w1.view(), w2.view(), None, matmul);
             assert_eq!(mlp.parts.len(), 2);
@@ -1608,6 +1603,13 @@ mod tests {
             }
             let serial = one_thread.install(|| mlp.forward(x.view(), b1.view(), b2.view(), f));
             assert!(serial.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{matmul:?}: threads");
+            // with four threads each half splits its products by columns: the same bits
+            let wide = four_threads.install(|| {
+                let mlp = PackedMlp::with_matmul(w1.view(), w2.view(), None, matmul);
+                assert!(mlp.parts.iter().all(|(_, a, b)| a.parts.len() == 2 && b.parts.len() == 2));
+                mlp.forward(x.view(), b1.view(), b2.view(), f)
+            });
+            assert!(wide.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{matmul:?}: four threads");
             // the direct sums
             let x64 = x.mapv(f64::from);
             let h = (x64.dot(&w1.mapv(f64::from)) + b1.mapv(f64::from)).mapv(f64::tanh);
