@@ -119,8 +119,8 @@ impl<T: Real> Norm<T> {
     }
 
     /// Normalizes feature vectors given as rows (N, H): one step's features (B, H), or every
-    /// position of [`forward`](Self::forward). LayerNorm is [`crate::nn::norm::layer_norm`]; BatchNorm (evaluation
-    /// mode) (x − running mean)/√(running var + ε)·w + b.
+    /// position of [`forward`](Self::forward). LayerNorm is [`crate::nn::norm::layer_norm`];
+    /// BatchNorm (evaluation mode) (x − running mean)/√(running var + ε)·w + b.
     pub fn forward_step(&self, x: ArrayView2<T>) -> Array2<T> {
         let x = x.as_standard_layout();
         let mut y = Array2::<T>::zeros(x.dim());
