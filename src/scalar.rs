@@ -153,6 +153,19 @@ impl MatmulPrecision {
     }
 }
 
+impl std::str::FromStr for MatmulPrecision {
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for anything but `highest` or
+    /// `medium` (PyTorch's names; its `high`, tf32 products, has no CPU counterpart here).
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "highest" => Ok(MatmulPrecision::Highest),
+            "medium" => Ok(MatmulPrecision::Medium),
+            _ => Err(crate::Error::invalid("matmul precision", s, "highest or medium")),
+        }
+    }
+}
+
 impl std::str::FromStr for HalfPrecision {
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for anything but `bf16` or `f16`.
     type Err = crate::Error;

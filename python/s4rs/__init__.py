@@ -363,10 +363,17 @@ class Generation:
 
 class LanguageModel:
     """A causal language model folder: the GPT-2-layout transformer (``s4 train-lm``, Hugging Face)
-    or an S4 language model (``s4 distill``)."""
+    or an S4 language model (``s4 distill``).
 
-    def __init__(self, path: PathLike) -> None:
-        self._native = _native.LanguageModel.load(os.fspath(path))
+    ``weights`` ``"bf16"`` or ``"f16"`` decodes from 16-bit weights (half the bytes, f32
+    arithmetic). ``matmul_precision`` takes PyTorch's names (``torch.set_float32_matmul_precision``):
+    ``"highest"`` (the default) or ``"medium"``, a transformer's decoding products in bf16
+    (activations and weights rounded to bf16, exact products summed in f32; lossy, and faster over
+    many positions: speculative decoding stays exactly this model's output). An S4 model takes only
+    ``"highest"``."""
+
+    def __init__(self, path: PathLike, weights: Optional[str] = None, matmul_precision: str = "highest") -> None:
+        self._native = _native.LanguageModel.load(os.fspath(path), weights, matmul_precision)
 
     @property
     def vocab_size(self) -> int:

@@ -19,7 +19,7 @@ use s4::hippo::Measure;
 use s4::layer::{ForwardOptions, Recurrent, S4Layer, S4LayerConfig};
 use s4::model::checkpoint;
 use s4::model::{Input, ModelState, RecurrentModel, S4Model, S4ModelConfig, StepInput};
-use s4::scalar::{HalfPrecision, Real};
+use s4::scalar::{HalfPrecision, MatmulPrecision, Real};
 use s4::speculative::{CausalModel, SpecConfig};
 use s4::ssm::{SsmInitConfig, SsmParams};
 
@@ -830,10 +830,32 @@ fn generation_dict<'py>(py: Python<'py>, g: &s4::speculative::Generation) -> PyR
 
 #[pymethods]
 impl LanguageModel {
-    /// The model in folder `path` (`s4 train-lm`, `s4 distill`, a Hugging Face GPT-2 folder).
+    /// The model in folder `path` (`s4 train-lm`, `s4 distill`, a Hugging Face GPT-2 folder);
+    /// `weights` "bf16" or "f16" decodes from 16-bit weights (`s4 generate --weights`), and
+    /// `matmul_precision` "medium" makes a transformer's decoding products bf16 (lossy; `s4
+    /// generate --matmul-precision`).
     #[staticmethod]
-    fn load(py: Python<'_>, path: PathBuf) -> PyResult<LanguageModel> {
-        let m = py.detach(|| CausalModel::load(&path)).py()?;
+    #[pyo3(signature = (path, weights = None, matmul_precision = None))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        weights: Option<&str>,
+        matmul_precision: Option<&str>,
+    ) -> PyResult<LanguageModel> {
+        let half: Option<HalfPrecision> = weights.map(parse).transpose()?;
+        let matmul: Option<MatmulPrecision> = matmul_precision.map(parse).transpose()?;
+        let m = py
+            .detach(|| -> s4::Result<CausalModel> {
+                let mut m = CausalModel::load(&path)?;
+                if half.is_some() {
+                    m.set_weights(half)?;
+                }
+                if let Some(p) = matmul {
+                    m.set_matmul_precision(p)?;
+                }
+                Ok(m)
+            })
+            .py()?;
         Ok(LanguageModel { model: Arc::new(m) })
     }
 

@@ -325,6 +325,15 @@ def test_train_lm_and_distill_make_a_pair_that_speculates(tmp_path):
     alone = s4rs.generate(verifier, "A", max_new=20, temperature=0)
     spec = s4rs.speculate(verifier, tmp_path / "d", "A", max_new=20, gamma=3, temperature=0)
     assert spec.ids == alone.ids
+    # bf16 weights and bf16 products: speculation is still exactly that model's output
+    fast = s4rs.LanguageModel(tmp_path / "v", weights="bf16", matmul_precision="medium")
+    alone = s4rs.generate(fast, "A", max_new=20, temperature=0)
+    for gamma in (3, "auto"):
+        assert s4rs.speculate(fast, tmp_path / "d", "A", max_new=20, gamma=gamma, temperature=0).ids == alone.ids
+    with pytest.raises(ValueError, match="matmul precision"):
+        s4rs.LanguageModel(tmp_path / "v", matmul_precision="high")
+    with pytest.raises(ValueError, match="S4"):
+        s4rs.LanguageModel(tmp_path / "d", matmul_precision="medium")
     with pytest.raises(ValueError, match="resume"):
         s4rs.train_lm(data, tmp_path / "v", context=64, n_embd=32, n_layer=1, n_head=2, steps=20, batch_size=2, progress=False)
 
