@@ -158,11 +158,10 @@ impl std::str::FromStr for MatmulPrecision {
     /// `medium` (PyTorch's names; its `high`, tf32 products, has no CPU counterpart here).
     type Err = crate::Error;
     fn from_str(s: &str) -> crate::Result<Self> {
-        match s {
-            "highest" => Ok(MatmulPrecision::Highest),
-            "medium" => Ok(MatmulPrecision::Medium),
-            _ => Err(crate::Error::invalid("matmul precision", s, "highest or medium")),
-        }
+        [MatmulPrecision::Highest, MatmulPrecision::Medium]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| crate::Error::invalid("matmul precision", s, "highest or medium"))
     }
 }
 

@@ -855,13 +855,15 @@ impl<T: Real> RecurrentModel<'_, T> {
         y.resize(batch * h, T::zero());
         for (l, ((blk, rec), st)) in m.blocks.iter().zip(&self.layers).zip(state.layers.iter_mut()).enumerate() {
             let from = from.map(|f| &f.layers[l]);
+            // x + layer(norm(x)) before the norm, norm(x + layer(x)) after it
             if m.config.prenorm {
                 blk.norm.forward_rows(x, z);
                 rec.advance_rows(from, st, z, y, layer)?;
-                x.iter_mut().zip(y.iter()).for_each(|(a, b)| *a += *b);
             } else {
                 rec.advance_rows(from, st, x, y, layer)?;
-                x.iter_mut().zip(y.iter()).for_each(|(a, b)| *a += *b);
+            }
+            x.iter_mut().zip(y.iter()).for_each(|(a, b)| *a += *b);
+            if !m.config.prenorm {
                 blk.norm.forward_rows(x, z);
                 std::mem::swap(x, z);
             }
