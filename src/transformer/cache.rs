@@ -88,14 +88,20 @@ impl<T> KvCache<T> {
                 format!("strictly increasing offsets below {avail} (the positions after {start})"),
             ));
         }
-        for (kt, v) in &mut self.layers {
-            for (i, &k) in keep.iter().enumerate().filter(|&(i, &k)| i != k) {
-                let (from, to) = (start + k, start + i);
-                let (b, h, d, _) = kt.dim();
-                for (bb, hh, dd) in (0..b).flat_map(|bb| (0..h).flat_map(move |hh| (0..d).map(move |dd| (bb, hh, dd))))
-                {
-                    kt[[bb, hh, dd, to]] = kt[[bb, hh, dd, from]];
-                    v[[bb, hh, to, dd]] = v[[bb, hh, from, dd]];
+        // the offsets that move (a kept position before them stays where it is)
+        let moves: Vec<(usize, usize)> =
+            keep.iter().enumerate().filter(|&(i, &k)| i != k).map(|(i, &k)| (start + k, start + i)).collect();
+        if !moves.is_empty() {
+            let cap = self.capacity();
+            let d = self.head_dim;
+            for (kt, v) in &mut self.layers {
+                let (kt, v) = (contiguous(kt)?, contiguous(v)?);
+                // a key is a column of Kᵀ (one value every `cap`), a value a row of V (`d` in a row)
+                for row in kt.chunks_exact_mut(cap) {
+                    moves.iter().for_each(|&(from, to)| row[to] = row[from]);
+                }
+                for head in v.chunks_exact_mut(cap * d) {
+                    moves.iter().for_each(|&(from, to)| head.copy_within(from * d..(from + 1) * d, to * d));
                 }
             }
         }
@@ -123,6 +129,11 @@ impl<T> KvCache<T> {
         }
         Ok(())
     }
+}
+
+/// The elements of a cache array in memory order (the cache's arrays are made in standard layout).
+fn contiguous<T>(a: &mut Array4<T>) -> Result<&mut [T]> {
+    a.as_slice_mut().ok_or_else(|| Error::numerical("KV cache", "storage not in standard layout"))
 }
 
 impl<T: Real> KvCache<T> {
