@@ -542,6 +542,8 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
                              "predicted_speedup_cost_model": pred_cost,
                              "verifier_pass_seconds": {"fixed": cost.fixed, "per_position": cost.per_position},
                              "draft_step_seconds": cost.draft_step,
+                             "seconds": {"total": time, "draft": dsec, "verifier": vsec,
+                                         "other": time - dsec - vsec},
                              "accepted_histogram": histogram,
                              "plain_alpha": (plain_samples > 0).then(|| plain_agree / plain_samples as f64),
                              "plain_alpha_samples": plain_samples,
