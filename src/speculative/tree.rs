@@ -704,7 +704,8 @@ pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
     let mut guard = (config.fallback && shape.budget.is_some()).then(PayoffGuard::default);
 
     'rounds: while out.len() < config.max_new {
-        // no deeper than the tokens still wanted, no wider than the verifier's context
+        // no deeper, and no more nodes, than the tokens still wanted (as a chain's γ), no wider
+        // than the verifier's context
         let remaining = config.max_new - out.len();
         if guard.as_ref().is_some_and(PayoffGuard::gave_up) {
             decode_plain(verifier, pending_v, &mut out, config, &mut rng, &mut log.stats)?;
@@ -717,7 +718,7 @@ pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
         let room = verifier.max_len().map_or(usize::MAX, |m| m.saturating_sub(base + pending_v.len()));
         let mut round_shape = shape.clone();
         round_shape.widths.truncate(remaining - 1);
-        round_shape.budget = Some(shape.nodes().min(room));
+        round_shape.budget = Some(shape.nodes().min(room).min(remaining - 1));
         let t = Instant::now();
         let (tree, root) = if round_shape.widths.is_empty() || room == 0 || !speculate_now {
             (TokenTree::empty(), None)

@@ -527,9 +527,13 @@ fn greedy_tree_identity_s4_draft_transformer_verifier() {
         let base = generate(&mut GptSession::new(&gpt), &prompt, &greedy).unwrap();
         for tree in shapes() {
             let cfg = SpecConfig { tree: Some(tree.clone()), fallback: false, ..greedy.clone() };
-            let spec =
-                speculate(&mut S4Session::new(&lm, 16).unwrap(), &mut GptSession::new(&gpt), &prompt, &cfg).unwrap();
+            let mut ver = GptSession::new(&gpt);
+            let spec = speculate(&mut S4Session::new(&lm, 16).unwrap(), &mut ver, &prompt, &cfg).unwrap();
             assert_eq!(spec.tokens, base.tokens, "seed {seed} tree {tree} {matmul:?}");
+            // the cache was made room for at the start and no pass grew it: a tree scores no more
+            // nodes than tokens are still wanted, as a chain drafts no more
+            let reserved = (prompt.len() + cfg.max_new).min(gpt.config().n_positions);
+            assert_eq!(ver.cache().capacity(), reserved.max(16), "seed {seed} tree {tree}");
         }
     }
     // self-drafting with a tree: the verifier's own arg-max is always the first child
