@@ -17,7 +17,8 @@
 //! (EAGLE-2's rule: the top m by value, which is always a tree since a child's value never exceeds
 //! its parent's). In [`speculate`](super::speculate) a node's value is instead the estimated chance
 //! that verification keeps its whole path: each child's chance of being the kept one is the rate at
-//! which verification has kept children of its sibling rank and draft confidence in this generation
+//! which verification keeps children of its sibling rank and draft confidence in this generation,
+//! refined once its token is drawn by the probability the draft gave that token
 //! ([`AcceptanceOdds`]), so the tree runs deep where the draft is confident and right, and spends
 //! siblings where first choices get rejected.
 //!
@@ -248,7 +249,7 @@ pub struct TokenTree {
     /// its whole path.
     pub values: Vec<f64>,
     /// Each node's sibling rank and the draft's confidence in its slot (see [`AcceptanceOdds`]).
-    slots: Vec<(usize, f64)>,
+    slots: Vec<Slot>,
     /// How children were proposed.
     pub proposal: Proposal,
     /// The draft's distribution q at the root (index 0) and at each expanded node (`dist_of`).
@@ -284,7 +285,7 @@ impl TokenTree {
 
     /// Node `i`'s rank among its siblings (0 for the first child proposed).
     pub fn sibling_rank(&self, i: usize) -> usize {
-        self.slots[i].0
+        self.slots[i].rank
     }
 
     /// Whether the draft stepped node `i` (its state exists in the drafter).
@@ -311,6 +312,14 @@ impl TokenTree {
         self.parents.iter().enumerate().filter(move |(_, p)| **p == of).map(|(i, _)| i)
     }
 
+    /// The draft's distribution q at the root (`None`) or at a node it stepped.
+    fn dist_at(&self, at: Option<usize>) -> Option<&[f64]> {
+        match at {
+            None => Some(&self.dists[0]),
+            Some(n) => self.dist_of[n].map(|d| self.dists[d].as_slice()),
+        }
+    }
+
     /// The attention mask of `pending` committed tokens (a chain) followed by the tree: the
     /// root's children hang under the last pending token.
     ///
@@ -328,48 +337,175 @@ impl TokenTree {
     }
 }
 
-/// Sibling ranks [`AcceptanceOdds`] counts apart (later ranks share the last).
-const ODDS_RANKS: usize = 4;
-/// Bins of draft confidence [`AcceptanceOdds`] counts apart.
-const ODDS_BINS: usize = 10;
-
 /// The measured rate at which verification keeps a child it tries, by the child's sibling rank j
 /// and by the draft's confidence c in it when its slot was filled (the expected draft probability
 /// of the next proposal: Σ q² / (1 − Σ_{taken} q) for draws without replacement, q(x) for the
 /// j-th most likely token), in 10 bins of c: r(j, c) = (kept + 2r̄ⱼ) / (tried + 2), where the
 /// prior r̄ⱼ = (kept at rank j + 2c) / (tried at rank j + 2) is the rate of the rank over all bins,
-/// itself starting from the draft's own confidence (two trials of prior each). The value of a j-th child is then the chance that it
-/// is the kept one, r(j, cⱼ)·Π_{i<j}(1 − r(i, cᵢ)), times its parent's: a tree built on these
-/// values runs deep where the draft is confident and its first choices get kept, and spends
-/// siblings where they do not (EAGLE-2's rule, with the draft's confidence calibrated against
-/// what verification actually kept in this generation).
+/// itself starting from the draft's own confidence (two trials of prior each). The value of a j-th
+/// child is then the chance that it is the kept one, r(j, cⱼ)·Π_{i<j}(1 − r(i, cᵢ)), times its
+/// parent's: a tree built on these values runs deep where the draft is confident and its first
+/// choices get kept, and spends siblings where they do not (EAGLE-2's rule, with the draft's
+/// confidence calibrated against the verifier in this generation).
+///
+/// Once a drawn child's token x is known, its rate is refined by the probability d = qⱼ(x) its
+/// proposal gave it, in a second table of the same form: r'(j, d) with r(j, cⱼ) as prior (a tail
+/// draw is kept less often than a confident one: with the demo pair at T = 1, 0.66 of the draws
+/// with d < 0.02, 0.99 of those with d > 0.95). The refined rate is the node's value for its
+/// descendants and its younger siblings; whether the node itself is in the tree was decided before
+/// its draw, as exactness requires (see the module docs).
+///
+/// The counts are expectations, not coins: the verifier scores every node of a tree, so for every
+/// child of every expanded node (on the accepted path or not) both chances are known exactly. Were
+/// its parent reached, the j-th child is tried with probability wⱼ = Π_{i<j} (1 − aᵢ), where aᵢ
+/// = min(1, pᵢ(xᵢ)/qᵢ(xᵢ)) keeps the elder sibling xᵢ actually drafted, and then kept with
+/// probability kⱼ = Σ_y min(pⱼ(y), qⱼ(y)) (the residual pⱼ and the proposal qⱼ of the module docs,
+/// averaged over the draw of xⱼ), or aⱼ for the drawn token's own table. A round adds wⱼ to
+/// "tried" and wⱼ·kⱼ (wⱼ·aⱼ) to "kept" for all its children: the expectations of what verification
+/// would count, from every node instead of only the path it walks, and without the noise of its
+/// accept/reject draws (a Rao–Blackwellized count).
 #[derive(Clone, Debug, Default)]
 pub struct AcceptanceOdds {
-    tried: [[u64; ODDS_BINS]; ODDS_RANKS],
-    kept: [[u64; ODDS_BINS]; ODDS_RANKS],
+    /// By the confidence before the draw.
+    before: RateTable,
+    /// By the drawn token's proposal probability (draws without replacement).
+    drawn: RateTable,
 }
 
 impl AcceptanceOdds {
-    fn cell(rank: usize, confidence: f64) -> (usize, usize) {
-        let bin = (confidence.clamp(0.0, 1.0) * ODDS_BINS as f64) as usize;
+    /// r(j, c) (see the type's docs).
+    pub fn rate(&self, rank: usize, confidence: f64) -> f64 {
+        self.before.rate(rank, confidence, confidence)
+    }
+
+    /// r'(j, d): the rate of a j-th child drawn with proposal probability `drawn`, whose rate
+    /// before the draw was `before` (see the type's docs).
+    pub fn rate_drawn(&self, rank: usize, drawn: f64, before: f64) -> f64 {
+        self.drawn.rate(rank, drawn, before)
+    }
+
+    /// Counts every child of `tree` with its chances of being tried and kept, from the
+    /// verifier's distributions `p` at the root (`p[0]`) and at each node (`p[1 + i]`), as
+    /// [`verify_tree`] takes them.
+    ///
+    /// # Errors
+    /// As [`verify_tree`]: `p` of the wrong number or lengths.
+    pub fn record(&mut self, tree: &TokenTree, p: &[Vec<f64>]) -> Result<()> {
+        check_distributions(tree, p)?;
+        let parents = std::iter::once(None).chain((0..tree.len()).filter(|&i| tree.stepped(i)).map(Some));
+        for at in parents {
+            let Some(q) = tree.dist_at(at) else { continue };
+            let mut target = Residual::new(&p[at.map_or(0, |n| n + 1)], q, tree.proposal);
+            // the chance that the next child is tried: its elder siblings all rejected
+            let mut tried = 1.0;
+            for c in tree.children(at) {
+                let x = tree.tokens[c] as usize;
+                let slot = tree.slots[c];
+                let proposed = target.proposal(x, x);
+                let kept = (target.target[x] / proposed).min(1.0);
+                self.before.add(slot.rank, slot.confidence, tried, tried * target.keep_chance(x));
+                if tree.proposal == Proposal::WithoutReplacement {
+                    self.drawn.add(slot.rank, proposed, tried, tried * kept);
+                }
+                tried *= 1.0 - kept;
+                target.reject(x);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sibling ranks [`AcceptanceOdds`] counts apart (later ranks share the last).
+const ODDS_RANKS: usize = 4;
+/// Bins of a probability (the draft's confidence) [`AcceptanceOdds`] counts apart.
+const ODDS_BINS: usize = 10;
+
+/// Tried and kept counts by sibling rank and by a probability in [`ODDS_BINS`] bins.
+#[derive(Clone, Debug, Default)]
+struct RateTable {
+    tried: [[f64; ODDS_BINS]; ODDS_RANKS],
+    kept: [[f64; ODDS_BINS]; ODDS_RANKS],
+}
+
+impl RateTable {
+    fn cell(rank: usize, x: f64) -> (usize, usize) {
+        let bin = (x.clamp(0.0, 1.0) * ODDS_BINS as f64) as usize;
         (rank.min(ODDS_RANKS - 1), bin.min(ODDS_BINS - 1))
     }
 
-    /// r(j, c) (see the type's docs).
-    pub fn rate(&self, rank: usize, confidence: f64) -> f64 {
-        let (j, b) = Self::cell(rank, confidence);
-        let (tried, kept) = (self.tried[j].iter().sum::<u64>(), self.kept[j].iter().sum::<u64>());
-        let rank_rate = (kept as f64 + 2.0 * confidence.clamp(0.0, 1.0)) / (tried as f64 + 2.0);
-        (self.kept[j][b] as f64 + 2.0 * rank_rate) / (self.tried[j][b] as f64 + 2.0)
+    fn add(&mut self, rank: usize, x: f64, tried: f64, kept: f64) {
+        let (j, b) = Self::cell(rank, x);
+        self.tried[j][b] += tried;
+        self.kept[j][b] += kept;
     }
 
-    /// Counts the children one verification of `tree` tried.
-    pub fn record(&mut self, tree: &TokenTree, outcome: &TreeOutcome) {
-        for &(node, kept) in &outcome.tried {
-            let Some(&(rank, confidence)) = tree.slots.get(node) else { continue };
-            let (j, b) = Self::cell(rank, confidence);
-            self.tried[j][b] += 1;
-            self.kept[j][b] += u64::from(kept);
+    /// (kept + 2r̄) / (tried + 2) in `x`'s bin, where r̄ = (kept at the rank + 2·prior) / (tried at
+    /// the rank + 2).
+    fn rate(&self, rank: usize, x: f64, prior: f64) -> f64 {
+        let (j, b) = Self::cell(rank, x);
+        let (tried, kept) = (self.tried[j].iter().sum::<f64>(), self.kept[j].iter().sum::<f64>());
+        let rank_rate = (kept + 2.0 * prior.clamp(0.0, 1.0)) / (tried + 2.0);
+        (self.kept[j][b] + 2.0 * rank_rate) / (self.tried[j][b] + 2.0)
+    }
+}
+
+/// A node's place among its siblings, as [`AcceptanceOdds`] counts it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Slot {
+    /// Its rank among its siblings (0 for the first child proposed).
+    rank: usize,
+    /// The draft's confidence in the slot before its token was drawn.
+    confidence: f64,
+}
+
+/// The verifier's distribution at a node as its children are tried in order (the module docs'
+/// pⱼ): p₁ = p, and after the rejection of child j the residual norm(max(0, pⱼ − qⱼ)), where qⱼ is
+/// the j-th child's proposal: a point mass, or q without the elder siblings, renormalized.
+struct Residual {
+    target: Vec<f64>,
+    proposal: Proposal,
+    /// Without replacement: q with zeros at the children tried so far (empty for point masses).
+    rest: Vec<f64>,
+    /// 1 − the draft probability of the children tried so far.
+    left: f64,
+}
+
+impl Residual {
+    /// p₁ = `p` at a node whose draft distribution is `q`.
+    fn new(p: &[f64], q: &[f64], proposal: Proposal) -> Self {
+        let rest = if proposal == Proposal::WithoutReplacement { q.to_vec() } else { vec![] };
+        Residual { target: p.to_vec(), proposal, rest, left: 1.0 }
+    }
+
+    /// qⱼ(y) of the next child's proposal, whose token is `x`.
+    fn proposal(&self, x: usize, y: usize) -> f64 {
+        match self.proposal {
+            Proposal::Deterministic => f64::from(u8::from(y == x)),
+            Proposal::WithoutReplacement => self.rest[y] / self.left,
+        }
+    }
+
+    /// Σ_y min(pⱼ(y), qⱼ(y)): the chance that the next child, token `x`, is kept.
+    fn keep_chance(&self, x: usize) -> f64 {
+        match self.proposal {
+            Proposal::Deterministic => self.target[x],
+            Proposal::WithoutReplacement => self.target.iter().zip(&self.rest).map(|(t, r)| t.min(r / self.left)).sum(),
+        }
+    }
+
+    /// pⱼ₊₁ after child `x` is rejected.
+    fn reject(&mut self, x: usize) {
+        let n = self.target.len();
+        let total: f64 = (0..n).map(|y| (self.target[y] - self.proposal(x, y)).max(0.0)).sum();
+        // when rounding leaves nothing, pⱼ and qⱼ were equal (a rejection had probability 0)
+        if total > 0.0 {
+            for y in 0..n {
+                self.target[y] = (self.target[y] - self.proposal(x, y)).max(0.0) / total;
+            }
+        }
+        if self.proposal == Proposal::WithoutReplacement {
+            self.left -= self.rest[x];
+            self.rest[x] = 0.0;
         }
     }
 }
@@ -408,6 +544,8 @@ struct Slots {
     taken: Vec<u32>,
     /// Their total draft probability.
     mass: f64,
+    /// Without replacement: Σ q² over the tokens not taken.
+    square_left: f64,
     /// Deterministic: the tokens by decreasing q.
     ranked: Vec<u32>,
     /// The estimated chance that verification rejects every child proposed so far.
@@ -432,7 +570,11 @@ impl Slots {
             }
             Proposal::WithoutReplacement => vec![],
         };
-        Slots { taken: vec![], mass: 0.0, ranked, miss: 1.0 }
+        let square_left = match proposal {
+            Proposal::Deterministic => 0.0,
+            Proposal::WithoutReplacement => q.iter().map(|v| v * v).sum(),
+        };
+        Slots { taken: vec![], mass: 0.0, square_left, ranked, miss: 1.0 }
     }
 
     /// The expected draft probability of the next child, or `None` when q has no token left.
@@ -441,9 +583,7 @@ impl Slots {
             Proposal::Deterministic => self.ranked.get(self.taken.len()).map(|&x| q[x as usize]),
             Proposal::WithoutReplacement => {
                 let left = 1.0 - self.mass;
-                let sq: f64 =
-                    q.iter().enumerate().filter(|(x, _)| !self.taken.contains(&(*x as u32))).map(|(_, v)| v * v).sum();
-                (left > 1e-12 && sq > 0.0).then(|| sq / left)
+                (left > 1e-12 && self.square_left > 0.0).then(|| self.square_left / left)
             }
         }
     }
@@ -462,6 +602,7 @@ impl Slots {
         };
         self.taken.push(x);
         self.mass += q[x as usize];
+        self.square_left -= q[x as usize] * q[x as usize];
         x
     }
 }
@@ -538,14 +679,20 @@ pub fn draft_tree<D: Drafter + ?Sized>(
                 };
                 let q = &tree.dists[q_index];
                 let rank = slots[s].taken.len();
-                let (weight, confidence, rate) = weigh(&slots[s], q).expect("a slot is queued only with a token left");
+                let (_, confidence, rate) = weigh(&slots[s], q).expect("a slot is queued only with a token left");
+                let (miss, left) = (slots[s].miss, 1.0 - slots[s].mass);
                 let x = slots[s].propose(q, proposal, rng);
+                // the rate refined by the drawn token's proposal probability
+                let rate = match (odds, proposal) {
+                    (Some(o), Proposal::WithoutReplacement) => o.rate_drawn(rank, q[x as usize] / left, rate),
+                    _ => rate,
+                };
                 slots[s].miss *= 1.0 - rate;
                 let node = tree.len();
                 tree.tokens.push(x);
                 tree.parents.push(parent);
-                tree.values.push(base * if odds.is_some() { weight } else { q[x as usize] });
-                tree.slots.push((rank, confidence));
+                tree.values.push(base * if odds.is_some() { miss * rate } else { q[x as usize] });
+                tree.slots.push(Slot { rank, confidence });
                 tree.dist_of.push(None);
                 slot_of.push(None);
                 if slots[s].taken.len() < shape.widths[depth]
@@ -595,6 +742,46 @@ pub struct TreeOutcome {
 /// `p.len() != tree.len() + 1`, distributions of the wrong length, or a drafted token with draft
 /// probability 0 under its own proposal.
 pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng: &mut R) -> Result<TreeOutcome> {
+    check_distributions(tree, p)?;
+    let v = p[0].len();
+    let mut path = vec![];
+    let mut tried = vec![];
+    let mut at: Option<usize> = None;
+    'depth: loop {
+        let q = tree.dist_at(at);
+        let mut target = Residual::new(&p[at.map_or(0, |n| n + 1)], q.unwrap_or(&[]), tree.proposal);
+        for c in tree.children(at) {
+            let x = tree.tokens[c] as usize;
+            if q.is_none() {
+                return Err(Error::numerical("tree verification", format!("node {c} has an unexpanded parent")));
+            }
+            if x >= v {
+                return Err(Error::invalid(format!("tree node {c}"), x, format!("a token id < vocabulary size {v}")));
+            }
+            let qx = target.proposal(x, x);
+            if qx.is_nan() || qx <= 0.0 {
+                return Err(Error::numerical(
+                    "tree verification",
+                    format!("node {c} (token {x}) has probability 0 under its own proposal"),
+                ));
+            }
+            let r: f64 = rng.random();
+            let kept = r < target.target[x] / qx;
+            tried.push((c, kept));
+            if kept {
+                path.push(c);
+                at = Some(c);
+                continue 'depth;
+            }
+            target.reject(x);
+        }
+        return Ok(TreeOutcome { path, next: sample(&target.target, rng), tried });
+    }
+}
+
+/// Checks that `p` holds one distribution at the root and one per node of `tree`, all of the
+/// length of the tree's draft distributions.
+fn check_distributions(tree: &TokenTree, p: &[Vec<f64>]) -> Result<()> {
     if p.len() != tree.len() + 1 {
         return Err(Error::invalid(
             "verifier distributions",
@@ -606,67 +793,10 @@ pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng:
     if let Some(i) = p.iter().position(|r| r.len() != v) {
         return Err(Error::invalid(format!("verifier distribution {i}"), p[i].len(), format!("length {v}")));
     }
-    let mut path = vec![];
-    let mut tried = vec![];
-    let mut at: Option<usize> = None;
-    let mut target = p[0].clone();
-    'depth: loop {
-        let q = match at {
-            None => Some(&tree.dists[0]),
-            Some(n) => tree.dist_of[n].map(|d| &tree.dists[d]),
-        };
-        let mut taken_mass = 0.0;
-        for c in tree.children(at) {
-            let x = tree.tokens[c] as usize;
-            let q =
-                q.ok_or_else(|| Error::numerical("tree verification", format!("node {c} has an unexpanded parent")))?;
-            if x >= v {
-                return Err(Error::invalid(format!("tree node {c}"), x, format!("a token id < vocabulary size {v}")));
-            }
-            // the proposal of this child: a point mass, or q without the earlier siblings
-            let left = 1.0 - taken_mass;
-            let qx = match tree.proposal {
-                Proposal::Deterministic => 1.0,
-                Proposal::WithoutReplacement => q[x] / left,
-            };
-            if qx.is_nan() || qx <= 0.0 {
-                return Err(Error::numerical(
-                    "tree verification",
-                    format!("node {c} (token {x}) has probability 0 under its own proposal"),
-                ));
-            }
-            let r: f64 = rng.random();
-            tried.push((c, r < target[x] / qx));
-            if r < target[x] / qx {
-                path.push(c);
-                at = Some(c);
-                target.clone_from(&p[1 + c]);
-                continue 'depth;
-            }
-            // the residual norm(max(0, p − q_j))
-            let before = target.clone();
-            match tree.proposal {
-                Proposal::Deterministic => target[x] = 0.0,
-                Proposal::WithoutReplacement => {
-                    let earlier: Vec<usize> =
-                        tree.children(at).take_while(|&s| s != c).map(|s| tree.tokens[s] as usize).collect();
-                    for (y, t) in target.iter_mut().enumerate() {
-                        let qy = if earlier.contains(&y) { 0.0 } else { q[y] / left };
-                        *t = (*t - qy).max(0.0);
-                    }
-                }
-            }
-            let total: f64 = target.iter().sum();
-            if total > 0.0 {
-                target.iter_mut().for_each(|t| *t /= total);
-            } else {
-                // rounding left nothing: p and q_j were equal (a rejection had probability 0)
-                target = before;
-            }
-            taken_mass += q[x];
-        }
-        return Ok(TreeOutcome { path, next: sample(&target, rng), tried });
+    if let Some(q) = tree.dists.iter().find(|q| !q.is_empty() && q.len() != v) {
+        return Err(Error::invalid("draft distribution in the tree", q.len(), format!("length {v} (the verifier's)")));
     }
+    Ok(())
 }
 
 /// [`speculate`](super::speculate) with a token tree per round (the models are reset and the
@@ -757,7 +887,7 @@ pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
         if tree.is_empty() {
             emitted.push(base + pending_v.len(), outcome.next, p[0][outcome.next as usize]);
         }
-        odds.record(&tree, &outcome);
+        odds.record(&tree, &p)?;
         for &(node, kept) in &outcome.tried {
             let rank = tree.sibling_rank(node);
             if by_rank.len() <= rank {
@@ -813,6 +943,62 @@ pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What [`AcceptanceOdds::record`] counts is what verification counts, on average: over many
+    /// trees of three children at the root, drawn without replacement or the three most likely as
+    /// point masses, the recorded "tried" and "kept" per rank (expectations) and the ones
+    /// [`verify_tree`] reports (draws) agree within 4.5 standard errors of the draws; counting
+    /// every child as tried (no weights) is far outside.
+    #[test]
+    fn recorded_keep_chances_are_verifications_counts_on_average() {
+        let q = [0.4, 0.25, 0.2, 0.1, 0.05];
+        let p = vec![vec![0.1, 0.3, 0.1, 0.35, 0.15]; 4];
+        let mut rng = Pcg64::seed_from_u64(3);
+        let n = 20_000;
+        for proposal in [Proposal::WithoutReplacement, Proposal::Deterministic] {
+            let mut odds = AcceptanceOdds::default();
+            let (mut tried, mut kept) = ([0.0f64; 3], [0.0f64; 3]);
+            for _ in 0..n {
+                let mut slots = Slots::new(&q, proposal, 3);
+                let mut tree = TokenTree { proposal, dists: vec![q.to_vec()], ..TokenTree::empty() };
+                for rank in 0..3 {
+                    tree.tokens.push(slots.propose(&q, proposal, &mut rng));
+                    tree.parents.push(None);
+                    tree.values.push(0.0);
+                    tree.slots.push(Slot { rank, confidence: 0.5 });
+                    tree.dist_of.push(None);
+                }
+                odds.record(&tree, &p).unwrap();
+                for (node, k) in verify_tree(&tree, &p, &mut rng).unwrap().tried {
+                    tried[node] += 1.0;
+                    kept[node] += f64::from(u8::from(k));
+                }
+            }
+            let tolerance = 4.5 * (n as f64 * 0.25).sqrt();
+            for rank in 0..3 {
+                let what = format!("{proposal:?}, rank {rank}");
+                let mut tables = vec![("before the draw", &odds.before)];
+                if proposal == Proposal::WithoutReplacement {
+                    tables.push(("by the drawn token", &odds.drawn));
+                }
+                for (table, t) in tables {
+                    let (t_tried, t_kept) = (t.tried[rank].iter().sum::<f64>(), t.kept[rank].iter().sum::<f64>());
+                    assert!(
+                        (t_tried - tried[rank]).abs() < tolerance,
+                        "{what} {table}: tried {t_tried} vs {}",
+                        tried[rank]
+                    );
+                    assert!((t_kept - kept[rank]).abs() < tolerance, "{what} {table}: kept {t_kept} vs {}", kept[rank]);
+                }
+                if rank > 0 {
+                    assert!(
+                        n as f64 - tried[rank] > 5.0 * tolerance,
+                        "{what}: a rank after the first is not always tried"
+                    );
+                }
+            }
+        }
+    }
 
     /// The children of a deterministic node are the `width` most likely tokens by decreasing q,
     /// the smaller id first on ties: the selection equals a full sort, ties and zeros included.

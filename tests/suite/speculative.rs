@@ -8,7 +8,7 @@ use s4::model::S4ModelConfig;
 use s4::scalar::MatmulPrecision;
 use s4::speculative::{
     draft_tree, generate, sampling::sample, speculate, speculate_batch, verify, verify_tree, Acceptance,
-    AcceptanceOdds, Drafter, GammaPolicy, Sampling, SpecConfig, TreeOutcome, TreeShape, Verifier,
+    AcceptanceOdds, Drafter, GammaPolicy, Sampling, SpecConfig, TreeShape, Verifier,
 };
 use s4::speculative::{GptSession, S4Session};
 use s4::transformer::{Gpt, GptConfig};
@@ -576,9 +576,10 @@ fn tree_one_step_follows_the_verifier_chi_square() {
     }
 }
 
-/// The measured acceptance odds start at the draft's own confidence, move with what verification
-/// kept, and decide the tree: a confident first choice that verification keeps only half the time
-/// earns a sibling, where the draft's own probabilities would have gone deeper.
+/// The measured acceptance odds start at the draft's own confidence, move with the chances the
+/// verifier's distributions give the children, and decide the tree: a confident first choice that
+/// the verifier keeps less than half the time earns a sibling, where the draft's own probabilities
+/// would have gone deeper.
 #[test]
 fn acceptance_odds_calibrate_the_draft_and_shape_the_tree() {
     let mut dr = Markov::random(3, 0, 0.0);
@@ -589,21 +590,25 @@ fn acceptance_odds_calibrate_the_draft_and_shape_the_tree() {
     let mut odds = AcceptanceOdds::default();
     assert!((odds.rate(2, 0.4) - 0.4).abs() < 1e-12, "no trials: the draft's confidence");
     let two = draft_tree(&mut dr.clone(), &[0], &"2".parse().unwrap(), &greedy, true, None, &mut rng).unwrap();
-    assert_eq!(two.tokens[0], 1);
+    assert_eq!(two.tokens, vec![1, 0], "the two most likely, the smaller id first on a tie");
+    // the verifier keeps token 1 with probability 0.4; after its rejection (0.6), token 0 with
+    // 0.3 / 0.6
+    let p = vec![vec![0.3, 0.4, 0.3]; 3];
     for _ in 0..5 {
-        odds.record(&two, &TreeOutcome { path: vec![], next: 2, tried: vec![(0, false), (1, true)] });
-        odds.record(&two, &TreeOutcome { path: vec![0], next: 2, tried: vec![(0, true)] });
+        odds.record(&two, &p).unwrap();
     }
-    // the bin's counts, with the rank's pooled rate (itself from the confidence) as prior
+    assert!(odds.record(&two, &p[..2]).is_err(), "one distribution per node and the root");
+    // the bin's counts (tried 5, kept 2 at rank 0; tried 3, kept 1.5 at rank 1), with the rank's
+    // pooled rate (itself from the confidence) as prior
     let q1 = two.values[0];
     assert!(q1 > 0.999);
-    let pooled = (5.0 + 2.0 * q1) / 12.0;
-    assert!((odds.rate(0, q1) - (5.0 + 2.0 * pooled) / 12.0).abs() < 1e-12);
+    let pooled = (2.0 + 2.0 * q1) / 7.0;
+    assert!((odds.rate(0, q1) - (2.0 + 2.0 * pooled) / 7.0).abs() < 1e-12);
     let q2 = two.values[1];
-    let pooled = (5.0 + 2.0 * q2) / 7.0;
-    assert!((odds.rate(1, q2) - (5.0 + 2.0 * pooled) / 7.0).abs() < 1e-12);
+    let pooled = (1.5 + 2.0 * q2) / 5.0;
+    assert!((odds.rate(1, q2) - (1.5 + 2.0 * pooled) / 5.0).abs() < 1e-12);
     // another bin of a counted rank starts from the rank's rate
-    assert!((odds.rate(0, 0.5) - (5.0 + 1.0) / 12.0).abs() < 1e-12);
+    assert!((odds.rate(0, 0.5) - (2.0 + 1.0) / 7.0).abs() < 1e-12);
     let shape: TreeShape = "2x1,budget=2".parse().unwrap();
     let by_draft = draft_tree(&mut dr.clone(), &[0], &shape, &greedy, true, None, &mut rng).unwrap();
     assert_eq!(by_draft.parents, vec![None, Some(0)], "the draft alone goes deep");
