@@ -388,6 +388,27 @@ class LanguageModel:
     def is_transformer(self) -> bool:
         return self._native.is_transformer
 
+    def logits(self, tokens: Union[str, Sequence[int], np.ndarray]) -> np.ndarray:
+        """The next-token logits after every position, in one pass from position 0 (Hugging Face's
+        ``model(input_ids).logits``): ``tokens`` is text (its bytes), ids (T,) or a batch of ids
+        (B, T); the result is float32 (T, vocab) or (B, T, vocab).
+
+        >>> lm.logits("To be").shape  # doctest: +SKIP
+        (5, 256)
+        """
+        ids = np.asarray(encode_text(tokens) if isinstance(tokens, str) else tokens)
+        if ids.ndim not in (1, 2) or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(
+                f"invalid tokens of shape {ids.shape} and dtype {ids.dtype}: expected integer ids (T,) or (B, T), "
+                "not empty"
+            )
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise ValueError(f"invalid token id {bad}: expected ids in 0..{self.vocab_size}")
+        batch = np.ascontiguousarray(ids.reshape(-1, ids.shape[-1]), dtype=np.uint32)
+        out = self._native.logits(batch)
+        return out[0] if ids.ndim == 1 else out
+
 
 def _prompt(prompt: Union[str, Sequence[int]]) -> List[int]:
     return encode_text(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]

@@ -877,6 +877,13 @@ impl LanguageModel {
         matches!(*self.model, CausalModel::Gpt(_))
     }
 
+    /// The next-token logits after every position of `tokens` (B, T) uint32, in one pass from
+    /// position 0: (B, T, vocab) float32 (Hugging Face's `model(input_ids).logits`).
+    fn logits<'py>(&self, py: Python<'py>, tokens: PyReadonlyArray2<'py, u32>) -> PyResult<Bound<'py, PyArray3<f32>>> {
+        let t = tokens.as_array();
+        Ok(py.detach(|| self.model.logits(t)).py()?.into_pyarray(py))
+    }
+
     /// Decoding with this model alone; `config_json` is a `SpecConfig` (its γ and acceptance
     /// unused).
     fn generate<'py>(&self, py: Python<'py>, prompt: Vec<u32>, config_json: &str) -> PyResult<Bound<'py, PyDict>> {

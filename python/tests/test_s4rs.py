@@ -239,6 +239,15 @@ def test_speculative_greedy_output_is_the_verifiers(tmp_path):
     s4rs.Model.causal_lm(256, seed=2, **small).save(tmp_path / "draft")
     verifier = s4rs.LanguageModel(tmp_path / "verifier")
     assert verifier.vocab_size == 256 and verifier.context is None and not verifier.is_transformer
+    # one pass from position 0, causal: a prefix's logits are the first rows of the whole's
+    whole = verifier.logits("To be")
+    assert whole.shape == (5, 256) and whole.dtype == np.float32
+    np.testing.assert_allclose(verifier.logits([84, 111]), whole[:2], atol=1e-4)
+    batch = verifier.logits(np.array([s4rs.encode_text("To be")] * 2))
+    assert batch.shape == (2, 5, 256) and np.array_equal(batch[1], whole)
+    for bad in ([], [256], [-1], [[1.5]]):
+        with pytest.raises(ValueError, match="token"):
+            verifier.logits(bad)
     alone = s4rs.generate(verifier, "To be", max_new=24, temperature=0)
     for gamma in (1, 4, "auto"):
         spec = s4rs.speculate(verifier, tmp_path / "draft", "To be", max_new=24, gamma=gamma, temperature=0)

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
-use ndarray::{Array2, Array3, Ix2};
+use ndarray::Ix2;
 use s4::data::shakespeare;
 use s4::io::{read_npy_any, write_npy_atomic, NpyArray};
-use s4::model::{checkpoint, Input, S4ModelConfig};
+use s4::model::{checkpoint, S4ModelConfig};
 use s4::scalar::{HalfPrecision, MatmulPrecision};
 use s4::speculative::distill::{distill_run, DistillConfig};
 use s4::speculative::{
@@ -341,14 +341,7 @@ fn cmd_logits(model: &Path, ids: &Path, out: &Path) -> Result<()> {
     if let Some(((b, t), &x)) = a.indexed_iter().find(|&(_, &x)| x < 0 || x as usize >= v) {
         return Err(Error::invalid(format!("input_ids[{b}, {t}]"), x, format!("a token id in 0..{v}")));
     }
-    let tokens: Array2<u32> = a.mapv(|x| x as u32);
-    let logits: Array3<f32> = match &m {
-        CausalModel::Gpt(g) => g.forward(tokens.view())?,
-        CausalModel::S4(s) => {
-            let y = s.forward(Input::Tokens(tokens.view()), None)?; // (B, V, T)
-            y.permuted_axes([0, 2, 1]).as_standard_layout().to_owned()
-        }
-    };
+    let logits = m.logits(a.mapv(|x| x as u32).view())?;
     write_npy_atomic(out, &logits)?;
     println!("{}", json!({"out": out, "shape": logits.shape(), "vocab": v}));
     Ok(())

@@ -45,11 +45,12 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, Array3, ArrayView2, Axis};
 
 use super::{Drafter, Verifier};
+use crate::budget::Estimate;
 use crate::error::{Error, Result};
-use crate::model::{ModelState, Pooling, RecurrentModel, S4Model, S4ModelConfig, StepInput, StepWorkspace};
+use crate::model::{Input, ModelState, Pooling, RecurrentModel, S4Model, S4ModelConfig, StepInput, StepWorkspace};
 use crate::scalar::{HalfPrecision, MatmulPrecision};
 use crate::transformer::{Gpt, KvCache, TreeMask};
 
@@ -488,6 +489,32 @@ impl CausalModel {
             CausalModel::Gpt(g) => g.config().vocab_size,
             CausalModel::S4(m) => m.config().d_output,
         }
+    }
+
+    /// The next-token logits after every position of `tokens` (B, T): (B, T, V), in one pass from
+    /// position 0 (Hugging Face's `model(input_ids).logits`): a transformer's full forward, an S4
+    /// model's convolutional mode.
+    ///
+    /// # Errors
+    /// An empty batch or sequence, a token id ≥ V, more positions than a transformer's context,
+    /// logits beyond the memory budget.
+    pub fn logits(&self, tokens: ArrayView2<u32>) -> Result<Array3<f32>> {
+        let (b, t) = tokens.dim();
+        if b == 0 || t == 0 {
+            return Err(Error::shape("token ids", "(B, T) with B, T >= 1", &[b, t]));
+        }
+        let v = self.vocab();
+        if let Some(((i, j), &x)) = tokens.indexed_iter().find(|&(_, &x)| x as usize >= v) {
+            return Err(Error::invalid(format!("token id at (sequence {i}, position {j})"), x, format!("an id < {v}")));
+        }
+        Estimate::new(format!("logits of {b} x {t} tokens")).array::<f32>(&[b, t, v]).check()?;
+        Ok(match self {
+            CausalModel::Gpt(g) => g.forward(tokens)?,
+            // (B, V, T) → (B, T, V)
+            CausalModel::S4(m) => {
+                m.forward(Input::Tokens(tokens), None)?.permuted_axes([0, 2, 1]).as_standard_layout().into_owned()
+            }
+        })
     }
 
     /// A fresh verifier session over the model (an S4 session keeps 64 snapshots).

@@ -10,7 +10,7 @@ use s4::speculative::{
     draft_tree, generate, sampling::sample, speculate, speculate_batch, verify, verify_tree, Acceptance,
     AcceptanceOdds, Drafter, GammaPolicy, Sampling, SpecConfig, TreeShape, Verifier,
 };
-use s4::speculative::{GptSession, S4Session};
+use s4::speculative::{CausalModel, GptSession, S4Session};
 use s4::transformer::{Gpt, GptConfig};
 
 /// A first-order Markov model over V tokens: logits after token t are `table[t]`.
@@ -546,6 +546,28 @@ fn greedy_tree_identity_s4_draft_transformer_verifier() {
     let g =
         speculate(&mut S4Session::new(&lm, 8).unwrap(), &mut S4Session::new(&lm, 8).unwrap(), &[1, 2], &cfg).unwrap();
     assert!(g.stats.acceptance_by_depth.iter().all(|&a| a == 1.0), "{:?}", g.stats);
+}
+
+/// [`CausalModel::logits`] (one pass from position 0) equals the decoding sessions' logits
+/// position by position: an S4 model's convolutional mode against its recurrent steps, a
+/// transformer's full pass against its KV-cached pass; an empty input and an id ≥ V are errors.
+#[test]
+fn causal_model_logits_equal_the_decoding_sessions() {
+    let v = 24;
+    let tokens: Vec<u32> = (0..20).map(|i| (i * 7 % v) as u32).collect();
+    let ids = ndarray::ArrayView2::from_shape((1, 20), &tokens).unwrap();
+    for m in [CausalModel::Gpt(Box::new(tiny_gpt(v, 3))), CausalModel::S4(Box::new(tiny_s4_lm(v, 4)))] {
+        let logits = m.logits(ids).unwrap();
+        assert_eq!(logits.shape(), &[1, 20, v]);
+        let stepped = m.verifier().unwrap().score(&tokens).unwrap();
+        let d =
+            logits.index_axis(ndarray::Axis(0), 0).iter().zip(&stepped).fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(d < 1e-4, "{d:e}");
+        let empty = m.logits(ndarray::ArrayView2::from_shape((1, 0), &[]).unwrap()).unwrap_err().to_string();
+        assert!(empty.contains("token ids"), "{empty}");
+        let bad = m.logits(ndarray::ArrayView2::from_shape((1, 1), &[v as u32]).unwrap()).unwrap_err().to_string();
+        assert!(bad.contains("24") && bad.contains("position 0"), "{bad}");
+    }
 }
 
 /// The first emitted token of one tree round follows the verifier's p: random p and q, trees of

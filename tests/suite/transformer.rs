@@ -56,6 +56,9 @@ fn fixture_full_pass_matches_hugging_face() {
     let d = max_abs_diff(&logits, &fixture_array("logits.npy"));
     println!("forward vs logits.npy: max abs diff {d:.2e}");
     assert!(d < 1e-4, "{d:e}");
+    // the same through the model-agnostic loader (the CLI's `logits`, Python's `LanguageModel.logits`)
+    let any = s4::speculative::CausalModel::load(&fixture_dir()).unwrap();
+    assert_eq!(any.logits(ids.view()).unwrap(), logits);
     // the same model in f64
     let l64 = model.cast::<f64>().forward(ids.view()).unwrap().mapv(|v| v as f32);
     let d64 = max_abs_diff(&l64, &fixture_array("logits.npy"));
