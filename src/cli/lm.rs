@@ -134,7 +134,7 @@ pub struct SpeculateArgs {
     gamma: String,
     /// Draft a token tree each round instead of a chain (then --gamma is unused): widths per
     /// depth like `4x2x2x1` (a static tree), optionally `,budget=N` (its N best nodes by draft
-    /// probability), or `budget=N` alone (a dynamic tree, 4 children per node, depth up to 12).
+    /// probability), or `budget=N` alone (a dynamic tree, 4 children per node, any depth).
     #[arg(long)]
     tree: Option<TreeShape>,
     /// Draft by arg-max (q is the point mass at the drafted token; with --tree: the most likely
