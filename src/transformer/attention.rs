@@ -72,33 +72,34 @@ fn attend_cached_body<T: Real, const FMA: bool>(
     let n = past + t;
     let s = &mut s[..t * n];
     tiled_product::<T, FMA>(q, d, kt, cap, n, s);
-    // a tree position's weights, the ones it sees packed into a prefix (the cached positions,
-    // then its ancestors and itself in depth order): its sum then adds them in the lanes of
-    // `softmax_prefix` over a pass along its path alone, so that its probabilities, and so its
-    // logits, are the same bits (summed in place, between the zeros of the positions it does not
-    // see, they differed in the last bit, enough to flip a near-tie after bf16 rounding)
-    let mut seen = if visible.is_empty() { vec![] } else { vec![T::zero(); n] };
+    // a tree position's weights: the ones it sees packed in place into a prefix (the cached
+    // positions, then its ancestors and itself in depth order), the softmax of that prefix, and
+    // each weight moved back to its position (zeros where it does not see): its sum then adds
+    // them in the lanes of `softmax_prefix` over a pass along its path alone, so that its
+    // probabilities, and so its logits, are the same bits (summed in place, between the zeros of
+    // the positions it does not see, they differed in the last bit, enough to flip a near-tie
+    // after bf16 rounding)
     for (i, row) in s.chunks_exact_mut(n).enumerate() {
         if visible.is_empty() {
             softmax_prefix(row, past + i + 1, scale);
-        } else {
-            let sees = &visible[i * t..(i + 1) * t];
-            let mx =
-                row[past..].iter().zip(sees).filter(|(_, v)| **v).fold(max_body(&row[..past]), |m, (&x, _)| m.max(x));
-            for x in &mut row[..past] {
-                *x = exp((*x - mx) * scale);
-            }
-            for (x, &v) in row[past..].iter_mut().zip(sees) {
-                *x = if v { exp((*x - mx) * scale) } else { T::zero() };
-            }
-            seen[..past].copy_from_slice(&row[..past]);
-            let mut len = past;
-            for (&x, _) in row[past..].iter().zip(sees).filter(|(_, v)| **v) {
-                seen[len] = x;
-                len += 1;
-            }
-            let inv = T::one() / sum_body(&seen[..len]);
-            row.iter_mut().for_each(|x| *x *= inv);
+            continue;
+        }
+        let sees = &visible[i * t..(i + 1) * t];
+        // packing moves each seen weight to an index no larger than its own
+        let mut len = past;
+        for j in (0..t).filter(|&j| sees[j]) {
+            row[len] = row[past + j];
+            len += 1;
+        }
+        softmax_prefix(row, len, scale);
+        // from the last position back, every packed weight not yet moved lies below the one written
+        for j in (0..t).rev() {
+            row[past + j] = if sees[j] {
+                len -= 1;
+                row[len]
+            } else {
+                T::zero()
+            };
         }
     }
     tiled_product::<T, FMA>(s, n, v, d, d, out);
