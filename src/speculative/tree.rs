@@ -403,7 +403,7 @@ impl AcceptanceOdds {
             for c in tree.children(at) {
                 let x = tree.tokens[c] as usize;
                 let slot = tree.slots[c];
-                let proposed = target.proposal(x, x);
+                let proposed = target.proposed(x);
                 let kept = (target.target[x] / proposed).min(1.0);
                 self.before.add(slot.rank, slot.confidence, tried, tried * target.keep_chance(x));
                 if tree.proposal == Proposal::WithoutReplacement {
@@ -480,11 +480,11 @@ impl Residual {
         Residual { target: p.to_vec(), proposal, rest, left: 1.0 }
     }
 
-    /// qⱼ(y) of the next child's proposal, whose token is `x`.
-    fn proposal(&self, x: usize, y: usize) -> f64 {
+    /// qⱼ(x): the probability the next child's proposal gave its token `x`.
+    fn proposed(&self, x: usize) -> f64 {
         match self.proposal {
-            Proposal::Deterministic => f64::from(u8::from(y == x)),
-            Proposal::WithoutReplacement => self.rest[y] / self.left,
+            Proposal::Deterministic => 1.0,
+            Proposal::WithoutReplacement => self.rest[x] / self.left,
         }
     }
 
@@ -492,23 +492,39 @@ impl Residual {
     fn keep_chance(&self, x: usize) -> f64 {
         match self.proposal {
             Proposal::Deterministic => self.target[x],
-            Proposal::WithoutReplacement => self.target.iter().zip(&self.rest).map(|(t, r)| t.min(r / self.left)).sum(),
+            Proposal::WithoutReplacement => {
+                let inv = 1.0 / self.left;
+                self.target.iter().zip(&self.rest).map(|(t, r)| t.min(r * inv)).sum()
+            }
         }
     }
 
     /// pⱼ₊₁ after child `x` is rejected.
     fn reject(&mut self, x: usize) {
-        let n = self.target.len();
-        let total: f64 = (0..n).map(|y| (self.target[y] - self.proposal(x, y)).max(0.0)).sum();
-        // when rounding leaves nothing, pⱼ and qⱼ were equal (a rejection had probability 0)
-        if total > 0.0 {
-            for y in 0..n {
-                self.target[y] = (self.target[y] - self.proposal(x, y)).max(0.0) / total;
+        // (pⱼ − qⱼ)₊ in one pass to sum it, one to write it normalized (without a division per
+        // token: this runs for every child of every node of every round); when rounding leaves
+        // nothing, pⱼ and qⱼ were equal (a rejection had probability 0) and pⱼ stays
+        match self.proposal {
+            Proposal::Deterministic => {
+                let minus = |y: usize, t: f64| if y == x { (t - 1.0).max(0.0) } else { t };
+                let total: f64 = self.target.iter().enumerate().map(|(y, &t)| minus(y, t)).sum();
+                if total > 0.0 {
+                    let scale = 1.0 / total;
+                    self.target.iter_mut().enumerate().for_each(|(y, t)| *t = minus(y, *t) * scale);
+                }
             }
-        }
-        if self.proposal == Proposal::WithoutReplacement {
-            self.left -= self.rest[x];
-            self.rest[x] = 0.0;
+            Proposal::WithoutReplacement => {
+                let inv = 1.0 / self.left;
+                let total: f64 = self.target.iter().zip(&self.rest).map(|(t, r)| (t - r * inv).max(0.0)).sum();
+                if total > 0.0 {
+                    let scale = 1.0 / total;
+                    for (t, r) in self.target.iter_mut().zip(&self.rest) {
+                        *t = (*t - r * inv).max(0.0) * scale;
+                    }
+                }
+                self.left -= self.rest[x];
+                self.rest[x] = 0.0;
+            }
         }
     }
 }
@@ -761,7 +777,7 @@ pub fn verify_tree<R: rand::Rng + ?Sized>(tree: &TokenTree, p: &[Vec<f64>], rng:
             if x >= v {
                 return Err(Error::invalid(format!("tree node {c}"), x, format!("a token id < vocabulary size {v}")));
             }
-            let qx = target.proposal(x, x);
+            let qx = target.proposed(x);
             if qx.is_nan() || qx <= 0.0 {
                 return Err(Error::numerical(
                     "tree verification",
