@@ -546,6 +546,14 @@ fn greedy_tree_identity_s4_draft_transformer_verifier() {
     let g =
         speculate(&mut S4Session::new(&lm, 8).unwrap(), &mut S4Session::new(&lm, 8).unwrap(), &[1, 2], &cfg).unwrap();
     assert!(g.stats.acceptance_by_depth.iter().all(|&a| a == 1.0), "{:?}", g.stats);
+    // a dynamic tree whose first choices are always kept becomes the chain of its budget, deeper
+    // than any fixed depth limit
+    // (the verifier's session keeps the snapshots of a round of 17 positions)
+    let cfg = SpecConfig { tree: Some("budget=16".parse().unwrap()), max_new: 60, fallback: false, ..cfg };
+    let g =
+        speculate(&mut S4Session::new(&lm, 8).unwrap(), &mut S4Session::new(&lm, 32).unwrap(), &[1, 2], &cfg).unwrap();
+    assert_eq!(g.stats.acceptance_by_depth.len(), 16, "{:?}", g.stats);
+    assert!(g.stats.acceptance_by_depth.iter().all(|&a| a == 1.0), "{:?}", g.stats);
 }
 
 /// [`CausalModel::logits`] (one pass from position 0) equals the decoding sessions' logits
