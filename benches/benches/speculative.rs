@@ -39,28 +39,22 @@ fn pieces(c: &mut Criterion) {
     let (gpt, lm) = models();
     let prompt: Vec<u32> = (0..192).map(|i| (i * 7 % 256) as u32).collect();
     let mut g = c.benchmark_group("speculative_pieces");
-    let mut s4 = S4Session::new(&lm, 16).unwrap();
-    Drafter::extend(&mut s4, &prompt).unwrap();
-    g.bench_function("s4_draft_step", |b| {
-        b.iter(|| {
-            let l = Drafter::len(&s4);
-            black_box(Drafter::extend(&mut s4, &[65]).unwrap());
-            Drafter::rollback(&mut s4, l).unwrap();
-        })
-    });
-    // `s4 distill`'s default shape, the committed demo draft's (H = 96, N = 16)
+    // one draft step through the session: `s4 distill`'s earlier shape, and its default since,
+    // the committed demo draft's (H = 96, N = 16)
     let mut cfg = lm.config().clone();
     (cfg.layer.d_model, cfg.layer.d_state) = (96, 16);
     let small = cfg.build().unwrap();
-    let mut s4_small = S4Session::new(&small, 16).unwrap();
-    Drafter::extend(&mut s4_small, &prompt).unwrap();
-    g.bench_function("s4_draft_step_h96_n16", |b| {
-        b.iter(|| {
-            let l = Drafter::len(&s4_small);
-            black_box(Drafter::extend(&mut s4_small, &[65]).unwrap());
-            Drafter::rollback(&mut s4_small, l).unwrap();
-        })
-    });
+    for (name, model) in [("s4_draft_step", &lm), ("s4_draft_step_h96_n16", &small)] {
+        let mut s4 = S4Session::new(model, 16).unwrap();
+        Drafter::extend(&mut s4, &prompt).unwrap();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let l = Drafter::len(&s4);
+                black_box(Drafter::extend(&mut s4, &[65]).unwrap());
+                Drafter::rollback(&mut s4, l).unwrap();
+            })
+        });
+    }
     // one step of k sequences at once: the cost of stepping k tree nodes in one batch
     let rec = lm.recurrent().unwrap();
     for k in [1usize, 2, 4, 8, 16] {

@@ -243,9 +243,9 @@ pub struct TokenTree {
     pub tokens: Vec<u32>,
     /// The parent of each node (`None`: a child of the root).
     pub parents: Vec<Option<usize>>,
-    /// The value each node was added by: its cumulative draft probability (the product of q
-    /// along its path), or with [`AcceptanceOdds`] the estimated chance that verification keeps
-    /// its whole path.
+    /// Each node's value: its cumulative draft probability (the product of q along its path), or
+    /// with [`AcceptanceOdds`] the estimated chance that verification keeps its whole path (once
+    /// its token is drawn, refined by it: the value its descendants and younger siblings build on).
     pub values: Vec<f64>,
     /// Each node's sibling rank and the draft's confidence in its slot (see [`AcceptanceOdds`]).
     slots: Vec<Slot>,
