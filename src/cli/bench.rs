@@ -11,7 +11,9 @@ use s4::kernel::{diag_kernel, DplrKernel};
 use s4::plot::{write_png, Panel, Series};
 use s4::scalar::{HalfPrecision, MatmulPrecision};
 use s4::speculative::CausalModel;
-use s4::speculative::{generate, predicted_speedup, speculate, Generation, PassCost, Sampling, SpecConfig, TreeShape};
+use s4::speculative::{
+    generate, predicted_speedup, speculate_with, Calibration, Generation, PassCost, Sampling, SpecConfig, TreeShape,
+};
 use s4::ssm::{KernelKind, SsmInitConfig};
 use s4::{Error, Result};
 use serde_json::json;
@@ -354,6 +356,11 @@ pub struct BenchArgs {
     /// speculation does not pay.
     #[arg(long)]
     no_fallback: bool,
+    /// Start every prompt's trees afresh (as separate `s4 speculate` calls) instead of from the
+    /// acceptance odds counted over the earlier prompts of the same mode and temperature (as a
+    /// server decoding many prompts would, see `s4::speculative::Calibration`).
+    #[arg(long)]
+    cold: bool,
     /// Write a PNG of measured vs predicted speedup.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -434,11 +441,15 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
         // One untimed generation of each kind first (the first use of the weights, the caches and
         // the threads), then per prompt the verifier alone and every mode in turn: each mode is
         // compared with verifier-alone runs of the same minutes, not of the start of the run.
+        // Each mode carries its trees' acceptance odds from prompt to prompt (the untimed one
+        // included) unless --cold.
+        let mut calibrations = vec![Calibration::default(); modes.len()];
         if let Some(p) = prompts.first() {
             let warm = SpecConfig { max_new: max_new.min(16), ..base_cfg.clone() };
             generate(ver.verifier()?.as_mut(), p, &warm)?;
-            for (_, mode) in &modes {
-                speculate(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), p, &with_mode(mode, &warm))?;
+            for ((_, mode), calibration) in modes.iter().zip(&mut calibrations) {
+                let cfg = with_mode(mode, &warm);
+                speculate_with(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), p, &cfg, calibration)?;
             }
         }
         let mut base_tokens = Vec::new();
@@ -450,9 +461,13 @@ fn cmd_bench_speculate(a: &BenchArgs) -> Result<()> {
             base_time += g.stats.total_seconds;
             base_count += g.tokens.len();
             base_tokens.push(g.tokens);
-            for ((_, mode), tally) in modes.iter().zip(&mut tallies) {
+            for (((_, mode), tally), calibration) in modes.iter().zip(&mut tallies).zip(&mut calibrations) {
                 let cfg = with_mode(mode, &SpecConfig { seed, ..base_cfg.clone() });
-                tally.push(speculate(dr.drafter()?.as_mut(), ver.verifier()?.as_mut(), p, &cfg)?);
+                if a.cold {
+                    *calibration = Calibration::default();
+                }
+                let (mut d, mut v) = (dr.drafter()?, ver.verifier()?);
+                tally.push(speculate_with(d.as_mut(), v.as_mut(), p, &cfg, calibration)?);
             }
         }
         let base_tps = base_count as f64 / base_time;

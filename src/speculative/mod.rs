@@ -397,6 +397,65 @@ impl SpecStats {
     }
 }
 
+/// What the adaptive drafting of earlier generations learned about a pair, for the next one to
+/// start from: the acceptance odds of token trees ([`AcceptanceOdds`]: how often verification keeps
+/// a child of each sibling rank and draft confidence).
+///
+/// [`speculate`] starts from nothing every call, so every generation's first tree rounds are shaped
+/// by a prior (the draft's own confidence, which undervalues first choices that a verifier mostly
+/// keeps) while the odds are being counted. [`speculate_with`] carries a calibration from one
+/// generation of a pair to the next, as a server decoding many prompts would. Odds are counted
+/// under one sampling setting and one kind of proposal (drawn or most likely); a generation under
+/// another starts afresh and its odds replace them. Chains keep nothing here.
+///
+/// ```
+/// use s4::model::S4ModelConfig;
+/// use s4::speculative::{speculate_with, Calibration, GptSession, S4Session, SpecConfig};
+/// use s4::transformer::{Gpt, GptConfig};
+///
+/// let verifier = Gpt::<f32>::new(GptConfig { vocab_size: 32, n_positions: 64, n_embd: 32, n_layer: 2, n_head: 2, ..Default::default() }, 0)?;
+/// let mut cfg = S4ModelConfig::causal_lm(32);
+/// cfg.layer.d_model = 16;
+/// let draft = cfg.build()?;
+/// let config = SpecConfig { tree: Some("budget=8".parse()?), max_new: 16, ..Default::default() };
+/// let mut calibration = Calibration::default();
+/// for prompt in [[1, 2, 3], [4, 5, 6]] {
+///     speculate_with(&mut S4Session::new(&draft, 8)?, &mut GptSession::new(&verifier), &prompt, &config, &mut calibration)?;
+/// }
+/// assert_eq!(calibration.generations(), 2);
+/// # Ok::<(), s4::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Calibration {
+    /// The sampling and the kind of proposal (true: the most likely tokens) the odds were counted
+    /// under.
+    under: Option<(Sampling, bool)>,
+    odds: AcceptanceOdds,
+    generations: usize,
+}
+
+impl Calibration {
+    /// The tree acceptance odds counted so far.
+    pub fn odds(&self) -> &AcceptanceOdds {
+        &self.odds
+    }
+
+    /// The generations whose counts it holds (since the last change of setting).
+    pub fn generations(&self) -> usize {
+        self.generations
+    }
+
+    /// The odds for one more generation with `sampling` and proposals of the most likely tokens
+    /// (`deterministic`) or drawn ones: those counted so far under the same setting, else fresh.
+    fn odds_for(&mut self, sampling: Sampling, deterministic: bool) -> &mut AcceptanceOdds {
+        if self.under != Some((sampling, deterministic)) {
+            *self = Calibration { under: Some((sampling, deterministic)), ..Default::default() };
+        }
+        self.generations += 1;
+        &mut self.odds
+    }
+}
+
 /// The result of a generation.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Generation {
@@ -503,6 +562,21 @@ pub fn speculate<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
     prompt: &[u32],
     config: &SpecConfig,
 ) -> Result<Generation> {
+    speculate_with(drafter, verifier, prompt, config, &mut Calibration::default())
+}
+
+/// [`speculate`], starting from what earlier generations of the pair learned and adding this
+/// one's counts to it (see [`Calibration`]).
+///
+/// # Errors
+/// As [`speculate`].
+pub fn speculate_with<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
+    drafter: &mut D,
+    verifier: &mut V,
+    prompt: &[u32],
+    config: &SpecConfig,
+    calibration: &mut Calibration,
+) -> Result<Generation> {
     config.sampling.validate()?;
     let vocab = verifier.vocab_size();
     if drafter.vocab_size() != vocab {
@@ -540,7 +614,9 @@ pub fn speculate<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
     // no round rolls back into the prompt
     drafter.commit(prompt.len());
     if let Some(shape) = &config.tree {
-        return tree::speculate_tree(drafter, verifier, prompt, config, shape);
+        let deterministic = config.sampling.is_greedy() || config.argmax_draft;
+        let odds = calibration.odds_for(config.sampling, deterministic);
+        return tree::speculate_tree(drafter, verifier, prompt, config, shape, odds);
     }
 
     let mut rng = Pcg64::seed_from_u64(config.seed);

@@ -17,7 +17,8 @@
 //! (EAGLE-2's rule: the top m by value, which is always a tree since a child's value never exceeds
 //! its parent's). In [`speculate`](super::speculate) a node's value is instead the estimated chance
 //! that verification keeps its whole path: each child's chance of being the kept one is the rate at
-//! which verification keeps children of its sibling rank and draft confidence in this generation,
+//! which verification keeps children of its sibling rank and draft confidence in this generation
+//! (and earlier ones of the pair, with [`speculate_with`](super::speculate_with)),
 //! refined once its token is drawn by the probability the draft gave that token
 //! ([`AcceptanceOdds`]), so the tree runs deep where the draft is confident and right, and spends
 //! siblings where first choices get rejected.
@@ -345,7 +346,8 @@ impl TokenTree {
 /// child is then the chance that it is the kept one, r(j, cⱼ)·Π_{i<j}(1 − r(i, cᵢ)), times its
 /// parent's: a tree built on these values runs deep where the draft is confident and its first
 /// choices get kept, and spends siblings where they do not (EAGLE-2's rule, with the draft's
-/// confidence calibrated against the verifier in this generation).
+/// confidence calibrated against the verifier in this generation, or in all of a
+/// [`Calibration`](super::Calibration)'s).
 ///
 /// Once a drawn child's token x is known, its rate is refined by the probability d = qⱼ(x) its
 /// proposal gave it, in a second table of the same form: r'(j, d) with r(j, cⱼ) as prior (a tail
@@ -842,6 +844,7 @@ pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
     prompt: &[u32],
     config: &SpecConfig,
     shape: &TreeShape,
+    odds: &mut AcceptanceOdds,
 ) -> Result<Generation> {
     shape.validate()?;
     if config.acceptance != Acceptance::Exact {
@@ -861,7 +864,6 @@ pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
     let mut pending_d: Vec<u32> = prompt.to_vec();
     let mut emitted = Emitted::default();
     let mut nodes_total = 0usize;
-    let mut odds = AcceptanceOdds::default();
     // (tried, kept) per sibling rank
     let mut by_rank: Vec<(usize, usize)> = vec![];
     // a dynamic tree (a budget) falls back to plain decoding where speculation does not pay
@@ -890,7 +892,7 @@ pub(super) fn speculate_tree<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
             let root = drafter.len() + pending_d.len();
             let steps_before = pending_d.len();
             let tree =
-                draft_tree(drafter, &pending_d, &round_shape, &config.sampling, deterministic, Some(&odds), &mut rng)?;
+                draft_tree(drafter, &pending_d, &round_shape, &config.sampling, deterministic, Some(odds), &mut rng)?;
             let stepped = (0..tree.len()).filter(|&i| tree.stepped(i)).count();
             log.draft(steps_before + stepped, t.elapsed().as_secs_f64());
             pending_d.clear();

@@ -7,8 +7,8 @@ use rand_pcg::Pcg64;
 use s4::model::S4ModelConfig;
 use s4::scalar::MatmulPrecision;
 use s4::speculative::{
-    draft_tree, generate, sampling::sample, speculate, speculate_batch, verify, verify_tree, Acceptance,
-    AcceptanceOdds, Drafter, GammaPolicy, Sampling, SpecConfig, TreeShape, Verifier,
+    draft_tree, generate, sampling::sample, speculate, speculate_batch, speculate_with, verify, verify_tree,
+    Acceptance, AcceptanceOdds, Calibration, Drafter, GammaPolicy, Sampling, SpecConfig, TreeShape, Verifier,
 };
 use s4::speculative::{CausalModel, GptSession, S4Session};
 use s4::transformer::{Gpt, GptConfig};
@@ -224,21 +224,28 @@ fn joint_sequences_follow_the_verifier_chi_square() {
     ];
     for (gamma, warp) in cases {
         let cfg = SpecConfig { gamma, sampling: warp, max_new: len, ..Default::default() };
-        check_joint(&format!("{gamma:?}, {warp:?}"), &verifier0, &drafter0, &cfg, runs);
+        check_joint(&format!("{gamma:?}, {warp:?}"), &verifier0, &drafter0, &cfg, runs, false);
     }
 }
 
 /// Generates `cfg.max_new` tokens after [0, 3] with seeds 0 .. `runs` and checks the joint
-/// frequencies against the verifier's exact joint by chi-square.
-fn check_joint(label: &str, verifier0: &Markov, drafter0: &Markov, cfg: &SpecConfig, runs: u64) {
+/// frequencies against the verifier's exact joint by chi-square. With `carry` every run starts
+/// from the [`Calibration`] of the runs before it (each run is still drawn from the verifier's
+/// joint given its start, so the counts are a multinomial sample all the same).
+fn check_joint(label: &str, verifier0: &Markov, drafter0: &Markov, cfg: &SpecConfig, runs: u64, carry: bool) {
     let v = verifier0.table.nrows();
     let len = cfg.max_new;
     let expected = markov_joint(verifier0, &cfg.sampling, 3, len);
     let mut counts = vec![0u64; v.pow(len as u32)];
     let (mut ver, mut dr) = (verifier0.clone(), drafter0.clone());
     let mut accepted = 0;
+    let mut calibration = Calibration::default();
     for seed in 0..runs {
-        let g = speculate(&mut dr, &mut ver, &[0, 3], &SpecConfig { seed, ..cfg.clone() }).unwrap();
+        if !carry {
+            calibration = Calibration::default();
+        }
+        let cfg = SpecConfig { seed, ..cfg.clone() };
+        let g = speculate_with(&mut dr, &mut ver, &[0, 3], &cfg, &mut calibration).unwrap();
         assert_eq!(g.tokens.len(), len);
         accepted += g.stats.accepted;
         counts[g.tokens.iter().fold(0usize, |acc, &t| acc * v + t as usize)] += 1;
@@ -648,6 +655,41 @@ fn acceptance_odds_calibrate_the_draft_and_shape_the_tree() {
     assert!((by_odds.values[1] - (1.0 - odds.rate(0, q1)) * odds.rate(1, q2)).abs() < 1e-12);
 }
 
+/// A [`Calibration`] carries a tree's acceptance odds from one generation to the next under one
+/// setting: self-drafting, where every first choice is kept, a second greedy generation starts from
+/// odds that already know it and drafts its first round as the chain of its budget (a fresh one
+/// starts from the draft's confidence and spends nodes on siblings), with output the verifier's
+/// own. Chains leave the calibration alone; another setting starts it afresh.
+#[test]
+fn calibration_carries_tree_odds_between_generations() {
+    let mut ver = Markov::random(7, 11, 1.0);
+    let mut dr = ver.clone();
+    let greedy = SpecConfig {
+        tree: Some("budget=6".parse().unwrap()),
+        sampling: Sampling::greedy(),
+        max_new: 7,
+        fallback: false,
+        ..Default::default()
+    };
+    let prompt = [2u32, 5];
+    let base = generate(&mut ver, &prompt, &greedy).unwrap();
+    let mut calibration = Calibration::default();
+    let fresh = speculate_with(&mut dr, &mut ver, &prompt, &greedy, &mut calibration).unwrap();
+    let carried = speculate_with(&mut dr, &mut ver, &prompt, &greedy, &mut calibration).unwrap();
+    assert_eq!(fresh.tokens, base.tokens);
+    assert_eq!(carried.tokens, base.tokens);
+    assert_eq!(calibration.generations(), 2);
+    assert!(fresh.stats.rounds > 1, "fresh odds spend the first round's nodes on siblings: {:?}", fresh.stats);
+    assert_eq!(carried.stats.rounds, 1, "carried odds draft the chain of 6: {:?}", carried.stats);
+    assert!(calibration.odds().rate(0, 0.3) > 0.9, "first choices are always kept");
+    let chain = SpecConfig { tree: None, gamma: GammaPolicy::Fixed(3), ..greedy.clone() };
+    speculate_with(&mut dr, &mut ver, &prompt, &chain, &mut calibration).unwrap();
+    assert_eq!(calibration.generations(), 2, "a chain keeps nothing");
+    let sampled = SpecConfig { sampling: Sampling::default(), ..greedy };
+    speculate_with(&mut dr, &mut ver, &prompt, &sampled, &mut calibration).unwrap();
+    assert_eq!(calibration.generations(), 1, "another setting starts afresh");
+}
+
 /// Power: SpecInfer's rule for candidates drawn independently (accept with min(1, p/q), residual
 /// (p − q)₊, the same q for every sibling) applied to candidates drawn without replacement biases
 /// the output, and the test sees it.
@@ -692,13 +734,15 @@ fn tree_joint_sequences_follow_the_verifier_chi_square() {
     let verifier0 = Markov::random(v, 1, 1.0);
     let drafter0 = Markov::random(v, 2, 1.0);
     let runs = 30_000;
+    // (shape, warping, arg-max draft, odds carried from run to run)
     let cases = [
-        ("2x2", Sampling::default(), false),
-        ("3x1", Sampling { temperature: 0.8, top_k: Some(3), top_p: None }, false),
-        ("budget=6", Sampling::default(), false),
-        ("2x2", Sampling::default(), true),
+        ("2x2", Sampling::default(), false, false),
+        ("3x1", Sampling { temperature: 0.8, top_k: Some(3), top_p: None }, false, false),
+        ("budget=6", Sampling::default(), false, false),
+        ("budget=6", Sampling::default(), false, true),
+        ("2x2", Sampling::default(), true, false),
     ];
-    for (shape, warp, argmax) in cases {
+    for (shape, warp, argmax, carry) in cases {
         let cfg = SpecConfig {
             tree: Some(shape.parse().unwrap()),
             sampling: warp,
@@ -707,7 +751,8 @@ fn tree_joint_sequences_follow_the_verifier_chi_square() {
             fallback: false,
             ..Default::default()
         };
-        check_joint(&format!("tree {shape}, {warp:?}, argmax {argmax}"), &verifier0, &drafter0, &cfg, runs);
+        let label = format!("tree {shape}, {warp:?}, argmax {argmax}, carried {carry}");
+        check_joint(&label, &verifier0, &drafter0, &cfg, runs, carry);
     }
 }
 
