@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _native
-from ._native import State
+from ._native import Calibration, State
 
 __version__ = _native.__version__
 
@@ -42,6 +42,7 @@ __all__ = [
     "State",
     "LanguageModel",
     "Generation",
+    "Calibration",
     "generate",
     "speculate",
     "train",
@@ -485,6 +486,7 @@ def speculate(
     typical: Optional[Tuple[float, float]] = None,
     tree: Optional[str] = None,
     fallback: bool = True,
+    calibration: Optional[Calibration] = None,
 ) -> Generation:
     """Speculative decoding: ``draft`` (an S4 model stepping in recurrent mode) proposes ``gamma``
     tokens per round (``"auto"``: chosen by the measured costs, falling back to plain decoding
@@ -494,10 +496,17 @@ def speculate(
     equals :func:`generate` with the verifier, and sampled output follows the verifier's
     distribution exactly, unless ``typical=(epsilon, delta)`` (Medusa's typical acceptance, lossy,
     chains only) is given. ``fallback=False`` makes ``"auto"`` and trees with a budget speculate
-    every round even where plain decoding would be faster."""
+    every round even where plain decoding would be faster. A :class:`Calibration` passed to every
+    call of a pair carries what its trees learned (how often the verifier keeps each kind of draft)
+    from one generation to the next, so later generations start with well-shaped trees::
+
+        cal = s4rs.Calibration()
+        for p in prompts:
+            s4rs.speculate(verifier, draft, p, tree="budget=16", calibration=cal)
+    """
     cfg = _spec_config(max_new, temperature, top_k, top_p, seed, stop_token, gamma, argmax_draft, typical, tree,
                        fallback)
-    return Generation(_model(verifier)._native.speculate(_model(draft)._native, _prompt(prompt), cfg))
+    return Generation(_model(verifier)._native.speculate(_model(draft)._native, _prompt(prompt), cfg, calibration))
 
 
 def encode_text(text: str) -> List[int]:

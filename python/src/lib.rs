@@ -5,7 +5,7 @@
 //! this module is what it calls.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ndarray::ArrayView2;
 use num_complex::Complex;
@@ -892,23 +892,60 @@ impl LanguageModel {
         generation_dict(py, &g)
     }
 
-    /// Speculative decoding with `draft` proposing and this model verifying.
+    /// Speculative decoding with `draft` proposing and this model verifying, starting from and
+    /// adding to `calibration` when given.
+    #[pyo3(signature = (draft, prompt, config_json, calibration = None))]
     fn speculate<'py>(
         &self,
         py: Python<'py>,
         draft: &LanguageModel,
         prompt: Vec<u32>,
         config_json: &str,
+        calibration: Option<&Calibration>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let cfg: SpecConfig = serde_json::from_str(config_json).map_err(|e| json_err("speculation settings", e))?;
+        let carried = calibration.map(|c| Arc::clone(&c.inner));
         let g = py
             .detach(|| {
                 let mut d = draft.model.drafter()?;
                 let mut v = self.model.verifier()?;
-                s4::speculative::speculate(d.as_mut(), v.as_mut(), &prompt, &cfg)
+                match carried {
+                    Some(c) => {
+                        let mut c = c.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                        s4::speculative::speculate_with(d.as_mut(), v.as_mut(), &prompt, &cfg, &mut c)
+                    }
+                    None => s4::speculative::speculate(d.as_mut(), v.as_mut(), &prompt, &cfg),
+                }
             })
             .py()?;
         generation_dict(py, &g)
+    }
+}
+
+/// What speculative decoding learned about a pair in earlier generations (a token tree's
+/// acceptance odds), for the next one to start from: pass the same object to every
+/// `speculate(..., calibration=...)` call of the pair. A generation under other sampling settings
+/// starts it afresh.
+#[pyclass(module = "s4rs._native", frozen)]
+struct Calibration {
+    inner: Arc<Mutex<s4::speculative::Calibration>>,
+}
+
+#[pymethods]
+impl Calibration {
+    #[new]
+    fn new() -> Self {
+        Calibration { inner: Arc::new(Mutex::new(s4::speculative::Calibration::default())) }
+    }
+
+    /// The generations it holds the counts of (since the last change of settings).
+    #[getter]
+    fn generations(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).generations()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Calibration(generations={})", self.generations())
     }
 }
 
@@ -1090,6 +1127,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Layer>()?;
     m.add_class::<Model>()?;
     m.add_class::<LanguageModel>()?;
+    m.add_class::<Calibration>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

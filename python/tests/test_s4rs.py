@@ -259,6 +259,16 @@ def test_speculative_greedy_output_is_the_verifiers(tmp_path):
         spec = s4rs.speculate(verifier, tmp_path / "draft", "To be", max_new=24, tree=tree, temperature=0,
                               fallback=False)
         assert spec.ids == alone.ids and spec.stats["tree_nodes"] > 0
+    # a calibration carries the trees' odds over generations of the pair; output stays the verifier's
+    cal = s4rs.Calibration()
+    assert cal.generations == 0 and repr(cal) == "Calibration(generations=0)"
+    for prompt in ("To be", "To be", "Not"):
+        spec = s4rs.speculate(verifier, tmp_path / "draft", prompt, max_new=24, tree="budget=8", temperature=0,
+                              calibration=cal)
+        assert spec.ids == s4rs.generate(verifier, prompt, max_new=24, temperature=0).ids
+    assert cal.generations == 3
+    s4rs.speculate(verifier, tmp_path / "draft", "To be", max_new=8, tree="budget=8", temperature=1, calibration=cal)
+    assert cal.generations == 1  # other sampling settings: afresh
     with pytest.raises(ValueError, match="tree"):
         s4rs.speculate(verifier, verifier, "x", tree="3x0")
     assert isinstance(alone.text, str) and len(alone.ids) == 24
