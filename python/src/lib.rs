@@ -924,8 +924,8 @@ impl LanguageModel {
 
 /// What speculative decoding learned about a pair in earlier generations (a token tree's
 /// acceptance odds), for the next one to start from: pass the same object to every
-/// `speculate(..., calibration=...)` call of the pair. A generation under other sampling settings
-/// starts it afresh.
+/// `speculate(..., calibration=...)` call of the pair. A generation under other settings
+/// (sampling, gamma or tree, acceptance, fallback; not the seed or the length) starts it afresh.
 #[pyclass(module = "s4rs._native", frozen)]
 struct Calibration {
     inner: Arc<Mutex<s4::speculative::Calibration>>,

@@ -404,9 +404,12 @@ impl SpecStats {
 /// [`speculate`] starts from nothing every call, so every generation's first tree rounds are shaped
 /// by a prior (the draft's own confidence, which undervalues first choices that a verifier mostly
 /// keeps) while the odds are being counted. [`speculate_with`] carries a calibration from one
-/// generation of a pair to the next, as a server decoding many prompts would. Odds are counted
-/// under one sampling setting and one kind of proposal (drawn or most likely); a generation under
-/// another starts afresh and its odds replace them. Chains keep nothing here.
+/// generation of a pair to the next, as a server decoding many prompts would. It is kept per
+/// setting (sampling, γ policy or tree, acceptance, fall-back; not the seed or the length): a
+/// generation under another setting starts afresh and replaces it. Chains keep nothing in it:
+/// carrying `--gamma auto`'s cost fit, acceptance counts and fall-back verdicts the same way
+/// measured no gain on the demo pair (auto at 0.91 / 0.91 of the best fixed γ carried against
+/// 0.90 / 0.89 afresh, 64-token generations, T = 0 / 1) and lost the tiny pair's T = 0 gain.
 ///
 /// ```
 /// use s4::model::S4ModelConfig;
@@ -427,11 +430,10 @@ impl SpecStats {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Calibration {
-    /// The sampling and the kind of proposal (true: the most likely tokens) the odds were counted
-    /// under.
-    under: Option<(Sampling, bool)>,
-    odds: AcceptanceOdds,
+    /// The setting it was learned under (a [`SpecConfig`] without seed, length and stop token).
+    under: Option<SpecConfig>,
     generations: usize,
+    odds: AcceptanceOdds,
 }
 
 impl Calibration {
@@ -440,19 +442,20 @@ impl Calibration {
         &self.odds
     }
 
-    /// The generations whose counts it holds (since the last change of setting).
+    /// The generations it learned from (since the last change of setting).
     pub fn generations(&self) -> usize {
         self.generations
     }
 
-    /// The odds for one more generation with `sampling` and proposals of the most likely tokens
-    /// (`deterministic`) or drawn ones: those counted so far under the same setting, else fresh.
-    fn odds_for(&mut self, sampling: Sampling, deterministic: bool) -> &mut AcceptanceOdds {
-        if self.under != Some((sampling, deterministic)) {
-            *self = Calibration { under: Some((sampling, deterministic)), ..Default::default() };
+    /// Starts one more generation with `config`: what was learned under the same setting, else
+    /// nothing.
+    fn start(&mut self, config: &SpecConfig) -> &mut Self {
+        let setting = SpecConfig { seed: 0, max_new: 0, stop_token: None, ..config.clone() };
+        if self.under.as_ref() != Some(&setting) {
+            *self = Calibration { under: Some(setting), ..Default::default() };
         }
         self.generations += 1;
-        &mut self.odds
+        self
     }
 }
 
@@ -614,10 +617,9 @@ pub fn speculate_with<D: Drafter + Send + ?Sized, V: Verifier + ?Sized>(
     // no round rolls back into the prompt
     drafter.commit(prompt.len());
     if let Some(shape) = &config.tree {
-        let deterministic = config.sampling.is_greedy() || config.argmax_draft;
-        let odds = calibration.odds_for(config.sampling, deterministic);
-        return tree::speculate_tree(drafter, verifier, prompt, config, shape, odds);
+        return tree::speculate_tree(drafter, verifier, prompt, config, shape, &mut calibration.start(config).odds);
     }
+    calibration.start(config);
 
     let mut rng = Pcg64::seed_from_u64(config.seed);
     let greedy = config.sampling.is_greedy() && config.acceptance == Acceptance::Exact;

@@ -659,7 +659,7 @@ fn acceptance_odds_calibrate_the_draft_and_shape_the_tree() {
 /// setting: self-drafting, where every first choice is kept, a second greedy generation starts from
 /// odds that already know it and drafts its first round as the chain of its budget (a fresh one
 /// starts from the draft's confidence and spends nodes on siblings), with output the verifier's
-/// own. Chains leave the calibration alone; another setting starts it afresh.
+/// own. Another setting (a chain, other sampling) starts it afresh.
 #[test]
 fn calibration_carries_tree_odds_between_generations() {
     let mut ver = Markov::random(7, 11, 1.0);
@@ -683,11 +683,15 @@ fn calibration_carries_tree_odds_between_generations() {
     assert_eq!(carried.stats.rounds, 1, "carried odds draft the chain of 6: {:?}", carried.stats);
     assert!(calibration.odds().rate(0, 0.3) > 0.9, "first choices are always kept");
     let chain = SpecConfig { tree: None, gamma: GammaPolicy::Fixed(3), ..greedy.clone() };
-    speculate_with(&mut dr, &mut ver, &prompt, &chain, &mut calibration).unwrap();
-    assert_eq!(calibration.generations(), 2, "a chain keeps nothing");
+    let chained = speculate_with(&mut dr, &mut ver, &prompt, &chain, &mut calibration).unwrap();
+    assert_eq!(chained.tokens, base.tokens);
+    assert_eq!(calibration.generations(), 1, "another setting starts afresh");
+    let other_seed = SpecConfig { seed: 9, max_new: 5, ..chain };
+    speculate_with(&mut dr, &mut ver, &prompt, &other_seed, &mut calibration).unwrap();
+    assert_eq!(calibration.generations(), 2, "the seed and the length are not part of the setting");
     let sampled = SpecConfig { sampling: Sampling::default(), ..greedy };
     speculate_with(&mut dr, &mut ver, &prompt, &sampled, &mut calibration).unwrap();
-    assert_eq!(calibration.generations(), 1, "another setting starts afresh");
+    assert_eq!(calibration.generations(), 1);
 }
 
 /// Power: SpecInfer's rule for candidates drawn independently (accept with min(1, p/q), residual
