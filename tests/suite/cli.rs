@@ -488,6 +488,21 @@ fn train_lm_and_distill_resume_exactly() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(j["verifier_only"]["same_tokens"], true, "{j}");
+    // the benchmark, with tree odds carried from prompt to prompt and afresh: greedy rows identical
+    for cold in [&[][..], &["--cold"][..]] {
+        let (vb, db) = (v16.to_str().unwrap(), d16.to_str().unwrap());
+        let args =
+            ["bench-speculate", "--verifier", vb, "--draft", db, "--data", d, "--prompts", "2", "--max-new", "6"];
+        let rest =
+            ["--prompt-len", "4", "--gammas", "2", "--trees", "budget=4", "--temperatures", "0", "--no-fallback"];
+        let r = s4(&[&args[..], &rest[..], cold].concat());
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        let rows = j["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{j}");
+        assert!(rows.iter().all(|r| r["identical_to_verifier_greedy"] == true), "{j}");
+        println!("bench-speculate {cold:?}: tau {} (chain), {} (tree)", rows[0]["tau"], rows[1]["tau"]);
+    }
 }
 
 /// The main job at a reduced size: the trained model beats predicting the mean by a wide margin,
