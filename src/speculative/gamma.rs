@@ -132,6 +132,24 @@ impl PassCost {
     }
 }
 
+/// A round or pass is counted as at most this many times what it should take (the median of its
+/// window of rounds, the fitted pass time): on a shared host one round in a few dozen takes
+/// 0.3–1.2 ms where its neighbours take 0.16–0.3 (the host taking the core), and such a round
+/// decided verdicts alone. In single `s4 speculate` runs of the demo pair one 1.2 ms round in a
+/// window of six sent the default into 16 plain rounds, and one as the first pass over 7
+/// positions made the cost fit keep γ at 2 for the rest of the generation (1.01× the verifier
+/// alone, against 1.4–1.7× for a fixed γ = 4). A host that turns slower for good (2× here) still
+/// moves the medians.
+const SPIKE: f64 = 2.5;
+
+/// Σ `seconds`, each counted as at most [`SPIKE`] times their median.
+fn despiked_sum(seconds: &[f64]) -> f64 {
+    let mut sorted = seconds.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let Some(&median) = sorted.get(sorted.len() / 2) else { return 0.0 };
+    seconds.iter().map(|&s| s.min(SPIKE * median)).sum()
+}
+
 /// Passes kept per number of positions by [`CostFit`].
 const FIT_SAMPLES: usize = 16;
 
@@ -150,8 +168,15 @@ pub struct CostFit {
 }
 
 impl CostFit {
-    /// Records a verifier pass over `positions` new positions that took `seconds`.
+    /// Records a verifier pass over `positions` new positions that took `seconds`, as at most
+    /// [`SPIKE`] times the fitted time once passes of two lengths are in the fit.
     pub fn add_pass(&mut self, positions: usize, seconds: f64) {
+        let seconds = match self.cost() {
+            Some(c) if self.passes.len() >= 2 => {
+                seconds.min(SPIKE * (c.fixed + c.per_position * positions as f64).max(1e-9))
+            }
+            _ => seconds,
+        };
         let times = self.passes.entry(positions).or_default();
         if times.len() == FIT_SAMPLES {
             times.pop_front();
@@ -346,10 +371,12 @@ const PLAIN_SAMPLES: usize = 64;
 ///
 /// The first speculative round is not measured (it carries the first use of the draft's stepping
 /// and of the verifier's pass over several positions); after every six more, their tokens per
-/// second (their catching up excluded) must be at least 1.05 times those of plain rounds (the
-/// lower quartile of the last 64) in the first window of a stretch, and at least as many in the
-/// later ones; otherwise the next 16, 32, …, 1024 rounds are plain, each stretch followed by a
-/// probe (speculative rounds that pass the same checks first) judged on six rounds of its own.
+/// second (their catching up excluded, each round counted as at most 2.5 times the window's
+/// median, [`SPIKE`]) must be at least 1.05 times those of plain rounds (the lower quartile of the
+/// last 64) in the first window of a stretch, and at least as many in the later ones; otherwise
+/// the next 16, 32, …, 1024 rounds are plain, each stretch followed by a probe (speculative rounds
+/// that pass the same checks first) judged on six rounds of its own. Three rounds that would have
+/// lost even had every drafted token been kept end speculation for the generation.
 ///
 /// ```
 /// use s4::speculative::gamma::PayoffGuard;
@@ -379,9 +406,9 @@ pub struct PayoffGuard {
     rounds: usize,
     prompt: Option<(usize, f64)>,
     spec_tokens: f64,
-    spec_seconds: f64,
+    /// The seconds of each speculative round of the window being judged.
+    spec_seconds: Vec<f64>,
     spec_best_tokens: f64,
-    spec_rounds: usize,
     warmed_up: bool,
     draft_step: Option<f64>,
     /// The most recent plain rounds' seconds (at most [`PLAIN_SAMPLES`]).
@@ -555,16 +582,17 @@ impl PayoffGuard {
         // round kept the rounds that caused a back-off, so the probe after the stretch failed
         // on them again, and one unlucky stretch made the rest of a generation plain)
         self.spec_tokens += tokens as f64;
-        self.spec_seconds += seconds;
+        self.spec_seconds.push(seconds);
         self.spec_best_tokens += best_tokens as f64;
-        self.spec_rounds += 1;
         let Some(plain_rate) = self.plain_rate() else { return };
-        if self.spec_rounds >= 2 && self.spec_best_tokens / self.spec_seconds.max(1e-12) < plain_rate {
+        let window = self.spec_seconds.len();
+        let seconds = despiked_sum(&self.spec_seconds).max(1e-12);
+        if window >= 3 && self.spec_best_tokens / seconds < plain_rate {
             // even keeping everything, these rounds would have lost: the draft is too slow
             self.never = true;
-        } else if self.spec_rounds >= JUDGED_ROUNDS {
+        } else if window >= JUDGED_ROUNDS {
             let required = if self.paying_windows == 0 { REQUIRED_GAIN } else { KEEP_GAIN };
-            if self.spec_tokens / self.spec_seconds.max(1e-12) < required * plain_rate {
+            if self.spec_tokens / seconds < required * plain_rate {
                 self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
                 self.plain_left = self.backoff;
                 self.paying_windows = 0;
@@ -572,7 +600,8 @@ impl PayoffGuard {
                 self.backoff = 0;
                 self.paying_windows += 1;
             }
-            (self.spec_tokens, self.spec_seconds, self.spec_best_tokens, self.spec_rounds) = (0.0, 0.0, 0.0, 0);
+            (self.spec_tokens, self.spec_best_tokens) = (0.0, 0.0);
+            self.spec_seconds.clear();
         }
     }
 
@@ -669,6 +698,41 @@ mod tests {
         let spec: Vec<bool> = (0..60).map(|_| round(&mut g, 5)).collect();
         assert!(spec[..15].iter().all(|s| !s), "the stretch is plain: {spec:?}");
         assert!(spec[20..].iter().all(|&s| s), "the probe's own rounds resume speculation: {spec:?}");
+    }
+
+    /// One round that took ten times its neighbours (the host taking the core) counts as 2.5
+    /// times the window's median: a window that pays 1.5× with it does not back off (counted in
+    /// full it would be judged at 0.6×); three such rounds out of six still do. A first pass over
+    /// a new number of positions ten times the fitted line is counted at 2.5 times it.
+    #[test]
+    fn a_spike_decides_no_verdict() {
+        let window = |spikes: usize| {
+            let mut g = agreeing_guard();
+            while g.rounds < 5 {
+                if g.speculate_now(10_000, 1) {
+                    g.record_speculative(2, 1e-3, 5);
+                } else {
+                    g.record_plain(1e-3);
+                }
+            }
+            // 1.5 tokens per ms against the plain rounds' 1, the last `spikes` rounds ten times slower
+            for r in 0..JUDGED_ROUNDS {
+                assert!(g.speculate_now(10_000, 1));
+                g.record_speculative(2, if r + spikes >= JUDGED_ROUNDS { 1.3333e-2 } else { 1.3333e-3 }, 5);
+            }
+            g.speculate_now(10_000, 1)
+        };
+        assert!(window(0), "no spike");
+        assert!(window(1), "one spike is clipped");
+        assert!(!window(3), "half the window slow is a verdict");
+        assert!((despiked_sum(&[1.0, 1.0, 10.0]) - 4.5).abs() < 1e-12);
+        let mut fit = CostFit::default();
+        fit.add_draft(1, 1e-5);
+        fit.add_pass(2, 1.2e-4);
+        fit.add_pass(4, 1.4e-4);
+        fit.add_pass(8, 1.8e-2);
+        let c = fit.cost().unwrap();
+        assert!((c.fixed + 8.0 * c.per_position) < 5e-4, "{c:?}");
     }
 
     /// A stretch starts only at 1.05 times the plain rate and goes on while it at least breaks
