@@ -169,7 +169,7 @@ pub struct CostFit {
 
 impl CostFit {
     /// Records a verifier pass over `positions` new positions that took `seconds`, as at most
-    /// [`SPIKE`] times the fitted time once passes of two lengths are in the fit.
+    /// 2.5 times the fitted time once passes of two lengths are in the fit.
     pub fn add_pass(&mut self, positions: usize, seconds: f64) {
         let seconds = match self.cost() {
             Some(c) if self.passes.len() >= 2 => {
@@ -372,7 +372,7 @@ const PLAIN_SAMPLES: usize = 64;
 /// The first speculative round is not measured (it carries the first use of the draft's stepping
 /// and of the verifier's pass over several positions); after every six more, their tokens per
 /// second (their catching up excluded, each round counted as at most 2.5 times the window's
-/// median, [`SPIKE`]) must be at least 1.05 times those of plain rounds (the lower quartile of the
+/// median) must be at least 1.05 times those of plain rounds (the lower quartile of the
 /// last 64) in the first window of a stretch, and at least as many in the later ones; otherwise
 /// the next 16, 32, …, 1024 rounds are plain, each stretch followed by a probe (speculative rounds
 /// that pass the same checks first) judged on six rounds of its own. Three rounds that would have
@@ -700,6 +700,20 @@ mod tests {
         assert!(spec[20..].iter().all(|&s| s), "the probe's own rounds resume speculation: {spec:?}");
     }
 
+    /// [`agreeing_guard`] past its first rounds: plain ones (1 ms) and the unmeasured first
+    /// speculative round; the next speculative round is the first of a judged window.
+    fn warmed_up_guard() -> PayoffGuard {
+        let mut g = agreeing_guard();
+        while g.rounds < 5 {
+            if g.speculate_now(10_000, 1) {
+                g.record_speculative(2, 1e-3, 5);
+            } else {
+                g.record_plain(1e-3);
+            }
+        }
+        g
+    }
+
     /// One round that took ten times its neighbours (the host taking the core) counts as 2.5
     /// times the window's median: a window that pays 1.5× with it does not back off (counted in
     /// full it would be judged at 0.6×); three such rounds out of six still do. A first pass over
@@ -707,14 +721,7 @@ mod tests {
     #[test]
     fn a_spike_decides_no_verdict() {
         let window = |spikes: usize| {
-            let mut g = agreeing_guard();
-            while g.rounds < 5 {
-                if g.speculate_now(10_000, 1) {
-                    g.record_speculative(2, 1e-3, 5);
-                } else {
-                    g.record_plain(1e-3);
-                }
-            }
+            let mut g = warmed_up_guard();
             // 1.5 tokens per ms against the plain rounds' 1, the last `spikes` rounds ten times slower
             for r in 0..JUDGED_ROUNDS {
                 assert!(g.speculate_now(10_000, 1));
@@ -739,18 +746,7 @@ mod tests {
     /// even: a window at 1.02 ends no established stretch, but cannot start one.
     #[test]
     fn a_stretch_starts_at_a_gain_and_goes_on_while_it_breaks_even() {
-        let guard = || {
-            let mut g = agreeing_guard();
-            // the first rounds: plain ones and the unmeasured first speculative round
-            while g.rounds < 5 {
-                if g.speculate_now(10_000, 1) {
-                    g.record_speculative(2, 1e-3, 5);
-                } else {
-                    g.record_plain(1e-3);
-                }
-            }
-            g
-        };
+        let guard = warmed_up_guard;
         // windows of six judged speculative rounds, each emitting `rate` times the plain rate
         // (1 token per ms); then whether the guard still speculates
         let run = |g: &mut PayoffGuard, rates: &[f64]| {
