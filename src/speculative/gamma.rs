@@ -163,6 +163,8 @@ const FIT_SAMPLES: usize = 16;
 pub struct CostFit {
     /// Per number of positions, its recent pass times (seconds), oldest first.
     passes: std::collections::BTreeMap<usize, std::collections::VecDeque<f64>>,
+    /// The line through them, (a, b), refitted as each pass is added (read every round).
+    line: Option<(f64, f64)>,
     draft_seconds: f64,
     draft_steps: usize,
 }
@@ -171,9 +173,9 @@ impl CostFit {
     /// Records a verifier pass over `positions` new positions that took `seconds`, as at most
     /// 2.5 times the fitted time once passes of two lengths are in the fit.
     pub fn add_pass(&mut self, positions: usize, seconds: f64) {
-        let seconds = match self.cost() {
-            Some(c) if self.passes.len() >= 2 => {
-                seconds.min(SPIKE * (c.fixed + c.per_position * positions as f64).max(1e-9))
+        let seconds = match self.line {
+            Some((a, b)) if self.passes.len() >= 2 && self.draft_steps > 0 => {
+                seconds.min(SPIKE * (a + b * positions as f64).max(1e-9))
             }
             _ => seconds,
         };
@@ -182,6 +184,7 @@ impl CostFit {
             times.pop_front();
         }
         times.push_back(seconds);
+        self.line = Some(self.fit_line());
     }
 
     /// Records `steps` draft steps that took `seconds` in all.
@@ -195,9 +198,12 @@ impl CostFit {
     /// scored the same number of positions, which is Leviathan's model), and a the intercept at
     /// that slope.
     pub fn cost(&self) -> Option<PassCost> {
-        if self.passes.is_empty() || self.draft_steps == 0 {
-            return None;
-        }
+        let (fixed, per_position) = self.line.filter(|_| self.draft_steps > 0)?;
+        Some(PassCost { fixed, per_position, draft_step: self.draft_seconds / self.draft_steps as f64 })
+    }
+
+    /// (a, b) through the passes' medians (see [`cost`](Self::cost)); at least one pass.
+    fn fit_line(&self) -> (f64, f64) {
         let (mut n, mut sk, mut skk, mut st, mut skt) = (0.0, 0.0, 0.0, 0.0, 0.0);
         for (&k, times) in &self.passes {
             let mut sorted: Vec<f64> = times.iter().copied().collect();
@@ -215,11 +221,7 @@ impl CostFit {
         let var = skk / n - mk * mk;
         let slope = if var > 1e-9 { (skt / n - mk * mt) / var } else { 0.0 };
         let b = slope.clamp(0.0, mt / mk.max(1.0));
-        Some(PassCost {
-            fixed: (mt - b * mk).max(0.0),
-            per_position: b,
-            draft_step: self.draft_seconds / self.draft_steps as f64,
-        })
+        ((mt - b * mk).max(0.0), b)
     }
 }
 
